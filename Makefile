@@ -1,0 +1,30 @@
+# Makefile for the registry extension (PGXS).
+#
+#   make && make install          build and install into the PostgreSQL found
+#                                 by pg_config
+#   make installcheck             pg_regress suite (own temporary instance)
+#                                 and TAP suite (t/*.pl)
+#
+# The test build adds -Wall -Werror (see scripts/test).
+
+MODULE_big = registry
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+PGFILEDESC = "registry - replicated multi-master registry tables"
+
+EXTENSION = registry
+DATA = registry--1.0.sql
+
+REGRESS = setup registration keys versions capture clock serving apply views permissions
+REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/sql/regress.conf \
+	--load-extension=plpgsql
+TAP_TESTS = 1
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS = -I$(srcdir)/src -I$(shell $(PG_CONFIG) --includedir)
+SHLIB_LINK_INTERNAL = -L$(shell $(PG_CONFIG) --libdir) -lpq
+SHLIB_LINK = -lz
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out

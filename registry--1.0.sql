@@ -1,0 +1,309 @@
+/* registry--1.0.sql: replicated, multi-master registry tables */
+
+\echo Use "CREATE EXTENSION registry" to load this file. \quit
+
+-- Refuse to install where the background machinery cannot run.
+CREATE FUNCTION registry._assert_preloaded() RETURNS void
+    AS 'MODULE_PATHNAME', 'registry_assert_preloaded' LANGUAGE C;
+SELECT registry._assert_preloaded();
+
+-- Roles: registry_admin administers tables and peers and reads the views;
+-- registry_peer is what other nodes connect as: it may only call the
+-- serving functions.  Roles are cluster-wide and outlive the extension.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'registry_admin') THEN
+        CREATE ROLE registry_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'registry_peer') THEN
+        CREATE ROLE registry_peer NOLOGIN;
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------
+-- Durable state
+-- ---------------------------------------------------------------------
+
+CREATE TABLE registry.replicated_tables (
+    tid           integer PRIMARY KEY,
+    relid         regclass NOT NULL UNIQUE,
+    key_columns   name[] NOT NULL,
+    key_types     text[] NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE SEQUENCE registry.replicated_tables_tid_seq
+    OWNED BY registry.replicated_tables.tid;
+ALTER TABLE registry.replicated_tables
+    ALTER tid SET DEFAULT nextval('registry.replicated_tables_tid_seq');
+
+-- One row per (table, key): the key's latest version, its origin node and
+-- whether it is deleted (tombstone).  khash places the key in its digest
+-- bucket; fillfactor leaves room for HOT updates.
+CREATE TABLE registry.row_versions (
+    tid      integer NOT NULL,
+    khash    integer NOT NULL,
+    key      text COLLATE "C" NOT NULL,
+    version  bigint NOT NULL,
+    origin   text COLLATE "C" NOT NULL,
+    deleted  boolean NOT NULL,
+    PRIMARY KEY (tid, khash, key)
+) WITH (fillfactor = 80);
+
+-- ---------------------------------------------------------------------
+-- Registration
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION registry.replicate(tbl regclass) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'registry_replicate' LANGUAGE C STRICT;
+COMMENT ON FUNCTION registry.replicate(regclass) IS
+    'make a table a registry table (true if it was not one already)';
+
+CREATE FUNCTION registry.unreplicate(tbl regclass) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'registry_unreplicate' LANGUAGE C STRICT;
+COMMENT ON FUNCTION registry.unreplicate(regclass) IS
+    'stop replicating a table and forget its versions (true if it was registered)';
+
+CREATE FUNCTION registry.capture() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'registry_capture' LANGUAGE C;
+CREATE FUNCTION registry.capture_truncate() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'registry_capture_truncate' LANGUAGE C;
+
+CREATE FUNCTION registry._check_tables() RETURNS void
+    AS 'MODULE_PATHNAME', 'registry_check_tables' LANGUAGE C;
+
+-- Refuse DDL that would silently stop replication or change keys.
+CREATE FUNCTION registry._on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM registry._check_tables();
+END
+$$;
+CREATE EVENT TRIGGER registry_ddl ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'DROP INDEX', 'ALTER INDEX',
+                 'CREATE TRIGGER', 'DROP TRIGGER')
+    EXECUTE FUNCTION registry._on_ddl();
+
+-- A dropped registry table is unregistered with it.
+CREATE FUNCTION registry._on_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    obj record;
+BEGIN
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
+               WHERE object_type = 'table'
+    LOOP
+        DELETE FROM registry.row_versions v
+         USING registry.replicated_tables t
+         WHERE t.relid = obj.objid AND v.tid = t.tid;
+        DELETE FROM registry.replicated_tables WHERE relid = obj.objid;
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER registry_drop ON sql_drop
+    EXECUTE FUNCTION registry._on_drop();
+
+-- ---------------------------------------------------------------------
+-- Clock
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION registry.hlc_now() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'registry_hlc_now' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION registry.hlc_now() IS
+    'issue a new hybrid logical clock stamp';
+
+CREATE FUNCTION registry.hlc_update(remote bigint) RETURNS bigint
+    AS 'MODULE_PATHNAME', 'registry_hlc_update' LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION registry.hlc_update(bigint) IS
+    'advance the clock past a received version (superuser)';
+
+CREATE FUNCTION registry.set_clock_offset(offset_by interval) RETURNS void
+    AS 'MODULE_PATHNAME', 'registry_set_clock_offset' LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION registry.set_clock_offset(interval) IS
+    'shift this node''s wall clock, for testing clock steps (superuser)';
+
+CREATE FUNCTION registry.version_time(version bigint) RETURNS timestamptz
+    AS 'MODULE_PATHNAME', 'registry_version_time' LANGUAGE C STRICT IMMUTABLE;
+COMMENT ON FUNCTION registry.version_time(bigint) IS
+    'wall-clock part of a version';
+
+-- ---------------------------------------------------------------------
+-- Serving functions (called by peers)
+-- ---------------------------------------------------------------------
+-- Values travel in canonical settings, fixed here for the call.
+
+CREATE FUNCTION registry.changes_since(after_seq bigint,
+                                       max_changes integer DEFAULT 1000,
+                                       with_rows boolean DEFAULT false,
+                                       epoch bigint DEFAULT NULL,
+                                       exclude_origin text DEFAULT NULL)
+    RETURNS bytea
+    AS 'MODULE_PATHNAME', 'registry_changes_since' LANGUAGE C VOLATILE
+    SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
+    SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
+
+CREATE FUNCTION registry.digest(tbl text,
+                                nbuckets integer DEFAULT 0,
+                                lo integer DEFAULT 0,
+                                width integer DEFAULT 0,
+                                n integer DEFAULT 0)
+    RETURNS bytea
+    AS 'MODULE_PATHNAME', 'registry_digest' LANGUAGE C VOLATILE
+    SET search_path = pg_catalog;
+
+CREATE FUNCTION registry.bucket_entries(tbl text,
+                                        nbuckets integer,
+                                        buckets integer[],
+                                        with_rows boolean DEFAULT false,
+                                        after_hash integer DEFAULT NULL,
+                                        after_key text DEFAULT NULL,
+                                        max_entries integer DEFAULT 10000)
+    RETURNS bytea
+    AS 'MODULE_PATHNAME', 'registry_bucket_entries' LANGUAGE C VOLATILE
+    SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
+    SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
+
+CREATE FUNCTION registry.fetch_rows(tbl text, keys text[])
+    RETURNS bytea
+    AS 'MODULE_PATHNAME', 'registry_fetch_rows' LANGUAGE C STRICT VOLATILE
+    SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
+    SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
+
+CREATE FUNCTION registry.decode_message(msg bytea) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'registry_decode_message' LANGUAGE C STRICT IMMUTABLE;
+COMMENT ON FUNCTION registry.decode_message(bytea) IS
+    'show a message returned by a serving function as JSON';
+
+-- ---------------------------------------------------------------------
+-- Applying remote rows
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION registry.apply_row(tbl regclass, key text, version bigint,
+                                   origin text, deleted boolean,
+                                   "row" jsonb DEFAULT NULL)
+    RETURNS text
+    AS 'MODULE_PATHNAME', 'registry_apply_row' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION registry.apply_row(regclass, text, bigint, text, boolean, jsonb) IS
+    'apply one row as if received from node origin: applied or skipped';
+
+-- ---------------------------------------------------------------------
+-- Inspection
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION registry.verify(tbl regclass DEFAULT NULL)
+    RETURNS TABLE (table_name text, problem text, bucket integer, key text, detail text)
+    AS 'MODULE_PATHNAME', 'registry_verify' LANGUAGE C VOLATILE
+    SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
+    SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
+COMMENT ON FUNCTION registry.verify(regclass) IS
+    'recompute digests from disk and report every difference (no rows: consistent)';
+
+CREATE FUNCTION registry._node_info(
+    OUT node_name text, OUT database text, OUT state text, OUT epoch bigint,
+    OUT started_at timestamptz, OUT ready_at timestamptz,
+    OUT clock bigint, OUT clock_time timestamptz, OUT clock_ready boolean,
+    OUT clock_offset_ms bigint, OUT clock_lease bigint, OUT clock_lease_writes bigint,
+    OUT clock_regressions bigint, OUT versions_refused bigint,
+    OUT last_seq bigint, OUT first_seq bigint,
+    OUT change_log_capacity integer, OUT change_log_used bigint,
+    OUT change_log_overwritten bigint, OUT change_log_truncations bigint,
+    OUT acceptor_capacity integer, OUT acceptors_used bigint, OUT acceptor_ops integer,
+    OUT acceptor_evictions bigint, OUT acceptor_misses bigint,
+    OUT table_capacity integer, OUT tables_used integer, OUT digest_buckets integer,
+    OUT origin_capacity integer, OUT origins_used integer, OUT max_key_length integer,
+    OUT notified_seq bigint, OUT notifications_sent bigint,
+    OUT notifications_lost bigint, OUT notifications_truncated bigint,
+    OUT shared_memory_bytes bigint, OUT maintenance_pid integer)
+    AS 'MODULE_PATHNAME', 'registry_node_info' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION registry._table_stats(
+    OUT tid integer, OUT live_rows bigint, OUT tombstones bigint,
+    OUT changes bigint, OUT last_change timestamptz, OUT digest_root text)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'registry_table_stats' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION registry._acceptors(
+    OUT tid integer, OUT key text, OUT version bigint, OUT origin text,
+    OUT op text, OUT changes bigint, OUT last_change timestamptz, OUT history jsonb)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'registry_acceptors' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION registry._change_log(
+    OUT seq bigint, OUT tid integer, OUT key text, OUT op text,
+    OUT version bigint, OUT origin text, OUT committed_at timestamptz)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'registry_change_log' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION registry._reset() RETURNS void
+    AS 'MODULE_PATHNAME', 'registry_reset' LANGUAGE C;
+
+CREATE FUNCTION registry._table_name(regclass) RETURNS text
+    LANGUAGE sql STABLE STRICT
+    AS $$ SELECT format('%I.%I', n.nspname, c.relname)
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid = $1 $$;
+
+CREATE VIEW registry.node AS
+    SELECT * FROM registry._node_info();
+
+CREATE VIEW registry.tables AS
+    SELECT registry._table_name(r.relid) AS table_name,
+           r.relid,
+           r.tid,
+           r.key_columns,
+           r.key_types,
+           coalesce(s.live_rows, 0) AS rows,
+           coalesce(s.tombstones, 0) AS tombstones,
+           coalesce(s.changes, 0) AS changes,
+           s.last_change,
+           s.digest_root,
+           r.registered_at
+    FROM registry.replicated_tables r
+    LEFT JOIN registry._table_stats() s USING (tid);
+
+CREATE VIEW registry.acceptors AS
+    SELECT registry._table_name(r.relid) AS table_name,
+           a.key, a.version, a.origin, a.op, a.changes, a.last_change, a.history
+    FROM registry._acceptors() a
+    LEFT JOIN registry.replicated_tables r USING (tid);
+
+CREATE VIEW registry.change_log AS
+    SELECT l.seq, registry._table_name(r.relid) AS table_name,
+           l.key, l.op, l.version, l.origin, l.committed_at
+    FROM registry._change_log() l
+    LEFT JOIN registry.replicated_tables r USING (tid)
+    ORDER BY l.seq;
+
+-- ---------------------------------------------------------------------
+-- Privileges
+-- ---------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA registry FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA registry FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA registry FROM PUBLIC;
+GRANT USAGE ON SCHEMA registry TO registry_admin, registry_peer;
+
+-- trigger functions only run as triggers
+GRANT EXECUTE ON FUNCTION registry.capture(), registry.capture_truncate()
+    TO PUBLIC;
+
+GRANT SELECT ON registry.node, registry.tables, registry.acceptors,
+    registry.change_log, registry.replicated_tables TO registry_admin;
+GRANT EXECUTE ON FUNCTION
+    registry.replicate(regclass), registry.unreplicate(regclass),
+    registry.hlc_now(), registry.version_time(bigint),
+    registry.verify(regclass), registry.decode_message(bytea),
+    registry.apply_row(regclass, text, bigint, text, boolean, jsonb),
+    registry._node_info(), registry._table_stats(), registry._acceptors(),
+    registry._change_log(), registry._table_name(regclass)
+    TO registry_admin;
+GRANT EXECUTE ON FUNCTION
+    registry.changes_since(bigint, integer, boolean, bigint, text),
+    registry.digest(text, integer, integer, integer, integer),
+    registry.bucket_entries(text, integer, integer[], boolean, integer, text, integer),
+    registry.fetch_rows(text, text[]),
+    registry.decode_message(bytea)
+    TO registry_peer, registry_admin;
+
+-- A new incarnation of the extension starts from empty shared state.
+SELECT registry._reset();

@@ -1,0 +1,286 @@
+/*-------------------------------------------------------------------------
+ *
+ * acceptor.c
+ *	  Acceptors: for each recently changed key, its latest version and a
+ *	  short ring of its last operations (version, origin, op), kept in a
+ *	  shared hash table of registry.max_acceptors entries.  When it is full
+ *	  the least recently changed key is evicted (and counted).
+ *
+ * Acceptors are a cache of recent history for inspection
+ * (registry.acceptors); the durable truth is registry.row_versions.
+ * acceptor_note() runs in the commit callback, so it never allocates and
+ * never raises an error: a key that finds no room is only counted.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "registry.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(registry_acceptors);
+
+#define MAX_KEY_BUF 4096
+
+typedef struct AcceptorKey
+{
+	int32		tid;
+	char		key[FLEXIBLE_ARRAY_MEMBER];
+} AcceptorKey;
+
+typedef struct AcceptorOp
+{
+	RegVersion	version;
+	int16		origin;
+	char		op;
+} AcceptorOp;
+
+typedef struct AcceptorData
+{
+	dlist_node	lru;
+	RegVersion	version;		/* latest */
+	int16		origin;
+	char		op;
+	uint64		changes;		/* operations seen since the acceptor was made */
+	TimestampTz created;
+	TimestampTz last_change;
+	int			nops;			/* valid entries in ops[] */
+	int			next;			/* where the next op goes */
+	AcceptorOp	ops[FLEXIBLE_ARRAY_MEMBER];
+} AcceptorData;
+
+static HTAB *AcceptorHash = NULL;
+static Size key_size;
+static Size data_offset;
+
+#define ENTRY_DATA(e)	((AcceptorData *) ((char *) (e) + data_offset))
+#define DATA_ENTRY(d)	((AcceptorKey *) ((char *) (d) - data_offset))
+
+static void
+compute_sizes(void)
+{
+	key_size = offsetof(AcceptorKey, key) + registry_max_key_length + 1;
+	data_offset = MAXALIGN(key_size);
+}
+
+static Size
+entry_size(void)
+{
+	compute_sizes();
+	return data_offset + offsetof(AcceptorData, ops) +
+		sizeof(AcceptorOp) * registry_acceptor_ops;
+}
+
+static uint32
+acceptor_hash(const void *key, Size keysize)
+{
+	const AcceptorKey *k = key;
+
+	return keys_hash(k->key, strlen(k->key)) ^ ((uint32) k->tid * 0x9E3779B1U);
+}
+
+static int
+acceptor_match(const void *key1, const void *key2, Size keysize)
+{
+	const AcceptorKey *a = key1;
+	const AcceptorKey *b = key2;
+
+	if (a->tid != b->tid)
+		return 1;
+	return strcmp(a->key, b->key);
+}
+
+static void *
+acceptor_keycopy(void *dest, const void *src, Size keysize)
+{
+	AcceptorKey *d = dest;
+	const AcceptorKey *s = src;
+
+	d->tid = s->tid;
+	strlcpy(d->key, s->key, keysize - offsetof(AcceptorKey, key));
+	return dest;
+}
+
+Size
+acceptor_shmem_size(void)
+{
+	return hash_estimate_size(registry_max_acceptors, entry_size());
+}
+
+void
+acceptor_shmem_init(void)
+{
+	HASHCTL		info;
+
+	info.keysize = (compute_sizes(), key_size);
+	info.entrysize = entry_size();
+	info.hash = acceptor_hash;
+	info.match = acceptor_match;
+	info.keycopy = acceptor_keycopy;
+	AcceptorHash = ShmemInitHash("registry acceptors",
+								 registry_max_acceptors, registry_max_acceptors,
+								 &info,
+								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE |
+								 HASH_KEYCOPY | HASH_FIXED_SIZE);
+}
+
+/*
+ * Record one committed operation on a key.  Caller holds acceptor_lock
+ * exclusively.  Must not fail.
+ */
+void
+acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
+			  int16 origin, char op, TimestampTz when)
+{
+	static union
+	{
+		AcceptorKey k;
+		char		buf[offsetof(AcceptorKey, key) + MAX_KEY_BUF + 1];
+	}			kbuf;
+	AcceptorKey *entry;
+	AcceptorData *d;
+	bool		found;
+
+	kbuf.k.tid = tid;
+	strlcpy(kbuf.k.key, key, registry_max_key_length + 1);
+
+	entry = hash_search(AcceptorHash, &kbuf, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		if (RegistryState->acc_used >= registry_max_acceptors &&
+			!dlist_is_empty(&RegistryState->acc_lru))
+		{
+			dlist_node *victim = dlist_tail_node(&RegistryState->acc_lru);
+			AcceptorData *vd = dlist_container(AcceptorData, lru, victim);
+
+			dlist_delete(victim);
+			hash_search(AcceptorHash, DATA_ENTRY(vd), HASH_REMOVE, NULL);
+			RegistryState->acc_used--;
+			RegistryState->acc_evictions++;
+		}
+		entry = hash_search(AcceptorHash, &kbuf, HASH_ENTER_NULL, &found);
+		if (entry == NULL)
+		{
+			RegistryState->acc_misses++;
+			return;
+		}
+		d = ENTRY_DATA(entry);
+		memset(d, 0, offsetof(AcceptorData, ops));
+		d->created = when;
+		RegistryState->acc_used++;
+	}
+	else
+	{
+		d = ENTRY_DATA(entry);
+		dlist_delete(&d->lru);
+	}
+	dlist_push_head(&RegistryState->acc_lru, &d->lru);
+
+	/* a late commit of an older version does not replace the latest */
+	if (version >= d->version)
+	{
+		d->version = version;
+		d->origin = origin;
+		d->op = op;
+	}
+	d->changes++;
+	d->last_change = when;
+	d->ops[d->next].version = version;
+	d->ops[d->next].origin = origin;
+	d->ops[d->next].op = op;
+	d->next = (d->next + 1) % registry_acceptor_ops;
+	if (d->nops < registry_acceptor_ops)
+		d->nops++;
+}
+
+/* Forget every acceptor.  Caller holds acceptor_lock exclusively. */
+void
+acceptor_reset(void)
+{
+	HASH_SEQ_STATUS status;
+	AcceptorKey *e;
+
+	hash_seq_init(&status, AcceptorHash);
+	while ((e = hash_seq_search(&status)) != NULL)
+		hash_search(AcceptorHash, e, HASH_REMOVE, NULL);
+	dlist_init(&RegistryState->acc_lru);
+	RegistryState->acc_used = 0;
+}
+
+/*
+ * registry._acceptors(): one row per acceptor, most recently changed
+ * first, with its operation history (oldest first) as JSON.
+ */
+Datum
+registry_acceptors(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Size		esz = entry_size();
+	char	   *copy;
+	int			n = 0;
+	int			i;
+	dlist_iter	it;
+
+	registry_check_preloaded();
+	registry_check_admin();
+	InitMaterializedSRF(fcinfo, 0);
+
+	/* copy out under the lock, format after releasing it */
+	LWLockAcquire(RegistryState->acceptor_lock, LW_SHARED);
+	copy = palloc(esz * Max(RegistryState->acc_used, 1));
+	dlist_foreach(it, &RegistryState->acc_lru)
+	{
+		AcceptorData *d = dlist_container(AcceptorData, lru, it.cur);
+
+		memcpy(copy + (Size) n * esz, DATA_ENTRY(d), esz);
+		n++;
+	}
+	LWLockRelease(RegistryState->acceptor_lock);
+
+	for (i = 0; i < n; i++)
+	{
+		AcceptorKey *k = (AcceptorKey *) (copy + (Size) i * esz);
+		AcceptorData *d = ENTRY_DATA(k);
+		Datum		values[8];
+		bool		nulls[8] = {false};
+		StringInfoData hist;
+		int			j;
+		int			start = (d->next - d->nops + registry_acceptor_ops) % registry_acceptor_ops;
+
+		initStringInfo(&hist);
+		appendStringInfoChar(&hist, '[');
+		for (j = 0; j < d->nops; j++)
+		{
+			AcceptorOp *op = &d->ops[(start + j) % registry_acceptor_ops];
+
+			if (j > 0)
+				appendStringInfoString(&hist, ", ");
+			appendStringInfo(&hist, "{\"op\": \"%s\", \"version\": " UINT64_FORMAT ", \"origin\": ",
+							 registry_op_name(op->op), op->version);
+			escape_json(&hist, origin_name(op->origin));
+			appendStringInfoChar(&hist, '}');
+		}
+		appendStringInfoChar(&hist, ']');
+
+		values[0] = Int32GetDatum(k->tid);
+		values[1] = CStringGetTextDatum(k->key);
+		values[2] = Int64GetDatum((int64) d->version);
+		values[3] = CStringGetTextDatum(origin_name(d->origin));
+		values[4] = CStringGetTextDatum(registry_op_name(d->op));
+		values[5] = Int64GetDatum((int64) d->changes);
+		values[6] = TimestampTzGetDatum(d->last_change);
+		values[7] = DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

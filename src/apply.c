@@ -1,0 +1,422 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply.c
+ *	  Writing a remote row with its remote version and origin: the
+ *	  last-writer-wins rule and the statements that carry it out.
+ *
+ * For each row: the receive rule of the clock runs (a version too far in
+ * the future is refused); the row is skipped unless its (version, origin)
+ * is greater than the stored one; otherwise it is upserted or deleted
+ * through SQL, so constraints are checked and the capture trigger
+ * records it, with the remote version (capture_set_apply), and publishes
+ * it at commit like any local change.  A tombstone for a key without a
+ * local row is written to registry.row_versions directly.
+ *
+ * A concurrent local write to the same key makes the capture trigger
+ * raise a serialization failure; the caller retries the whole batch.
+ *
+ * Applying runs as session_replication_role = replica, as logical
+ * replication does: ordinary user triggers and foreign-key checks do not
+ * fire for replicated rows (the capture trigger fires ALWAYS).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "registry.h"
+#include "versions.h"
+
+PG_FUNCTION_INFO_V1(registry_apply_row);
+
+static bool
+version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
+{
+	if (v1 != v2)
+		return v1 > v2;
+	return strcmp(o1, o2) > 0;
+}
+
+static const char *
+key_column_list(RegTable *t)
+{
+	StringInfoData b;
+	int			i;
+
+	initStringInfo(&b);
+	for (i = 0; i < t->nkeys; i++)
+		appendStringInfo(&b, "%s%s", i ? ", " : "", quote_identifier(t->keys[i].name));
+	return b.data;
+}
+
+/*
+ * Match the peer's column list to ours.  Every column we transmit must be
+ * sent, with the same type name, and nothing else; anything else is an
+ * incompatible table definition, reported before any row is written.
+ */
+ApplyColumns *
+apply_map_columns(RegTable *t, int ncols, char **names, char **types)
+{
+	ApplyColumns *ac = palloc0(sizeof(ApplyColumns));
+	StringInfoData sql;
+	StringInfoData set;
+	Oid		   *argtypes;
+	int			i,
+				j;
+
+	ac->t = t;
+	ac->ncols = ncols;
+	ac->local = palloc(sizeof(int) * Max(ncols, 1));
+	ac->keypos = palloc(sizeof(int) * t->nkeys);
+	for (i = 0; i < ncols; i++)
+	{
+		for (j = 0; j < t->ncols; j++)
+			if (strcmp(t->cols[j].name, names[i]) == 0)
+				break;
+		if (j == t->ncols)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("column \"%s\" of registry table %s does not exist on node \"%s\"",
+							names[i], t->qualname, registry_node_name),
+					 errhint("Registry tables must have the same columns on every node.")));
+		if (strcmp(t->cols[j].typname, types[i]) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of registry table %s has type %s on node \"%s\" but %s on the peer",
+							names[i], t->qualname, t->cols[j].typname,
+							registry_node_name, types[i]),
+					 errhint("Registry tables must have the same columns on every node.")));
+		ac->local[i] = j;
+	}
+	if (ncols != t->ncols)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("registry table %s has %d columns on node \"%s\" but %d on the peer",
+						t->qualname, t->ncols, registry_node_name, ncols),
+				 errhint("Registry tables must have the same columns on every node.")));
+	for (i = 0; i < t->nkeys; i++)
+	{
+		ac->keypos[i] = -1;
+		for (j = 0; j < ncols; j++)
+			if (t->cols[ac->local[j]].attnum == t->keys[i].attnum)
+				ac->keypos[i] = j;
+		if (ac->keypos[i] < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("key column \"%s\" of registry table %s is not transmitted",
+							t->keys[i].name, t->qualname)));
+	}
+
+	/* upsert: every column as text, cast by its local type */
+	initStringInfo(&sql);
+	initStringInfo(&set);
+	appendStringInfo(&sql, "INSERT INTO %s (", t->qualname);
+	for (i = 0; i < ncols; i++)
+		appendStringInfo(&sql, "%s%s", i ? ", " : "",
+						 quote_identifier(t->cols[ac->local[i]].name));
+	appendStringInfo(&sql, ")%s VALUES (",
+					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
+	for (i = 0; i < ncols; i++)
+	{
+		RowColumn  *c = &t->cols[ac->local[i]];
+		bool		iskey = false;
+
+		appendStringInfo(&sql, "%s$%d::%s", i ? ", " : "", i + 1,
+						 format_type_with_typemod(c->typid, c->typmod));
+		for (j = 0; j < t->nkeys; j++)
+			if (t->keys[j].attnum == c->attnum)
+				iskey = true;
+		if (!iskey)
+			appendStringInfo(&set, "%s%s = EXCLUDED.%s", set.len ? ", " : "",
+							 quote_identifier(c->name), quote_identifier(c->name));
+	}
+	/* an all-key table still needs an UPDATE to fire the capture trigger */
+	if (set.len == 0)
+		appendStringInfo(&set, "%s = EXCLUDED.%s",
+						 quote_identifier(t->keys[0].name),
+						 quote_identifier(t->keys[0].name));
+	appendStringInfo(&sql, ") ON CONFLICT (%s) DO UPDATE SET %s",
+					 key_column_list(t), set.data);
+	argtypes = palloc(sizeof(Oid) * Max(ncols, 1));
+	for (i = 0; i < ncols; i++)
+		argtypes[i] = TEXTOID;
+	ac->upsert = SPI_prepare(sql.data, ncols, argtypes);
+	if (ac->upsert == NULL)
+		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
+			 SPI_result_code_string(SPI_result));
+
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "DELETE FROM ONLY %s WHERE (%s) = (", t->qualname,
+					 key_column_list(t));
+	for (i = 0; i < t->nkeys; i++)
+		appendStringInfo(&sql, "%s$%d::%s", i ? ", " : "", i + 1,
+						 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
+	appendStringInfoString(&sql, ")");
+	ac->delete = SPI_prepare(sql.data, t->nkeys, argtypes);
+	if (ac->delete == NULL)
+		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
+			 SPI_result_code_string(SPI_result));
+	return ac;
+}
+
+/* Keep the prepared statements beyond the current SPI connection. */
+void
+apply_keep_columns(ApplyColumns *ac)
+{
+	SPI_keepplan(ac->upsert);
+	SPI_keepplan(ac->delete);
+}
+
+void
+apply_free_columns(ApplyColumns *ac)
+{
+	SPI_freeplan(ac->upsert);
+	SPI_freeplan(ac->delete);
+}
+
+/*
+ * The row's own key, from its key column values: a peer whose key and
+ * row disagree sent a malformed answer.
+ */
+static void
+check_row_key(ApplyColumns *ac, const char *key, char **values)
+{
+	RegTable   *t = ac->t;
+	Datum		kv[INDEX_MAX_KEYS];
+	bool		kn[INDEX_MAX_KEYS];
+	char	   *rowkey;
+	int			i;
+
+	for (i = 0; i < t->nkeys; i++)
+	{
+		const char *v = values[ac->keypos[i]];
+
+		kn[i] = (v == NULL);
+		kv[i] = kn[i] ? (Datum) 0 :
+			OidInputFunctionCall(t->keys[i].infunc, (char *) v,
+								 t->keys[i].ioparam, t->keys[i].typmod);
+	}
+	rowkey = keys_encode(t->keys, t->nkeys, kv, kn, t->qualname);
+	if (strcmp(rowkey, key) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("row for key \"%s\" of table %s has key \"%s\"",
+						key, t->qualname, rowkey)));
+}
+
+/*
+ * Apply one remote row.  Caller has called apply_begin() and prepared ac.
+ * Errors (constraint violations, malformed values) abort the caller's
+ * transaction: the batch is all or nothing.
+ */
+ApplyResult
+apply_row(ApplyColumns *ac, const char *key, RegVersion version,
+		  const char *origin, bool deleted, char **values)
+{
+	RegTable   *t = ac->t;
+	uint32		khash;
+	VersionState cur;
+	Datum	   *args;
+	char	   *nulls;
+	int			i;
+	int			rc;
+
+	if (strlen(key) > (size_t) registry_max_key_length)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("registry key of table %s is too long for node \"%s\"",
+						t->qualname, registry_node_name),
+				 errdetail("The key is %d bytes; registry.max_key_length is %d bytes.",
+						   (int) strlen(key), registry_max_key_length),
+				 errhint("Set the same registry.max_key_length on every node.")));
+	if (!registry_valid_node_name(origin))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("invalid origin node name \"%s\"", origin)));
+	if (!deleted && values == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("live row for key \"%s\" of table %s comes without values",
+						key, t->qualname)));
+	if (!hlc_update(version, NULL))
+		return APPLY_REFUSED_SKEW;
+
+	khash = keys_hash(key, strlen(key));
+	versions_lookup(t->tid, khash, key, &cur);
+	if (cur.exists && !version_greater(version, origin, cur.version, cur.origin))
+		return APPLY_SKIPPED_OLDER;
+
+	capture_set_apply(t->tid, key, version, origin);
+	if (!deleted)
+	{
+		check_row_key(ac, key, values);
+		args = palloc(sizeof(Datum) * Max(ac->ncols, 1));
+		nulls = palloc(Max(ac->ncols, 1));
+		for (i = 0; i < ac->ncols; i++)
+		{
+			args[i] = values[i] ? CStringGetTextDatum(values[i]) : (Datum) 0;
+			nulls[i] = values[i] ? ' ' : 'n';
+		}
+		rc = SPI_execute_plan(ac->upsert, args, nulls, false, 0);
+		if (rc != SPI_OK_INSERT || SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+					 errmsg("applying key \"%s\" of table %s wrote %d rows",
+							key, t->qualname, (int) SPI_processed)));
+	}
+	else
+	{
+		bool		done = false;
+
+		if (cur.exists && !cur.deleted)
+		{
+			List	   *parts = keys_split(key, t->nkeys);
+
+			args = palloc(sizeof(Datum) * t->nkeys);
+			for (i = 0; i < t->nkeys; i++)
+				args[i] = CStringGetTextDatum((char *) list_nth(parts, i));
+			rc = SPI_execute_plan(ac->delete, args, NULL, false, 0);
+			if (rc != SPI_OK_DELETE)
+				elog(ERROR, "registry: delete failed: %s", SPI_result_code_string(rc));
+			done = (SPI_processed == 1);
+		}
+		if (!done)
+		{
+			VersionState old;
+
+			versions_write(t->tid, khash, key, version, origin, true, &old);
+			if (old.exists && !old.deleted)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("registry key \"%s\" was inserted concurrently", key)));
+			capture_record(t, khash, key, &old, version, origin, true);
+		}
+	}
+	capture_clear_apply();
+	return APPLY_APPLIED;
+}
+
+/*
+ * Session state for applying: SPI, the canonical settings in which values
+ * travel, and session_replication_role = replica.  Returns the GUC nest
+ * level to pass to apply_end().
+ */
+int
+apply_begin(void)
+{
+	int			nest;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "registry: SPI_connect failed");
+	canonical_gucs_push(&nest);
+	(void) set_config_option("session_replication_role", "replica",
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+	return nest;
+}
+
+void
+apply_end(int nest)
+{
+	capture_clear_apply();
+	canonical_gucs_pop(nest);
+	SPI_finish();
+}
+
+/*
+ * registry.apply_row(tbl regclass, key text, version bigint, origin text,
+ *					  deleted boolean, row jsonb) returns text
+ *
+ * Apply one row as if it came from node origin: 'applied', 'skipped'
+ * (not newer than the stored version) or an error.  The row's columns are
+ * taken from the JSON object by name (a JSON null or a missing member is
+ * NULL).  Exists for tests and repairs; peers use the same code path.
+ */
+Datum
+registry_apply_row(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	int64		version = PG_GETARG_INT64(2);
+	char	   *origin = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	bool		deleted = PG_GETARG_BOOL(4);
+	Jsonb	   *row = PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5);
+	RegTable   *t;
+	ApplyColumns *ac;
+	char	  **names;
+	char	  **types;
+	char	  **values = NULL;
+	ApplyResult r;
+	int			nest;
+	int			i;
+
+	registry_check_preloaded();
+	registry_check_admin();
+	if (version <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("version must be positive")));
+	t = regtable_by_relid(relid, false);
+
+	names = palloc(sizeof(char *) * Max(t->ncols, 1));
+	types = palloc(sizeof(char *) * Max(t->ncols, 1));
+	for (i = 0; i < t->ncols; i++)
+	{
+		names[i] = t->cols[i].name;
+		types[i] = t->cols[i].typname;
+	}
+	if (!deleted)
+	{
+		if (row == NULL || !JB_ROOT_IS_OBJECT(row))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a live row needs its columns as a JSON object")));
+		values = palloc0(sizeof(char *) * Max(t->ncols, 1));
+		for (i = 0; i < t->ncols; i++)
+		{
+			JsonbValue	k;
+			JsonbValue *v;
+
+			k.type = jbvString;
+			k.val.string.val = names[i];
+			k.val.string.len = strlen(names[i]);
+			v = findJsonbValueFromContainer(&row->root, JB_FOBJECT, &k);
+			if (v == NULL || v->type == jbvNull)
+				values[i] = NULL;
+			else if (v->type == jbvString)
+				values[i] = pnstrdup(v->val.string.val, v->val.string.len);
+			else if (v->type == jbvNumeric)
+				values[i] = DatumGetCString(DirectFunctionCall1(numeric_out,
+																NumericGetDatum(v->val.numeric)));
+			else if (v->type == jbvBool)
+				values[i] = pstrdup(v->val.boolean ? "true" : "false");
+			else
+				values[i] = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+		}
+	}
+
+	nest = apply_begin();
+	ac = apply_map_columns(t, t->ncols, names, types);
+	r = apply_row(ac, key, (RegVersion) version, origin, deleted, values);
+	apply_end(nest);
+
+	if (r == APPLY_REFUSED_SKEW)
+	{
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("version " INT64_FORMAT " from node \"%s\" is too far ahead of the local clock",
+						version, origin),
+				 errdetail("Versions above " UINT64_FORMAT " (registry.max_clock_skew = %d ms ahead) are refused.",
+						   hlc_max_acceptable(), registry_max_clock_skew_ms)));
+	}
+	PG_RETURN_TEXT_P(cstring_to_text(r == APPLY_APPLIED ? "applied" : "skipped"));
+}

@@ -1,0 +1,726 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *	  Registration of tables (registry.replicate / unreplicate), the
+ *	  backend-local cache of what is known about each registered table,
+ *	  and the checks that keep DDL from silently breaking a registered
+ *	  table.
+ *
+ * The durable list is registry.replicated_tables.  Nodes name a table by
+ * its quoted "schema.table"; locally it has a small id (tid) that
+ * registry.row_versions and shared memory use.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/catalog.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/regproc.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#include "registry.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(registry_replicate);
+PG_FUNCTION_INFO_V1(registry_unreplicate);
+PG_FUNCTION_INFO_V1(registry_check_tables);
+PG_FUNCTION_INFO_V1(registry_reset);
+
+#define CAPTURE_TRIGGER		"registry_capture"
+#define TRUNCATE_TRIGGER	"registry_truncate"
+
+typedef struct RegTableEntry
+{
+	RegTable	t;				/* t.relid is the hash key */
+	MemoryContext cxt;
+} RegTableEntry;
+
+static HTAB *RegTableCache = NULL;
+
+/*
+ * replicate() and unreplicate() run DDL through SPI, which fires the
+ * extension's own ddl_command_end trigger half-way; their in-between
+ * states are not checked.  Reset at transaction end.
+ */
+static bool ddl_check_suppressed = false;
+
+static void
+catalog_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		ddl_check_suppressed = false;
+}
+
+/* OIDs of the extension's own relations, looked up once per backend */
+typedef struct OwnRelid
+{
+	const char *name;
+	Oid			oid;
+} OwnRelid;
+
+static OwnRelid own_relids[] = {
+	{"replicated_tables", InvalidOid},
+	{"replicated_tables_pkey", InvalidOid},
+	{"replicated_tables_relid_key", InvalidOid},
+	{"row_versions", InvalidOid},
+	{"row_versions_pkey", InvalidOid},
+	{NULL, InvalidOid}
+};
+
+static void
+regtable_invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	RegTableEntry *e;
+	OwnRelid   *o;
+
+	for (o = own_relids; o->name; o++)
+	{
+		if (relid == InvalidOid || relid == o->oid)
+			o->oid = InvalidOid;
+	}
+	if (RegTableCache == NULL)
+		return;
+	if (relid != InvalidOid)
+	{
+		e = hash_search(RegTableCache, &relid, HASH_FIND, NULL);
+		if (e)
+			e->t.valid = false;
+		return;
+	}
+	hash_seq_init(&status, RegTableCache);
+	while ((e = hash_seq_search(&status)) != NULL)
+		e->t.valid = false;
+}
+
+static void
+regtable_cache_init(void)
+{
+	HASHCTL		ctl;
+
+	if (RegTableCache)
+		return;
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(RegTableEntry);
+	ctl.hcxt = CacheMemoryContext;
+	RegTableCache = hash_create("registry tables", 32, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	CacheRegisterRelcacheCallback(regtable_invalidate, (Datum) 0);
+	RegisterXactCallback(catalog_xact_callback, NULL);
+}
+
+/* OID of one of the extension's relations; errors if the extension is gone. */
+Oid
+registry_relid(const char *relname)
+{
+	OwnRelid   *o;
+
+	regtable_cache_init();
+	for (o = own_relids; o->name; o++)
+	{
+		if (strcmp(o->name, relname) == 0)
+			break;
+	}
+	Assert(o->name != NULL);
+	if (!OidIsValid(o->oid))
+	{
+		Oid			nsp = get_namespace_oid(REGISTRY_SCHEMA, true);
+
+		if (OidIsValid(nsp))
+			o->oid = get_relname_relid(relname, nsp);
+		if (!OidIsValid(o->oid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("registry extension is not installed in this database"),
+					 errhint("Run CREATE EXTENSION registry.")));
+	}
+	return o->oid;
+}
+
+char *
+regtable_qualname(Oid relid)
+{
+	char	   *rel = get_rel_name(relid);
+	char	   *nsp;
+
+	if (rel == NULL)
+		return NULL;
+	nsp = get_namespace_name(get_rel_namespace(relid));
+	return quote_qualified_identifier(nsp, rel);
+}
+
+/*
+ * The registration row for relid (by relid) or tid (by tid), read with a
+ * fresh snapshot so that registrations committed after our transaction's
+ * snapshot are still seen (the trigger fires as soon as it exists).
+ */
+static bool
+catalog_lookup(Oid relid, int32 tid, Oid *relid_out, int32 *tid_out)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	Snapshot	snap;
+	bool		found = false;
+
+	rel = table_open(registry_relid("replicated_tables"), AccessShareLock);
+	if (OidIsValid(relid))
+		ScanKeyInit(&key, 2, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(relid));
+	else
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ,
+					Int32GetDatum(tid));
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel,
+							  registry_relid(OidIsValid(relid) ?
+											 "replicated_tables_relid_key" :
+											 "replicated_tables_pkey"),
+							  true, snap, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+
+		*tid_out = DatumGetInt32(heap_getattr(tup, 1, RelationGetDescr(rel), &isnull));
+		*relid_out = DatumGetObjectId(heap_getattr(tup, 2, RelationGetDescr(rel), &isnull));
+		found = true;
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/* All registrations, as a list of RegTid. */
+List *
+regtable_all(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Snapshot	snap;
+	List	   *result = NIL;
+
+	rel = table_open(registry_relid("replicated_tables"), AccessShareLock);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, InvalidOid, false, snap, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		isnull;
+		int32		tid = DatumGetInt32(heap_getattr(tup, 1, RelationGetDescr(rel), &isnull));
+		Oid			relid = DatumGetObjectId(heap_getattr(tup, 2, RelationGetDescr(rel), &isnull));
+
+		RegTid	   *r = palloc(sizeof(RegTid));
+
+		r->tid = tid;
+		r->relid = relid;
+		result = lappend(result, r);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return result;
+}
+
+static void
+regtable_build(RegTableEntry *e, int32 tid)
+{
+	Relation	rel;
+	Relation	idx;
+	Oid			pkoid;
+	MemoryContext old;
+	int			i;
+
+	if (e->cxt)
+		MemoryContextDelete(e->cxt);
+	e->cxt = AllocSetContextCreate(CacheMemoryContext, "registry table",
+								   ALLOCSET_SMALL_SIZES);
+	/* an invalidation arriving while we build marks it stale again */
+	e->t.valid = true;
+	e->t.tid = tid;
+	e->t.slot = -1;
+
+	rel = relation_open(e->t.relid, AccessShareLock);
+	pkoid = RelationGetPrimaryKeyIndex(rel);
+	if (!OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("registry table \"%s\" has no primary key",
+						RelationGetRelationName(rel)),
+				 errhint("Restore the primary key, or call registry.unreplicate().")));
+	idx = index_open(pkoid, AccessShareLock);
+
+	old = MemoryContextSwitchTo(e->cxt);
+	e->t.qualname = regtable_qualname(e->t.relid);
+	e->t.pkindex = pkoid;
+	e->t.nkeys = idx->rd_index->indnkeyatts;
+	e->t.keys = palloc0(sizeof(KeyColumn) * e->t.nkeys);
+	for (i = 0; i < e->t.nkeys; i++)
+		keys_prepare_column(rel, idx, i, &e->t.keys[i], false);
+
+	/* the columns exchanged with peers */
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+
+		e->t.cols = palloc0(sizeof(RowColumn) * desc->natts);
+		e->t.ncols = 0;
+		e->t.has_identity_always = false;
+		for (i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			RowColumn  *c;
+			Oid			outfunc;
+			bool		varlena;
+
+			if (att->attisdropped || att->attgenerated)
+				continue;
+			if (att->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
+				e->t.has_identity_always = true;
+			c = &e->t.cols[e->t.ncols++];
+			c->attnum = att->attnum;
+			c->name = pstrdup(NameStr(att->attname));
+			c->typname = format_type_be(att->atttypid);
+			c->typid = att->atttypid;
+			c->typmod = att->atttypmod;
+			getTypeInputInfo(att->atttypid, &c->infunc, &c->ioparam);
+			getTypeOutputInfo(att->atttypid, &outfunc, &varlena);
+			fmgr_info_cxt(outfunc, &c->outinfo, e->cxt);
+		}
+	}
+	MemoryContextSwitchTo(old);
+
+	index_close(idx, NoLock);
+	relation_close(rel, NoLock);
+}
+
+RegTable *
+regtable_by_relid(Oid relid, bool missing_ok)
+{
+	RegTableEntry *e;
+	bool		found;
+	int32		tid;
+	Oid			r;
+
+	regtable_cache_init();
+	e = hash_search(RegTableCache, &relid, HASH_FIND, NULL);
+	if (e && e->t.valid)
+		return &e->t;
+
+	if (!catalog_lookup(relid, 0, &r, &tid))
+	{
+		if (e)
+		{
+			if (e->cxt)
+				MemoryContextDelete(e->cxt);
+			hash_search(RegTableCache, &relid, HASH_REMOVE, NULL);
+		}
+		if (missing_ok)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("table \"%s\" is not a registry table",
+						get_rel_name(relid) ? get_rel_name(relid) : "?"),
+				 errhint("Register it with registry.replicate().")));
+	}
+
+	e = hash_search(RegTableCache, &relid, HASH_ENTER, &found);
+	if (!found)
+		e->cxt = NULL;
+	regtable_build(e, tid);
+	return &e->t;
+}
+
+RegTable *
+regtable_by_tid(int32 tid, bool missing_ok)
+{
+	HASH_SEQ_STATUS status;
+	RegTableEntry *e;
+	Oid			relid;
+	int32		t;
+
+	regtable_cache_init();
+	hash_seq_init(&status, RegTableCache);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (e->t.valid && e->t.tid == tid)
+		{
+			hash_seq_term(&status);
+			return &e->t;
+		}
+	}
+	if (!catalog_lookup(InvalidOid, tid, &relid, &t))
+	{
+		if (missing_ok)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no registry table has id %d", tid)));
+	}
+	return regtable_by_relid(relid, missing_ok);
+}
+
+/*
+ * A table by its wire name ("schema.table", quoted as needed).  Takes
+ * AccessShareLock on it, kept to the end of the transaction.
+ */
+RegTable *
+regtable_by_name(const char *qualname, bool missing_ok)
+{
+	List	   *names;
+	RangeVar   *rv;
+	Oid			relid;
+
+	names = stringToQualifiedNameList(qualname);
+	rv = makeRangeVarFromNameList(names);
+	if (rv->schemaname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("registry table name \"%s\" must be schema-qualified",
+						qualname)));
+	relid = RangeVarGetRelid(rv, AccessShareLock, true);
+	if (!OidIsValid(relid))
+	{
+		if (missing_ok)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("registry table \"%s\" does not exist on node \"%s\"",
+						qualname, registry_node_name)));
+	}
+	return regtable_by_relid(relid, missing_ok);
+}
+
+/* ---- registration ---- */
+
+static void
+check_registrable(Relation rel)
+{
+	const char *name = RelationGetRelationName(rel);
+	Oid			pkoid;
+	Relation	idx;
+	int			i;
+
+	switch (rel->rd_rel->relkind)
+	{
+		case RELKIND_RELATION:
+			break;
+		case RELKIND_PARTITIONED_TABLE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot register partitioned table \"%s\"", name),
+					 errdetail("Registry tables are replicated partition by partition."),
+					 errhint("Register each partition with registry.replicate().")));
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("\"%s\" is not a table", name),
+					 errdetail("Only ordinary tables can be registry tables.")));
+	}
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot register temporary table \"%s\"", name)));
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_UNLOGGED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot register unlogged table \"%s\"", name),
+				 errdetail("Unlogged tables lose their rows in a crash, which replication cannot undo."),
+				 errhint("ALTER TABLE %s SET LOGGED first.", name)));
+	if (IsCatalogRelation(rel) ||
+		RelationGetNamespace(rel) == get_namespace_oid(REGISTRY_SCHEMA, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot register system or registry table \"%s\"", name)));
+
+	pkoid = RelationGetPrimaryKeyIndex(rel);
+	if (!OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table \"%s\" has no primary key", name),
+				 errdetail("Registry tables are keyed by their primary key."),
+				 errhint("Add one with ALTER TABLE %s ADD PRIMARY KEY (...).", name)));
+	idx = index_open(pkoid, AccessShareLock);
+	if (!idx->rd_index->indimmediate)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("primary key of table \"%s\" is deferrable", name),
+				 errdetail("A key must identify one row at every moment.")));
+	for (i = 0; i < idx->rd_index->indnkeyatts; i++)
+	{
+		KeyColumn	col;
+
+		keys_prepare_column(rel, idx, i, &col, true);
+	}
+	index_close(idx, NoLock);
+}
+
+static void
+spi_exec(const char *sql, int expected)
+{
+	int			rc = SPI_execute(sql, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "registry: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
+}
+
+/* Record every existing row as a fresh local insert. */
+extern void capture_register_existing(RegTable *t, Relation rel);
+
+Datum
+registry_replicate(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	Relation	rel;
+	RegTable   *t;
+	char	   *qual;
+	StringInfoData sql;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1];
+	int			rc;
+
+	registry_check_preloaded();
+	registry_check_admin();
+
+	/* blocks writers, as CREATE TRIGGER would */
+	rel = table_open(relid, ShareRowExclusiveLock);
+	check_registrable(rel);
+
+	if (regtable_by_relid(relid, true) != NULL)
+	{
+		ereport(NOTICE,
+				(errmsg("table \"%s\" is already a registry table",
+						RelationGetRelationName(rel))));
+		table_close(rel, NoLock);
+		PG_RETURN_BOOL(false);
+	}
+
+	qual = regtable_qualname(relid);
+	/* ALTER TABLE below refuses a table we hold open; the lock stays */
+	table_close(rel, NoLock);
+	ddl_check_suppressed = true;
+	SPI_connect();
+	args[0] = ObjectIdGetDatum(relid);
+	rc = SPI_execute_with_args(
+							   "INSERT INTO registry.replicated_tables (relid, key_columns, key_types) "
+							   "SELECT c.oid, array_agg(a.attname ORDER BY k.n), "
+							   "       array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) "
+							   "FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary, "
+							   "     unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+							   "JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
+							   "WHERE c.oid = $1 GROUP BY c.oid",
+							   1, argtypes, args, NULL, false, 0);
+	if (rc != SPI_OK_INSERT || SPI_processed != 1)
+		elog(ERROR, "registry: could not record the registration of \"%s\"", qual);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "CREATE TRIGGER " CAPTURE_TRIGGER " AFTER INSERT OR UPDATE OR DELETE ON %s "
+					 "FOR EACH ROW EXECUTE FUNCTION registry.capture()", qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "CREATE TRIGGER " TRUNCATE_TRIGGER " BEFORE TRUNCATE ON %s "
+					 "FOR EACH STATEMENT EXECUTE FUNCTION registry.capture_truncate()", qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	/* fire whatever session_replication_role says */
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "ALTER TABLE %s ENABLE ALWAYS TRIGGER " CAPTURE_TRIGGER ", "
+					 "ENABLE ALWAYS TRIGGER " TRUNCATE_TRIGGER, qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	SPI_finish();
+	ddl_check_suppressed = false;
+
+	CommandCounterIncrement();
+	rel = table_open(relid, NoLock);
+	t = regtable_by_relid(relid, false);
+	t->slot = table_slot_for(t->tid, relid);
+	capture_register_existing(t, rel);
+
+	table_close(rel, NoLock);
+	PG_RETURN_BOOL(true);
+}
+
+Datum
+registry_unreplicate(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	Relation	rel;
+	RegTable   *t;
+	char	   *qual;
+	StringInfoData sql;
+	int32		tid;
+
+	registry_check_preloaded();
+	registry_check_admin();
+
+	rel = table_open(relid, AccessExclusiveLock);
+	t = regtable_by_relid(relid, true);
+	if (t == NULL)
+	{
+		ereport(NOTICE,
+				(errmsg("table \"%s\" is not a registry table",
+						RelationGetRelationName(rel))));
+		table_close(rel, NoLock);
+		PG_RETURN_BOOL(false);
+	}
+	tid = t->tid;
+	qual = regtable_qualname(relid);
+	table_close(rel, NoLock);
+
+	ddl_check_suppressed = true;
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "DROP TRIGGER IF EXISTS " CAPTURE_TRIGGER " ON %s", qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "DROP TRIGGER IF EXISTS " TRUNCATE_TRIGGER " ON %s", qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "DELETE FROM registry.row_versions WHERE tid = %d", tid);
+	spi_exec(sql.data, SPI_OK_DELETE);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "DELETE FROM registry.replicated_tables WHERE tid = %d", tid);
+	spi_exec(sql.data, SPI_OK_DELETE);
+	SPI_finish();
+	ddl_check_suppressed = false;
+
+	CacheInvalidateRelcacheByRelid(relid);
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * Called by the extension's ddl_command_end event trigger: refuse DDL that
+ * would make a registered table silently stop replicating or change what
+ * its keys mean.
+ */
+Datum
+registry_check_tables(PG_FUNCTION_ARGS)
+{
+	List	   *tids;
+	ListCell   *lc;
+
+	if (!registry_preloaded || ddl_check_suppressed)
+		PG_RETURN_VOID();
+	tids = regtable_all();
+	foreach(lc, tids)
+	{
+		Oid			relid = ((RegTid *) lfirst(lc))->relid;
+		Relation	rel;
+		Relation	tgrel;
+		SysScanDesc scan;
+		ScanKeyData key;
+		HeapTuple	tup;
+		int			ok_triggers = 0;
+		const char *name;
+		RegTableEntry *e;
+
+		rel = try_relation_open(relid, AccessShareLock);
+		if (rel == NULL)
+			continue;			/* being dropped; sql_drop cleans up */
+		name = RelationGetRelationName(rel);
+
+		if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("registry table \"%s\" must stay a logged table", name),
+					 errhint("Call registry.unreplicate() first.")));
+
+		/* key columns and types must be what they were at registration */
+		SPI_connect();
+		{
+			Oid			argtypes[1] = {OIDOID};
+			Datum		args[1] = {ObjectIdGetDatum(relid)};
+			int			rc;
+
+			rc = SPI_execute_with_args(
+									   "SELECT 1 FROM registry.replicated_tables r, "
+									   "LATERAL (SELECT array_agg(a.attname ORDER BY k.n) AS cols, "
+									   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types "
+									   "         FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+									   "         JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
+									   "         WHERE i.indrelid = $1 AND i.indisprimary) pk "
+									   "WHERE r.relid = $1 AND r.key_columns IS NOT DISTINCT FROM pk.cols "
+									   "  AND r.key_types IS NOT DISTINCT FROM pk.types",
+									   1, argtypes, args, NULL, true, 1);
+			if (rc != SPI_OK_SELECT)
+				elog(ERROR, "registry: key check failed");
+			if (SPI_processed != 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot change the primary key of registry table \"%s\"", name),
+						 errdetail("Keys identify rows across nodes; changing them would orphan every version."),
+						 errhint("Call registry.unreplicate(), change the key, then registry.replicate() on every node.")));
+		}
+		SPI_finish();
+
+		tgrel = table_open(TriggerRelationId, AccessShareLock);
+		ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber,
+					F_OIDEQ, ObjectIdGetDatum(relid));
+		scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true,
+								  NULL, 1, &key);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		{
+			Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+
+			if ((strcmp(NameStr(tg->tgname), CAPTURE_TRIGGER) == 0 ||
+				 strcmp(NameStr(tg->tgname), TRUNCATE_TRIGGER) == 0) &&
+				tg->tgenabled == TRIGGER_FIRES_ALWAYS)
+				ok_triggers++;
+		}
+		systable_endscan(scan);
+		table_close(tgrel, AccessShareLock);
+		if (ok_triggers != 2)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("the registry triggers of table \"%s\" must stay enabled", name),
+					 errdetail("Without them changes to the table would not be replicated."),
+					 errhint("Call registry.unreplicate() to stop replicating the table.")));
+
+		/* the cached key encoding may be stale after ALTER TABLE */
+		if (RegTableCache &&
+			(e = hash_search(RegTableCache, &relid, HASH_FIND, NULL)) != NULL)
+			e->t.valid = false;
+		relation_close(rel, AccessShareLock);
+	}
+	PG_RETURN_VOID();
+}
+
+/* Called by the extension script: a new incarnation starts clean. */
+Datum
+registry_reset(PG_FUNCTION_ARGS)
+{
+	registry_check_preloaded();
+	registry_reset_shared_state();
+	hlc_observe_stored(0);
+	worker_wake_maintenance();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,134 @@
+/*-------------------------------------------------------------------------
+ *
+ * message.h
+ *	  The messages the serving functions answer with, as C structures.
+ *
+ * Every serving function returns one bytea message:
+ *
+ *	 byte 0		'R'
+ *	 byte 1		format version (1)
+ *	 byte 2		kind: 'C' changes, 'D' digest, 'E' bucket entries, 'R' rows
+ *	 byte 3		flags: 1 = payload is zlib-compressed
+ *	 bytes 4-7	payload length before compression (big-endian)
+ *	 payload
+ *
+ * Inside the payload integers are big-endian; a string is an int32
+ * length (-1 for NULL) followed by that many bytes.  docs/protocol.md
+ * describes each kind field by field.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REGISTRY_MESSAGE_H
+#define REGISTRY_MESSAGE_H
+
+#include "lib/stringinfo.h"
+
+#include "registry.h"
+
+/* state of a key in an answer */
+#define ROW_LIVE		1
+#define ROW_TOMBSTONE	2
+#define ROW_ABSENT		3		/* the node has no version of the key */
+#define ROW_UNKNOWN		4		/* the table is no longer registered */
+
+/* changes_since status */
+#define CHANGES_OK		0
+#define CHANGES_GAP		1		/* after_seq fell out of the ring */
+#define CHANGES_EPOCH	2		/* the caller's epoch is not ours */
+
+typedef struct MsgTable
+{
+	char	   *name;
+	int			ncols;			/* 0 when rows are not included */
+	char	  **colnames;
+	char	  **coltypes;
+} MsgTable;
+
+typedef struct MsgRow
+{
+	char	   *key;
+	int			state;			/* ROW_* */
+	RegVersion	version;
+	char	   *origin;
+	char	  **values;			/* ncols of the table, for ROW_LIVE */
+} MsgRow;
+
+typedef struct MsgChange
+{
+	uint64		seq;
+	int			table;			/* index into tables */
+	char	   *key;
+	RegVersion	version;
+	char	   *origin;
+	char		op;
+	MsgRow		row;			/* with_rows only */
+} MsgChange;
+
+typedef struct MsgChanges
+{
+	char	   *node;
+	uint64		epoch;
+	uint64		first_seq;
+	uint64		last_seq;
+	uint64		upto_seq;		/* highest seq this answer covers: resume from it */
+	int			status;
+	bool		with_rows;
+	int			ntables;
+	MsgTable   *tables;
+	int			n;
+	MsgChange  *changes;
+} MsgChanges;
+
+typedef struct MsgDigest
+{
+	char	   *node;
+	char	   *table;
+	int			nbuckets;		/* granularity of digests[] */
+	uint64		root;
+	int64		live;
+	int64		tombstones;
+	int			lo;				/* first bucket of the first range */
+	int			width;			/* buckets per range */
+	int			n;
+	uint64	   *digests;
+} MsgDigest;
+
+typedef struct MsgEntries
+{
+	MsgTable	table;
+	int			nbuckets;
+	bool		with_rows;
+	int			n;
+	MsgRow	   *rows;
+	bool		more;			/* truncated at max_entries */
+	uint32		next_khash;		/* resume after (next_khash, next_key) */
+	char	   *next_key;
+} MsgEntries;
+
+typedef struct MsgRows
+{
+	MsgTable	table;
+	int			n;
+	MsgRow	   *rows;
+} MsgRows;
+
+/* writing */
+extern void msg_begin(StringInfo buf, char kind);
+extern bytea *msg_finish(StringInfo buf);
+extern void msg_put_byte(StringInfo buf, int v);
+extern void msg_put_int32(StringInfo buf, int32 v);
+extern void msg_put_int64(StringInfo buf, int64 v);
+extern void msg_put_string(StringInfo buf, const char *s);
+extern void msg_put_table(StringInfo buf, RegTable *t, bool with_cols);
+extern void msg_put_row(StringInfo buf, const char *key, int state,
+						RegVersion version, const char *origin,
+						char **values, int ncols);
+
+/* reading: every function errors on malformed input */
+extern char msg_kind(const char *data, int len);
+extern void msg_read_changes(const char *data, int len, MsgChanges *m);
+extern void msg_read_digest(const char *data, int len, MsgDigest *m);
+extern void msg_read_entries(const char *data, int len, MsgEntries *m);
+extern void msg_read_rows(const char *data, int len, MsgRows *m);
+
+#endif							/* REGISTRY_MESSAGE_H */

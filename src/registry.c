@@ -1,0 +1,307 @@
+/*-------------------------------------------------------------------------
+ *
+ * registry.c
+ *	  Module entry point: configuration parameters, hook installation and
+ *	  the permission checks every SQL-callable function shares.
+ *
+ * The library must be loaded through shared_preload_libraries: its shared
+ * memory is sized from the parameters below at server start, and the
+ * launcher background worker is registered here.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <unistd.h>
+
+#include "catalog/pg_authid.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/postmaster.h"
+#include "utils/acl.h"
+#include "commands/dbcommands.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+
+#include "registry.h"
+#include "shmem.h"
+
+PG_MODULE_MAGIC;
+
+char	   *registry_node_name = NULL;
+char	   *registry_database = NULL;
+int			registry_max_tables = 64;
+int			registry_max_acceptors = 4096;
+int			registry_acceptor_ops = 8;
+int			registry_change_log_size = 16384;
+int			registry_digest_buckets = 4096;
+int			registry_max_key_length = 256;
+int			registry_max_origins = 32;
+int			registry_max_clock_skew_ms = 60000;
+int			registry_compress_threshold = 4096;
+bool		registry_notifications = true;
+
+bool		registry_preloaded = false;
+
+void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(registry_assert_preloaded);
+
+/*
+ * Node names appear in JSON payloads, in peers' views and in log lines;
+ * keeping them to a conservative alphabet means they never need quoting.
+ */
+bool
+registry_valid_node_name(const char *name)
+{
+	const char *p;
+
+	if (name == NULL || name[0] == '\0' || strlen(name) >= REGISTRY_NAME_LEN)
+		return false;
+	for (p = name; *p; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' ||
+			  *p == '.' || *p == ':' || *p == '@'))
+			return false;
+	}
+	return true;
+}
+
+static bool
+check_node_name(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;			/* a default is derived in _PG_init */
+	if (!registry_valid_node_name(*newval))
+	{
+		GUC_check_errdetail("Node names are at most %d bytes of letters, digits and \"_-.:@\".",
+							REGISTRY_NAME_LEN - 1);
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_power_of_two(int *newval, void **extra, GucSource source)
+{
+	if (*newval <= 0 || (*newval & (*newval - 1)) != 0)
+	{
+		GUC_check_errdetail("registry.digest_buckets must be a power of two.");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Without an explicit registry.node_name, the node is named after the host
+ * and port, which is unique among instances a mesh can reach.
+ */
+static void
+set_default_node_name(void)
+{
+	char		host[256];
+	char		name[REGISTRY_NAME_LEN];
+	char	   *p;
+
+	if (registry_node_name != NULL && registry_node_name[0] != '\0')
+		return;
+	if (gethostname(host, sizeof(host)) != 0)
+		strlcpy(host, "localhost", sizeof(host));
+	host[sizeof(host) - 1] = '\0';
+	/* keep the name inside the accepted alphabet */
+	for (p = host; *p; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || *p == '-' || *p == '.'))
+			*p = '_';
+	}
+	host[REGISTRY_NAME_LEN - 8] = '\0';
+	snprintf(name, sizeof(name), "%s:%d", host, PostPortNumber);
+	SetConfigOption("registry.node_name", name, PGC_POSTMASTER,
+					PGC_S_DYNAMIC_DEFAULT);
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("registry.node_name",
+							   "Name of this node in the registry mesh.",
+							   "Must be unique among all nodes. Defaults to host:port.",
+							   &registry_node_name,
+							   "",
+							   PGC_POSTMASTER,
+							   0,
+							   check_node_name, NULL, NULL);
+
+	DefineCustomStringVariable("registry.database",
+							   "Database that holds the registry tables.",
+							   NULL,
+							   &registry_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.max_tables",
+							"Maximum number of registered tables.",
+							NULL,
+							&registry_max_tables,
+							64, 1, 4096,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.max_acceptors",
+							"Number of keys whose recent history is kept in shared memory.",
+							"The least recently changed key is evicted when full.",
+							&registry_max_acceptors,
+							4096, 16, 16 * 1024 * 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.acceptor_ops",
+							"Operations remembered per acceptor (key).",
+							NULL,
+							&registry_acceptor_ops,
+							8, 1, 64,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.change_log_size",
+							"Number of entries in the shared-memory change log.",
+							"The oldest entry is overwritten when full.",
+							&registry_change_log_size,
+							16384, 16, 64 * 1024 * 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.digest_buckets",
+							"Number of digest buckets per registered table (a power of two).",
+							NULL,
+							&registry_digest_buckets,
+							4096, 1, 1024 * 1024,
+							PGC_POSTMASTER, 0,
+							check_power_of_two, NULL, NULL);
+
+	DefineCustomIntVariable("registry.max_key_length",
+							"Longest canonical key, in bytes, a registry table accepts.",
+							NULL,
+							&registry_max_key_length,
+							256, 16, 4096,
+							PGC_POSTMASTER, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.max_nodes",
+							"Maximum number of distinct origin nodes this node can know.",
+							NULL,
+							&registry_max_origins,
+							32, 2, 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.max_clock_skew",
+							"Versions further than this ahead of the local clock are refused.",
+							NULL,
+							&registry_max_clock_skew_ms,
+							60000, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.compress_threshold",
+							"Answers to peers larger than this are zlib-compressed; -1 disables compression.",
+							NULL,
+							&registry_compress_threshold,
+							4096, -1, INT_MAX,
+							PGC_USERSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("registry.notifications",
+							 "Send registry_change notifications for committed changes.",
+							 NULL,
+							 &registry_notifications,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("registry");
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	registry_preloaded = true;
+	set_default_node_name();
+
+	registry_shmem_install_hooks();
+	capture_init();
+	worker_register_launcher();
+}
+
+/*
+ * Every entry point that touches shared memory calls this first, so that a
+ * library loaded late (CREATE EXTENSION without preloading) fails clearly.
+ */
+void
+registry_check_preloaded(void)
+{
+	if (!registry_preloaded || RegistryState == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registry must be loaded via shared_preload_libraries"),
+				 errhint("Add registry to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+bool
+registry_is_admin(void)
+{
+	Oid			admin;
+
+	if (superuser())
+		return true;
+	admin = get_role_oid("registry_admin", true);
+	return OidIsValid(admin) && has_privs_of_role(GetUserId(), admin);
+}
+
+void
+registry_check_admin(void)
+{
+	if (!registry_is_admin())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to administer the registry"),
+				 errhint("Only superusers and members of registry_admin may do this.")));
+}
+
+const char *
+registry_op_name(char op)
+{
+	switch (op)
+	{
+		case REG_OP_INSERT:
+			return "insert";
+		case REG_OP_UPDATE:
+			return "update";
+		case REG_OP_DELETE:
+			return "delete";
+		case REG_OP_RESYNC:
+			return "resync";
+	}
+	return "unknown";
+}
+
+/*
+ * Called first by the extension script: refuse to install where the
+ * background machinery cannot work, rather than half-working later.
+ */
+Datum
+registry_assert_preloaded(PG_FUNCTION_ARGS)
+{
+	registry_check_preloaded();
+	if (strcmp(get_database_name(MyDatabaseId), registry_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registry can only be installed in database \"%s\"",
+						registry_database),
+				 errhint("Set registry.database to this database's name and restart, or create the extension in \"%s\".",
+						 registry_database)));
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,228 @@
+/*-------------------------------------------------------------------------
+ *
+ * registry.h
+ *	  Declarations shared by every part of the registry extension: the GUC
+ *	  variables, the version (hybrid logical clock) type, and the entry
+ *	  points each source file offers to the others.
+ *
+ * Each concern lives in the source file of the same name: hlc.c (clock),
+ * keys.c (canonical keys), catalog.c (registration), versions.c (durable
+ * row versions), capture.c (triggers and commit-time publication),
+ * shmem.c (shared memory layout), changelog.c, acceptor.c, digest.c,
+ * message.c (wire format), serve.c (functions peers call), apply.c
+ * (writing remote rows), views.c, worker.c (background workers).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REGISTRY_H
+#define REGISTRY_H
+
+#include "postgres.h"
+
+#include "access/htup.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "utils/relcache.h"
+
+/* ---- GUC variables (registry.c) ---- */
+extern char *registry_node_name;
+extern char *registry_database;
+extern int	registry_max_tables;
+extern int	registry_max_acceptors;
+extern int	registry_acceptor_ops;
+extern int	registry_change_log_size;
+extern int	registry_digest_buckets;
+extern int	registry_max_key_length;
+extern int	registry_max_origins;
+extern int	registry_max_clock_skew_ms;
+extern int	registry_compress_threshold;
+extern bool registry_notifications;
+
+/* true when loaded through shared_preload_libraries */
+extern bool registry_preloaded;
+
+/* Name of the extension's schema; fixed (the extension is not relocatable). */
+#define REGISTRY_SCHEMA "registry"
+
+/* Size limits that shape shared memory entries. */
+#define REGISTRY_NAME_LEN	NAMEDATALEN /* node names, incl. terminator */
+
+/* ---- versions ----
+ *
+ * A version is a hybrid logical clock stamp: milliseconds since the Unix
+ * epoch in the high 48 bits, a logical counter in the low 16 bits.  Two
+ * versions are ordered by the stamp, then by the origin node's name.
+ */
+typedef uint64 RegVersion;
+
+#define HLC_LOGICAL_BITS	16
+#define HLC_LOGICAL_MASK	((UINT64CONST(1) << HLC_LOGICAL_BITS) - 1)
+#define HLC_PHYS(v)			((v) >> HLC_LOGICAL_BITS)
+#define HLC_MAKE(ms, l)		(((uint64) (ms) << HLC_LOGICAL_BITS) | (uint64) (l))
+
+/* Operation codes, stored in the change log and the acceptors. */
+#define REG_OP_INSERT	'i'
+#define REG_OP_UPDATE	'u'
+#define REG_OP_DELETE	'd'
+#define REG_OP_RESYNC	'r'		/* bulk change: compare the table's digests */
+
+extern const char *registry_op_name(char op);
+
+/* ---- registry.c ---- */
+extern void registry_check_preloaded(void);
+extern void registry_check_admin(void);
+extern bool registry_is_admin(void);
+extern bool registry_valid_node_name(const char *name);
+
+/* ---- hlc.c ---- */
+extern Size hlc_shmem_size(void);
+extern void hlc_shmem_init(bool found);
+extern RegVersion hlc_now(void);
+extern RegVersion hlc_current(void);
+extern bool hlc_update(RegVersion remote, RegVersion *max_allowed);
+extern void hlc_observe_stored(RegVersion stored);
+extern void hlc_wait_ready(void);
+extern int64 hlc_clock_offset_ms(void);
+extern int64 hlc_physical_now_ms(void);
+extern RegVersion hlc_lease(void);
+extern RegVersion hlc_max_acceptable(void);
+
+/* ---- keys.c ---- */
+
+/* How one primary-key column is turned into canonical text. */
+typedef struct KeyColumn
+{
+	AttrNumber	attnum;
+	Oid			typid;			/* base type */
+	int32		typmod;
+	Oid			collation;
+	int			kind;			/* KeyEncKind */
+	Oid			outfunc;
+	Oid			infunc;
+	Oid			ioparam;
+	Oid			eqproc;			/* equality function of the key's opclass */
+	FmgrInfo	outinfo;
+	char	   *name;
+} KeyColumn;
+
+extern void keys_prepare_column(Relation rel, Relation pkindex, int i,
+								KeyColumn *col, bool check_only);
+extern char *keys_encode(KeyColumn *cols, int ncols, Datum *values,
+						 bool *isnull, const char *relname);
+extern List *keys_split(const char *key, int ncols);
+extern uint32 keys_hash(const char *key, int len);
+extern uint64 hash_bytes64(const void *data, size_t len, uint64 seed);
+extern void canonical_gucs_push(int *nestlevel);
+extern void canonical_gucs_pop(int nestlevel);
+
+/* ---- catalog.c ---- */
+
+/* A column transmitted between nodes (all but dropped and generated ones). */
+typedef struct RowColumn
+{
+	AttrNumber	attnum;
+	char	   *name;
+	char	   *typname;		/* format_type() without modifier */
+	Oid			typid;
+	int32		typmod;
+	Oid			infunc;
+	Oid			ioparam;
+	FmgrInfo	outinfo;
+} RowColumn;
+
+/* What a backend knows about one registered table. */
+typedef struct RegTable
+{
+	Oid			relid;			/* hash key */
+	bool		valid;
+	int32		tid;			/* registry-local table id */
+	char	   *qualname;		/* quoted schema.table, the wire name */
+	Oid			pkindex;
+	int			nkeys;
+	KeyColumn  *keys;
+	int			ncols;
+	RowColumn  *cols;
+	bool		has_identity_always;	/* needs OVERRIDING SYSTEM VALUE */
+	int			slot;			/* shared-memory table slot, -1 if unknown */
+} RegTable;
+
+extern RegTable *regtable_by_relid(Oid relid, bool missing_ok);
+extern RegTable *regtable_by_name(const char *qualname, bool missing_ok);
+extern RegTable *regtable_by_tid(int32 tid, bool missing_ok);
+typedef struct RegTid
+{
+	int32		tid;
+	Oid			relid;
+} RegTid;
+extern List *regtable_all(void);
+extern Oid	registry_relid(const char *relname);
+extern char *regtable_qualname(Oid relid);
+
+/* ---- versions.c ---- */
+
+/* The durable version state of one key. */
+typedef struct VersionState
+{
+	bool		exists;			/* a row_versions entry exists */
+	RegVersion	version;
+	char		origin[REGISTRY_NAME_LEN];
+	bool		deleted;
+} VersionState;
+
+extern int32 khash_to_int4(uint32 h);
+extern uint32 int4_to_khash(int32 v);
+
+/* ---- capture.c ---- */
+extern void capture_init(void);
+extern void capture_record(RegTable *t, uint32 khash, const char *key,
+						   const VersionState *old, RegVersion version,
+						   const char *origin, bool deleted);
+extern void capture_record_bulk(RegTable *t, uint64 *bucket_delta,
+								int64 live_delta, int64 tomb_delta);
+extern void capture_set_apply(int32 tid, const char *key, RegVersion version,
+							  const char *origin);
+extern void capture_clear_apply(void);
+
+/* ---- digest.c ---- */
+extern uint64 digest_entry_hash(const char *key, RegVersion version,
+								const char *origin, bool deleted);
+extern int	digest_bucket_of(uint32 khash, int nbuckets);
+extern int	digest_bucket_shift(int nbuckets);
+extern void digest_bucket_range(int b, int nbuckets, uint32 *lo, uint32 *hi);
+extern void digest_rebuild(void);
+
+/* ---- apply.c ---- */
+typedef enum ApplyResult
+{
+	APPLY_APPLIED,
+	APPLY_SKIPPED_OLDER,		/* the local version is newer or equal */
+	APPLY_REFUSED_SKEW			/* the version is too far in the future */
+} ApplyResult;
+
+/* A peer's column list matched to a local table, with prepared statements. */
+typedef struct ApplyColumns
+{
+	RegTable   *t;
+	int			ncols;			/* columns the peer sends */
+	int		   *local;			/* index into t->cols for each sent column */
+	int		   *keypos;			/* sent column of each key column */
+	struct _SPI_plan *upsert;
+	struct _SPI_plan *delete;
+} ApplyColumns;
+
+extern int	apply_begin(void);
+extern void apply_end(int nest);
+extern ApplyColumns *apply_map_columns(RegTable *t, int ncols, char **names,
+									   char **types);
+extern void apply_keep_columns(ApplyColumns *ac);
+extern void apply_free_columns(ApplyColumns *ac);
+extern ApplyResult apply_row(ApplyColumns *ac, const char *key,
+							 RegVersion version, const char *origin,
+							 bool deleted, char **values);
+
+/* ---- worker.c ---- */
+extern void worker_register_launcher(void);
+extern void worker_wake_maintenance(void);
+
+#endif							/* REGISTRY_H */

@@ -1,0 +1,34 @@
+/*-------------------------------------------------------------------------
+ *
+ * rows.h
+ *	  Registry table rows by key, and their transmitted text form.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REGISTRY_ROWS_H
+#define REGISTRY_ROWS_H
+
+#include "access/genam.h"
+#include "executor/tuptable.h"
+#include "storage/lockdefs.h"
+#include "utils/snapshot.h"
+
+#include "registry.h"
+
+typedef struct RowLookup
+{
+	RegTable   *t;
+	Relation	rel;
+	Relation	idx;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+} RowLookup;
+
+extern void row_lookup_begin(RowLookup *rl, RegTable *t, LOCKMODE lockmode,
+							 Snapshot snap);
+extern bool row_lookup(RowLookup *rl, const char *key);
+extern void row_lookup_end(RowLookup *rl);
+extern void row_key_datums(RegTable *t, const char *key, Datum *values);
+extern char **row_values(RegTable *t, TupleTableSlot *slot);
+
+#endif							/* REGISTRY_ROWS_H */

@@ -1,0 +1,544 @@
+/*-------------------------------------------------------------------------
+ *
+ * serve.c
+ *	  The functions peers call to pull from this node:
+ *
+ *	  registry.changes_since(after_seq, max_changes, with_rows, epoch,
+ *							 exclude_origin)	the change log from a seq on
+ *	  registry.digest(tbl, nbuckets, lo, width, n)
+ *							root and bucket-range digests of a table
+ *	  registry.bucket_entries(tbl, nbuckets, buckets, with_rows, after_hash,
+ *							  after_key, max_entries)
+ *							(key, version, origin, deleted) of buckets
+ *	  registry.fetch_rows(tbl, keys)		current rows with their versions
+ *
+ * Each returns one message (message.h), zlib-compressed when large.  They
+ * read only registered tables, under the statement's snapshot, so a row
+ * and its version are always consistent.  The SQL definitions force the
+ * canonical settings (DateStyle, TimeZone, ...) for the call.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+
+#include "message.h"
+#include "registry.h"
+#include "rows.h"
+#include "shmem.h"
+#include "versions.h"
+
+PG_FUNCTION_INFO_V1(registry_changes_since);
+PG_FUNCTION_INFO_V1(registry_digest);
+PG_FUNCTION_INFO_V1(registry_bucket_entries);
+PG_FUNCTION_INFO_V1(registry_fetch_rows);
+
+#define MAX_CHANGES_PER_CALL	100000
+#define MAX_KEYS_PER_CALL		100000
+#define MAX_ENTRIES_PER_CALL	1000000
+
+static void
+check_peer(void)
+{
+	Oid			peer;
+
+	registry_check_preloaded();
+	if (registry_is_admin())
+		return;
+	peer = get_role_oid("registry_peer", true);
+	if (OidIsValid(peer) && has_privs_of_role(GetUserId(), peer))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to read the registry"),
+			 errhint("Peers connect as a member of registry_peer.")));
+}
+
+static void
+check_ready(void)
+{
+	if (pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registry node \"%s\" is still rebuilding its digests",
+						registry_node_name),
+				 errhint("Retry when registry.node shows state \"ready\".")));
+}
+
+/*
+ * Append the current state of key (and its row, if live) under the
+ * statement's snapshot.  rl is an open lookup on t, or NULL for no values.
+ */
+static void
+put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key)
+{
+	VersionState st;
+
+	if (t == NULL)
+	{
+		msg_put_row(buf, key, ROW_UNKNOWN, 0, NULL, NULL, 0);
+		return;
+	}
+	if (strlen(key) > (size_t) registry_max_key_length ||
+		!versions_get(t->tid, keys_hash(key, strlen(key)), key,
+					  GetActiveSnapshot(), &st))
+	{
+		msg_put_row(buf, key, ROW_ABSENT, 0, NULL, NULL, 0);
+		return;
+	}
+	if (st.deleted)
+	{
+		msg_put_row(buf, key, ROW_TOMBSTONE, st.version, st.origin, NULL, 0);
+		return;
+	}
+	if (rl == NULL)
+	{
+		msg_put_row(buf, key, ROW_LIVE, st.version, st.origin, NULL, 0);
+		return;
+	}
+	if (!row_lookup(rl, key))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("registry key \"%s\" of table %s has a live version but no row",
+						key, t->qualname),
+				 errhint("Run registry.verify() on node \"%s\".", registry_node_name)));
+	msg_put_row(buf, key, ROW_LIVE, st.version, st.origin,
+				row_values(t, rl->slot), t->ncols);
+}
+
+/*
+ * registry.changes_since(after_seq bigint, max_changes int, with_rows bool,
+ *						  epoch bigint, exclude_origin text) returns bytea
+ */
+Datum
+registry_changes_since(PG_FUNCTION_ARGS)
+{
+	int64		after = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	int32		maxc = PG_ARGISNULL(1) ? 1000 : PG_GETARG_INT32(1);
+	bool		with_rows = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+	bool		check_epoch = !PG_ARGISNULL(3);
+	uint64		their_epoch = check_epoch ? (uint64) PG_GETARG_INT64(3) : 0;
+	char	   *exclude = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+	Size		esz = changelog_entry_size();
+	char	   *copy = NULL;
+	int			ncopied = 0;
+	uint64		first,
+				last,
+				epoch,
+				upto;
+	int			status = CHANGES_OK;
+	int			i;
+	StringInfoData buf;
+	int32	   *tids;
+	RegTable  **tables;
+	int			ntables = 0;
+	int			nchanges = 0;
+	int			excl_origin = -1;
+
+	check_peer();
+	if (after < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("after_seq must not be negative")));
+	maxc = Max(1, Min(maxc, MAX_CHANGES_PER_CALL));
+
+	if (exclude)
+	{
+		int			n;
+
+		LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
+		n = RegistryState->norigins;
+		LWLockRelease(RegistryState->meta_lock);
+		for (i = 0; i < n; i++)
+			if (strcmp(origin_name(i), exclude) == 0)
+				excl_origin = i;
+	}
+
+	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
+	epoch = RegistryState->epoch;
+	first = RegistryState->cl_first_seq;
+	last = RegistryState->cl_last_seq;
+	upto = (uint64) after;
+	if (check_epoch && their_epoch != epoch)
+		status = CHANGES_EPOCH;
+	else if ((uint64) after > last)
+		status = CHANGES_EPOCH;	/* a seq we never issued: another epoch's */
+	else if ((uint64) after + 1 < first)
+		status = CHANGES_GAP;
+	else
+	{
+		uint64		s;
+
+		upto = Min(last, (uint64) after + (uint64) maxc);
+		copy = palloc(esz * Max(upto - after, 1));
+		for (s = after + 1; s <= upto; s++)
+			memcpy(copy + (Size) ncopied++ * esz, changelog_entry(s), esz);
+	}
+	LWLockRelease(RegistryState->changelog_lock);
+
+	/* the tables the changes refer to, in order of first appearance */
+	tids = palloc(sizeof(int32) * Max(ncopied, 1));
+	tables = palloc(sizeof(RegTable *) * Max(ncopied, 1));
+	for (i = 0; i < ncopied; i++)
+	{
+		ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+		int			t;
+
+		if (e->origin == excl_origin)
+			continue;
+		nchanges++;
+		for (t = 0; t < ntables; t++)
+			if (tids[t] == e->tid)
+				break;
+		if (t == ntables)
+		{
+			tids[ntables] = e->tid;
+			tables[ntables] = regtable_by_tid(e->tid, true);
+			ntables++;
+		}
+	}
+
+	msg_begin(&buf, 'C');
+	msg_put_string(&buf, registry_node_name);
+	msg_put_int64(&buf, (int64) epoch);
+	msg_put_int64(&buf, (int64) first);
+	msg_put_int64(&buf, (int64) last);
+	msg_put_int64(&buf, (int64) upto);
+	msg_put_byte(&buf, status);
+	msg_put_byte(&buf, with_rows ? 1 : 0);
+	msg_put_int32(&buf, ntables);
+	for (i = 0; i < ntables; i++)
+	{
+		if (tables[i])
+			msg_put_table(&buf, tables[i], with_rows);
+		else
+		{
+			msg_put_string(&buf, "");	/* unregistered since */
+			msg_put_int32(&buf, 0);
+		}
+	}
+	msg_put_int32(&buf, nchanges);
+	{
+		RowLookup  *lookups = palloc0(sizeof(RowLookup) * Max(ntables, 1));
+
+		if (with_rows)
+			for (i = 0; i < ntables; i++)
+				if (tables[i])
+					row_lookup_begin(&lookups[i], tables[i], AccessShareLock,
+									 GetActiveSnapshot());
+		for (i = 0; i < ncopied; i++)
+		{
+			ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+			int			t;
+
+			if (e->origin == excl_origin)
+				continue;
+			for (t = 0; t < ntables; t++)
+				if (tids[t] == e->tid)
+					break;
+			msg_put_int64(&buf, (int64) e->seq);
+			msg_put_int32(&buf, t);
+			msg_put_string(&buf, e->key);
+			msg_put_int64(&buf, (int64) e->version);
+			msg_put_string(&buf, origin_name(e->origin));
+			msg_put_byte(&buf, e->op);
+			if (with_rows)
+				put_current_row(&buf, e->op == REG_OP_RESYNC ? NULL : tables[t],
+								tables[t] ? &lookups[t] : NULL, e->key);
+		}
+		if (with_rows)
+			for (i = 0; i < ntables; i++)
+				if (tables[i])
+					row_lookup_end(&lookups[i]);
+	}
+	PG_RETURN_BYTEA_P(msg_finish(&buf));
+}
+
+static void
+check_nbuckets(int nbuckets, int max)
+{
+	if (nbuckets <= 0 || nbuckets > max || (nbuckets & (nbuckets - 1)) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("nbuckets must be a power of two between 1 and %d", max)));
+}
+
+/*
+ * registry.digest(tbl text, nbuckets int, lo int, width int, n int)
+ * returns bytea: the table's root, and n digests of ranges of width
+ * buckets starting at bucket lo, at a granularity of nbuckets buckets (at
+ * most this node's registry.digest_buckets; 0 means that).
+ */
+Datum
+registry_digest(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int32		gran = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT32(1);
+	int32		lo = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
+	int32		width = PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3);
+	int32		n = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4);
+	int			nb = registry_digest_buckets;
+	RegTable   *t;
+	int			slot;
+	uint64	   *buckets;
+	uint64	   *coarse;
+	uint64		root = 0;
+	int64		live,
+				tombs;
+	int			ratio;
+	int			i;
+	StringInfoData buf;
+
+	check_peer();
+	check_ready();
+	t = regtable_by_name(name, true);
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table %s is not a registry table on node \"%s\"",
+						name, registry_node_name)));
+	if (gran == 0 || gran > nb)
+		gran = nb;
+	check_nbuckets(gran, nb);
+	if (n < 0 || width < 0 || lo < 0 ||
+		(n > 0 && (width == 0 || (int64) lo + (int64) n * width > gran)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("digest ranges must lie within %d buckets", gran)));
+
+	buckets = palloc(sizeof(uint64) * nb);
+	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
+	slot = -1;
+	for (i = 0; i < registry_max_tables; i++)
+		if (RegistryTables[i].tid == t->tid)
+			slot = i;
+	if (slot >= 0)
+	{
+		memcpy(buckets, table_slot_buckets(slot), sizeof(uint64) * nb);
+		live = RegistryTables[slot].live_rows;
+		tombs = RegistryTables[slot].tombstones;
+	}
+	LWLockRelease(RegistryState->digest_lock);
+	if (slot < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s has no digests on node \"%s\"", name,
+						registry_node_name)));
+
+	ratio = nb / gran;
+	coarse = palloc0(sizeof(uint64) * gran);
+	for (i = 0; i < nb; i++)
+	{
+		coarse[i / ratio] ^= buckets[i];
+		root ^= buckets[i];
+	}
+
+	msg_begin(&buf, 'D');
+	msg_put_string(&buf, registry_node_name);
+	msg_put_string(&buf, t->qualname);
+	msg_put_int32(&buf, gran);
+	msg_put_int64(&buf, (int64) root);
+	msg_put_int64(&buf, live);
+	msg_put_int64(&buf, tombs);
+	msg_put_int32(&buf, lo);
+	msg_put_int32(&buf, width);
+	msg_put_int32(&buf, n);
+	for (i = 0; i < n; i++)
+	{
+		uint64		d = 0;
+		int			b;
+
+		for (b = lo + i * width; b < lo + (i + 1) * width; b++)
+			d ^= coarse[b];
+		msg_put_int64(&buf, (int64) d);
+	}
+	PG_RETURN_BYTEA_P(msg_finish(&buf));
+}
+
+static int
+int_cmp(const void *a, const void *b)
+{
+	int32		x = *(const int32 *) a;
+	int32		y = *(const int32 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * registry.bucket_entries(tbl text, nbuckets int, buckets int[],
+ *		with_rows bool, after_hash int, after_key text, max_entries int)
+ * returns bytea: the versions of every key in the given buckets (any
+ * power-of-two granularity), in (hash, key) order, resuming after
+ * (after_hash, after_key), at most max_entries of them.
+ */
+Datum
+registry_bucket_entries(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int32		nbuckets = PG_GETARG_INT32(1);
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(2);
+	bool		with_rows = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
+	bool		resume = !PG_ARGISNULL(4) && !PG_ARGISNULL(5);
+	uint32		after_hash = resume ? int4_to_khash(PG_GETARG_INT32(4)) : 0;
+	char	   *after_key = resume ? text_to_cstring(PG_GETARG_TEXT_PP(5)) : NULL;
+	int32		maxe = PG_ARGISNULL(6) ? 10000 : PG_GETARG_INT32(6);
+	RegTable   *t;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	int32	   *bs;
+	int			i;
+	int			count = 0;
+	bool		more = false;
+	uint32		next_hash = 0;
+	char	   *next_key = NULL;
+	StringInfoData buf;
+	StringInfoData body;
+	RowLookup	rl;
+
+	check_peer();
+	check_ready();
+	check_nbuckets(nbuckets, 1 << 24);
+	maxe = Max(1, Min(maxe, MAX_ENTRIES_PER_CALL));
+	t = regtable_by_name(name, true);
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table %s is not a registry table on node \"%s\"",
+						name, registry_node_name)));
+
+	deconstruct_array(arr, INT4OID, 4, true, TYPALIGN_INT, &elems, &nulls, &nelems);
+	bs = palloc(sizeof(int32) * Max(nelems, 1));
+	for (i = 0; i < nelems; i++)
+	{
+		if (nulls[i] || DatumGetInt32(elems[i]) < 0 ||
+			DatumGetInt32(elems[i]) >= nbuckets)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("bucket numbers must lie between 0 and %d", nbuckets - 1)));
+		bs[i] = DatumGetInt32(elems[i]);
+	}
+	qsort(bs, nelems, sizeof(int32), int_cmp);
+
+	initStringInfo(&body);
+	if (with_rows)
+		row_lookup_begin(&rl, t, AccessShareLock, GetActiveSnapshot());
+	for (i = 0; i < nelems && !more; i++)
+	{
+		uint32		lo,
+					hi;
+		VersionScan vs;
+		VersionEntry e;
+
+		if (i > 0 && bs[i] == bs[i - 1])
+			continue;
+		digest_bucket_range(bs[i], nbuckets, &lo, &hi);
+		if (resume && hi < after_hash)
+			continue;
+		if (resume && lo < after_hash)
+			lo = after_hash;
+		versions_scan_begin(&vs, t->tid, lo, hi, GetActiveSnapshot());
+		while (versions_scan_next(&vs, &e))
+		{
+			CHECK_FOR_INTERRUPTS();
+			if (resume && (e.khash < after_hash ||
+						   (e.khash == after_hash && strcmp(e.key, after_key) <= 0)))
+				continue;
+			if (count >= maxe)
+			{
+				more = true;
+				break;
+			}
+			if (e.deleted || !with_rows)
+				msg_put_row(&body, e.key, e.deleted ? ROW_TOMBSTONE : ROW_LIVE,
+							e.version, e.origin, NULL, 0);
+			else
+			{
+				if (!row_lookup(&rl, e.key))
+					ereport(ERROR,
+							(errcode(ERRCODE_DATA_CORRUPTED),
+							 errmsg("registry key \"%s\" of table %s has a live version but no row",
+									e.key, t->qualname)));
+				msg_put_row(&body, e.key, ROW_LIVE, e.version, e.origin,
+							row_values(t, rl.slot), t->ncols);
+			}
+			count++;
+			next_hash = e.khash;
+			next_key = e.key;
+		}
+		versions_scan_end(&vs);
+	}
+	if (with_rows)
+		row_lookup_end(&rl);
+
+	msg_begin(&buf, 'E');
+	msg_put_table(&buf, t, with_rows);
+	msg_put_int32(&buf, nbuckets);
+	msg_put_byte(&buf, with_rows ? 1 : 0);
+	msg_put_int32(&buf, count);
+	appendBinaryStringInfo(&buf, body.data, body.len);
+	msg_put_byte(&buf, more ? 1 : 0);
+	if (more)
+	{
+		msg_put_int32(&buf, (int32) next_hash);
+		msg_put_string(&buf, next_key);
+	}
+	PG_RETURN_BYTEA_P(msg_finish(&buf));
+}
+
+/*
+ * registry.fetch_rows(tbl text, keys text[]) returns bytea: for each key
+ * its current state (live with the row, tombstone, or absent) and version.
+ */
+Datum
+registry_fetch_rows(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
+	RegTable   *t;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	int			i;
+	StringInfoData buf;
+	RowLookup	rl;
+
+	check_peer();
+	t = regtable_by_name(name, true);
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table %s is not a registry table on node \"%s\"",
+						name, registry_node_name)));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
+	if (nelems > MAX_KEYS_PER_CALL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("at most %d keys per call", MAX_KEYS_PER_CALL)));
+
+	msg_begin(&buf, 'R');
+	msg_put_table(&buf, t, true);
+	msg_put_int32(&buf, nelems);
+	row_lookup_begin(&rl, t, AccessShareLock, GetActiveSnapshot());
+	for (i = 0; i < nelems; i++)
+	{
+		char	   *key;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("keys must not be null")));
+		key = TextDatumGetCString(elems[i]);
+		put_current_row(&buf, t, &rl, key);
+	}
+	row_lookup_end(&rl);
+	PG_RETURN_BYTEA_P(msg_finish(&buf));
+}

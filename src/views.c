@@ -1,0 +1,268 @@
+/*-------------------------------------------------------------------------
+ *
+ * views.c
+ *	  Set-returning functions behind the views registry.node,
+ *	  registry.tables and registry.change_log (registry.acceptors is in
+ *	  acceptor.c).  Each copies what it needs out of shared memory under
+ *	  the lock and formats it after releasing the lock.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "registry.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(registry_node_info);
+PG_FUNCTION_INFO_V1(registry_table_stats);
+PG_FUNCTION_INFO_V1(registry_change_log);
+
+extern void hlc_counters(uint64 *lease_writes, uint64 *regressions,
+						 uint64 *refused, bool *ready);
+
+static const char *
+state_name(uint32 state)
+{
+	switch (state)
+	{
+		case REG_STATE_STARTING:
+			return "starting";
+		case REG_STATE_REBUILDING:
+			return "rebuilding";
+		case REG_STATE_READY:
+			return "ready";
+	}
+	return "unknown";
+}
+
+static TimestampTz
+version_ts(RegVersion v)
+{
+	int64		ms = (int64) HLC_PHYS(v);
+
+	return (ms - ((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000)) * 1000;
+}
+
+#define NODE_COLS 37
+
+Datum
+registry_node_info(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		v[NODE_COLS];
+	bool		n[NODE_COLS] = {false};
+	uint64		lease_writes,
+				regressions,
+				refused;
+	bool		clock_ready;
+	RegVersion	clock = hlc_current();
+	int			i = 0;
+	int			used_tables = 0;
+	int			t;
+	uint64		first,
+				last,
+				overwritten,
+				truncations,
+				epoch;
+	int64		acc_used;
+	uint64		acc_evictions,
+				acc_misses;
+	int			norigins;
+	uint64		notified,
+				sent,
+				lost,
+				truncated;
+	pid_t		maint_pid;
+
+	registry_check_preloaded();
+	registry_check_admin();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	hlc_counters(&lease_writes, &regressions, &refused, &clock_ready);
+
+	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
+	first = RegistryState->cl_first_seq;
+	last = RegistryState->cl_last_seq;
+	overwritten = RegistryState->cl_overwritten;
+	truncations = RegistryState->cl_truncations;
+	epoch = RegistryState->epoch;
+	LWLockRelease(RegistryState->changelog_lock);
+
+	LWLockAcquire(RegistryState->acceptor_lock, LW_SHARED);
+	acc_used = RegistryState->acc_used;
+	acc_evictions = RegistryState->acc_evictions;
+	acc_misses = RegistryState->acc_misses;
+	LWLockRelease(RegistryState->acceptor_lock);
+
+	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
+	for (t = 0; t < registry_max_tables; t++)
+		if (RegistryTables[t].tid != 0)
+			used_tables++;
+	norigins = RegistryState->norigins;
+	LWLockRelease(RegistryState->meta_lock);
+
+	SpinLockAcquire(&RegistryState->mutex);
+	notified = RegistryState->notified_seq;
+	sent = RegistryState->notifications_sent;
+	lost = RegistryState->notifications_lost;
+	truncated = RegistryState->notifications_truncated;
+	maint_pid = RegistryState->workers[REG_WORKER_MAINTENANCE].pid;
+	SpinLockRelease(&RegistryState->mutex);
+
+	v[i++] = CStringGetTextDatum(registry_node_name);
+	v[i++] = CStringGetTextDatum(registry_database);
+	v[i++] = CStringGetTextDatum(state_name(pg_atomic_read_u32(&RegistryState->state)));
+	v[i++] = Int64GetDatum((int64) epoch);
+	v[i++] = TimestampTzGetDatum(RegistryState->started_at);
+	if (RegistryState->ready_at != 0)
+		v[i++] = TimestampTzGetDatum(RegistryState->ready_at);
+	else
+		n[i++] = true;
+	/* clock */
+	v[i++] = Int64GetDatum((int64) clock);
+	v[i++] = TimestampTzGetDatum(version_ts(clock));
+	v[i++] = BoolGetDatum(clock_ready);
+	v[i++] = Int64GetDatum(hlc_clock_offset_ms());
+	v[i++] = Int64GetDatum((int64) hlc_lease());
+	v[i++] = Int64GetDatum((int64) lease_writes);
+	v[i++] = Int64GetDatum((int64) regressions);
+	v[i++] = Int64GetDatum((int64) refused);
+	/* change log */
+	v[i++] = Int64GetDatum((int64) last);
+	v[i++] = Int64GetDatum((int64) first);
+	v[i++] = Int32GetDatum(registry_change_log_size);
+	v[i++] = Int64GetDatum((int64) (last >= first ? last - first + 1 : 0));
+	v[i++] = Int64GetDatum((int64) overwritten);
+	v[i++] = Int64GetDatum((int64) truncations);
+	/* acceptors */
+	v[i++] = Int32GetDatum(registry_max_acceptors);
+	v[i++] = Int64GetDatum(acc_used);
+	v[i++] = Int32GetDatum(registry_acceptor_ops);
+	v[i++] = Int64GetDatum((int64) acc_evictions);
+	v[i++] = Int64GetDatum((int64) acc_misses);
+	/* tables, digests, origins */
+	v[i++] = Int32GetDatum(registry_max_tables);
+	v[i++] = Int32GetDatum(used_tables);
+	v[i++] = Int32GetDatum(registry_digest_buckets);
+	v[i++] = Int32GetDatum(registry_max_origins);
+	v[i++] = Int32GetDatum(norigins);
+	v[i++] = Int32GetDatum(registry_max_key_length);
+	/* notifications */
+	v[i++] = Int64GetDatum((int64) notified);
+	v[i++] = Int64GetDatum((int64) sent);
+	v[i++] = Int64GetDatum((int64) lost);
+	v[i++] = Int64GetDatum((int64) truncated);
+	v[i++] = Int64GetDatum((int64) registry_shmem_total_size());
+	if (maint_pid != 0)
+		v[i++] = Int32GetDatum(maint_pid);
+	else
+		n[i++] = true;
+	Assert(i == NODE_COLS);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, v, n)));
+}
+
+/* registry._table_stats(): digest slot contents, one row per table. */
+Datum
+registry_table_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	RegTableSlot *copy;
+	uint64	   *roots;
+	int			i;
+	int			nb = registry_digest_buckets;
+
+	registry_check_preloaded();
+	registry_check_admin();
+	InitMaterializedSRF(fcinfo, 0);
+
+	copy = palloc(sizeof(RegTableSlot) * registry_max_tables);
+	roots = palloc0(sizeof(uint64) * registry_max_tables);
+	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
+	memcpy(copy, RegistryTables, sizeof(RegTableSlot) * registry_max_tables);
+	for (i = 0; i < registry_max_tables; i++)
+	{
+		uint64	   *b = table_slot_buckets(i);
+		int			j;
+
+		if (copy[i].tid == 0)
+			continue;
+		for (j = 0; j < nb; j++)
+			roots[i] ^= b[j];
+	}
+	LWLockRelease(RegistryState->digest_lock);
+
+	for (i = 0; i < registry_max_tables; i++)
+	{
+		Datum		v[6];
+		bool		n[6] = {false};
+		char		hex[17];
+
+		if (copy[i].tid == 0)
+			continue;
+		snprintf(hex, sizeof(hex), "%016llx", (unsigned long long) roots[i]);
+		v[0] = Int32GetDatum(copy[i].tid);
+		v[1] = Int64GetDatum(copy[i].live_rows);
+		v[2] = Int64GetDatum(copy[i].tombstones);
+		v[3] = Int64GetDatum((int64) copy[i].changes);
+		if (copy[i].last_change != 0)
+			v[4] = TimestampTzGetDatum(copy[i].last_change);
+		else
+			n[4] = true;
+		v[5] = CStringGetTextDatum(hex);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	return (Datum) 0;
+}
+
+/* registry._change_log(): the ring, oldest first. */
+Datum
+registry_change_log(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Size		esz = changelog_entry_size();
+	char	   *copy;
+	uint64		first,
+				last,
+				s;
+	int			n = 0;
+	int			i;
+
+	registry_check_preloaded();
+	registry_check_admin();
+	InitMaterializedSRF(fcinfo, 0);
+
+	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
+	first = RegistryState->cl_first_seq;
+	last = RegistryState->cl_last_seq;
+	copy = palloc(esz * Max(last >= first ? last - first + 1 : 1, 1));
+	for (s = first; s <= last; s++)
+		memcpy(copy + (Size) n++ * esz, changelog_entry(s), esz);
+	LWLockRelease(RegistryState->changelog_lock);
+
+	for (i = 0; i < n; i++)
+	{
+		ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+		Datum		v[7];
+		bool		nl[7] = {false};
+
+		v[0] = Int64GetDatum((int64) e->seq);
+		v[1] = Int32GetDatum(e->tid);
+		v[2] = CStringGetTextDatum(e->key);
+		v[3] = CStringGetTextDatum(registry_op_name(e->op));
+		v[4] = Int64GetDatum((int64) e->version);
+		v[5] = CStringGetTextDatum(origin_name(e->origin));
+		v[6] = TimestampTzGetDatum(e->committed_at);
+		if (e->op == REG_OP_RESYNC)
+			nl[2] = true;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,488 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The registry's background workers.
+ *
+ * registry launcher	static worker, started by the postmaster.  Waits
+ *						until registry.database exists, then starts the
+ *						workers below as dynamic workers and restarts them,
+ *						with backoff, whenever they exit.
+ * registry maintenance	rebuilds the digests from disk after a start, then
+ *						turns the change log into registry_change
+ *						notifications.
+ *
+ * Notifications are sent by the maintenance worker rather than by the
+ * committing transaction: a NOTIFY in the writer's transaction would
+ * serialise all registry commits on the notification queue lock and make
+ * writes fail when a listener lets the queue fill up.  They are sent
+ * right after commit, in commit order, in batches of one transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/async.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "registry.h"
+#include "shmem.h"
+
+PGDLLEXPORT void registry_launcher_main(Datum arg);
+PGDLLEXPORT void registry_maintenance_main(Datum arg);
+
+/* what async.c accepts (it does not export the constant) */
+#define REG_NOTIFY_MAX_PAYLOAD	(BLCKSZ - NAMEDATALEN - 128)
+#define NOTIFY_BATCH			1000
+
+static const char *const worker_functions[REG_NUM_WORKERS] = {
+	"registry_maintenance_main",
+	NULL,						/* sync worker: not yet */
+};
+
+static const char *const worker_names[REG_NUM_WORKERS] = {
+	"registry maintenance",
+	"registry sync",
+};
+
+void
+worker_register_launcher(void)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = 5;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "registry");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "registry_launcher_main");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "registry launcher");
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "registry launcher");
+	RegisterBackgroundWorker(&bgw);
+}
+
+void
+worker_set_latch(int which)
+{
+	Latch	   *latch;
+
+	SpinLockAcquire(&RegistryState->mutex);
+	latch = RegistryState->workers[which].latch;
+	SpinLockRelease(&RegistryState->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+void
+worker_wake_maintenance(void)
+{
+	worker_set_latch(REG_WORKER_MAINTENANCE);
+}
+
+/*
+ * Without a database connection only a plain heap scan of pg_database is
+ * possible (as the autovacuum launcher does).
+ */
+static bool
+database_exists(void)
+{
+	bool		exists = false;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), registry_database) == 0 &&
+			db->datallowconn)
+			exists = true;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return exists;
+}
+
+static bool
+start_worker(int which, BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "registry");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "%s", worker_functions[which]);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s", worker_names[which]);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "%s", worker_names[which]);
+	bgw.bgw_main_arg = Int32GetDatum(which);
+	bgw.bgw_notify_pid = MyProcPid;
+	return RegisterDynamicBackgroundWorker(&bgw, handle);
+}
+
+void
+registry_launcher_main(Datum arg)
+{
+	BackgroundWorkerHandle *handles[REG_NUM_WORKERS] = {NULL};
+	TimestampTz next_start[REG_NUM_WORKERS] = {0};
+	TimestampTz started[REG_NUM_WORKERS] = {0};
+	int			backoff_ms[REG_NUM_WORKERS];
+	bool		said_waiting = false;
+	int			i;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	for (i = 0; i < REG_NUM_WORKERS; i++)
+		backoff_ms[i] = 1000;
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		if (!database_exists())
+		{
+			if (!said_waiting)
+				ereport(LOG,
+						(errmsg("registry: waiting for database \"%s\" (registry.database) to exist",
+								registry_database)));
+			said_waiting = true;
+		}
+		else
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			for (i = 0; i < REG_NUM_WORKERS; i++)
+			{
+				pid_t		pid;
+
+				if (worker_functions[i] == NULL)
+					continue;
+				if (handles[i] &&
+					GetBackgroundWorkerPid(handles[i], &pid) == BGWH_STOPPED)
+				{
+					pfree(handles[i]);
+					handles[i] = NULL;
+					/* a worker that ran a while restarts quickly */
+					if (TimestampDifferenceExceeds(started[i], now, 60000))
+						backoff_ms[i] = 1000;
+					next_start[i] = TimestampTzPlusMilliseconds(now, backoff_ms[i]);
+					backoff_ms[i] = Min(backoff_ms[i] * 2, 60000);
+				}
+				if (handles[i] == NULL && now >= next_start[i])
+				{
+					if (start_worker(i, &handles[i]))
+						started[i] = now;
+					else
+					{
+						handles[i] = NULL;
+						ereport(LOG,
+								(errmsg("registry: could not start the %s worker", worker_names[i]),
+								 errhint("Raise max_worker_processes.")));
+						next_start[i] = TimestampTzPlusMilliseconds(now, 10000);
+					}
+				}
+			}
+		}
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ---- maintenance worker ---- */
+
+static int	my_worker = -1;
+
+static void
+worker_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&RegistryState->mutex);
+	RegistryState->workers[my_worker].pid = 0;
+	RegistryState->workers[my_worker].latch = NULL;
+	SpinLockRelease(&RegistryState->mutex);
+}
+
+/* Common start of the database-connected workers. */
+static void
+worker_attach(int which)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(registry_database, NULL, 0);
+
+	my_worker = which;
+	SpinLockAcquire(&RegistryState->mutex);
+	RegistryState->workers[which].pid = MyProcPid;
+	RegistryState->workers[which].latch = MyLatch;
+	RegistryState->workers[which].started_at = GetCurrentTimestamp();
+	RegistryState->workers[which].starts++;
+	SpinLockRelease(&RegistryState->mutex);
+	before_shmem_exit(worker_detach, (Datum) 0);
+	pgstat_report_appname(worker_names[which]);
+}
+
+static bool
+extension_exists(void)
+{
+	return OidIsValid(get_extension_oid("registry", true));
+}
+
+/* Rebuild digests from disk, if they need it. */
+static void
+maybe_rebuild(void)
+{
+	if (pg_atomic_read_u32(&RegistryState->state) == REG_STATE_READY)
+		return;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "rebuilding registry digests");
+	if (extension_exists())
+		digest_rebuild();
+	else
+	{
+		/* nothing is registered, so nothing is stored either */
+		hlc_observe_stored(0);
+		RegistryState->ready_at = GetCurrentTimestamp();
+		pg_atomic_write_u32(&RegistryState->state, REG_STATE_READY);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+typedef struct TableName
+{
+	int32		tid;
+	char	   *name;			/* NULL if no longer registered */
+} TableName;
+
+static const char *
+table_name(List **cache, int32 tid)
+{
+	ListCell   *lc;
+	TableName  *tn;
+	RegTable   *t;
+
+	foreach(lc, *cache)
+	{
+		tn = lfirst(lc);
+		if (tn->tid == tid)
+			return tn->name;
+	}
+	t = regtable_by_tid(tid, true);
+	tn = palloc(sizeof(TableName));
+	tn->tid = tid;
+	tn->name = t ? pstrdup(t->qualname) : NULL;
+	*cache = lappend(*cache, tn);
+	return tn->name;
+}
+
+static void
+json_field(StringInfo b, const char *name, const char *value)
+{
+	appendStringInfo(b, ", \"%s\": ", name);
+	if (value)
+		escape_json(b, value);
+	else
+		appendStringInfoString(b, "null");
+}
+
+/*
+ * Payload of one change.  Versions are JSON strings: they exceed 2^53 and
+ * would lose precision in JavaScript clients.  A payload that would not
+ * fit NOTIFY's limit is sent without its key ("key": null,
+ * "key_truncated": true); the key can be read from registry.change_log by
+ * seq while the entry is still there.
+ */
+static char *
+change_payload(ChangeLogEntry *e, const char *table, bool *truncated)
+{
+	StringInfoData b;
+	char		v[32];
+
+	snprintf(v, sizeof(v), UINT64_FORMAT, e->version);
+	initStringInfo(&b);
+	appendStringInfo(&b, "{\"seq\": " UINT64_FORMAT, e->seq);
+	json_field(&b, "table", table);
+	json_field(&b, "key", e->op == REG_OP_RESYNC ? NULL : e->key);
+	json_field(&b, "op", registry_op_name(e->op));
+	json_field(&b, "version", v);
+	json_field(&b, "origin", origin_name(e->origin));
+	appendStringInfoChar(&b, '}');
+	*truncated = false;
+	if (b.len >= REG_NOTIFY_MAX_PAYLOAD)
+	{
+		resetStringInfo(&b);
+		appendStringInfo(&b, "{\"seq\": " UINT64_FORMAT, e->seq);
+		json_field(&b, "table", table);
+		appendStringInfoString(&b, ", \"key\": null, \"key_truncated\": true");
+		json_field(&b, "op", registry_op_name(e->op));
+		json_field(&b, "version", v);
+		json_field(&b, "origin", origin_name(e->origin));
+		appendStringInfoChar(&b, '}');
+		*truncated = true;
+	}
+	return b.data;
+}
+
+/*
+ * Send notifications for every change published since the last call, one
+ * transaction per batch.  Changes that were overwritten in the ring
+ * before they could be sent are reported by one "overflow" notification.
+ */
+static void
+notify_pending(void)
+{
+	Size		esz = changelog_entry_size();
+	char	   *copy = palloc(esz * NOTIFY_BATCH);
+
+	for (;;)
+	{
+		uint64		notified,
+					first,
+					last,
+					s;
+		uint64		lost = 0;
+		uint64		sent = 0;
+		uint64		truncated = 0;
+		int			n = 0;
+		int			i;
+		List	   *names = NIL;
+		char		buf[128];
+
+		CHECK_FOR_INTERRUPTS();
+		SpinLockAcquire(&RegistryState->mutex);
+		notified = RegistryState->notified_seq;
+		SpinLockRelease(&RegistryState->mutex);
+
+		LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
+		first = RegistryState->cl_first_seq;
+		last = RegistryState->cl_last_seq;
+		if (notified + 1 < first)
+		{
+			lost = first - 1 - notified;
+			notified = first - 1;
+		}
+		for (s = notified + 1; s <= last && n < NOTIFY_BATCH; s++)
+			memcpy(copy + (Size) n++ * esz, changelog_entry(s), esz);
+		LWLockRelease(RegistryState->changelog_lock);
+
+		if (n == 0 && lost == 0)
+			break;
+		if (!registry_notifications)
+		{
+			SpinLockAcquire(&RegistryState->mutex);
+			RegistryState->notified_seq = notified + n;
+			SpinLockRelease(&RegistryState->mutex);
+			continue;
+		}
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (lost > 0)
+		{
+			snprintf(buf, sizeof(buf),
+					 "{\"op\": \"overflow\", \"lost\": " UINT64_FORMAT ", \"first_seq\": " UINT64_FORMAT "}",
+					 lost, first);
+			Async_Notify("registry_change", buf);
+		}
+		for (i = 0; i < n; i++)
+		{
+			ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+			bool		trunc;
+
+			Async_Notify("registry_change",
+						 change_payload(e, table_name(&names, e->tid), &trunc));
+			sent++;
+			if (trunc)
+				truncated++;
+		}
+		/* one wake-up per batch for peers, whatever the batch holds */
+		snprintf(buf, sizeof(buf), "{\"node\": \"%s\", \"seq\": " UINT64_FORMAT "}",
+				 registry_node_name, notified + n);
+		Async_Notify("registry_wakeup", buf);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+
+		SpinLockAcquire(&RegistryState->mutex);
+		RegistryState->notified_seq = notified + n;
+		RegistryState->notifications_sent += sent;
+		RegistryState->notifications_lost += lost;
+		RegistryState->notifications_truncated += truncated;
+		SpinLockRelease(&RegistryState->mutex);
+	}
+	pfree(copy);
+}
+
+void
+registry_maintenance_main(Datum arg)
+{
+	MemoryContext loopcxt;
+
+	worker_attach(REG_WORKER_MAINTENANCE);
+	loopcxt = AllocSetContextCreate(TopMemoryContext, "registry maintenance",
+									ALLOCSET_DEFAULT_SIZES);
+
+	/* notifications need no durability of their own */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		MemoryContextSwitchTo(loopcxt);
+		maybe_rebuild();
+		notify_pending();
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loopcxt);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
