@@ -28,6 +28,7 @@ $$;
 CREATE TABLE registry.replicated_tables (
     tid           integer PRIMARY KEY,
     relid         regclass NOT NULL UNIQUE,
+    khash_index   regclass NOT NULL,
     key_columns   name[] NOT NULL,
     key_types     text[] NOT NULL,
     registered_at timestamptz NOT NULL DEFAULT now()
@@ -37,18 +38,17 @@ CREATE SEQUENCE registry.replicated_tables_tid_seq
 ALTER TABLE registry.replicated_tables
     ALTER tid SET DEFAULT nextval('registry.replicated_tables_tid_seq');
 
--- One row per (table, key): the key's latest version, its origin node and
--- whether it is deleted (tombstone).  khash places the key in its digest
--- bucket; fillfactor leaves room for HOT updates.
-CREATE TABLE registry.row_versions (
+-- The versions of live rows are in the rows (columns registry_version and
+-- registry_origin, added by registry.replicate); a deleted key keeps the
+-- version of its deletion here.  khash places the key in its digest bucket.
+CREATE TABLE registry.tombstones (
     tid      integer NOT NULL,
     khash    integer NOT NULL,
     key      text COLLATE "C" NOT NULL,
     version  bigint NOT NULL,
     origin   text COLLATE "C" NOT NULL,
-    deleted  boolean NOT NULL,
     PRIMARY KEY (tid, khash, key)
-) WITH (fillfactor = 80);
+);
 
 -- ---------------------------------------------------------------------
 -- Registration
@@ -64,6 +64,8 @@ CREATE FUNCTION registry.unreplicate(tbl regclass) RETURNS boolean
 COMMENT ON FUNCTION registry.unreplicate(regclass) IS
     'stop replicating a table and forget its versions (true if it was registered)';
 
+CREATE FUNCTION registry.stamp() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'registry_stamp' LANGUAGE C;
 CREATE FUNCTION registry.capture() RETURNS trigger
     AS 'MODULE_PATHNAME', 'registry_capture' LANGUAGE C;
 CREATE FUNCTION registry.capture_truncate() RETURNS trigger
@@ -93,7 +95,7 @@ BEGIN
     FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
                WHERE object_type = 'table'
     LOOP
-        DELETE FROM registry.row_versions v
+        DELETE FROM registry.tombstones v
          USING registry.replicated_tables t
          WHERE t.relid = obj.objid AND v.tid = t.tid;
         DELETE FROM registry.replicated_tables WHERE relid = obj.objid;
@@ -102,6 +104,10 @@ END
 $$;
 CREATE EVENT TRIGGER registry_drop ON sql_drop
     EXECUTE FUNCTION registry._on_drop();
+
+-- The bucket hash of a key, for the index every registry table has on it.
+CREATE FUNCTION registry.key_hash(VARIADIC "any") RETURNS integer
+    AS 'MODULE_PATHNAME', 'registry_key_hash' LANGUAGE C IMMUTABLE STRICT;
 
 -- ---------------------------------------------------------------------
 -- Clock
@@ -156,7 +162,6 @@ CREATE FUNCTION registry.bucket_entries(tbl text,
                                         buckets integer[],
                                         with_rows boolean DEFAULT false,
                                         after_hash integer DEFAULT NULL,
-                                        after_key text DEFAULT NULL,
                                         max_entries integer DEFAULT 10000)
     RETURNS bytea
     AS 'MODULE_PATHNAME', 'registry_bucket_entries' LANGUAGE C VOLATILE
@@ -197,6 +202,12 @@ CREATE FUNCTION registry.verify(tbl regclass DEFAULT NULL)
     SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
 COMMENT ON FUNCTION registry.verify(regclass) IS
     'recompute digests from disk and report every difference (no rows: consistent)';
+
+CREATE FUNCTION registry.versions(tbl regclass)
+    RETURNS TABLE (key text, version bigint, origin text, deleted boolean)
+    AS 'MODULE_PATHNAME', 'registry_versions' LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION registry.versions(regclass) IS
+    'every key of a registry table with its version: rows and tombstones';
 
 CREATE FUNCTION registry._node_info(
     OUT node_name text, OUT database text, OUT state text, OUT epoch bigint,
@@ -284,7 +295,8 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA registry FROM PUBLIC;
 GRANT USAGE ON SCHEMA registry TO registry_admin, registry_peer;
 
 -- trigger functions only run as triggers
-GRANT EXECUTE ON FUNCTION registry.capture(), registry.capture_truncate()
+GRANT EXECUTE ON FUNCTION registry.stamp(), registry.capture(),
+    registry.capture_truncate(), registry.key_hash("any")
     TO PUBLIC;
 
 GRANT SELECT ON registry.node, registry.tables, registry.acceptors,
@@ -292,7 +304,8 @@ GRANT SELECT ON registry.node, registry.tables, registry.acceptors,
 GRANT EXECUTE ON FUNCTION
     registry.replicate(regclass), registry.unreplicate(regclass),
     registry.hlc_now(), registry.version_time(bigint),
-    registry.verify(regclass), registry.decode_message(bytea),
+    registry.verify(regclass), registry.versions(regclass),
+    registry.decode_message(bytea),
     registry.apply_row(regclass, text, bigint, text, boolean, jsonb),
     registry._node_info(), registry._table_stats(), registry._acceptors(),
     registry._change_log(), registry._table_name(regclass)
@@ -300,7 +313,7 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     registry.changes_since(bigint, integer, boolean, bigint, text),
     registry.digest(text, integer, integer, integer, integer),
-    registry.bucket_entries(text, integer, integer[], boolean, integer, text, integer),
+    registry.bucket_entries(text, integer, integer[], boolean, integer, integer),
     registry.fetch_rows(text, text[]),
     registry.decode_message(bytea)
     TO registry_peer, registry_admin;

@@ -6,11 +6,12 @@
  *
  * For each row: the receive rule of the clock runs (a version too far in
  * the future is refused); the row is skipped unless its (version, origin)
- * is greater than the stored one; otherwise it is upserted or deleted
- * through SQL, so constraints are checked and the capture trigger
- * records it, with the remote version (capture_set_apply), and publishes
- * it at commit like any local change.  A tombstone for a key without a
- * local row is written to registry.row_versions directly.
+ * is greater than the stored one; otherwise it is upserted (with its
+ * version columns) or deleted through SQL, so constraints are checked and
+ * the registry triggers record it with the remote version
+ * (capture_set_apply) and publish it at commit like any local change.  A
+ * tombstone for a key without a local row is written to
+ * registry.tombstones directly.
  *
  * A concurrent local write to the same key makes the capture trigger
  * raise a serialization failure; the caller retries the whole batch.
@@ -34,7 +35,9 @@
 #include "utils/memutils.h"
 
 #include "registry.h"
-#include "versions.h"
+#include "rows.h"
+#include "tombstones.h"
+#include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(registry_apply_row);
 
@@ -116,14 +119,13 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 							t->keys[i].name, t->qualname)));
 	}
 
-	/* upsert: every column as text, cast by its local type */
+	/* upsert: every column as text, cast by its local type, then the version */
 	initStringInfo(&sql);
 	initStringInfo(&set);
 	appendStringInfo(&sql, "INSERT INTO %s (", t->qualname);
 	for (i = 0; i < ncols; i++)
-		appendStringInfo(&sql, "%s%s", i ? ", " : "",
-						 quote_identifier(t->cols[ac->local[i]].name));
-	appendStringInfo(&sql, ")%s VALUES (",
+		appendStringInfo(&sql, "%s, ", quote_identifier(t->cols[ac->local[i]].name));
+	appendStringInfo(&sql, "registry_version, registry_origin)%s VALUES (",
 					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
 	for (i = 0; i < ncols; i++)
 	{
@@ -136,20 +138,18 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 			if (t->keys[j].attnum == c->attnum)
 				iskey = true;
 		if (!iskey)
-			appendStringInfo(&set, "%s%s = EXCLUDED.%s", set.len ? ", " : "",
+			appendStringInfo(&set, "%s = EXCLUDED.%s, ",
 							 quote_identifier(c->name), quote_identifier(c->name));
 	}
-	/* an all-key table still needs an UPDATE to fire the capture trigger */
-	if (set.len == 0)
-		appendStringInfo(&set, "%s = EXCLUDED.%s",
-						 quote_identifier(t->keys[0].name),
-						 quote_identifier(t->keys[0].name));
-	appendStringInfo(&sql, ") ON CONFLICT (%s) DO UPDATE SET %s",
+	appendStringInfo(&sql, "%s$%d::bigint, $%d) ON CONFLICT (%s) DO UPDATE SET %s"
+					 "registry_version = EXCLUDED.registry_version, "
+					 "registry_origin = EXCLUDED.registry_origin",
+					 ncols ? ", " : "", ncols + 1, ncols + 2,
 					 key_column_list(t), set.data);
-	argtypes = palloc(sizeof(Oid) * Max(ncols, 1));
-	for (i = 0; i < ncols; i++)
+	argtypes = palloc(sizeof(Oid) * (ncols + 2));
+	for (i = 0; i < ncols + 2; i++)
 		argtypes[i] = TEXTOID;
-	ac->upsert = SPI_prepare(sql.data, ncols, argtypes);
+	ac->upsert = SPI_prepare(sql.data, ncols + 2, argtypes);
 	if (ac->upsert == NULL)
 		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
 			 SPI_result_code_string(SPI_result));
@@ -213,6 +213,22 @@ check_row_key(ApplyColumns *ac, const char *key, char **values)
 						key, t->qualname, rowkey)));
 }
 
+/* The committed (or our own) state of a key: live row, tombstone or none. */
+static void
+current_state(RegTable *t, const char *key, uint32 khash, VersionState *st)
+{
+	RowLookup	rl;
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+
+	row_lookup_begin(&rl, t, RowExclusiveLock, snap);
+	if (row_lookup(&rl, key))
+		row_version(t, rl.slot, st);
+	else
+		(void) tombstone_get(t->tid, khash, key, snap, st);
+	row_lookup_end(&rl);
+	UnregisterSnapshot(snap);
+}
+
 /*
  * Apply one remote row.  Caller has called apply_begin() and prepared ac.
  * Errors (constraint violations, malformed values) abort the caller's
@@ -251,21 +267,27 @@ apply_row(ApplyColumns *ac, const char *key, RegVersion version,
 		return APPLY_REFUSED_SKEW;
 
 	khash = keys_hash(key, strlen(key));
-	versions_lookup(t->tid, khash, key, &cur);
+	current_state(t, key, khash, &cur);
 	if (cur.exists && !version_greater(version, origin, cur.version, cur.origin))
 		return APPLY_SKIPPED_OLDER;
 
 	capture_set_apply(t->tid, key, version, origin);
 	if (!deleted)
 	{
+		char		vtext[32];
+
 		check_row_key(ac, key, values);
-		args = palloc(sizeof(Datum) * Max(ac->ncols, 1));
-		nulls = palloc(Max(ac->ncols, 1));
+		args = palloc(sizeof(Datum) * (ac->ncols + 2));
+		nulls = palloc(ac->ncols + 2);
 		for (i = 0; i < ac->ncols; i++)
 		{
 			args[i] = values[i] ? CStringGetTextDatum(values[i]) : (Datum) 0;
 			nulls[i] = values[i] ? ' ' : 'n';
 		}
+		snprintf(vtext, sizeof(vtext), INT64_FORMAT, (int64) version);
+		args[ac->ncols] = CStringGetTextDatum(vtext);
+		args[ac->ncols + 1] = CStringGetTextDatum(origin);
+		nulls[ac->ncols] = nulls[ac->ncols + 1] = ' ';
 		rc = SPI_execute_plan(ac->upsert, args, nulls, false, 0);
 		if (rc != SPI_OK_INSERT || SPI_processed != 1)
 			ereport(ERROR,
@@ -292,9 +314,13 @@ apply_row(ApplyColumns *ac, const char *key, RegVersion version,
 		if (!done)
 		{
 			VersionState old;
+			VersionState now;
 
-			versions_write(t->tid, khash, key, version, origin, true, &old);
-			if (old.exists && !old.deleted)
+			(void) tombstone_put(t->tid, khash, key, version, origin, true, &old);
+			/* a row committed since our look would now sit beside it */
+			CommandCounterIncrement();
+			current_state(t, key, khash, &now);
+			if (!now.deleted)
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("registry key \"%s\" was inserted concurrently", key)));

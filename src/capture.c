@@ -4,13 +4,23 @@
  *	  Capturing changes to registry tables, and publishing them to shared
  *	  memory when (and only when) the transaction commits.
  *
- * The row trigger registry.capture() writes each changed key's new
- * version to registry.row_versions (versions.c) and remembers the change
- * in a backend-local list.  Savepoint rollbacks drop their part of the
- * list; an aborted transaction drops all of it.  At pre-commit the list is
- * coalesced (one entry per key per transaction) and everything the
- * publication needs is computed, so that the commit callback itself only
- * copies into shared memory: it cannot fail.
+ * Three triggers on every registry table:
+ *
+ *	registry_stamp		BEFORE INSERT OR UPDATE FOR EACH ROW: writes the new
+ *						version into the row's registry_version and
+ *						registry_origin columns.  An UPDATE therefore costs
+ *						no other write at all.
+ *	registry_capture	AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW:
+ *						keeps registry.tombstones in step (a DELETE writes
+ *						the key's tombstone, an INSERT removes it) and
+ *						remembers the change in a backend-local list.
+ *	registry_truncate	BEFORE TRUNCATE: writes a tombstone for every row.
+ *
+ * Savepoint rollbacks drop their part of the list; an aborted transaction
+ * drops all of it.  At pre-commit the list is coalesced (one entry per key
+ * per transaction) and everything the publication needs is computed, so
+ * that the commit callback itself only copies into shared memory: it
+ * cannot fail.
  *
  * Bulk changes (TRUNCATE, registering a table that already has rows) are
  * published as one digest delta per table and one "resync" entry in the
@@ -21,12 +31,15 @@
 #include "postgres.h"
 
 #include "access/heapam.h"
+#include "access/htup_details.h"
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -34,9 +47,11 @@
 #include "utils/snapmgr.h"
 
 #include "registry.h"
+#include "rows.h"
 #include "shmem.h"
-#include "versions.h"
+#include "tombstones.h"
 
+PG_FUNCTION_INFO_V1(registry_stamp);
 PG_FUNCTION_INFO_V1(registry_capture);
 PG_FUNCTION_INFO_V1(registry_capture_truncate);
 
@@ -74,6 +89,17 @@ static char apply_origin[REGISTRY_NAME_LEN];
 static int32 apply_tid = 0;
 static const char *apply_key = NULL;
 
+/* registry.replicate() stamping a table's existing rows */
+typedef struct BulkChange
+{
+	uint64	   *bucket_delta;
+	int64		live_delta;
+	int64		tomb_delta;
+} BulkChange;
+
+static int32 bulk_tid = 0;
+static BulkChange bulk;
+
 static void capture_xact_callback(XactEvent event, void *arg);
 static void capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 									 SubTransactionId parentSubid, void *arg);
@@ -86,8 +112,8 @@ capture_init(void)
 }
 
 /*
- * The next trigger firing for (tid, key) writes the given remote version
- * instead of stamping a local one.  key must stay valid until cleared.
+ * The next write of (tid, key) carries the given remote version instead
+ * of a local stamp.  key must stay valid until cleared.
  */
 void
 capture_set_apply(int32 tid, const char *key, RegVersion version,
@@ -104,6 +130,20 @@ void
 capture_clear_apply(void)
 {
 	apply_active = false;
+}
+
+static bool
+applying(RegTable *t, const char *key)
+{
+	return apply_active && apply_tid == t->tid && strcmp(apply_key, key) == 0;
+}
+
+static bool
+version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
+{
+	if (v1 != v2)
+		return v1 > v2;
+	return strcmp(o1, o2) > 0;
 }
 
 static PendingChange *
@@ -129,18 +169,34 @@ pending_append(void)
 	return p;
 }
 
-/* Remember one key change that has been written to row_versions. */
+static uint64
+state_hash(const char *key, const VersionState *st)
+{
+	if (!st->exists)
+		return 0;
+	return digest_entry_hash(key, st->version, st->origin, st->deleted);
+}
+
+/* Remember one key change: old state -> (version, origin, deleted). */
 void
 capture_record(RegTable *t, uint32 khash, const char *key,
 			   const VersionState *old, RegVersion version,
 			   const char *origin, bool deleted)
 {
 	PendingChange *p;
-	uint64		oldhash = 0;
+	uint64		delta = state_hash(key, old) ^
+		digest_entry_hash(key, version, origin, deleted);
 	bool		old_live = old->exists && !old->deleted;
+	int64		live_delta = (deleted ? 0 : 1) - (old_live ? 1 : 0);
+	int64		tomb_delta = (deleted ? 1 : 0) - ((old->exists && old->deleted) ? 1 : 0);
 
-	if (old->exists)
-		oldhash = digest_entry_hash(key, old->version, old->origin, old->deleted);
+	if (bulk_tid == t->tid)
+	{
+		bulk.bucket_delta[digest_bucket_of(khash, registry_digest_buckets)] ^= delta;
+		bulk.live_delta += live_delta;
+		bulk.tomb_delta += tomb_delta;
+		return;
+	}
 
 	p = pending_append();
 	p->tid = t->tid;
@@ -151,67 +207,42 @@ capture_record(RegTable *t, uint32 khash, const char *key,
 	p->origin = origin_id(origin);
 	p->deleted = deleted;
 	p->old_live = old_live;
-	p->delta = oldhash ^ digest_entry_hash(key, version, origin, deleted);
-	p->live_delta = (deleted ? 0 : 1) - (old_live ? 1 : 0);
-	p->tomb_delta = (deleted ? 1 : 0) - ((old->exists && old->deleted) ? 1 : 0);
+	p->delta = delta;
+	p->live_delta = live_delta;
+	p->tomb_delta = tomb_delta;
 }
 
-/* Remember a bulk change of one table (bucket_delta is taken over). */
-void
-capture_record_bulk(RegTable *t, uint64 *bucket_delta, int64 live_delta,
-					int64 tomb_delta)
+static void
+bulk_begin(RegTable *t)
 {
-	PendingChange *p = pending_append();
+	bulk.bucket_delta = MemoryContextAllocZero(TopTransactionContext,
+											   sizeof(uint64) * registry_digest_buckets);
+	bulk.live_delta = 0;
+	bulk.tomb_delta = 0;
+	bulk_tid = t->tid;
+}
 
+/* Publish what bulk_begin() collected as one change of the table. */
+static void
+bulk_end(RegTable *t)
+{
+	PendingChange *p;
+
+	bulk_tid = 0;
+	p = pending_append();
 	p->bulk = true;
 	p->tid = t->tid;
 	p->relid = t->relid;
 	p->key = "";
-	p->bucket_delta = bucket_delta;
-	p->live_delta = live_delta;
-	p->tomb_delta = tomb_delta;
+	p->bucket_delta = bulk.bucket_delta;
+	p->live_delta = bulk.live_delta;
+	p->tomb_delta = bulk.tomb_delta;
 	p->origin = 0;
 	p->version = hlc_current();
 }
 
-/*
- * Write one key's new state.  In the apply path the remote version is
- * used for the key being applied; anything else (e.g. a user trigger
- * writing another registry table) is a local change.
- */
-static void
-change_key(RegTable *t, const char *key, bool deleted)
-{
-	uint32		khash = keys_hash(key, strlen(key));
-	VersionState old;
-	RegVersion	v;
-	const char *origin = registry_node_name;
-	RegVersion	av = 0;
-
-	if (apply_active && apply_tid == t->tid && strcmp(apply_key, key) == 0)
-	{
-		av = apply_version;
-		origin = apply_origin;
-	}
-	v = versions_write(t->tid, khash, key, av, origin, deleted, &old);
-	capture_record(t, khash, key, &old, v, origin, deleted);
-}
-
-static char *
-key_of_slot(RegTable *t, TupleTableSlot *slot, Relation rel)
-{
-	Datum		values[INDEX_MAX_KEYS];
-	bool		isnull[INDEX_MAX_KEYS];
-	int			i;
-
-	for (i = 0; i < t->nkeys; i++)
-		values[i] = slot_getattr(slot, t->keys[i].attnum, &isnull[i]);
-	return keys_encode(t->keys, t->nkeys, values, isnull,
-					   RelationGetRelationName(rel));
-}
-
 static bool
-same_key(RegTable *t, TupleTableSlot *a, TupleTableSlot *b, Relation rel)
+same_key(RegTable *t, Relation rel, TupleTableSlot *a, TupleTableSlot *b)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
@@ -232,164 +263,320 @@ same_key(RegTable *t, TupleTableSlot *a, TupleTableSlot *b, Relation rel)
 	return true;
 }
 
+static RegTable *
+trigger_table(TriggerData *td)
+{
+	Relation	rel = td->tg_relation;
+	RegTable   *t;
+
+	registry_check_preloaded();
+	t = regtable_by_relid(RelationGetRelid(rel), true);
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has registry triggers but is not a registry table",
+						RelationGetRelationName(rel)),
+				 errhint("Register it with registry.replicate(), or drop its registry_* triggers.")));
+	return t;
+}
+
+static void
+check_trigger(FunctionCallInfo fcinfo, const char *name, bool before)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		(before ? !TRIGGER_FIRED_BEFORE(td->tg_event) : !TRIGGER_FIRED_AFTER(td->tg_event)))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s must be called as a %s ... FOR EACH ROW trigger",
+						name, before ? "BEFORE" : "AFTER")));
+}
+
 /*
- * AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW on every registry table.
- * An update that changes the key is a delete of the old key and an
- * insert of the new one.
+ * BEFORE INSERT OR UPDATE: stamp the row.  A local write gets a new
+ * version, above the row's previous one whatever the clock says; a row
+ * written by the apply path keeps its remote version, which must be newer
+ * than the row's (else a concurrent local write won: the batch retries).
+ */
+Datum
+registry_stamp(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	RegTable   *t;
+	HeapTuple	newtup;
+	VersionState old;
+	RegVersion	v;
+	bool		given = false;
+	int			cols[2];
+	Datum		vals[2];
+	bool		nulls[2] = {false, false};
+	static Datum node_origin = (Datum) 0;
+
+	check_trigger(fcinfo, "registry.stamp()", true);
+	t = trigger_table(td);
+	desc = RelationGetDescr(td->tg_relation);
+	newtup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+
+	memset(&old, 0, sizeof(old));
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		bool		vnull,
+					onull;
+		Datum		ov = heap_getattr(td->tg_trigtuple, t->verattnum, desc, &vnull);
+		Datum		oo = heap_getattr(td->tg_trigtuple, t->orgattnum, desc, &onull);
+
+		if (!vnull && !onull)
+		{
+			old.exists = true;
+			old.version = (RegVersion) DatumGetInt64(ov);
+			text_to_cstring_buffer(DatumGetTextPP(oo), old.origin, sizeof(old.origin));
+		}
+	}
+
+	if (apply_active && apply_tid == t->tid)
+	{
+		bool		vnull,
+					onull;
+		Datum		nv = heap_getattr(newtup, t->verattnum, desc, &vnull);
+		Datum		no = heap_getattr(newtup, t->orgattnum, desc, &onull);
+
+		if (!vnull && !onull && (RegVersion) DatumGetInt64(nv) == apply_version)
+		{
+			char	   *o = TextDatumGetCString(no);
+
+			given = strcmp(o, apply_origin) == 0;
+			pfree(o);
+		}
+	}
+
+	if (given)
+	{
+		if (old.exists && !version_greater(apply_version, apply_origin,
+										   old.version, old.origin))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("a row of registry table %s was changed concurrently",
+							t->qualname),
+					 errdetail("A version at least as new as the one being applied was written meanwhile.")));
+		return PointerGetDatum(newtup);
+	}
+
+	v = hlc_now();
+	if (old.exists && v <= old.version)
+	{
+		/* the clock is behind this row (restored data, clock stepped) */
+		hlc_observe_stored(old.version);
+		v = hlc_now();
+	}
+	if (node_origin == (Datum) 0)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+		node_origin = CStringGetTextDatum(registry_node_name);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	cols[0] = t->verattnum;
+	cols[1] = t->orgattnum;
+	vals[0] = Int64GetDatum((int64) v);
+	vals[1] = node_origin;
+	return PointerGetDatum(heap_modify_tuple_by_cols(newtup, desc, 2, cols,
+													 vals, nulls));
+}
+
+/* A key is being inserted: take its tombstone, which must be older. */
+static void
+insert_key(RegTable *t, const char *key, const VersionState *live)
+{
+	uint32		khash = keys_hash(key, strlen(key));
+	VersionState tomb;
+
+	if (tombstone_take(t->tid, khash, key, &tomb) &&
+		!version_greater(live->version, live->origin, tomb.version, tomb.origin))
+	{
+		/*
+		 * The key was deleted by a version newer than the one stamped on
+		 * this row: a remote delete applied while this row was stamped.
+		 * Retrying stamps above it.
+		 */
+		hlc_observe_stored(tomb.version);
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("registry key \"%s\" of table %s was deleted concurrently with a newer version",
+						key, t->qualname),
+				 errhint("Retry the transaction.")));
+	}
+	capture_record(t, khash, key, &tomb, live->version, live->origin, false);
+}
+
+/* A key is being deleted: write its tombstone. */
+static void
+delete_key(RegTable *t, const char *key, const VersionState *live)
+{
+	uint32		khash = keys_hash(key, strlen(key));
+	VersionState old;
+	RegVersion	v;
+	const char *origin;
+
+	if (applying(t, key))
+	{
+		origin = apply_origin;
+		if (live->exists && !version_greater(apply_version, origin,
+											 live->version, live->origin))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("registry key \"%s\" of table %s was changed concurrently",
+							key, t->qualname)));
+		v = tombstone_put(t->tid, khash, key, apply_version, origin, true, &old);
+	}
+	else
+	{
+		origin = registry_node_name;
+		v = hlc_now();
+		if (live->exists && v <= live->version)
+		{
+			hlc_observe_stored(live->version);
+			v = hlc_now();
+		}
+		v = tombstone_put(t->tid, khash, key, v, origin, false, &old);
+	}
+	/* a stray tombstone next to a live row would be a bug; count the row */
+	capture_record(t, khash, key, live, v, origin, true);
+}
+
+/*
+ * AFTER INSERT OR UPDATE OR DELETE: keep tombstones in step and remember
+ * the change.  An update that changes the key is a delete of the old key
+ * and an insert of the new one.
  */
 Datum
 registry_capture(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
-	Relation	rel;
 	RegTable   *t;
+	VersionState oldst;
+	VersionState newst;
 
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("registry.capture() must be called as a trigger")));
-	if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("registry.capture() must fire AFTER ... FOR EACH ROW")));
-	registry_check_preloaded();
-
-	rel = td->tg_relation;
-	t = regtable_by_relid(RelationGetRelid(rel), true);
-	if (t == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" has a registry trigger but is not a registry table",
-						RelationGetRelationName(rel)),
-				 errhint("Register it with registry.replicate(), or drop trigger registry_capture.")));
+	check_trigger(fcinfo, "registry.capture()", false);
+	t = trigger_table(td);
 
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
-		change_key(t, key_of_slot(t, td->tg_trigslot, rel), false);
+	{
+		row_version(t, td->tg_trigslot, &newst);
+		if (!newst.exists)
+			goto unstamped;
+		insert_key(t, row_key(t, td->tg_trigslot), &newst);
+	}
 	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
-		change_key(t, key_of_slot(t, td->tg_trigslot, rel), true);
+	{
+		row_version(t, td->tg_trigslot, &oldst);
+		delete_key(t, row_key(t, td->tg_trigslot), &oldst);
+	}
 	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
-		if (same_key(t, td->tg_trigslot, td->tg_newslot, rel))
-			change_key(t, key_of_slot(t, td->tg_newslot, rel), false);
+		row_version(t, td->tg_trigslot, &oldst);
+		row_version(t, td->tg_newslot, &newst);
+		if (!newst.exists ||
+			(oldst.exists && !version_greater(newst.version, newst.origin,
+											  oldst.version, oldst.origin)))
+			goto unstamped;
+		if (same_key(t, td->tg_relation, td->tg_trigslot, td->tg_newslot))
+		{
+			char	   *key = row_key(t, td->tg_newslot);
+
+			capture_record(t, keys_hash(key, strlen(key)), key, &oldst,
+						   newst.version, newst.origin, false);
+		}
 		else
 		{
-			change_key(t, key_of_slot(t, td->tg_trigslot, rel), true);
-			change_key(t, key_of_slot(t, td->tg_newslot, rel), false);
+			delete_key(t, row_key(t, td->tg_trigslot), &oldst);
+			insert_key(t, row_key(t, td->tg_newslot), &newst);
 		}
 	}
 	return PointerGetDatum(NULL);
-}
 
-/* Accumulates the digest effect of many key changes of one table. */
-typedef struct BulkChange
-{
-	uint64	   *bucket_delta;
-	int64		live_delta;
-	int64		tomb_delta;
-} BulkChange;
-
-static void
-bulk_init(BulkChange *b)
-{
-	b->bucket_delta = MemoryContextAllocZero(TopTransactionContext,
-											 sizeof(uint64) * registry_digest_buckets);
-	b->live_delta = 0;
-	b->tomb_delta = 0;
-}
-
-static void
-bulk_write(BulkChange *b, RegTable *t, const char *key, bool deleted)
-{
-	uint32		khash = keys_hash(key, strlen(key));
-	VersionState old;
-	RegVersion	v;
-	uint64		delta;
-
-	v = versions_write(t->tid, khash, key, 0, registry_node_name, deleted, &old);
-	delta = digest_entry_hash(key, v, registry_node_name, deleted);
-	if (old.exists)
-		delta ^= digest_entry_hash(key, old.version, old.origin, old.deleted);
-	b->bucket_delta[digest_bucket_of(khash, registry_digest_buckets)] ^= delta;
-	b->live_delta += (deleted ? 0 : 1) - ((old.exists && !old.deleted) ? 1 : 0);
-	b->tomb_delta += (deleted ? 1 : 0) - ((old.exists && old.deleted) ? 1 : 0);
+unstamped:
+	ereport(ERROR,
+			(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+			 errmsg("row of registry table %s does not carry a new version",
+					t->qualname),
+			 errdetail("registry_version and registry_origin are set by the registry_stamp trigger."),
+			 errhint("Do not change them in other triggers.")));
+	return PointerGetDatum(NULL);
 }
 
 /*
  * BEFORE TRUNCATE: TRUNCATE is replicated as the deletion of every row.
- * The rows' tombstones are written here; the TRUNCATE then removes the
- * rows themselves.
+ * The rows' tombstones are written here (as one bulk change); the
+ * TRUNCATE then removes the rows themselves.
  */
 Datum
 registry_capture_truncate(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	RegTable   *t;
-	VersionScan vs;
-	VersionEntry e;
+	Relation	rel;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
 	Snapshot	snap;
-	List	   *keys = NIL;
-	ListCell   *lc;
-	BulkChange	b;
+	MemoryContext rowcxt;
+	MemoryContext old;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("registry.capture_truncate() must be called as a TRUNCATE trigger")));
-	registry_check_preloaded();
-	t = regtable_by_relid(RelationGetRelid(td->tg_relation), false);
+	t = trigger_table(td);
+	rel = td->tg_relation;
 
-	snap = RegisterSnapshot(GetLatestSnapshot());
-	versions_scan_begin(&vs, t->tid, 0, PG_UINT32_MAX, snap);
-	while (versions_scan_next(&vs, &e))
-	{
-		if (!e.deleted)
-			keys = lappend(keys, e.key);
-	}
-	versions_scan_end(&vs);
-	UnregisterSnapshot(snap);
-
-	bulk_init(&b);
-	foreach(lc, keys)
-		bulk_write(&b, t, (char *) lfirst(lc), true);
-	capture_record_bulk(t, b.bucket_delta, b.live_delta, b.tomb_delta);
-	return PointerGetDatum(NULL);
-}
-
-/* registry.replicate() on a table with rows: each becomes a local insert. */
-void		capture_register_existing(RegTable *t, Relation rel);
-
-void
-capture_register_existing(RegTable *t, Relation rel)
-{
-	TableScanDesc scan;
-	TupleTableSlot *slot;
-	Snapshot	snap;
-	BulkChange	b;
-	bool		any = false;
-	MemoryContext rowcxt;
-	MemoryContext old;
-
-	bulk_init(&b);
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "registry register",
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "registry truncate",
 								   ALLOCSET_DEFAULT_SIZES);
+	bulk_begin(t);
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	scan = table_beginscan(rel, snap, 0, NULL);
 	slot = table_slot_create(rel, NULL);
 	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
 	{
+		VersionState st;
+
 		CHECK_FOR_INTERRUPTS();
 		old = MemoryContextSwitchTo(rowcxt);
-		bulk_write(&b, t, key_of_slot(t, slot, rel), false);
+		row_version(t, slot, &st);
+		delete_key(t, row_key(t, slot), &st);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(rowcxt);
-		any = true;
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	table_endscan(scan);
 	UnregisterSnapshot(snap);
 	MemoryContextDelete(rowcxt);
-	if (any)
-		capture_record_bulk(t, b.bucket_delta, b.live_delta, b.tomb_delta);
+	bulk_end(t);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * registry.replicate() on a table with rows: stamp each as a fresh local
+ * insert, through the triggers, collected as one bulk change.
+ */
+void
+capture_stamp_existing(RegTable *t)
+{
+	StringInfoData sql;
+	int			rc;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE ONLY %s SET registry_version = NULL",
+					 t->qualname);
+	bulk_begin(t);
+	rc = SPI_execute(sql.data, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "registry: could not stamp the rows of %s: %s",
+			 t->qualname, SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		bulk_end(t);
+	else
+		bulk_tid = 0;
 }
 
 /* ---- transaction end ---- */
@@ -458,10 +645,7 @@ coalesce_pending(void)
 		k.key = p->key;
 		e = hash_search(h, &k, HASH_ENTER, &found);
 		if (!found)
-		{
 			e->first = i;
-			continue;
-		}
 		else
 		{
 			PendingChange *f = &pending[e->first];
@@ -516,7 +700,7 @@ capture_publish(void)
 {
 	int			i;
 	int			n = 0;
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now = GetCurrentTransactionStopTimestamp();
 	uint64		capacity = (uint64) registry_change_log_size;
 	int			nbuckets = registry_digest_buckets;
 
@@ -530,9 +714,9 @@ capture_publish(void)
 	if ((uint64) n > capacity)
 	{
 		/* cannot keep them all: readers see a gap and compare digests */
-		RegistryState->cl_last_seq += n;
 		RegistryState->cl_overwritten +=
-			RegistryState->cl_last_seq - RegistryState->cl_first_seq + 1 - n;
+			RegistryState->cl_last_seq + 1 - RegistryState->cl_first_seq;
+		RegistryState->cl_last_seq += n;
 		RegistryState->cl_first_seq = RegistryState->cl_last_seq + 1;
 		RegistryState->cl_truncations++;
 	}
@@ -609,8 +793,9 @@ capture_publish(void)
 	}
 	LWLockRelease(RegistryState->digest_lock);
 
-	worker_set_latch(REG_WORKER_MAINTENANCE);
-	worker_set_latch(REG_WORKER_SYNC);
+	/* signal the notifier only if it is idle; under load it polls */
+	if (pg_atomic_exchange_u32(&RegistryState->notify_wanted, 0) != 0)
+		worker_set_latch(REG_WORKER_MAINTENANCE);
 }
 
 static void
@@ -621,6 +806,7 @@ pending_reset(void)
 	maxpending = 0;
 	pending_ready = false;
 	apply_active = false;
+	bulk_tid = 0;
 }
 
 static void
@@ -670,6 +856,7 @@ capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			while (npending > 0 && pending[npending - 1].subid == mySubid)
 				npending--;
 			apply_active = false;
+			bulk_tid = 0;
 			break;
 		default:
 			break;

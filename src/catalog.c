@@ -22,6 +22,7 @@
 #include "catalog/catalog.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "commands/defrem.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -51,8 +52,11 @@ PG_FUNCTION_INFO_V1(registry_unreplicate);
 PG_FUNCTION_INFO_V1(registry_check_tables);
 PG_FUNCTION_INFO_V1(registry_reset);
 
+#define STAMP_TRIGGER		"registry_stamp"
 #define CAPTURE_TRIGGER		"registry_capture"
 #define TRUNCATE_TRIGGER	"registry_truncate"
+#define VERSION_COLUMN		"registry_version"
+#define ORIGIN_COLUMN		"registry_origin"
 
 typedef struct RegTableEntry
 {
@@ -88,8 +92,8 @@ static OwnRelid own_relids[] = {
 	{"replicated_tables", InvalidOid},
 	{"replicated_tables_pkey", InvalidOid},
 	{"replicated_tables_relid_key", InvalidOid},
-	{"row_versions", InvalidOid},
-	{"row_versions_pkey", InvalidOid},
+	{"tombstones", InvalidOid},
+	{"tombstones_pkey", InvalidOid},
 	{NULL, InvalidOid}
 };
 
@@ -181,7 +185,8 @@ regtable_qualname(Oid relid)
  * snapshot are still seen (the trigger fires as soon as it exists).
  */
 static bool
-catalog_lookup(Oid relid, int32 tid, Oid *relid_out, int32 *tid_out)
+catalog_lookup(Oid relid, int32 tid, Oid *relid_out, int32 *tid_out,
+			   Oid *index_out)
 {
 	Relation	rel;
 	SysScanDesc scan;
@@ -210,6 +215,9 @@ catalog_lookup(Oid relid, int32 tid, Oid *relid_out, int32 *tid_out)
 
 		*tid_out = DatumGetInt32(heap_getattr(tup, 1, RelationGetDescr(rel), &isnull));
 		*relid_out = DatumGetObjectId(heap_getattr(tup, 2, RelationGetDescr(rel), &isnull));
+		*index_out = DatumGetObjectId(heap_getattr(tup, 3, RelationGetDescr(rel), &isnull));
+		if (isnull)
+			*index_out = InvalidOid;
 		found = true;
 	}
 	systable_endscan(scan);
@@ -249,8 +257,30 @@ regtable_all(void)
 	return result;
 }
 
+static AttrNumber
+column_attnum(Relation rel, const char *name, Oid typid)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0 &&
+			att->atttypid == typid)
+			return att->attnum;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("registry table \"%s\" has lost its %s column of type %s",
+					RelationGetRelationName(rel), name, format_type_be(typid)),
+			 errhint("Call registry.unreplicate() and registry.replicate() again.")));
+	return InvalidAttrNumber;
+}
+
 static void
-regtable_build(RegTableEntry *e, int32 tid)
+regtable_build(RegTableEntry *e, int32 tid, Oid khashindex)
 {
 	Relation	rel;
 	Relation	idx;
@@ -266,6 +296,7 @@ regtable_build(RegTableEntry *e, int32 tid)
 	e->t.valid = true;
 	e->t.tid = tid;
 	e->t.slot = -1;
+	e->t.khashindex = khashindex;
 
 	rel = relation_open(e->t.relid, AccessShareLock);
 	pkoid = RelationGetPrimaryKeyIndex(rel);
@@ -285,7 +316,10 @@ regtable_build(RegTableEntry *e, int32 tid)
 	for (i = 0; i < e->t.nkeys; i++)
 		keys_prepare_column(rel, idx, i, &e->t.keys[i], false);
 
-	/* the columns exchanged with peers */
+	e->t.verattnum = column_attnum(rel, VERSION_COLUMN, INT8OID);
+	e->t.orgattnum = column_attnum(rel, ORIGIN_COLUMN, TEXTOID);
+
+	/* the columns exchanged with peers: all but our own */
 	{
 		TupleDesc	desc = RelationGetDescr(rel);
 
@@ -299,7 +333,8 @@ regtable_build(RegTableEntry *e, int32 tid)
 			Oid			outfunc;
 			bool		varlena;
 
-			if (att->attisdropped || att->attgenerated)
+			if (att->attisdropped || att->attgenerated ||
+				att->attnum == e->t.verattnum || att->attnum == e->t.orgattnum)
 				continue;
 			if (att->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
 				e->t.has_identity_always = true;
@@ -327,13 +362,14 @@ regtable_by_relid(Oid relid, bool missing_ok)
 	bool		found;
 	int32		tid;
 	Oid			r;
+	Oid			idx;
 
 	regtable_cache_init();
 	e = hash_search(RegTableCache, &relid, HASH_FIND, NULL);
 	if (e && e->t.valid)
 		return &e->t;
 
-	if (!catalog_lookup(relid, 0, &r, &tid))
+	if (!catalog_lookup(relid, 0, &r, &tid, &idx))
 	{
 		if (e)
 		{
@@ -353,7 +389,7 @@ regtable_by_relid(Oid relid, bool missing_ok)
 	e = hash_search(RegTableCache, &relid, HASH_ENTER, &found);
 	if (!found)
 		e->cxt = NULL;
-	regtable_build(e, tid);
+	regtable_build(e, tid, idx);
 	return &e->t;
 }
 
@@ -364,6 +400,7 @@ regtable_by_tid(int32 tid, bool missing_ok)
 	RegTableEntry *e;
 	Oid			relid;
 	int32		t;
+	Oid			idx;
 
 	regtable_cache_init();
 	hash_seq_init(&status, RegTableCache);
@@ -375,7 +412,7 @@ regtable_by_tid(int32 tid, bool missing_ok)
 			return &e->t;
 		}
 	}
-	if (!catalog_lookup(InvalidOid, tid, &relid, &t))
+	if (!catalog_lookup(InvalidOid, tid, &relid, &t, &idx))
 	{
 		if (missing_ok)
 			return NULL;
@@ -460,6 +497,22 @@ check_registrable(Relation rel)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("cannot register system or registry table \"%s\"", name)));
 
+	for (i = 0; i < RelationGetDescr(rel)->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), i);
+
+		if (!att->attisdropped &&
+			(strcmp(NameStr(att->attname), VERSION_COLUMN) == 0 ||
+			 strcmp(NameStr(att->attname), ORIGIN_COLUMN) == 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_COLUMN),
+					 errmsg("table \"%s\" already has a column named \"%s\"",
+							name, NameStr(att->attname)),
+					 errdetail("Registry tables keep each row's version in columns "
+							   VERSION_COLUMN " and " ORIGIN_COLUMN "."),
+					 errhint("Rename the column.")));
+	}
+
 	pkoid = RelationGetPrimaryKeyIndex(rel);
 	if (!OidIsValid(pkoid))
 		ereport(ERROR,
@@ -491,9 +544,31 @@ spi_exec(const char *sql, int expected)
 		elog(ERROR, "registry: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
 
-/* Record every existing row as a fresh local insert. */
-extern void capture_register_existing(RegTable *t, Relation rel);
+static char *
+key_column_list(Relation rel)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	idx = index_open(pkoid, AccessShareLock);
+	StringInfoData b;
+	int			i;
 
+	initStringInfo(&b);
+	for (i = 0; i < idx->rd_index->indnkeyatts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel),
+											  idx->rd_index->indkey.values[i] - 1);
+
+		appendStringInfo(&b, "%s%s", i ? ", " : "",
+						 quote_identifier(NameStr(att->attname)));
+	}
+	index_close(idx, NoLock);
+	return b.data;
+}
+
+/*
+ * registry.replicate(tbl): add the version columns, the key-hash index
+ * and the triggers, record the registration, and stamp existing rows.
+ */
 Datum
 registry_replicate(PG_FUNCTION_ARGS)
 {
@@ -501,9 +576,11 @@ registry_replicate(PG_FUNCTION_ARGS)
 	Relation	rel;
 	RegTable   *t;
 	char	   *qual;
+	char	   *keycols;
+	char	   *idxname;
 	StringInfoData sql;
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1];
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2];
 	int			rc;
 
 	registry_check_preloaded();
@@ -511,8 +588,6 @@ registry_replicate(PG_FUNCTION_ARGS)
 
 	/* blocks writers, as CREATE TRIGGER would */
 	rel = table_open(relid, ShareRowExclusiveLock);
-	check_registrable(rel);
-
 	if (regtable_by_relid(relid, true) != NULL)
 	{
 		ereport(NOTICE,
@@ -521,26 +596,50 @@ registry_replicate(PG_FUNCTION_ARGS)
 		table_close(rel, NoLock);
 		PG_RETURN_BOOL(false);
 	}
+	check_registrable(rel);
 
 	qual = regtable_qualname(relid);
+	keycols = key_column_list(rel);
+	idxname = ChooseRelationName(RelationGetRelationName(rel), NULL,
+								 "registry_khash", RelationGetNamespace(rel),
+								 false);
 	/* ALTER TABLE below refuses a table we hold open; the lock stays */
 	table_close(rel, NoLock);
+
 	ddl_check_suppressed = true;
 	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "ALTER TABLE %s ADD COLUMN " VERSION_COLUMN " bigint, "
+					 "ADD COLUMN " ORIGIN_COLUMN " text", qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE INDEX %s ON %s (registry.key_hash(%s))",
+					 quote_identifier(idxname), qual, keycols);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+
 	args[0] = ObjectIdGetDatum(relid);
+	args[1] = CStringGetTextDatum(quote_qualified_identifier(
+															 get_namespace_name(get_rel_namespace(relid)),
+															 idxname));
 	rc = SPI_execute_with_args(
-							   "INSERT INTO registry.replicated_tables (relid, key_columns, key_types) "
-							   "SELECT c.oid, array_agg(a.attname ORDER BY k.n), "
+							   "INSERT INTO registry.replicated_tables (relid, khash_index, key_columns, key_types) "
+							   "SELECT c.oid, $2::regclass, array_agg(a.attname ORDER BY k.n), "
 							   "       array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) "
 							   "FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary, "
 							   "     unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
 							   "JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
 							   "WHERE c.oid = $1 GROUP BY c.oid",
-							   1, argtypes, args, NULL, false, 0);
+							   2, argtypes, args, NULL, false, 0);
 	if (rc != SPI_OK_INSERT || SPI_processed != 1)
 		elog(ERROR, "registry: could not record the registration of \"%s\"", qual);
 
-	initStringInfo(&sql);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "CREATE TRIGGER " STAMP_TRIGGER " BEFORE INSERT OR UPDATE ON %s "
+					 "FOR EACH ROW EXECUTE FUNCTION registry.stamp()", qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	resetStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "CREATE TRIGGER " CAPTURE_TRIGGER " AFTER INSERT OR UPDATE OR DELETE ON %s "
 					 "FOR EACH ROW EXECUTE FUNCTION registry.capture()", qual);
@@ -553,22 +652,25 @@ registry_replicate(PG_FUNCTION_ARGS)
 	/* fire whatever session_replication_role says */
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "ALTER TABLE %s ENABLE ALWAYS TRIGGER " CAPTURE_TRIGGER ", "
+					 "ALTER TABLE %s ENABLE ALWAYS TRIGGER " STAMP_TRIGGER ", "
+					 "ENABLE ALWAYS TRIGGER " CAPTURE_TRIGGER ", "
 					 "ENABLE ALWAYS TRIGGER " TRUNCATE_TRIGGER, qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
-	SPI_finish();
 	ddl_check_suppressed = false;
 
 	CommandCounterIncrement();
-	rel = table_open(relid, NoLock);
 	t = regtable_by_relid(relid, false);
 	t->slot = table_slot_for(t->tid, relid);
-	capture_register_existing(t, rel);
+	capture_stamp_existing(t);
+	SPI_finish();
 
-	table_close(rel, NoLock);
 	PG_RETURN_BOOL(true);
 }
 
+/*
+ * registry.unreplicate(tbl): remove everything replicate() added and
+ * forget the table's tombstones.
+ */
 Datum
 registry_unreplicate(PG_FUNCTION_ARGS)
 {
@@ -576,6 +678,7 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	Relation	rel;
 	RegTable   *t;
 	char	   *qual;
+	char	   *idxname = NULL;
 	StringInfoData sql;
 	int32		tid;
 
@@ -594,18 +697,33 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	}
 	tid = t->tid;
 	qual = regtable_qualname(relid);
+	if (OidIsValid(t->khashindex) && get_rel_name(t->khashindex))
+		idxname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t->khashindex)),
+											 get_rel_name(t->khashindex));
 	table_close(rel, NoLock);
 
 	ddl_check_suppressed = true;
 	SPI_connect();
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "DROP TRIGGER IF EXISTS " CAPTURE_TRIGGER " ON %s", qual);
+	appendStringInfo(&sql,
+					 "DROP TRIGGER IF EXISTS " STAMP_TRIGGER " ON %s; "
+					 "DROP TRIGGER IF EXISTS " CAPTURE_TRIGGER " ON %s; "
+					 "DROP TRIGGER IF EXISTS " TRUNCATE_TRIGGER " ON %s",
+					 qual, qual, qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	if (idxname)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "DROP INDEX IF EXISTS %s", idxname);
+		spi_exec(sql.data, SPI_OK_UTILITY);
+	}
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "ALTER TABLE %s DROP COLUMN IF EXISTS " VERSION_COLUMN ", "
+					 "DROP COLUMN IF EXISTS " ORIGIN_COLUMN, qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
 	resetStringInfo(&sql);
-	appendStringInfo(&sql, "DROP TRIGGER IF EXISTS " TRUNCATE_TRIGGER " ON %s", qual);
-	spi_exec(sql.data, SPI_OK_UTILITY);
-	resetStringInfo(&sql);
-	appendStringInfo(&sql, "DELETE FROM registry.row_versions WHERE tid = %d", tid);
+	appendStringInfo(&sql, "DELETE FROM registry.tombstones WHERE tid = %d", tid);
 	spi_exec(sql.data, SPI_OK_DELETE);
 	resetStringInfo(&sql);
 	appendStringInfo(&sql, "DELETE FROM registry.replicated_tables WHERE tid = %d", tid);
@@ -615,6 +733,16 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 
 	CacheInvalidateRelcacheByRelid(relid);
 	PG_RETURN_BOOL(true);
+}
+
+static void
+refuse_ddl(const char *name, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("registry table \"%s\" must keep %s", name, what),
+			 errdetail("Without it the table's changes would not be replicated correctly."),
+			 errhint("Call registry.unreplicate() first.")));
 }
 
 /*
@@ -642,6 +770,9 @@ registry_check_tables(PG_FUNCTION_ARGS)
 		int			ok_triggers = 0;
 		const char *name;
 		RegTableEntry *e;
+		int			rc;
+		Oid			argtypes[1] = {OIDOID};
+		Datum		args[1] = {ObjectIdGetDatum(relid)};
 
 		rel = try_relation_open(relid, AccessShareLock);
 		if (rel == NULL)
@@ -649,36 +780,48 @@ registry_check_tables(PG_FUNCTION_ARGS)
 		name = RelationGetRelationName(rel);
 
 		if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("registry table \"%s\" must stay a logged table", name),
-					 errhint("Call registry.unreplicate() first.")));
+			refuse_ddl(name, "being a logged table");
 
-		/* key columns and types must be what they were at registration */
+		/* key columns, version columns and key-hash index as registered */
 		SPI_connect();
+		rc = SPI_execute_with_args(
+								   "SELECT r.key_columns IS NOT DISTINCT FROM pk.cols "
+								   "   AND r.key_types IS NOT DISTINCT FROM pk.types, "
+								   "       (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = $1 "
+								   "          AND NOT a.attisdropped AND "
+								   "          ((a.attname = '" VERSION_COLUMN "' AND a.atttypid = 'bigint'::regtype) OR "
+								   "           (a.attname = '" ORIGIN_COLUMN "' AND a.atttypid = 'text'::regtype))) = 2, "
+								   "       EXISTS (SELECT 1 FROM pg_index x WHERE x.indexrelid = r.khash_index "
+								   "               AND x.indrelid = $1 AND x.indisvalid) "
+								   "FROM registry.replicated_tables r, "
+								   "LATERAL (SELECT array_agg(a.attname ORDER BY k.n) AS cols, "
+								   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types "
+								   "         FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+								   "         JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
+								   "         WHERE i.indrelid = $1 AND i.indisprimary) pk "
+								   "WHERE r.relid = $1",
+								   1, argtypes, args, NULL, true, 1);
+		if (rc != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "registry: could not check table \"%s\"", name);
 		{
-			Oid			argtypes[1] = {OIDOID};
-			Datum		args[1] = {ObjectIdGetDatum(relid)};
-			int			rc;
+			bool		isnull;
+			bool		pk_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1, &isnull));
+			bool		cols_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+															 SPI_tuptable->tupdesc, 2, &isnull));
+			bool		idx_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc, 3, &isnull));
 
-			rc = SPI_execute_with_args(
-									   "SELECT 1 FROM registry.replicated_tables r, "
-									   "LATERAL (SELECT array_agg(a.attname ORDER BY k.n) AS cols, "
-									   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types "
-									   "         FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
-									   "         JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
-									   "         WHERE i.indrelid = $1 AND i.indisprimary) pk "
-									   "WHERE r.relid = $1 AND r.key_columns IS NOT DISTINCT FROM pk.cols "
-									   "  AND r.key_types IS NOT DISTINCT FROM pk.types",
-									   1, argtypes, args, NULL, true, 1);
-			if (rc != SPI_OK_SELECT)
-				elog(ERROR, "registry: key check failed");
-			if (SPI_processed != 1)
+			if (!pk_ok)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot change the primary key of registry table \"%s\"", name),
 						 errdetail("Keys identify rows across nodes; changing them would orphan every version."),
 						 errhint("Call registry.unreplicate(), change the key, then registry.replicate() on every node.")));
+			if (!cols_ok)
+				refuse_ddl(name, "its columns " VERSION_COLUMN " (bigint) and " ORIGIN_COLUMN " (text)");
+			if (!idx_ok)
+				refuse_ddl(name, "its registry key-hash index");
 		}
 		SPI_finish();
 
@@ -691,19 +834,16 @@ registry_check_tables(PG_FUNCTION_ARGS)
 		{
 			Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
 
-			if ((strcmp(NameStr(tg->tgname), CAPTURE_TRIGGER) == 0 ||
+			if ((strcmp(NameStr(tg->tgname), STAMP_TRIGGER) == 0 ||
+				 strcmp(NameStr(tg->tgname), CAPTURE_TRIGGER) == 0 ||
 				 strcmp(NameStr(tg->tgname), TRUNCATE_TRIGGER) == 0) &&
 				tg->tgenabled == TRIGGER_FIRES_ALWAYS)
 				ok_triggers++;
 		}
 		systable_endscan(scan);
 		table_close(tgrel, AccessShareLock);
-		if (ok_triggers != 2)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("the registry triggers of table \"%s\" must stay enabled", name),
-					 errdetail("Without them changes to the table would not be replicated."),
-					 errhint("Call registry.unreplicate() to stop replicating the table.")));
+		if (ok_triggers != 3)
+			refuse_ddl(name, "its registry triggers, enabled ALWAYS");
 
 		/* the cached key encoding may be stale after ALTER TABLE */
 		if (RegTableCache &&

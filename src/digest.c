@@ -37,9 +37,10 @@
 #include "registry.h"
 #include "rows.h"
 #include "shmem.h"
-#include "versions.h"
+#include "tombstones.h"
 
 PG_FUNCTION_INFO_V1(registry_verify);
+PG_FUNCTION_INFO_V1(registry_versions);
 
 /* ---- hashing ---- */
 
@@ -218,27 +219,93 @@ table_slot_for(int32 tid, Oid relid)
 
 /* ---- rebuild ---- */
 
+/* Accumulates one table's digests while scanning. */
+typedef struct TableDigest
+{
+	int32		tid;
+	uint64	   *buckets;
+	int64		live;
+	int64		tombs;
+	int64		unversioned;
+} TableDigest;
+
+static void
+digest_add(TableDigest *d, uint32 khash, const char *key, RegVersion v,
+		   const char *origin, bool deleted)
+{
+	d->buckets[digest_bucket_of(khash, registry_digest_buckets)] ^=
+		digest_entry_hash(key, v, origin, deleted);
+	if (deleted)
+		d->tombs++;
+	else
+		d->live++;
+}
+
 /*
- * Recompute every digest from registry.row_versions.  Runs in the
- * maintenance worker at start, inside a transaction.
+ * Add a table's live rows to its digest; calls per_row (if not NULL) with
+ * each row's key and version state.  Returns the largest version seen.
+ */
+static RegVersion
+digest_scan_rows(RegTable *t, Snapshot snap, TableDigest *d,
+				 void (*per_row) (void *arg, const char *key, VersionState *st),
+				 void *arg)
+{
+	Relation	rel = table_open(t->relid, AccessShareLock);
+	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
+												 "registry digest scan",
+												 ALLOCSET_DEFAULT_SIZES);
+	RegVersion	maxv = 0;
+
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		MemoryContext old = MemoryContextSwitchTo(rowcxt);
+		VersionState st;
+		char	   *key;
+
+		CHECK_FOR_INTERRUPTS();
+		key = row_key(t, slot);
+		row_version(t, slot, &st);
+		if (st.exists)
+		{
+			digest_add(d, keys_hash(key, strlen(key)), key, st.version,
+					   st.origin, false);
+			if (st.version > maxv)
+				maxv = st.version;
+		}
+		else
+			d->unversioned++;
+		if (per_row)
+			per_row(arg, key, &st);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(rowcxt);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	MemoryContextDelete(rowcxt);
+	return maxv;
+}
+
+/*
+ * Recompute every digest from the registry tables and their tombstones.
+ * Runs in the maintenance worker at start, inside a transaction.
  *
- * Writers keep going: with row_versions locked in SHARE mode for a
- * moment (so every writer has either published already or not written
- * yet) the digests are zeroed and a snapshot taken; afterwards committers
- * add their deltas to the zeroed digests while this scan adds the
- * snapshot's entries.  Each change is thus counted exactly once.
+ * Writers keep going: with the tables locked in SHARE mode for a moment
+ * (so every writer has either published already or not written yet) the
+ * digests are zeroed and a snapshot taken; afterwards committers add their
+ * deltas to the zeroed digests while this scan adds the snapshot's
+ * entries.  Each change is thus counted exactly once.
  */
 void
 digest_rebuild(void)
 {
-	Oid			vrelid = registry_relid("row_versions");
+	Oid			trelid = registry_relid("tombstones");
 	List	   *regs;
 	ListCell   *lc;
 	int			nregs;
-	int32	   *tids;
-	uint64	   *local;
-	int64	   *live;
-	int64	   *tombs;
+	TableDigest *d;
 	Snapshot	snap;
 	Relation	rel;
 	TableScanDesc scan;
@@ -249,15 +316,15 @@ digest_rebuild(void)
 
 	pg_atomic_write_u32(&RegistryState->state, REG_STATE_REBUILDING);
 
-	LockRelationOid(vrelid, ShareLock);
 	regs = regtable_all();
 	nregs = list_length(regs);
-	tids = palloc0(sizeof(int32) * Max(nregs, 1));
-	i = 0;
+	d = palloc0(sizeof(TableDigest) * Max(nregs, 1));
 	foreach(lc, regs)
-		tids[i++] = ((RegTid *) lfirst(lc))->tid;
+		LockRelationOid(((RegTid *) lfirst(lc))->relid, ShareLock);
+	LockRelationOid(trelid, ShareLock);
 
 	table_slots_gc();
+	i = 0;
 	foreach(lc, regs)
 	{
 		RegTid	   *r = lfirst(lc);
@@ -266,49 +333,58 @@ digest_rebuild(void)
 		LWLockAcquire(RegistryState->digest_lock, LW_EXCLUSIVE);
 		slot_clear(slot, r->tid, r->relid);
 		LWLockRelease(RegistryState->digest_lock);
+		d[i].tid = r->tid;
+		d[i].buckets = palloc0(sizeof(uint64) * nb);
+		i++;
 	}
 	snap = RegisterSnapshot(GetLatestSnapshot());
-	UnlockRelationOid(vrelid, ShareLock);
+	UnlockRelationOid(trelid, ShareLock);
+	foreach(lc, regs)
+		UnlockRelationOid(((RegTid *) lfirst(lc))->relid, ShareLock);
 
-	local = palloc0(sizeof(uint64) * nb * Max(nregs, 1));
-	live = palloc0(sizeof(int64) * Max(nregs, 1));
-	tombs = palloc0(sizeof(int64) * Max(nregs, 1));
+	for (i = 0; i < nregs; i++)
+	{
+		RegTable   *t = regtable_by_tid(d[i].tid, true);
+		RegVersion	v;
 
-	rel = table_open(vrelid, AccessShareLock);
+		if (t == NULL)
+			continue;
+		v = digest_scan_rows(t, snap, &d[i], NULL, NULL);
+		if (v > maxv)
+			maxv = v;
+		if (d[i].unversioned > 0)
+			ereport(WARNING,
+					(errmsg("registry table %s has " INT64_FORMAT " rows without a version",
+							t->qualname, d[i].unversioned),
+					 errhint("Run registry.verify().")));
+	}
+
+	rel = table_open(trelid, AccessShareLock);
 	scan = table_beginscan(rel, snap, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
-		Datum		values[6];
-		bool		nulls[6];
+		Datum		values[5];
+		bool		nulls[5];
 		int32		tid;
-		int			t;
 		char	   *key;
 		char		origin[REGISTRY_NAME_LEN];
 		RegVersion	v;
-		bool		deleted;
-		uint32		khash;
 
 		CHECK_FOR_INTERRUPTS();
 		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
 		tid = DatumGetInt32(values[0]);
-		for (t = 0; t < nregs; t++)
-			if (tids[t] == tid)
-				break;
 		v = (RegVersion) DatumGetInt64(values[3]);
 		if (v > maxv)
 			maxv = v;
-		if (t == nregs)
+		for (i = 0; i < nregs; i++)
+			if (d[i].tid == tid)
+				break;
+		if (i == nregs)
 			continue;
-		khash = int4_to_khash(DatumGetInt32(values[1]));
 		key = TextDatumGetCString(values[2]);
 		text_to_cstring_buffer(DatumGetTextPP(values[4]), origin, sizeof(origin));
-		deleted = DatumGetBool(values[5]);
-		local[(Size) t * nb + digest_bucket_of(khash, nb)] ^=
-			digest_entry_hash(key, v, origin, deleted);
-		if (deleted)
-			tombs[t]++;
-		else
-			live[t]++;
+		digest_add(&d[i], int4_to_khash(DatumGetInt32(values[1])), key, v,
+				   origin, true);
 		pfree(key);
 	}
 	table_endscan(scan);
@@ -320,7 +396,7 @@ digest_rebuild(void)
 	LWLockAcquire(RegistryState->digest_lock, LW_EXCLUSIVE);
 	for (i = 0; i < nregs; i++)
 	{
-		int			slot = slot_search(tids[i]);
+		int			slot = slot_search(d[i].tid);
 		uint64	   *buckets;
 		int			b;
 
@@ -328,9 +404,9 @@ digest_rebuild(void)
 			continue;			/* unregistered meanwhile */
 		buckets = table_slot_buckets(slot);
 		for (b = 0; b < nb; b++)
-			buckets[b] ^= local[(Size) i * nb + b];
-		RegistryTables[slot].live_rows += live[i];
-		RegistryTables[slot].tombstones += tombs[i];
+			buckets[b] ^= d[i].buckets[b];
+		RegistryTables[slot].live_rows += d[i].live;
+		RegistryTables[slot].tombstones += d[i].tombs;
 	}
 	RegistryState->digest_rebuilds++;
 	RegistryState->ready_at = GetCurrentTimestamp();
@@ -339,6 +415,14 @@ digest_rebuild(void)
 }
 
 /* ---- verify ---- */
+
+typedef struct VerifyState
+{
+	RegTable   *t;
+	Snapshot	snap;
+	Tuplestorestate *ts;
+	TupleDesc	desc;
+} VerifyState;
 
 static void
 verify_report(Tuplestorestate *ts, TupleDesc desc, const char *table,
@@ -365,34 +449,40 @@ verify_report(Tuplestorestate *ts, TupleDesc desc, const char *table,
 	tuplestore_putvalues(ts, desc, values, nulls);
 }
 
+/* Each row must be versioned and must not also have a tombstone. */
+static void
+verify_row(void *arg, const char *key, VersionState *st)
+{
+	VerifyState *vs = arg;
+	VersionState tomb;
+
+	if (!st->exists)
+		verify_report(vs->ts, vs->desc, vs->t->qualname, "row without version",
+					  -1, key, "registry_version or registry_origin is null.");
+	if (tombstone_get(vs->t->tid, keys_hash(key, strlen(key)), key, vs->snap, &tomb))
+		verify_report(vs->ts, vs->desc, vs->t->qualname, "row with tombstone",
+					  -1, key, "The key has both a row and a tombstone.");
+}
+
 static void
 verify_table(RegTable *t, Tuplestorestate *ts, TupleDesc desc)
 {
-	Oid			vrelid = registry_relid("row_versions");
+	Oid			trelid = registry_relid("tombstones");
 	int			nb = registry_digest_buckets;
-	uint64	   *disk = palloc0(sizeof(uint64) * nb);
 	uint64	   *mem = palloc0(sizeof(uint64) * nb);
-	int64		live = 0,
-				tombs = 0,
-				mlive = 0,
+	TableDigest d;
+	int64		mlive = 0,
 				mtombs = 0;
-	int64		rows = 0;
 	int			slot;
 	Snapshot	snap;
-	VersionScan vs;
-	VersionEntry e;
-	RowLookup	rl;
-	Relation	urel;
-	TableScanDesc scan;
-	TupleTableSlot *tslot;
-	int			nest;
+	TombstoneScan tsc;
+	KeyVersion	e;
+	VerifyState vs;
 	int			b;
-	MemoryContext rowcxt,
-				old;
 
-	/* quiesce writers of this table and of all versions */
+	/* quiesce writers of this table and of all tombstones */
 	LockRelationOid(t->relid, ShareLock);
-	LockRelationOid(vrelid, ShareLock);
+	LockRelationOid(trelid, ShareLock);
 	snap = RegisterSnapshot(GetLatestSnapshot());
 
 	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
@@ -408,125 +498,59 @@ verify_table(RegTable *t, Tuplestorestate *ts, TupleDesc desc)
 		verify_report(ts, desc, t->qualname, "no digest slot", -1, NULL,
 					  "The table has no digests in shared memory.");
 
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "registry verify",
-								   ALLOCSET_DEFAULT_SIZES);
-	canonical_gucs_push(&nest);
+	memset(&d, 0, sizeof(d));
+	d.tid = t->tid;
+	d.buckets = palloc0(sizeof(uint64) * nb);
+	vs.t = t;
+	vs.snap = snap;
+	vs.ts = ts;
+	vs.desc = desc;
+	(void) digest_scan_rows(t, snap, &d, verify_row, &vs);
 
-	/* digests and counts from disk; every live version has its row */
-	row_lookup_begin(&rl, t, AccessShareLock, snap);
-	versions_scan_begin(&vs, t->tid, 0, PG_UINT32_MAX, snap);
-	old = MemoryContextSwitchTo(rowcxt);
-	while (versions_scan_next(&vs, &e))
+	tombstone_scan_begin(&tsc, t->tid, 0, PG_UINT32_MAX, snap);
+	while (tombstone_scan_next(&tsc, &e))
 	{
 		CHECK_FOR_INTERRUPTS();
-		disk[digest_bucket_of(e.khash, nb)] ^=
-			digest_entry_hash(e.key, e.version, e.origin, e.deleted);
-		if (e.deleted)
-			tombs++;
-		else
-		{
-			live++;
-			if (!row_lookup(&rl, e.key))
-			{
-				MemoryContextSwitchTo(old);
-				verify_report(ts, desc, t->qualname, "version without row", -1,
-							  e.key, "row_versions has a live version but the table has no such row.");
-				old = MemoryContextSwitchTo(rowcxt);
-			}
-		}
+		digest_add(&d, e.khash, e.key, e.version, e.origin, true);
 		if (keys_hash(e.key, strlen(e.key)) != e.khash)
-		{
-			MemoryContextSwitchTo(old);
-			verify_report(ts, desc, t->qualname, "wrong key hash", -1, e.key, NULL);
-			old = MemoryContextSwitchTo(rowcxt);
-		}
-		MemoryContextReset(rowcxt);
+			verify_report(ts, desc, t->qualname, "wrong key hash", -1, e.key,
+						  "A tombstone is stored under another key's hash.");
+		pfree(e.key);
 	}
-	MemoryContextSwitchTo(old);
-	versions_scan_end(&vs);
-	row_lookup_end(&rl);
-
-	/* every row has a live version */
-	urel = table_open(t->relid, AccessShareLock);
-	scan = table_beginscan(urel, snap, 0, NULL);
-	tslot = table_slot_create(urel, NULL);
-	while (table_scan_getnextslot(scan, ForwardScanDirection, tslot))
-	{
-		Datum		kv[INDEX_MAX_KEYS];
-		bool		kn[INDEX_MAX_KEYS];
-		char	   *key;
-		VersionState st;
-		int			i;
-
-		CHECK_FOR_INTERRUPTS();
-		old = MemoryContextSwitchTo(rowcxt);
-		rows++;
-		for (i = 0; i < t->nkeys; i++)
-			kv[i] = slot_getattr(tslot, t->keys[i].attnum, &kn[i]);
-		key = keys_encode(t->keys, t->nkeys, kv, kn, t->qualname);
-		if (!versions_get(t->tid, keys_hash(key, strlen(key)), key, snap, &st))
-		{
-			MemoryContextSwitchTo(old);
-			verify_report(ts, desc, t->qualname, "row without version", -1, key,
-						  "The table has a row that row_versions does not know.");
-			old = MemoryContextSwitchTo(rowcxt);
-		}
-		else if (st.deleted)
-		{
-			MemoryContextSwitchTo(old);
-			verify_report(ts, desc, t->qualname, "row with tombstone", -1, key,
-						  "The table has a row whose version says it is deleted.");
-			old = MemoryContextSwitchTo(rowcxt);
-		}
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(rowcxt);
-	}
-	ExecDropSingleTupleTableSlot(tslot);
-	table_endscan(scan);
-	table_close(urel, AccessShareLock);
-	canonical_gucs_pop(nest);
-	MemoryContextDelete(rowcxt);
+	tombstone_scan_end(&tsc);
 
 	if (slot >= 0)
 	{
 		for (b = 0; b < nb; b++)
 		{
-			if (disk[b] != mem[b])
+			if (d.buckets[b] != mem[b])
 			{
 				char		detail[128];
 
 				snprintf(detail, sizeof(detail),
 						 "shared memory %016llx, recomputed %016llx",
-						 (unsigned long long) mem[b], (unsigned long long) disk[b]);
+						 (unsigned long long) mem[b], (unsigned long long) d.buckets[b]);
 				verify_report(ts, desc, t->qualname, "digest mismatch", b, NULL,
 							  detail);
 			}
 		}
-		if (live != mlive || tombs != mtombs)
+		if (d.live != mlive || d.tombs != mtombs)
 		{
 			char		detail[160];
 
 			snprintf(detail, sizeof(detail),
 					 "shared memory " INT64_FORMAT " live / " INT64_FORMAT
 					 " tombstones, disk " INT64_FORMAT " / " INT64_FORMAT,
-					 mlive, mtombs, live, tombs);
+					 mlive, mtombs, d.live, d.tombs);
 			verify_report(ts, desc, t->qualname, "count mismatch", -1, NULL, detail);
 		}
-	}
-	if (rows != live)
-	{
-		char		detail[128];
-
-		snprintf(detail, sizeof(detail),
-				 INT64_FORMAT " rows, " INT64_FORMAT " live versions", rows, live);
-		verify_report(ts, desc, t->qualname, "row count mismatch", -1, NULL, detail);
 	}
 
 	UnregisterSnapshot(snap);
 	/* verification is read-only: let writers go as soon as we are done */
-	UnlockRelationOid(vrelid, ShareLock);
+	UnlockRelationOid(trelid, ShareLock);
 	UnlockRelationOid(t->relid, ShareLock);
-	pfree(disk);
+	pfree(d.buckets);
 	pfree(mem);
 }
 
@@ -567,5 +591,77 @@ registry_verify(PG_FUNCTION_ARGS)
 		if (t)
 			verify_table(t, rsinfo->setResult, rsinfo->setDesc);
 	}
+	return (Datum) 0;
+}
+
+/* ---- registry.versions(tbl) ---- */
+
+typedef struct VersionsOut
+{
+	Tuplestorestate *ts;
+	TupleDesc	desc;
+} VersionsOut;
+
+static void
+versions_put(VersionsOut *vo, const char *key, const VersionState *st)
+{
+	Datum		values[4];
+	bool		nulls[4] = {false};
+
+	values[0] = CStringGetTextDatum(key);
+	if (st->exists)
+	{
+		values[1] = Int64GetDatum((int64) st->version);
+		values[2] = CStringGetTextDatum(st->origin);
+	}
+	else
+		nulls[1] = nulls[2] = true;
+	values[3] = BoolGetDatum(st->deleted);
+	tuplestore_putvalues(vo->ts, vo->desc, values, nulls);
+}
+
+static void
+versions_row(void *arg, const char *key, VersionState *st)
+{
+	versions_put(arg, key, st);
+}
+
+/*
+ * registry.versions(tbl): every key with its version, live rows first (in
+ * table order) then tombstones (in hash order).
+ */
+Datum
+registry_versions(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	RegTable   *t;
+	TableDigest d;
+	VersionsOut vo;
+	TombstoneScan tsc;
+	KeyVersion	e;
+	Snapshot	snap = GetActiveSnapshot();
+
+	registry_check_preloaded();
+	registry_check_admin();
+	t = regtable_by_relid(PG_GETARG_OID(0), false);
+	InitMaterializedSRF(fcinfo, 0);
+	vo.ts = rsinfo->setResult;
+	vo.desc = rsinfo->setDesc;
+
+	memset(&d, 0, sizeof(d));
+	d.buckets = palloc0(sizeof(uint64) * registry_digest_buckets);
+	(void) digest_scan_rows(t, snap, &d, versions_row, &vo);
+	tombstone_scan_begin(&tsc, t->tid, 0, PG_UINT32_MAX, snap);
+	while (tombstone_scan_next(&tsc, &e))
+	{
+		VersionState st;
+
+		st.exists = true;
+		st.deleted = true;
+		st.version = e.version;
+		strlcpy(st.origin, e.origin, sizeof(st.origin));
+		versions_put(&vo, e.key, &st);
+	}
+	tombstone_scan_end(&tsc);
 	return (Datum) 0;
 }

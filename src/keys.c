@@ -37,6 +37,7 @@
 #include "utils/guc.h"
 #include "miscadmin.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
@@ -105,6 +106,20 @@ kind_for_type(Oid typid)
 	return KE_GENERIC;
 }
 
+/* How values of a (base) type are written: kind and output function. */
+void
+keys_prepare_type(Oid typid, int32 typmod, KeyColumn *col)
+{
+	bool		varlena;
+
+	col->typid = typid;
+	col->typmod = typmod;
+	col->kind = kind_for_type(typid);
+	getTypeOutputInfo(typid, &col->outfunc, &varlena);
+	getTypeInputInfo(typid, &col->infunc, &col->ioparam);
+	fmgr_info_cxt(col->outfunc, &col->outinfo, CurrentMemoryContext);
+}
+
 /*
  * Describe key column i of pkindex, refusing types whose equal values could
  * be written differently.
@@ -118,7 +133,6 @@ keys_prepare_column(Relation rel, Relation pkindex, int i, KeyColumn *col,
 	Oid			typid;
 	int32		typmod;
 	Oid			collation = pkindex->rd_indcollation[i];
-	bool		varlena;
 
 	if (attnum <= 0)
 		ereport(ERROR,
@@ -181,9 +195,7 @@ keys_prepare_column(Relation rel, Relation pkindex, int i, KeyColumn *col,
 		col->eqproc = get_opcode(op);
 	}
 	col->name = pstrdup(NameStr(att->attname));
-	getTypeOutputInfo(typid, &col->outfunc, &varlena);
-	getTypeInputInfo(typid, &col->infunc, &col->ioparam);
-	fmgr_info_cxt(col->outfunc, &col->outinfo, CurrentMemoryContext);
+	keys_prepare_type(typid, typmod, col);
 }
 
 /*
@@ -384,8 +396,7 @@ keys_encode(KeyColumn *cols, int ncols, Datum *values, bool *isnull,
 		if (isnull[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NOT_NULL_VIOLATION),
-					 errmsg("primary key column \"%s\" of table \"%s\" is null",
-							cols[i].name, relname)));
+					 errmsg("registry key column is null")));
 		if (cols[i].kind == KE_GENERIC && nest < 0)
 			canonical_gucs_push(&nest);
 	}
@@ -430,7 +441,8 @@ keys_encode(KeyColumn *cols, int ncols, Datum *values, bool *isnull,
 	if (buf.len > registry_max_key_length)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("registry key of table \"%s\" is too long", relname),
+				 relname ? errmsg("registry key of table %s is too long", relname) :
+				 errmsg("registry key is too long"),
 				 errdetail("The key is %d bytes; registry.max_key_length is %d bytes.",
 						   buf.len, registry_max_key_length),
 				 errhint("Use a shorter key, or raise registry.max_key_length on every node and restart.")));
@@ -566,4 +578,52 @@ uint32
 keys_hash(const char *key, int len)
 {
 	return (uint32) (hash_bytes64(key, len, UINT64CONST(0x7265676973747279)) >> 32);
+}
+
+/*
+ * registry.key_hash(VARIADIC "any") returns integer: the bucket hash of
+ * a key given its column values, for the index on it that every registry
+ * table has.  Immutable: the key text does not depend on settings.
+ */
+PG_FUNCTION_INFO_V1(registry_key_hash);
+
+Datum
+registry_key_hash(PG_FUNCTION_ARGS)
+{
+	KeyColumn  *cols = fcinfo->flinfo->fn_extra;
+	int			n = PG_NARGS();
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+	char	   *key;
+	int			i;
+
+	if (n < 1 || n > INDEX_MAX_KEYS || get_fn_expr_variadic(fcinfo->flinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("registry.key_hash() takes the key column values as separate arguments")));
+	if (cols == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		cols = palloc0(sizeof(KeyColumn) * n);
+		for (i = 0; i < n; i++)
+		{
+			int32		typmod = -1;
+			Oid			typid = get_fn_expr_argtype(fcinfo->flinfo, i);
+
+			if (!OidIsValid(typid))
+				elog(ERROR, "registry.key_hash(): could not determine argument types");
+			typid = getBaseTypeAndTypmod(typid, &typmod);
+			keys_prepare_type(typid, typmod, &cols[i]);
+		}
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = cols;
+	}
+	for (i = 0; i < n; i++)
+	{
+		isnull[i] = PG_ARGISNULL(i);
+		values[i] = isnull[i] ? (Datum) 0 : PG_GETARG_DATUM(i);
+	}
+	key = keys_encode(cols, n, values, isnull, NULL);
+	PG_RETURN_INT32(khash_to_int4(keys_hash(key, strlen(key))));
 }

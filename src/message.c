@@ -443,12 +443,8 @@ msg_read_entries(const char *data, int len, MsgEntries *m)
 	}
 	m->more = get_byte(&r) != 0;
 	m->next_khash = 0;
-	m->next_key = NULL;
 	if (m->more)
-	{
-		m->next_khash = (uint32) get_int32(&r);
-		m->next_key = get_nonnull_string(&r);
-	}
+		m->next_khash = int4_to_khash(get_int32(&r));
 	reader_close(&r);
 }
 
@@ -637,11 +633,8 @@ registry_decode_message(PG_FUNCTION_ARGS)
 				}
 				appendStringInfo(&b, "], \"more\": %s", m.more ? "true" : "false");
 				if (m.more)
-				{
-					appendStringInfo(&b, ", \"next_hash\": %d, \"next_key\": ",
+					appendStringInfo(&b, ", \"after_hash\": %d",
 									 khash_to_int4(m.next_khash));
-					json_str(&b, m.next_key);
-				}
 				appendStringInfoChar(&b, '}');
 				break;
 			}

@@ -101,8 +101,7 @@ typedef struct MsgEntries
 	int			n;
 	MsgRow	   *rows;
 	bool		more;			/* truncated at max_entries */
-	uint32		next_khash;		/* resume after (next_khash, next_key) */
-	char	   *next_key;
+	uint32		next_khash;		/* resume after this key hash */
 } MsgEntries;
 
 typedef struct MsgRows

@@ -106,6 +106,7 @@ typedef struct KeyColumn
 	char	   *name;
 } KeyColumn;
 
+extern void keys_prepare_type(Oid typid, int32 typmod, KeyColumn *col);
 extern void keys_prepare_column(Relation rel, Relation pkindex, int i,
 								KeyColumn *col, bool check_only);
 extern char *keys_encode(KeyColumn *cols, int ncols, Datum *values,
@@ -144,6 +145,9 @@ typedef struct RegTable
 	int			ncols;
 	RowColumn  *cols;
 	bool		has_identity_always;	/* needs OVERRIDING SYSTEM VALUE */
+	AttrNumber	verattnum;		/* registry_version column */
+	AttrNumber	orgattnum;		/* registry_origin column */
+	Oid			khashindex;		/* index on registry.key_hash(key columns) */
 	int			slot;			/* shared-memory table slot, -1 if unknown */
 } RegTable;
 
@@ -178,8 +182,7 @@ extern void capture_init(void);
 extern void capture_record(RegTable *t, uint32 khash, const char *key,
 						   const VersionState *old, RegVersion version,
 						   const char *origin, bool deleted);
-extern void capture_record_bulk(RegTable *t, uint64 *bucket_delta,
-								int64 live_delta, int64 tomb_delta);
+extern void capture_stamp_existing(RegTable *t);
 extern void capture_set_apply(int32 tid, const char *key, RegVersion version,
 							  const char *origin);
 extern void capture_clear_apply(void);

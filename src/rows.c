@@ -19,6 +19,7 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -86,6 +87,76 @@ row_lookup(RowLookup *rl, const char *key)
 	}
 	index_rescan(rl->scan, skey, t->nkeys, NULL, 0);
 	return index_getnext_slot(rl->scan, ForwardScanDirection, rl->slot);
+}
+
+/*
+ * The version columns of a row; exists = false for a row that was never
+ * stamped (only seen while registry.replicate() stamps existing rows).
+ */
+void
+row_version(RegTable *t, TupleTableSlot *slot, VersionState *st)
+{
+	bool		vnull,
+				onull;
+	Datum		v = slot_getattr(slot, t->verattnum, &vnull);
+	Datum		o = slot_getattr(slot, t->orgattnum, &onull);
+
+	memset(st, 0, sizeof(VersionState));
+	if (vnull || onull)
+		return;
+	st->exists = true;
+	st->deleted = false;
+	st->version = (RegVersion) DatumGetInt64(v);
+	text_to_cstring_buffer(DatumGetTextPP(o), st->origin, sizeof(st->origin));
+}
+
+/* The canonical key of the row in slot. */
+char *
+row_key(RegTable *t, TupleTableSlot *slot)
+{
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+	int			i;
+
+	for (i = 0; i < t->nkeys; i++)
+		values[i] = slot_getattr(slot, t->keys[i].attnum, &isnull[i]);
+	return keys_encode(t->keys, t->nkeys, values, isnull, t->qualname);
+}
+
+/*
+ * Rows of t whose key hash lies in [lo, hi], in hash order, through the
+ * table's registry key-hash index.
+ */
+void
+row_scan_begin(RowScan *rs, RegTable *t, uint32 lo, uint32 hi, Snapshot snap)
+{
+	ScanKeyData skey[2];
+
+	rs->t = t;
+	rs->rel = table_open(t->relid, AccessShareLock);
+	rs->idx = index_open(t->khashindex, AccessShareLock);
+	ScanKeyInit(&skey[0], 1, BTGreaterEqualStrategyNumber, F_INT4GE,
+				Int32GetDatum(khash_to_int4(lo)));
+	ScanKeyInit(&skey[1], 1, BTLessEqualStrategyNumber, F_INT4LE,
+				Int32GetDatum(khash_to_int4(hi)));
+	rs->slot = table_slot_create(rs->rel, NULL);
+	rs->scan = index_beginscan(rs->rel, rs->idx, snap, 2, 0);
+	index_rescan(rs->scan, skey, 2, NULL, 0);
+}
+
+bool
+row_scan_next(RowScan *rs)
+{
+	return index_getnext_slot(rs->scan, ForwardScanDirection, rs->slot);
+}
+
+void
+row_scan_end(RowScan *rs)
+{
+	index_endscan(rs->scan);
+	ExecDropSingleTupleTableSlot(rs->slot);
+	index_close(rs->idx, NoLock);
+	table_close(rs->rel, NoLock);
 }
 
 /*

@@ -28,6 +28,21 @@ extern void row_lookup_begin(RowLookup *rl, RegTable *t, LOCKMODE lockmode,
 							 Snapshot snap);
 extern bool row_lookup(RowLookup *rl, const char *key);
 extern void row_lookup_end(RowLookup *rl);
+typedef struct RowScan
+{
+	RegTable   *t;
+	Relation	rel;
+	Relation	idx;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+} RowScan;
+
+extern void row_version(RegTable *t, TupleTableSlot *slot, VersionState *st);
+extern char *row_key(RegTable *t, TupleTableSlot *slot);
+extern void row_scan_begin(RowScan *rs, RegTable *t, uint32 lo, uint32 hi,
+						   Snapshot snap);
+extern bool row_scan_next(RowScan *rs);
+extern void row_scan_end(RowScan *rs);
 extern void row_key_datums(RegTable *t, const char *key, Datum *values);
 extern char **row_values(RegTable *t, TupleTableSlot *slot);
 

@@ -8,7 +8,7 @@
  *	  registry.digest(tbl, nbuckets, lo, width, n)
  *							root and bucket-range digests of a table
  *	  registry.bucket_entries(tbl, nbuckets, buckets, with_rows, after_hash,
- *							  after_key, max_entries)
+ *							  max_entries)
  *							(key, version, origin, deleted) of buckets
  *	  registry.fetch_rows(tbl, keys)		current rows with their versions
  *
@@ -34,7 +34,7 @@
 #include "registry.h"
 #include "rows.h"
 #include "shmem.h"
-#include "versions.h"
+#include "tombstones.h"
 
 PG_FUNCTION_INFO_V1(registry_changes_since);
 PG_FUNCTION_INFO_V1(registry_digest);
@@ -75,10 +75,12 @@ check_ready(void)
 
 /*
  * Append the current state of key (and its row, if live) under the
- * statement's snapshot.  rl is an open lookup on t, or NULL for no values.
+ * statement's snapshot.  rl is an open lookup on t; values are included
+ * only if with_values.
  */
 static void
-put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key)
+put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key,
+				bool with_values)
 {
 	VersionState st;
 
@@ -87,31 +89,27 @@ put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key)
 		msg_put_row(buf, key, ROW_UNKNOWN, 0, NULL, NULL, 0);
 		return;
 	}
-	if (strlen(key) > (size_t) registry_max_key_length ||
-		!versions_get(t->tid, keys_hash(key, strlen(key)), key,
-					  GetActiveSnapshot(), &st))
+	if (strlen(key) <= (size_t) registry_max_key_length && row_lookup(rl, key))
 	{
-		msg_put_row(buf, key, ROW_ABSENT, 0, NULL, NULL, 0);
+		row_version(t, rl->slot, &st);
+		if (!st.exists)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("row \"%s\" of registry table %s has no version",
+							key, t->qualname),
+					 errhint("Run registry.verify() on node \"%s\".", registry_node_name)));
+		msg_put_row(buf, key, ROW_LIVE, st.version, st.origin,
+					with_values ? row_values(t, rl->slot) : NULL, t->ncols);
 		return;
 	}
-	if (st.deleted)
+	if (strlen(key) <= (size_t) registry_max_key_length &&
+		tombstone_get(t->tid, keys_hash(key, strlen(key)), key,
+					  GetActiveSnapshot(), &st))
 	{
 		msg_put_row(buf, key, ROW_TOMBSTONE, st.version, st.origin, NULL, 0);
 		return;
 	}
-	if (rl == NULL)
-	{
-		msg_put_row(buf, key, ROW_LIVE, st.version, st.origin, NULL, 0);
-		return;
-	}
-	if (!row_lookup(rl, key))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("registry key \"%s\" of table %s has a live version but no row",
-						key, t->qualname),
-				 errhint("Run registry.verify() on node \"%s\".", registry_node_name)));
-	msg_put_row(buf, key, ROW_LIVE, st.version, st.origin,
-				row_values(t, rl->slot), t->ncols);
+	msg_put_row(buf, key, ROW_ABSENT, 0, NULL, NULL, 0);
 }
 
 /*
@@ -234,6 +232,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 				if (tables[i])
 					row_lookup_begin(&lookups[i], tables[i], AccessShareLock,
 									 GetActiveSnapshot());
+
 		for (i = 0; i < ncopied; i++)
 		{
 			ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
@@ -252,7 +251,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 			msg_put_byte(&buf, e->op);
 			if (with_rows)
 				put_current_row(&buf, e->op == REG_OP_RESYNC ? NULL : tables[t],
-								tables[t] ? &lookups[t] : NULL, e->key);
+								&lookups[t], e->key, true);
 		}
 		if (with_rows)
 			for (i = 0; i < ntables; i++)
@@ -372,12 +371,130 @@ int_cmp(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* One key of a bucket_entries answer. */
+typedef struct BucketEntry
+{
+	uint32		khash;
+	char	   *key;
+	bool		deleted;
+	RegVersion	version;
+	char		origin[REGISTRY_NAME_LEN];
+	char	  **values;
+} BucketEntry;
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	const BucketEntry *x = a;
+	const BucketEntry *y = b;
+
+	if (x->khash != y->khash)
+		return x->khash < y->khash ? -1 : 1;
+	return strcmp(x->key, y->key);
+}
+
+typedef struct EntryArray
+{
+	BucketEntry *e;
+	int			n;
+	int			max;
+} EntryArray;
+
+/*
+ * Append the entries (rows and tombstones) of hash range [lo, hi], in
+ * hash order, until the array holds at least "want" of them and the last
+ * hash is complete.  *more says whether any were left.
+ */
+static void
+collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
+			  EntryArray *out, bool *more)
+{
+	RowScan		rs;
+	TombstoneScan ts;
+	KeyVersion	tk;
+	bool		have_row,
+				have_tomb;
+	uint32		row_hash = 0;
+	char	   *row_key_text = NULL;
+	bool		any = false;
+	uint32		last = 0;
+
+	*more = false;
+	row_scan_begin(&rs, t, lo, hi, GetActiveSnapshot());
+	tombstone_scan_begin(&ts, t->tid, lo, hi, GetActiveSnapshot());
+	have_row = row_scan_next(&rs);
+	if (have_row)
+	{
+		row_key_text = row_key(t, rs.slot);
+		row_hash = keys_hash(row_key_text, strlen(row_key_text));
+	}
+	have_tomb = tombstone_scan_next(&ts, &tk);
+	while (have_row || have_tomb)
+	{
+		BucketEntry *e;
+		bool		take_row = have_row && (!have_tomb || row_hash <= tk.khash);
+		uint32		h = take_row ? row_hash : tk.khash;
+
+		CHECK_FOR_INTERRUPTS();
+		if (out->n >= want && (!any || h != last))
+		{
+			*more = true;
+			break;
+		}
+		if (out->n >= out->max)
+		{
+			out->max *= 2;
+			out->e = repalloc_huge(out->e, sizeof(BucketEntry) * out->max);
+		}
+		e = &out->e[out->n++];
+		any = true;
+		last = h;
+		e->khash = h;
+		if (take_row)
+		{
+			VersionState st;
+
+			row_version(t, rs.slot, &st);
+			if (!st.exists)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("row \"%s\" of registry table %s has no version",
+								row_key_text, t->qualname)));
+			e->key = row_key_text;
+			e->deleted = false;
+			e->version = st.version;
+			strlcpy(e->origin, st.origin, sizeof(e->origin));
+			e->values = with_rows ? row_values(t, rs.slot) : NULL;
+			have_row = row_scan_next(&rs);
+			if (have_row)
+			{
+				row_key_text = row_key(t, rs.slot);
+				row_hash = keys_hash(row_key_text, strlen(row_key_text));
+			}
+		}
+		else
+		{
+			e->key = tk.key;
+			e->deleted = true;
+			e->version = tk.version;
+			strlcpy(e->origin, tk.origin, sizeof(e->origin));
+			e->values = NULL;
+			have_tomb = tombstone_scan_next(&ts, &tk);
+		}
+	}
+	tombstone_scan_end(&ts);
+	row_scan_end(&rs);
+}
+
 /*
  * registry.bucket_entries(tbl text, nbuckets int, buckets int[],
- *		with_rows bool, after_hash int, after_key text, max_entries int)
- * returns bytea: the versions of every key in the given buckets (any
- * power-of-two granularity), in (hash, key) order, resuming after
- * (after_hash, after_key), at most max_entries of them.
+ *		with_rows bool, after_hash int, max_entries int) returns bytea
+ *
+ * The versions of every key in the given buckets (at any power-of-two
+ * granularity), in (hash, key) order, starting after key hash after_hash,
+ * at least max_entries of them unless the buckets hold fewer (a page never
+ * splits the keys of one hash).  An answer with "more" set gives the hash
+ * to resume after.
  */
 Datum
 registry_bucket_entries(PG_FUNCTION_ARGS)
@@ -386,23 +503,18 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	int32		nbuckets = PG_GETARG_INT32(1);
 	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(2);
 	bool		with_rows = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
-	bool		resume = !PG_ARGISNULL(4) && !PG_ARGISNULL(5);
+	bool		resume = !PG_ARGISNULL(4);
 	uint32		after_hash = resume ? int4_to_khash(PG_GETARG_INT32(4)) : 0;
-	char	   *after_key = resume ? text_to_cstring(PG_GETARG_TEXT_PP(5)) : NULL;
-	int32		maxe = PG_ARGISNULL(6) ? 10000 : PG_GETARG_INT32(6);
+	int32		maxe = PG_ARGISNULL(5) ? 10000 : PG_GETARG_INT32(5);
 	RegTable   *t;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			nelems;
 	int32	   *bs;
 	int			i;
-	int			count = 0;
 	bool		more = false;
-	uint32		next_hash = 0;
-	char	   *next_key = NULL;
+	EntryArray	ea;
 	StringInfoData buf;
-	StringInfoData body;
-	RowLookup	rl;
 
 	check_peer();
 	check_ready();
@@ -428,69 +540,46 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	}
 	qsort(bs, nelems, sizeof(int32), int_cmp);
 
-	initStringInfo(&body);
-	if (with_rows)
-		row_lookup_begin(&rl, t, AccessShareLock, GetActiveSnapshot());
+	ea.max = Min(maxe, 1024) + 16;
+	ea.n = 0;
+	ea.e = palloc(sizeof(BucketEntry) * ea.max);
 	for (i = 0; i < nelems && !more; i++)
 	{
 		uint32		lo,
 					hi;
-		VersionScan vs;
-		VersionEntry e;
 
 		if (i > 0 && bs[i] == bs[i - 1])
 			continue;
 		digest_bucket_range(bs[i], nbuckets, &lo, &hi);
-		if (resume && hi < after_hash)
-			continue;
-		if (resume && lo < after_hash)
-			lo = after_hash;
-		versions_scan_begin(&vs, t->tid, lo, hi, GetActiveSnapshot());
-		while (versions_scan_next(&vs, &e))
+		if (resume)
 		{
-			CHECK_FOR_INTERRUPTS();
-			if (resume && (e.khash < after_hash ||
-						   (e.khash == after_hash && strcmp(e.key, after_key) <= 0)))
+			if (hi <= after_hash)
 				continue;
-			if (count >= maxe)
-			{
-				more = true;
-				break;
-			}
-			if (e.deleted || !with_rows)
-				msg_put_row(&body, e.key, e.deleted ? ROW_TOMBSTONE : ROW_LIVE,
-							e.version, e.origin, NULL, 0);
-			else
-			{
-				if (!row_lookup(&rl, e.key))
-					ereport(ERROR,
-							(errcode(ERRCODE_DATA_CORRUPTED),
-							 errmsg("registry key \"%s\" of table %s has a live version but no row",
-									e.key, t->qualname)));
-				msg_put_row(&body, e.key, ROW_LIVE, e.version, e.origin,
-							row_values(t, rl.slot), t->ncols);
-			}
-			count++;
-			next_hash = e.khash;
-			next_key = e.key;
+			if (lo <= after_hash)
+				lo = after_hash + 1;
 		}
-		versions_scan_end(&vs);
+		collect_range(t, lo, hi, with_rows, maxe, &ea, &more);
+		if (ea.n >= maxe && i + 1 < nelems)
+			more = true;
 	}
-	if (with_rows)
-		row_lookup_end(&rl);
+	qsort(ea.e, ea.n, sizeof(BucketEntry), entry_cmp);
 
 	msg_begin(&buf, 'E');
 	msg_put_table(&buf, t, with_rows);
 	msg_put_int32(&buf, nbuckets);
 	msg_put_byte(&buf, with_rows ? 1 : 0);
-	msg_put_int32(&buf, count);
-	appendBinaryStringInfo(&buf, body.data, body.len);
+	msg_put_int32(&buf, ea.n);
+	for (i = 0; i < ea.n; i++)
+	{
+		BucketEntry *e = &ea.e[i];
+
+		msg_put_row(&buf, e->key, e->deleted ? ROW_TOMBSTONE : ROW_LIVE,
+					e->version, e->origin, e->values, t->ncols);
+	}
 	msg_put_byte(&buf, more ? 1 : 0);
 	if (more)
-	{
-		msg_put_int32(&buf, (int32) next_hash);
-		msg_put_string(&buf, next_key);
-	}
+		msg_put_int32(&buf, ea.n > 0 ? khash_to_int4(ea.e[ea.n - 1].khash) :
+					  khash_to_int4(after_hash));
 	PG_RETURN_BYTEA_P(msg_finish(&buf));
 }
 
@@ -537,7 +626,7 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("keys must not be null")));
 		key = TextDatumGetCString(elems[i]);
-		put_current_row(&buf, t, &rl, key);
+		put_current_row(&buf, t, &rl, key, true);
 	}
 	row_lookup_end(&rl);
 	PG_RETURN_BYTEA_P(msg_finish(&buf));

@@ -123,6 +123,7 @@ registry_shmem_startup(void)
 		RegistryState->epoch = new_epoch();
 		RegistryState->started_at = GetCurrentTimestamp();
 		pg_atomic_init_u32(&RegistryState->state, REG_STATE_STARTING);
+		pg_atomic_init_u32(&RegistryState->notify_wanted, 1);
 		SpinLockInit(&RegistryState->mutex);
 		dlist_init(&RegistryState->acc_lru);
 

@@ -92,6 +92,13 @@ typedef struct RegistryShared
 	uint64		cl_overwritten; /* entries lost to wrap-around */
 	uint64		cl_truncations; /* transactions too large for the ring */
 
+	/*
+	 * 1 while the maintenance worker is idle and wants a latch wake-up from
+	 * the next commit; 0 while it polls on its own (under load), so that
+	 * committers need not signal it each time.
+	 */
+	pg_atomic_uint32 notify_wanted;
+
 	/* notifier progress (mutex) */
 	uint64		notified_seq;
 	uint64		notifications_sent;

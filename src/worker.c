@@ -54,6 +54,8 @@ PGDLLEXPORT void registry_maintenance_main(Datum arg);
 /* what async.c accepts (it does not export the constant) */
 #define REG_NOTIFY_MAX_PAYLOAD	(BLCKSZ - NAMEDATALEN - 128)
 #define NOTIFY_BATCH			1000
+#define NOTIFY_POLL_MIN_MS		1	/* under load, look again this soon ... */
+#define NOTIFY_POLL_MAX_MS		16	/* ... backing off to this */
 
 static const char *const worker_functions[REG_NUM_WORKERS] = {
 	"registry_maintenance_main",
@@ -369,9 +371,10 @@ change_payload(ChangeLogEntry *e, const char *table, bool *truncated)
  * transaction per batch.  Changes that were overwritten in the ring
  * before they could be sent are reported by one "overflow" notification.
  */
-static void
+static uint64
 notify_pending(void)
 {
+	uint64		total = 0;
 	Size		esz = changelog_entry_size();
 	char	   *copy = palloc(esz * NOTIFY_BATCH);
 
@@ -413,6 +416,7 @@ notify_pending(void)
 			SpinLockAcquire(&RegistryState->mutex);
 			RegistryState->notified_seq = notified + n;
 			SpinLockRelease(&RegistryState->mutex);
+			total += n;
 			continue;
 		}
 
@@ -444,6 +448,7 @@ notify_pending(void)
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 
+		total += n;
 		SpinLockAcquire(&RegistryState->mutex);
 		RegistryState->notified_seq = notified + n;
 		RegistryState->notifications_sent += sent;
@@ -452,12 +457,15 @@ notify_pending(void)
 		SpinLockRelease(&RegistryState->mutex);
 	}
 	pfree(copy);
+	return total;
 }
 
 void
 registry_maintenance_main(Datum arg)
 {
 	MemoryContext loopcxt;
+	bool		busy;
+	long		poll_ms = NOTIFY_POLL_MIN_MS;
 
 	worker_attach(REG_WORKER_MAINTENANCE);
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "registry maintenance",
@@ -477,12 +485,30 @@ registry_maintenance_main(Datum arg)
 
 		MemoryContextSwitchTo(loopcxt);
 		maybe_rebuild();
-		notify_pending();
+		busy = notify_pending() > 0;
+		if (!busy)
+		{
+			/*
+			 * Ask committers for a wake-up, then look once more: a commit
+			 * either saw the request or published before this look.
+			 */
+			(void) pg_atomic_exchange_u32(&RegistryState->notify_wanted, 1);
+			busy = notify_pending() > 0;
+			if (busy)
+				(void) pg_atomic_exchange_u32(&RegistryState->notify_wanted, 0);
+		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(loopcxt);
 
+		/*
+		 * Under load, poll instead of being signalled by every commit, and
+		 * poll less often while every poll finds work: one notification
+		 * transaction then carries many changes.  An idle notifier is
+		 * woken by the next commit, so sparse changes go out at once.
+		 */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 10000L, PG_WAIT_EXTENSION);
+						 busy ? poll_ms : 10000L, PG_WAIT_EXTENSION);
+		poll_ms = busy ? Min(poll_ms * 2, NOTIFY_POLL_MAX_MS) : NOTIFY_POLL_MIN_MS;
 		ResetLatch(MyLatch);
 	}
 }

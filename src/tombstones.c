@@ -1,0 +1,360 @@
+/*-------------------------------------------------------------------------
+ *
+ * tombstones.c
+ *	  registry.tombstones: one row per deleted key with the version,
+ *	  origin of its deletion.  Live keys have no row here; their version
+ *	  is in their own row.
+ *
+ * Writers of a tombstone (a local DELETE, a re-INSERT removing it, the
+ * apply path) look it up with a dirty snapshot and wait for any other
+ * transaction writing it; heap_update()/heap_delete() wait for and report
+ * a concurrent change, after which the writer starts again from the newly
+ * committed state.  The heap and index access methods are used directly:
+ * this runs inside the row trigger.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/pg_collation.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "registry.h"
+#include "tombstones.h"
+
+#define Natts_tombstones	5
+
+int32
+khash_to_int4(uint32 h)
+{
+	return (int32) (h ^ 0x80000000U);
+}
+
+uint32
+int4_to_khash(int32 v)
+{
+	return ((uint32) v) ^ 0x80000000U;
+}
+
+static void
+state_from_tuple(HeapTuple tup, TupleDesc desc, VersionState *out)
+{
+	Datum		values[Natts_tombstones];
+	bool		nulls[Natts_tombstones];
+
+	heap_deform_tuple(tup, desc, values, nulls);
+	out->exists = true;
+	out->deleted = true;
+	out->version = (RegVersion) DatumGetInt64(values[3]);
+	text_to_cstring_buffer(DatumGetTextPP(values[4]), out->origin,
+						   sizeof(out->origin));
+}
+
+static void
+key_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext)
+{
+	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(tid));
+	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(khash_to_int4(khash)));
+	ScanKeyInit(&skey[2], 3, BTEqualStrategyNumber, F_TEXTEQ, keytext);
+	skey[2].sk_collation = C_COLLATION_OID;
+}
+
+/*
+ * The tombstone of a key as committed, or as written by our own
+ * transaction; waits for any other transaction writing it.  Returns a
+ * palloc'd copy (t_self set) or NULL.
+ */
+static HeapTuple
+fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
+			 Datum keytext)
+{
+	ScanKeyData skey[3];
+	SnapshotData dirty;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	HeapTuple	result;
+
+	key_scankeys(skey, tid, khash, keytext);
+	InitDirtySnapshot(dirty);
+	slot = table_slot_create(rel, NULL);
+	for (;;)
+	{
+		TransactionId xwait;
+		bool		found;
+
+		result = NULL;
+		scan = index_beginscan(rel, idx, &dirty, 3, 0);
+		index_rescan(scan, skey, 3, NULL, 0);
+		found = index_getnext_slot(scan, ForwardScanDirection, slot);
+		xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+		if (found && !TransactionIdIsValid(xwait))
+			result = ExecCopySlotHeapTuple(slot);
+		index_endscan(scan);
+
+		if (found && TransactionIdIsValid(xwait))
+		{
+			ItemPointerData ctid = slot->tts_tid;
+
+			ExecClearTuple(slot);
+			XactLockTableWait(xwait, rel, &ctid, XLTW_FetchUpdated);
+			CHECK_FOR_INTERRUPTS();
+			continue;
+		}
+		break;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	return result;
+}
+
+/*
+ * A row version made by the current command is invisible to heap_update
+ * and heap_delete; step to the next command first.  Happens when one
+ * statement deletes and re-inserts a key (keys shifted by an UPDATE).
+ */
+static void
+step_past_own_command(HeapTuple tup)
+{
+	HeapTupleHeader hdr = tup->t_data;
+
+	if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(hdr)) &&
+		HeapTupleHeaderGetCmin(hdr) >= GetCurrentCommandId(false))
+		CommandCounterIncrement();
+}
+
+static void
+open_tombstones(Relation *rel, Relation *idx, LOCKMODE mode)
+{
+	*rel = table_open(registry_relid("tombstones"), mode);
+	*idx = index_open(registry_relid("tombstones_pkey"), mode);
+}
+
+static void
+close_tombstones(Relation rel, Relation idx)
+{
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+}
+
+/*
+ * Remove the tombstone of a key that is being (re)inserted.  Returns
+ * whether there was one; *old receives it.
+ */
+bool
+tombstone_take(int32 tid, uint32 khash, const char *key, VersionState *old)
+{
+	Relation	rel;
+	Relation	idx;
+	Datum		keytext = CStringGetTextDatum(key);
+	bool		found = false;
+
+	memset(old, 0, sizeof(VersionState));
+	open_tombstones(&rel, &idx, RowExclusiveLock);
+	for (;;)
+	{
+		HeapTuple	tup;
+		TM_Result	res;
+		TM_FailureData tmfd;
+
+		CHECK_FOR_INTERRUPTS();
+		tup = fetch_latest(rel, idx, tid, khash, keytext);
+		if (tup == NULL)
+			break;
+		state_from_tuple(tup, RelationGetDescr(rel), old);
+		step_past_own_command(tup);
+		res = heap_delete(rel, &tup->t_self, GetCurrentCommandId(true),
+						  InvalidSnapshot, true, &tmfd, false);
+		heap_freetuple(tup);
+		if (res == TM_Ok)
+		{
+			found = true;
+			break;
+		}
+		memset(old, 0, sizeof(VersionState));
+		if (res == TM_SelfModified)
+			CommandCounterIncrement();
+		else if (res != TM_Updated && res != TM_Deleted)
+			elog(ERROR, "registry: unexpected result %d deleting a tombstone",
+				 (int) res);
+	}
+	close_tombstones(rel, idx);
+	return found;
+}
+
+static bool
+version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
+{
+	if (v1 != v2)
+		return v1 > v2;
+	return strcmp(o1, o2) > 0;
+}
+
+/*
+ * Record the deletion of a key.  With apply = false the version is
+ * stamped here, above both "version" (the deleted row's) and any existing
+ * tombstone; with apply = true "version" is the remote one and must be
+ * newer than an existing tombstone, else a concurrent writer won and the
+ * caller's batch is retried (serialization failure).  *old receives the
+ * tombstone that was replaced, if any.  Returns the version written.
+ */
+RegVersion
+tombstone_put(int32 tid, uint32 khash, const char *key, RegVersion version,
+			  const char *origin, bool apply, VersionState *old)
+{
+	Relation	rel;
+	Relation	idx;
+	TupleDesc	desc;
+	Datum		values[Natts_tombstones];
+	bool		nulls[Natts_tombstones] = {false};
+
+	open_tombstones(&rel, &idx, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	values[0] = Int32GetDatum(tid);
+	values[1] = Int32GetDatum(khash_to_int4(khash));
+	values[2] = CStringGetTextDatum(key);
+	values[4] = CStringGetTextDatum(origin);
+
+	for (;;)
+	{
+		HeapTuple	oldtup;
+		HeapTuple	newtup;
+		TM_Result	res;
+		TM_FailureData tmfd;
+		LockTupleMode lockmode;
+
+		CHECK_FOR_INTERRUPTS();
+		oldtup = fetch_latest(rel, idx, tid, khash, values[2]);
+		memset(old, 0, sizeof(VersionState));
+		if (oldtup)
+		{
+			state_from_tuple(oldtup, desc, old);
+			if (apply && !version_greater(version, origin, old->version, old->origin))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("registry key \"%s\" was deleted concurrently with a newer version",
+								key)));
+			if (!apply && version <= old->version)
+			{
+				hlc_observe_stored(old->version);
+				version = hlc_now();
+			}
+		}
+		values[3] = Int64GetDatum((int64) version);
+		newtup = heap_form_tuple(desc, values, nulls);
+
+		if (oldtup == NULL)
+		{
+			heap_insert(rel, newtup, GetCurrentCommandId(true), 0, NULL);
+			index_insert(idx, values, nulls, &newtup->t_self, rel,
+						 UNIQUE_CHECK_YES, false, BuildIndexInfo(idx));
+			heap_freetuple(newtup);
+			break;
+		}
+		step_past_own_command(oldtup);
+		res = heap_update(rel, &oldtup->t_self, newtup, GetCurrentCommandId(true),
+						  InvalidSnapshot, true, &tmfd, &lockmode);
+		heap_freetuple(oldtup);
+		if (res == TM_Ok)
+		{
+			if (!HeapTupleIsHeapOnly(newtup))
+				index_insert(idx, values, nulls, &newtup->t_self, rel,
+							 UNIQUE_CHECK_YES, true, BuildIndexInfo(idx));
+			heap_freetuple(newtup);
+			break;
+		}
+		heap_freetuple(newtup);
+		if (res == TM_SelfModified)
+			CommandCounterIncrement();
+		else if (res != TM_Updated && res != TM_Deleted)
+			elog(ERROR, "registry: unexpected result %d updating a tombstone",
+				 (int) res);
+	}
+	close_tombstones(rel, idx);
+	return version;
+}
+
+/* The tombstone of one key as seen by an MVCC snapshot. */
+bool
+tombstone_get(int32 tid, uint32 khash, const char *key, Snapshot snap,
+			  VersionState *out)
+{
+	Relation	rel;
+	Relation	idx;
+	ScanKeyData skey[3];
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	bool		found;
+
+	open_tombstones(&rel, &idx, AccessShareLock);
+	key_scankeys(skey, tid, khash, CStringGetTextDatum(key));
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, snap, 3, 0);
+	index_rescan(scan, skey, 3, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	memset(out, 0, sizeof(VersionState));
+	if (found)
+		state_from_tuple(ExecFetchSlotHeapTuple(slot, false, NULL),
+						 RelationGetDescr(rel), out);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	close_tombstones(rel, idx);
+	return found;
+}
+
+/* Tombstones of a table with key hash in [lo, hi], in (hash, key) order. */
+void
+tombstone_scan_begin(TombstoneScan *ts, int32 tid, uint32 lo, uint32 hi,
+					 Snapshot snap)
+{
+	ScanKeyData skey[3];
+
+	open_tombstones(&ts->rel, &ts->idx, AccessShareLock);
+	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(tid));
+	ScanKeyInit(&skey[1], 2, BTGreaterEqualStrategyNumber, F_INT4GE,
+				Int32GetDatum(khash_to_int4(lo)));
+	ScanKeyInit(&skey[2], 2, BTLessEqualStrategyNumber, F_INT4LE,
+				Int32GetDatum(khash_to_int4(hi)));
+	ts->slot = table_slot_create(ts->rel, NULL);
+	ts->scan = index_beginscan(ts->rel, ts->idx, snap, 3, 0);
+	index_rescan(ts->scan, skey, 3, NULL, 0);
+}
+
+bool
+tombstone_scan_next(TombstoneScan *ts, KeyVersion *e)
+{
+	TupleTableSlot *slot = ts->slot;
+
+	if (!index_getnext_slot(ts->scan, ForwardScanDirection, slot))
+		return false;
+	slot_getallattrs(slot);
+	e->khash = int4_to_khash(DatumGetInt32(slot->tts_values[1]));
+	e->key = TextDatumGetCString(slot->tts_values[2]);
+	e->version = (RegVersion) DatumGetInt64(slot->tts_values[3]);
+	text_to_cstring_buffer(DatumGetTextPP(slot->tts_values[4]), e->origin,
+						   sizeof(e->origin));
+	e->deleted = true;
+	return true;
+}
+
+void
+tombstone_scan_end(TombstoneScan *ts)
+{
+	index_endscan(ts->scan);
+	ExecDropSingleTupleTableSlot(ts->slot);
+	close_tombstones(ts->rel, ts->idx);
+}
