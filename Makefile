@@ -14,7 +14,7 @@ PGFILEDESC = "registry - replicated multi-master registry tables"
 EXTENSION = registry
 DATA = registry--1.0.sql
 
-REGRESS = setup
+REGRESS = setup registration keys capture clock serving apply views permissions
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/sql/regress.conf \
 	--load-extension=plpgsql
 TAP_TESTS = 1

@@ -32,6 +32,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -472,8 +473,8 @@ check_registrable(Relation rel)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("cannot register partitioned table \"%s\"", name),
-					 errdetail("Registry tables are replicated partition by partition."),
-					 errhint("Register each partition with registry.replicate().")));
+					 errdetail("Partitioned tables and their partitions cannot be registry tables."),
+					 errhint("Use an ordinary table.")));
 			break;
 		default:
 			ereport(ERROR,
@@ -481,6 +482,12 @@ check_registrable(Relation rel)
 					 errmsg("\"%s\" is not a table", name),
 					 errdetail("Only ordinary tables can be registry tables.")));
 	}
+	if (rel->rd_rel->relispartition)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot register partition \"%s\"", name),
+				 errdetail("Partitioned tables and their partitions cannot be registry tables."),
+				 errhint("Use an ordinary table.")));
 	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -513,7 +520,21 @@ check_registrable(Relation rel)
 					 errhint("Rename the column.")));
 	}
 
-	pkoid = RelationGetPrimaryKeyIndex(rel);
+	/* RelationGetPrimaryKeyIndex() ignores a deferrable key: look ourselves */
+	pkoid = InvalidOid;
+	{
+		List	   *indexes = RelationGetIndexList(rel);
+		ListCell   *lc;
+
+		foreach(lc, indexes)
+		{
+			Relation	ir = index_open(lfirst_oid(lc), AccessShareLock);
+
+			if (ir->rd_index->indisprimary)
+				pkoid = lfirst_oid(lc);
+			index_close(ir, AccessShareLock);
+		}
+	}
 	if (!OidIsValid(pkoid))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
@@ -585,6 +606,10 @@ registry_replicate(PG_FUNCTION_ARGS)
 
 	registry_check_preloaded();
 	registry_check_admin();
+
+	/* registration alters the table: only its owner may */
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
 
 	/* blocks writers, as CREATE TRIGGER would */
 	rel = table_open(relid, ShareRowExclusiveLock);
@@ -685,6 +710,8 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	registry_check_preloaded();
 	registry_check_admin();
 
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
 	rel = table_open(relid, AccessExclusiveLock);
 	t = regtable_by_relid(relid, true);
 	if (t == NULL)
@@ -781,6 +808,8 @@ registry_check_tables(PG_FUNCTION_ARGS)
 
 		if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
 			refuse_ddl(name, "being a logged table");
+		if (rel->rd_rel->relispartition)
+			refuse_ddl(name, "being an ordinary table, not a partition");
 
 		/* key columns, version columns and key-hash index as registered */
 		SPI_connect();

@@ -326,8 +326,12 @@ append_value(StringInfo buf, KeyColumn *col, Datum v)
 				if (TIMESTAMP_NOT_FINITE(ts))
 					EncodeSpecialTimestamp(ts, tmp);
 				else if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) == 0)
+				{
+					/* UTC, written as such: "+00" */
+					tm.tm_isdst = 0;
 					EncodeDateTime(&tm, fsec, col->kind == KE_TIMESTAMPTZ, 0,
 								   NULL, USE_ISO_DATES, tmp);
+				}
 				else
 					ereport(ERROR,
 							(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),

@@ -1,0 +1,105 @@
+-- Writing rows with a remote version and origin: last writer wins,
+-- tombstones win over older writes, the clock's receive rule applies.
+
+CREATE TABLE app (name text, zone int, info text NOT NULL DEFAULT '',
+                  PRIMARY KEY (name, zone));
+SELECT registry.replicate('app');
+CREATE TEMP TABLE base AS SELECT registry.hlc_now() AS v;
+CREATE FUNCTION v(n int) RETURNS bigint LANGUAGE sql AS $$
+    SELECT (SELECT v FROM base) + n
+$$;
+
+-- a new key from node n2
+SELECT registry.apply_row('app', '(a,1)', v(10), 'n2', false, '{"name": "a", "zone": 1, "info": "from n2"}');
+SELECT name, zone, info, registry_version = v(10) AS remote_version, registry_origin FROM app;
+-- an older version of it is skipped, an equal one too
+SELECT registry.apply_row('app', '(a,1)', v(5), 'n3', false, '{"name": "a", "zone": 1, "info": "older"}');
+SELECT registry.apply_row('app', '(a,1)', v(10), 'n2', false, '{"name": "a", "zone": 1, "info": "same"}');
+-- the same version from a node with a greater name wins the tie
+SELECT registry.apply_row('app', '(a,1)', v(10), 'n3', false, '{"name": "a", "zone": 1, "info": "tie to n3"}');
+SELECT registry.apply_row('app', '(a,1)', v(10), 'n1', false, '{"name": "a", "zone": 1, "info": "tie lost"}');
+SELECT info, registry_origin FROM app;
+-- a newer version updates the row
+SELECT registry.apply_row('app', '(a,1)', v(20), 'n2', false, '{"name": "a", "zone": 1, "info": "newer"}');
+SELECT info, registry_origin FROM app;
+
+-- a remote delete writes a tombstone; older writes cannot bring the row back
+SELECT registry.apply_row('app', '(a,1)', v(30), 'n3', true);
+SELECT count(*) FROM app;
+SELECT key, deleted, origin, version = v(30) AS remote_version FROM registry.versions('app');
+SELECT registry.apply_row('app', '(a,1)', v(25), 'n2', false, '{"name": "a", "zone": 1, "info": "zombie"}');
+SELECT count(*) FROM app;
+-- a newer insert does
+SELECT registry.apply_row('app', '(a,1)', v(40), 'n2', false, '{"name": "a", "zone": 1, "info": "back"}');
+SELECT info FROM app;
+SELECT key, deleted FROM registry.versions('app');
+
+-- a tombstone for a key this node never had
+SELECT registry.apply_row('app', '(ghost,9)', v(50), 'n2', true);
+SELECT key, deleted, origin FROM registry.versions('app') ORDER BY key;
+SELECT registry.apply_row('app', '(ghost,9)', v(45), 'n3', false, '{"name": "ghost", "zone": 9, "info": ""}');
+SELECT count(*) FROM app WHERE name = 'ghost';
+
+-- local writes always go above what was received
+UPDATE app SET info = 'local' WHERE name = 'a';
+SELECT registry_version > v(50) AS above_received, registry_origin FROM app WHERE name = 'a';
+-- a remote version just below the local one loses, just above wins
+CREATE TEMP TABLE loc AS SELECT registry_version AS v FROM app WHERE name = 'a';
+SELECT registry.apply_row('app', '(a,1)', (SELECT v - 1 FROM loc), 'n2', false, '{"name": "a", "zone": 1, "info": "late"}');
+SELECT info FROM app WHERE name = 'a';
+SELECT registry.apply_row('app', '(a,1)', (SELECT v + 1 FROM loc), 'n2', false, '{"name": "a", "zone": 1, "info": "later"}');
+SELECT info, registry_origin FROM app WHERE name = 'a';
+
+-- applied changes are captured with their origin, like local ones
+SELECT key, op, origin FROM registry.change_log WHERE table_name = 'public.app' ORDER BY seq;
+SELECT key, origin, op, jsonb_array_length(history) AS ops
+  FROM registry.acceptors WHERE table_name = 'public.app' ORDER BY key;
+
+-- versions too far in the future (registry.max_clock_skew) are refused
+CREATE FUNCTION error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE sql;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    -- versions vary from run to run
+    RETURN SQLSTATE || ': ' || regexp_replace(SQLERRM, '[0-9]{10,}', 'N', 'g');
+END $$;
+SELECT error_of($$SELECT registry.apply_row('app', '(far,1)', registry.hlc_now() + (7200000::bigint << 16),
+                          'n2', false, '{"name": "far", "zone": 1, "info": ""}')$$);
+SELECT count(*) FROM app WHERE name = 'far';
+
+-- bad input is refused and leaves nothing behind
+SELECT registry.apply_row('app', '(b,1)', v(70), 'n2', false, '{"name": "other", "zone": 1, "info": ""}');
+\set VERBOSITY terse
+SELECT registry.apply_row('app', '(b,1)', v(70), 'n2', false, '{"name": "b", "zone": 1, "info": null}');
+\set VERBOSITY default
+SELECT registry.apply_row('app', '(b,1)', v(70), 'n2', false, NULL);
+SELECT registry.apply_row('app', '(b,1)', v(70), 'n2', false, '[1, 2]');
+SELECT registry.apply_row('app', '(b,1)', v(70), 'bad origin!', false, '{"name": "b", "zone": 1}');
+SELECT registry.apply_row('app', '(b,1)', v(70), 'n2', false, '{"name": "b", "zone": "x"}');
+SELECT registry.apply_row('app', '(b,1', v(70), 'n2', true);
+SELECT registry.apply_row('app', '(b,1)', -1, 'n2', true);
+SELECT count(*) FROM app WHERE name = 'b';
+SELECT * FROM registry.verify('app');
+
+-- several rows in one transaction, rolled back: no trace
+CREATE TEMP TABLE l0 AS SELECT last_seq FROM registry.node;
+BEGIN;
+SELECT registry.apply_row('app', '(t1,1)', v(80), 'n2', false, '{"name": "t1", "zone": 1, "info": ""}');
+SELECT registry.apply_row('app', '(t2,1)', v(81), 'n2', false, '{"name": "t2", "zone": 1, "info": ""}');
+ROLLBACK;
+SELECT count(*) FROM app WHERE name LIKE 't_';
+SELECT last_seq = (SELECT last_seq FROM l0) AS nothing_published FROM registry.node;
+
+-- user triggers do not fire for applied rows (as with logical replication)
+CREATE TABLE audit (what text);
+CREATE FUNCTION audit_it() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NEW; END $$;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE ON app FOR EACH ROW EXECUTE FUNCTION audit_it();
+SELECT registry.apply_row('app', '(u,1)', v(90), 'n2', false, '{"name": "u", "zone": 1, "info": ""}');
+INSERT INTO app VALUES ('local', 1);
+SELECT what FROM audit;
+
+SELECT * FROM registry.verify();
+DROP TABLE app, audit;
+DROP FUNCTION v(int), audit_it(), error_of(text);

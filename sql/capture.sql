@@ -1,0 +1,158 @@
+-- What is captured, and when: only committed changes, once per key per
+-- transaction; savepoint rollbacks and errors leave no trace.
+
+CREATE TABLE cap (id int PRIMARY KEY, v text);
+SELECT registry.replicate('cap');
+
+CREATE FUNCTION cap_state() RETURNS TABLE (last_seq bigint, rows bigint,
+                                           tombstones bigint, root text)
+LANGUAGE sql AS $$
+    SELECT n.last_seq, t.rows, t.tombstones, t.digest_root
+      FROM registry.node n, registry.tables t WHERE t.table_name = 'public.cap'
+$$;
+CREATE TEMP TABLE before AS SELECT * FROM cap_state();
+
+-- an aborted transaction leaves no trace
+BEGIN;
+INSERT INTO cap VALUES (1, 'a'), (2, 'b');
+UPDATE cap SET v = 'c' WHERE id = 1;
+ROLLBACK;
+SELECT (SELECT row(b.*) FROM before b) = (SELECT row(s.*) FROM cap_state() s) AS unchanged;
+SELECT count(*) FROM registry.versions('cap');
+SELECT count(*) FROM registry.acceptors WHERE table_name = 'public.cap';
+
+-- nor does a statement that fails half-way
+INSERT INTO cap VALUES (1, 'a'), (1, 'duplicate');
+SELECT (SELECT row(b.*) FROM before b) = (SELECT row(s.*) FROM cap_state() s) AS unchanged;
+
+-- a savepoint rolled back drops its part only
+BEGIN;
+INSERT INTO cap VALUES (1, 'kept');
+SAVEPOINT s1;
+INSERT INTO cap VALUES (2, 'dropped');
+UPDATE cap SET v = 'dropped too' WHERE id = 1;
+ROLLBACK TO s1;
+SAVEPOINT s2;
+INSERT INTO cap VALUES (3, 'kept as well');
+RELEASE s2;
+COMMIT;
+SELECT id, v FROM cap ORDER BY id;
+SELECT key, op, origin FROM registry.change_log WHERE table_name = 'public.cap' ORDER BY seq;
+SELECT * FROM registry.verify('cap');
+
+-- a PL/pgSQL exception block is a subtransaction too
+DO $$
+BEGIN
+    INSERT INTO cap VALUES (4, 'kept');
+    BEGIN
+        INSERT INTO cap VALUES (5, 'rolled back');
+        PERFORM 1 / 0;
+    EXCEPTION WHEN division_by_zero THEN
+        NULL;
+    END;
+END
+$$;
+SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap' ORDER BY seq;
+
+-- several changes of one key in one transaction: one change, the last state
+CREATE TEMP TABLE seq0 AS SELECT last_seq FROM registry.node;
+BEGIN;
+UPDATE cap SET v = 'x1' WHERE id = 1;
+UPDATE cap SET v = 'x2' WHERE id = 1;
+DELETE FROM cap WHERE id = 3;
+INSERT INTO cap VALUES (3, 'back');
+INSERT INTO cap VALUES (6, 'new');
+DELETE FROM cap WHERE id = 6;
+COMMIT;
+SELECT l.seq - s.last_seq AS n, l.key, l.op
+  FROM registry.change_log l, seq0 s
+ WHERE l.seq > s.last_seq ORDER BY l.seq;
+-- the change log carries each key's final version
+SELECT count(*) AS mismatched FROM registry.change_log l
+  JOIN registry.versions('cap') v USING (key)
+ WHERE l.seq > (SELECT last_seq FROM seq0)
+   AND l.version <> v.version;
+-- and so does the row
+SELECT count(*) AS mismatched FROM cap c JOIN registry.versions('cap') v
+    ON v.key = c.id::text WHERE v.version <> c.registry_version;
+
+-- versions of a key only grow
+CREATE TEMP TABLE v1 AS SELECT registry_version AS v FROM cap WHERE id = 1;
+UPDATE cap SET v = 'again' WHERE id = 1;
+SELECT registry_version > (SELECT v FROM v1) AS grew FROM cap WHERE id = 1;
+
+-- a key deleted and inserted again: the tombstone goes, the new version is larger
+CREATE TEMP TABLE v4 AS SELECT registry_version AS v FROM cap WHERE id = 4;
+DELETE FROM cap WHERE id = 4;
+SELECT deleted, version > (SELECT v FROM v4) AS newer FROM registry.versions('cap') WHERE key = '4';
+INSERT INTO cap VALUES (4, 'reborn');
+SELECT deleted FROM registry.versions('cap') WHERE key = '4';
+SELECT count(*) FROM registry.tombstones t JOIN registry.tables r USING (tid)
+ WHERE r.table_name = 'public.cap' AND t.key = '4';
+
+-- an update of the key is a delete of the old key and an insert of the new
+UPDATE cap SET id = 40 WHERE id = 4;
+SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap'
+ ORDER BY seq DESC LIMIT 2;
+SELECT key, deleted FROM registry.versions('cap') WHERE key IN ('4', '40') ORDER BY key;
+-- keys shifted within one statement
+UPDATE cap SET id = id + 100 WHERE id IN (1, 2, 3);
+UPDATE cap SET id = id - 100 WHERE id > 100;
+SELECT id, v FROM cap ORDER BY id;
+SELECT * FROM registry.verify('cap');
+
+-- version columns belong to the registry: what users write there is replaced
+UPDATE cap SET registry_version = 1, registry_origin = 'forged' WHERE id = 1;
+SELECT registry_version > 1 AS restamped, registry_origin FROM cap WHERE id = 1;
+INSERT INTO cap (id, v, registry_version, registry_origin) VALUES (7, 'x', 5, 'forged');
+SELECT registry_version > 5 AS restamped, registry_origin FROM cap WHERE id = 7;
+
+-- a user trigger that tampers with the version after the registry stamped it
+CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.registry_version := 1; RETURN NEW; END $$;
+CREATE TRIGGER zz_tamper BEFORE UPDATE ON cap FOR EACH ROW EXECUTE FUNCTION tamper();
+UPDATE cap SET v = 'tampered' WHERE id = 7;
+DROP TRIGGER zz_tamper ON cap;
+-- a user trigger that cancels the update: nothing is captured
+CREATE FUNCTION cancel() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RETURN NULL; END $$;
+CREATE TRIGGER zz_cancel BEFORE UPDATE ON cap FOR EACH ROW EXECUTE FUNCTION cancel();
+CREATE TEMP TABLE seq1 AS SELECT last_seq FROM registry.node;
+UPDATE cap SET v = 'cancelled' WHERE id = 7;
+SELECT last_seq = (SELECT last_seq FROM seq1) AS nothing_captured FROM registry.node;
+DROP TRIGGER zz_cancel ON cap;
+
+-- TRUNCATE is replicated as the deletion of every row
+CREATE TEMP TABLE live AS SELECT key FROM registry.versions('cap') WHERE NOT deleted;
+TRUNCATE cap;
+SELECT count(*) AS rows FROM cap;
+SELECT count(*) AS now_deleted FROM registry.versions('cap') v JOIN live USING (key)
+ WHERE v.deleted;
+SELECT op, key FROM registry.change_log WHERE table_name = 'public.cap'
+ ORDER BY seq DESC LIMIT 1;
+SELECT rows, tombstones FROM registry.tables WHERE table_name = 'public.cap';
+SELECT * FROM registry.verify('cap');
+-- and rolls back like anything else
+INSERT INTO cap VALUES (1, 'one');
+BEGIN;
+TRUNCATE cap;
+ROLLBACK;
+SELECT id, v FROM cap;
+SELECT * FROM registry.verify('cap');
+
+-- two-phase commit would publish changes nobody sees commit: refused
+BEGIN;
+INSERT INTO cap VALUES (8, 'prepared');
+PREPARE TRANSACTION 'p1';
+SELECT count(*) FROM pg_prepared_xacts;
+SELECT count(*) FROM cap WHERE id = 8;
+-- a prepared transaction without registry changes is fine
+BEGIN;
+CREATE TABLE unrelated (a int);
+PREPARE TRANSACTION 'p2';
+COMMIT PREPARED 'p2';
+DROP TABLE unrelated;
+
+SELECT * FROM registry.verify();
+DROP FUNCTION cap_state(), tamper(), cancel();
+DROP TABLE cap;

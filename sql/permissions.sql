@@ -1,0 +1,57 @@
+-- Who may do what: superusers and registry_admin administer; registry_peer
+-- may only call the serving functions; other roles nothing.
+
+CREATE TABLE perm (id int PRIMARY KEY, v text);
+SELECT registry.replicate('perm');
+CREATE ROLE alice;          -- owns a table, not an admin
+CREATE ROLE admin_bob IN ROLE registry_admin;
+CREATE ROLE peer_carol IN ROLE registry_peer;
+CREATE TABLE alice_t (id int PRIMARY KEY);
+ALTER TABLE alice_t OWNER TO alice;
+GRANT ALL ON perm TO alice, admin_bob, peer_carol;
+GRANT ALL ON SCHEMA public TO alice, admin_bob;
+
+SET ROLE alice;
+SELECT registry.replicate('alice_t');
+SELECT registry.unreplicate('perm');
+SELECT * FROM registry.node;
+SELECT * FROM registry.tables;
+SELECT registry.changes_since(0);
+SELECT * FROM registry.tombstones;
+SELECT registry.apply_row('perm', '1', 1, 'x', true);
+-- writing a registry table is fine for anyone allowed to write the table
+INSERT INTO perm VALUES (1, 'by alice');
+UPDATE perm SET v = 'by alice again';
+DELETE FROM perm;
+RESET ROLE;
+
+SET ROLE admin_bob;
+SELECT registry.replicate('alice_t');
+SELECT state FROM registry.node;
+SELECT table_name FROM registry.tables ORDER BY 1;
+SELECT count(*) FROM registry.verify();
+SELECT registry.unreplicate('alice_t');
+RESET ROLE;
+
+SET ROLE peer_carol;
+SELECT registry.decode_message(registry.changes_since(0, 1))->>'status' AS status;
+SELECT registry.decode_message(registry.digest('public.perm'))->>'table' AS tbl;
+SELECT registry.decode_message(registry.fetch_rows('public.perm', '{1}'))->'rows'->0->>'state' AS state;
+SELECT registry.decode_message(registry.bucket_entries('public.perm', 1, '{0}'))->>'more' AS more;
+SELECT * FROM registry.node;
+SELECT registry.replicate('perm');
+SELECT * FROM registry.tombstones;
+SELECT registry.set_clock_offset('1 hour');
+RESET ROLE;
+
+-- serving functions read only registered tables
+CREATE TABLE secret (id int PRIMARY KEY, pw text);
+INSERT INTO secret VALUES (1, 'hunter2');
+SET ROLE peer_carol;
+SELECT registry.fetch_rows('public.secret', '{1}');
+SELECT registry.bucket_entries('public.secret', 1, '{0}', true);
+RESET ROLE;
+
+REVOKE ALL ON SCHEMA public FROM alice, admin_bob;
+DROP TABLE perm, alice_t, secret;
+DROP ROLE alice, admin_bob, peer_carol;

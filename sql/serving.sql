@@ -1,0 +1,162 @@
+-- The functions peers call, on one node: changes_since, digest,
+-- bucket_entries, fetch_rows, and the message format.
+
+CREATE TABLE srv (name text, zone int, info jsonb, PRIMARY KEY (name, zone));
+SELECT registry.replicate('srv');
+CREATE TEMP TABLE s0 AS SELECT last_seq, epoch FROM registry.node;
+INSERT INTO srv VALUES ('a', 1, '{"w": 1}'), ('b', 1, NULL), ('c d', 2, '[]');
+UPDATE srv SET info = '{"w": 2}' WHERE name = 'a';
+DELETE FROM srv WHERE name = 'b';
+
+-- changes after a seq, in order, with the epoch
+CREATE FUNCTION changes(after bigint, maxc int DEFAULT 100, rows bool DEFAULT false,
+                        ep bigint DEFAULT NULL, excl text DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql AS $$
+    SELECT registry.decode_message(registry.changes_since(after, maxc, rows, ep, excl))
+$$;
+SELECT m->>'status' AS status, (m->>'epoch')::bigint = (SELECT epoch FROM s0) AS our_epoch,
+       (m->>'upto_seq')::bigint - (SELECT last_seq FROM s0) AS upto,
+       jsonb_array_length(m->'changes') AS n
+  FROM changes((SELECT last_seq FROM s0)) m;
+SELECT c->>'seq' IS NOT NULL AS has_seq, c->>'table' AS tbl, c->>'key' AS key, c->>'op' AS op,
+       c->>'origin' AS origin
+  FROM changes((SELECT last_seq FROM s0)) m, jsonb_array_elements(m->'changes') c;
+-- with rows: each change carries the key's current state and version
+SELECT c->>'key' AS key, c->'row'->>'state' AS state, c->'row'->'values' AS "values",
+       (c->'row'->>'version')::bigint = v.version AS current_version
+  FROM changes((SELECT last_seq FROM s0), 100, true) m,
+       jsonb_array_elements(m->'changes') c
+  LEFT JOIN registry.versions('srv') v ON v.key = c->>'key';
+SELECT m->'tables' AS tables FROM changes((SELECT last_seq FROM s0), 100, true) m;
+-- at most max_changes, resuming from upto_seq
+SELECT jsonb_array_length(m->'changes') AS n,
+       (m->>'upto_seq')::bigint - (SELECT last_seq FROM s0) AS upto
+  FROM changes((SELECT last_seq FROM s0), 2) m;
+-- our own origin can be left out
+SELECT jsonb_array_length(m->'changes') AS n,
+       (m->>'upto_seq')::bigint - (SELECT last_seq FROM s0) AS upto
+  FROM changes((SELECT last_seq FROM s0), 100, false, NULL, 'regress') m;
+-- a caller from another epoch, or ahead of us, is told so
+SELECT m->>'status' AS status, jsonb_array_length(m->'changes') AS n
+  FROM changes(0, 100, false, 12345) m;
+SELECT m->>'status' AS status FROM changes((SELECT last_seq + 1000 FROM registry.node)) m;
+SELECT registry.changes_since(-1);
+-- a caller whose seq fell out of the ring (64 entries here) is told so
+INSERT INTO srv SELECT 'bulk' || g, g FROM generate_series(1, 70) g;
+SELECT m->>'status' AS status, jsonb_array_length(m->'changes') AS n,
+       (m->>'first_seq')::bigint > (SELECT last_seq FROM s0) + 1 AS ring_moved
+  FROM changes((SELECT last_seq FROM s0)) m;
+SELECT change_log_truncations > 0 AS truncated FROM registry.node;
+DELETE FROM srv WHERE name LIKE 'bulk%';
+SELECT change_log_used <= change_log_capacity AS bounded, change_log_overwritten > 0 AS overwrote
+  FROM registry.node;
+
+-- digests: the root equals the tables view, ranges combine to the root
+CREATE FUNCTION dig(nb int DEFAULT 0, lo int DEFAULT 0, w int DEFAULT 0, n int DEFAULT 0)
+RETURNS jsonb LANGUAGE sql AS $$
+    SELECT registry.decode_message(registry.digest('public.srv', nb, lo, w, n))
+$$;
+SELECT d->>'root' = t.digest_root AS root_matches, d->>'buckets' AS buckets,
+       (d->>'live')::int = t.rows AS live_matches,
+       (d->>'tombstones')::int = t.tombstones AS tombs_matches
+  FROM dig() d, registry.tables t WHERE t.table_name = 'public.srv';
+CREATE FUNCTION xor_hex(text[]) RETURNS text LANGUAGE sql AS $$
+    SELECT lpad(to_hex(bit_xor(('x' || h)::bit(64)::bigint)), 16, '0') FROM unnest($1) h
+$$;
+SELECT xor_hex(ARRAY(SELECT jsonb_array_elements_text(d->'digests'))) = d->>'root' AS buckets_xor_to_root,
+       jsonb_array_length(d->'digests') AS n
+  FROM dig(16, 0, 1, 16) d;
+SELECT xor_hex(ARRAY(SELECT jsonb_array_elements_text(d->'digests'))) = d->>'root' AS groups_xor_to_root,
+       d->>'buckets' AS buckets
+  FROM dig(4, 0, 1, 4) d;
+SELECT d->'digests'->>0 = d->>'root' AS one_range_is_root FROM dig(16, 0, 16, 1) d;
+-- a finer granularity than ours is answered at ours
+SELECT d->>'buckets' AS buckets FROM dig(1024) d;
+-- bad ranges and unknown tables
+SELECT dig(16, 10, 4, 2);
+SELECT dig(3);
+SELECT registry.digest('public.nosuch');
+SELECT registry.digest('nosuch');
+CREATE TABLE unreg (id int PRIMARY KEY);
+SELECT registry.digest('public.unreg');
+
+-- bucket entries: every key with its version, rows and tombstones
+CREATE FUNCTION entries(nb int, b int[], rows bool DEFAULT false, after int DEFAULT NULL,
+                        maxe int DEFAULT 10000)
+RETURNS jsonb LANGUAGE sql AS $$
+    SELECT registry.decode_message(registry.bucket_entries('public.srv', nb, b, rows, after, maxe))
+$$;
+SELECT e->>'key' AS key, e->>'state' AS state, e->'values' AS "values",
+       (e->>'version')::bigint = v.version AS version_matches
+  FROM entries(1, '{0}', true) m, jsonb_array_elements(m->'entries') e
+  JOIN registry.versions('srv') v ON v.key = e->>'key'
+ WHERE e->>'key' NOT LIKE '(bulk%'
+ ORDER BY 1;
+SELECT jsonb_array_length(m->'entries') AS n, m->>'more' AS more
+  FROM entries(1, '{0}') m;
+-- the buckets of any granularity partition the keys
+SELECT sum(jsonb_array_length(m->'entries')) AS total
+  FROM generate_series(0, 7) b, entries(8, ARRAY[b]) m;
+-- paging: follow after_hash until done; every key exactly once
+CREATE FUNCTION all_pages(maxe int) RETURNS TABLE (page int, key text) LANGUAGE plpgsql AS $$
+DECLARE
+    m jsonb;
+    after int := NULL;
+    p int := 0;
+BEGIN
+    LOOP
+        m := entries(1, '{0}', false, after, maxe);
+        p := p + 1;
+        RETURN QUERY SELECT p, e->>'key' FROM jsonb_array_elements(m->'entries') e;
+        EXIT WHEN NOT (m->>'more')::boolean;
+        after := (m->>'after_hash')::int;
+    END LOOP;
+END $$;
+SELECT count(*) AS keys, count(DISTINCT key) AS distinct_keys, max(page) AS pages
+  FROM all_pages(10);
+SELECT entries(0, '{0}');
+SELECT entries(8, '{8}');
+
+-- fetch_rows: live with the row, tombstone, or absent
+SELECT r->>'key' AS key, r->>'state' AS state, r->'values' AS "values", r->>'origin' AS origin
+  FROM jsonb_array_elements(registry.decode_message(
+         registry.fetch_rows('public.srv', '{"(a,1)","(b,1)","(\"c d\",2)","(zz,9)"}')) -> 'rows') r;
+SELECT registry.fetch_rows('public.srv', '{"(a,1"}');
+SELECT registry.fetch_rows('public.srv', '{"a"}');
+SELECT registry.fetch_rows('public.srv', '{"(a,notanumber)"}');
+SELECT registry.fetch_rows('public.srv', '{NULL}');
+
+-- values travel in canonical settings whatever the caller's
+CREATE TABLE srvt (id int PRIMARY KEY, at timestamptz, f float8, d date);
+SELECT registry.replicate('srvt');
+INSERT INTO srvt VALUES (1, '2026-01-02 03:04:05+00', 0.1, '2026-01-02');
+SET TimeZone = 'Asia/Kolkata';
+SET DateStyle = 'SQL, DMY';
+SET extra_float_digits = -2;
+SELECT r->'values' AS "values"
+  FROM jsonb_array_elements(registry.decode_message(
+         registry.fetch_rows('public.srvt', '{1}')) -> 'rows') r;
+RESET ALL;
+
+-- large answers are compressed, and decode the same
+SET registry.compress_threshold = 0;
+CREATE TEMP TABLE c1 AS SELECT registry.fetch_rows('public.srv', ARRAY(SELECT '(k' || g || ',1)' FROM generate_series(1, 200) g)) AS m;
+SET registry.compress_threshold = -1;
+CREATE TEMP TABLE c2 AS SELECT registry.fetch_rows('public.srv', ARRAY(SELECT '(k' || g || ',1)' FROM generate_series(1, 200) g)) AS m;
+RESET registry.compress_threshold;
+SELECT get_byte(c1.m, 3) AS compressed_flag, get_byte(c2.m, 3) AS plain_flag,
+       length(c1.m) < length(c2.m) / 4 AS much_smaller,
+       registry.decode_message(c1.m) = registry.decode_message(c2.m) AS same_content
+  FROM c1, c2;
+
+-- malformed messages are errors, never crashes
+SELECT registry.decode_message('\x00'::bytea);
+SELECT registry.decode_message('\x5201430000000010'::bytea);
+SELECT registry.decode_message(substr(m, 1, length(m) - 3)) FROM c2;
+SELECT registry.decode_message(overlay(m placing '\xff'::bytea from 9 for 1)) FROM c1;
+SELECT registry.decode_message('\x5202430000000000'::bytea);
+
+SELECT * FROM registry.verify();
+DROP FUNCTION changes(bigint, int, bool, bigint, text), dig(int, int, int, int),
+    xor_hex(text[]), entries(int, int[], bool, int, int), all_pages(int);
+DROP TABLE srv, srvt, unreg;

@@ -1,0 +1,55 @@
+-- The views after a scripted sequence: acceptors (per-key history),
+-- change log, tables, node counters.
+
+CREATE TABLE vw (id int PRIMARY KEY, v text);
+SELECT registry.replicate('vw');
+CREATE TEMP TABLE s0 AS SELECT last_seq FROM registry.node;
+INSERT INTO vw VALUES (1, 'a');
+UPDATE vw SET v = 'b' WHERE id = 1;
+UPDATE vw SET v = 'c' WHERE id = 1;
+DELETE FROM vw WHERE id = 1;
+INSERT INTO vw VALUES (1, 'again');
+INSERT INTO vw VALUES (2, 'x');
+SELECT registry.apply_row('vw', '3', registry.hlc_now() + 100, 'n9', false, '{"id": 3, "v": "remote"}');
+
+SELECT l.seq - s.last_seq AS n, l.table_name, l.key, l.op, l.origin,
+       l.committed_at <= now() + interval '1 minute' AS sane_time
+  FROM registry.change_log l, s0 s WHERE l.seq > s.last_seq ORDER BY l.seq;
+
+-- each key's latest version and its last registry.acceptor_ops (4) operations
+SELECT key, op, origin, changes, jsonb_path_query_array(history, '$[*].op') AS ops,
+       (history->-1->>'version')::bigint = version AS latest_is_last
+  FROM registry.acceptors WHERE table_name = 'public.vw' ORDER BY key;
+-- the history's versions increase
+SELECT key, bool_and(b > a) AS increasing FROM (
+    SELECT key, lag((h->>'version')::bigint) OVER (PARTITION BY key ORDER BY n) AS a,
+           (h->>'version')::bigint AS b
+      FROM registry.acceptors, jsonb_array_elements(history) WITH ORDINALITY AS x(h, n)
+     WHERE table_name = 'public.vw') y
+ WHERE a IS NOT NULL GROUP BY key ORDER BY key;
+-- and the acceptor's version is the key's
+SELECT count(*) AS mismatched FROM registry.acceptors a
+  JOIN registry.versions('vw') v USING (key)
+ WHERE a.table_name = 'public.vw' AND a.version <> v.version;
+
+SELECT table_name, rows, tombstones, changes, length(digest_root) AS root_len,
+       last_change IS NOT NULL AS has_last_change
+  FROM registry.tables WHERE table_name = 'public.vw';
+
+-- acceptors are bounded (64 here): the least recently changed are evicted
+CREATE TEMP TABLE e0 AS SELECT acceptor_evictions FROM registry.node;
+INSERT INTO vw SELECT g, 'bulk' FROM generate_series(100, 199) g;
+SELECT acceptors_used <= acceptor_capacity AS bounded,
+       acceptor_evictions > (SELECT acceptor_evictions FROM e0) AS evicted
+  FROM registry.node;
+-- the most recent keys are kept
+SELECT count(*) FROM registry.acceptors WHERE table_name = 'public.vw' AND key IN ('199', '198');
+
+-- node: capacities, use, counters
+SELECT node_name, state, tables_used, origins_used, change_log_used <= change_log_capacity AS log_bounded,
+       last_seq >= first_seq - 1 AS seqs_sane, clock > 0 AS clock_set,
+       clock_lease >= clock AS lease_covers_clock, clock_ready
+  FROM registry.node;
+
+SELECT * FROM registry.verify();
+DROP TABLE vw;
