@@ -28,3 +28,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out
+
+# PGXS does not track header dependencies here: rebuild everything when a
+# header changes (shared memory layouts live in headers).
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
