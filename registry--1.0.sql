@@ -31,7 +31,10 @@ CREATE TABLE registry.replicated_tables (
     khash_index   regclass NOT NULL,
     key_columns   name[] NOT NULL,
     key_types     text[] NOT NULL,
-    registered_at timestamptz NOT NULL DEFAULT now()
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    -- newest version among this table's purged tombstones: an unknown key
+    -- arriving with an older version may have been deleted here
+    purge_horizon bigint NOT NULL DEFAULT 0
 );
 CREATE SEQUENCE registry.replicated_tables_tid_seq
     OWNED BY registry.replicated_tables.tid;
@@ -42,12 +45,24 @@ ALTER TABLE registry.replicated_tables
 -- registry_origin, added by registry.replicate); a deleted key keeps the
 -- version of its deletion here.  khash places the key in its digest bucket.
 CREATE TABLE registry.tombstones (
-    tid      integer NOT NULL,
-    khash    integer NOT NULL,
-    key      text COLLATE "C" NOT NULL,
-    version  bigint NOT NULL,
-    origin   text COLLATE "C" NOT NULL,
+    tid        integer NOT NULL,
+    khash      integer NOT NULL,
+    key        text COLLATE "C" NOT NULL,
+    version    bigint NOT NULL,
+    origin     text COLLATE "C" NOT NULL,
+    written_at timestamptz NOT NULL,    -- when written on this node
     PRIMARY KEY (tid, khash, key)
+);
+
+-- The nodes this node pulls from.  conninfo may hold a password: only
+-- superusers and registry_admin can read this table.
+CREATE TABLE registry.peers (
+    name              text PRIMARY KEY,
+    conninfo          text NOT NULL,
+    added_at          timestamptz NOT NULL DEFAULT now(),
+    -- start of the last anti-entropy round after which every table
+    -- matched the peer's: it then had every tombstone written here before
+    last_converged_at timestamptz
 );
 
 -- ---------------------------------------------------------------------
@@ -108,6 +123,37 @@ CREATE EVENT TRIGGER registry_drop ON sql_drop
 -- The bucket hash of a key, for the index every registry table has on it.
 CREATE FUNCTION registry.key_hash(VARIADIC "any") RETURNS integer
     AS 'MODULE_PATHNAME', 'registry_key_hash' LANGUAGE C IMMUTABLE STRICT;
+
+-- ---------------------------------------------------------------------
+-- Peers
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION registry.add_peer(name text, conninfo text) RETURNS void
+    AS 'MODULE_PATHNAME', 'registry_add_peer' LANGUAGE C STRICT;
+COMMENT ON FUNCTION registry.add_peer(text, text) IS
+    'pull from another node, reached with a libpq connection string';
+
+CREATE FUNCTION registry.remove_peer(name text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'registry_remove_peer' LANGUAGE C STRICT;
+COMMENT ON FUNCTION registry.remove_peer(text) IS
+    'stop pulling from a node (true if it was a peer)';
+
+CREATE FUNCTION registry.sync_now(peer text DEFAULT NULL,
+                                  timeout interval DEFAULT '30s')
+    RETURNS boolean
+    AS 'MODULE_PATHNAME', 'registry_sync_now' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION registry.sync_now(text, interval) IS
+    'wait for a complete sync round with a peer (or all); true if converged';
+
+CREATE FUNCTION registry.purge_tombstones() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'registry_purge_tombstones' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION registry.purge_tombstones() IS
+    'purge the tombstones every peer is known to have (returns how many)';
+
+CREATE FUNCTION registry.resync(tbl regclass) RETURNS void
+    AS 'MODULE_PATHNAME', 'registry_resync' LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION registry.resync(regclass) IS
+    'discard this node''s copy of a table and refill it from the peers';
 
 -- ---------------------------------------------------------------------
 -- Clock
@@ -245,6 +291,21 @@ CREATE FUNCTION registry._change_log(
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'registry_change_log' LANGUAGE C VOLATILE;
 
+CREATE FUNCTION registry._peer_status(
+    OUT peer text, OUT remote_node text, OUT state text,
+    OUT peer_epoch bigint, OUT consumed_seq bigint, OUT peer_last_seq bigint,
+    OUT lag_changes bigint, OUT lag_ms bigint,
+    OUT connects bigint, OUT connected_since timestamptz,
+    OUT fast_batches bigint, OUT rounds bigint,
+    OUT buckets_compared bigint, OUT buckets_mismatched bigint,
+    OUT rows_pulled bigint, OUT bytes_pulled bigint, OUT rows_applied bigint,
+    OUT rows_skipped bigint, OUT versions_refused bigint, OUT rows_refused_purged bigint,
+    OUT last_success timestamptz, OUT last_converged_at timestamptz,
+    OUT needs_resync boolean, OUT errors bigint,
+    OUT last_error text, OUT last_error_at timestamptz)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'registry_peer_status' LANGUAGE C VOLATILE;
+
 CREATE FUNCTION registry._reset() RETURNS void
     AS 'MODULE_PATHNAME', 'registry_reset' LANGUAGE C;
 
@@ -278,6 +339,18 @@ CREATE VIEW registry.acceptors AS
     FROM registry._acceptors() a
     LEFT JOIN registry.replicated_tables r USING (tid);
 
+CREATE VIEW registry.peer_status AS
+    SELECT p.name AS peer, s.remote_node, coalesce(s.state, 'disconnected') AS state,
+           s.peer_epoch, s.consumed_seq, s.peer_last_seq, s.lag_changes, s.lag_ms,
+           s.connects, s.connected_since, s.fast_batches, s.rounds,
+           s.buckets_compared, s.buckets_mismatched, s.rows_pulled, s.bytes_pulled,
+           s.rows_applied, s.rows_skipped, s.versions_refused, s.rows_refused_purged,
+           s.last_success, coalesce(s.last_converged_at, p.last_converged_at) AS last_converged_at,
+           coalesce(s.needs_resync, false) AS needs_resync, s.errors,
+           s.last_error, s.last_error_at, p.added_at
+    FROM registry.peers p
+    LEFT JOIN registry._peer_status() s ON s.peer = p.name;
+
 CREATE VIEW registry.change_log AS
     SELECT l.seq, registry._table_name(r.relid) AS table_name,
            l.key, l.op, l.version, l.origin, l.committed_at
@@ -300,7 +373,8 @@ GRANT EXECUTE ON FUNCTION registry.stamp(), registry.capture(),
     TO PUBLIC;
 
 GRANT SELECT ON registry.node, registry.tables, registry.acceptors,
-    registry.change_log, registry.replicated_tables TO registry_admin;
+    registry.change_log, registry.peer_status, registry.replicated_tables,
+    registry.peers TO registry_admin;
 GRANT EXECUTE ON FUNCTION
     registry.replicate(regclass), registry.unreplicate(regclass),
     registry.hlc_now(), registry.version_time(bigint),
@@ -308,7 +382,10 @@ GRANT EXECUTE ON FUNCTION
     registry.decode_message(bytea),
     registry.apply_row(regclass, text, bigint, text, boolean, jsonb),
     registry._node_info(), registry._table_stats(), registry._acceptors(),
-    registry._change_log(), registry._table_name(regclass)
+    registry._change_log(), registry._table_name(regclass),
+    registry.add_peer(text, text), registry.remove_peer(text),
+    registry.sync_now(text, interval), registry.purge_tombstones(),
+    registry.resync(regclass), registry._peer_status()
     TO registry_admin;
 GRANT EXECUTE ON FUNCTION
     registry.changes_since(bigint, integer, boolean, bigint, text),

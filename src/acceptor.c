@@ -137,8 +137,14 @@ acceptor_shmem_init(void)
 /*
  * Record one committed operation on a key.  Caller holds acceptor_lock
  * exclusively.  Must not fail.
+ *
+ * Returns false when the key already has a newer version: a transaction
+ * that committed earlier is publishing after a later one changed the same
+ * key (commits become visible before their callbacks run).  The operation
+ * then goes into the history in version order and the caller leaves it
+ * out of the change log, which thus stays in commit order per key.
  */
-void
+bool
 acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 			  int16 origin, char op, TimestampTz when)
 {
@@ -150,6 +156,8 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 	AcceptorKey *entry;
 	AcceptorData *d;
 	bool		found;
+	bool		latest = true;
+	int			pos;
 
 	kbuf.k.tid = tid;
 	strlcpy(kbuf.k.key, key, registry_max_key_length + 1);
@@ -172,7 +180,7 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 		if (entry == NULL)
 		{
 			RegistryState->acc_misses++;
-			return;
+			return true;
 		}
 		d = ENTRY_DATA(entry);
 		memset(d, 0, offsetof(AcceptorData, ops));
@@ -186,8 +194,9 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 	}
 	dlist_push_head(&RegistryState->acc_lru, &d->lru);
 
-	/* a late commit of an older version does not replace the latest */
-	if (version >= d->version)
+	if (d->changes > 0 && version < d->version)
+		latest = false;
+	else
 	{
 		d->version = version;
 		d->origin = origin;
@@ -195,12 +204,34 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 	}
 	d->changes++;
 	d->last_change = when;
-	d->ops[d->next].version = version;
-	d->ops[d->next].origin = origin;
-	d->ops[d->next].op = op;
+
+	/* append, then move it back past newer operations (version order) */
+	pos = d->next;
+	d->ops[pos].version = version;
+	d->ops[pos].origin = origin;
+	d->ops[pos].op = op;
 	d->next = (d->next + 1) % registry_acceptor_ops;
 	if (d->nops < registry_acceptor_ops)
 		d->nops++;
+	if (!latest)
+	{
+		int			n = d->nops;
+		int			k;
+
+		for (k = 1; k < n; k++)
+		{
+			int			cur = (pos - k + 1 + registry_acceptor_ops) % registry_acceptor_ops;
+			int			prev = (pos - k + registry_acceptor_ops) % registry_acceptor_ops;
+			AcceptorOp	tmp;
+
+			if (d->ops[prev].version <= d->ops[cur].version)
+				break;
+			tmp = d->ops[prev];
+			d->ops[prev] = d->ops[cur];
+			d->ops[cur] = tmp;
+		}
+	}
+	return latest;
 }
 
 /* Forget every acceptor.  Caller holds acceptor_lock exclusively. */

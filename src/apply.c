@@ -28,6 +28,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -181,6 +182,8 @@ apply_free_columns(ApplyColumns *ac)
 {
 	SPI_freeplan(ac->upsert);
 	SPI_freeplan(ac->delete);
+	if (ac->bulk)
+		SPI_freeplan(ac->bulk);
 }
 
 /*
@@ -271,6 +274,14 @@ apply_row(ApplyColumns *ac, const char *key, RegVersion version,
 	if (cur.exists && !version_greater(version, origin, cur.version, cur.origin))
 		return APPLY_SKIPPED_OLDER;
 
+	/*
+	 * A key we know nothing about, older than a tombstone purged here, may
+	 * be one that was deleted: a tombstone needs no storing, a row is
+	 * refused rather than brought back.
+	 */
+	if (!cur.exists && version <= t->purge_horizon)
+		return deleted ? APPLY_SKIPPED_OLDER : APPLY_REFUSED_PURGED;
+
 	capture_set_apply(t->tid, key, version, origin);
 	if (!deleted)
 	{
@@ -329,6 +340,198 @@ apply_row(ApplyColumns *ac, const char *key, RegVersion version,
 	}
 	capture_clear_apply();
 	return APPLY_APPLIED;
+}
+
+static ArrayType *
+text_array(Datum *elems, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return construct_md_array(elems, nulls, 1, dims, lbs, TEXTOID, -1, false,
+							  TYPALIGN_INT);
+}
+
+/*
+ * The statement that applies many live rows at once: rows come in as one
+ * text[] per column; last-writer-wins is the ON CONFLICT ... WHERE; a
+ * newer tombstone and (after purges) the purge horizon filter in the
+ * SELECT.
+ */
+static void
+prepare_bulk(ApplyColumns *ac)
+{
+	RegTable   *t = ac->t;
+	StringInfoData sql;
+	StringInfoData set;
+	Oid		   *argtypes;
+	int			n = ac->ncols;
+	int			i,
+				j;
+
+	initStringInfo(&sql);
+	initStringInfo(&set);
+	appendStringInfo(&sql, "INSERT INTO %s AS t (", t->qualname);
+	for (i = 0; i < n; i++)
+		appendStringInfo(&sql, "%s, ", quote_identifier(t->cols[ac->local[i]].name));
+	appendStringInfo(&sql, "registry_version, registry_origin)%s SELECT ",
+					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
+	for (i = 0; i < n; i++)
+	{
+		RowColumn  *c = &t->cols[ac->local[i]];
+		bool		iskey = false;
+
+		appendStringInfo(&sql, "u.a%d::%s, ", i + 1,
+						 format_type_with_typemod(c->typid, c->typmod));
+		for (j = 0; j < t->nkeys; j++)
+			if (t->keys[j].attnum == c->attnum)
+				iskey = true;
+		if (!iskey)
+			appendStringInfo(&set, "%s = EXCLUDED.%s, ",
+							 quote_identifier(c->name), quote_identifier(c->name));
+	}
+	appendStringInfoString(&sql, "u.v, u.o FROM unnest(");
+	for (i = 0; i < n; i++)
+		appendStringInfo(&sql, "$%d::text[], ", i + 1);
+	appendStringInfo(&sql, "$%d::bigint[], $%d::text[], $%d::int[], $%d::text[]) AS u(",
+					 n + 1, n + 2, n + 3, n + 4);
+	for (i = 0; i < n; i++)
+		appendStringInfo(&sql, "a%d, ", i + 1);
+	appendStringInfo(&sql,
+					 "v, o, kh, k) WHERE NOT EXISTS (SELECT 1 FROM registry.tombstones tb "
+					 "WHERE tb.tid = %d AND tb.khash = u.kh AND tb.key = u.k "
+					 "AND (tb.version > u.v OR (tb.version = u.v AND tb.origin >= u.o COLLATE \"C\")))",
+					 t->tid);
+	if (t->purge_horizon > 0)
+	{
+		appendStringInfo(&sql, " AND (u.v > " INT64_FORMAT " OR EXISTS (SELECT 1 FROM ONLY %s x WHERE (",
+						 (int64) t->purge_horizon, t->qualname);
+		for (i = 0; i < t->nkeys; i++)
+			appendStringInfo(&sql, "%sx.%s", i ? ", " : "", quote_identifier(t->keys[i].name));
+		appendStringInfoString(&sql, ") = (");
+		for (i = 0; i < t->nkeys; i++)
+			appendStringInfo(&sql, "%su.a%d::%s", i ? ", " : "", ac->keypos[i] + 1,
+							 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
+		appendStringInfoString(&sql, ")))");
+	}
+	appendStringInfo(&sql, " ON CONFLICT (%s) DO UPDATE SET %s"
+					 "registry_version = EXCLUDED.registry_version, "
+					 "registry_origin = EXCLUDED.registry_origin "
+					 "WHERE EXCLUDED.registry_version > t.registry_version OR "
+					 "(EXCLUDED.registry_version = t.registry_version AND "
+					 "EXCLUDED.registry_origin COLLATE \"C\" > t.registry_origin COLLATE \"C\")",
+					 key_column_list(t), set.data);
+
+	argtypes = palloc(sizeof(Oid) * (n + 4));
+	for (i = 0; i < n; i++)
+		argtypes[i] = TEXTARRAYOID;
+	argtypes[n] = INT8ARRAYOID;
+	argtypes[n + 1] = TEXTARRAYOID;
+	argtypes[n + 2] = INT4ARRAYOID;
+	argtypes[n + 3] = TEXTARRAYOID;
+	ac->bulk = SPI_prepare(sql.data, n + 4, argtypes);
+	if (ac->bulk == NULL)
+		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
+			 SPI_result_code_string(SPI_result));
+}
+
+/*
+ * Apply many live rows in one statement (anti-entropy catch-up).  Keys
+ * must be distinct.  Rows not newer than the local state are skipped by
+ * the statement itself.  Returns how many rows were written; rows refused
+ * by the clock's receive rule are counted in *refused_skew.  Published as
+ * one bulk change of the table.
+ */
+int
+apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
+{
+	RegTable   *t = ac->t;
+	int			nc = ac->ncols;
+	Datum	  **cols;
+	bool	  **colnulls;
+	Datum	   *vers;
+	Datum	   *origs;
+	Datum	   *khs;
+	Datum	   *keys;
+	Datum	   *args;
+	int			m = 0;
+	int			i,
+				c;
+	int			rc;
+
+	*refused_skew = 0;
+	if (n == 0)
+		return 0;
+	if (ac->bulk == NULL)
+		prepare_bulk(ac);
+
+	cols = palloc(sizeof(Datum *) * Max(nc, 1));
+	colnulls = palloc(sizeof(bool *) * Max(nc, 1));
+	for (c = 0; c < nc; c++)
+	{
+		cols[c] = palloc(sizeof(Datum) * n);
+		colnulls[c] = palloc(sizeof(bool) * n);
+	}
+	vers = palloc(sizeof(Datum) * n);
+	origs = palloc(sizeof(Datum) * n);
+	khs = palloc(sizeof(Datum) * n);
+	keys = palloc(sizeof(Datum) * n);
+
+	for (i = 0; i < n; i++)
+	{
+		ApplyRow   *r = &rows[i];
+
+		if (strlen(r->key) > (size_t) registry_max_key_length)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("registry key of table %s is too long for node \"%s\"",
+							t->qualname, registry_node_name),
+					 errhint("Set the same registry.max_key_length on every node.")));
+		if (!registry_valid_node_name(r->origin) || r->values == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("invalid row for key \"%s\" of table %s", r->key, t->qualname)));
+		if (!hlc_update(r->version, NULL))
+		{
+			(*refused_skew)++;
+			continue;
+		}
+		check_row_key(ac, r->key, r->values);
+		for (c = 0; c < nc; c++)
+		{
+			colnulls[c][m] = (r->values[c] == NULL);
+			cols[c][m] = colnulls[c][m] ? (Datum) 0 : CStringGetTextDatum(r->values[c]);
+		}
+		vers[m] = Int64GetDatum((int64) r->version);
+		origs[m] = CStringGetTextDatum(r->origin);
+		khs[m] = Int32GetDatum(khash_to_int4(keys_hash(r->key, strlen(r->key))));
+		keys[m] = CStringGetTextDatum(r->key);
+		m++;
+	}
+	if (m == 0)
+		return 0;
+
+	args = palloc(sizeof(Datum) * (nc + 4));
+	for (c = 0; c < nc; c++)
+		args[c] = PointerGetDatum(text_array(cols[c], colnulls[c], m));
+	{
+		int			dims[1] = {m};
+		int			lbs[1] = {1};
+
+		args[nc] = PointerGetDatum(construct_md_array(vers, NULL, 1, dims, lbs,
+													  INT8OID, 8, true, TYPALIGN_DOUBLE));
+		args[nc + 1] = PointerGetDatum(text_array(origs, NULL, m));
+		args[nc + 2] = PointerGetDatum(construct_md_array(khs, NULL, 1, dims, lbs,
+														  INT4OID, 4, true, TYPALIGN_INT));
+		args[nc + 3] = PointerGetDatum(text_array(keys, NULL, m));
+	}
+
+	capture_set_bulk_apply(t);
+	rc = SPI_execute_plan(ac->bulk, args, NULL, false, 0);
+	capture_end_bulk_apply(t);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "registry: bulk apply failed: %s", SPI_result_code_string(rc));
+	return (int) SPI_processed;
 }
 
 /*
@@ -435,6 +638,12 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	r = apply_row(ac, key, (RegVersion) version, origin, deleted, values);
 	apply_end(nest);
 
+	if (r == APPLY_REFUSED_PURGED)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("row \"%s\" of %s is older than the tombstones purged on node \"%s\"",
+						key, t->qualname, registry_node_name),
+				 errdetail("It may have been deleted; it is not brought back.")));
 	if (r == APPLY_REFUSED_SKEW)
 	{
 		ereport(ERROR,

@@ -33,12 +33,14 @@
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/tableam.h"
+#include "access/twophase.h"
 #include "access/xact.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
@@ -59,6 +61,8 @@ typedef struct PendingChange
 {
 	SubTransactionId subid;
 	bool		bulk;
+	bool		reset;			/* bulk: the table's digests start over */
+	bool		silent;			/* bulk: no change log entry (tombstone purge) */
 	bool		merged;			/* folded into an earlier entry for its key */
 	int32		tid;
 	Oid			relid;
@@ -99,6 +103,17 @@ typedef struct BulkChange
 
 static int32 bulk_tid = 0;
 static BulkChange bulk;
+static int64 bulk_count = 0;
+
+/* the apply path writing many rows of one table with their own versions */
+static int32 bulk_apply_tid = 0;
+
+/* registry.resync() emptying a table without capturing it */
+static int32 suppressed_tid = 0;
+
+static bool publishing_set = false;
+
+static void wait_for_slot_writer(TupleTableSlot *slot);
 
 static void capture_xact_callback(XactEvent event, void *arg);
 static void capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -195,6 +210,7 @@ capture_record(RegTable *t, uint32 khash, const char *key,
 		bulk.bucket_delta[digest_bucket_of(khash, registry_digest_buckets)] ^= delta;
 		bulk.live_delta += live_delta;
 		bulk.tomb_delta += tomb_delta;
+		bulk_count++;
 		return;
 	}
 
@@ -219,6 +235,7 @@ bulk_begin(RegTable *t)
 											   sizeof(uint64) * registry_digest_buckets);
 	bulk.live_delta = 0;
 	bulk.tomb_delta = 0;
+	bulk_count = 0;
 	bulk_tid = t->tid;
 }
 
@@ -229,6 +246,8 @@ bulk_end(RegTable *t)
 	PendingChange *p;
 
 	bulk_tid = 0;
+	if (bulk_count == 0)
+		return;
 	p = pending_append();
 	p->bulk = true;
 	p->tid = t->tid;
@@ -333,6 +352,33 @@ registry_stamp(PG_FUNCTION_ARGS)
 			old.version = (RegVersion) DatumGetInt64(ov);
 			text_to_cstring_buffer(DatumGetTextPP(oo), old.origin, sizeof(old.origin));
 		}
+	}
+
+	if (suppressed_tid == t->tid)
+		return PointerGetDatum(newtup);
+
+	if (bulk_apply_tid == t->tid)
+	{
+		bool		vnull;
+		Datum		nv = heap_getattr(newtup, t->verattnum, desc, &vnull);
+		bool		onull;
+		Datum		no = heap_getattr(newtup, t->orgattnum, desc, &onull);
+
+		/* the statement set the remote version; it must still be newer */
+		if (vnull || onull)
+			elog(ERROR, "registry: applied row of %s without a version", t->qualname);
+		if (old.exists)
+		{
+			char	   *o = TextDatumGetCString(no);
+
+			if (!version_greater((RegVersion) DatumGetInt64(nv), o,
+								 old.version, old.origin))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("a row of registry table %s was changed concurrently",
+								t->qualname)));
+		}
+		return PointerGetDatum(newtup);
 	}
 
 	if (apply_active && apply_tid == t->tid)
@@ -460,6 +506,8 @@ registry_capture(PG_FUNCTION_ARGS)
 
 	check_trigger(fcinfo, "registry.capture()", false);
 	t = trigger_table(td);
+	if (suppressed_tid == t->tid)
+		return PointerGetDatum(NULL);
 
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
 	{
@@ -470,11 +518,13 @@ registry_capture(PG_FUNCTION_ARGS)
 	}
 	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
 	{
+		wait_for_slot_writer(td->tg_trigslot);
 		row_version(t, td->tg_trigslot, &oldst);
 		delete_key(t, row_key(t, td->tg_trigslot), &oldst);
 	}
 	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
+		wait_for_slot_writer(td->tg_trigslot);
 		row_version(t, td->tg_trigslot, &oldst);
 		row_version(t, td->tg_newslot, &newst);
 		if (!newst.exists ||
@@ -577,6 +627,165 @@ capture_stamp_existing(RegTable *t)
 		bulk_end(t);
 	else
 		bulk_tid = 0;
+}
+
+/* The apply path is about to write many rows of t with given versions. */
+void
+capture_set_bulk_apply(RegTable *t)
+{
+	bulk_apply_tid = t->tid;
+	bulk_begin(t);
+}
+
+void
+capture_end_bulk_apply(RegTable *t)
+{
+	bulk_apply_tid = 0;
+	bulk_end(t);
+}
+
+/* Writes to table tid are not captured until the transaction ends. */
+void
+capture_suppress(int32 tid)
+{
+	suppressed_tid = tid;
+}
+
+/* At commit, the table's digests and counts start from zero. */
+void
+capture_reset_table(RegTable *t)
+{
+	PendingChange *p = pending_append();
+
+	p->bulk = true;
+	p->reset = true;
+	p->tid = t->tid;
+	p->relid = t->relid;
+	p->key = "";
+	p->bucket_delta = MemoryContextAllocZero(TopTransactionContext,
+											 sizeof(uint64) * registry_digest_buckets);
+	p->version = hlc_current();
+}
+
+/* Purged tombstones leave the digests without a change log entry. */
+void
+capture_forget_tombstones(RegTable *t, int n, uint32 *khashes, char **keys,
+						  RegVersion *versions, char **origins)
+{
+	PendingChange *p;
+	int			i;
+
+	if (n == 0)
+		return;
+	bulk_begin(t);
+	for (i = 0; i < n; i++)
+	{
+		bulk.bucket_delta[digest_bucket_of(khashes[i], registry_digest_buckets)] ^=
+			digest_entry_hash(keys[i], versions[i], origins[i], true);
+		bulk.tomb_delta--;
+	}
+	bulk_tid = 0;
+	p = pending_append();
+	p->bulk = true;
+	p->silent = true;
+	p->tid = t->tid;
+	p->relid = t->relid;
+	p->key = "";
+	p->bucket_delta = bulk.bucket_delta;
+	p->tomb_delta = bulk.tomb_delta;
+	p->version = hlc_current();
+}
+
+/* ---- keeping publications in commit order ----
+ *
+ * A transaction becomes visible before its commit callback publishes it,
+ * so a later transaction could change the same key and publish first.  A
+ * committing transaction therefore announces its xid in a per-process
+ * slot from pre-commit until it has published, and a writer that finds
+ * a key last written by such a transaction waits (microseconds) for it.
+ * The change log is thus in commit order for every key.
+ */
+
+int
+publishing_slots(void)
+{
+	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+}
+
+void
+publishing_init(void)
+{
+	int			i;
+
+	for (i = 0; i < publishing_slots(); i++)
+		pg_atomic_init_u32(&RegistryPublishing[i], InvalidTransactionId);
+}
+
+static void
+publishing_begin(void)
+{
+	pg_atomic_write_u32(&RegistryPublishing[MyProc->pgprocno],
+						GetTopTransactionId());
+	pg_atomic_fetch_add_u32(&RegistryState->publishing, 1);
+	publishing_set = true;
+}
+
+static void
+publishing_end(void)
+{
+	if (!publishing_set)
+		return;
+	pg_atomic_write_u32(&RegistryPublishing[MyProc->pgprocno], InvalidTransactionId);
+	pg_atomic_fetch_sub_u32(&RegistryState->publishing, 1);
+	publishing_set = false;
+}
+
+static bool
+is_publishing(TransactionId xid)
+{
+	int			i;
+	int			n = publishing_slots();
+
+	for (i = 0; i < n; i++)
+		if (pg_atomic_read_u32(&RegistryPublishing[i]) == xid)
+			return true;
+	return false;
+}
+
+/* Wait until the transaction that last wrote a key has published it. */
+void
+wait_for_publication(TransactionId xid)
+{
+	bool		waited = false;
+
+	if (!TransactionIdIsNormal(xid) || TransactionIdIsCurrentTransactionId(xid))
+		return;
+	pg_memory_barrier();
+	if (pg_atomic_read_u32(&RegistryState->publishing) == 0)
+		return;
+	while (is_publishing(xid))
+	{
+		waited = true;
+		pg_usleep(10L);
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (waited)
+	{
+		SpinLockAcquire(&RegistryState->mutex);
+		RegistryState->publication_waits++;
+		SpinLockRelease(&RegistryState->mutex);
+	}
+}
+
+static void
+wait_for_slot_writer(TupleTableSlot *slot)
+{
+	bool		shouldfree;
+	HeapTuple	tup = ExecFetchSlotHeapTuple(slot, false, &shouldfree);
+
+	wait_for_publication(HeapTupleHeaderGetXmin(tup->t_data));
+	if (shouldfree)
+		heap_freetuple(tup);
 }
 
 /* ---- transaction end ---- */
@@ -689,6 +898,7 @@ capture_pre_commit(void)
 			p->op = REG_OP_INSERT;
 	}
 	pending_ready = true;
+	publishing_begin();
 }
 
 /*
@@ -705,13 +915,13 @@ capture_publish(void)
 	int			nbuckets = registry_digest_buckets;
 
 	for (i = 0; i < npending; i++)
-		if (!pending[i].merged)
+		if (!pending[i].merged && !pending[i].silent)
 			n++;
-	if (n == 0)
-		return;
 
 	LWLockAcquire(RegistryState->changelog_lock, LW_EXCLUSIVE);
-	if ((uint64) n > capacity)
+	if (n == 0)
+		;
+	else if ((uint64) n > capacity)
 	{
 		/* cannot keep them all: readers see a gap and compare digests */
 		RegistryState->cl_overwritten +=
@@ -728,7 +938,7 @@ capture_publish(void)
 			uint64		seq;
 			ChangeLogEntry *e;
 
-			if (p->merged)
+			if (p->merged || p->silent)
 				continue;
 			seq = ++RegistryState->cl_last_seq;
 			if (seq - RegistryState->cl_first_seq >= capacity)
@@ -757,8 +967,8 @@ capture_publish(void)
 
 		if (p->merged || p->bulk)
 			continue;
-		acceptor_note(p->tid, p->khash, p->key, p->version, p->origin, p->op,
-					  now);
+		(void) acceptor_note(p->tid, p->khash, p->key, p->version, p->origin,
+							 p->op, now);
 	}
 	LWLockRelease(RegistryState->acceptor_lock);
 
@@ -775,7 +985,13 @@ capture_publish(void)
 		if (ts->tid != p->tid)
 			continue;			/* unregistered meanwhile */
 		buckets = table_slot_buckets(p->slot);
-		if (p->bulk)
+		if (p->reset)
+		{
+			memset(buckets, 0, sizeof(uint64) * nbuckets);
+			ts->live_rows = 0;
+			ts->tombstones = 0;
+		}
+		else if (p->bulk)
 		{
 			int			b;
 
@@ -807,6 +1023,8 @@ pending_reset(void)
 	pending_ready = false;
 	apply_active = false;
 	bulk_tid = 0;
+	bulk_apply_tid = 0;
+	suppressed_tid = 0;
 }
 
 static void
@@ -821,6 +1039,7 @@ capture_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			if (npending > 0 && pending_ready)
 				capture_publish();
+			publishing_end();
 			pending_reset();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -832,6 +1051,7 @@ capture_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
+			publishing_end();
 			pending_reset();
 			break;
 		default:
@@ -857,6 +1077,7 @@ capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				npending--;
 			apply_active = false;
 			bulk_tid = 0;
+			bulk_apply_tid = 0;
 			break;
 		default:
 			break;

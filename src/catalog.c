@@ -187,7 +187,7 @@ regtable_qualname(Oid relid)
  */
 static bool
 catalog_lookup(Oid relid, int32 tid, Oid *relid_out, int32 *tid_out,
-			   Oid *index_out)
+			   Oid *index_out, RegVersion *horizon_out)
 {
 	Relation	rel;
 	SysScanDesc scan;
@@ -219,6 +219,9 @@ catalog_lookup(Oid relid, int32 tid, Oid *relid_out, int32 *tid_out,
 		*index_out = DatumGetObjectId(heap_getattr(tup, 3, RelationGetDescr(rel), &isnull));
 		if (isnull)
 			*index_out = InvalidOid;
+		*horizon_out = (RegVersion) DatumGetInt64(heap_getattr(tup, 7, RelationGetDescr(rel), &isnull));
+		if (isnull)
+			*horizon_out = 0;
 		found = true;
 	}
 	systable_endscan(scan);
@@ -281,7 +284,7 @@ column_attnum(Relation rel, const char *name, Oid typid)
 }
 
 static void
-regtable_build(RegTableEntry *e, int32 tid, Oid khashindex)
+regtable_build(RegTableEntry *e, int32 tid, Oid khashindex, RegVersion horizon)
 {
 	Relation	rel;
 	Relation	idx;
@@ -298,6 +301,7 @@ regtable_build(RegTableEntry *e, int32 tid, Oid khashindex)
 	e->t.tid = tid;
 	e->t.slot = -1;
 	e->t.khashindex = khashindex;
+	e->t.purge_horizon = horizon;
 
 	rel = relation_open(e->t.relid, AccessShareLock);
 	pkoid = RelationGetPrimaryKeyIndex(rel);
@@ -364,13 +368,14 @@ regtable_by_relid(Oid relid, bool missing_ok)
 	int32		tid;
 	Oid			r;
 	Oid			idx;
+	RegVersion	horizon;
 
 	regtable_cache_init();
 	e = hash_search(RegTableCache, &relid, HASH_FIND, NULL);
 	if (e && e->t.valid)
 		return &e->t;
 
-	if (!catalog_lookup(relid, 0, &r, &tid, &idx))
+	if (!catalog_lookup(relid, 0, &r, &tid, &idx, &horizon))
 	{
 		if (e)
 		{
@@ -390,7 +395,7 @@ regtable_by_relid(Oid relid, bool missing_ok)
 	e = hash_search(RegTableCache, &relid, HASH_ENTER, &found);
 	if (!found)
 		e->cxt = NULL;
-	regtable_build(e, tid, idx);
+	regtable_build(e, tid, idx, horizon);
 	return &e->t;
 }
 
@@ -402,6 +407,7 @@ regtable_by_tid(int32 tid, bool missing_ok)
 	Oid			relid;
 	int32		t;
 	Oid			idx;
+	RegVersion	horizon;
 
 	regtable_cache_init();
 	hash_seq_init(&status, RegTableCache);
@@ -413,7 +419,7 @@ regtable_by_tid(int32 tid, bool missing_ok)
 			return &e->t;
 		}
 	}
-	if (!catalog_lookup(InvalidOid, tid, &relid, &t, &idx))
+	if (!catalog_lookup(InvalidOid, tid, &relid, &t, &idx, &horizon))
 	{
 		if (missing_ok)
 			return NULL;

@@ -363,8 +363,8 @@ digest_rebuild(void)
 	scan = table_beginscan(rel, snap, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
-		Datum		values[5];
-		bool		nulls[5];
+		Datum		values[6];
+		bool		nulls[6];
 		int32		tid;
 		char	   *key;
 		char		origin[REGISTRY_NAME_LEN];

@@ -40,6 +40,12 @@ int			registry_max_origins = 32;
 int			registry_max_clock_skew_ms = 60000;
 int			registry_compress_threshold = 4096;
 bool		registry_notifications = true;
+int			registry_sync_interval_ms = 1000;
+int			registry_antientropy_interval_ms = 60000;
+int			registry_batch_size = 1000;
+int			registry_connect_timeout_ms = 5000;
+int			registry_query_timeout_ms = 30000;
+int			registry_tombstone_retention_s = 7 * 24 * 3600;
 
 bool		registry_preloaded = false;
 
@@ -222,6 +228,54 @@ _PG_init(void)
 							 true,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.sync_interval",
+							"How often the sync worker polls each peer's change log without a wake-up.",
+							"Peers normally wake it with a notification at once; this is the fallback.",
+							&registry_sync_interval_ms,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.antientropy_interval",
+							"How often every table's digests are compared with each peer.",
+							NULL,
+							&registry_antientropy_interval_ms,
+							60000, 100, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.batch_size",
+							"Rows pulled and applied per transaction.",
+							NULL,
+							&registry_batch_size,
+							1000, 1, 100000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.connect_timeout",
+							"Time allowed to connect to a peer.",
+							NULL,
+							&registry_connect_timeout_ms,
+							5000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.query_timeout",
+							"Time allowed for a peer to answer one request.",
+							NULL,
+							&registry_query_timeout_ms,
+							30000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.tombstone_retention",
+							"Minimum age of a tombstone before it may be purged; peers absent longer need a resync.",
+							NULL,
+							&registry_tombstone_retention_s,
+							7 * 24 * 3600, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("registry");
 

@@ -38,6 +38,12 @@ extern int	registry_max_origins;
 extern int	registry_max_clock_skew_ms;
 extern int	registry_compress_threshold;
 extern bool registry_notifications;
+extern int	registry_sync_interval_ms;
+extern int	registry_antientropy_interval_ms;
+extern int	registry_batch_size;
+extern int	registry_connect_timeout_ms;
+extern int	registry_query_timeout_ms;
+extern int	registry_tombstone_retention_s;
 
 /* true when loaded through shared_preload_libraries */
 extern bool registry_preloaded;
@@ -148,6 +154,7 @@ typedef struct RegTable
 	AttrNumber	verattnum;		/* registry_version column */
 	AttrNumber	orgattnum;		/* registry_origin column */
 	Oid			khashindex;		/* index on registry.key_hash(key columns) */
+	RegVersion	purge_horizon;	/* newest purged tombstone's version */
 	int			slot;			/* shared-memory table slot, -1 if unknown */
 } RegTable;
 
@@ -185,6 +192,13 @@ extern void capture_record(RegTable *t, uint32 khash, const char *key,
 extern void capture_stamp_existing(RegTable *t);
 extern void capture_set_apply(int32 tid, const char *key, RegVersion version,
 							  const char *origin);
+extern void capture_set_bulk_apply(RegTable *t);
+extern void capture_end_bulk_apply(RegTable *t);
+extern void capture_suppress(int32 tid);
+extern void capture_reset_table(RegTable *t);
+extern void capture_forget_tombstones(RegTable *t, int n, uint32 *khashes,
+									  char **keys, RegVersion *versions,
+									  char **origins);
 extern void capture_clear_apply(void);
 
 /* ---- digest.c ---- */
@@ -200,7 +214,8 @@ typedef enum ApplyResult
 {
 	APPLY_APPLIED,
 	APPLY_SKIPPED_OLDER,		/* the local version is newer or equal */
-	APPLY_REFUSED_SKEW			/* the version is too far in the future */
+	APPLY_REFUSED_SKEW,			/* the version is too far in the future */
+	APPLY_REFUSED_PURGED		/* unknown key, older than a purged tombstone */
 } ApplyResult;
 
 /* A peer's column list matched to a local table, with prepared statements. */
@@ -212,7 +227,17 @@ typedef struct ApplyColumns
 	int		   *keypos;			/* sent column of each key column */
 	struct _SPI_plan *upsert;
 	struct _SPI_plan *delete;
+	struct _SPI_plan *bulk;		/* prepared on first use */
 } ApplyColumns;
+
+/* One remote row for apply_rows_bulk(). */
+typedef struct ApplyRow
+{
+	const char *key;
+	RegVersion	version;
+	const char *origin;
+	char	  **values;
+} ApplyRow;
 
 extern int	apply_begin(void);
 extern void apply_end(int nest);
@@ -223,9 +248,15 @@ extern void apply_free_columns(ApplyColumns *ac);
 extern ApplyResult apply_row(ApplyColumns *ac, const char *key,
 							 RegVersion version, const char *origin,
 							 bool deleted, char **values);
+extern int	apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n,
+							int *refused_skew);
+
+/* ---- peers.c ---- */
+extern int64 purge_tombstones(void);
 
 /* ---- worker.c ---- */
 extern void worker_register_launcher(void);
 extern void worker_wake_maintenance(void);
+extern void worker_attach(int which);
 
 #endif							/* REGISTRY_H */

@@ -22,11 +22,13 @@ RegTableSlot *RegistryTables = NULL;
 uint64	   *RegistryDigests = NULL;
 char	   *RegistryOrigins = NULL;
 char	   *RegistryChangeLog = NULL;
+PeerStatus *RegistryPeers = NULL;
+pg_atomic_uint32 *RegistryPublishing = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-#define REGISTRY_LWLOCKS 5
+#define REGISTRY_LWLOCKS 6
 
 static Size
 tables_size(void)
@@ -48,6 +50,12 @@ origins_size(void)
 }
 
 static Size
+peers_size(void)
+{
+	return mul_size(registry_max_origins, sizeof(PeerStatus));
+}
+
+static Size
 changelog_size(void)
 {
 	return mul_size(registry_change_log_size, changelog_entry_size());
@@ -62,6 +70,8 @@ registry_shmem_total_size(void)
 	size = add_size(size, MAXALIGN(digests_size()));
 	size = add_size(size, MAXALIGN(origins_size()));
 	size = add_size(size, MAXALIGN(changelog_size()));
+	size = add_size(size, MAXALIGN(peers_size()));
+	size = add_size(size, MAXALIGN(mul_size(publishing_slots(), sizeof(pg_atomic_uint32))));
 	size = add_size(size, MAXALIGN(hlc_shmem_size()));
 	size = add_size(size, acceptor_shmem_size());
 	return size;
@@ -109,6 +119,10 @@ registry_shmem_startup(void)
 	RegistryOrigins = ShmemInitStruct("registry origins", origins_size(), &found);
 	RegistryChangeLog = ShmemInitStruct("registry change log",
 										changelog_size(), &found);
+	RegistryPeers = ShmemInitStruct("registry peers", peers_size(), &found);
+	RegistryPublishing = ShmemInitStruct("registry publishing",
+										 mul_size(publishing_slots(), sizeof(pg_atomic_uint32)),
+										 &found);
 
 	if (!found_any)
 	{
@@ -120,10 +134,15 @@ registry_shmem_startup(void)
 		RegistryState->acceptor_lock = &locks[2].lock;
 		RegistryState->digest_lock = &locks[3].lock;
 		RegistryState->lease_lock = &locks[4].lock;
+		RegistryState->peer_lock = &locks[5].lock;
+		ConditionVariableInit(&RegistryState->sync_cv);
+		memset(RegistryPeers, 0, peers_size());
 		RegistryState->epoch = new_epoch();
 		RegistryState->started_at = GetCurrentTimestamp();
 		pg_atomic_init_u32(&RegistryState->state, REG_STATE_STARTING);
 		pg_atomic_init_u32(&RegistryState->notify_wanted, 1);
+		pg_atomic_init_u32(&RegistryState->publishing, 0);
+		publishing_init();
 		SpinLockInit(&RegistryState->mutex);
 		dlist_init(&RegistryState->acc_lru);
 
@@ -162,8 +181,8 @@ void
 registry_reset_shared_state(void)
 {
 	LWLockAcquire(RegistryState->meta_lock, LW_EXCLUSIVE);
-	LWLockAcquire(RegistryState->changelog_lock, LW_EXCLUSIVE);
 	LWLockAcquire(RegistryState->acceptor_lock, LW_EXCLUSIVE);
+	LWLockAcquire(RegistryState->changelog_lock, LW_EXCLUSIVE);
 	LWLockAcquire(RegistryState->digest_lock, LW_EXCLUSIVE);
 
 	memset(RegistryTables, 0, tables_size());
@@ -175,8 +194,8 @@ registry_reset_shared_state(void)
 	RegistryState->ready_at = GetCurrentTimestamp();
 
 	LWLockRelease(RegistryState->digest_lock);
-	LWLockRelease(RegistryState->acceptor_lock);
 	LWLockRelease(RegistryState->changelog_lock);
+	LWLockRelease(RegistryState->acceptor_lock);
 	LWLockRelease(RegistryState->meta_lock);
 
 	SpinLockAcquire(&RegistryState->mutex);

@@ -8,7 +8,7 @@
  * epoch, and the maintenance worker rebuilds the digests from disk.  All
  * sizes are fixed at server start by the registry.* parameters.
  *
- * Lock order, when more than one is held: meta, changelog, acceptor,
+ * Lock order, when more than one is held: meta, acceptor, changelog,
  * digest.  Commit-time publication takes them one after another, never
  * nested.
  *
@@ -70,6 +70,45 @@ typedef struct RegWorkerSlot
 	uint64		starts;
 } RegWorkerSlot;
 
+/* What this node knows about its sync with one peer (registry.peer_status). */
+#define PEER_DISCONNECTED	0
+#define PEER_CONNECTING		1
+#define PEER_STREAMING		2	/* fast path: following the peer's change log */
+#define PEER_ANTIENTROPY	3	/* comparing digests */
+#define PEER_ERROR			4	/* last attempt failed; retrying with backoff */
+
+typedef struct PeerStatus
+{
+	bool		in_use;
+	char		name[REGISTRY_NAME_LEN];
+	char		remote_node[REGISTRY_NAME_LEN];	/* node_name it reports */
+	int			state;
+	uint64		peer_epoch;
+	uint64		consumed_seq;	/* last seq of the peer's log applied here */
+	uint64		peer_last_seq;	/* the peer's last seq, as last seen */
+	TimestampTz caught_up_at;	/* last time consumed_seq reached it */
+	uint64		connects;
+	TimestampTz connected_since;
+	uint64		fast_batches;
+	uint64		rounds;			/* anti-entropy rounds completed */
+	int64		round_buckets_compared; /* in the last round */
+	int64		round_buckets_mismatched;
+	uint64		rows_pulled;
+	uint64		bytes_pulled;
+	uint64		rows_applied;
+	uint64		rows_skipped;	/* not newer than ours */
+	uint64		versions_refused;	/* too far in the future */
+	uint64		rows_refused_purged;	/* older than a purged tombstone */
+	TimestampTz last_success;
+	TimestampTz last_converged_at;
+	uint64		errors;
+	TimestampTz last_error_at;
+	char		last_error[256];
+	bool		needs_resync;
+	uint64		served_gen;		/* sync_now request served by the last round */
+	bool		served_converged;
+} PeerStatus;
+
 typedef struct RegistryShared
 {
 	LWLock	   *meta_lock;		/* table slots and origins */
@@ -77,6 +116,7 @@ typedef struct RegistryShared
 	LWLock	   *acceptor_lock;
 	LWLock	   *digest_lock;
 	LWLock	   *lease_lock;		/* serialises clock lease file writes */
+	LWLock	   *peer_lock;		/* peer status array */
 
 	uint64		epoch;			/* changes at every start */
 	TimestampTz started_at;
@@ -116,6 +156,15 @@ typedef struct RegistryShared
 
 	/* digests (digest_lock) */
 	uint64		digest_rebuilds;
+
+	/* committed transactions still publishing (capture.c) */
+	pg_atomic_uint32 publishing;
+	uint64		publication_waits;
+
+	/* sync requests (mutex): registry.sync_now() and peer list changes */
+	uint64		sync_request_gen;
+	uint64		peers_changed;
+	ConditionVariable sync_cv;	/* broadcast when a round completes */
 } RegistryShared;
 
 extern RegistryShared *RegistryState;
@@ -125,6 +174,8 @@ extern RegTableSlot *RegistryTables;	/* [registry_max_tables] */
 extern uint64 *RegistryDigests;		/* [registry_max_tables * buckets] */
 extern char *RegistryOrigins;		/* [registry_max_origins][NAMEDATALEN] */
 extern char *RegistryChangeLog;		/* [registry_change_log_size] entries */
+extern PeerStatus *RegistryPeers;	/* [registry_max_origins] */
+extern pg_atomic_uint32 *RegistryPublishing;	/* [publishing_slots()] */
 
 extern void registry_shmem_install_hooks(void);
 extern Size registry_shmem_total_size(void);
@@ -148,10 +199,18 @@ extern void changelog_init(void);
 /* acceptors (acceptor.c) */
 extern Size acceptor_shmem_size(void);
 extern void acceptor_shmem_init(void);
-extern void acceptor_note(int32 tid, uint32 khash, const char *key,
+extern bool acceptor_note(int32 tid, uint32 khash, const char *key,
 						  RegVersion version, int16 origin, char op,
 						  TimestampTz when);
 extern void acceptor_reset(void);
+
+/* ordering of publications (capture.c) */
+extern int	publishing_slots(void);
+extern void publishing_init(void);
+extern void wait_for_publication(TransactionId xid);
+
+/* peers (peers.c) */
+extern PeerStatus *peer_status_slot(const char *name, bool create);
 
 /* workers (worker.c) */
 extern void worker_set_latch(int which);

@@ -31,11 +31,13 @@
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "registry.h"
+#include "shmem.h"
 #include "tombstones.h"
 
-#define Natts_tombstones	5
+#define Natts_tombstones	6
 
 int32
 khash_to_int4(uint32 h)
@@ -174,6 +176,7 @@ tombstone_take(int32 tid, uint32 khash, const char *key, VersionState *old)
 		tup = fetch_latest(rel, idx, tid, khash, keytext);
 		if (tup == NULL)
 			break;
+		wait_for_publication(HeapTupleHeaderGetXmin(tup->t_data));
 		state_from_tuple(tup, RelationGetDescr(rel), old);
 		step_past_own_command(tup);
 		res = heap_delete(rel, &tup->t_self, GetCurrentCommandId(true),
@@ -227,6 +230,7 @@ tombstone_put(int32 tid, uint32 khash, const char *key, RegVersion version,
 	values[1] = Int32GetDatum(khash_to_int4(khash));
 	values[2] = CStringGetTextDatum(key);
 	values[4] = CStringGetTextDatum(origin);
+	values[5] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 
 	for (;;)
 	{
@@ -241,6 +245,7 @@ tombstone_put(int32 tid, uint32 khash, const char *key, RegVersion version,
 		memset(old, 0, sizeof(VersionState));
 		if (oldtup)
 		{
+			wait_for_publication(HeapTupleHeaderGetXmin(oldtup->t_data));
 			state_from_tuple(oldtup, desc, old);
 			if (apply && !version_greater(version, origin, old->version, old->origin))
 				ereport(ERROR,

@@ -59,7 +59,7 @@ PGDLLEXPORT void registry_maintenance_main(Datum arg);
 
 static const char *const worker_functions[REG_NUM_WORKERS] = {
 	"registry_maintenance_main",
-	NULL,						/* sync worker: not yet */
+	"registry_sync_main",
 };
 
 static const char *const worker_names[REG_NUM_WORKERS] = {
@@ -241,7 +241,7 @@ worker_detach(int code, Datum arg)
 }
 
 /* Common start of the database-connected workers. */
-static void
+void
 worker_attach(int which)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);

@@ -1,0 +1,510 @@
+/*-------------------------------------------------------------------------
+ *
+ * peers.c
+ *	  The SQL side of replication: registry.add_peer / remove_peer, the
+ *	  peer_status view, registry.sync_now, registry.purge_tombstones and
+ *	  registry.resync.  The sync worker (sync.c) does the work; these
+ *	  functions configure it, wake it and wait for it.
+ *
+ * Tombstone purge rule: a tombstone is purged once it is older than
+ * registry.tombstone_retention AND it was written before the last round
+ * in which every peer was found identical to this node (so every peer has
+ * it).  A peer that has not been identical for longer than the retention
+ * is "lost": purging stops waiting for it and registry.peer_status says it
+ * needs a resync.  Each table remembers the newest version it purged (its
+ * purge horizon); a key this node has no record of, arriving with an
+ * older version, is refused rather than brought back, since it may be a
+ * row deleted here.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "libpq-fe.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "registry.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(registry_add_peer);
+PG_FUNCTION_INFO_V1(registry_remove_peer);
+PG_FUNCTION_INFO_V1(registry_peer_status);
+PG_FUNCTION_INFO_V1(registry_sync_now);
+PG_FUNCTION_INFO_V1(registry_purge_tombstones);
+PG_FUNCTION_INFO_V1(registry_resync);
+
+static bool peers_changed_pending = false;
+
+static void
+peers_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && peers_changed_pending)
+	{
+		SpinLockAcquire(&RegistryState->mutex);
+		RegistryState->peers_changed++;
+		SpinLockRelease(&RegistryState->mutex);
+		worker_set_latch(REG_WORKER_SYNC);
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		peers_changed_pending = false;
+}
+
+static void
+note_peers_changed(void)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		RegisterXactCallback(peers_xact_callback, NULL);
+		registered = true;
+	}
+	peers_changed_pending = true;
+}
+
+/*
+ * The status slot of a peer; with create, one is taken if it has none.
+ * Caller holds peer_lock exclusively when create is set.
+ */
+PeerStatus *
+peer_status_slot(const char *name, bool create)
+{
+	int			i;
+	PeerStatus *free_slot = NULL;
+
+	for (i = 0; i < registry_max_origins; i++)
+	{
+		PeerStatus *p = &RegistryPeers[i];
+
+		if (p->in_use && strcmp(p->name, name) == 0)
+			return p;
+		if (!p->in_use && free_slot == NULL)
+			free_slot = p;
+	}
+	if (!create || free_slot == NULL)
+		return NULL;
+	memset(free_slot, 0, sizeof(PeerStatus));
+	free_slot->in_use = true;
+	strlcpy(free_slot->name, name, sizeof(free_slot->name));
+	return free_slot;
+}
+
+/* registry.add_peer(name text, conninfo text) */
+Datum
+registry_add_peer(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PQconninfoOption *opts;
+	char	   *err = NULL;
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2];
+	int			rc;
+
+	registry_check_preloaded();
+	registry_check_admin();
+	if (!registry_valid_node_name(name))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid peer name \"%s\"", name),
+				 errdetail("Peer names are at most %d bytes of letters, digits and \"_-.:@\".",
+						   REGISTRY_NAME_LEN - 1)));
+	if (strcmp(name, registry_node_name) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" is this node's own name", name),
+				 errhint("Name the peer after its registry.node_name.")));
+
+	opts = PQconninfoParse(conninfo, &err);
+	if (opts == NULL)
+	{
+		/* libpq's message does not echo the string, which may hold a password */
+		char	   *msg = err ? pstrdup(err) : pstrdup("out of memory");
+
+		if (err)
+			PQfreemem(err);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid connection string for peer \"%s\"", name),
+				 errdetail("%s", msg)));
+	}
+	PQconninfoFree(opts);
+
+	SPI_connect();
+	args[0] = CStringGetTextDatum(name);
+	args[1] = CStringGetTextDatum(conninfo);
+	rc = SPI_execute_with_args("INSERT INTO registry.peers (name, conninfo) VALUES ($1, $2) "
+							   "ON CONFLICT (name) DO UPDATE SET conninfo = EXCLUDED.conninfo",
+							   2, argtypes, args, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "registry: could not record peer \"%s\"", name);
+	SPI_finish();
+	note_peers_changed();
+	PG_RETURN_VOID();
+}
+
+/* registry.remove_peer(name text) returns boolean */
+Datum
+registry_remove_peer(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	int			rc;
+	bool		removed;
+
+	registry_check_preloaded();
+	registry_check_admin();
+	SPI_connect();
+	args[0] = CStringGetTextDatum(name);
+	rc = SPI_execute_with_args("DELETE FROM registry.peers WHERE name = $1",
+							   1, argtypes, args, NULL, false, 0);
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "registry: could not remove peer \"%s\"", name);
+	removed = SPI_processed > 0;
+	SPI_finish();
+	if (!removed)
+		ereport(NOTICE, (errmsg("\"%s\" is not a peer", name)));
+	note_peers_changed();
+	PG_RETURN_BOOL(removed);
+}
+
+static const char *
+state_name(int state)
+{
+	switch (state)
+	{
+		case PEER_DISCONNECTED:
+			return "disconnected";
+		case PEER_CONNECTING:
+			return "connecting";
+		case PEER_STREAMING:
+			return "streaming";
+		case PEER_ANTIENTROPY:
+			return "anti-entropy";
+		case PEER_ERROR:
+			return "error";
+	}
+	return "unknown";
+}
+
+#define TS_OR_NULL(i, ts) \
+	do { if ((ts) != 0) v[i] = TimestampTzGetDatum(ts); else n[i] = true; } while (0)
+
+/* registry._peer_status(): the shared status of every peer. */
+Datum
+registry_peer_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	PeerStatus *copy;
+	int			i;
+	TimestampTz now = GetCurrentTimestamp();
+
+	registry_check_preloaded();
+	registry_check_admin();
+	InitMaterializedSRF(fcinfo, 0);
+
+	copy = palloc(sizeof(PeerStatus) * registry_max_origins);
+	LWLockAcquire(RegistryState->peer_lock, LW_SHARED);
+	memcpy(copy, RegistryPeers, sizeof(PeerStatus) * registry_max_origins);
+	LWLockRelease(RegistryState->peer_lock);
+
+	for (i = 0; i < registry_max_origins; i++)
+	{
+		PeerStatus *p = &copy[i];
+		Datum		v[26];
+		bool		n[26] = {false};
+		int64		lag_changes;
+		int64		lag_ms = 0;
+
+		if (!p->in_use)
+			continue;
+		lag_changes = p->peer_last_seq > p->consumed_seq ?
+			(int64) (p->peer_last_seq - p->consumed_seq) : 0;
+		if (lag_changes > 0 && p->caught_up_at != 0)
+			lag_ms = (now - p->caught_up_at) / 1000;
+
+		v[0] = CStringGetTextDatum(p->name);
+		if (p->remote_node[0])
+			v[1] = CStringGetTextDatum(p->remote_node);
+		else
+			n[1] = true;
+		v[2] = CStringGetTextDatum(state_name(p->state));
+		v[3] = Int64GetDatum((int64) p->peer_epoch);
+		v[4] = Int64GetDatum((int64) p->consumed_seq);
+		v[5] = Int64GetDatum((int64) p->peer_last_seq);
+		v[6] = Int64GetDatum(lag_changes);
+		v[7] = Int64GetDatum(lag_ms);
+		v[8] = Int64GetDatum((int64) p->connects);
+		TS_OR_NULL(9, p->connected_since);
+		v[10] = Int64GetDatum((int64) p->fast_batches);
+		v[11] = Int64GetDatum((int64) p->rounds);
+		v[12] = Int64GetDatum(p->round_buckets_compared);
+		v[13] = Int64GetDatum(p->round_buckets_mismatched);
+		v[14] = Int64GetDatum((int64) p->rows_pulled);
+		v[15] = Int64GetDatum((int64) p->bytes_pulled);
+		v[16] = Int64GetDatum((int64) p->rows_applied);
+		v[17] = Int64GetDatum((int64) p->rows_skipped);
+		v[18] = Int64GetDatum((int64) p->versions_refused);
+		v[19] = Int64GetDatum((int64) p->rows_refused_purged);
+		TS_OR_NULL(20, p->last_success);
+		TS_OR_NULL(21, p->last_converged_at);
+		v[22] = BoolGetDatum(p->needs_resync);
+		v[23] = Int64GetDatum((int64) p->errors);
+		if (p->last_error[0])
+			v[24] = CStringGetTextDatum(p->last_error);
+		else
+			n[24] = true;
+		TS_OR_NULL(25, p->last_error_at);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * registry.sync_now(peer text default null, timeout interval default '30s')
+ *
+ * Wake the sync worker and wait until it has completed a round (the
+ * peer's change log drained, every table's digests compared and every
+ * newer row pulled) that started after this call, with that peer or with
+ * every peer.  True if each such round left this node with everything
+ * the peer had.
+ */
+Datum
+registry_sync_now(PG_FUNCTION_ARGS)
+{
+	char	   *peer = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Interval   *iv = PG_ARGISNULL(1) ? NULL : PG_GETARG_INTERVAL_P(1);
+	int64		timeout_ms = 30000;
+	TimestampTz deadline;
+	uint64		gen;
+	bool		result = false;
+	List	   *names = NIL;
+	int			rc;
+
+	registry_check_preloaded();
+	registry_check_admin();
+	if (iv)
+		timeout_ms = iv->time / 1000 +
+			((int64) iv->day * SECS_PER_DAY + (int64) iv->month * 30 * SECS_PER_DAY) * 1000;
+	if (timeout_ms < 0)
+		timeout_ms = 0;
+
+	/* the peers to wait for, as configured (committed) */
+	SPI_connect();
+	if (peer)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1] = {CStringGetTextDatum(peer)};
+
+		rc = SPI_execute_with_args("SELECT name FROM registry.peers WHERE name = $1",
+								   1, argtypes, args, NULL, true, 0);
+	}
+	else
+		rc = SPI_execute("SELECT name FROM registry.peers", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "registry: could not read the peer list");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		names = lappend(names, SPI_getvalue(SPI_tuptable->vals[i],
+											SPI_tuptable->tupdesc, 1));
+	SPI_finish();
+	if (peer && names == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("\"%s\" is not a peer", peer)));
+	if (names == NIL)
+		PG_RETURN_BOOL(true);	/* nothing to sync with */
+
+	SpinLockAcquire(&RegistryState->mutex);
+	gen = ++RegistryState->sync_request_gen;
+	SpinLockRelease(&RegistryState->mutex);
+	worker_set_latch(REG_WORKER_SYNC);
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	ConditionVariablePrepareToSleep(&RegistryState->sync_cv);
+	for (;;)
+	{
+		ListCell   *lc;
+		bool		all_done = true;
+		bool		all_converged = true;
+		long		left;
+
+		LWLockAcquire(RegistryState->peer_lock, LW_SHARED);
+		foreach(lc, names)
+		{
+			PeerStatus *p = peer_status_slot((char *) lfirst(lc), false);
+
+			if (p == NULL || p->served_gen < gen)
+				all_done = false;
+			else if (!p->served_converged)
+				all_converged = false;
+		}
+		LWLockRelease(RegistryState->peer_lock);
+		if (all_done)
+		{
+			result = all_converged;
+			break;
+		}
+		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+		if (left <= 0)
+			break;
+		(void) ConditionVariableTimedSleep(&RegistryState->sync_cv, Min(left, 1000),
+										   PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_BOOL(result);
+}
+
+/*
+ * registry.purge_tombstones(): apply the purge rule above; returns how
+ * many tombstones were purged.  The maintenance worker calls it too.
+ */
+int64
+purge_tombstones(void)
+{
+	int			rc;
+	int64		total = 0;
+	char		sql[1024];
+
+	SPI_connect();
+
+	/*
+	 * Older than the retention, and written before every peer that is not
+	 * lost was last found identical.
+	 */
+	snprintf(sql, sizeof(sql),
+			 "WITH gone AS ("
+			 "  DELETE FROM registry.tombstones tb"
+			 "   WHERE tb.written_at < now() - make_interval(secs => %d)"
+			 "     AND NOT EXISTS (SELECT 1 FROM registry.peers p"
+			 "          WHERE coalesce(p.last_converged_at, p.added_at) >= now() - make_interval(secs => %d)"
+			 "            AND coalesce(p.last_converged_at, '-infinity') <= tb.written_at)"
+			 "  RETURNING tb.tid, tb.khash, tb.key, tb.version, tb.origin) "
+			 "SELECT tid, khash, key, version, origin FROM gone ORDER BY tid",
+			 registry_tombstone_retention_s, registry_tombstone_retention_s);
+	rc = SPI_execute(sql, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "registry: tombstone purge failed: %s", SPI_result_code_string(rc));
+
+	if (SPI_processed > 0)
+	{
+		uint64		n = SPI_processed;
+		SPITupleTable *tt = SPI_tuptable;
+		uint64		i = 0;
+
+		total = (int64) n;
+		while (i < n)
+		{
+			bool		isnull;
+			int32		tid = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+			uint64		j = i;
+			int			m;
+			uint32	   *khashes;
+			char	  **keys;
+			RegVersion *versions;
+			char	  **origins;
+			RegVersion	horizon = 0;
+			RegTable   *t;
+
+			while (j < n && DatumGetInt32(SPI_getbinval(tt->vals[j], tt->tupdesc, 1, &isnull)) == tid)
+				j++;
+			m = (int) (j - i);
+			khashes = palloc(sizeof(uint32) * m);
+			keys = palloc(sizeof(char *) * m);
+			versions = palloc(sizeof(RegVersion) * m);
+			origins = palloc(sizeof(char *) * m);
+			for (int k = 0; k < m; k++)
+			{
+				HeapTuple	tup = tt->vals[i + k];
+
+				khashes[k] = int4_to_khash(DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, 2, &isnull)));
+				keys[k] = SPI_getvalue(tup, tt->tupdesc, 3);
+				versions[k] = (RegVersion) DatumGetInt64(SPI_getbinval(tup, tt->tupdesc, 4, &isnull));
+				origins[k] = SPI_getvalue(tup, tt->tupdesc, 5);
+				if (versions[k] > horizon)
+					horizon = versions[k];
+			}
+			t = regtable_by_tid(tid, true);
+			if (t)
+			{
+				char		upd[256];
+
+				capture_forget_tombstones(t, m, khashes, keys, versions, origins);
+				snprintf(upd, sizeof(upd),
+						 "UPDATE registry.replicated_tables SET purge_horizon = "
+						 "greatest(purge_horizon, " INT64_FORMAT ") WHERE tid = %d",
+						 (int64) horizon, tid);
+				if (SPI_execute(upd, false, 0) != SPI_OK_UPDATE)
+					elog(ERROR, "registry: could not record the purge horizon");
+				CacheInvalidateRelcacheByRelid(t->relid);
+			}
+			i = j;
+		}
+	}
+	SPI_finish();
+	return total;
+}
+
+Datum
+registry_purge_tombstones(PG_FUNCTION_ARGS)
+{
+	registry_check_preloaded();
+	registry_check_admin();
+	PG_RETURN_INT64(purge_tombstones());
+}
+
+/*
+ * registry.resync(tbl): discard this node's rows and tombstones of a
+ * table, without replicating the removal, and let anti-entropy refill it
+ * from the peers.  For a node whose peers report it needs a resync.
+ */
+Datum
+registry_resync(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	RegTable   *t;
+	char		sql[512];
+
+	registry_check_preloaded();
+	registry_check_admin();
+	LockRelationOid(relid, AccessExclusiveLock);
+	t = regtable_by_relid(relid, false);
+
+	SPI_connect();
+	capture_suppress(t->tid);
+	snprintf(sql, sizeof(sql), "DELETE FROM ONLY %s", t->qualname);
+	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "registry: could not empty %s", t->qualname);
+	capture_suppress(0);
+	snprintf(sql, sizeof(sql), "DELETE FROM registry.tombstones WHERE tid = %d", t->tid);
+	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "registry: could not forget the tombstones of %s", t->qualname);
+	/* a refill must accept every row the peers have */
+	snprintf(sql, sizeof(sql),
+			 "UPDATE registry.replicated_tables SET purge_horizon = 0 WHERE tid = %d", t->tid);
+	if (SPI_execute(sql, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "registry: could not reset the purge horizon of %s", t->qualname);
+	SPI_finish();
+	CacheInvalidateRelcacheByRelid(relid);
+	capture_reset_table(t);
+
+	/* compare everything with every peer at once */
+	SpinLockAcquire(&RegistryState->mutex);
+	RegistryState->sync_request_gen++;
+	SpinLockRelease(&RegistryState->mutex);
+	note_peers_changed();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,1618 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync.c
+ *	  The sync worker: pulls from every peer over libpq and applies what
+ *	  it pulls.
+ *
+ * One connection per peer, opened and used without blocking; all peers'
+ * sockets, the latch and postmaster death are waited on together, so a
+ * dead, slow or hostile peer never holds up the others (each has connect
+ * and query timeouts and reconnects with backoff), and SIGTERM is served
+ * at once.  Each connection runs one request at a time, in this order of
+ * priority:
+ *
+ *	1. LISTEN registry_wakeup, once per connection: the peer's maintenance
+ *	   worker notifies after its commits, which wakes us at once.
+ *	2. The fast path: registry.changes_since() from the last seq applied,
+ *	   rows included; applied one transaction per table and batch.  A new
+ *	   epoch, or a seq that fell out of the peer's ring, switches the peer
+ *	   to anti-entropy (after which the fast path resumes from the peer's
+ *	   current seq).
+ *	3. Anti-entropy rounds (every registry.antientropy_interval, on a gap,
+ *	   on registry.sync_now()): per table, compare roots; on a mismatch
+ *	   compare 64 groups of buckets, then the buckets of differing groups,
+ *	   then the entries of differing buckets, and pull the rows whose peer
+ *	   version is newer.  A table far behind the peer's (less than half its
+ *	   keys) is pulled whole, in pages of registry.batch_size rows, without
+ *	   comparing buckets at all.
+ *
+ * Every result is copied and cleared before it is parsed, so an ERROR
+ * (malformed answer, incompatible table, constraint violation) cannot
+ * leak a PGresult; it aborts the transaction that applies one table's
+ * batch, is recorded in registry.peer_status, and other tables and peers
+ * go on.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "libpq-fe.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "message.h"
+#include "registry.h"
+#include "rows.h"
+#include "shmem.h"
+#include "tombstones.h"
+
+PGDLLEXPORT void registry_sync_main(Datum arg);
+
+typedef enum QueryKind
+{
+	Q_NONE,
+	Q_LISTEN,
+	Q_CHANGES,
+	Q_DIGEST,
+	Q_ENTRIES,
+	Q_FETCH
+} QueryKind;
+
+typedef enum AEStage
+{
+	AE_ROOT,					/* compare roots */
+	AE_GROUPS,					/* compare 64 groups of buckets */
+	AE_BUCKETS,					/* compare the buckets of a differing group */
+	AE_ENTRIES,					/* list the keys of differing buckets */
+	AE_FETCH,					/* pull the rows newer on the peer */
+	AE_FULL,					/* pull the whole table */
+	AE_VERIFY,					/* compare roots again */
+	AE_DONE
+} AEStage;
+
+#define AE_GROUP_FANOUT		64
+#define AE_BUCKETS_PER_CALL 256
+#define AE_ENTRIES_PER_CALL 10000
+#define BACKOFF_MIN_MS		500
+#define BACKOFF_MAX_MS		30000
+
+/* One table's progress in an anti-entropy round with one peer. */
+typedef struct AETable
+{
+	char	   *name;
+	AEStage		stage;
+	int			nb;				/* bucket granularity: ours or the peer's */
+	int		   *todo;			/* differing groups, then differing buckets */
+	int			ntodo;
+	int			itodo;
+	int		   *buckets;
+	int			nbuckets;
+	char	  **fetch;			/* keys whose live row is newer on the peer */
+	int			nfetch;
+	int			maxfetch;
+	int			ifetch;
+	bool		resume;			/* paging through entries */
+	uint32		after;
+	bool		identical;
+	bool		complete;
+	bool		failed;
+} AETable;
+
+typedef struct Peer
+{
+	char		name[REGISTRY_NAME_LEN];
+	char	   *conninfo;
+	TimestampTz added_at;
+	TimestampTz last_converged_at;
+	bool		seen;
+	PeerStatus *st;
+
+	PGconn	   *conn;
+	bool		connecting;
+	PostgresPollingStatusType poll;
+	TimestampTz connect_started;
+	TimestampTz next_connect;
+	int			backoff_ms;
+	bool		readable;		/* the socket reported ready */
+	bool		writable;
+	bool		flushing;		/* a request is not fully sent */
+	bool		listening;
+	QueryKind	inflight;
+	TimestampTz query_started;
+	AETable    *inflight_table;
+
+	/* fast path */
+	bool		have_position;
+	uint64		epoch;
+	uint64		consumed;
+	bool		want_fast;
+	TimestampTz last_fast;
+
+	/* anti-entropy */
+	bool		ae_needed;
+	TimestampTz last_ae;
+	bool		ae_active;
+	TimestampTz ae_started;
+	uint64		ae_gen;
+	bool		ae_errors;
+	AETable    *tables;
+	int			ntables;
+	int			itable;
+	MemoryContext roundcxt;
+} Peer;
+
+static Peer *peers = NULL;
+static int	npeers = 0;
+static uint64 seen_peers_changed = 0;
+static MemoryContext SyncContext = NULL;
+
+/* ---- status ---- */
+
+static void
+set_state(Peer *p, int state)
+{
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->state = state;
+	LWLockRelease(RegistryState->peer_lock);
+}
+
+static void
+record_error(Peer *p, const char *msg)
+{
+	char		buf[256];
+	char	   *nl;
+
+	strlcpy(buf, msg, sizeof(buf));
+	/* one line in the view */
+	while ((nl = strchr(buf, '\n')) != NULL)
+		*nl = ' ';
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	strlcpy(p->st->last_error, buf, sizeof(p->st->last_error));
+	p->st->last_error_at = GetCurrentTimestamp();
+	p->st->errors++;
+	LWLockRelease(RegistryState->peer_lock);
+	p->ae_errors = true;
+	ereport(LOG,
+			(errmsg("registry: peer \"%s\": %s", p->name, buf)));
+}
+
+static void
+note_success(Peer *p)
+{
+	p->backoff_ms = BACKOFF_MIN_MS;
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->last_success = GetCurrentTimestamp();
+	LWLockRelease(RegistryState->peer_lock);
+}
+
+/* A sync_now() request is waiting and this peer cannot serve it: say so. */
+static void
+serve_request_failed(Peer *p)
+{
+	uint64		gen;
+
+	SpinLockAcquire(&RegistryState->mutex);
+	gen = RegistryState->sync_request_gen;
+	SpinLockRelease(&RegistryState->mutex);
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	if (p->st->served_gen < gen)
+	{
+		p->st->served_gen = gen;
+		p->st->served_converged = false;
+	}
+	LWLockRelease(RegistryState->peer_lock);
+	ConditionVariableBroadcast(&RegistryState->sync_cv);
+}
+
+/* ---- connections ---- */
+
+static void
+disconnect(Peer *p, const char *why)
+{
+	if (why)
+		record_error(p, why);
+	if (p->conn)
+		PQfinish(p->conn);
+	p->conn = NULL;
+	p->connecting = false;
+	p->listening = false;
+	p->inflight = Q_NONE;
+	p->flushing = false;
+	p->ae_active = false;
+	if (p->roundcxt)
+		MemoryContextReset(p->roundcxt);
+	p->tables = NULL;
+	p->next_connect = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->backoff_ms);
+	p->backoff_ms = Min(p->backoff_ms * 2, BACKOFF_MAX_MS);
+	set_state(p, why ? PEER_ERROR : PEER_DISCONNECTED);
+	serve_request_failed(p);
+}
+
+static void
+start_connect(Peer *p)
+{
+	const char *keys[] = {"dbname", "fallback_application_name", NULL};
+	const char *vals[3];
+	char		appname[NAMEDATALEN + 16];
+
+	snprintf(appname, sizeof(appname), "registry sync %s", registry_node_name);
+	vals[0] = p->conninfo;
+	vals[1] = appname;
+	vals[2] = NULL;
+	p->conn = PQconnectStartParams(keys, vals, true);
+	p->connect_started = GetCurrentTimestamp();
+	if (p->conn == NULL || PQstatus(p->conn) == CONNECTION_BAD)
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg), "could not connect: %s",
+				 p->conn ? PQerrorMessage(p->conn) : "out of memory");
+		disconnect(p, msg);
+		return;
+	}
+	if (PQsetnonblocking(p->conn, 1) != 0)
+	{
+		disconnect(p, "could not make the connection non-blocking");
+		return;
+	}
+	p->connecting = true;
+	p->poll = PGRES_POLLING_WRITING;
+	set_state(p, PEER_CONNECTING);
+}
+
+static void
+drive_connect(Peer *p)
+{
+	if ((p->poll == PGRES_POLLING_READING && !p->readable) ||
+		(p->poll == PGRES_POLLING_WRITING && !p->writable))
+		return;
+	p->poll = PQconnectPoll(p->conn);
+	if (p->poll == PGRES_POLLING_FAILED)
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg), "could not connect: %s", PQerrorMessage(p->conn));
+		disconnect(p, msg);
+		return;
+	}
+	if (p->poll == PGRES_POLLING_OK)
+	{
+		p->connecting = false;
+		p->listening = false;
+		p->want_fast = true;
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		p->st->connects++;
+		p->st->connected_since = GetCurrentTimestamp();
+		p->st->state = PEER_STREAMING;
+		LWLockRelease(RegistryState->peer_lock);
+	}
+}
+
+/*
+ * Send a request; its single bytea result is asked for in binary.  All
+ * parameters are text.
+ */
+static void
+send_query(Peer *p, QueryKind kind, const char *sql, int nparams,
+		   const char *const *params)
+{
+	int			ok;
+
+	if (kind == Q_LISTEN)
+		ok = PQsendQuery(p->conn, sql);
+	else
+		ok = PQsendQueryParams(p->conn, sql, nparams, NULL, params, NULL, NULL, 1);
+	if (!ok)
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
+		disconnect(p, msg);
+		return;
+	}
+	p->inflight = kind;
+	p->query_started = GetCurrentTimestamp();
+	p->flushing = (PQflush(p->conn) == 1);
+}
+
+/* ---- applying ---- */
+
+/* Runs fn inside PG_TRY; an ERROR is recorded for the peer. */
+typedef void (*guarded_fn) (Peer *p, void *arg);
+
+static bool
+run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	if (sqlstate)
+		*sqlstate = 0;
+	PG_TRY();
+	{
+		fn(p, arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+		if (sqlstate)
+			*sqlstate = edata->sqlerrcode;
+		if (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE || !sqlstate)
+			record_error(p, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* The rows of one table in one answer. */
+typedef struct TableBatch
+{
+	MsgTable   *table;
+	MsgRow	  **rows;
+	int			nrows;
+	bool		bulk;			/* live rows in one statement */
+	int			applied;
+	int			skipped;
+	int			refused_skew;
+	int			refused_purged;
+} TableBatch;
+
+static void
+apply_batch_once(Peer *p, void *arg)
+{
+	TableBatch *b = arg;
+	RegTable   *t;
+	ApplyColumns *ac;
+	int			nest;
+	int			i;
+	ApplyRow   *live = NULL;
+	int			nlive = 0;
+
+	b->applied = b->skipped = b->refused_skew = b->refused_purged = 0;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	nest = apply_begin();
+	t = regtable_by_name(b->table->name, true);
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table %s is not a registry table on this node", b->table->name)));
+	ac = apply_map_columns(t, b->table->ncols, b->table->colnames, b->table->coltypes);
+	if (b->bulk)
+		live = palloc(sizeof(ApplyRow) * Max(b->nrows, 1));
+	for (i = 0; i < b->nrows; i++)
+	{
+		MsgRow	   *r = b->rows[i];
+		ApplyResult res;
+
+		CHECK_FOR_INTERRUPTS();
+		if (r->state != ROW_LIVE && r->state != ROW_TOMBSTONE)
+			continue;
+		if (b->bulk && r->state == ROW_LIVE)
+		{
+			live[nlive].key = r->key;
+			live[nlive].version = r->version;
+			live[nlive].origin = r->origin;
+			live[nlive].values = r->values;
+			nlive++;
+			continue;
+		}
+		res = apply_row(ac, r->key, r->version, r->origin,
+						r->state == ROW_TOMBSTONE, r->values);
+		if (res == APPLY_APPLIED)
+			b->applied++;
+		else if (res == APPLY_SKIPPED_OLDER)
+			b->skipped++;
+		else if (res == APPLY_REFUSED_SKEW)
+			b->refused_skew++;
+		else
+			b->refused_purged++;
+	}
+	if (nlive > 0)
+	{
+		int			skew;
+		int			written = apply_rows_bulk(ac, live, nlive, &skew);
+
+		b->applied += written;
+		b->refused_skew += skew;
+		b->skipped += nlive - written - skew;
+	}
+	apply_end(nest);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* Apply one table's rows; retried when a local write raced with it. */
+static void
+apply_batch(Peer *p, TableBatch *b)
+{
+	int			attempt;
+	int			sqlstate;
+
+	for (attempt = 0; attempt < 5; attempt++)
+	{
+		if (run_guarded(p, apply_batch_once, b, &sqlstate))
+		{
+			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+			p->st->rows_applied += b->applied;
+			p->st->rows_skipped += b->skipped;
+			p->st->versions_refused += b->refused_skew;
+			p->st->rows_refused_purged += b->refused_purged;
+			LWLockRelease(RegistryState->peer_lock);
+			if (b->refused_skew > 0)
+			{
+				char		msg[256];
+
+				snprintf(msg, sizeof(msg),
+						 "%d rows of %s refused: versions more than registry.max_clock_skew (%d ms) ahead of this node's clock",
+						 b->refused_skew, b->table->name, registry_max_clock_skew_ms);
+				record_error(p, msg);
+			}
+			return;
+		}
+		if (sqlstate != ERRCODE_T_R_SERIALIZATION_FAILURE)
+			return;
+	}
+	record_error(p, "gave up applying a batch after repeated concurrent local writes");
+}
+
+/* ---- the fast path ---- */
+
+static void
+send_changes(Peer *p)
+{
+	char		after[32],
+				maxc[16],
+				epoch[32];
+	const char *params[4];
+
+	snprintf(after, sizeof(after), UINT64_FORMAT, p->have_position ? p->consumed : 0);
+	snprintf(maxc, sizeof(maxc), "%d", registry_batch_size);
+	snprintf(epoch, sizeof(epoch), INT64_FORMAT, (int64) p->epoch);
+	params[0] = after;
+	params[1] = maxc;
+	params[2] = p->have_position ? epoch : NULL;
+	params[3] = registry_node_name;
+	p->want_fast = false;
+	p->last_fast = GetCurrentTimestamp();
+	send_query(p, Q_CHANGES,
+			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text)",
+			   4, params);
+}
+
+static void
+check_node_name(Peer *p, const char *node)
+{
+	if (strcmp(node, registry_node_name) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("peer reports this node's own name \"%s\"", node),
+				 errhint("Give every node its own registry.node_name.")));
+	if (strcmp(p->st->remote_node, node) != 0)
+	{
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		strlcpy(p->st->remote_node, node, sizeof(p->st->remote_node));
+		LWLockRelease(RegistryState->peer_lock);
+	}
+}
+
+typedef struct AnswerData
+{
+	char	   *data;
+	int			len;
+} AnswerData;
+
+static void
+parse_changes(Peer *p, void *arg)
+{
+	AnswerData *a = arg;
+	MsgChanges *m = palloc(sizeof(MsgChanges));
+
+	msg_read_changes(a->data, a->len, m);
+	check_node_name(p, m->node);
+	a->data = (char *) m;		/* hand the parsed answer back */
+}
+
+static void
+handle_changes(Peer *p, char *data, int len)
+{
+	AnswerData	a = {data, len};
+	MsgChanges *m;
+	TableBatch *batches;
+	int			i;
+
+	if (!run_guarded(p, parse_changes, &a, NULL))
+	{
+		disconnect(p, NULL);
+		return;
+	}
+	m = (MsgChanges *) a.data;
+
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->peer_epoch = m->epoch;
+	p->st->peer_last_seq = m->last_seq;
+	LWLockRelease(RegistryState->peer_lock);
+
+	if (m->status != CHANGES_OK || !p->have_position)
+	{
+		/* a restart or a gap: compare digests, then follow from here */
+		p->have_position = true;
+		p->epoch = m->epoch;
+		p->consumed = m->last_seq;
+		p->ae_needed = true;
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		p->st->consumed_seq = p->consumed;
+		LWLockRelease(RegistryState->peer_lock);
+		return;
+	}
+
+	/* one batch per table, each key once (its current state) */
+	batches = palloc0(sizeof(TableBatch) * Max(m->ntables, 1));
+	for (i = 0; i < m->ntables; i++)
+	{
+		batches[i].table = &m->tables[i];
+		batches[i].rows = palloc(sizeof(MsgRow *) * Max(m->n, 1));
+	}
+	for (i = 0; i < m->n; i++)
+	{
+		MsgChange  *c = &m->changes[i];
+		TableBatch *b = &batches[c->table];
+		int			j;
+		bool		dup = false;
+
+		if (c->op == REG_OP_RESYNC)
+		{
+			/* a bulk change on the peer: only digests can tell what it was */
+			p->ae_needed = true;
+			continue;
+		}
+		for (j = 0; j < b->nrows; j++)
+			if (strcmp(b->rows[j]->key, c->row.key) == 0)
+				dup = true;
+		if (!dup)
+			b->rows[b->nrows++] = &c->row;
+	}
+	for (i = 0; i < m->ntables; i++)
+	{
+		if (batches[i].nrows == 0)
+			continue;
+		if (m->tables[i].name == NULL || m->tables[i].name[0] == '\0')
+			continue;			/* no longer registered on the peer */
+		apply_batch(p, &batches[i]);
+	}
+
+	p->consumed = m->upto_seq;
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->consumed_seq = p->consumed;
+	p->st->fast_batches++;
+	p->st->rows_pulled += m->n;
+	if (p->consumed >= m->last_seq)
+		p->st->caught_up_at = GetCurrentTimestamp();
+	LWLockRelease(RegistryState->peer_lock);
+	if (p->consumed < m->last_seq)
+		p->want_fast = true;	/* more right away */
+	note_success(p);
+}
+
+/* ---- anti-entropy ---- */
+
+static uint64 *
+our_buckets(const char *name, int nb, int64 *count, bool *registered)
+{
+	RegTable   *t;
+	uint64	   *out = palloc0(sizeof(uint64) * nb);
+	int			ours = registry_digest_buckets;
+	int			slot;
+	int			i;
+
+	*count = 0;
+	*registered = false;
+	t = regtable_by_name(name, true);
+	if (t == NULL)
+		return out;
+	*registered = true;
+	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
+	slot = -1;
+	for (i = 0; i < registry_max_tables; i++)
+		if (RegistryTables[i].tid == t->tid)
+			slot = i;
+	if (slot >= 0)
+	{
+		uint64	   *b = table_slot_buckets(slot);
+
+		for (i = 0; i < ours; i++)
+			out[i / (ours / nb)] ^= b[i];
+		*count = RegistryTables[slot].live_rows + RegistryTables[slot].tombstones;
+	}
+	LWLockRelease(RegistryState->digest_lock);
+	return out;
+}
+
+static void
+start_round(Peer *p)
+{
+	List	   *regs;
+	ListCell   *lc;
+	int			i = 0;
+	MemoryContext old;
+
+	MemoryContextReset(p->roundcxt);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	regs = OidIsValid(get_extension_oid("registry", true)) ? regtable_all() : NIL;
+	old = MemoryContextSwitchTo(p->roundcxt);
+	p->tables = palloc0(sizeof(AETable) * Max(list_length(regs), 1));
+	foreach(lc, regs)
+	{
+		RegTable   *t = regtable_by_tid(((RegTid *) lfirst(lc))->tid, true);
+
+		if (t == NULL)
+			continue;
+		p->tables[i].name = pstrdup(t->qualname);
+		p->tables[i].stage = AE_ROOT;
+		i++;
+	}
+	MemoryContextSwitchTo(old);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	p->ntables = i;
+	p->itable = 0;
+	p->ae_active = true;
+	p->ae_needed = false;
+	p->ae_errors = false;
+	p->ae_started = GetCurrentTimestamp();
+	SpinLockAcquire(&RegistryState->mutex);
+	p->ae_gen = RegistryState->sync_request_gen;
+	SpinLockRelease(&RegistryState->mutex);
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->state = PEER_ANTIENTROPY;
+	p->st->round_buckets_compared = 0;
+	p->st->round_buckets_mismatched = 0;
+	LWLockRelease(RegistryState->peer_lock);
+}
+
+static void
+record_convergence(Peer *p, void *arg)
+{
+	TimestampTz at = *(TimestampTz *) arg;
+	Oid			argtypes[2] = {TIMESTAMPTZOID, TEXTOID};
+	Datum		args[2];
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	args[0] = TimestampTzGetDatum(at);
+	args[1] = CStringGetTextDatum(p->name);
+	if (SPI_execute_with_args("UPDATE registry.peers SET last_converged_at = $1 WHERE name = $2",
+							  2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "registry: could not record the convergence with peer \"%s\"", p->name);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+static void
+end_round(Peer *p)
+{
+	bool		identical = !p->ae_errors;
+	bool		complete = !p->ae_errors;
+	int			i;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz since;
+
+	for (i = 0; i < p->ntables; i++)
+	{
+		identical &= p->tables[i].identical;
+		complete &= p->tables[i].complete;
+	}
+	if (identical)
+	{
+		TimestampTz at = p->ae_started;
+
+		if (run_guarded(p, record_convergence, &at, NULL))
+			p->last_converged_at = at;
+	}
+	since = p->last_converged_at ? p->last_converged_at : p->added_at;
+
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->rounds++;
+	p->st->served_gen = Max(p->st->served_gen, p->ae_gen);
+	p->st->served_converged = complete;
+	p->st->last_converged_at = p->last_converged_at;
+	p->st->needs_resync = !identical &&
+		TimestampDifferenceExceeds(since, now, registry_tombstone_retention_s * 1000);
+	p->st->state = PEER_STREAMING;
+	LWLockRelease(RegistryState->peer_lock);
+	ConditionVariableBroadcast(&RegistryState->sync_cv);
+
+	p->ae_active = false;
+	p->last_ae = now;
+	MemoryContextReset(p->roundcxt);
+	p->tables = NULL;
+}
+
+static void
+send_digest(Peer *p, AETable *t, int nb, int lo, int width, int n)
+{
+	char		a[16],
+				b[16],
+				c[16],
+				d[16];
+	const char *params[5];
+
+	snprintf(a, sizeof(a), "%d", nb);
+	snprintf(b, sizeof(b), "%d", lo);
+	snprintf(c, sizeof(c), "%d", width);
+	snprintf(d, sizeof(d), "%d", n);
+	params[0] = t->name;
+	params[1] = a;
+	params[2] = b;
+	params[3] = c;
+	params[4] = d;
+	p->inflight_table = t;
+	send_query(p, Q_DIGEST,
+			   "SELECT registry.digest($1, $2::int, $3::int, $4::int, $5::int)", 5, params);
+}
+
+static void
+send_entries(Peer *p, AETable *t, bool with_rows)
+{
+	StringInfoData arr;
+	char		nb[16],
+				after[16],
+				maxe[16];
+	const char *params[6];
+	int			i;
+	int			last;
+
+	initStringInfo(&arr);
+	appendStringInfoChar(&arr, '{');
+	if (t->stage == AE_FULL)
+		appendStringInfoChar(&arr, '0');
+	else
+	{
+		last = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
+		for (i = t->itodo; i < last; i++)
+			appendStringInfo(&arr, "%s%d", i > t->itodo ? "," : "", t->buckets[i]);
+	}
+	appendStringInfoChar(&arr, '}');
+	snprintf(nb, sizeof(nb), "%d", t->stage == AE_FULL ? 1 : t->nb);
+	snprintf(after, sizeof(after), "%d", khash_to_int4(t->after));
+	snprintf(maxe, sizeof(maxe), "%d",
+			 t->stage == AE_FULL ? registry_batch_size : AE_ENTRIES_PER_CALL);
+	params[0] = t->name;
+	params[1] = nb;
+	params[2] = arr.data;
+	params[3] = with_rows ? "true" : "false";
+	params[4] = t->resume ? after : NULL;
+	params[5] = maxe;
+	p->inflight_table = t;
+	send_query(p, Q_ENTRIES,
+			   "SELECT registry.bucket_entries($1, $2::int, $3::int[], $4::bool, $5::int, $6::int)",
+			   6, params);
+}
+
+static void
+send_fetch(Peer *p, AETable *t)
+{
+	StringInfoData arr;
+	const char *params[2];
+	int			last = Min(t->nfetch, t->ifetch + registry_batch_size);
+	int			i;
+
+	initStringInfo(&arr);
+	appendStringInfoChar(&arr, '{');
+	for (i = t->ifetch; i < last; i++)
+	{
+		const char *k;
+
+		if (i > t->ifetch)
+			appendStringInfoChar(&arr, ',');
+		appendStringInfoChar(&arr, '"');
+		for (k = t->fetch[i]; *k; k++)
+		{
+			if (*k == '"' || *k == '\\')
+				appendStringInfoChar(&arr, '\\');
+			appendStringInfoChar(&arr, *k);
+		}
+		appendStringInfoChar(&arr, '"');
+	}
+	appendStringInfoChar(&arr, '}');
+	t->ifetch = last;
+	params[0] = t->name;
+	params[1] = arr.data;
+	p->inflight_table = t;
+	send_query(p, Q_FETCH, "SELECT registry.fetch_rows($1, $2::text[])", 2, params);
+}
+
+/* Issue the next request of the round, moving past finished tables. */
+static void
+send_ae(Peer *p)
+{
+	while (p->itable < p->ntables)
+	{
+		AETable    *t = &p->tables[p->itable];
+
+		switch (t->stage)
+		{
+			case AE_ROOT:
+			case AE_VERIFY:
+				send_digest(p, t, registry_digest_buckets, 0, 0, 0);
+				return;
+			case AE_GROUPS:
+				send_digest(p, t, t->nb, 0, t->nb / AE_GROUP_FANOUT, AE_GROUP_FANOUT);
+				return;
+			case AE_BUCKETS:
+				if (t->itodo < t->ntodo)
+				{
+					int			width = t->nb / AE_GROUP_FANOUT;
+
+					send_digest(p, t, t->nb, t->todo[t->itodo] * width, 1, width);
+					return;
+				}
+				t->stage = AE_ENTRIES;
+				t->itodo = 0;
+				t->resume = false;
+				continue;
+			case AE_ENTRIES:
+				if (t->itodo < t->nbuckets)
+				{
+					send_entries(p, t, false);
+					return;
+				}
+				t->stage = AE_FETCH;
+				continue;
+			case AE_FETCH:
+				if (t->ifetch < t->nfetch)
+				{
+					send_fetch(p, t);
+					return;
+				}
+				t->stage = AE_VERIFY;
+				continue;
+			case AE_FULL:
+				send_entries(p, t, true);
+				return;
+			case AE_DONE:
+				p->itable++;
+				continue;
+		}
+	}
+	end_round(p);
+}
+
+/* The peer's answer to a digest request. */
+typedef struct DigestWork
+{
+	AETable    *t;
+	char	   *data;
+	int			len;
+} DigestWork;
+
+static void
+handle_digest_guarded(Peer *p, void *arg)
+{
+	DigestWork *w = arg;
+	AETable    *t = w->t;
+	MsgDigest	m;
+	uint64	   *ours;
+	int64		ourcount;
+	bool		registered;
+	uint64		root = 0;
+	int			i;
+
+	msg_read_digest(w->data, w->len, &m);
+	check_node_name(p, m.node);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ours = our_buckets(t->name, m.nbuckets, &ourcount, &registered);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	if (!registered)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table %s is no longer a registry table here", t->name)));
+	for (i = 0; i < m.nbuckets; i++)
+		root ^= ours[i];
+
+	if (t->stage == AE_ROOT || t->stage == AE_VERIFY)
+	{
+		bool		verify = (t->stage == AE_VERIFY);
+
+		t->nb = m.nbuckets;
+		if (root == m.root)
+		{
+			t->identical = true;
+			t->complete = true;
+			t->stage = AE_DONE;
+			return;
+		}
+		if (verify)
+		{
+			/* we pulled all that was newer; the rest is ours to offer */
+			t->complete = true;
+			t->stage = AE_DONE;
+			return;
+		}
+		if (ourcount * 2 < m.live + m.tombstones)
+		{
+			t->stage = AE_FULL;
+			t->resume = false;
+		}
+		else if (t->nb <= AE_GROUP_FANOUT)
+		{
+			/* few buckets: every one is a group of one */
+			t->buckets = MemoryContextAlloc(p->roundcxt, sizeof(int) * t->nb);
+			t->nbuckets = 0;
+			for (i = 0; i < t->nb; i++)
+				t->buckets[t->nbuckets++] = i;
+			t->stage = AE_ENTRIES;
+			t->itodo = 0;
+			t->resume = false;
+		}
+		else
+			t->stage = AE_GROUPS;
+		return;
+	}
+
+	if (t->stage == AE_GROUPS)
+	{
+		int			width = t->nb / AE_GROUP_FANOUT;
+
+		t->todo = MemoryContextAlloc(p->roundcxt, sizeof(int) * AE_GROUP_FANOUT);
+		t->ntodo = 0;
+		t->itodo = 0;
+		for (i = 0; i < m.n; i++)
+		{
+			uint64		g = 0;
+			int			b;
+
+			for (b = i * width; b < (i + 1) * width; b++)
+				g ^= ours[b];
+			if (g != m.digests[i])
+				t->todo[t->ntodo++] = i;
+		}
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		p->st->round_buckets_compared += m.n;
+		LWLockRelease(RegistryState->peer_lock);
+		if (t->ntodo * 2 > AE_GROUP_FANOUT)
+		{
+			/* most of the table differs: pull it whole */
+			t->stage = AE_FULL;
+			t->resume = false;
+		}
+		else
+		{
+			t->buckets = MemoryContextAlloc(p->roundcxt,
+											sizeof(int) * Max(t->ntodo * width, 1));
+			t->nbuckets = 0;
+			t->stage = AE_BUCKETS;
+		}
+		return;
+	}
+
+	if (t->stage == AE_BUCKETS)
+	{
+		int			mismatched = 0;
+
+		for (i = 0; i < m.n; i++)
+		{
+			int			b = m.lo + i;
+
+			if (ours[b] != m.digests[i])
+			{
+				t->buckets[t->nbuckets++] = b;
+				mismatched++;
+			}
+		}
+		t->itodo++;
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		p->st->round_buckets_compared += m.n;
+		p->st->round_buckets_mismatched += mismatched;
+		LWLockRelease(RegistryState->peer_lock);
+		return;
+	}
+}
+
+/*
+ * Entries of differing buckets: tombstones newer on the peer are applied
+ * straight away, live keys newer on the peer are queued for fetch_rows.
+ * In a whole-table pull the entries carry their rows and are applied.
+ */
+static void
+handle_entries_guarded(Peer *p, void *arg)
+{
+	DigestWork *w = arg;
+	AETable    *t = w->t;
+	MsgEntries	m;
+	TableBatch	b;
+	int			i;
+
+	msg_read_entries(w->data, w->len, &m);
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->rows_pulled += m.n;
+	LWLockRelease(RegistryState->peer_lock);
+
+	memset(&b, 0, sizeof(b));
+	b.table = &m.table;
+	b.rows = palloc(sizeof(MsgRow *) * Max(m.n, 1));
+
+	if (t->stage == AE_FULL)
+	{
+		for (i = 0; i < m.n; i++)
+			b.rows[b.nrows++] = &m.rows[i];
+		b.bulk = true;
+	}
+	else
+	{
+		RegTable   *rt;
+		RowLookup	rl;
+		int			nest;
+		Snapshot	snap;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		canonical_gucs_push(&nest);
+		rt = regtable_by_name(t->name, false);
+		snap = GetActiveSnapshot();
+		row_lookup_begin(&rl, rt, AccessShareLock, snap);
+		for (i = 0; i < m.n; i++)
+		{
+			MsgRow	   *r = &m.rows[i];
+			VersionState st;
+			bool		newer;
+
+			CHECK_FOR_INTERRUPTS();
+			memset(&st, 0, sizeof(st));
+			if (row_lookup(&rl, r->key))
+				row_version(rt, rl.slot, &st);
+			else
+				(void) tombstone_get(rt->tid, keys_hash(r->key, strlen(r->key)),
+									 r->key, snap, &st);
+			newer = !st.exists || r->version > st.version ||
+				(r->version == st.version && strcmp(r->origin, st.origin) > 0);
+			if (!newer)
+				continue;
+			if (!st.exists && r->version <= rt->purge_horizon)
+			{
+				/* purged here: a tombstone needs nothing, a row is refused */
+				if (r->state == ROW_LIVE)
+					b.refused_purged++;
+				continue;
+			}
+			if (r->state == ROW_TOMBSTONE)
+				b.rows[b.nrows++] = r;
+			else
+			{
+				if (t->nfetch >= t->maxfetch)
+				{
+					t->maxfetch = Max(64, t->maxfetch * 2);
+					if (t->fetch == NULL)
+						t->fetch = MemoryContextAlloc(p->roundcxt, sizeof(char *) * t->maxfetch);
+					else
+						t->fetch = repalloc(t->fetch, sizeof(char *) * t->maxfetch);
+				}
+				t->fetch[t->nfetch++] = MemoryContextStrdup(p->roundcxt, r->key);
+			}
+		}
+		row_lookup_end(&rl);
+		canonical_gucs_pop(nest);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		if (b.refused_purged > 0)
+		{
+			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+			p->st->rows_refused_purged += b.refused_purged;
+			LWLockRelease(RegistryState->peer_lock);
+		}
+	}
+	if (b.nrows > 0)
+		apply_batch(p, &b);
+
+	if (m.more)
+	{
+		t->resume = true;
+		t->after = m.next_khash;
+	}
+	else if (t->stage == AE_FULL)
+		t->stage = AE_VERIFY;
+	else
+	{
+		t->itodo = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
+		t->resume = false;
+	}
+}
+
+static void
+handle_fetch_guarded(Peer *p, void *arg)
+{
+	DigestWork *w = arg;
+	MsgRows		m;
+	TableBatch	b;
+	int			i;
+
+	msg_read_rows(w->data, w->len, &m);
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->rows_pulled += m.n;
+	LWLockRelease(RegistryState->peer_lock);
+	memset(&b, 0, sizeof(b));
+	b.table = &m.table;
+	b.rows = palloc(sizeof(MsgRow *) * Max(m.n, 1));
+	for (i = 0; i < m.n; i++)
+		b.rows[b.nrows++] = &m.rows[i];
+	b.bulk = (m.n > 16);
+	apply_batch(p, &b);
+}
+
+/* ---- results ---- */
+
+static void
+handle_result(Peer *p, PGresult *res)
+{
+	ExecStatusType status = PQresultStatus(res);
+	QueryKind	kind = p->inflight;
+	AETable    *t = p->inflight_table;
+	char	   *data = NULL;
+	int			len = 0;
+
+	p->inflight = Q_NONE;
+	p->inflight_table = NULL;
+
+	if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR)
+	{
+		char		msg[256];
+		const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		snprintf(msg, sizeof(msg), "%s%s%s", t ? t->name : "",
+				 t ? ": " : "", PQresultErrorMessage(res));
+		PQclear(res);
+		record_error(p, msg);
+		if (t)
+		{
+			/* this table is skipped this round; others go on */
+			t->failed = true;
+			t->stage = AE_DONE;
+		}
+		else if (kind == Q_CHANGES && sqlstate &&
+				 strcmp(sqlstate, "55000") != 0)
+			p->ae_needed = true;
+		return;
+	}
+	if (kind == Q_LISTEN)
+	{
+		PQclear(res);
+		p->listening = (status == PGRES_COMMAND_OK);
+		return;
+	}
+	if (status != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 1 ||
+		PQgetisnull(res, 0, 0) || PQfformat(res, 0) != 1)
+	{
+		PQclear(res);
+		disconnect(p, "malformed answer: expected one bytea value");
+		return;
+	}
+	/* copy and clear first: parsing may raise an error */
+	len = PQgetlength(res, 0, 0);
+	data = palloc(len + 1);
+	memcpy(data, PQgetvalue(res, 0, 0), len);
+	PQclear(res);
+
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->bytes_pulled += len;
+	LWLockRelease(RegistryState->peer_lock);
+
+	if (kind == Q_CHANGES)
+		handle_changes(p, data, len);
+	else
+	{
+		DigestWork	w = {t, data, len};
+		bool		ok;
+
+		if (kind == Q_DIGEST)
+			ok = run_guarded(p, handle_digest_guarded, &w, NULL);
+		else if (kind == Q_ENTRIES)
+			ok = run_guarded(p, handle_entries_guarded, &w, NULL);
+		else
+			ok = run_guarded(p, handle_fetch_guarded, &w, NULL);
+		if (!ok)
+		{
+			t->failed = true;
+			t->stage = AE_DONE;
+		}
+		else
+			note_success(p);
+	}
+	pfree(data);
+}
+
+/* Read what the peer sent; handle notifications and a finished request. */
+static void
+service(Peer *p)
+{
+	PGnotify   *n;
+
+	if (p->flushing && p->writable)
+		p->flushing = (PQflush(p->conn) == 1);
+	if (!p->readable && p->inflight == Q_NONE)
+		return;
+	if (!PQconsumeInput(p->conn))
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg), "connection lost: %s", PQerrorMessage(p->conn));
+		disconnect(p, msg);
+		return;
+	}
+	while ((n = PQnotifies(p->conn)) != NULL)
+	{
+		p->want_fast = true;
+		PQfreemem(n);
+	}
+	while (p->inflight != Q_NONE && !PQisBusy(p->conn))
+	{
+		PGresult   *res = PQgetResult(p->conn);
+		PGresult   *extra;
+
+		if (res == NULL)
+		{
+			disconnect(p, "request ended without a result");
+			return;
+		}
+		/* a request has exactly one result: drain to the end */
+		while ((extra = PQgetResult(p->conn)) != NULL)
+			PQclear(extra);
+		handle_result(p, res);
+		if (p->conn == NULL)
+			return;
+	}
+}
+
+static bool
+should_start_round(Peer *p, TimestampTz now)
+{
+	uint64		gen;
+
+	if (p->ae_active)
+		return false;
+	SpinLockAcquire(&RegistryState->mutex);
+	gen = RegistryState->sync_request_gen;
+	SpinLockRelease(&RegistryState->mutex);
+	return p->ae_needed || gen > p->st->served_gen ||
+		TimestampDifferenceExceeds(p->last_ae, now, registry_antientropy_interval_ms);
+}
+
+/* Start the next request, or say when one will be due. */
+static void
+next_request(Peer *p, TimestampTz now, long *timeout)
+{
+	long		wait;
+
+	if (!p->listening)
+	{
+		send_query(p, Q_LISTEN, "LISTEN registry_wakeup", 0, NULL);
+		return;
+	}
+	if (p->want_fast ||
+		TimestampDifferenceExceeds(p->last_fast, now, registry_sync_interval_ms))
+	{
+		send_changes(p);
+		return;
+	}
+	if (!p->ae_active && should_start_round(p, now))
+		start_round(p);
+	if (p->ae_active)
+	{
+		send_ae(p);
+		if (p->inflight != Q_NONE || p->conn == NULL)
+			return;
+	}
+	wait = registry_sync_interval_ms -
+		(long) ((now - p->last_fast) / 1000);
+	*timeout = Min(*timeout, Max(wait, 1));
+	wait = registry_antientropy_interval_ms - (long) ((now - p->last_ae) / 1000);
+	*timeout = Min(*timeout, Max(wait, 1));
+}
+
+static void
+step(Peer *p, TimestampTz now, long *timeout)
+{
+	if (p->conn == NULL)
+	{
+		uint64		gen;
+
+		SpinLockAcquire(&RegistryState->mutex);
+		gen = RegistryState->sync_request_gen;
+		SpinLockRelease(&RegistryState->mutex);
+		if (gen > p->st->served_gen)
+			serve_request_failed(p);
+		if (now >= p->next_connect)
+			start_connect(p);
+		else
+			*timeout = Min(*timeout, Max((long) ((p->next_connect - now) / 1000), 1));
+		if (p->conn == NULL)
+			return;
+	}
+	if (p->connecting)
+	{
+		drive_connect(p);
+		if (p->conn && p->connecting &&
+			TimestampDifferenceExceeds(p->connect_started, now, registry_connect_timeout_ms))
+		{
+			char		msg[128];
+
+			snprintf(msg, sizeof(msg), "no connection within registry.connect_timeout (%d ms)",
+					 registry_connect_timeout_ms);
+			disconnect(p, msg);
+		}
+		if (p->conn && p->connecting)
+			*timeout = Min(*timeout, registry_connect_timeout_ms);
+		if (p->conn == NULL || p->connecting)
+			return;
+	}
+	service(p);
+	if (p->conn == NULL)
+		return;
+	if (p->inflight != Q_NONE)
+	{
+		if (TimestampDifferenceExceeds(p->query_started, now, registry_query_timeout_ms))
+		{
+			char		msg[128];
+
+			snprintf(msg, sizeof(msg), "no answer within registry.query_timeout (%d ms)",
+					 registry_query_timeout_ms);
+			disconnect(p, msg);
+			return;
+		}
+		*timeout = Min(*timeout, registry_query_timeout_ms);
+		return;
+	}
+	next_request(p, now, timeout);
+}
+
+/* ---- the peer list ---- */
+
+static void
+load_peers(void)
+{
+	Peer	   *newp = NULL;
+	int			n = 0;
+	int			i,
+				j;
+	int			rc;
+	MemoryContext old;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (OidIsValid(get_extension_oid("registry", true)))
+	{
+		SPI_connect();
+		rc = SPI_execute("SELECT name, conninfo, added_at, last_converged_at "
+						 "FROM registry.peers ORDER BY name", true, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "registry: could not read registry.peers");
+		old = MemoryContextSwitchTo(SyncContext);
+		newp = palloc0(sizeof(Peer) * Max(SPI_processed, 1));
+		for (i = 0; i < (int) SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			Datum		d;
+
+			strlcpy(newp[n].name, SPI_getvalue(tup, desc, 1), sizeof(newp[n].name));
+			newp[n].conninfo = SPI_getvalue(tup, desc, 2);
+			d = SPI_getbinval(tup, desc, 3, &isnull);
+			newp[n].added_at = isnull ? 0 : DatumGetTimestampTz(d);
+			d = SPI_getbinval(tup, desc, 4, &isnull);
+			newp[n].last_converged_at = isnull ? 0 : DatumGetTimestampTz(d);
+			n++;
+		}
+		MemoryContextSwitchTo(old);
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	/* keep the connections of unchanged peers */
+	for (i = 0; i < n; i++)
+	{
+		Peer	   *np = &newp[i];
+		bool		kept = false;
+
+		for (j = 0; j < npeers; j++)
+		{
+			Peer	   *op = &peers[j];
+
+			if (op->seen && strcmp(op->name, np->name) == 0 &&
+				strcmp(op->conninfo, np->conninfo) == 0)
+			{
+				char	   *conninfo = np->conninfo;
+				TimestampTz added = np->added_at;
+
+				*np = *op;
+				np->conninfo = conninfo;
+				np->added_at = added;
+				op->seen = false;	/* moved */
+				kept = true;
+				break;
+			}
+		}
+		if (!kept)
+		{
+			np->backoff_ms = BACKOFF_MIN_MS;
+			np->roundcxt = AllocSetContextCreate(SyncContext, "registry sync round",
+												 ALLOCSET_DEFAULT_SIZES);
+			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+			np->st = peer_status_slot(np->name, true);
+			if (np->st)
+			{
+				np->st->last_converged_at = np->last_converged_at;
+				np->st->state = PEER_DISCONNECTED;
+			}
+			LWLockRelease(RegistryState->peer_lock);
+			if (np->st == NULL)
+			{
+				ereport(WARNING,
+						(errmsg("registry: no room for peer \"%s\"", np->name),
+						 errhint("Raise registry.max_nodes and restart.")));
+				np->seen = false;
+				continue;
+			}
+		}
+		np->seen = true;
+	}
+	/* close what is no longer configured */
+	for (j = 0; j < npeers; j++)
+	{
+		Peer	   *op = &peers[j];
+
+		if (!op->seen)
+			continue;
+		if (op->conn)
+			PQfinish(op->conn);
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		op->st->in_use = false;
+		LWLockRelease(RegistryState->peer_lock);
+		MemoryContextDelete(op->roundcxt);
+	}
+	if (peers)
+		pfree(peers);
+	peers = newp;
+	npeers = n;
+}
+
+static void
+close_all(int code, Datum arg)
+{
+	int			i;
+
+	for (i = 0; i < npeers; i++)
+		if (peers[i].conn)
+			PQfinish(peers[i].conn);
+}
+
+void
+registry_sync_main(Datum arg)
+{
+	MemoryContext loopcxt;
+	TimestampTz last_load = 0;
+
+	worker_attach(REG_WORKER_SYNC);
+	SyncContext = AllocSetContextCreate(TopMemoryContext, "registry sync",
+										ALLOCSET_DEFAULT_SIZES);
+	loopcxt = AllocSetContextCreate(TopMemoryContext, "registry sync loop",
+									ALLOCSET_DEFAULT_SIZES);
+	on_proc_exit(close_all, (Datum) 0);
+
+	for (;;)
+	{
+		TimestampTz now;
+		long		timeout = 1000;
+		uint64		changed;
+		WaitEventSet *set;
+		WaitEvent  *events;
+		int			nev;
+		int			i;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(loopcxt);
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			last_load = 0;
+		}
+		SpinLockAcquire(&RegistryState->mutex);
+		changed = RegistryState->peers_changed;
+		SpinLockRelease(&RegistryState->mutex);
+		now = GetCurrentTimestamp();
+		if (changed != seen_peers_changed ||
+			TimestampDifferenceExceeds(last_load, now, 10000))
+		{
+			seen_peers_changed = changed;
+			last_load = now;
+			load_peers();
+		}
+
+		/* wait for replication to be possible at all */
+		if (pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY)
+			timeout = 100;
+		else
+		{
+			for (i = 0; i < npeers; i++)
+			{
+				if (!peers[i].seen)
+					continue;
+				step(&peers[i], now, &timeout);
+				peers[i].readable = peers[i].writable = false;
+			}
+		}
+
+		set = CreateWaitEventSet(CurrentMemoryContext, npeers + 2);
+		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		for (i = 0; i < npeers; i++)
+		{
+			Peer	   *p = &peers[i];
+			uint32		ev = 0;
+
+			if (!p->seen || p->conn == NULL || PQsocket(p->conn) < 0)
+				continue;
+			if (p->connecting)
+				ev = (p->poll == PGRES_POLLING_READING) ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
+			else
+				ev = WL_SOCKET_READABLE | (p->flushing ? WL_SOCKET_WRITEABLE : 0);
+			AddWaitEventToSet(set, ev, PQsocket(p->conn), NULL, p);
+		}
+		events = palloc(sizeof(WaitEvent) * (npeers + 2));
+		nev = WaitEventSetWait(set, Max(timeout, 1), events, npeers + 2,
+							   PG_WAIT_EXTENSION);
+		for (i = 0; i < nev; i++)
+		{
+			Peer	   *p = events[i].user_data;
+
+			if (events[i].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			if (p)
+			{
+				if (events[i].events & WL_SOCKET_READABLE)
+					p->readable = true;
+				if (events[i].events & WL_SOCKET_WRITEABLE)
+					p->writable = true;
+			}
+		}
+		FreeWaitEventSet(set);
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loopcxt);
+	}
+}
