@@ -400,7 +400,22 @@ apply_batch_once(Peer *p, void *arg)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table %s is not a registry table on this node", b->table->name)));
-	ac = apply_map_columns(t, b->table->ncols, b->table->colnames, b->table->coltypes);
+	if (b->table->ncols > 0)
+		ac = apply_map_columns(t, b->table->ncols, b->table->colnames,
+							   b->table->coltypes);
+	else
+	{
+		/* an answer without rows (bucket entries): only tombstones apply */
+		char	  **names = palloc(sizeof(char *) * Max(t->ncols, 1));
+		char	  **types = palloc(sizeof(char *) * Max(t->ncols, 1));
+
+		for (i = 0; i < t->ncols; i++)
+		{
+			names[i] = t->cols[i].name;
+			types[i] = t->cols[i].typname;
+		}
+		ac = apply_map_columns(t, t->ncols, names, types);
+	}
 	if (b->bulk)
 		live = palloc(sizeof(ApplyRow) * Max(b->nrows, 1));
 	for (i = 0; i < b->nrows; i++)
