@@ -65,6 +65,12 @@ CREATE TABLE registry.peers (
     last_converged_at timestamptz
 );
 
+-- pg_dump carries the registry's state with the tables it describes.
+SELECT pg_catalog.pg_extension_config_dump('registry.replicated_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('registry.replicated_tables_tid_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('registry.tombstones', '');
+SELECT pg_catalog.pg_extension_config_dump('registry.peers', '');
+
 -- ---------------------------------------------------------------------
 -- Registration
 -- ---------------------------------------------------------------------
@@ -302,7 +308,7 @@ CREATE FUNCTION registry._peer_status(
     OUT rows_skipped bigint, OUT versions_refused bigint, OUT rows_refused_purged bigint,
     OUT last_success timestamptz, OUT last_converged_at timestamptz,
     OUT needs_resync boolean, OUT errors bigint,
-    OUT last_error text, OUT last_error_at timestamptz)
+    OUT last_error text, OUT last_error_at timestamptz, OUT bytes_sent bigint)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'registry_peer_status' LANGUAGE C VOLATILE;
 
@@ -344,6 +350,7 @@ CREATE VIEW registry.peer_status AS
            s.peer_epoch, s.consumed_seq, s.peer_last_seq, s.lag_changes, s.lag_ms,
            s.connects, s.connected_since, s.fast_batches, s.rounds,
            s.buckets_compared, s.buckets_mismatched, s.rows_pulled, s.bytes_pulled,
+           s.bytes_sent,
            s.rows_applied, s.rows_skipped, s.versions_refused, s.rows_refused_purged,
            s.last_success, coalesce(s.last_converged_at, p.last_converged_at) AS last_converged_at,
            coalesce(s.needs_resync, false) AS needs_resync, s.errors,

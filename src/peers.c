@@ -224,8 +224,8 @@ registry_peer_status(PG_FUNCTION_ARGS)
 	for (i = 0; i < registry_max_origins; i++)
 	{
 		PeerStatus *p = &copy[i];
-		Datum		v[26];
-		bool		n[26] = {false};
+		Datum		v[27];
+		bool		n[27] = {false};
 		int64		lag_changes;
 		int64		lag_ms = 0;
 
@@ -268,6 +268,7 @@ registry_peer_status(PG_FUNCTION_ARGS)
 		else
 			n[24] = true;
 		TS_OR_NULL(25, p->last_error_at);
+		v[26] = Int64GetDatum((int64) p->bytes_sent);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 	}
 	return (Datum) 0;

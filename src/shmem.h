@@ -94,7 +94,8 @@ typedef struct PeerStatus
 	int64		round_buckets_compared; /* in the last round */
 	int64		round_buckets_mismatched;
 	uint64		rows_pulled;
-	uint64		bytes_pulled;
+	uint64		bytes_pulled;	/* answers, as received (compressed) */
+	uint64		bytes_sent;		/* requests: statement text and parameters */
 	uint64		rows_applied;
 	uint64		rows_skipped;	/* not newer than ours */
 	uint64		versions_refused;	/* too far in the future */

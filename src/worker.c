@@ -291,6 +291,51 @@ maybe_rebuild(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * Purge tombstones every peer has (peers.c has the rule), at most every
+ * ten minutes.  A failure is logged; the worker goes on.
+ */
+static void
+maybe_purge(TimestampTz *last)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext oldcxt = CurrentMemoryContext;
+	int64		n = 0;
+
+	if (pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY ||
+		!TimestampDifferenceExceeds(*last, now,
+									Min(600, Max(registry_tombstone_retention_s / 2, 1)) * 1000))
+		return;
+	*last = now;
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (extension_exists())
+			n = purge_tombstones();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+		ereport(LOG,
+				(errmsg("registry: could not purge tombstones: %s", edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	if (n > 0)
+		ereport(DEBUG1, (errmsg("registry: purged " INT64_FORMAT " tombstones", n)));
+}
+
 typedef struct TableName
 {
 	int32		tid;
@@ -466,6 +511,7 @@ registry_maintenance_main(Datum arg)
 	MemoryContext loopcxt;
 	bool		busy;
 	long		poll_ms = NOTIFY_POLL_MIN_MS;
+	TimestampTz last_purge = GetCurrentTimestamp();
 
 	worker_attach(REG_WORKER_MAINTENANCE);
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "registry maintenance",
@@ -485,6 +531,7 @@ registry_maintenance_main(Datum arg)
 
 		MemoryContextSwitchTo(loopcxt);
 		maybe_rebuild();
+		maybe_purge(&last_purge);
 		busy = notify_pending() > 0;
 		if (!busy)
 		{
