@@ -188,17 +188,17 @@ COMMENT ON FUNCTION registry.version_time(bigint) IS
 -- ---------------------------------------------------------------------
 -- Serving functions (called by peers)
 -- ---------------------------------------------------------------------
--- Values travel in canonical settings, fixed here for the call.
+-- Values travel in canonical settings (DateStyle, TimeZone, ...): the
+-- functions switch to them when a table's types need it.
 
 CREATE FUNCTION registry.changes_since(after_seq bigint,
                                        max_changes integer DEFAULT 1000,
                                        with_rows boolean DEFAULT false,
                                        epoch bigint DEFAULT NULL,
-                                       exclude_origin text DEFAULT NULL)
+                                       exclude_origin text DEFAULT NULL,
+                                       wait_ms integer DEFAULT 0)
     RETURNS bytea
-    AS 'MODULE_PATHNAME', 'registry_changes_since' LANGUAGE C VOLATILE
-    SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
-    SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
+    AS 'MODULE_PATHNAME', 'registry_changes_since' LANGUAGE C VOLATILE;
 
 CREATE FUNCTION registry.digest(tbl text,
                                 nbuckets integer DEFAULT 0,
@@ -216,15 +216,11 @@ CREATE FUNCTION registry.bucket_entries(tbl text,
                                         after_hash integer DEFAULT NULL,
                                         max_entries integer DEFAULT 10000)
     RETURNS bytea
-    AS 'MODULE_PATHNAME', 'registry_bucket_entries' LANGUAGE C VOLATILE
-    SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
-    SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
+    AS 'MODULE_PATHNAME', 'registry_bucket_entries' LANGUAGE C VOLATILE;
 
 CREATE FUNCTION registry.fetch_rows(tbl text, keys text[])
     RETURNS bytea
-    AS 'MODULE_PATHNAME', 'registry_fetch_rows' LANGUAGE C STRICT VOLATILE
-    SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
-    SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
+    AS 'MODULE_PATHNAME', 'registry_fetch_rows' LANGUAGE C STRICT VOLATILE;
 
 CREATE FUNCTION registry.decode_message(msg bytea) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'registry_decode_message' LANGUAGE C STRICT IMMUTABLE;
@@ -395,7 +391,7 @@ GRANT EXECUTE ON FUNCTION
     registry.resync(regclass), registry._peer_status()
     TO registry_admin;
 GRANT EXECUTE ON FUNCTION
-    registry.changes_since(bigint, integer, boolean, bigint, text),
+    registry.changes_since(bigint, integer, boolean, bigint, text, integer),
     registry.digest(text, integer, integer, integer, integer),
     registry.bucket_entries(text, integer, integer[], boolean, integer, integer),
     registry.fetch_rows(text, text[]),

@@ -31,6 +31,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -70,6 +71,7 @@ key_column_list(RegTable *t)
 ApplyColumns *
 apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 {
+	MemoryContext mycxt = CurrentMemoryContext;
 	ApplyColumns *ac = palloc0(sizeof(ApplyColumns));
 	StringInfoData sql;
 	StringInfoData set;
@@ -150,7 +152,9 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 	argtypes = palloc(sizeof(Oid) * (ncols + 2));
 	for (i = 0; i < ncols + 2; i++)
 		argtypes[i] = TEXTOID;
+	/* SPI_prepare leaves SPI's memory context current: come back to ours */
 	ac->upsert = SPI_prepare(sql.data, ncols + 2, argtypes);
+	MemoryContextSwitchTo(mycxt);
 	if (ac->upsert == NULL)
 		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
 			 SPI_result_code_string(SPI_result));
@@ -163,18 +167,28 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 						 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
 	appendStringInfoString(&sql, ")");
 	ac->delete = SPI_prepare(sql.data, t->nkeys, argtypes);
+	MemoryContextSwitchTo(mycxt);
 	if (ac->delete == NULL)
 		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
 			 SPI_result_code_string(SPI_result));
 	return ac;
 }
 
+static void prepare_bulk(ApplyColumns *ac);
+static void prepare_fresh(ApplyColumns *ac);
+
 /* Keep the prepared statements beyond the current SPI connection. */
 void
 apply_keep_columns(ApplyColumns *ac)
 {
+	if (ac->bulk == NULL)
+		prepare_bulk(ac);
+	if (ac->fresh == NULL)
+		prepare_fresh(ac);
 	SPI_keepplan(ac->upsert);
 	SPI_keepplan(ac->delete);
+	SPI_keepplan(ac->bulk);
+	SPI_keepplan(ac->fresh);
 }
 
 void
@@ -184,6 +198,8 @@ apply_free_columns(ApplyColumns *ac)
 	SPI_freeplan(ac->delete);
 	if (ac->bulk)
 		SPI_freeplan(ac->bulk);
+	if (ac->fresh)
+		SPI_freeplan(ac->fresh);
 }
 
 /*
@@ -361,6 +377,7 @@ text_array(Datum *elems, bool *nulls, int n)
 static void
 prepare_bulk(ApplyColumns *ac)
 {
+	MemoryContext mycxt = CurrentMemoryContext;
 	RegTable   *t = ac->t;
 	StringInfoData sql;
 	StringInfoData set;
@@ -430,9 +447,226 @@ prepare_bulk(ApplyColumns *ac)
 	argtypes[n + 2] = INT4ARRAYOID;
 	argtypes[n + 3] = TEXTARRAYOID;
 	ac->bulk = SPI_prepare(sql.data, n + 4, argtypes);
+	MemoryContextSwitchTo(mycxt);
 	if (ac->bulk == NULL)
 		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
 			 SPI_result_code_string(SPI_result));
+}
+
+static void
+prepare_fresh(ApplyColumns *ac)
+{
+	MemoryContext mycxt = CurrentMemoryContext;
+	RegTable   *t = ac->t;
+	StringInfoData sql;
+	Oid		   *argtypes;
+	int			n = ac->ncols;
+	int			i;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s (", t->qualname);
+	for (i = 0; i < n; i++)
+		appendStringInfo(&sql, "%s, ", quote_identifier(t->cols[ac->local[i]].name));
+	appendStringInfo(&sql, "registry_version, registry_origin)%s SELECT ",
+					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
+	for (i = 0; i < n; i++)
+		appendStringInfo(&sql, "u.a%d::%s, ", i + 1,
+						 format_type_with_typemod(t->cols[ac->local[i]].typid,
+												  t->cols[ac->local[i]].typmod));
+	appendStringInfoString(&sql, "u.v, u.o FROM unnest(");
+	for (i = 0; i < n; i++)
+		appendStringInfo(&sql, "$%d::text[], ", i + 1);
+	appendStringInfo(&sql, "$%d::bigint[], $%d::text[]) AS u(", n + 1, n + 2);
+	for (i = 0; i < n; i++)
+		appendStringInfo(&sql, "a%d, ", i + 1);
+	appendStringInfoString(&sql, "v, o)");
+
+	argtypes = palloc(sizeof(Oid) * (n + 2));
+	for (i = 0; i < n; i++)
+		argtypes[i] = TEXTARRAYOID;
+	argtypes[n] = INT8ARRAYOID;
+	argtypes[n + 1] = TEXTARRAYOID;
+	ac->fresh = SPI_prepare(sql.data, n + 2, argtypes);
+	MemoryContextSwitchTo(mycxt);
+	if (ac->fresh == NULL)
+		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
+			 SPI_result_code_string(SPI_result));
+}
+
+/*
+ * Apply many live rows of keys this node has no row for (a whole table
+ * pulled into an empty one): a plain INSERT, no per-row triggers or
+ * conflict checks; the rows are recorded here and published as one bulk
+ * change.  A concurrent local write of one of the keys makes the INSERT
+ * fail (unique violation) or is found among the tombstones (serialization
+ * failure): the caller then applies the batch with apply_rows_bulk().
+ */
+int
+apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
+{
+	RegTable   *t = ac->t;
+	int			nc = ac->ncols;
+	Datum	  **cols;
+	bool	  **colnulls;
+	Datum	   *vers;
+	Datum	   *origs;
+	Datum	   *args;
+	int		   *taken;
+	int			m = 0;
+	int			i,
+				c;
+	int			rc;
+	int64		live,
+				tombs;
+	HTAB	   *old_tombs = NULL;
+
+	*refused_skew = 0;
+	if (n == 0)
+		return 0;
+	if (ac->fresh == NULL)
+		prepare_fresh(ac);
+
+	cols = palloc(sizeof(Datum *) * Max(nc, 1));
+	colnulls = palloc(sizeof(bool *) * Max(nc, 1));
+	for (c = 0; c < nc; c++)
+	{
+		cols[c] = palloc(sizeof(Datum) * n);
+		colnulls[c] = palloc(sizeof(bool) * n);
+	}
+	vers = palloc(sizeof(Datum) * n);
+	origs = palloc(sizeof(Datum) * n);
+	taken = palloc(sizeof(int) * n);
+	for (i = 0; i < n; i++)
+	{
+		ApplyRow   *r = &rows[i];
+
+		if (strlen(r->key) > (size_t) registry_max_key_length ||
+			!registry_valid_node_name(r->origin) || r->values == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("invalid row for key \"%s\" of table %s", r->key, t->qualname)));
+		if (!hlc_update(r->version, NULL))
+		{
+			(*refused_skew)++;
+			continue;
+		}
+		check_row_key(ac, r->key, r->values);
+		for (c = 0; c < nc; c++)
+		{
+			colnulls[c][m] = (r->values[c] == NULL);
+			cols[c][m] = colnulls[c][m] ? (Datum) 0 : CStringGetTextDatum(r->values[c]);
+		}
+		vers[m] = Int64GetDatum((int64) r->version);
+		origs[m] = CStringGetTextDatum(r->origin);
+		taken[m] = i;
+		m++;
+	}
+	if (m == 0)
+		return 0;
+
+	args = palloc(sizeof(Datum) * (nc + 2));
+	for (c = 0; c < nc; c++)
+		args[c] = PointerGetDatum(text_array(cols[c], colnulls[c], m));
+	{
+		int			dims[1] = {m};
+		int			lbs[1] = {1};
+
+		args[nc] = PointerGetDatum(construct_md_array(vers, NULL, 1, dims, lbs,
+													  INT8OID, 8, true, TYPALIGN_DOUBLE));
+		args[nc + 1] = PointerGetDatum(text_array(origs, NULL, m));
+	}
+
+	capture_fresh_begin(t);
+	rc = SPI_execute_plan(ac->fresh, args, NULL, false, 0);
+	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) m)
+		elog(ERROR, "registry: fresh apply of %s failed: %s", t->qualname,
+			 SPI_result_code_string(rc));
+
+	/*
+	 * A key deleted here meanwhile (inserted and deleted by a local
+	 * transaction since the pull began) has a tombstone: an older one goes,
+	 * a newer one means the row must not be here.
+	 */
+	if (table_counts(t->tid, &live, &tombs) && tombs > 0)
+	{
+		HASHCTL		ctl;
+		Datum		khs[1];
+		Oid			argt[3] = {INT4OID, INT4ARRAYOID, TEXTARRAYOID};
+		Datum		dargs[3];
+		Datum	   *kh = palloc(sizeof(Datum) * m);
+		Datum	   *ks = palloc(sizeof(Datum) * m);
+		int			dims[1] = {m};
+		int			lbs[1] = {1};
+
+		(void) khs;
+		for (i = 0; i < m; i++)
+		{
+			const char *k = rows[taken[i]].key;
+
+			kh[i] = Int32GetDatum(khash_to_int4(keys_hash(k, strlen(k))));
+			ks[i] = CStringGetTextDatum(k);
+		}
+		dargs[0] = Int32GetDatum(t->tid);
+		dargs[1] = PointerGetDatum(construct_md_array(kh, NULL, 1, dims, lbs, INT4OID,
+													  4, true, TYPALIGN_INT));
+		dargs[2] = PointerGetDatum(text_array(ks, NULL, m));
+		rc = SPI_execute_with_args("DELETE FROM registry.tombstones tb "
+								   "USING unnest($2, $3) AS u(kh, k) "
+								   "WHERE tb.tid = $1 AND tb.khash = u.kh AND tb.key = u.k "
+								   "RETURNING tb.key, tb.version, tb.origin",
+								   3, argt, dargs, NULL, false, 0);
+		if (rc != SPI_OK_DELETE_RETURNING)
+			elog(ERROR, "registry: could not check the tombstones of %s", t->qualname);
+		if (SPI_processed > 0)
+		{
+			ctl.keysize = REGISTRY_MAX_KEY_BUF;
+			ctl.entrysize = REGISTRY_MAX_KEY_BUF + sizeof(VersionState);
+			ctl.hcxt = CurrentMemoryContext;
+			old_tombs = hash_create("registry fresh tombstones", SPI_processed, &ctl,
+									HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+			for (uint64 j = 0; j < SPI_processed; j++)
+			{
+				bool		isnull;
+				char	   *k = SPI_getvalue(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1);
+				char	   *entry = hash_search(old_tombs, k, HASH_ENTER, NULL);
+				VersionState *st = (VersionState *) (entry + REGISTRY_MAX_KEY_BUF);
+
+				st->exists = true;
+				st->deleted = true;
+				st->version = (RegVersion) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[j],
+																	   SPI_tuptable->tupdesc, 2, &isnull));
+				strlcpy(st->origin, SPI_getvalue(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 3),
+						sizeof(st->origin));
+			}
+		}
+	}
+
+	for (i = 0; i < m; i++)
+	{
+		ApplyRow   *r = &rows[taken[i]];
+		VersionState none;
+		VersionState *old = &none;
+
+		memset(&none, 0, sizeof(none));
+		if (old_tombs)
+		{
+			char	   *entry = hash_search(old_tombs, r->key, HASH_FIND, NULL);
+
+			if (entry)
+			{
+				old = (VersionState *) (entry + REGISTRY_MAX_KEY_BUF);
+				if (!version_greater(r->version, r->origin, old->version, old->origin))
+					ereport(ERROR,
+							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+							 errmsg("registry key \"%s\" was deleted concurrently with a newer version",
+									r->key)));
+			}
+		}
+		capture_record(t, keys_hash(r->key, strlen(r->key)), r->key, old,
+					   r->version, r->origin, false);
+	}
+	capture_fresh_end(t);
+	return m;
 }
 
 /*
@@ -546,6 +780,8 @@ apply_begin(void)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "registry: SPI_connect failed");
+	if (apply_session_ready)
+		return -1;
 	canonical_gucs_push(&nest);
 	(void) set_config_option("session_replication_role", "replica",
 							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
@@ -557,8 +793,37 @@ void
 apply_end(int nest)
 {
 	capture_clear_apply();
-	canonical_gucs_pop(nest);
+	if (nest >= 0)
+		canonical_gucs_pop(nest);
 	SPI_finish();
+}
+
+/*
+ * For a process that only applies (the sync worker): set the session up
+ * once, so that each batch need not.
+ */
+bool		apply_session_ready = false;
+
+void
+apply_prepare_session(void)
+{
+	static const char *const settings[][2] = {
+		{"DateStyle", "ISO, YMD"},
+		{"IntervalStyle", "postgres"},
+		{"TimeZone", "UTC"},
+		{"extra_float_digits", "3"},
+		{"bytea_output", "hex"},
+		{"search_path", "pg_catalog"},
+		{"lc_monetary", "C"},
+		{"session_replication_role", "replica"},
+		/* what is applied here can be pulled again after a crash */
+		{"synchronous_commit", "off"},
+	};
+	size_t		i;
+
+	for (i = 0; i < lengthof(settings); i++)
+		SetConfigOption(settings[i][0], settings[i][1], PGC_SUSET, PGC_S_OVERRIDE);
+	apply_session_ready = true;
 }
 
 /*

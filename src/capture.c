@@ -644,6 +644,25 @@ capture_end_bulk_apply(RegTable *t)
 	bulk_end(t);
 }
 
+/*
+ * The apply path writes rows of keys this node does not have, with their
+ * versions set, bypassing the triggers; it then records each row with
+ * capture_record() and they are published as one bulk change.
+ */
+void
+capture_fresh_begin(RegTable *t)
+{
+	suppressed_tid = t->tid;
+	bulk_begin(t);
+}
+
+void
+capture_fresh_end(RegTable *t)
+{
+	suppressed_tid = 0;
+	bulk_end(t);
+}
+
 /* Writes to table tid are not captured until the transaction ends. */
 void
 capture_suppress(int32 tid)
@@ -1008,6 +1027,9 @@ capture_publish(void)
 		ts->last_change = now;
 	}
 	LWLockRelease(RegistryState->digest_lock);
+
+	/* peers waiting in registry.changes_since() */
+	ConditionVariableBroadcast(&RegistryState->changes_cv);
 
 	/* signal the notifier only if it is idle; under load it polls */
 	if (pg_atomic_exchange_u32(&RegistryState->notify_wanted, 0) != 0)

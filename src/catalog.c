@@ -302,6 +302,12 @@ regtable_build(RegTableEntry *e, int32 tid, Oid khashindex, RegVersion horizon)
 	e->t.slot = -1;
 	e->t.khashindex = khashindex;
 	e->t.purge_horizon = horizon;
+	e->t.needs_canonical = false;
+	{
+		static uint64 generations = 0;
+
+		e->t.generation = ++generations;
+	}
 
 	rel = relation_open(e->t.relid, AccessShareLock);
 	pkoid = RelationGetPrimaryKeyIndex(rel);
@@ -319,7 +325,11 @@ regtable_build(RegTableEntry *e, int32 tid, Oid khashindex, RegVersion horizon)
 	e->t.nkeys = idx->rd_index->indnkeyatts;
 	e->t.keys = palloc0(sizeof(KeyColumn) * e->t.nkeys);
 	for (i = 0; i < e->t.nkeys; i++)
+	{
 		keys_prepare_column(rel, idx, i, &e->t.keys[i], false);
+		if (!keys_input_is_canonical(&e->t.keys[i]))
+			e->t.needs_canonical = true;
+	}
 
 	e->t.verattnum = column_attnum(rel, VERSION_COLUMN, INT8OID);
 	e->t.orgattnum = column_attnum(rel, ORIGIN_COLUMN, TEXTOID);
@@ -344,6 +354,8 @@ regtable_build(RegTableEntry *e, int32 tid, Oid khashindex, RegVersion horizon)
 			if (att->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
 				e->t.has_identity_always = true;
 			c = &e->t.cols[e->t.ncols++];
+			if (!keys_output_is_canonical(att->atttypid))
+				e->t.needs_canonical = true;
 			c->attnum = att->attnum;
 			c->name = pstrdup(NameStr(att->attname));
 			c->typname = format_type_be(att->atttypid);

@@ -217,6 +217,23 @@ table_slot_for(int32 tid, Oid relid)
 	return -1;					/* keep compiler quiet */
 }
 
+/* A table's live rows and tombstones, as published; false if it has no slot. */
+bool
+table_counts(int32 tid, int64 *live, int64 *tombstones)
+{
+	int			slot;
+
+	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
+	slot = slot_search(tid);
+	if (slot >= 0)
+	{
+		*live = RegistryTables[slot].live_rows;
+		*tombstones = RegistryTables[slot].tombstones;
+	}
+	LWLockRelease(RegistryState->digest_lock);
+	return slot >= 0;
+}
+
 /* ---- rebuild ---- */
 
 /* Accumulates one table's digests while scanning. */

@@ -106,6 +106,53 @@ kind_for_type(Oid typid)
 	return KE_GENERIC;
 }
 
+/* Whether canonical key text parses back whatever the session's settings. */
+bool
+keys_input_is_canonical(KeyColumn *col)
+{
+	return col->kind != KE_GENERIC;
+}
+
+/*
+ * Whether a type's output function writes the same text whatever the
+ * session's settings, so values need no canonical_gucs_push() around them.
+ */
+bool
+keys_output_is_canonical(Oid typid)
+{
+	Oid			elem;
+
+	typid = getBaseType(typid);
+	switch (typid)
+	{
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case NAMEOID:
+		case CHAROID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case BOOLOID:
+		case UUIDOID:
+		case JSONOID:
+		case JSONBOID:
+		case NUMERICOID:
+		case INETOID:
+		case CIDROID:
+		case MACADDROID:
+		case MACADDR8OID:
+			return true;
+	}
+	if (type_is_enum(typid))
+		return true;
+	elem = get_element_type(typid);
+	if (OidIsValid(elem))
+		return keys_output_is_canonical(elem);
+	return false;
+}
+
 /* How values of a (base) type are written: kind and output function. */
 void
 keys_prepare_type(Oid typid, int32 typmod, KeyColumn *col)

@@ -53,6 +53,7 @@ extern bool registry_preloaded;
 
 /* Size limits that shape shared memory entries. */
 #define REGISTRY_NAME_LEN	NAMEDATALEN /* node names, incl. terminator */
+#define REGISTRY_MAX_KEY_BUF 4097	/* longest possible key text + terminator */
 
 /* ---- versions ----
  *
@@ -113,6 +114,8 @@ typedef struct KeyColumn
 } KeyColumn;
 
 extern void keys_prepare_type(Oid typid, int32 typmod, KeyColumn *col);
+extern bool keys_output_is_canonical(Oid typid);
+extern bool keys_input_is_canonical(KeyColumn *col);
 extern void keys_prepare_column(Relation rel, Relation pkindex, int i,
 								KeyColumn *col, bool check_only);
 extern char *keys_encode(KeyColumn *cols, int ncols, Datum *values,
@@ -155,6 +158,8 @@ typedef struct RegTable
 	AttrNumber	orgattnum;		/* registry_origin column */
 	Oid			khashindex;		/* index on registry.key_hash(key columns) */
 	RegVersion	purge_horizon;	/* newest purged tombstone's version */
+	bool		needs_canonical;	/* values or keys depend on settings */
+	uint64		generation;		/* changes each time the entry is rebuilt */
 	int			slot;			/* shared-memory table slot, -1 if unknown */
 } RegTable;
 
@@ -193,6 +198,8 @@ extern void capture_stamp_existing(RegTable *t);
 extern void capture_set_apply(int32 tid, const char *key, RegVersion version,
 							  const char *origin);
 extern void capture_set_bulk_apply(RegTable *t);
+extern void capture_fresh_begin(RegTable *t);
+extern void capture_fresh_end(RegTable *t);
 extern void capture_end_bulk_apply(RegTable *t);
 extern void capture_suppress(int32 tid);
 extern void capture_reset_table(RegTable *t);
@@ -208,6 +215,7 @@ extern int	digest_bucket_of(uint32 khash, int nbuckets);
 extern int	digest_bucket_shift(int nbuckets);
 extern void digest_bucket_range(int b, int nbuckets, uint32 *lo, uint32 *hi);
 extern void digest_rebuild(void);
+extern bool table_counts(int32 tid, int64 *live, int64 *tombstones);
 
 /* ---- apply.c ---- */
 typedef enum ApplyResult
@@ -228,6 +236,7 @@ typedef struct ApplyColumns
 	struct _SPI_plan *upsert;
 	struct _SPI_plan *delete;
 	struct _SPI_plan *bulk;		/* prepared on first use */
+	struct _SPI_plan *fresh;	/* plain insert, for keys known to be absent */
 } ApplyColumns;
 
 /* One remote row for apply_rows_bulk(). */
@@ -239,6 +248,8 @@ typedef struct ApplyRow
 	char	  **values;
 } ApplyRow;
 
+extern bool apply_session_ready;
+extern void apply_prepare_session(void);
 extern int	apply_begin(void);
 extern void apply_end(int nest);
 extern ApplyColumns *apply_map_columns(RegTable *t, int ncols, char **names,
@@ -250,6 +261,8 @@ extern ApplyResult apply_row(ApplyColumns *ac, const char *key,
 							 bool deleted, char **values);
 extern int	apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n,
 							int *refused_skew);
+extern int	apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n,
+							 int *refused_skew);
 
 /* ---- peers.c ---- */
 extern int64 purge_tombstones(void);

@@ -4,7 +4,8 @@
  *	  The functions peers call to pull from this node:
  *
  *	  registry.changes_since(after_seq, max_changes, with_rows, epoch,
- *							 exclude_origin)	the change log from a seq on
+ *							 exclude_origin, wait_ms)
+ *							the change log from a seq on, waiting for it
  *	  registry.digest(tbl, nbuckets, lo, width, n)
  *							root and bucket-range digests of a table
  *	  registry.bucket_entries(tbl, nbuckets, buckets, with_rows, after_hash,
@@ -14,8 +15,9 @@
  *
  * Each returns one message (message.h), zlib-compressed when large.  They
  * read only registered tables, under the statement's snapshot, so a row
- * and its version are always consistent.  The SQL definitions force the
- * canonical settings (DateStyle, TimeZone, ...) for the call.
+ * and its version are always consistent.  Values are written in the
+ * canonical settings of keys.c (DateStyle, TimeZone, ...), switched to
+ * only for tables with a column whose output depends on them.
  *
  *-------------------------------------------------------------------------
  */
@@ -24,6 +26,7 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -80,7 +83,7 @@ check_ready(void)
  */
 static void
 put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key,
-				bool with_values)
+				bool with_values, Snapshot snap)
 {
 	VersionState st;
 
@@ -103,8 +106,7 @@ put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key,
 		return;
 	}
 	if (strlen(key) <= (size_t) registry_max_key_length &&
-		tombstone_get(t->tid, keys_hash(key, strlen(key)), key,
-					  GetActiveSnapshot(), &st))
+		tombstone_get(t->tid, keys_hash(key, strlen(key)), key, snap, &st))
 	{
 		msg_put_row(buf, key, ROW_TOMBSTONE, st.version, st.origin, NULL, 0);
 		return;
@@ -125,7 +127,10 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	bool		check_epoch = !PG_ARGISNULL(3);
 	uint64		their_epoch = check_epoch ? (uint64) PG_GETARG_INT64(3) : 0;
 	char	   *exclude = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+	int32		wait_ms = PG_ARGISNULL(5) ? 0 : PG_GETARG_INT32(5);
 	Size		esz = changelog_entry_size();
+	Snapshot	snap;
+	int			nest = -1;
 	char	   *copy = NULL;
 	int			ncopied = 0;
 	uint64		first,
@@ -158,6 +163,37 @@ registry_changes_since(PG_FUNCTION_ARGS)
 		for (i = 0; i < n; i++)
 			if (strcmp(origin_name(i), exclude) == 0)
 				excl_origin = i;
+	}
+
+	/*
+	 * Hold until there is something after after_seq: a commit here wakes
+	 * the caller at once (long polling), up to wait_ms.
+	 */
+	if (wait_ms > 0)
+	{
+		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   Min(wait_ms, 60000));
+
+		ConditionVariablePrepareToSleep(&RegistryState->changes_cv);
+		for (;;)
+		{
+			uint64		l,
+						e;
+			long		left;
+
+			LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
+			l = RegistryState->cl_last_seq;
+			e = RegistryState->epoch;
+			LWLockRelease(RegistryState->changelog_lock);
+			if (l != (uint64) after || (check_epoch && e != their_epoch))
+				break;
+			left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+			if (left <= 0)
+				break;
+			(void) ConditionVariableTimedSleep(&RegistryState->changes_cv, left,
+											   PG_WAIT_EXTENSION);
+		}
+		ConditionVariableCancelSleep();
 	}
 
 	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
@@ -224,14 +260,19 @@ registry_changes_since(PG_FUNCTION_ARGS)
 		}
 	}
 	msg_put_int32(&buf, nchanges);
+
+	/* every change copied above is committed: a new snapshot sees it */
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	for (i = 0; i < ntables && with_rows; i++)
+		if (tables[i] && tables[i]->needs_canonical && nest < 0)
+			canonical_gucs_push(&nest);
 	{
 		RowLookup  *lookups = palloc0(sizeof(RowLookup) * Max(ntables, 1));
 
 		if (with_rows)
 			for (i = 0; i < ntables; i++)
 				if (tables[i])
-					row_lookup_begin(&lookups[i], tables[i], AccessShareLock,
-									 GetActiveSnapshot());
+					row_lookup_begin(&lookups[i], tables[i], AccessShareLock, snap);
 
 		for (i = 0; i < ncopied; i++)
 		{
@@ -251,13 +292,16 @@ registry_changes_since(PG_FUNCTION_ARGS)
 			msg_put_byte(&buf, e->op);
 			if (with_rows)
 				put_current_row(&buf, e->op == REG_OP_RESYNC ? NULL : tables[t],
-								&lookups[t], e->key, true);
+								&lookups[t], e->key, true, snap);
 		}
 		if (with_rows)
 			for (i = 0; i < ntables; i++)
 				if (tables[i])
 					row_lookup_end(&lookups[i]);
 	}
+	if (nest >= 0)
+		canonical_gucs_pop(nest);
+	UnregisterSnapshot(snap);
 	PG_RETURN_BYTEA_P(msg_finish(&buf));
 }
 
@@ -515,6 +559,7 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	bool		more = false;
 	EntryArray	ea;
 	StringInfoData buf;
+	int			nest = -1;
 
 	check_peer();
 	check_ready();
@@ -540,6 +585,8 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	}
 	qsort(bs, nelems, sizeof(int32), int_cmp);
 
+	if (with_rows && t->needs_canonical)
+		canonical_gucs_push(&nest);
 	ea.max = Min(maxe, 1024) + 16;
 	ea.n = 0;
 	ea.e = palloc(sizeof(BucketEntry) * ea.max);
@@ -563,6 +610,8 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 			more = true;
 	}
 	qsort(ea.e, ea.n, sizeof(BucketEntry), entry_cmp);
+	if (nest >= 0)
+		canonical_gucs_pop(nest);
 
 	msg_begin(&buf, 'E');
 	msg_put_table(&buf, t, with_rows);
@@ -599,6 +648,7 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 	int			i;
 	StringInfoData buf;
 	RowLookup	rl;
+	int			nest = -1;
 
 	check_peer();
 	t = regtable_by_name(name, true);
@@ -616,6 +666,8 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 	msg_begin(&buf, 'R');
 	msg_put_table(&buf, t, true);
 	msg_put_int32(&buf, nelems);
+	if (t->needs_canonical)
+		canonical_gucs_push(&nest);
 	row_lookup_begin(&rl, t, AccessShareLock, GetActiveSnapshot());
 	for (i = 0; i < nelems; i++)
 	{
@@ -626,8 +678,10 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("keys must not be null")));
 		key = TextDatumGetCString(elems[i]);
-		put_current_row(&buf, t, &rl, key, true);
+		put_current_row(&buf, t, &rl, key, true, GetActiveSnapshot());
 	}
 	row_lookup_end(&rl);
+	if (nest >= 0)
+		canonical_gucs_pop(nest);
 	PG_RETURN_BYTEA_P(msg_finish(&buf));
 }

@@ -136,6 +136,7 @@ registry_shmem_startup(void)
 		RegistryState->lease_lock = &locks[4].lock;
 		RegistryState->peer_lock = &locks[5].lock;
 		ConditionVariableInit(&RegistryState->sync_cv);
+		ConditionVariableInit(&RegistryState->changes_cv);
 		memset(RegistryPeers, 0, peers_size());
 		RegistryState->epoch = new_epoch();
 		RegistryState->started_at = GetCurrentTimestamp();

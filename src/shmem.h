@@ -96,6 +96,7 @@ typedef struct PeerStatus
 	uint64		rows_pulled;
 	uint64		bytes_pulled;	/* answers, as received (compressed) */
 	uint64		bytes_sent;		/* requests: statement text and parameters */
+	uint64		round_bytes;	/* sent and received by the last round */
 	uint64		rows_applied;
 	uint64		rows_skipped;	/* not newer than ours */
 	uint64		versions_refused;	/* too far in the future */
@@ -166,6 +167,7 @@ typedef struct RegistryShared
 	uint64		sync_request_gen;
 	uint64		peers_changed;
 	ConditionVariable sync_cv;	/* broadcast when a round completes */
+	ConditionVariable changes_cv;	/* broadcast when changes are published */
 } RegistryShared;
 
 extern RegistryShared *RegistryState;

@@ -87,6 +87,7 @@ typedef enum AEStage
 #define AE_BUCKETS_PER_CALL 256
 #define AE_ENTRIES_PER_CALL 10000
 #define BACKOFF_MIN_MS		500
+#define LONG_POLL_MAX_MS	250		/* longest wait of a change-log request */
 #define BACKOFF_MAX_MS		30000
 
 /* One table's progress in an anti-entropy round with one peer. */
@@ -109,6 +110,7 @@ typedef struct AETable
 	bool		identical;
 	bool		complete;
 	bool		failed;
+	bool		fresh;			/* this node had no entry of the table */
 } AETable;
 
 typedef struct Peer
@@ -132,6 +134,8 @@ typedef struct Peer
 	bool		listening;
 	QueryKind	inflight;
 	TimestampTz query_started;
+	int			query_wait_ms;	/* the peer may hold this request so long */
+	TimestampTz quiet_until;	/* after a failed request: no new one before */
 	AETable    *inflight_table;
 
 	/* fast path */
@@ -148,6 +152,7 @@ typedef struct Peer
 	TimestampTz ae_started;
 	uint64		ae_gen;
 	bool		ae_errors;
+	uint64		ae_bytes;		/* exchanged by this round's requests */
 	AETable    *tables;
 	int			ntables;
 	int			itable;
@@ -156,6 +161,21 @@ typedef struct Peer
 
 static Peer *peers = NULL;
 static int	npeers = 0;
+
+/*
+ * Prepared apply statements, per table and peer column list, kept across
+ * batches; an entry is dropped when the table's definition changes
+ * (generation) or a batch using it fails.
+ */
+typedef struct PlanCacheEntry
+{
+	char	   *table;
+	char	   *signature;
+	uint64		generation;
+	ApplyColumns *ac;
+} PlanCacheEntry;
+
+static List *plan_cache = NIL;
 static uint64 seen_peers_changed = 0;
 static MemoryContext SyncContext = NULL;
 
@@ -323,9 +343,23 @@ send_query(Peer *p, QueryKind kind, const char *sql, int nparams,
 		disconnect(p, msg);
 		return;
 	}
+	if (kind != Q_CHANGES)
+		p->query_wait_ms = 0;
 	p->inflight = kind;
 	p->query_started = GetCurrentTimestamp();
 	p->flushing = (PQflush(p->conn) == 1);
+	{
+		uint64		sent = strlen(sql);
+		int			i;
+
+		for (i = 0; i < nparams; i++)
+			sent += params[i] ? strlen(params[i]) : 0;
+		if (kind == Q_DIGEST || kind == Q_ENTRIES || kind == Q_FETCH)
+			p->ae_bytes += sent;
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		p->st->bytes_sent += sent;
+		LWLockRelease(RegistryState->peer_lock);
+	}
 }
 
 /* ---- applying ---- */
@@ -357,13 +391,69 @@ run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate)
 		RESUME_INTERRUPTS();
 		if (sqlstate)
 			*sqlstate = edata->sqlerrcode;
-		if (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE || !sqlstate)
+		if (!sqlstate || (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE &&
+						  edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION))
 			record_error(p, edata->message);
 		FreeErrorData(edata);
 		ok = false;
 	}
 	PG_END_TRY();
 	return ok;
+}
+
+static void
+plan_cache_drop(const char *table)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan_cache)
+	{
+		PlanCacheEntry *e = lfirst(lc);
+
+		if (strcmp(e->table, table) == 0)
+		{
+			apply_free_columns(e->ac);
+			plan_cache = foreach_delete_current(plan_cache, lc);
+		}
+	}
+}
+
+/* The apply statements for t and this column list (within SPI). */
+static ApplyColumns *
+cached_columns(RegTable *t, int ncols, char **names, char **types)
+{
+	StringInfoData sig;
+	ListCell   *lc;
+	PlanCacheEntry *e;
+	MemoryContext old;
+	int			i;
+
+	initStringInfo(&sig);
+	for (i = 0; i < ncols; i++)
+		appendStringInfo(&sig, "%s %s,", names[i], types[i]);
+	foreach(lc, plan_cache)
+	{
+		e = lfirst(lc);
+		if (strcmp(e->table, t->qualname) == 0 && e->generation == t->generation &&
+			strcmp(e->signature, sig.data) == 0)
+		{
+			e->ac->t = t;
+			return e->ac;
+		}
+	}
+	plan_cache_drop(t->qualname);
+
+	old = MemoryContextSwitchTo(SyncContext);
+	e = palloc(sizeof(PlanCacheEntry));
+	e->table = pstrdup(t->qualname);
+	e->signature = pstrdup(sig.data);
+	e->generation = t->generation;
+	e->ac = apply_map_columns(t, ncols, names, types);
+	apply_keep_columns(e->ac);
+	MemoryContextSwitchTo(SyncContext);
+	plan_cache = lappend(plan_cache, e);
+	MemoryContextSwitchTo(old);
+	return e->ac;
 }
 
 /* The rows of one table in one answer. */
@@ -373,6 +463,7 @@ typedef struct TableBatch
 	MsgRow	  **rows;
 	int			nrows;
 	bool		bulk;			/* live rows in one statement */
+	bool		fresh;			/* ... of keys this node does not have */
 	int			applied;
 	int			skipped;
 	int			refused_skew;
@@ -401,8 +492,8 @@ apply_batch_once(Peer *p, void *arg)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table %s is not a registry table on this node", b->table->name)));
 	if (b->table->ncols > 0)
-		ac = apply_map_columns(t, b->table->ncols, b->table->colnames,
-							   b->table->coltypes);
+		ac = cached_columns(t, b->table->ncols, b->table->colnames,
+							b->table->coltypes);
 	else
 	{
 		/* an answer without rows (bucket entries): only tombstones apply */
@@ -414,7 +505,7 @@ apply_batch_once(Peer *p, void *arg)
 			names[i] = t->cols[i].name;
 			types[i] = t->cols[i].typname;
 		}
-		ac = apply_map_columns(t, t->ncols, names, types);
+		ac = cached_columns(t, t->ncols, names, types);
 	}
 	if (b->bulk)
 		live = palloc(sizeof(ApplyRow) * Max(b->nrows, 1));
@@ -449,7 +540,9 @@ apply_batch_once(Peer *p, void *arg)
 	if (nlive > 0)
 	{
 		int			skew;
-		int			written = apply_rows_bulk(ac, live, nlive, &skew);
+		int			written = b->fresh ?
+			apply_rows_fresh(ac, live, nlive, &skew) :
+			apply_rows_bulk(ac, live, nlive, &skew);
 
 		b->applied += written;
 		b->refused_skew += skew;
@@ -488,6 +581,14 @@ apply_batch(Peer *p, TableBatch *b)
 			}
 			return;
 		}
+		plan_cache_drop(b->table->name ? b->table->name : "");
+		if (b->fresh && (sqlstate == ERRCODE_UNIQUE_VIOLATION ||
+						 sqlstate == ERRCODE_T_R_SERIALIZATION_FAILURE))
+		{
+			/* a local write of one of the keys: apply row by row instead */
+			b->fresh = false;
+			continue;
+		}
 		if (sqlstate != ERRCODE_T_R_SERIALIZATION_FAILURE)
 			return;
 	}
@@ -496,13 +597,19 @@ apply_batch(Peer *p, TableBatch *b)
 
 /* ---- the fast path ---- */
 
+/*
+ * Ask for the peer's changes after the last seq applied here.  With
+ * wait_ms the peer holds the request until a change commits there (or the
+ * time is up): this is what carries a change across in milliseconds.
+ */
 static void
-send_changes(Peer *p)
+send_changes(Peer *p, int wait_ms)
 {
 	char		after[32],
 				maxc[16],
-				epoch[32];
-	const char *params[4];
+				epoch[32],
+				wait[16];
+	const char *params[5];
 
 	snprintf(after, sizeof(after), UINT64_FORMAT, p->have_position ? p->consumed : 0);
 	snprintf(maxc, sizeof(maxc), "%d", registry_batch_size);
@@ -511,11 +618,14 @@ send_changes(Peer *p)
 	params[1] = maxc;
 	params[2] = p->have_position ? epoch : NULL;
 	params[3] = registry_node_name;
+	snprintf(wait, sizeof(wait), "%d", p->have_position ? wait_ms : 0);
+	params[4] = wait;
 	p->want_fast = false;
 	p->last_fast = GetCurrentTimestamp();
+	p->query_wait_ms = p->have_position ? wait_ms : 0;
 	send_query(p, Q_CHANGES,
-			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text)",
-			   4, params);
+			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text, $5::int)",
+			   5, params);
 }
 
 static void
@@ -700,6 +810,7 @@ start_round(Peer *p)
 	p->ae_active = true;
 	p->ae_needed = false;
 	p->ae_errors = false;
+	p->ae_bytes = 0;
 	p->ae_started = GetCurrentTimestamp();
 	SpinLockAcquire(&RegistryState->mutex);
 	p->ae_gen = RegistryState->sync_request_gen;
@@ -757,6 +868,7 @@ end_round(Peer *p)
 
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 	p->st->rounds++;
+	p->st->round_bytes = p->ae_bytes;
 	p->st->served_gen = Max(p->st->served_gen, p->ae_gen);
 	p->st->served_converged = complete;
 	p->st->last_converged_at = p->last_converged_at;
@@ -820,7 +932,8 @@ send_entries(Peer *p, AETable *t, bool with_rows)
 	snprintf(nb, sizeof(nb), "%d", t->stage == AE_FULL ? 1 : t->nb);
 	snprintf(after, sizeof(after), "%d", khash_to_int4(t->after));
 	snprintf(maxe, sizeof(maxe), "%d",
-			 t->stage == AE_FULL ? registry_batch_size : AE_ENTRIES_PER_CALL);
+			 t->stage == AE_FULL ? Min(registry_batch_size * 10, 100000) :
+			 AE_ENTRIES_PER_CALL);
 	params[0] = t->name;
 	params[1] = nb;
 	params[2] = arr.data;
@@ -981,6 +1094,7 @@ handle_digest_guarded(Peer *p, void *arg)
 		{
 			t->stage = AE_FULL;
 			t->resume = false;
+			t->fresh = (ourcount == 0);
 		}
 		else if (t->nb <= AE_GROUP_FANOUT)
 		{
@@ -1085,6 +1199,14 @@ handle_entries_guarded(Peer *p, void *arg)
 		for (i = 0; i < m.n; i++)
 			b.rows[b.nrows++] = &m.rows[i];
 		b.bulk = true;
+		b.fresh = t->fresh;
+		if (m.more)
+		{
+			/* the peer reads the next page while this one is applied */
+			t->resume = true;
+			t->after = m.next_khash;
+			send_entries(p, t, true);
+		}
 	}
 	else
 	{
@@ -1153,13 +1275,16 @@ handle_entries_guarded(Peer *p, void *arg)
 	if (b.nrows > 0)
 		apply_batch(p, &b);
 
-	if (m.more)
+	if (t->stage == AE_FULL)
+	{
+		if (!m.more)
+			t->stage = AE_VERIFY;
+	}
+	else if (m.more)
 	{
 		t->resume = true;
 		t->after = m.next_khash;
 	}
-	else if (t->stage == AE_FULL)
-		t->stage = AE_VERIFY;
 	else
 	{
 		t->itodo = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
@@ -1211,6 +1336,9 @@ handle_result(Peer *p, PGresult *res)
 				 t ? ": " : "", PQresultErrorMessage(res));
 		PQclear(res);
 		record_error(p, msg);
+		/* do not hammer a peer that answers with errors */
+		p->quiet_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->backoff_ms);
+		p->backoff_ms = Min(p->backoff_ms * 2, BACKOFF_MAX_MS);
 		if (t)
 		{
 			/* this table is skipped this round; others go on */
@@ -1244,6 +1372,14 @@ handle_result(Peer *p, PGresult *res)
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 	p->st->bytes_pulled += len;
 	LWLockRelease(RegistryState->peer_lock);
+	if (kind != Q_CHANGES)
+		p->ae_bytes += len;
+	if (t && t->failed)
+	{
+		/* a page asked for before this table's batch failed */
+		pfree(data);
+		return;
+	}
 
 	if (kind == Q_CHANGES)
 		handle_changes(p, data, len);
@@ -1336,10 +1472,14 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 		send_query(p, Q_LISTEN, "LISTEN registry_wakeup", 0, NULL);
 		return;
 	}
-	if (p->want_fast ||
-		TimestampDifferenceExceeds(p->last_fast, now, registry_sync_interval_ms))
+	if (now < p->quiet_until)
 	{
-		send_changes(p);
+		*timeout = Min(*timeout, Max((long) ((p->quiet_until - now) / 1000), 1));
+		return;
+	}
+	if (p->want_fast)
+	{
+		send_changes(p, 0);
 		return;
 	}
 	if (!p->ae_active && should_start_round(p, now))
@@ -1350,11 +1490,16 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 		if (p->inflight != Q_NONE || p->conn == NULL)
 			return;
 	}
-	wait = registry_sync_interval_ms -
-		(long) ((now - p->last_fast) / 1000);
-	*timeout = Min(*timeout, Max(wait, 1));
-	wait = registry_antientropy_interval_ms - (long) ((now - p->last_ae) / 1000);
-	*timeout = Min(*timeout, Max(wait, 1));
+
+	/*
+	 * Idle: wait at the peer for its next change.  The wait is short enough
+	 * that rounds, sync_now() and configuration changes are not held up
+	 * long by it.
+	 */
+	wait = Min(registry_sync_interval_ms, LONG_POLL_MAX_MS);
+	wait = Min(wait, Max(registry_antientropy_interval_ms -
+						 (long) ((now - p->last_ae) / 1000), 0));
+	send_changes(p, (int) wait);
 }
 
 static void
@@ -1398,7 +1543,8 @@ step(Peer *p, TimestampTz now, long *timeout)
 		return;
 	if (p->inflight != Q_NONE)
 	{
-		if (TimestampDifferenceExceeds(p->query_started, now, registry_query_timeout_ms))
+		if (TimestampDifferenceExceeds(p->query_started, now,
+									   registry_query_timeout_ms + p->query_wait_ms))
 		{
 			char		msg[128];
 
@@ -1543,6 +1689,7 @@ registry_sync_main(Datum arg)
 	TimestampTz last_load = 0;
 
 	worker_attach(REG_WORKER_SYNC);
+	apply_prepare_session();
 	SyncContext = AllocSetContextCreate(TopMemoryContext, "registry sync",
 										ALLOCSET_DEFAULT_SIZES);
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "registry sync loop",
