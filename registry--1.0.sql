@@ -304,7 +304,8 @@ CREATE FUNCTION registry._peer_status(
     OUT rows_skipped bigint, OUT versions_refused bigint, OUT rows_refused_purged bigint,
     OUT last_success timestamptz, OUT last_converged_at timestamptz,
     OUT needs_resync boolean, OUT errors bigint,
-    OUT last_error text, OUT last_error_at timestamptz, OUT bytes_sent bigint)
+    OUT last_error text, OUT last_error_at timestamptz, OUT bytes_sent bigint,
+    OUT round_bytes bigint)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'registry_peer_status' LANGUAGE C VOLATILE;
 
@@ -345,7 +346,8 @@ CREATE VIEW registry.peer_status AS
     SELECT p.name AS peer, s.remote_node, coalesce(s.state, 'disconnected') AS state,
            s.peer_epoch, s.consumed_seq, s.peer_last_seq, s.lag_changes, s.lag_ms,
            s.connects, s.connected_since, s.fast_batches, s.rounds,
-           s.buckets_compared, s.buckets_mismatched, s.rows_pulled, s.bytes_pulled,
+           s.buckets_compared, s.buckets_mismatched, s.round_bytes,
+           s.rows_pulled, s.bytes_pulled,
            s.bytes_sent,
            s.rows_applied, s.rows_skipped, s.versions_refused, s.rows_refused_purged,
            s.last_success, coalesce(s.last_converged_at, p.last_converged_at) AS last_converged_at,

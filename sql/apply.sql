@@ -100,6 +100,13 @@ SELECT registry.apply_row('app', '(u,1)', v(90), 'n2', false, '{"name": "u", "zo
 INSERT INTO app VALUES ('local', 1);
 SELECT what FROM audit;
 
+-- arguments that must be given are checked, not dereferenced
+SELECT registry.apply_row(NULL, '(a,1)', v(95), 'n2', true);
+SELECT registry.apply_row('app', NULL, v(95), 'n2', true);
+SELECT registry.apply_row('app', '(a,1)', NULL, 'n2', true);
+SELECT registry.apply_row('app', '(a,1)', v(95), NULL, true);
+SELECT registry.apply_row('app', '(a,1)', v(95), 'n2', NULL);
+
 SELECT * FROM registry.verify();
 DROP TABLE app, audit;
 DROP FUNCTION v(int), audit_it(), error_of(text);

@@ -31,6 +31,25 @@ SELECT state FROM registry.node;
 SELECT table_name FROM registry.tables ORDER BY 1;
 SELECT count(*) FROM registry.verify();
 SELECT registry.unreplicate('alice_t');
+-- an admin who is not a superuser administers fully: the functions write
+-- the extension's own tables on the admin's behalf
+CREATE TABLE bob_t (id int PRIMARY KEY, v text);
+SELECT registry.replicate('bob_t');
+INSERT INTO bob_t VALUES (1, 'one'), (2, 'two');
+DELETE FROM bob_t WHERE id = 2;
+SELECT key, deleted FROM registry.versions('bob_t') ORDER BY key;
+SELECT registry.add_peer('bobs_peer', 'host=/nonexistent dbname=x');
+SELECT registry.add_peer('bobs_peer', 'host=/nonexistent dbname=y');
+SELECT peer FROM registry.peer_status;
+SELECT registry.purge_tombstones();
+SELECT registry.resync('bob_t');
+SELECT count(*) AS rows_left FROM bob_t;
+SELECT registry.remove_peer('bobs_peer');
+SELECT registry.unreplicate('bob_t');
+-- but still may not touch them directly
+INSERT INTO registry.peers (name, conninfo) VALUES ('forged', '');
+DELETE FROM registry.tombstones;
+DROP TABLE bob_t;
 RESET ROLE;
 
 SET ROLE peer_carol;

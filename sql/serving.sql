@@ -156,7 +156,34 @@ SELECT registry.decode_message(substr(m, 1, length(m) - 3)) FROM c2;
 SELECT registry.decode_message(overlay(m placing '\xff'::bytea from 9 for 1)) FROM c1;
 SELECT registry.decode_message('\x5202430000000000'::bytea);
 
+-- arguments that must be given are checked, not dereferenced
+SELECT registry.digest(NULL);
+SELECT registry.bucket_entries(NULL, 1, '{0}');
+SELECT registry.bucket_entries('public.srv', NULL, '{0}');
+SELECT registry.bucket_entries('public.srv', 1, NULL);
+SELECT registry.fetch_rows(NULL, '{1}') IS NULL AS strict_null;
+
+-- column types outside pg_catalog are named schema-qualified, whatever
+-- the search_path: peers compare the names
+CREATE SCHEMA elsewhere;
+CREATE TYPE elsewhere.mood AS ENUM ('sad', 'ok');
+SET search_path = elsewhere, public;
+CREATE TABLE public.typed (id int, m elsewhere.mood, t text, PRIMARY KEY (id, m));
+SELECT registry.replicate('typed');
+INSERT INTO typed VALUES (1, 'ok', 'x');
+-- DDL is not mistaken for a key change, and the table's description
+-- names the type in full
+ALTER TABLE typed ADD COLUMN extra int;
+UPDATE typed SET extra = 1;
+SELECT c->>'name' AS col, c->>'type' AS type
+  FROM jsonb_array_elements(registry.decode_message(registry.changes_since((SELECT last_seq - 1 FROM registry.node), 10, true))->'tables') t,
+       jsonb_array_elements(t->'columns') c WHERE t->>'name' = 'public.typed';
+RESET search_path;
+SELECT key_types FROM registry.tables WHERE table_name = 'public.typed';
+
 SELECT * FROM registry.verify();
+DROP TABLE typed;
+DROP SCHEMA elsewhere CASCADE;
 DROP FUNCTION changes(bigint, int, bool, bigint, text), dig(int, int, int, int),
     xor_hex(text[]), entries(int, int[], bool, int, int), all_pages(int);
 DROP TABLE srv, srvt, unreg;

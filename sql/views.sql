@@ -46,7 +46,8 @@ SELECT acceptors_used <= acceptor_capacity AS bounded,
 SELECT count(*) FROM registry.acceptors WHERE table_name = 'public.vw' AND key IN ('199', '198');
 
 -- node: capacities, use, counters
-SELECT node_name, state, tables_used, origins_used, change_log_used <= change_log_capacity AS log_bounded,
+SELECT node_name, state, tables_used >= (SELECT count(*) FROM registry.tables) AS tables_covered,
+       origins_used, change_log_used <= change_log_capacity AS log_bounded,
        last_seq >= first_seq - 1 AS seqs_sane, clock > 0 AS clock_set,
        clock_lease >= clock AS lease_covers_clock, clock_ready
   FROM registry.node;

@@ -7,8 +7,8 @@
  *	  the least recently changed key is evicted (and counted).
  *
  * Acceptors are a cache of recent history for inspection
- * (registry.acceptors); the durable truth is registry.row_versions.
- * acceptor_note() runs in the commit callback, so it never allocates and
+ * (registry.acceptors); the durable truth is in the tables themselves.
+ * acceptor_note() runs at commit publication, so it never allocates and
  * never raises an error: a key that finds no room is only counted.
  *
  *-------------------------------------------------------------------------
@@ -138,11 +138,10 @@ acceptor_shmem_init(void)
  * Record one committed operation on a key.  Caller holds acceptor_lock
  * exclusively.  Must not fail.
  *
- * Returns false when the key already has a newer version: a transaction
- * that committed earlier is publishing after a later one changed the same
- * key (commits become visible before their callbacks run).  The operation
- * then goes into the history in version order and the caller leaves it
- * out of the change log, which thus stays in commit order per key.
+ * Returns false when the key already has a newer version.  Publication
+ * is ordered per key (capture.c waits for earlier publishers of the same
+ * key), so that is not expected; should it happen, the operation still
+ * goes into the history in version order.  Callers may ignore the result.
  */
 bool
 acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,

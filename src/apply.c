@@ -838,12 +838,12 @@ apply_prepare_session(void)
 Datum
 registry_apply_row(PG_FUNCTION_ARGS)
 {
-	Oid			relid = PG_GETARG_OID(0);
-	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	int64		version = PG_GETARG_INT64(2);
-	char	   *origin = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	bool		deleted = PG_GETARG_BOOL(4);
-	Jsonb	   *row = PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5);
+	Oid			relid;
+	char	   *key;
+	int64		version;
+	char	   *origin;
+	bool		deleted;
+	Jsonb	   *row;
 	RegTable   *t;
 	ApplyColumns *ac;
 	char	  **names;
@@ -855,6 +855,17 @@ registry_apply_row(PG_FUNCTION_ARGS)
 
 	registry_check_preloaded();
 	registry_check_admin();
+	registry_check_not_null(fcinfo, 0, "tbl");
+	registry_check_not_null(fcinfo, 1, "key");
+	registry_check_not_null(fcinfo, 2, "version");
+	registry_check_not_null(fcinfo, 3, "origin");
+	registry_check_not_null(fcinfo, 4, "deleted");
+	relid = PG_GETARG_OID(0);
+	key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	version = PG_GETARG_INT64(2);
+	origin = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	deleted = PG_GETARG_BOOL(4);
+	row = PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5);
 	if (version <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

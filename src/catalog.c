@@ -8,7 +8,7 @@
  *
  * The durable list is registry.replicated_tables.  Nodes name a table by
  * its quoted "schema.table"; locally it has a small id (tid) that
- * registry.row_versions and shared memory use.
+ * registry.tombstones and shared memory use.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,10 +22,11 @@
 #include "catalog/catalog.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
-#include "commands/defrem.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -138,6 +139,26 @@ regtable_cache_init(void)
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	CacheRegisterRelcacheCallback(regtable_invalidate, (Datum) 0);
 	RegisterXactCallback(catalog_xact_callback, NULL);
+}
+
+/*
+ * Column types are compared by name between peers, so the name must not
+ * depend on who looks: built-in types go unqualified, others always carry
+ * their schema, whatever the search_path.
+ */
+static char *
+stable_type_name(Oid typid)
+{
+	HeapTuple	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	Oid			nsp;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "registry: cache lookup failed for type %u", typid);
+	nsp = ((Form_pg_type) GETSTRUCT(tup))->typnamespace;
+	ReleaseSysCache(tup);
+	if (nsp == PG_CATALOG_NAMESPACE)
+		return format_type_be(typid);
+	return format_type_extended(typid, -1, FORMAT_TYPE_FORCE_QUALIFY);
 }
 
 /* OID of one of the extension's relations; errors if the extension is gone. */
@@ -358,7 +379,7 @@ regtable_build(RegTableEntry *e, int32 tid, Oid khashindex, RegVersion horizon)
 				e->t.needs_canonical = true;
 			c->attnum = att->attnum;
 			c->name = pstrdup(NameStr(att->attname));
-			c->typname = format_type_be(att->atttypid);
+			c->typname = stable_type_name(att->atttypid);
 			c->typid = att->atttypid;
 			c->typmod = att->atttypmod;
 			getTypeInputInfo(att->atttypid, &c->infunc, &c->ioparam);
@@ -621,6 +642,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	Oid			argtypes[2] = {OIDOID, TEXTOID};
 	Datum		args[2];
 	int			rc;
+	RegistryOwnerSave owner;
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -665,6 +687,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	args[1] = CStringGetTextDatum(quote_qualified_identifier(
 															 get_namespace_name(get_rel_namespace(relid)),
 															 idxname));
+	registry_owner_begin(&owner);
 	rc = SPI_execute_with_args(
 							   "INSERT INTO registry.replicated_tables (relid, khash_index, key_columns, key_types) "
 							   "SELECT c.oid, $2::regclass, array_agg(a.attname ORDER BY k.n), "
@@ -676,6 +699,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 							   2, argtypes, args, NULL, false, 0);
 	if (rc != SPI_OK_INSERT || SPI_processed != 1)
 		elog(ERROR, "registry: could not record the registration of \"%s\"", qual);
+	registry_owner_end(&owner);
 
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
@@ -724,6 +748,7 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	char	   *idxname = NULL;
 	StringInfoData sql;
 	int32		tid;
+	RegistryOwnerSave owner;
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -768,11 +793,13 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 					 "DROP COLUMN IF EXISTS " ORIGIN_COLUMN, qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
 	resetStringInfo(&sql);
+	registry_owner_begin(&owner);
 	appendStringInfo(&sql, "DELETE FROM registry.tombstones WHERE tid = %d", tid);
 	spi_exec(sql.data, SPI_OK_DELETE);
 	resetStringInfo(&sql);
 	appendStringInfo(&sql, "DELETE FROM registry.replicated_tables WHERE tid = %d", tid);
 	spi_exec(sql.data, SPI_OK_DELETE);
+	registry_owner_end(&owner);
 	SPI_finish();
 	ddl_check_suppressed = false;
 
@@ -818,6 +845,7 @@ registry_check_tables(PG_FUNCTION_ARGS)
 		int			rc;
 		Oid			argtypes[1] = {OIDOID};
 		Datum		args[1] = {ObjectIdGetDatum(relid)};
+		RegistryOwnerSave owner;
 
 		rel = try_relation_open(relid, AccessShareLock);
 		if (rel == NULL)
@@ -831,6 +859,7 @@ registry_check_tables(PG_FUNCTION_ARGS)
 
 		/* key columns, version columns and key-hash index as registered */
 		SPI_connect();
+		registry_owner_begin(&owner);
 		rc = SPI_execute_with_args(
 								   "SELECT r.key_columns IS NOT DISTINCT FROM pk.cols "
 								   "   AND r.key_types IS NOT DISTINCT FROM pk.types, "
@@ -838,16 +867,22 @@ registry_check_tables(PG_FUNCTION_ARGS)
 								   "          AND NOT a.attisdropped AND "
 								   "          ((a.attname = '" VERSION_COLUMN "' AND a.atttypid = 'bigint'::regtype) OR "
 								   "           (a.attname = '" ORIGIN_COLUMN "' AND a.atttypid = 'text'::regtype))) = 2, "
-								   "       EXISTS (SELECT 1 FROM pg_index x WHERE x.indexrelid = r.khash_index "
-								   "               AND x.indrelid = $1 AND x.indisvalid) "
+								   "       (SELECT x.indexrelid FROM pg_index x "
+								   "         WHERE x.indrelid = $1 AND x.indisvalid AND x.indpred IS NULL "
+								   "           AND x.indnkeyatts = 1 AND x.indkey[0] = 0 "
+								   "           AND pg_get_expr(x.indexprs, x.indrelid) = "
+								   "               'registry.key_hash(' || pk.quoted || ')' "
+								   "         ORDER BY x.indexrelid = r.khash_index DESC LIMIT 1), "
+								   "       r.khash_index::oid "
 								   "FROM registry.replicated_tables r, "
 								   "LATERAL (SELECT array_agg(a.attname ORDER BY k.n) AS cols, "
-								   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types "
+								   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types, "
+								   "                string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) AS quoted "
 								   "         FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
 								   "         JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
 								   "         WHERE i.indrelid = $1 AND i.indisprimary) pk "
 								   "WHERE r.relid = $1",
-								   1, argtypes, args, NULL, true, 1);
+								   1, argtypes, args, NULL, false, 1);
 		if (rc != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "registry: could not check table \"%s\"", name);
 		{
@@ -856,8 +891,11 @@ registry_check_tables(PG_FUNCTION_ARGS)
 														   SPI_tuptable->tupdesc, 1, &isnull));
 			bool		cols_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 															 SPI_tuptable->tupdesc, 2, &isnull));
-			bool		idx_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc, 3, &isnull));
+			bool		idx_missing;
+			Oid			idx = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+															 SPI_tuptable->tupdesc, 3, &idx_missing));
+			Oid			registered = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+																	SPI_tuptable->tupdesc, 4, &isnull));
 
 			if (!pk_ok)
 				ereport(ERROR,
@@ -867,9 +905,26 @@ registry_check_tables(PG_FUNCTION_ARGS)
 						 errhint("Call registry.unreplicate(), change the key, then registry.replicate() on every node.")));
 			if (!cols_ok)
 				refuse_ddl(name, "its columns " VERSION_COLUMN " (bigint) and " ORIGIN_COLUMN " (text)");
-			if (!idx_ok)
+			if (idx_missing)
 				refuse_ddl(name, "its registry key-hash index");
+
+			/*
+			 * ALTER COLUMN TYPE (a key column's length, say) rebuilds the
+			 * index under a new OID: follow it.
+			 */
+			if (idx != registered)
+			{
+				Oid			uargtypes[2] = {OIDOID, OIDOID};
+				Datum		uargs[2] = {ObjectIdGetDatum(relid), ObjectIdGetDatum(idx)};
+
+				rc = SPI_execute_with_args("UPDATE registry.replicated_tables "
+										   "SET khash_index = $2 WHERE relid = $1",
+										   2, uargtypes, uargs, NULL, false, 0);
+				if (rc != SPI_OK_UPDATE)
+					elog(ERROR, "registry: could not record the new key-hash index of \"%s\"", name);
+			}
 		}
+		registry_owner_end(&owner);
 		SPI_finish();
 
 		tgrel = table_open(TriggerRelationId, AccessShareLock);

@@ -12,7 +12,8 @@
  * different registry.digest_buckets can still compare at the coarser one.
  *
  * Also here: the shared-memory table slots that hold the digests, the
- * rebuild of all digests from registry.row_versions at start, and
+ * rebuild of all digests from the registered tables and registry.tombstones
+ * at start, and
  * registry.verify().
  *
  *-------------------------------------------------------------------------

@@ -15,7 +15,8 @@
  * lease, hence above every version already stored, even when the wall
  * clock has stepped back.  If the file is missing (a restored backup, a
  * fresh data directory) writers wait until the maintenance worker has read
- * the largest stored version from registry.row_versions.
+ * the largest stored version from the registered tables' version columns
+ * and registry.tombstones.
  *
  *-------------------------------------------------------------------------
  */

@@ -112,6 +112,7 @@ registry_add_peer(PG_FUNCTION_ARGS)
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		args[2];
 	int			rc;
+	RegistryOwnerSave owner;
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -145,9 +146,11 @@ registry_add_peer(PG_FUNCTION_ARGS)
 	SPI_connect();
 	args[0] = CStringGetTextDatum(name);
 	args[1] = CStringGetTextDatum(conninfo);
+	registry_owner_begin(&owner);
 	rc = SPI_execute_with_args("INSERT INTO registry.peers (name, conninfo) VALUES ($1, $2) "
 							   "ON CONFLICT (name) DO UPDATE SET conninfo = EXCLUDED.conninfo",
 							   2, argtypes, args, NULL, false, 0);
+	registry_owner_end(&owner);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "registry: could not record peer \"%s\"", name);
 	SPI_finish();
@@ -164,13 +167,16 @@ registry_remove_peer(PG_FUNCTION_ARGS)
 	Datum		args[1];
 	int			rc;
 	bool		removed;
+	RegistryOwnerSave owner;
 
 	registry_check_preloaded();
 	registry_check_admin();
 	SPI_connect();
 	args[0] = CStringGetTextDatum(name);
+	registry_owner_begin(&owner);
 	rc = SPI_execute_with_args("DELETE FROM registry.peers WHERE name = $1",
 							   1, argtypes, args, NULL, false, 0);
+	registry_owner_end(&owner);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "registry: could not remove peer \"%s\"", name);
 	removed = SPI_processed > 0;
@@ -224,8 +230,8 @@ registry_peer_status(PG_FUNCTION_ARGS)
 	for (i = 0; i < registry_max_origins; i++)
 	{
 		PeerStatus *p = &copy[i];
-		Datum		v[27];
-		bool		n[27] = {false};
+		Datum		v[28];
+		bool		n[28] = {false};
 		int64		lag_changes;
 		int64		lag_ms = 0;
 
@@ -269,6 +275,7 @@ registry_peer_status(PG_FUNCTION_ARGS)
 			n[24] = true;
 		TS_OR_NULL(25, p->last_error_at);
 		v[26] = Int64GetDatum((int64) p->bytes_sent);
+		v[27] = Int64GetDatum((int64) p->round_bytes);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 	}
 	return (Datum) 0;
@@ -379,8 +386,10 @@ purge_tombstones(void)
 	int			rc;
 	int64		total = 0;
 	char		sql[1024];
+	RegistryOwnerSave owner;
 
 	SPI_connect();
+	registry_owner_begin(&owner);
 
 	/*
 	 * Older than the retention, and written before every peer that is not
@@ -455,6 +464,7 @@ purge_tombstones(void)
 			i = j;
 		}
 	}
+	registry_owner_end(&owner);
 	SPI_finish();
 	return total;
 }
@@ -478,6 +488,7 @@ registry_resync(PG_FUNCTION_ARGS)
 	Oid			relid = PG_GETARG_OID(0);
 	RegTable   *t;
 	char		sql[512];
+	RegistryOwnerSave owner;
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -490,6 +501,7 @@ registry_resync(PG_FUNCTION_ARGS)
 	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "registry: could not empty %s", t->qualname);
 	capture_suppress(0);
+	registry_owner_begin(&owner);
 	snprintf(sql, sizeof(sql), "DELETE FROM registry.tombstones WHERE tid = %d", t->tid);
 	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "registry: could not forget the tombstones of %s", t->qualname);
@@ -498,6 +510,7 @@ registry_resync(PG_FUNCTION_ARGS)
 			 "UPDATE registry.replicated_tables SET purge_horizon = 0 WHERE tid = %d", t->tid);
 	if (SPI_execute(sql, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "registry: could not reset the purge horizon of %s", t->qualname);
+	registry_owner_end(&owner);
 	SPI_finish();
 	CacheInvalidateRelcacheByRelid(relid);
 	capture_reset_table(t);

@@ -14,7 +14,9 @@
 
 #include <unistd.h>
 
+#include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
+#include "catalog/pg_namespace.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/postmaster.h"
@@ -22,6 +24,7 @@
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/syscache.h"
 
 #include "registry.h"
 #include "shmem.h"
@@ -323,6 +326,59 @@ registry_check_admin(void)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to administer the registry"),
 				 errhint("Only superusers and members of registry_admin may do this.")));
+}
+
+/*
+ * For functions that are not STRICT because some arguments may be NULL
+ * (meaning "default" or "all"): the others must not be.
+ */
+void
+registry_check_not_null(FunctionCallInfo fcinfo, int argno, const char *argname)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("argument \"%s\" must not be null", argname)));
+}
+
+/*
+ * registry_admin may administer, but has no write access to the extension's
+ * own tables (replicated_tables, peers, tombstones): granting it would let
+ * members forge tombstones or peers behind the functions' checks.  So the
+ * functions, once they have checked the caller, run their statements on
+ * those tables as the owner of schema registry, the role that installed
+ * the extension.  Only fixed statements on our own tables run this way;
+ * statements on user tables keep the caller's identity.  The search_path
+ * is pinned meanwhile, so the caller cannot put their own functions or
+ * operators in the owner's way, and type names come out the same whoever
+ * calls.  An error unwinds both with the transaction.
+ */
+void
+registry_owner_begin(RegistryOwnerSave *save)
+{
+	Oid			nsp = get_namespace_oid("registry", false);
+	HeapTuple	tup;
+	Oid			owner;
+
+	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "registry: cache lookup failed for schema %u", nsp);
+	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+	ReleaseSysCache(tup);
+
+	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	SetUserIdAndSecContext(owner, save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	save->guc_nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
+
+void
+registry_owner_end(const RegistryOwnerSave *save)
+{
+	AtEOXact_GUC(true, save->guc_nest);
+	SetUserIdAndSecContext(save->userid, save->sec_context);
 }
 
 const char *

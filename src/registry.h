@@ -6,11 +6,13 @@
  *	  points each source file offers to the others.
  *
  * Each concern lives in the source file of the same name: hlc.c (clock),
- * keys.c (canonical keys), catalog.c (registration), versions.c (durable
- * row versions), capture.c (triggers and commit-time publication),
- * shmem.c (shared memory layout), changelog.c, acceptor.c, digest.c,
- * message.c (wire format), serve.c (functions peers call), apply.c
- * (writing remote rows), views.c, worker.c (background workers).
+ * keys.c (canonical keys), catalog.c (registration), rows.c (finding a
+ * key's row and version), tombstones.c (deleted keys), capture.c (triggers
+ * and commit-time publication), shmem.c (shared memory layout),
+ * changelog.c, acceptor.c, digest.c, message.c (wire format), serve.c
+ * (functions peers call), apply.c (writing remote rows), sync.c (pulling
+ * from peers), peers.c (peer list, sync_now, purge, resync), views.c,
+ * worker.c (background workers).
  *
  *-------------------------------------------------------------------------
  */
@@ -79,7 +81,19 @@ extern const char *registry_op_name(char op);
 /* ---- registry.c ---- */
 extern void registry_check_preloaded(void);
 extern void registry_check_admin(void);
+extern void registry_check_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);
 extern bool registry_is_admin(void);
+
+/* Saved identity while running statements on the extension's own tables */
+typedef struct RegistryOwnerSave
+{
+	Oid			userid;
+	int			sec_context;
+	int			guc_nest;
+} RegistryOwnerSave;
+
+extern void registry_owner_begin(RegistryOwnerSave *save);
+extern void registry_owner_end(const RegistryOwnerSave *save);
 extern bool registry_valid_node_name(const char *name);
 
 /* ---- hlc.c ---- */
@@ -175,12 +189,12 @@ extern List *regtable_all(void);
 extern Oid	registry_relid(const char *relname);
 extern char *regtable_qualname(Oid relid);
 
-/* ---- versions.c ---- */
+/* ---- tombstones.c ---- */
 
-/* The durable version state of one key. */
+/* The durable version state of one key: its row's, or its tombstone's. */
 typedef struct VersionState
 {
-	bool		exists;			/* a row_versions entry exists */
+	bool		exists;			/* a live row or a tombstone exists */
 	RegVersion	version;
 	char		origin[REGISTRY_NAME_LEN];
 	bool		deleted;

@@ -14,8 +14,8 @@
  *	  registry.fetch_rows(tbl, keys)		current rows with their versions
  *
  * Each returns one message (message.h), zlib-compressed when large.  They
- * read only registered tables, under the statement's snapshot, so a row
- * and its version are always consistent.  Values are written in the
+ * read only registered tables, under one snapshot per read, so a row and
+ * its version are always consistent.  Values are written in the
  * canonical settings of keys.c (DateStyle, TimeZone, ...), switched to
  * only for tables with a column whose output depends on them.
  *
@@ -23,6 +23,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -323,7 +324,7 @@ check_nbuckets(int nbuckets, int max)
 Datum
 registry_digest(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *name;
 	int32		gran = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT32(1);
 	int32		lo = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2);
 	int32		width = PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3);
@@ -341,6 +342,8 @@ registry_digest(PG_FUNCTION_ARGS)
 	StringInfoData buf;
 
 	check_peer();
+	registry_check_not_null(fcinfo, 0, "tbl");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	check_ready();
 	t = regtable_by_name(name, true);
 	if (t == NULL)
@@ -356,6 +359,14 @@ registry_digest(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("digest ranges must lie within %d buckets", gran)));
+
+	/*
+	 * Our applies commit asynchronously.  A peer that finds our digest equal
+	 * to its own may later purge tombstones on the strength of it, so what
+	 * the digest covers must survive a crash of this node: flush first.
+	 */
+	if (!RecoveryInProgress())
+		XLogFlush(GetXLogInsertRecPtr());
 
 	buckets = palloc(sizeof(uint64) * nb);
 	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
@@ -543,9 +554,9 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 Datum
 registry_bucket_entries(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	int32		nbuckets = PG_GETARG_INT32(1);
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(2);
+	char	   *name;
+	int32		nbuckets;
+	ArrayType  *arr;
 	bool		with_rows = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
 	bool		resume = !PG_ARGISNULL(4);
 	uint32		after_hash = resume ? int4_to_khash(PG_GETARG_INT32(4)) : 0;
@@ -562,6 +573,12 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	int			nest = -1;
 
 	check_peer();
+	registry_check_not_null(fcinfo, 0, "tbl");
+	registry_check_not_null(fcinfo, 1, "nbuckets");
+	registry_check_not_null(fcinfo, 2, "buckets");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	nbuckets = PG_GETARG_INT32(1);
+	arr = PG_GETARG_ARRAYTYPE_P(2);
 	check_ready();
 	check_nbuckets(nbuckets, 1 << 24);
 	maxe = Max(1, Min(maxe, MAX_ENTRIES_PER_CALL));

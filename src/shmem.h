@@ -4,7 +4,8 @@
  *	  Layout of the registry's shared memory.
  *
  * Everything here is a cache or an index of what is durable in tables
- * (registry.row_versions); after a restart it starts empty, with a new
+ * (the registered tables' version columns, registry.tombstones); after a
+ * restart it starts empty, with a new
  * epoch, and the maintenance worker rebuilds the digests from disk.  All
  * sizes are fixed at server start by the registry.* parameters.
  *

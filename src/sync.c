@@ -14,17 +14,26 @@
  *	1. LISTEN registry_wakeup, once per connection: the peer's maintenance
  *	   worker notifies after its commits, which wakes us at once.
  *	2. The fast path: registry.changes_since() from the last seq applied,
- *	   rows included; applied one transaction per table and batch.  A new
- *	   epoch, or a seq that fell out of the peer's ring, switches the peer
- *	   to anti-entropy (after which the fast path resumes from the peer's
+ *	   rows included; applied one transaction per table and batch.  While
+ *	   idle, the request is a long poll: the peer holds it (up to
+ *	   min(registry.sync_interval, 250 ms)) until it publishes a change,
+ *	   so a commit there reaches us in one round trip.  A new epoch, or a
+ *	   seq that fell out of the peer's ring, switches the peer to
+ *	   anti-entropy (after which the fast path resumes from the peer's
  *	   current seq).
  *	3. Anti-entropy rounds (every registry.antientropy_interval, on a gap,
- *	   on registry.sync_now()): per table, compare roots; on a mismatch
- *	   compare 64 groups of buckets, then the buckets of differing groups,
- *	   then the entries of differing buckets, and pull the rows whose peer
- *	   version is newer.  A table far behind the peer's (less than half its
- *	   keys) is pulled whole, in pages of registry.batch_size rows, without
- *	   comparing buckets at all.
+ *	   after a failed apply, on registry.sync_now()): per table, compare
+ *	   roots; on a mismatch compare 64 groups of buckets, then the buckets
+ *	   of differing groups, then the entries of differing buckets, and pull
+ *	   the rows whose peer version is newer.  A table far behind the
+ *	   peer's (less than half its keys) is pulled whole, in pages of
+ *	   min(10 x registry.batch_size, 100000) rows, several requested ahead;
+ *	   into an empty table without per-key checks.
+ *
+ * Applies commit asynchronously (synchronous_commit = off): a lost apply
+ * is pulled again, since the peer still has the row at the same version;
+ * registry.digest() flushes WAL before answering, so a digest a peer saw
+ * as equal never covers an apply a crash could undo.
  *
  * Every result is copied and cleared before it is parsed, so an ERROR
  * (malformed answer, incompatible table, constraint violation) cannot
@@ -128,6 +137,7 @@ typedef struct Peer
 	TimestampTz connect_started;
 	TimestampTz next_connect;
 	int			backoff_ms;
+	int			apply_backoff_ms;	/* grows while applying keeps failing */
 	bool		readable;		/* the socket reported ready */
 	bool		writable;
 	bool		flushing;		/* a request is not fully sent */
@@ -570,6 +580,7 @@ apply_batch(Peer *p, TableBatch *b)
 			p->st->versions_refused += b->refused_skew;
 			p->st->rows_refused_purged += b->refused_purged;
 			LWLockRelease(RegistryState->peer_lock);
+			p->apply_backoff_ms = 0;
 			if (b->refused_skew > 0)
 			{
 				char		msg[256];
@@ -590,9 +601,18 @@ apply_batch(Peer *p, TableBatch *b)
 			continue;
 		}
 		if (sqlstate != ERRCODE_T_R_SERIALIZATION_FAILURE)
-			return;
+			break;
 	}
-	record_error(p, "gave up applying a batch after repeated concurrent local writes");
+	if (attempt == 5)
+		record_error(p, "gave up applying a batch after repeated concurrent local writes");
+	/*
+	 * The rows are still the peer's: compare everything again, after a
+	 * pause that grows while the failure repeats.
+	 */
+	p->ae_needed = true;
+	p->apply_backoff_ms = p->apply_backoff_ms == 0 ? BACKOFF_MIN_MS :
+		Min(p->apply_backoff_ms * 2, BACKOFF_MAX_MS);
+	p->quiet_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->apply_backoff_ms);
 }
 
 /* ---- the fast path ---- */
@@ -1635,6 +1655,10 @@ load_peers(void)
 												 ALLOCSET_DEFAULT_SIZES);
 			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 			np->st = peer_status_slot(np->name, true);
+			/* a new conninfo for a known name keeps its status slot */
+			for (j = 0; j < npeers; j++)
+				if (peers[j].seen && peers[j].st == np->st)
+					peers[j].st = NULL;
 			if (np->st)
 			{
 				np->st->last_converged_at = np->last_converged_at;
@@ -1661,9 +1685,12 @@ load_peers(void)
 			continue;
 		if (op->conn)
 			PQfinish(op->conn);
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		op->st->in_use = false;
-		LWLockRelease(RegistryState->peer_lock);
+		if (op->st)
+		{
+			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+			op->st->in_use = false;
+			LWLockRelease(RegistryState->peer_lock);
+		}
 		MemoryContextDelete(op->roundcxt);
 	}
 	if (peers)

@@ -292,8 +292,9 @@ maybe_rebuild(void)
 }
 
 /*
- * Purge tombstones every peer has (peers.c has the rule), at most every
- * ten minutes.  A failure is logged; the worker goes on.
+ * Purge tombstones every peer has (peers.c has the rule), every half
+ * retention but at least every ten minutes and at most every second.  A
+ * failure is logged; the worker goes on.
  */
 static void
 maybe_purge(TimestampTz *last)
