@@ -156,6 +156,25 @@ SELECT registry.decode_message(substr(m, 1, length(m) - 3)) FROM c2;
 SELECT registry.decode_message(overlay(m placing '\xff'::bytea from 9 for 1)) FROM c1;
 SELECT registry.decode_message('\x5202430000000000'::bytea);
 
+-- long polling: while waiting, the caller's own changes are stepped over;
+-- the answer comes when the wait ends, empty, with upto_seq past them
+CREATE TABLE lp (k int PRIMARY KEY);
+SELECT registry.replicate('lp');
+CREATE TEMP TABLE s1 AS SELECT last_seq FROM registry.node;
+INSERT INTO lp VALUES (1), (2);
+SELECT m->>'status' AS status, jsonb_array_length(m->'changes') AS n,
+       (m->>'upto_seq')::bigint - (SELECT last_seq FROM s1) AS upto
+  FROM registry.decode_message(registry.changes_since((SELECT last_seq FROM s1), 100, false,
+                                                      NULL, 'regress', 20)) m;
+-- a change from elsewhere ends the wait at once and is the only one sent
+SELECT registry.apply_row('lp', '3', registry.hlc_now(), 'n9', false, '{"k": 3}');
+SELECT m->>'status' AS status, c->>'key' AS key, c->>'origin' AS origin,
+       (m->>'upto_seq')::bigint - (SELECT last_seq FROM s1) AS upto
+  FROM registry.decode_message(registry.changes_since((SELECT last_seq FROM s1), 100, false,
+                                                      NULL, 'regress', 60000)) m,
+       jsonb_array_elements(m->'changes') c;
+DROP TABLE lp, s1;
+
 -- arguments that must be given are checked, not dereferenced
 SELECT registry.digest(NULL);
 SELECT registry.bucket_entries(NULL, 1, '{0}');

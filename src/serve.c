@@ -119,6 +119,22 @@ put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key,
  * registry.changes_since(after_seq bigint, max_changes int, with_rows bool,
  *						  epoch bigint, exclude_origin text) returns bytea
  */
+/* The origin number of a node name, or -1 if no change came from it yet. */
+static int
+find_origin(const char *name)
+{
+	int			n;
+	int			i;
+
+	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
+	n = RegistryState->norigins;
+	LWLockRelease(RegistryState->meta_lock);
+	for (i = 0; i < n; i++)
+		if (strcmp(origin_name(i), name) == 0)
+			return i;
+	return -1;
+}
+
 Datum
 registry_changes_since(PG_FUNCTION_ARGS)
 {
@@ -155,20 +171,14 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	maxc = Max(1, Min(maxc, MAX_CHANGES_PER_CALL));
 
 	if (exclude)
-	{
-		int			n;
-
-		LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
-		n = RegistryState->norigins;
-		LWLockRelease(RegistryState->meta_lock);
-		for (i = 0; i < n; i++)
-			if (strcmp(origin_name(i), exclude) == 0)
-				excl_origin = i;
-	}
+		excl_origin = find_origin(exclude);
 
 	/*
 	 * Hold until there is something after after_seq: a commit here wakes
-	 * the caller at once (long polling), up to wait_ms.
+	 * the caller at once (long polling), up to wait_ms.  Changes that came
+	 * from the caller itself do not end the wait (it would only get an
+	 * empty answer): they are stepped over, and the answer's upto_seq says
+	 * how far.
 	 */
 	if (wait_ms > 0)
 	{
@@ -178,15 +188,33 @@ registry_changes_since(PG_FUNCTION_ARGS)
 		ConditionVariablePrepareToSleep(&RegistryState->changes_cv);
 		for (;;)
 		{
-			uint64		l,
-						e;
+			bool		wake = false;
 			long		left;
 
+			if (exclude && excl_origin < 0)
+				excl_origin = find_origin(exclude);
 			LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
-			l = RegistryState->cl_last_seq;
-			e = RegistryState->epoch;
+			if (check_epoch && RegistryState->epoch != their_epoch)
+				wake = true;
+			else if (RegistryState->cl_last_seq != (uint64) after)
+			{
+				uint64		l = RegistryState->cl_last_seq;
+				uint64		s;
+
+				wake = true;
+				if (excl_origin >= 0 && l > (uint64) after &&
+					(uint64) after + 1 >= RegistryState->cl_first_seq &&
+					l - (uint64) after <= (uint64) maxc)
+				{
+					wake = false;
+					for (s = after + 1; s <= l && !wake; s++)
+						wake = changelog_entry(s)->origin != excl_origin;
+					if (!wake)
+						after = (int64) l;
+				}
+			}
 			LWLockRelease(RegistryState->changelog_lock);
-			if (l != (uint64) after || (check_epoch && e != their_epoch))
+			if (wake)
 				break;
 			left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
 			if (left <= 0)
