@@ -138,6 +138,7 @@ typedef struct Peer
 	TimestampTz next_connect;
 	int			backoff_ms;
 	int			apply_backoff_ms;	/* grows while applying keeps failing */
+	TimestampTz ae_not_before;	/* ... and delays the rounds it asks for */
 	bool		readable;		/* the socket reported ready */
 	bool		writable;
 	bool		flushing;		/* a request is not fully sent */
@@ -217,6 +218,23 @@ record_error(Peer *p, const char *msg)
 	p->ae_errors = true;
 	ereport(LOG,
 			(errmsg("registry: peer \"%s\": %s", p->name, buf)));
+}
+
+/*
+ * Rows the peer has that this node refused: older than tombstones purged
+ * here, they may be deletions the peer missed.  The round is then not
+ * complete (sync_now() says false) and the error says what to do.
+ */
+static void
+note_refused_purged(Peer *p, const char *table, int n)
+{
+	char		msg[256];
+
+	snprintf(msg, sizeof(msg),
+			 "%d rows of %s refused: older than tombstones purged on this node (they may have been deleted); "
+			 "if the peer missed deletions, run registry.resync() there",
+			 n, table);
+	record_error(p, msg);
 }
 
 static void
@@ -527,7 +545,20 @@ apply_batch_once(Peer *p, void *arg)
 		CHECK_FOR_INTERRUPTS();
 		if (r->state != ROW_LIVE && r->state != ROW_TOMBSTONE)
 			continue;
-		if (b->bulk && r->state == ROW_LIVE)
+		if (b->bulk && r->state == ROW_LIVE && r->version <= t->purge_horizon)
+		{
+			/*
+			 * Possibly deleted here, its tombstone purged since: only a
+			 * per-key look can tell, and a table we had nothing of
+			 * (fresh) cannot have the row.
+			 */
+			if (b->fresh)
+			{
+				b->refused_purged++;
+				continue;
+			}
+		}
+		else if (b->bulk && r->state == ROW_LIVE)
 		{
 			live[nlive].key = r->key;
 			live[nlive].version = r->version;
@@ -590,6 +621,8 @@ apply_batch(Peer *p, TableBatch *b)
 						 b->refused_skew, b->table->name, registry_max_clock_skew_ms);
 				record_error(p, msg);
 			}
+			if (b->refused_purged > 0)
+				note_refused_purged(p, b->table->name, b->refused_purged);
 			return;
 		}
 		plan_cache_drop(b->table->name ? b->table->name : "");
@@ -612,7 +645,7 @@ apply_batch(Peer *p, TableBatch *b)
 	p->ae_needed = true;
 	p->apply_backoff_ms = p->apply_backoff_ms == 0 ? BACKOFF_MIN_MS :
 		Min(p->apply_backoff_ms * 2, BACKOFF_MAX_MS);
-	p->quiet_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->apply_backoff_ms);
+	p->ae_not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->apply_backoff_ms);
 }
 
 /* ---- the fast path ---- */
@@ -893,7 +926,7 @@ end_round(Peer *p)
 	p->st->served_converged = complete;
 	p->st->last_converged_at = p->last_converged_at;
 	p->st->needs_resync = !identical &&
-		TimestampDifferenceExceeds(since, now, registry_tombstone_retention_s * 1000);
+		TimestampDifferenceExceeds(since, now, registry_tombstone_retention_s * 1000L);
 	p->st->state = PEER_STREAMING;
 	LWLockRelease(RegistryState->peer_lock);
 	ConditionVariableBroadcast(&RegistryState->sync_cv);
@@ -1290,6 +1323,7 @@ handle_entries_guarded(Peer *p, void *arg)
 			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 			p->st->rows_refused_purged += b.refused_purged;
 			LWLockRelease(RegistryState->peer_lock);
+			note_refused_purged(p, t->name, b.refused_purged);
 		}
 	}
 	if (b.nrows > 0)
@@ -1477,7 +1511,11 @@ should_start_round(Peer *p, TimestampTz now)
 	SpinLockAcquire(&RegistryState->mutex);
 	gen = RegistryState->sync_request_gen;
 	SpinLockRelease(&RegistryState->mutex);
-	return p->ae_needed || gen > p->st->served_gen ||
+	if (gen > p->st->served_gen)
+		return true;			/* asked for by sync_now() or resync() */
+	if (now < p->ae_not_before)
+		return false;
+	return p->ae_needed ||
 		TimestampDifferenceExceeds(p->last_ae, now, registry_antientropy_interval_ms);
 }
 
@@ -1517,14 +1555,40 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 	 * long by it.
 	 */
 	wait = Min(registry_sync_interval_ms, LONG_POLL_MAX_MS);
-	wait = Min(wait, Max(registry_antientropy_interval_ms -
-						 (long) ((now - p->last_ae) / 1000), 0));
+	{
+		TimestampTz due = p->ae_needed ? p->ae_not_before :
+			Max(TimestampTzPlusMilliseconds(p->last_ae, registry_antientropy_interval_ms),
+				p->ae_not_before);
+
+		wait = Min(wait, Max((long) ((due - now) / 1000), 1));
+	}
 	send_changes(p, (int) wait);
+}
+
+/*
+ * A peer not found identical for longer than the tombstone retention is
+ * lost: purging no longer waits for it (peers.c), so it may hold rows
+ * deleted here.  Said in peer_status whether or not it can be reached.
+ */
+static void
+note_lost(Peer *p, TimestampTz now)
+{
+	TimestampTz since = p->last_converged_at ? p->last_converged_at : p->added_at;
+	bool		lost = TimestampDifferenceExceeds(since, now,
+												  registry_tombstone_retention_s * 1000L);
+
+	if (lost != p->st->needs_resync && !p->ae_active)
+	{
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		p->st->needs_resync = lost;
+		LWLockRelease(RegistryState->peer_lock);
+	}
 }
 
 static void
 step(Peer *p, TimestampTz now, long *timeout)
 {
+	note_lost(p, now);
 	if (p->conn == NULL)
 	{
 		uint64		gen;
