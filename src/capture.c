@@ -99,6 +99,9 @@ typedef struct BulkChange
 	uint64	   *bucket_delta;
 	int64		live_delta;
 	int64		tomb_delta;
+	/* the origin of every row, if they share one */
+	char		origin[REGISTRY_NAME_LEN];
+	bool		mixed;
 } BulkChange;
 
 static int32 bulk_tid = 0;
@@ -210,6 +213,10 @@ capture_record(RegTable *t, uint32 khash, const char *key,
 		bulk.bucket_delta[digest_bucket_of(khash, registry_digest_buckets)] ^= delta;
 		bulk.live_delta += live_delta;
 		bulk.tomb_delta += tomb_delta;
+		if (bulk_count == 0)
+			strlcpy(bulk.origin, origin, sizeof(bulk.origin));
+		else if (!bulk.mixed && strcmp(bulk.origin, origin) != 0)
+			bulk.mixed = true;
 		bulk_count++;
 		return;
 	}
@@ -235,6 +242,8 @@ bulk_begin(RegTable *t)
 											   sizeof(uint64) * registry_digest_buckets);
 	bulk.live_delta = 0;
 	bulk.tomb_delta = 0;
+	bulk.mixed = false;
+	bulk.origin[0] = '\0';
 	bulk_count = 0;
 	bulk_tid = t->tid;
 }
@@ -256,7 +265,12 @@ bulk_end(RegTable *t)
 	p->bucket_delta = bulk.bucket_delta;
 	p->live_delta = bulk.live_delta;
 	p->tomb_delta = bulk.tomb_delta;
-	p->origin = 0;
+
+	/*
+	 * Rows that all came from one node are that node's change: a peer
+	 * asking for changes not its own then need not hear of it.
+	 */
+	p->origin = bulk.mixed ? 0 : origin_id(bulk.origin);
 	p->version = hlc_current();
 }
 

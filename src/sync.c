@@ -26,9 +26,11 @@
  *	   roots; on a mismatch compare 64 groups of buckets, then the buckets
  *	   of differing groups, then the entries of differing buckets, and pull
  *	   the rows whose peer version is newer.  A table far behind the
- *	   peer's (less than half its keys) is pulled whole, in pages of
- *	   min(10 x registry.batch_size, 100000) rows, several requested ahead;
- *	   into an empty table without per-key checks.
+ *	   peer's (less than half its keys, or most groups differing and fewer
+ *	   keys) is pulled whole, bucket by bucket at a granularity that puts
+ *	   about half a page (min(10 x registry.batch_size, 100000) rows) in
+ *	   each, the next bucket asked for as soon as an answer arrives; into
+ *	   an empty table without per-key checks.
  *
  * Applies commit asynchronously (synchronous_commit = off): a lost apply
  * is pulled again, since the peer still has the row at the same version;
@@ -120,6 +122,15 @@ typedef struct AETable
 	bool		complete;
 	bool		failed;
 	bool		fresh;			/* this node had no entry of the table */
+	bool		behind;			/* ... fewer entries than the peer */
+	int64		theirs;			/* the peer's entries (rows and tombstones) */
+	/* a whole-table pull: one request per bucket at granularity full_nb */
+	int			full_nb;
+	int			full_next;		/* next bucket to ask for */
+	int			full_asked;		/* bucket of the request in flight */
+	bool		full_pending;	/* a bucket to resume at full_after */
+	int			full_pending_bucket;
+	uint32		full_after;
 } AETable;
 
 typedef struct Peer
@@ -960,6 +971,75 @@ send_digest(Peer *p, AETable *t, int nb, int lo, int width, int n)
 			   "SELECT registry.digest($1, $2::int, $3::int, $4::int, $5::int)", 5, params);
 }
 
+/* Rows per whole-table page: large enough to amortize a round trip. */
+static int
+full_page_rows(void)
+{
+	return Min(registry_batch_size * 10, 100000);
+}
+
+/*
+ * A whole-table pull asks for the table bucket by bucket, at a granularity
+ * that puts about half a page in each: the requests do not depend on each
+ * other's answers, so the next one goes out as soon as an answer arrives
+ * and the peer reads it while this node applies the last.  A bucket that
+ * holds more than a page is resumed after its last key hash.
+ */
+static void
+start_full(AETable *t)
+{
+	int64		want = Max(t->theirs * 2 / full_page_rows(), 1);
+	int			nb = 1;
+
+	while (nb < want && nb < (1 << 20))
+		nb <<= 1;
+	t->stage = AE_FULL;
+	t->full_nb = nb;
+	t->full_next = 0;
+	t->full_pending = false;
+}
+
+static void
+send_full_page(Peer *p, AETable *t)
+{
+	char		nb[16],
+				bucket[24],
+				after[16],
+				maxe[16];
+	const char *params[6];
+	int			b;
+	bool		resume = t->full_pending;
+
+	if (resume)
+	{
+		b = t->full_pending_bucket;
+		t->full_pending = false;
+	}
+	else
+		b = t->full_next++;
+	t->full_asked = b;
+	snprintf(nb, sizeof(nb), "%d", t->full_nb);
+	snprintf(bucket, sizeof(bucket), "{%d}", b);
+	snprintf(after, sizeof(after), "%d", khash_to_int4(t->full_after));
+	snprintf(maxe, sizeof(maxe), "%d", full_page_rows());
+	params[0] = t->name;
+	params[1] = nb;
+	params[2] = bucket;
+	params[3] = "true";
+	params[4] = resume ? after : NULL;
+	params[5] = maxe;
+	p->inflight_table = t;
+	send_query(p, Q_ENTRIES,
+			   "SELECT registry.bucket_entries($1, $2::int, $3::int[], $4::bool, $5::int, $6::int)",
+			   6, params);
+}
+
+static bool
+full_more_to_ask(AETable *t)
+{
+	return t->full_pending || t->full_next < t->full_nb;
+}
+
 static void
 send_entries(Peer *p, AETable *t, bool with_rows)
 {
@@ -973,20 +1053,13 @@ send_entries(Peer *p, AETable *t, bool with_rows)
 
 	initStringInfo(&arr);
 	appendStringInfoChar(&arr, '{');
-	if (t->stage == AE_FULL)
-		appendStringInfoChar(&arr, '0');
-	else
-	{
-		last = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
-		for (i = t->itodo; i < last; i++)
-			appendStringInfo(&arr, "%s%d", i > t->itodo ? "," : "", t->buckets[i]);
-	}
+	last = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
+	for (i = t->itodo; i < last; i++)
+		appendStringInfo(&arr, "%s%d", i > t->itodo ? "," : "", t->buckets[i]);
 	appendStringInfoChar(&arr, '}');
-	snprintf(nb, sizeof(nb), "%d", t->stage == AE_FULL ? 1 : t->nb);
+	snprintf(nb, sizeof(nb), "%d", t->nb);
 	snprintf(after, sizeof(after), "%d", khash_to_int4(t->after));
-	snprintf(maxe, sizeof(maxe), "%d",
-			 t->stage == AE_FULL ? Min(registry_batch_size * 10, 100000) :
-			 AE_ENTRIES_PER_CALL);
+	snprintf(maxe, sizeof(maxe), "%d", AE_ENTRIES_PER_CALL);
 	params[0] = t->name;
 	params[1] = nb;
 	params[2] = arr.data;
@@ -1078,8 +1151,13 @@ send_ae(Peer *p)
 				t->stage = AE_VERIFY;
 				continue;
 			case AE_FULL:
-				send_entries(p, t, true);
-				return;
+				if (full_more_to_ask(t))
+				{
+					send_full_page(p, t);
+					return;
+				}
+				t->stage = AE_VERIFY;
+				continue;
 			case AE_DONE:
 				p->itable++;
 				continue;
@@ -1094,6 +1172,7 @@ typedef struct DigestWork
 	AETable    *t;
 	char	   *data;
 	int			len;
+	int			bucket;			/* of a whole-table page */
 } DigestWork;
 
 static void
@@ -1143,10 +1222,11 @@ handle_digest_guarded(Peer *p, void *arg)
 			t->stage = AE_DONE;
 			return;
 		}
+		t->behind = ourcount < m.live + m.tombstones;
+		t->theirs = m.live + m.tombstones;
 		if (ourcount * 2 < m.live + m.tombstones)
 		{
-			t->stage = AE_FULL;
-			t->resume = false;
+			start_full(t);
 			t->fresh = (ourcount == 0);
 		}
 		else if (t->nb <= AE_GROUP_FANOUT)
@@ -1185,11 +1265,10 @@ handle_digest_guarded(Peer *p, void *arg)
 		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 		p->st->round_buckets_compared += m.n;
 		LWLockRelease(RegistryState->peer_lock);
-		if (t->ntodo * 2 > AE_GROUP_FANOUT)
+		if (t->ntodo * 2 > AE_GROUP_FANOUT && t->behind)
 		{
-			/* most of the table differs: pull it whole */
-			t->stage = AE_FULL;
-			t->resume = false;
+			/* most of the table differs and the peer has more: pull it whole */
+			start_full(t);
 		}
 		else
 		{
@@ -1255,10 +1334,10 @@ handle_entries_guarded(Peer *p, void *arg)
 		b.fresh = t->fresh;
 		if (m.more)
 		{
-			/* the peer reads the next page while this one is applied */
-			t->resume = true;
-			t->after = m.next_khash;
-			send_entries(p, t, true);
+			/* asked for again by the next request that goes out */
+			t->full_pending = true;
+			t->full_pending_bucket = w->bucket;
+			t->full_after = m.next_khash;
 		}
 	}
 	else
@@ -1330,10 +1409,7 @@ handle_entries_guarded(Peer *p, void *arg)
 		apply_batch(p, &b);
 
 	if (t->stage == AE_FULL)
-	{
-		if (!m.more)
-			t->stage = AE_VERIFY;
-	}
+		;						/* send_ae() goes on or moves to verify */
 	else if (m.more)
 	{
 		t->resume = true;
@@ -1377,6 +1453,7 @@ handle_result(Peer *p, PGresult *res)
 	AETable    *t = p->inflight_table;
 	char	   *data = NULL;
 	int			len = 0;
+	int			bucket = -1;
 
 	p->inflight = Q_NONE;
 	p->inflight_table = NULL;
@@ -1434,12 +1511,19 @@ handle_result(Peer *p, PGresult *res)
 		pfree(data);
 		return;
 	}
+	if (kind == Q_ENTRIES && t->stage == AE_FULL)
+	{
+		/* the next page is read by the peer while this one is applied */
+		bucket = t->full_asked;
+		if (full_more_to_ask(t))
+			send_full_page(p, t);
+	}
 
 	if (kind == Q_CHANGES)
 		handle_changes(p, data, len);
 	else
 	{
-		DigestWork	w = {t, data, len};
+		DigestWork	w = {t, data, len, bucket};
 		bool		ok;
 
 		if (kind == Q_DIGEST)
