@@ -733,10 +733,16 @@ capture_forget_tombstones(RegTable *t, int n, uint32 *khashes, char **keys,
  *
  * A transaction becomes visible before its commit callback publishes it,
  * so a later transaction could change the same key and publish first.  A
- * committing transaction therefore announces its xid in a per-process
+ * committing transaction therefore announces its xids in a per-process
  * slot from pre-commit until it has published, and a writer that finds
  * a key last written by such a transaction waits (microseconds) for it.
  * The change log is thus in commit order for every key.
+ *
+ * A row written in a subtransaction carries the subtransaction's xid, so
+ * the slot holds the range from the top-level xid to the highest xid of
+ * its committed subtransactions (which are assigned after it).  Another
+ * transaction's xid may fall inside the range; its writer then waits for
+ * this publication as well, which costs microseconds and nothing else.
  */
 
 int
@@ -750,15 +756,26 @@ publishing_init(void)
 {
 	int			i;
 
-	for (i = 0; i < publishing_slots(); i++)
+	for (i = 0; i < 2 * publishing_slots(); i++)
 		pg_atomic_init_u32(&RegistryPublishing[i], InvalidTransactionId);
 }
 
 static void
 publishing_begin(void)
 {
-	pg_atomic_write_u32(&RegistryPublishing[MyProc->pgprocno],
-						GetTopTransactionId());
+	TransactionId top = GetTopTransactionId();
+	TransactionId high = top;
+	TransactionId *children;
+	int			nchildren = xactGetCommittedChildren(&children);
+	int			i;
+
+	for (i = 0; i < nchildren; i++)
+		if (TransactionIdFollows(children[i], high))
+			high = children[i];
+	/* the high end first: a reader that sees the low end sees both */
+	pg_atomic_write_u32(&RegistryPublishing[2 * MyProc->pgprocno + 1], high);
+	pg_write_barrier();
+	pg_atomic_write_u32(&RegistryPublishing[2 * MyProc->pgprocno], top);
 	pg_atomic_fetch_add_u32(&RegistryState->publishing, 1);
 	publishing_set = true;
 }
@@ -768,7 +785,7 @@ publishing_end(void)
 {
 	if (!publishing_set)
 		return;
-	pg_atomic_write_u32(&RegistryPublishing[MyProc->pgprocno], InvalidTransactionId);
+	pg_atomic_write_u32(&RegistryPublishing[2 * MyProc->pgprocno], InvalidTransactionId);
 	pg_atomic_fetch_sub_u32(&RegistryState->publishing, 1);
 	publishing_set = false;
 }
@@ -780,8 +797,17 @@ is_publishing(TransactionId xid)
 	int			n = publishing_slots();
 
 	for (i = 0; i < n; i++)
-		if (pg_atomic_read_u32(&RegistryPublishing[i]) == xid)
+	{
+		TransactionId low = pg_atomic_read_u32(&RegistryPublishing[2 * i]);
+		TransactionId high;
+
+		if (!TransactionIdIsValid(low) || TransactionIdPrecedes(xid, low))
+			continue;
+		pg_read_barrier();
+		high = pg_atomic_read_u32(&RegistryPublishing[2 * i + 1]);
+		if (TransactionIdPrecedesOrEquals(xid, high))
 			return true;
+	}
 	return false;
 }
 

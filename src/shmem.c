@@ -71,7 +71,7 @@ registry_shmem_total_size(void)
 	size = add_size(size, MAXALIGN(origins_size()));
 	size = add_size(size, MAXALIGN(changelog_size()));
 	size = add_size(size, MAXALIGN(peers_size()));
-	size = add_size(size, MAXALIGN(mul_size(publishing_slots(), sizeof(pg_atomic_uint32))));
+	size = add_size(size, MAXALIGN(mul_size(publishing_slots(), 2 * sizeof(pg_atomic_uint32))));
 	size = add_size(size, MAXALIGN(hlc_shmem_size()));
 	size = add_size(size, acceptor_shmem_size());
 	return size;
@@ -121,7 +121,7 @@ registry_shmem_startup(void)
 										changelog_size(), &found);
 	RegistryPeers = ShmemInitStruct("registry peers", peers_size(), &found);
 	RegistryPublishing = ShmemInitStruct("registry publishing",
-										 mul_size(publishing_slots(), sizeof(pg_atomic_uint32)),
+										 mul_size(publishing_slots(), 2 * sizeof(pg_atomic_uint32)),
 										 &found);
 
 	if (!found_any)

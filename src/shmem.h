@@ -179,7 +179,10 @@ extern uint64 *RegistryDigests;		/* [registry_max_tables * buckets] */
 extern char *RegistryOrigins;		/* [registry_max_origins][NAMEDATALEN] */
 extern char *RegistryChangeLog;		/* [registry_change_log_size] entries */
 extern PeerStatus *RegistryPeers;	/* [registry_max_origins] */
-extern pg_atomic_uint32 *RegistryPublishing;	/* [publishing_slots()] */
+extern pg_atomic_uint32 *RegistryPublishing;	/* [2 * publishing_slots()]:
+												 * per process, the lowest
+												 * and highest xid of the
+												 * transaction publishing */
 
 extern void registry_shmem_install_hooks(void);
 extern Size registry_shmem_total_size(void);
