@@ -403,6 +403,30 @@ send_query(Peer *p, QueryKind kind, const char *sql, int nparams,
 
 /* ---- applying ---- */
 
+/*
+ * The worker's transactions.  Committing leaves TopMemoryContext current;
+ * the caller's context is restored, so what it allocates afterwards is
+ * freed with it (the loop's context, a round's) instead of accumulating.
+ */
+static MemoryContext
+xact_begin(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	return cxt;
+}
+
+static void
+xact_end(MemoryContext cxt)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+}
+
 /* Runs fn inside PG_TRY; an ERROR is recorded for the peer. */
 typedef void (*guarded_fn) (Peer *p, void *arg);
 
@@ -427,6 +451,7 @@ run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(oldcxt);
 		RESUME_INTERRUPTS();
 		if (sqlstate)
 			*sqlstate = edata->sqlerrcode;
@@ -512,6 +537,7 @@ typedef struct TableBatch
 static void
 apply_batch_once(Peer *p, void *arg)
 {
+	MemoryContext cxt;
 	TableBatch *b = arg;
 	RegTable   *t;
 	ApplyColumns *ac;
@@ -521,9 +547,7 @@ apply_batch_once(Peer *p, void *arg)
 	int			nlive = 0;
 
 	b->applied = b->skipped = b->refused_skew = b->refused_purged = 0;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	cxt = xact_begin();
 	nest = apply_begin();
 	t = regtable_by_name(b->table->name, true);
 	if (t == NULL)
@@ -601,8 +625,7 @@ apply_batch_once(Peer *p, void *arg)
 		b->skipped += nlive - written - skew;
 	}
 	apply_end(nest);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	xact_end(cxt);
 }
 
 /* Apply one table's rows; retried when a local write raced with it. */
@@ -847,11 +870,10 @@ start_round(Peer *p)
 	ListCell   *lc;
 	int			i = 0;
 	MemoryContext old;
+	MemoryContext cxt;
 
 	MemoryContextReset(p->roundcxt);
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	cxt = xact_begin();
 	regs = OidIsValid(get_extension_oid("registry", true)) ? regtable_all() : NIL;
 	old = MemoryContextSwitchTo(p->roundcxt);
 	p->tables = palloc0(sizeof(AETable) * Max(list_length(regs), 1));
@@ -866,8 +888,7 @@ start_round(Peer *p)
 		i++;
 	}
 	MemoryContextSwitchTo(old);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	xact_end(cxt);
 
 	p->ntables = i;
 	p->itable = 0;
@@ -893,9 +914,8 @@ record_convergence(Peer *p, void *arg)
 	Oid			argtypes[2] = {TIMESTAMPTZOID, TEXTOID};
 	Datum		args[2];
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	MemoryContext cxt = xact_begin();
+
 	SPI_connect();
 	args[0] = TimestampTzGetDatum(at);
 	args[1] = CStringGetTextDatum(p->name);
@@ -903,8 +923,7 @@ record_convergence(Peer *p, void *arg)
 							  2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "registry: could not record the convergence with peer \"%s\"", p->name);
 	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	xact_end(cxt);
 }
 
 static void
@@ -1186,16 +1205,16 @@ handle_digest_guarded(Peer *p, void *arg)
 	bool		registered;
 	uint64		root = 0;
 	int			i;
+	MemoryContext cxt;
 
 	msg_read_digest(w->data, w->len, &m);
 	check_node_name(p, m.node);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	cxt = xact_begin();
+	/* ours outlives the transaction */
+	MemoryContextSwitchTo(cxt);
 	ours = our_buckets(t->name, m.nbuckets, &ourcount, &registered);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	xact_end(cxt);
 	if (!registered)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
@@ -1347,9 +1366,8 @@ handle_entries_guarded(Peer *p, void *arg)
 		int			nest;
 		Snapshot	snap;
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
+		MemoryContext cxt = xact_begin();
+
 		canonical_gucs_push(&nest);
 		rt = regtable_by_name(t->name, false);
 		snap = GetActiveSnapshot();
@@ -1395,8 +1413,7 @@ handle_entries_guarded(Peer *p, void *arg)
 		}
 		row_lookup_end(&rl);
 		canonical_gucs_pop(nest);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		xact_end(cxt);
 		if (b.refused_purged > 0)
 		{
 			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
@@ -1461,7 +1478,9 @@ handle_result(Peer *p, PGresult *res)
 	if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR)
 	{
 		char		msg[256];
-		const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		bool		not_ready = code && strcmp(code, "55000") == 0;
+		bool		has_code = code != NULL;
 
 		snprintf(msg, sizeof(msg), "%s%s%s", t ? t->name : "",
 				 t ? ": " : "", PQresultErrorMessage(res));
@@ -1476,8 +1495,7 @@ handle_result(Peer *p, PGresult *res)
 			t->failed = true;
 			t->stage = AE_DONE;
 		}
-		else if (kind == Q_CHANGES && sqlstate &&
-				 strcmp(sqlstate, "55000") != 0)
+		else if (kind == Q_CHANGES && has_code && !not_ready)
 			p->ae_needed = true;
 		return;
 	}
@@ -1738,10 +1756,9 @@ load_peers(void)
 				j;
 	int			rc;
 	MemoryContext old;
+	MemoryContext cxt;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	cxt = xact_begin();
 	if (OidIsValid(get_extension_oid("registry", true)))
 	{
 		SPI_connect();
@@ -1769,8 +1786,7 @@ load_peers(void)
 		MemoryContextSwitchTo(old);
 		SPI_finish();
 	}
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	xact_end(cxt);
 
 	/* keep the connections of unchanged peers */
 	for (i = 0; i < n; i++)

@@ -96,14 +96,16 @@ fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
 	slot = table_slot_create(rel, NULL);
 	for (;;)
 	{
-		TransactionId xwait;
+		TransactionId xwait = InvalidTransactionId;
 		bool		found;
 
 		result = NULL;
 		scan = index_beginscan(rel, idx, &dirty, 3, 0);
 		index_rescan(scan, skey, 3, NULL, 0);
 		found = index_getnext_slot(scan, ForwardScanDirection, slot);
-		xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+		/* the dirty snapshot says who is writing the tuple it returned */
+		if (found)
+			xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
 		if (found && !TransactionIdIsValid(xwait))
 			result = ExecCopySlotHeapTuple(slot);
 		index_endscan(scan);

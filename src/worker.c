@@ -317,6 +317,7 @@ maybe_purge(TimestampTz *last)
 			n = purge_tombstones();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		MemoryContextSwitchTo(oldcxt);
 	}
 	PG_CATCH();
 	{
@@ -423,6 +424,7 @@ notify_pending(void)
 	uint64		total = 0;
 	Size		esz = changelog_entry_size();
 	char	   *copy = palloc(esz * NOTIFY_BATCH);
+	MemoryContext cxt = CurrentMemoryContext;
 
 	for (;;)
 	{
@@ -493,6 +495,8 @@ notify_pending(void)
 		Async_Notify("registry_wakeup", buf);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		/* committing left TopMemoryContext current */
+		MemoryContextSwitchTo(cxt);
 
 		total += n;
 		SpinLockAcquire(&RegistryState->mutex);
