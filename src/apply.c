@@ -24,8 +24,13 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/tableam.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -35,11 +40,12 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "registry.h"
 #include "rows.h"
 #include "tombstones.h"
-#include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(registry_apply_row);
 
@@ -493,11 +499,185 @@ prepare_fresh(ApplyColumns *ac)
 			 SPI_result_code_string(SPI_result));
 }
 
+/* Rows handed to table_multi_insert() at a time: a few heap pages. */
+#define DIRECT_BATCH	128
+
+/*
+ * Whether rows of rel may be written without the executor's INSERT, and
+ * still store and check exactly what the INSERT statement would.  The
+ * apply path runs as session_replication_role = replica, so only
+ * triggers enabled ALWAYS or REPLICA would fire: apart from our own
+ * (which do nothing for fresh rows), any such trigger, a deferrable
+ * constraint (checked by a trigger), a rule or a generated column sends
+ * the rows through the statement instead.
+ */
+static bool
+direct_insert_possible(Relation rel)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	if (rel->rd_rules != NULL || rel->rd_rel->relkind != RELKIND_RELATION)
+		return false;
+	if (desc->constr && desc->constr->has_generated_stored)
+		return false;
+	for (i = 0; trigdesc && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *tg = &trigdesc->triggers[i];
+
+		if (strcmp(tg->tgname, "registry_stamp") == 0 ||
+			strcmp(tg->tgname, "registry_capture") == 0 ||
+			strcmp(tg->tgname, "registry_truncate") == 0)
+			continue;
+		if (tg->tgenabled == TRIGGER_FIRES_ALWAYS ||
+			tg->tgenabled == TRIGGER_FIRES_ON_REPLICA || tg->tgdeferrable)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Write fresh rows (rows[taken[0..m-1]]) straight into the table and its
+ * indexes, in batches, the way COPY FROM does: no statement to plan, no
+ * text arrays to build and unnest, no trigger calls, and a bulk-write
+ * buffer ring so that pulling a large table does not push its indexes
+ * out of shared buffers.  Values go through their types' input functions
+ * (domains check their constraints there), CHECK and NOT NULL
+ * constraints are checked, and a key already present raises the unique
+ * violation the caller falls back on.  The row's key is recomputed from
+ * the parsed key columns and must be the one the peer sent.
+ */
+static void
+insert_fresh_direct(ApplyColumns *ac, Relation rel, ApplyRow *rows,
+					int *taken, int m)
+{
+	RegTable   *t = ac->t;
+	TupleDesc	desc = RelationGetDescr(rel);
+	EState	   *estate = CreateExecutorState();
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	BulkInsertState bistate = GetBulkInsertState();
+	CommandId	cid = GetCurrentCommandId(true);
+	MemoryContext batchcxt;
+	MemoryContext oldcxt;
+	FmgrInfo   *infuncs = palloc(sizeof(FmgrInfo) * Max(ac->ncols, 1));
+	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * DIRECT_BATCH);
+	Datum		origin_datum = (Datum) 0;
+	const char *origin_text = NULL;
+	int			nslots = 0;
+	int			nbuf = 0;
+	int			i,
+				c;
+
+	for (c = 0; c < ac->ncols; c++)
+		fmgr_info(t->cols[ac->local[c]].infunc, &infuncs[c]);
+
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	estate->es_output_cid = cid;
+	batchcxt = AllocSetContextCreate(CurrentMemoryContext, "registry fresh rows",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	for (i = 0; i <= m; i++)
+	{
+		TupleTableSlot *slot;
+		ApplyRow   *r;
+		Datum		kv[INDEX_MAX_KEYS];
+		bool		kn[INDEX_MAX_KEYS];
+		char	   *rowkey;
+
+		if (nbuf == DIRECT_BATCH || (i == m && nbuf > 0))
+		{
+			int			j;
+
+			table_multi_insert(rel, slots, nbuf, cid, 0, bistate);
+			for (j = 0; j < nbuf; j++)
+			{
+				List	   *recheck;
+
+				ResetPerTupleExprContext(estate);
+				recheck = ExecInsertIndexTuples(rri, slots[j], estate, false,
+												false, NULL, NIL);
+				if (recheck != NIL)
+					elog(ERROR, "registry: deferred uniqueness check on %s",
+						 t->qualname);
+			}
+			nbuf = 0;
+			MemoryContextReset(batchcxt);
+		}
+		if (i == m)
+			break;
+
+		CHECK_FOR_INTERRUPTS();
+		r = &rows[taken[i]];
+		/* a page of rows usually shares one origin */
+		if (origin_text == NULL || strcmp(origin_text, r->origin) != 0)
+		{
+			origin_text = r->origin;
+			origin_datum = CStringGetTextDatum(r->origin);
+		}
+		if (nslots <= nbuf)
+			slots[nslots++] = table_slot_create(rel, NULL);
+		slot = slots[nbuf];
+		ExecClearTuple(slot);
+		memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);
+		oldcxt = MemoryContextSwitchTo(batchcxt);
+		for (c = 0; c < ac->ncols; c++)
+		{
+			RowColumn  *col = &t->cols[ac->local[c]];
+			int			a = col->attnum - 1;
+			char	   *v = r->values[c];
+
+			slot->tts_values[a] = InputFunctionCall(&infuncs[c], v, col->ioparam,
+													col->typmod);
+			slot->tts_isnull[a] = (v == NULL);
+		}
+		for (c = 0; c < t->nkeys; c++)
+		{
+			int			a = t->keys[c].attnum - 1;
+
+			kv[c] = slot->tts_values[a];
+			kn[c] = slot->tts_isnull[a];
+		}
+		rowkey = keys_encode(t->keys, t->nkeys, kv, kn, t->qualname);
+		if (strcmp(rowkey, r->key) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("row for key \"%s\" of table %s has key \"%s\"",
+							r->key, t->qualname, rowkey)));
+		slot->tts_values[t->verattnum - 1] = Int64GetDatum((int64) r->version);
+		slot->tts_isnull[t->verattnum - 1] = false;
+		slot->tts_values[t->orgattnum - 1] = origin_datum;
+		slot->tts_isnull[t->orgattnum - 1] = false;
+		MemoryContextSwitchTo(oldcxt);
+		ExecStoreVirtualTuple(slot);
+		if (desc->constr)
+			ExecConstraints(rri, slot, estate);
+		nbuf++;
+	}
+
+	for (i = 0; i < nslots; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	FreeBulkInsertState(bistate);
+	table_finish_bulk_insert(rel, 0);
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	MemoryContextDelete(batchcxt);
+	CommandCounterIncrement();
+}
+
 /*
  * Apply many live rows of keys this node has no row for (a whole table
- * pulled into an empty one): a plain INSERT, no per-row triggers or
- * conflict checks; the rows are recorded here and published as one bulk
- * change.  A concurrent local write of one of the keys makes the INSERT
+ * pulled into an empty one): written directly (insert_fresh_direct) or,
+ * when something else must see them, by a plain INSERT; no conflict
+ * checks; the rows are recorded here and published as one bulk change.  A concurrent local write of one of the keys makes the INSERT
  * fail (unique violation) or is found among the tombstones (serialization
  * failure): the caller then applies the batch with apply_rows_bulk().
  */
@@ -506,11 +686,6 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 {
 	RegTable   *t = ac->t;
 	int			nc = ac->ncols;
-	Datum	  **cols;
-	bool	  **colnulls;
-	Datum	   *vers;
-	Datum	   *origs;
-	Datum	   *args;
 	int		   *taken;
 	int			m = 0;
 	int			i,
@@ -519,22 +694,12 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 	int64		live,
 				tombs;
 	HTAB	   *old_tombs = NULL;
+	Relation	rel;
 
 	*refused_skew = 0;
 	if (n == 0)
 		return 0;
-	if (ac->fresh == NULL)
-		prepare_fresh(ac);
 
-	cols = palloc(sizeof(Datum *) * Max(nc, 1));
-	colnulls = palloc(sizeof(bool *) * Max(nc, 1));
-	for (c = 0; c < nc; c++)
-	{
-		cols[c] = palloc(sizeof(Datum) * n);
-		colnulls[c] = palloc(sizeof(bool) * n);
-	}
-	vers = palloc(sizeof(Datum) * n);
-	origs = palloc(sizeof(Datum) * n);
 	taken = palloc(sizeof(int) * n);
 	for (i = 0; i < n; i++)
 	{
@@ -550,37 +715,56 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 			(*refused_skew)++;
 			continue;
 		}
-		check_row_key(ac, r->key, r->values);
-		for (c = 0; c < nc; c++)
-		{
-			colnulls[c][m] = (r->values[c] == NULL);
-			cols[c][m] = colnulls[c][m] ? (Datum) 0 : CStringGetTextDatum(r->values[c]);
-		}
-		vers[m] = Int64GetDatum((int64) r->version);
-		origs[m] = CStringGetTextDatum(r->origin);
-		taken[m] = i;
-		m++;
+		taken[m++] = i;
 	}
 	if (m == 0)
 		return 0;
 
-	args = palloc(sizeof(Datum) * (nc + 2));
-	for (c = 0; c < nc; c++)
-		args[c] = PointerGetDatum(text_array(cols[c], colnulls[c], m));
+	capture_fresh_begin(t);
+	rel = table_open(t->relid, RowExclusiveLock);
+	if (direct_insert_possible(rel))
+		insert_fresh_direct(ac, rel, rows, taken, m);
+	else
 	{
+		Datum	  **cols = palloc(sizeof(Datum *) * Max(nc, 1));
+		bool	  **colnulls = palloc(sizeof(bool *) * Max(nc, 1));
+		Datum	   *vers = palloc(sizeof(Datum) * m);
+		Datum	   *origs = palloc(sizeof(Datum) * m);
+		Datum	   *args = palloc(sizeof(Datum) * (nc + 2));
 		int			dims[1] = {m};
 		int			lbs[1] = {1};
 
+		if (ac->fresh == NULL)
+			prepare_fresh(ac);
+		for (c = 0; c < nc; c++)
+		{
+			cols[c] = palloc(sizeof(Datum) * m);
+			colnulls[c] = palloc(sizeof(bool) * m);
+		}
+		for (i = 0; i < m; i++)
+		{
+			ApplyRow   *r = &rows[taken[i]];
+
+			check_row_key(ac, r->key, r->values);
+			for (c = 0; c < nc; c++)
+			{
+				colnulls[c][i] = (r->values[c] == NULL);
+				cols[c][i] = colnulls[c][i] ? (Datum) 0 : CStringGetTextDatum(r->values[c]);
+			}
+			vers[i] = Int64GetDatum((int64) r->version);
+			origs[i] = CStringGetTextDatum(r->origin);
+		}
+		for (c = 0; c < nc; c++)
+			args[c] = PointerGetDatum(text_array(cols[c], colnulls[c], m));
 		args[nc] = PointerGetDatum(construct_md_array(vers, NULL, 1, dims, lbs,
 													  INT8OID, 8, true, TYPALIGN_DOUBLE));
 		args[nc + 1] = PointerGetDatum(text_array(origs, NULL, m));
+		rc = SPI_execute_plan(ac->fresh, args, NULL, false, 0);
+		if (rc != SPI_OK_INSERT || SPI_processed != (uint64) m)
+			elog(ERROR, "registry: fresh apply of %s failed: %s", t->qualname,
+				 SPI_result_code_string(rc));
 	}
-
-	capture_fresh_begin(t);
-	rc = SPI_execute_plan(ac->fresh, args, NULL, false, 0);
-	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) m)
-		elog(ERROR, "registry: fresh apply of %s failed: %s", t->qualname,
-			 SPI_result_code_string(rc));
+	table_close(rel, NoLock);
 
 	/*
 	 * A key deleted here meanwhile (inserted and deleted by a local
