@@ -20,6 +20,9 @@
  * replication does: ordinary user triggers and foreign-key checks do not
  * fire for replicated rows (the capture trigger fires ALWAYS).
  *
+ * Rows of a whole table pulled into an empty one bypass the executor
+ * (insert_fresh_direct) when nothing but our own triggers would fire.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
