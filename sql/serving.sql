@@ -186,13 +186,16 @@ SELECT m->>'status' AS status, jsonb_array_length(m->'changes') AS n,
        (m->>'upto_seq')::bigint - (SELECT last_seq FROM s1) AS upto
   FROM registry.decode_message(registry.changes_since((SELECT last_seq FROM s1), 100, false,
                                                       NULL, 'regress', 20)) m;
--- a change from elsewhere ends the wait at once and is the only one sent
+-- a change from elsewhere is sent without waiting (the statement would
+-- time out if the 60 s wait ran), and is the only one sent
 SELECT registry.apply_row('lp', '3', registry.hlc_now(), 'n9', false, '{"k": 3}');
+SET statement_timeout = '30s';
 SELECT m->>'status' AS status, c->>'key' AS key, c->>'origin' AS origin,
        (m->>'upto_seq')::bigint - (SELECT last_seq FROM s1) AS upto
   FROM registry.decode_message(registry.changes_since((SELECT last_seq FROM s1), 100, false,
                                                       NULL, 'regress', 60000)) m,
        jsonb_array_elements(m->'changes') c;
+RESET statement_timeout;
 DROP TABLE lp, s1;
 
 -- arguments that must be given are checked, not dereferenced

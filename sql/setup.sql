@@ -19,3 +19,13 @@ CREATE DATABASE registry_other;
 CREATE EXTENSION registry;
 \c contrib_regression
 DROP DATABASE registry_other;
+
+-- error_of(sql): the SQLSTATE and message of a statement's error, for the
+-- tests that follow (long numbers, such as versions, vary from run to run)
+CREATE FUNCTION error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE sql;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || regexp_replace(SQLERRM, '[0-9]{10,}', 'N', 'g');
+END $$;

@@ -171,7 +171,9 @@ ok(wait_for(sub { @wakeups && $wakeups[-1]{seq} == $n }),
 	'a registry_wakeup notification reports the last seq');
 is(join(',', grep { ($_->{node} // '') ne 'nt' } @wakeups), '',
 	'wakeups name node "nt"');
-is(node_counter('notified_seq'), $n, 'registry.node.notified_seq caught up');
+# the counters move just after the notifications' transaction commits
+ok(wait_for(sub { node_counter('notified_seq') == $n }),
+	'registry.node.notified_seq caught up');
 
 # ---------------------------------------------------------------------
 # 2. keys near and over the payload limit
@@ -206,7 +208,7 @@ is( sql(
 	'4000-byte key: the change log holds the full key and the notified version');
 is( sql(q{SELECT version FROM registry.versions('kv') WHERE key = repeat('"', 4000)}),
 	$c->{version}, '4000-byte key: notified version is the stored version');
-is(node_counter('notifications_truncated'), $truncated0 + 1,
+ok(wait_for(sub { node_counter('notifications_truncated') == $truncated0 + 1 }),
 	'registry.node.notifications_truncated increased by one');
 is(scalar(@bad_payloads), 0, 'every payload so far is valid JSON');
 
@@ -236,7 +238,6 @@ ok( wait_for(
 is(scalar(@overflow), 1, 'exactly one overflow notification');
 is(join('|', $overflow[0]{lost}, $overflow[0]{first_seq}),
 	join('|', 40, $last0 + 41), 'overflow: lost 40 changes, first_seq after them');
-ok($overflow[0]{lost} > 0, 'overflow: lost > 0');
 is(scalar(grep { ($_->{table} // '') eq 'public.bulk' } @changes), 0,
 	'no per-key notification for the lost changes');
 ok($node->poll_query_until('postgres', "SELECT notifications_lost = $lost0 + 40 FROM registry.node"),

@@ -100,7 +100,8 @@ for my $n ($na, $nb)
 		'>', 0, 'part 2: ' . $n->name . ' has a purge horizon');
 	# tomb_c has not been identical for longer than the retention and the
 	# purge no longer waits for it: it is lost, and peer_status should say so
-	is(peer_status($n, 'tomb_c', 'needs_resync'), 't',
+	# (the sync worker notices it at its next step)
+	ok(poll_until(sub { peer_status($n, 'tomb_c', 'needs_resync') eq 't' }),
 		'part 2: ' . $n->name . ' says the absent (lost) tomb_c needs a resync');
 }
 
