@@ -155,6 +155,7 @@ typedef struct Peer
 	bool		flushing;		/* a request is not fully sent */
 	bool		listening;
 	QueryKind	inflight;
+	PGresult   *result;			/* inflight's result, until the request ends */
 	TimestampTz query_started;
 	int			query_wait_ms;	/* the peer may hold this request so long */
 	TimestampTz quiet_until;	/* after a failed request: no new one before */
@@ -165,7 +166,6 @@ typedef struct Peer
 	uint64		epoch;
 	uint64		consumed;
 	bool		want_fast;
-	TimestampTz last_fast;
 
 	/* anti-entropy */
 	bool		ae_needed;
@@ -191,6 +191,7 @@ static int	npeers = 0;
  */
 typedef struct PlanCacheEntry
 {
+	MemoryContext cxt;			/* holds the entry and everything of ac */
 	char	   *table;
 	char	   *signature;
 	uint64		generation;
@@ -283,6 +284,9 @@ disconnect(Peer *p, const char *why)
 {
 	if (why)
 		record_error(p, why);
+	if (p->result)
+		PQclear(p->result);
+	p->result = NULL;
 	if (p->conn)
 		PQfinish(p->conn);
 	p->conn = NULL;
@@ -360,6 +364,24 @@ drive_connect(Peer *p)
 	}
 }
 
+/* Send what libpq still holds of a request; false if the connection broke. */
+static bool
+flush_request(Peer *p)
+{
+	int			rc = PQflush(p->conn);
+
+	if (rc < 0)
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
+		disconnect(p, msg);
+		return false;
+	}
+	p->flushing = (rc == 1);
+	return true;
+}
+
 /*
  * Send a request; its single bytea result is asked for in binary.  All
  * parameters are text.
@@ -386,7 +408,8 @@ send_query(Peer *p, QueryKind kind, const char *sql, int nparams,
 		p->query_wait_ms = 0;
 	p->inflight = kind;
 	p->query_started = GetCurrentTimestamp();
-	p->flushing = (PQflush(p->conn) == 1);
+	if (!flush_request(p))
+		return;
 	{
 		uint64		sent = strlen(sql);
 		int			i;
@@ -427,17 +450,24 @@ xact_end(MemoryContext cxt)
 	MemoryContextSwitchTo(cxt);
 }
 
-/* Runs fn inside PG_TRY; an ERROR is recorded for the peer. */
+/*
+ * Runs fn inside PG_TRY.  An ERROR is recorded for the peer; or, if the
+ * caller asks for the error (sqlstate and message), handed back for it to
+ * decide (it may retry).
+ */
 typedef void (*guarded_fn) (Peer *p, void *arg);
 
 static bool
-run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate)
+run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate, char **message)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool ok = true;
 
 	if (sqlstate)
+	{
 		*sqlstate = 0;
+		*message = NULL;
+	}
 	PG_TRY();
 	{
 		fn(p, arg);
@@ -454,9 +484,11 @@ run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate)
 		MemoryContextSwitchTo(oldcxt);
 		RESUME_INTERRUPTS();
 		if (sqlstate)
+		{
 			*sqlstate = edata->sqlerrcode;
-		if (!sqlstate || (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE &&
-						  edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION))
+			*message = pstrdup(edata->message);
+		}
+		else
 			record_error(p, edata->message);
 		FreeErrorData(edata);
 		ok = false;
@@ -478,6 +510,7 @@ plan_cache_drop(const char *table)
 		{
 			apply_free_columns(e->ac);
 			plan_cache = foreach_delete_current(plan_cache, lc);
+			MemoryContextDelete(e->cxt);
 		}
 	}
 }
@@ -489,6 +522,7 @@ cached_columns(RegTable *t, int ncols, char **names, char **types)
 	StringInfoData sig;
 	ListCell   *lc;
 	PlanCacheEntry *e;
+	MemoryContext cxt;
 	MemoryContext old;
 	int			i;
 
@@ -507,13 +541,22 @@ cached_columns(RegTable *t, int ncols, char **names, char **types)
 	}
 	plan_cache_drop(t->qualname);
 
-	old = MemoryContextSwitchTo(SyncContext);
+	/*
+	 * Built in a context of its own under the transaction's, so that an
+	 * incompatible column list (an ERROR) leaves nothing behind; kept by
+	 * moving it under SyncContext once complete.
+	 */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "registry apply statements",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
 	e = palloc(sizeof(PlanCacheEntry));
+	e->cxt = cxt;
 	e->table = pstrdup(t->qualname);
 	e->signature = pstrdup(sig.data);
 	e->generation = t->generation;
 	e->ac = apply_map_columns(t, ncols, names, types);
 	apply_keep_columns(e->ac);
+	MemoryContextSetParent(cxt, SyncContext);
 	MemoryContextSwitchTo(SyncContext);
 	plan_cache = lappend(plan_cache, e);
 	MemoryContextSwitchTo(old);
@@ -634,10 +677,11 @@ apply_batch(Peer *p, TableBatch *b)
 {
 	int			attempt;
 	int			sqlstate;
+	char	   *message = NULL;
 
 	for (attempt = 0; attempt < 5; attempt++)
 	{
-		if (run_guarded(p, apply_batch_once, b, &sqlstate))
+		if (run_guarded(p, apply_batch_once, b, &sqlstate, &message))
 		{
 			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 			p->st->rows_applied += b->applied;
@@ -659,7 +703,6 @@ apply_batch(Peer *p, TableBatch *b)
 				note_refused_purged(p, b->table->name, b->refused_purged);
 			return;
 		}
-		plan_cache_drop(b->table->name ? b->table->name : "");
 		if (b->fresh && (sqlstate == ERRCODE_UNIQUE_VIOLATION ||
 						 sqlstate == ERRCODE_T_R_SERIALIZATION_FAILURE))
 		{
@@ -668,10 +711,16 @@ apply_batch(Peer *p, TableBatch *b)
 			continue;
 		}
 		if (sqlstate != ERRCODE_T_R_SERIALIZATION_FAILURE)
+		{
+			/* perhaps the table changed under its statements */
+			plan_cache_drop(b->table->name ? b->table->name : "");
 			break;
+		}
 	}
 	if (attempt == 5)
 		record_error(p, "gave up applying a batch after repeated concurrent local writes");
+	else
+		record_error(p, message);
 	/*
 	 * The rows are still the peer's: compare everything again, after a
 	 * pause that grows while the failure repeats.
@@ -683,6 +732,12 @@ apply_batch(Peer *p, TableBatch *b)
 }
 
 /* ---- the fast path ---- */
+
+static int
+row_key_cmp(const void *a, const void *b)
+{
+	return strcmp((*(MsgRow *const *) a)->key, (*(MsgRow *const *) b)->key);
+}
 
 /*
  * Ask for the peer's changes after the last seq applied here.  With
@@ -708,7 +763,6 @@ send_changes(Peer *p, int wait_ms)
 	snprintf(wait, sizeof(wait), "%d", p->have_position ? wait_ms : 0);
 	params[4] = wait;
 	p->want_fast = false;
-	p->last_fast = GetCurrentTimestamp();
 	p->query_wait_ms = p->have_position ? wait_ms : 0;
 	send_query(p, Q_CHANGES,
 			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text, $5::int)",
@@ -756,7 +810,7 @@ handle_changes(Peer *p, char *data, int len)
 	TableBatch *batches;
 	int			i;
 
-	if (!run_guarded(p, parse_changes, &a, NULL))
+	if (!run_guarded(p, parse_changes, &a, NULL, NULL))
 	{
 		disconnect(p, NULL);
 		return;
@@ -791,9 +845,6 @@ handle_changes(Peer *p, char *data, int len)
 	for (i = 0; i < m->n; i++)
 	{
 		MsgChange  *c = &m->changes[i];
-		TableBatch *b = &batches[c->table];
-		int			j;
-		bool		dup = false;
 
 		if (c->op == REG_OP_RESYNC)
 		{
@@ -801,16 +852,22 @@ handle_changes(Peer *p, char *data, int len)
 			p->ae_needed = true;
 			continue;
 		}
-		for (j = 0; j < b->nrows; j++)
-			if (strcmp(b->rows[j]->key, c->row.key) == 0)
-				dup = true;
-		if (!dup)
-			b->rows[b->nrows++] = &c->row;
+		batches[c->table].rows[batches[c->table].nrows++] = &c->row;
 	}
 	for (i = 0; i < m->ntables; i++)
 	{
-		if (batches[i].nrows == 0)
+		TableBatch *b = &batches[i];
+		int			j,
+					k;
+
+		if (b->nrows == 0)
 			continue;
+		/* every copy of a key carries its current state: keep one */
+		qsort(b->rows, b->nrows, sizeof(MsgRow *), row_key_cmp);
+		for (j = 1, k = 1; j < b->nrows; j++)
+			if (strcmp(b->rows[j]->key, b->rows[k - 1]->key) != 0)
+				b->rows[k++] = b->rows[j];
+		b->nrows = k;
 		if (m->tables[i].name == NULL || m->tables[i].name[0] == '\0')
 			continue;			/* no longer registered on the peer */
 		apply_batch(p, &batches[i]);
@@ -944,7 +1001,7 @@ end_round(Peer *p)
 	{
 		TimestampTz at = p->ae_started;
 
-		if (run_guarded(p, record_convergence, &at, NULL))
+		if (run_guarded(p, record_convergence, &at, NULL, NULL))
 			p->last_converged_at = at;
 	}
 	since = p->last_converged_at ? p->last_converged_at : p->added_at;
@@ -1194,6 +1251,41 @@ typedef struct DigestWork
 	int			bucket;			/* of a whole-table page */
 } DigestWork;
 
+/* An answer must be about the buckets asked for: anything else is refused. */
+static void
+check_digest_answer(AETable *t, MsgDigest *m)
+{
+	int			nb = t->nb;
+	int			lo = 0,
+				width = 0,
+				n = 0;
+
+	if (m->nbuckets < 1 || m->nbuckets > registry_digest_buckets)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("digest of %s at %d buckets, this node has %d",
+						t->name, m->nbuckets, registry_digest_buckets)));
+	if (t->stage == AE_GROUPS)
+	{
+		width = nb / AE_GROUP_FANOUT;
+		n = AE_GROUP_FANOUT;
+	}
+	else if (t->stage == AE_BUCKETS)
+	{
+		lo = t->todo[t->itodo] * (nb / AE_GROUP_FANOUT);
+		width = 1;
+		n = nb / AE_GROUP_FANOUT;
+	}
+	else
+		return;
+	if (m->nbuckets != nb || m->lo != lo || m->width != width || m->n != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("digest of %s is not the one asked for", t->name),
+				 errdetail("Asked for %d ranges of %d buckets from bucket %d of %d, got %d of %d from %d of %d.",
+						   n, width, lo, nb, m->n, m->width, m->lo, m->nbuckets)));
+}
+
 static void
 handle_digest_guarded(Peer *p, void *arg)
 {
@@ -1209,6 +1301,7 @@ handle_digest_guarded(Peer *p, void *arg)
 
 	msg_read_digest(w->data, w->len, &m);
 	check_node_name(p, m.node);
+	check_digest_answer(t, &m);
 
 	cxt = xact_begin();
 	/* ours outlives the transaction */
@@ -1424,6 +1517,9 @@ handle_entries_guarded(Peer *p, void *arg)
 	}
 	if (b.nrows > 0)
 		apply_batch(p, &b);
+	/* keys of the table were written here meanwhile: no page is fresh now */
+	if (t->stage == AE_FULL && t->fresh && !b.fresh)
+		t->fresh = false;
 
 	if (t->stage == AE_FULL)
 		;						/* send_ae() goes on or moves to verify */
@@ -1534,7 +1630,15 @@ handle_result(Peer *p, PGresult *res)
 		/* the next page is read by the peer while this one is applied */
 		bucket = t->full_asked;
 		if (full_more_to_ask(t))
+		{
 			send_full_page(p, t);
+			/* a failed send disconnected: the round's state (t) is gone */
+			if (p->conn == NULL)
+			{
+				pfree(data);
+				return;
+			}
+		}
 	}
 
 	if (kind == Q_CHANGES)
@@ -1545,11 +1649,11 @@ handle_result(Peer *p, PGresult *res)
 		bool		ok;
 
 		if (kind == Q_DIGEST)
-			ok = run_guarded(p, handle_digest_guarded, &w, NULL);
+			ok = run_guarded(p, handle_digest_guarded, &w, NULL, NULL);
 		else if (kind == Q_ENTRIES)
-			ok = run_guarded(p, handle_entries_guarded, &w, NULL);
+			ok = run_guarded(p, handle_entries_guarded, &w, NULL, NULL);
 		else
-			ok = run_guarded(p, handle_fetch_guarded, &w, NULL);
+			ok = run_guarded(p, handle_fetch_guarded, &w, NULL, NULL);
 		if (!ok)
 		{
 			t->failed = true;
@@ -1567,8 +1671,8 @@ service(Peer *p)
 {
 	PGnotify   *n;
 
-	if (p->flushing && p->writable)
-		p->flushing = (PQflush(p->conn) == 1);
+	if (p->flushing && p->writable && !flush_request(p))
+		return;
 	if (!p->readable && p->inflight == Q_NONE)
 		return;
 	if (!PQconsumeInput(p->conn))
@@ -1584,19 +1688,30 @@ service(Peer *p)
 		p->want_fast = true;
 		PQfreemem(n);
 	}
+	/*
+	 * A request has exactly one result, and is over when PQgetResult()
+	 * returns NULL.  The end may arrive later than the result: it is only
+	 * asked for while PQisBusy() says it would not block.
+	 */
 	while (p->inflight != Q_NONE && !PQisBusy(p->conn))
 	{
 		PGresult   *res = PQgetResult(p->conn);
-		PGresult   *extra;
 
+		if (res != NULL)
+		{
+			if (p->result == NULL)
+				p->result = res;
+			else
+				PQclear(res);
+			continue;
+		}
+		res = p->result;
+		p->result = NULL;
 		if (res == NULL)
 		{
 			disconnect(p, "request ended without a result");
 			return;
 		}
-		/* a request has exactly one result: drain to the end */
-		while ((extra = PQgetResult(p->conn)) != NULL)
-			PQclear(extra);
 		handle_result(p, res);
 		if (p->conn == NULL)
 			return;
@@ -1775,7 +1890,10 @@ load_peers(void)
 			bool		isnull;
 			Datum		d;
 
-			strlcpy(newp[n].name, SPI_getvalue(tup, desc, 1), sizeof(newp[n].name));
+			char	   *name = SPI_getvalue(tup, desc, 1);
+
+			strlcpy(newp[n].name, name, sizeof(newp[n].name));
+			pfree(name);
 			newp[n].conninfo = SPI_getvalue(tup, desc, 2);
 			d = SPI_getbinval(tup, desc, 3, &isnull);
 			newp[n].added_at = isnull ? 0 : DatumGetTimestampTz(d);
@@ -1805,6 +1923,7 @@ load_peers(void)
 				TimestampTz added = np->added_at;
 
 				*np = *op;
+				pfree(np->conninfo);
 				np->conninfo = conninfo;
 				np->added_at = added;
 				op->seen = false;	/* moved */
@@ -1834,6 +1953,10 @@ load_peers(void)
 				ereport(WARNING,
 						(errmsg("registry: no room for peer \"%s\"", np->name),
 						 errhint("Raise registry.max_nodes and restart.")));
+				MemoryContextDelete(np->roundcxt);
+				np->roundcxt = NULL;
+				pfree(np->conninfo);
+				np->conninfo = NULL;
 				np->seen = false;
 				continue;
 			}
@@ -1856,6 +1979,7 @@ load_peers(void)
 			LWLockRelease(RegistryState->peer_lock);
 		}
 		MemoryContextDelete(op->roundcxt);
+		pfree(op->conninfo);
 	}
 	if (peers)
 		pfree(peers);
