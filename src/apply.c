@@ -52,14 +52,6 @@
 
 PG_FUNCTION_INFO_V1(registry_apply_row);
 
-static bool
-version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
-{
-	if (v1 != v2)
-		return v1 > v2;
-	return strcmp(o1, o2) > 0;
-}
-
 static const char *
 key_column_list(RegTable *t)
 {
@@ -183,6 +175,8 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 	return ac;
 }
 
+static void check_incoming(RegTable *t, const char *key, const char *origin,
+						   bool deleted, char **values);
 static void prepare_bulk(ApplyColumns *ac);
 static void prepare_fresh(ApplyColumns *ac);
 
@@ -190,10 +184,8 @@ static void prepare_fresh(ApplyColumns *ac);
 void
 apply_keep_columns(ApplyColumns *ac)
 {
-	if (ac->bulk == NULL)
-		prepare_bulk(ac);
-	if (ac->fresh == NULL)
-		prepare_fresh(ac);
+	prepare_bulk(ac);
+	prepare_fresh(ac);
 	SPI_keepplan(ac->upsert);
 	SPI_keepplan(ac->delete);
 	SPI_keepplan(ac->bulk);
@@ -205,10 +197,8 @@ apply_free_columns(ApplyColumns *ac)
 {
 	SPI_freeplan(ac->upsert);
 	SPI_freeplan(ac->delete);
-	if (ac->bulk)
-		SPI_freeplan(ac->bulk);
-	if (ac->fresh)
-		SPI_freeplan(ac->fresh);
+	SPI_freeplan(ac->bulk);
+	SPI_freeplan(ac->fresh);
 }
 
 /*
@@ -274,23 +264,7 @@ apply_row(ApplyColumns *ac, const char *key, RegVersion version,
 	int			i;
 	int			rc;
 
-	if (strlen(key) > (size_t) registry_max_key_length)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("registry key of table %s is too long for node \"%s\"",
-						t->qualname, registry_node_name),
-				 errdetail("The key is %d bytes; registry.max_key_length is %d bytes.",
-						   (int) strlen(key), registry_max_key_length),
-				 errhint("Set the same registry.max_key_length on every node.")));
-	if (!registry_valid_node_name(origin))
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("invalid origin node name \"%s\"", origin)));
-	if (!deleted && values == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("live row for key \"%s\" of table %s comes without values",
-						key, t->qualname)));
+	check_incoming(t, key, origin, deleted, values);
 	if (!hlc_update(version, NULL))
 		return APPLY_REFUSED_SKEW;
 
@@ -502,6 +476,93 @@ prepare_fresh(ApplyColumns *ac)
 			 SPI_result_code_string(SPI_result));
 }
 
+/* What every remote row must be before anything else is looked at. */
+static void
+check_incoming(RegTable *t, const char *key, const char *origin, bool deleted,
+			   char **values)
+{
+	size_t		len = strlen(key);
+
+	if (len > (size_t) registry_max_key_length)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("registry key of table %s is too long for node \"%s\"",
+						t->qualname, registry_node_name),
+				 errdetail("The key is %d bytes; registry.max_key_length is %d bytes.",
+						   (int) len, registry_max_key_length),
+				 errhint("Set the same registry.max_key_length on every node.")));
+	if (!registry_valid_node_name(origin))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("invalid origin node name \"%s\"", origin)));
+	if (!deleted && values == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("live row for key \"%s\" of table %s comes without values",
+						key, t->qualname)));
+}
+
+/*
+ * Check many live rows and run the clock's receive rule on each: the
+ * indexes of those accepted go to taken[], the others are counted in
+ * *refused_skew.  Returns how many were taken.
+ */
+static int
+take_rows(RegTable *t, ApplyRow *rows, int n, int *taken, int *refused_skew)
+{
+	int			m = 0;
+	int			i;
+
+	*refused_skew = 0;
+	for (i = 0; i < n; i++)
+	{
+		check_incoming(t, rows[i].key, rows[i].origin, false, rows[i].values);
+		if (!hlc_update(rows[i].version, NULL))
+			(*refused_skew)++;
+		else
+			taken[m++] = i;
+	}
+	return m;
+}
+
+/*
+ * The statement arguments of rows[taken[0..m-1]]: one text[] per column,
+ * then the versions (bigint[]) and origins (text[]).  Each row's key is
+ * checked against its key columns.
+ */
+static void
+row_arrays(ApplyColumns *ac, ApplyRow *rows, int *taken, int m, Datum *args)
+{
+	int			nc = ac->ncols;
+	Datum	   *vals = palloc(sizeof(Datum) * m);
+	bool	   *nulls = palloc(sizeof(bool) * m);
+	int			dims[1] = {m};
+	int			lbs[1] = {1};
+	int			i,
+				c;
+
+	for (i = 0; i < m; i++)
+		check_row_key(ac, rows[taken[i]].key, rows[taken[i]].values);
+	for (c = 0; c < nc; c++)
+	{
+		for (i = 0; i < m; i++)
+		{
+			char	   *v = rows[taken[i]].values[c];
+
+			nulls[i] = (v == NULL);
+			vals[i] = v ? CStringGetTextDatum(v) : (Datum) 0;
+		}
+		args[c] = PointerGetDatum(text_array(vals, nulls, m));
+	}
+	for (i = 0; i < m; i++)
+		vals[i] = Int64GetDatum((int64) rows[taken[i]].version);
+	args[nc] = PointerGetDatum(construct_md_array(vals, NULL, 1, dims, lbs,
+												  INT8OID, 8, true, TYPALIGN_DOUBLE));
+	for (i = 0; i < m; i++)
+		vals[i] = CStringGetTextDatum(rows[taken[i]].origin);
+	args[nc + 1] = PointerGetDatum(text_array(vals, NULL, m));
+}
+
 /* Rows handed to table_multi_insert() at a time: a few heap pages. */
 #define DIRECT_BATCH	128
 
@@ -691,35 +752,19 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 	int			nc = ac->ncols;
 	int		   *taken;
 	int			m = 0;
-	int			i,
-				c;
+	int			i;
 	int			rc;
 	int64		live,
 				tombs;
 	HTAB	   *old_tombs = NULL;
 	Relation	rel;
+	uint32	   *khash;
 
 	*refused_skew = 0;
 	if (n == 0)
 		return 0;
-
 	taken = palloc(sizeof(int) * n);
-	for (i = 0; i < n; i++)
-	{
-		ApplyRow   *r = &rows[i];
-
-		if (strlen(r->key) > (size_t) registry_max_key_length ||
-			!registry_valid_node_name(r->origin) || r->values == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROTOCOL_VIOLATION),
-					 errmsg("invalid row for key \"%s\" of table %s", r->key, t->qualname)));
-		if (!hlc_update(r->version, NULL))
-		{
-			(*refused_skew)++;
-			continue;
-		}
-		taken[m++] = i;
-	}
+	m = take_rows(t, rows, n, taken, refused_skew);
 	if (m == 0)
 		return 0;
 
@@ -729,45 +774,20 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 		insert_fresh_direct(ac, rel, rows, taken, m);
 	else
 	{
-		Datum	  **cols = palloc(sizeof(Datum *) * Max(nc, 1));
-		bool	  **colnulls = palloc(sizeof(bool *) * Max(nc, 1));
-		Datum	   *vers = palloc(sizeof(Datum) * m);
-		Datum	   *origs = palloc(sizeof(Datum) * m);
 		Datum	   *args = palloc(sizeof(Datum) * (nc + 2));
-		int			dims[1] = {m};
-		int			lbs[1] = {1};
 
-		if (ac->fresh == NULL)
-			prepare_fresh(ac);
-		for (c = 0; c < nc; c++)
-		{
-			cols[c] = palloc(sizeof(Datum) * m);
-			colnulls[c] = palloc(sizeof(bool) * m);
-		}
-		for (i = 0; i < m; i++)
-		{
-			ApplyRow   *r = &rows[taken[i]];
-
-			check_row_key(ac, r->key, r->values);
-			for (c = 0; c < nc; c++)
-			{
-				colnulls[c][i] = (r->values[c] == NULL);
-				cols[c][i] = colnulls[c][i] ? (Datum) 0 : CStringGetTextDatum(r->values[c]);
-			}
-			vers[i] = Int64GetDatum((int64) r->version);
-			origs[i] = CStringGetTextDatum(r->origin);
-		}
-		for (c = 0; c < nc; c++)
-			args[c] = PointerGetDatum(text_array(cols[c], colnulls[c], m));
-		args[nc] = PointerGetDatum(construct_md_array(vers, NULL, 1, dims, lbs,
-													  INT8OID, 8, true, TYPALIGN_DOUBLE));
-		args[nc + 1] = PointerGetDatum(text_array(origs, NULL, m));
+		Assert(ac->fresh != NULL);
+		row_arrays(ac, rows, taken, m, args);
 		rc = SPI_execute_plan(ac->fresh, args, NULL, false, 0);
 		if (rc != SPI_OK_INSERT || SPI_processed != (uint64) m)
 			elog(ERROR, "registry: fresh apply of %s failed: %s", t->qualname,
 				 SPI_result_code_string(rc));
 	}
 	table_close(rel, NoLock);
+
+	khash = palloc(sizeof(uint32) * m);
+	for (i = 0; i < m; i++)
+		khash[i] = keys_hash(rows[taken[i]].key, strlen(rows[taken[i]].key));
 
 	/*
 	 * A key deleted here meanwhile (inserted and deleted by a local
@@ -777,7 +797,6 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 	if (table_counts(t->tid, &live, &tombs) && tombs > 0)
 	{
 		HASHCTL		ctl;
-		Datum		khs[1];
 		Oid			argt[3] = {INT4OID, INT4ARRAYOID, TEXTARRAYOID};
 		Datum		dargs[3];
 		Datum	   *kh = palloc(sizeof(Datum) * m);
@@ -785,13 +804,10 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 		int			dims[1] = {m};
 		int			lbs[1] = {1};
 
-		(void) khs;
 		for (i = 0; i < m; i++)
 		{
-			const char *k = rows[taken[i]].key;
-
-			kh[i] = Int32GetDatum(khash_to_int4(keys_hash(k, strlen(k))));
-			ks[i] = CStringGetTextDatum(k);
+			kh[i] = Int32GetDatum(khash_to_int4(khash[i]));
+			ks[i] = CStringGetTextDatum(rows[taken[i]].key);
 		}
 		dargs[0] = Int32GetDatum(t->tid);
 		dargs[1] = PointerGetDatum(construct_md_array(kh, NULL, 1, dims, lbs, INT4OID,
@@ -849,8 +865,7 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 									r->key)));
 			}
 		}
-		capture_record(t, keys_hash(r->key, strlen(r->key)), r->key, old,
-					   r->version, r->origin, false);
+		capture_record(t, khash[i], r->key, old, r->version, r->origin, false);
 	}
 	capture_fresh_end(t);
 	return m;
@@ -868,84 +883,40 @@ apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 {
 	RegTable   *t = ac->t;
 	int			nc = ac->ncols;
-	Datum	  **cols;
-	bool	  **colnulls;
-	Datum	   *vers;
-	Datum	   *origs;
 	Datum	   *khs;
 	Datum	   *keys;
 	Datum	   *args;
-	int			m = 0;
-	int			i,
-				c;
+	int		   *taken;
+	int			dims[1];
+	int			lbs[1] = {1};
+	int			m;
+	int			i;
 	int			rc;
 
 	*refused_skew = 0;
 	if (n == 0)
 		return 0;
-	if (ac->bulk == NULL)
-		prepare_bulk(ac);
-
-	cols = palloc(sizeof(Datum *) * Max(nc, 1));
-	colnulls = palloc(sizeof(bool *) * Max(nc, 1));
-	for (c = 0; c < nc; c++)
-	{
-		cols[c] = palloc(sizeof(Datum) * n);
-		colnulls[c] = palloc(sizeof(bool) * n);
-	}
-	vers = palloc(sizeof(Datum) * n);
-	origs = palloc(sizeof(Datum) * n);
-	khs = palloc(sizeof(Datum) * n);
-	keys = palloc(sizeof(Datum) * n);
-
-	for (i = 0; i < n; i++)
-	{
-		ApplyRow   *r = &rows[i];
-
-		if (strlen(r->key) > (size_t) registry_max_key_length)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("registry key of table %s is too long for node \"%s\"",
-							t->qualname, registry_node_name),
-					 errhint("Set the same registry.max_key_length on every node.")));
-		if (!registry_valid_node_name(r->origin) || r->values == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROTOCOL_VIOLATION),
-					 errmsg("invalid row for key \"%s\" of table %s", r->key, t->qualname)));
-		if (!hlc_update(r->version, NULL))
-		{
-			(*refused_skew)++;
-			continue;
-		}
-		check_row_key(ac, r->key, r->values);
-		for (c = 0; c < nc; c++)
-		{
-			colnulls[c][m] = (r->values[c] == NULL);
-			cols[c][m] = colnulls[c][m] ? (Datum) 0 : CStringGetTextDatum(r->values[c]);
-		}
-		vers[m] = Int64GetDatum((int64) r->version);
-		origs[m] = CStringGetTextDatum(r->origin);
-		khs[m] = Int32GetDatum(khash_to_int4(keys_hash(r->key, strlen(r->key))));
-		keys[m] = CStringGetTextDatum(r->key);
-		m++;
-	}
+	Assert(ac->bulk != NULL);
+	taken = palloc(sizeof(int) * n);
+	m = take_rows(t, rows, n, taken, refused_skew);
 	if (m == 0)
 		return 0;
 
 	args = palloc(sizeof(Datum) * (nc + 4));
-	for (c = 0; c < nc; c++)
-		args[c] = PointerGetDatum(text_array(cols[c], colnulls[c], m));
+	row_arrays(ac, rows, taken, m, args);
+	khs = palloc(sizeof(Datum) * m);
+	keys = palloc(sizeof(Datum) * m);
+	for (i = 0; i < m; i++)
 	{
-		int			dims[1] = {m};
-		int			lbs[1] = {1};
+		const char *k = rows[taken[i]].key;
 
-		args[nc] = PointerGetDatum(construct_md_array(vers, NULL, 1, dims, lbs,
-													  INT8OID, 8, true, TYPALIGN_DOUBLE));
-		args[nc + 1] = PointerGetDatum(text_array(origs, NULL, m));
-		args[nc + 2] = PointerGetDatum(construct_md_array(khs, NULL, 1, dims, lbs,
-														  INT4OID, 4, true, TYPALIGN_INT));
-		args[nc + 3] = PointerGetDatum(text_array(keys, NULL, m));
+		khs[i] = Int32GetDatum(khash_to_int4(keys_hash(k, strlen(k))));
+		keys[i] = CStringGetTextDatum(k);
 	}
+	dims[0] = m;
+	args[nc + 2] = PointerGetDatum(construct_md_array(khs, NULL, 1, dims, lbs,
+													  INT4OID, 4, true, TYPALIGN_INT));
+	args[nc + 3] = PointerGetDatum(text_array(keys, NULL, m));
 
 	capture_set_bulk_apply(t);
 	rc = SPI_execute_plan(ac->bulk, args, NULL, false, 0);
@@ -994,22 +965,10 @@ bool		apply_session_ready = false;
 void
 apply_prepare_session(void)
 {
-	static const char *const settings[][2] = {
-		{"DateStyle", "ISO, YMD"},
-		{"IntervalStyle", "postgres"},
-		{"TimeZone", "UTC"},
-		{"extra_float_digits", "3"},
-		{"bytea_output", "hex"},
-		{"search_path", "pg_catalog"},
-		{"lc_monetary", "C"},
-		{"session_replication_role", "replica"},
-		/* what is applied here can be pulled again after a crash */
-		{"synchronous_commit", "off"},
-	};
-	size_t		i;
-
-	for (i = 0; i < lengthof(settings); i++)
-		SetConfigOption(settings[i][0], settings[i][1], PGC_SUSET, PGC_S_OVERRIDE);
+	canonical_gucs_set_session();
+	SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_OVERRIDE);
+	/* what is applied here can be pulled again after a crash */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	apply_session_ready = true;
 }
 

@@ -156,14 +156,6 @@ applying(RegTable *t, const char *key)
 	return apply_active && apply_tid == t->tid && strcmp(apply_key, key) == 0;
 }
 
-static bool
-version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
-{
-	if (v1 != v2)
-		return v1 > v2;
-	return strcmp(o1, o2) > 0;
-}
-
 static PendingChange *
 pending_append(void)
 {
@@ -1140,6 +1132,7 @@ capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			apply_active = false;
 			bulk_tid = 0;
 			bulk_apply_tid = 0;
+			suppressed_tid = 0;
 			break;
 		default:
 			break;

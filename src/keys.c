@@ -250,25 +250,37 @@ keys_prepare_column(Relation rel, Relation pkindex, int i, KeyColumn *col,
  * generic key types, and by the serving and apply paths around row
  * values.
  */
+static const char *const canonical_settings[][2] = {
+	{"DateStyle", "ISO, YMD"},
+	{"IntervalStyle", "postgres"},
+	{"TimeZone", "UTC"},
+	{"extra_float_digits", "3"},
+	{"bytea_output", "hex"},
+	{"search_path", "pg_catalog"},
+	{"lc_monetary", "C"},
+};
+
 void
 canonical_gucs_push(int *nestlevel)
 {
-	static const char *const settings[][2] = {
-		{"DateStyle", "ISO, YMD"},
-		{"IntervalStyle", "postgres"},
-		{"TimeZone", "UTC"},
-		{"extra_float_digits", "3"},
-		{"bytea_output", "hex"},
-		{"search_path", "pg_catalog"},
-		{"lc_monetary", "C"},
-	};
 	size_t		i;
 
 	*nestlevel = NewGUCNestLevel();
-	for (i = 0; i < lengthof(settings); i++)
-		(void) set_config_option(settings[i][0], settings[i][1],
+	for (i = 0; i < lengthof(canonical_settings); i++)
+		(void) set_config_option(canonical_settings[i][0], canonical_settings[i][1],
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/* The same settings for the whole session of a process that only applies. */
+void
+canonical_gucs_set_session(void)
+{
+	size_t		i;
+
+	for (i = 0; i < lengthof(canonical_settings); i++)
+		SetConfigOption(canonical_settings[i][0], canonical_settings[i][1],
+						PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 void

@@ -65,6 +65,18 @@ extern bool registry_preloaded;
  */
 typedef uint64 RegVersion;
 
+/*
+ * Last writer wins: the higher version, and between equal versions the
+ * origin node name that sorts higher (bytewise), on every node alike.
+ */
+static inline bool
+version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
+{
+	if (v1 != v2)
+		return v1 > v2;
+	return strcmp(o1, o2) > 0;
+}
+
 #define HLC_LOGICAL_BITS	16
 #define HLC_LOGICAL_MASK	((UINT64CONST(1) << HLC_LOGICAL_BITS) - 1)
 #define HLC_PHYS(v)			((v) >> HLC_LOGICAL_BITS)
@@ -139,6 +151,7 @@ extern uint32 keys_hash(const char *key, int len);
 extern uint64 hash_bytes64(const void *data, size_t len, uint64 seed);
 extern void canonical_gucs_push(int *nestlevel);
 extern void canonical_gucs_pop(int nestlevel);
+extern void canonical_gucs_set_session(void);
 
 /* ---- catalog.c ---- */
 
@@ -249,7 +262,7 @@ typedef struct ApplyColumns
 	int		   *keypos;			/* sent column of each key column */
 	struct _SPI_plan *upsert;
 	struct _SPI_plan *delete;
-	struct _SPI_plan *bulk;		/* prepared on first use */
+	struct _SPI_plan *bulk;		/* many live rows, last writer wins */
 	struct _SPI_plan *fresh;	/* plain insert, for keys known to be absent */
 } ApplyColumns;
 

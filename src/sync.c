@@ -1478,8 +1478,8 @@ handle_entries_guarded(Peer *p, void *arg)
 			else
 				(void) tombstone_get(rt->tid, keys_hash(r->key, strlen(r->key)),
 									 r->key, snap, &st);
-			newer = !st.exists || r->version > st.version ||
-				(r->version == st.version && strcmp(r->origin, st.origin) > 0);
+			newer = !st.exists ||
+				version_greater(r->version, r->origin, st.version, st.origin);
 			if (!newer)
 				continue;
 			if (!st.exists && r->version <= rt->purge_horizon)

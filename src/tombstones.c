@@ -200,14 +200,6 @@ tombstone_take(int32 tid, uint32 khash, const char *key, VersionState *old)
 	return found;
 }
 
-static bool
-version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
-{
-	if (v1 != v2)
-		return v1 > v2;
-	return strcmp(o1, o2) > 0;
-}
-
 /*
  * Record the deletion of a key.  With apply = false the version is
  * stamped here, above both "version" (the deleted row's) and any existing

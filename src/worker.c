@@ -270,6 +270,8 @@ extension_exists(void)
 static void
 maybe_rebuild(void)
 {
+	MemoryContext oldcxt = CurrentMemoryContext;
+
 	if (pg_atomic_read_u32(&RegistryState->state) == REG_STATE_READY)
 		return;
 
@@ -288,6 +290,8 @@ maybe_rebuild(void)
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	/* committing left TopMemoryContext current */
+	MemoryContextSwitchTo(oldcxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -301,7 +305,7 @@ maybe_purge(TimestampTz *last)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	MemoryContext oldcxt = CurrentMemoryContext;
-	int64		n = 0;
+	volatile int64 n = 0;
 
 	if (pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY ||
 		!TimestampDifferenceExceeds(*last, now,
