@@ -153,6 +153,21 @@ PREPARE TRANSACTION 'p2';
 COMMIT PREPARED 'p2';
 DROP TABLE unrelated;
 
+-- a resync() that fails in a savepoint leaves capture on for the table
+CREATE TABLE cap_ref (id int REFERENCES cap ON DELETE RESTRICT);
+INSERT INTO cap VALUES (9, 'referenced');
+INSERT INTO cap_ref VALUES (9);
+BEGIN;
+SAVEPOINT s;
+SELECT registry.resync('cap');
+ROLLBACK TO SAVEPOINT s;
+INSERT INTO cap VALUES (10, 'after the failed resync');
+SELECT registry_version IS NOT NULL AS stamped, registry_origin FROM cap WHERE id = 10;
+COMMIT;
+SELECT op, key FROM registry.change_log WHERE table_name = 'public.cap'
+ ORDER BY seq DESC LIMIT 1;
+DROP TABLE cap_ref;
+
 SELECT * FROM registry.verify();
 DROP FUNCTION cap_state(), tamper(), cancel();
 DROP TABLE cap;
