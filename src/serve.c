@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -344,6 +345,25 @@ check_nbuckets(int nbuckets, int max)
 }
 
 /*
+ * The end of all WAL inserted so far, as a position XLogFlush() can reach.
+ * GetXLogInsertRecPtr() points past the header of a page when the insert
+ * position is at a page boundary; nothing is on that page yet, and asking
+ * for it to be flushed is an error ("xlog flush request ... is not
+ * satisfied").  The end of what was inserted is then the page's start.
+ */
+static XLogRecPtr
+inserted_wal_end(void)
+{
+	XLogRecPtr	ptr = GetXLogInsertRecPtr();
+
+	if (XLogSegmentOffset(ptr, wal_segment_size) == SizeOfXLogLongPHD)
+		ptr -= SizeOfXLogLongPHD;
+	else if (ptr % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		ptr -= SizeOfXLogShortPHD;
+	return ptr;
+}
+
+/*
  * registry.digest(tbl text, nbuckets int, lo int, width int, n int)
  * returns bytea: the table's root, and n digests of ranges of width
  * buckets starting at bucket lo, at a granularity of nbuckets buckets (at
@@ -394,7 +414,7 @@ registry_digest(PG_FUNCTION_ARGS)
 	 * the digest covers must survive a crash of this node: flush first.
 	 */
 	if (!RecoveryInProgress())
-		XLogFlush(GetXLogInsertRecPtr());
+		XLogFlush(inserted_wal_end());
 
 	buckets = palloc(sizeof(uint64) * nb);
 	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
