@@ -343,6 +343,8 @@ registry_stamp(PG_FUNCTION_ARGS)
 	t = trigger_table(td);
 	desc = RelationGetDescr(td->tg_relation);
 	newtup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+	if (suppressed_tid == t->tid)
+		return PointerGetDatum(newtup);
 
 	memset(&old, 0, sizeof(old));
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
@@ -359,9 +361,6 @@ registry_stamp(PG_FUNCTION_ARGS)
 			text_to_cstring_buffer(DatumGetTextPP(oo), old.origin, sizeof(old.origin));
 		}
 	}
-
-	if (suppressed_tid == t->tid)
-		return PointerGetDatum(newtup);
 
 	if (bulk_apply_tid == t->tid)
 	{

@@ -232,13 +232,23 @@ extend_lease(RegVersion target, bool wait)
 void
 hlc_wait_ready(void)
 {
+	/*
+	 * Once ready, the clock stays ready: shared memory is only reset
+	 * together with every process that saw it.
+	 */
+	static bool known_ready = false;
 	bool		ready;
 
+	if (known_ready)
+		return;
 	SpinLockAcquire(&Hlc->mutex);
 	ready = Hlc->ready;
 	SpinLockRelease(&Hlc->mutex);
 	if (ready)
+	{
+		known_ready = true;
 		return;
+	}
 
 	ConditionVariablePrepareToSleep(&Hlc->ready_cv);
 	for (;;)
@@ -251,6 +261,7 @@ hlc_wait_ready(void)
 		ConditionVariableTimedSleep(&Hlc->ready_cv, 1000, PG_WAIT_EXTENSION);
 	}
 	ConditionVariableCancelSleep();
+	known_ready = true;
 }
 
 RegVersion
