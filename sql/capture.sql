@@ -122,6 +122,54 @@ UPDATE cap SET v = 'cancelled' WHERE id = 7;
 SELECT last_seq = (SELECT last_seq FROM seq1) AS nothing_captured FROM registry.node;
 DROP TRIGGER zz_cancel ON cap;
 
+-- UPDATEs are recorded by registry_stamp, with no AFTER UPDATE trigger,
+-- unless another BEFORE UPDATE trigger fires after it (triggers fire in
+-- name order): then registry_capture fires for UPDATE too
+CREATE FUNCTION capture_on_update() RETURNS boolean LANGUAGE sql AS $$
+    SELECT (tgtype & 16) <> 0 FROM pg_trigger
+     WHERE tgrelid = 'cap'::regclass AND tgname = 'registry_capture'
+$$;
+CREATE FUNCTION rekey() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN IF NEW.v = 'rekey' THEN NEW.id := NEW.id + 1000; END IF; RETURN NEW; END $$;
+SELECT capture_on_update();
+-- a trigger firing before registry_stamp: the stamp sees its key change
+CREATE TRIGGER a_rekey BEFORE UPDATE ON cap FOR EACH ROW EXECUTE FUNCTION rekey();
+SELECT capture_on_update();
+UPDATE cap SET v = 'rekey' WHERE id = 7;
+SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap'
+ ORDER BY seq DESC LIMIT 2;
+-- renamed to fire after it: registry_capture records the update instead
+ALTER TRIGGER a_rekey ON cap RENAME TO zz_rekey;
+SELECT capture_on_update();
+UPDATE cap SET v = 'rekey' WHERE id = 1007;
+SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap'
+ ORDER BY seq DESC LIMIT 2;
+SELECT id, v FROM cap WHERE id > 1000 ORDER BY id;
+SELECT * FROM registry.verify('cap');
+-- a disabled trigger does not count; enabled again, it does
+ALTER TABLE cap DISABLE TRIGGER zz_rekey;
+SELECT capture_on_update();
+ALTER TABLE cap ENABLE TRIGGER zz_rekey;
+SELECT capture_on_update();
+DROP TRIGGER zz_rekey ON cap;
+SELECT capture_on_update();
+-- with the DDL check switched off the two can disagree: the UPDATE is
+-- refused rather than left unrecorded, and any ALTER TABLE mends it
+ALTER EVENT TRIGGER registry_ddl DISABLE;
+CREATE TRIGGER zz_rekey BEFORE UPDATE ON cap FOR EACH ROW EXECUTE FUNCTION rekey();
+ALTER EVENT TRIGGER registry_ddl ENABLE;
+SELECT capture_on_update();
+SELECT error_of($$UPDATE cap SET v = 'unrecorded' WHERE id = 2007$$);
+SELECT v FROM cap WHERE id = 2007;
+ALTER TABLE cap ENABLE ALWAYS TRIGGER registry_stamp;
+SELECT capture_on_update();
+UPDATE cap SET v = 'recorded' WHERE id = 2007;
+SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap'
+ ORDER BY seq DESC LIMIT 1;
+DROP TRIGGER zz_rekey ON cap;
+SELECT capture_on_update();
+SELECT * FROM registry.verify('cap');
+
 -- TRUNCATE is replicated as the deletion of every row
 CREATE TEMP TABLE live AS SELECT key FROM registry.versions('cap') WHERE NOT deleted;
 TRUNCATE cap;
@@ -169,5 +217,5 @@ SELECT op, key FROM registry.change_log WHERE table_name = 'public.cap'
 DROP TABLE cap_ref;
 
 SELECT * FROM registry.verify();
-DROP FUNCTION cap_state(), tamper(), cancel();
+DROP FUNCTION cap_state(), tamper(), cancel(), capture_on_update(), rekey();
 DROP TABLE cap;

@@ -8,12 +8,16 @@
  *
  *	registry_stamp		BEFORE INSERT OR UPDATE FOR EACH ROW: writes the new
  *						version into the row's registry_version and
- *						registry_origin columns.  An UPDATE therefore costs
- *						no other write at all.
- *	registry_capture	AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW:
- *						keeps registry.tombstones in step (a DELETE writes
- *						the key's tombstone, an INSERT removes it) and
- *						remembers the change in a backend-local list.
+ *						registry_origin columns, and remembers an UPDATE
+ *						in a backend-local list.  An UPDATE therefore costs
+ *						no other write and no AFTER trigger event.
+ *	registry_capture	AFTER INSERT OR DELETE FOR EACH ROW: keeps
+ *						registry.tombstones in step (a DELETE writes the
+ *						key's tombstone, an INSERT removes it) and
+ *						remembers the change.  On a table with another
+ *						BEFORE UPDATE trigger firing after registry_stamp,
+ *						which could still change or skip the row, it fires
+ *						for UPDATE too and records UPDATEs instead.
  *	registry_truncate	BEFORE TRUNCATE: writes a tombstone for every row.
  *
  * Savepoint rollbacks drop their part of the list; an aborted transaction
@@ -35,6 +39,7 @@
 #include "access/tableam.h"
 #include "access/twophase.h"
 #include "access/xact.h"
+#include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
@@ -117,6 +122,7 @@ static int32 suppressed_tid = 0;
 static bool publishing_set = false;
 
 static void wait_for_slot_writer(TupleTableSlot *slot);
+static bool same_key(RegTable *t, Relation rel, TupleTableSlot *a, TupleTableSlot *b);
 
 static void capture_xact_callback(XactEvent event, void *arg);
 static void capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -319,10 +325,99 @@ check_trigger(FunctionCallInfo fcinfo, const char *name, bool before)
 }
 
 /*
+ * Whether this BEFORE UPDATE call must record the update itself.
+ *
+ * An AFTER row trigger costs an event queued and replayed per row, more
+ * than everything else the registry does for an UPDATE, so registry_capture
+ * fires only for INSERT and DELETE and UPDATEs are recorded here.  That is
+ * right only while registry_stamp is the last BEFORE UPDATE row trigger to
+ * fire: a later one could still change the key or skip the row.  Tables
+ * with such triggers get registry_capture for UPDATE as well (the DDL
+ * check keeps that up to date) and the update is recorded after the fact.
+ */
+static bool
+update_recorded_before(RegTable *t, TriggerData *td)
+{
+	TriggerDesc *desc = td->tg_relation->trigdesc;
+	bool		after_stamp = false;
+	bool		later = false;
+	int			i;
+
+	for (i = 0; i < desc->numtriggers; i++)
+	{
+		Trigger    *tg = &desc->triggers[i];
+
+		if (tg->tgoid == td->tg_trigger->tgoid)
+			after_stamp = true;
+		else if (strcmp(tg->tgname, REGISTRY_CAPTURE_TRIGGER) == 0)
+		{
+			if (TRIGGER_FOR_UPDATE(tg->tgtype))
+				return false;
+		}
+		else if (after_stamp && tg->tgenabled != TRIGGER_DISABLED &&
+				 TRIGGER_FOR_ROW(tg->tgtype) && TRIGGER_FOR_BEFORE(tg->tgtype) &&
+				 TRIGGER_FOR_UPDATE(tg->tgtype))
+			later = true;
+	}
+	if (later)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registry table %s has a BEFORE UPDATE trigger that fires after " REGISTRY_STAMP_TRIGGER,
+						t->qualname),
+				 errdetail("Its trigger " REGISTRY_CAPTURE_TRIGGER " must then fire for UPDATE too; the check that arranges this did not run (event triggers disabled?)."),
+				 errhint("Run ALTER TABLE %s ENABLE ALWAYS TRIGGER " REGISTRY_STAMP_TRIGGER " with event triggers enabled.",
+						 t->qualname)));
+	return true;
+}
+
+static void
+unstamped_error(RegTable *t)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+			 errmsg("row of registry table %s does not carry a new version",
+					t->qualname),
+			 errdetail("registry_version and registry_origin are set by the registry_stamp trigger."),
+			 errhint("Do not change them in other triggers.")));
+}
+
+static void insert_key(RegTable *t, const char *key, const VersionState *live);
+static void delete_key(RegTable *t, const char *key, const VersionState *live);
+
+/*
+ * An UPDATE from old to new (each slot a version of the row): a change of
+ * the key's version, or, when the key itself changed, a delete of the old
+ * key and an insert of the new one.
+ */
+static void
+capture_update(RegTable *t, Relation rel, TupleTableSlot *oldslot,
+			   TupleTableSlot *newslot, const VersionState *oldst,
+			   const VersionState *newst)
+{
+	if (!newst->exists ||
+		(oldst->exists && !version_greater(newst->version, newst->origin,
+										   oldst->version, oldst->origin)))
+		unstamped_error(t);
+	if (same_key(t, rel, oldslot, newslot))
+	{
+		char	   *key = row_key(t, newslot);
+
+		capture_record(t, keys_hash(key, strlen(key)), key, oldst,
+					   newst->version, newst->origin, false);
+	}
+	else
+	{
+		delete_key(t, row_key(t, oldslot), oldst);
+		insert_key(t, row_key(t, newslot), newst);
+	}
+}
+
+/*
  * BEFORE INSERT OR UPDATE: stamp the row.  A local write gets a new
  * version, above the row's previous one whatever the clock says; a row
  * written by the apply path keeps its remote version, which must be newer
  * than the row's (else a concurrent local write won: the batch retries).
+ * An UPDATE is recorded here too, unless update_recorded_before() says no.
  */
 Datum
 registry_stamp(PG_FUNCTION_ARGS)
@@ -331,7 +426,9 @@ registry_stamp(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	RegTable   *t;
 	HeapTuple	newtup;
+	HeapTuple	result;
 	VersionState old;
+	VersionState newst;
 	RegVersion	v;
 	bool		given = false;
 	int			cols[2];
@@ -347,6 +444,8 @@ registry_stamp(PG_FUNCTION_ARGS)
 		return PointerGetDatum(newtup);
 
 	memset(&old, 0, sizeof(old));
+	memset(&newst, 0, sizeof(newst));
+	newst.exists = true;
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
 		bool		vnull,
@@ -372,18 +471,16 @@ registry_stamp(PG_FUNCTION_ARGS)
 		/* the statement set the remote version; it must still be newer */
 		if (vnull || onull)
 			elog(ERROR, "registry: applied row of %s without a version", t->qualname);
-		if (old.exists)
-		{
-			char	   *o = TextDatumGetCString(no);
-
-			if (!version_greater((RegVersion) DatumGetInt64(nv), o,
-								 old.version, old.origin))
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("a row of registry table %s was changed concurrently",
-								t->qualname)));
-		}
-		return PointerGetDatum(newtup);
+		newst.version = (RegVersion) DatumGetInt64(nv);
+		text_to_cstring_buffer(DatumGetTextPP(no), newst.origin, sizeof(newst.origin));
+		if (old.exists && !version_greater(newst.version, newst.origin,
+										   old.version, old.origin))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("a row of registry table %s was changed concurrently",
+							t->qualname)));
+		result = newtup;
+		goto stamped;
 	}
 
 	if (apply_active && apply_tid == t->tid)
@@ -411,7 +508,10 @@ registry_stamp(PG_FUNCTION_ARGS)
 					 errmsg("a row of registry table %s was changed concurrently",
 							t->qualname),
 					 errdetail("A version at least as new as the one being applied was written meanwhile.")));
-		return PointerGetDatum(newtup);
+		newst.version = apply_version;
+		strlcpy(newst.origin, apply_origin, sizeof(newst.origin));
+		result = newtup;
+		goto stamped;
 	}
 
 	v = hlc_now();
@@ -432,8 +532,19 @@ registry_stamp(PG_FUNCTION_ARGS)
 	cols[1] = t->orgattnum;
 	vals[0] = Int64GetDatum((int64) v);
 	vals[1] = node_origin;
-	return PointerGetDatum(heap_modify_tuple_by_cols(newtup, desc, 2, cols,
-													 vals, nulls));
+	result = heap_modify_tuple_by_cols(newtup, desc, 2, cols, vals, nulls);
+	newst.version = v;
+	strlcpy(newst.origin, registry_node_name, sizeof(newst.origin));
+
+stamped:
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event) && update_recorded_before(t, td))
+	{
+		/* the key columns of tg_newslot are those of result */
+		wait_for_slot_writer(td->tg_trigslot);
+		capture_update(t, td->tg_relation, td->tg_trigslot, td->tg_newslot,
+					   &old, &newst);
+	}
+	return PointerGetDatum(result);
 }
 
 /* A key is being inserted: take its tombstone, which must be older. */
@@ -497,9 +608,8 @@ delete_key(RegTable *t, const char *key, const VersionState *live)
 }
 
 /*
- * AFTER INSERT OR UPDATE OR DELETE: keep tombstones in step and remember
- * the change.  An update that changes the key is a delete of the old key
- * and an insert of the new one.
+ * AFTER INSERT OR DELETE (and UPDATE, see update_recorded_before()): keep
+ * tombstones in step and remember the change.
  */
 Datum
 registry_capture(PG_FUNCTION_ARGS)
@@ -529,35 +639,17 @@ registry_capture(PG_FUNCTION_ARGS)
 	}
 	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
+		/* only where update_recorded_before() said no */
 		wait_for_slot_writer(td->tg_trigslot);
 		row_version(t, td->tg_trigslot, &oldst);
 		row_version(t, td->tg_newslot, &newst);
-		if (!newst.exists ||
-			(oldst.exists && !version_greater(newst.version, newst.origin,
-											  oldst.version, oldst.origin)))
-			goto unstamped;
-		if (same_key(t, td->tg_relation, td->tg_trigslot, td->tg_newslot))
-		{
-			char	   *key = row_key(t, td->tg_newslot);
-
-			capture_record(t, keys_hash(key, strlen(key)), key, &oldst,
-						   newst.version, newst.origin, false);
-		}
-		else
-		{
-			delete_key(t, row_key(t, td->tg_trigslot), &oldst);
-			insert_key(t, row_key(t, td->tg_newslot), &newst);
-		}
+		capture_update(t, td->tg_relation, td->tg_trigslot, td->tg_newslot,
+					   &oldst, &newst);
 	}
 	return PointerGetDatum(NULL);
 
 unstamped:
-	ereport(ERROR,
-			(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-			 errmsg("row of registry table %s does not carry a new version",
-					t->qualname),
-			 errdetail("registry_version and registry_origin are set by the registry_stamp trigger."),
-			 errhint("Do not change them in other triggers.")));
+	unstamped_error(t);
 	return PointerGetDatum(NULL);
 }
 

@@ -54,8 +54,8 @@ PG_FUNCTION_INFO_V1(registry_unreplicate);
 PG_FUNCTION_INFO_V1(registry_check_tables);
 PG_FUNCTION_INFO_V1(registry_reset);
 
-#define STAMP_TRIGGER		"registry_stamp"
-#define CAPTURE_TRIGGER		"registry_capture"
+#define STAMP_TRIGGER		REGISTRY_STAMP_TRIGGER
+#define CAPTURE_TRIGGER		REGISTRY_CAPTURE_TRIGGER
 #define TRUNCATE_TRIGGER	"registry_truncate"
 #define VERSION_COLUMN		"registry_version"
 #define ORIGIN_COLUMN		"registry_origin"
@@ -626,6 +626,60 @@ key_column_list(Relation rel)
 }
 
 /*
+ * Whether registry_capture must fire for UPDATE on relid: when another
+ * row-level BEFORE UPDATE trigger fires after registry_stamp (triggers of a
+ * kind fire in name order), registry_stamp does not see the row as it will
+ * be written and cannot record the update (update_recorded_before() in
+ * capture.c).  *has_update tells whether registry_capture fires for UPDATE
+ * now.
+ */
+static bool
+capture_needs_update(Oid relid, bool *has_update)
+{
+	Relation	tgrel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	bool		needs = false;
+
+	*has_update = false;
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true,
+							  NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(tg->tgname), CAPTURE_TRIGGER) == 0)
+			*has_update = TRIGGER_FOR_UPDATE(tg->tgtype);
+		else if (strcmp(NameStr(tg->tgname), STAMP_TRIGGER) > 0 &&
+				 tg->tgenabled != TRIGGER_DISABLED &&
+				 TRIGGER_FOR_ROW(tg->tgtype) && TRIGGER_FOR_BEFORE(tg->tgtype) &&
+				 TRIGGER_FOR_UPDATE(tg->tgtype))
+			needs = true;
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return needs;
+}
+
+static void
+create_capture_trigger(const char *qual, bool with_update)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "CREATE TRIGGER " CAPTURE_TRIGGER " AFTER INSERT OR %sDELETE ON %s "
+					 "FOR EACH ROW EXECUTE FUNCTION registry.capture()",
+					 with_update ? "UPDATE OR " : "", qual);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	pfree(sql.data);
+}
+
+/*
  * registry.replicate(tbl): add the version columns, the key-hash index
  * and the triggers, record the registration, and stamp existing rows.
  */
@@ -643,6 +697,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	Datum		args[2];
 	int			rc;
 	RegistryOwnerSave owner;
+	bool		has_update;
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -706,11 +761,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 					 "CREATE TRIGGER " STAMP_TRIGGER " BEFORE INSERT OR UPDATE ON %s "
 					 "FOR EACH ROW EXECUTE FUNCTION registry.stamp()", qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
-	resetStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "CREATE TRIGGER " CAPTURE_TRIGGER " AFTER INSERT OR UPDATE OR DELETE ON %s "
-					 "FOR EACH ROW EXECUTE FUNCTION registry.capture()", qual);
-	spi_exec(sql.data, SPI_OK_UTILITY);
+	create_capture_trigger(qual, capture_needs_update(relid, &has_update));
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "CREATE TRIGGER " TRUNCATE_TRIGGER " BEFORE TRUNCATE ON %s "
@@ -840,6 +891,7 @@ registry_check_tables(PG_FUNCTION_ARGS)
 		ScanKeyData key;
 		HeapTuple	tup;
 		int			ok_triggers = 0;
+		bool		has_update;
 		const char *name;
 		RegTableEntry *e;
 		int			rc;
@@ -952,6 +1004,32 @@ registry_check_tables(PG_FUNCTION_ARGS)
 			(e = hash_search(RegTableCache, &relid, HASH_FIND, NULL)) != NULL)
 			e->t.valid = false;
 		relation_close(rel, AccessShareLock);
+
+		/*
+		 * A BEFORE UPDATE trigger created, renamed, enabled or dropped:
+		 * registry_capture follows (ALTER TABLE refuses a table held open,
+		 * hence after the close).
+		 */
+		if (capture_needs_update(relid, &has_update) != has_update)
+		{
+			char	   *qual = regtable_qualname(relid);
+			StringInfoData sql;
+
+			ddl_check_suppressed = true;
+			SPI_connect();
+			registry_owner_begin(&owner);
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "DROP TRIGGER " CAPTURE_TRIGGER " ON %s", qual);
+			spi_exec(sql.data, SPI_OK_UTILITY);
+			create_capture_trigger(qual, !has_update);
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "ALTER TABLE %s ENABLE ALWAYS TRIGGER " CAPTURE_TRIGGER,
+							 qual);
+			spi_exec(sql.data, SPI_OK_UTILITY);
+			registry_owner_end(&owner);
+			SPI_finish();
+			ddl_check_suppressed = false;
+		}
 	}
 	PG_RETURN_VOID();
 }

@@ -216,6 +216,10 @@ typedef struct VersionState
 extern int32 khash_to_int4(uint32 h);
 extern uint32 int4_to_khash(int32 v);
 
+/* the row triggers registry.replicate() creates (capture.c and catalog.c) */
+#define REGISTRY_STAMP_TRIGGER		"registry_stamp"
+#define REGISTRY_CAPTURE_TRIGGER	"registry_capture"
+
 /* ---- capture.c ---- */
 extern void capture_init(void);
 extern void capture_record(RegTable *t, uint32 khash, const char *key,
