@@ -170,6 +170,24 @@ DROP TRIGGER zz_rekey ON cap;
 SELECT capture_on_update();
 SELECT * FROM registry.verify('cap');
 
+-- INSERT ... ON CONFLICT DO UPDATE and MERGE update through the same
+-- BEFORE trigger: one change per key, the op as the row saw it
+INSERT INTO cap VALUES (7, 'upsert-new') ON CONFLICT (id) DO UPDATE SET v = 'x';
+INSERT INTO cap VALUES (7, 'ignored') ON CONFLICT (id) DO UPDATE SET v = 'upserted';
+INSERT INTO cap VALUES (7, 'ignored') ON CONFLICT (id) DO UPDATE SET v = 'skipped'
+    WHERE cap.v = 'no such value';
+SELECT v FROM cap WHERE id = 7;
+SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap'
+ ORDER BY seq DESC LIMIT 2;
+MERGE INTO cap c USING (VALUES (7, 'merged'), (8, 'merged-new')) s(id, v) ON c.id = s.id
+  WHEN MATCHED THEN UPDATE SET v = s.v
+  WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v);
+SELECT id, v FROM cap WHERE id IN (7, 8) ORDER BY id;
+SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap'
+ ORDER BY seq DESC LIMIT 2;
+DELETE FROM cap WHERE id = 8;
+SELECT * FROM registry.verify('cap');
+
 -- TRUNCATE is replicated as the deletion of every row
 CREATE TEMP TABLE live AS SELECT key FROM registry.versions('cap') WHERE NOT deleted;
 TRUNCATE cap;
