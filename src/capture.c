@@ -34,8 +34,10 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/nbtree.h"
 #include "access/tableam.h"
 #include "access/twophase.h"
 #include "access/xact.h"
@@ -45,10 +47,12 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -122,6 +126,7 @@ static int32 suppressed_tid = 0;
 static bool publishing_set = false;
 
 static void wait_for_slot_writer(TupleTableSlot *slot);
+static void wait_for_key_holder(RegTable *t, Relation rel, TupleTableSlot *newslot);
 static bool same_key(RegTable *t, Relation rel, TupleTableSlot *a, TupleTableSlot *b);
 
 static void capture_xact_callback(XactEvent event, void *arg);
@@ -413,6 +418,97 @@ capture_update(RegTable *t, Relation rel, TupleTableSlot *oldslot,
 }
 
 /*
+ * Before an UPDATE that moves a row to a new key is recorded (in the
+ * BEFORE trigger, so before the row is written and its unique check), make
+ * the new key's state final: wait for any transaction still writing a row
+ * with that key, and lock a committed row with it so that nobody deletes
+ * it before the unique check fails this UPDATE, as it then will.  Else a
+ * concurrent DELETE of that row could write its tombstone after this one
+ * looked for it, and the key would end up with a live row and a newer
+ * tombstone.  (The unique check would wait for such a writer anyway.)
+ */
+static void
+wait_for_key_holder(RegTable *t, Relation rel, TupleTableSlot *newslot)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	pkrel;
+	ScanKeyData skey[INDEX_MAX_KEYS];
+	SnapshotData dirty;
+	TupleTableSlot *slot;
+	int			nkeys;
+	int			i;
+
+	if (!OidIsValid(pkoid))
+		return;
+	pkrel = index_open(pkoid, AccessShareLock);
+	nkeys = IndexRelationGetNumberOfKeyAttributes(pkrel);
+	for (i = 0; i < nkeys; i++)
+	{
+		bool		isnull;
+		Datum		v = slot_getattr(newslot, pkrel->rd_index->indkey.values[i], &isnull);
+		Oid			opno = get_opfamily_member(pkrel->rd_opfamily[i],
+											   pkrel->rd_opcintype[i],
+											   pkrel->rd_opcintype[i],
+											   BTEqualStrategyNumber);
+
+		if (isnull || !OidIsValid(opno))
+		{
+			/* the statement fails anyway (NOT NULL); nothing to wait for */
+			index_close(pkrel, AccessShareLock);
+			return;
+		}
+		ScanKeyEntryInitialize(&skey[i], 0, i + 1, BTEqualStrategyNumber,
+							   pkrel->rd_opcintype[i], pkrel->rd_indcollation[i],
+							   get_opcode(opno), v);
+	}
+	InitDirtySnapshot(dirty);
+	slot = table_slot_create(rel, NULL);
+	for (;;)
+	{
+		IndexScanDesc scan;
+		TransactionId xwait = InvalidTransactionId;
+		ItemPointerData ctid;
+
+		CHECK_FOR_INTERRUPTS();
+		scan = index_beginscan(rel, pkrel, &dirty, nkeys, 0);
+		index_rescan(scan, skey, nkeys, NULL, 0);
+		ExecClearTuple(slot);
+		/* one row at most: the unique index holds one live entry per key */
+		if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		{
+			/* the dirty snapshot says who is writing the tuple it returned */
+			xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+			ctid = slot->tts_tid;
+		}
+		index_endscan(scan);
+		if (TransactionIdIsValid(xwait))
+		{
+			ExecClearTuple(slot);
+			XactLockTableWait(xwait, rel, &ctid, XLTW_InsertIndex);
+			continue;
+		}
+		if (TTS_EMPTY(slot))
+			break;				/* no row has the key */
+		else
+		{
+			TM_FailureData tmfd;
+			TM_Result	res;
+
+			ctid = slot->tts_tid;
+			res = table_tuple_lock(rel, &ctid, GetActiveSnapshot(), slot,
+								   GetCurrentCommandId(false), LockTupleKeyShare,
+								   LockWaitBlock, 0, &tmfd);
+			ExecClearTuple(slot);
+			/* deleted or moved meanwhile: look again */
+			if (res != TM_Updated && res != TM_Deleted)
+				break;
+		}
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(pkrel, AccessShareLock);
+}
+
+/*
  * BEFORE INSERT OR UPDATE: stamp the row.  A local write gets a new
  * version, above the row's previous one whatever the clock says; a row
  * written by the apply path keeps its remote version, which must be newer
@@ -541,6 +637,8 @@ stamped:
 	{
 		/* the key columns of tg_newslot are those of result */
 		wait_for_slot_writer(td->tg_trigslot);
+		if (!same_key(t, td->tg_relation, td->tg_trigslot, td->tg_newslot))
+			wait_for_key_holder(t, td->tg_relation, td->tg_newslot);
 		capture_update(t, td->tg_relation, td->tg_trigslot, td->tg_newslot,
 					   &old, &newst);
 	}
