@@ -81,12 +81,19 @@ entry_size(void)
 		sizeof(AcceptorOp) * registry_acceptor_ops;
 }
 
+/* the acceptor hash of a key whose key hash (keys_hash()) is khash */
+static inline uint32
+acceptor_hash_of(int32 tid, uint32 khash)
+{
+	return khash ^ ((uint32) tid * 0x9E3779B1U);
+}
+
 static uint32
 acceptor_hash(const void *key, Size keysize)
 {
 	const AcceptorKey *k = key;
 
-	return keys_hash(k->key, strlen(k->key)) ^ ((uint32) k->tid * 0x9E3779B1U);
+	return acceptor_hash_of(k->tid, keys_hash(k->key, strlen(k->key)));
 }
 
 static int
@@ -157,11 +164,15 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 	bool		found;
 	bool		latest = true;
 	int			pos;
+	uint32		hashvalue;
 
 	kbuf.k.tid = tid;
 	strlcpy(kbuf.k.key, key, registry_max_key_length + 1);
+	Assert(khash == keys_hash(key, strlen(key)));
+	hashvalue = acceptor_hash_of(tid, khash);
 
-	entry = hash_search(AcceptorHash, &kbuf, HASH_FIND, NULL);
+	entry = hash_search_with_hash_value(AcceptorHash, &kbuf, hashvalue,
+										HASH_FIND, NULL);
 	if (entry == NULL)
 	{
 		if (RegistryState->acc_used >= registry_max_acceptors &&
@@ -175,7 +186,8 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 			RegistryState->acc_used--;
 			RegistryState->acc_evictions++;
 		}
-		entry = hash_search(AcceptorHash, &kbuf, HASH_ENTER_NULL, &found);
+		entry = hash_search_with_hash_value(AcceptorHash, &kbuf, hashvalue,
+											HASH_ENTER_NULL, &found);
 		if (entry == NULL)
 		{
 			RegistryState->acc_misses++;
