@@ -188,6 +188,25 @@ SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap'
 DELETE FROM cap WHERE id = 8;
 SELECT * FROM registry.verify('cap');
 
+-- an UPDATE rewrites the version in the row: after nulls and a dropped
+-- column too, and whatever else the statement changes
+CREATE TABLE cap_wide (id int PRIMARY KEY, gone text, a text, b int, c text);
+ALTER TABLE cap_wide DROP COLUMN gone;
+SELECT registry.replicate('cap_wide');
+INSERT INTO cap_wide VALUES (1, NULL, NULL, 'x'), (2, repeat('long', 1000), 5, NULL);
+CREATE TEMP TABLE wide_before AS SELECT id, registry_version FROM cap_wide;
+UPDATE cap_wide SET b = 7 WHERE id = 1;
+UPDATE cap_wide SET c = 'y' WHERE id = 2;
+UPDATE cap_wide SET a = NULL WHERE id = 2;
+-- (the row's version is the one published: the acceptor's)
+SELECT w.id, w.registry_version > b.registry_version AS newer,
+       w.registry_version = a.version AS published, w.a IS NULL AS a_null, w.b, w.c
+  FROM cap_wide w JOIN wide_before b USING (id)
+  JOIN registry.acceptors a ON a.table_name = 'public.cap_wide' AND a.key = w.id::text
+ ORDER BY w.id;
+SELECT * FROM registry.verify('cap_wide');
+DROP TABLE cap_wide;
+
 -- TRUNCATE is replicated as the deletion of every row
 CREATE TEMP TABLE live AS SELECT key FROM registry.versions('cap') WHERE NOT deleted;
 TRUNCATE cap;

@@ -525,7 +525,7 @@ restamp_in_place(RegTable *t, TupleTableSlot *newslot, HeapTuple tup,
 	char	   *tp = (char *) th + th->t_hoff;
 	bool		hasnulls = HeapTupleHasNulls(tup);
 	char	   *verp = NULL;
-	long		off = 0;
+	uint32		off = 0;		/* as heap_deform_tuple keeps it */
 	int			natts = HeapTupleHeaderGetNatts(th);
 	int			i;
 	bool		onull;
