@@ -392,12 +392,13 @@ static void delete_key(RegTable *t, const char *key, const VersionState *live);
 /*
  * An UPDATE from old to new (each slot a version of the row): a change of
  * the key's version, or, when the key itself changed, a delete of the old
- * key and an insert of the new one.
+ * key and an insert of the new one.  before_write: called from the BEFORE
+ * trigger, ahead of the row's unique check (see wait_for_key_holder()).
  */
 static void
 capture_update(RegTable *t, Relation rel, TupleTableSlot *oldslot,
 			   TupleTableSlot *newslot, const VersionState *oldst,
-			   const VersionState *newst)
+			   const VersionState *newst, bool before_write)
 {
 	if (!newst->exists ||
 		(oldst->exists && !version_greater(newst->version, newst->origin,
@@ -412,6 +413,8 @@ capture_update(RegTable *t, Relation rel, TupleTableSlot *oldslot,
 	}
 	else
 	{
+		if (before_write)
+			wait_for_key_holder(t, rel, newslot);
 		delete_key(t, row_key(t, oldslot), oldst);
 		insert_key(t, row_key(t, newslot), newst);
 	}
@@ -525,51 +528,41 @@ restamp_in_place(RegTable *t, TupleTableSlot *newslot, HeapTuple tup,
 	char	   *tp = (char *) th + th->t_hoff;
 	bool		hasnulls = HeapTupleHasNulls(tup);
 	char	   *verp = NULL;
+	char	   *orgp = NULL;
+	int			last = Max(t->verattnum, t->orgattnum);
 	uint32		off = 0;		/* as heap_deform_tuple keeps it */
-	int			natts = HeapTupleHeaderGetNatts(th);
+	size_t		namelen = strlen(registry_node_name);
 	int			i;
-	bool		onull;
-	Datum		o;
-	text	   *origin;
 	int64		nv = (int64) v;
 
 	/* the slot's own copy (not a tuple in a shared buffer), not deformed */
 	if (!TTS_IS_BUFFERTUPLE(newslot) || !TTS_SHOULDFREE(newslot) ||
 		((BufferHeapTupleTableSlot *) newslot)->base.tuple != tup ||
-		newslot->tts_nvalid != 0 ||
-		t->verattnum > natts || t->orgattnum > natts)
-		return false;
-	o = heap_getattr(tup, t->orgattnum, desc, &onull);
-	if (onull)
-		return false;
-	origin = DatumGetTextPP(o);
-	if (VARSIZE_ANY_EXHDR(origin) != strlen(registry_node_name) ||
-		memcmp(VARDATA_ANY(origin), registry_node_name,
-			   VARSIZE_ANY_EXHDR(origin)) != 0)
+		newslot->tts_nvalid != 0 || last > HeapTupleHeaderGetNatts(th))
 		return false;
 
-	/* walk to the version attribute as heap_deform_tuple does */
-	for (i = 0; i < t->verattnum; i++)
+	/* one walk to both attributes, as heap_deform_tuple does */
+	for (i = 0; i < last; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		if (hasnulls && att_isnull(i, th->t_bits))
 		{
-			if (i == t->verattnum - 1)
-				return false;	/* a null version: the tuple must grow */
+			if (i == t->verattnum - 1 || i == t->orgattnum - 1)
+				return false;	/* a null version or origin: the tuple must grow */
 			continue;
 		}
 		off = att_align_pointer(off, att->attalign, att->attlen, tp + off);
 		if (i == t->verattnum - 1)
-		{
-			if (att->attlen != sizeof(int64))
-				return false;
-			verp = tp + off;
-			break;
-		}
+			verp = (att->attlen == sizeof(int64)) ? tp + off : NULL;
+		else if (i == t->orgattnum - 1)
+			orgp = tp + off;
 		off = att_addlength_pointer(off, att->attlen, tp + off);
 	}
-	if (verp == NULL)
+	if (verp == NULL || orgp == NULL ||
+		VARATT_IS_EXTERNAL(orgp) || VARATT_IS_COMPRESSED(orgp) ||
+		VARSIZE_ANY_EXHDR(orgp) != namelen ||
+		memcmp(VARDATA_ANY(orgp), registry_node_name, namelen) != 0)
 		return false;
 	memcpy(verp, &nv, sizeof(int64));
 	return true;
@@ -712,10 +705,8 @@ stamped:
 	{
 		/* the key columns of tg_newslot are those of result */
 		wait_for_publication(HeapTupleHeaderGetXmin(td->tg_trigtuple->t_data));
-		if (!same_key(t, td->tg_relation, td->tg_trigslot, td->tg_newslot))
-			wait_for_key_holder(t, td->tg_relation, td->tg_newslot);
 		capture_update(t, td->tg_relation, td->tg_trigslot, td->tg_newslot,
-					   &old, &newst);
+					   &old, &newst, true);
 	}
 	return PointerGetDatum(result);
 }
@@ -817,7 +808,7 @@ registry_capture(PG_FUNCTION_ARGS)
 		row_version(t, td->tg_trigslot, &oldst);
 		row_version(t, td->tg_newslot, &newst);
 		capture_update(t, td->tg_relation, td->tg_trigslot, td->tg_newslot,
-					   &oldst, &newst);
+					   &oldst, &newst, false);
 	}
 	return PointerGetDatum(NULL);
 
