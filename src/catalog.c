@@ -625,24 +625,30 @@ key_column_list(Relation rel)
 	return b.data;
 }
 
+/* What the DDL check and registration need to know of a table's triggers. */
+typedef struct TriggerCheck
+{
+	int			ours_always;	/* our three, each ENABLE ALWAYS */
+	bool		capture_on_update;	/* registry_capture fires for UPDATE */
+	bool		later_before_update;	/* see below */
+} TriggerCheck;
+
 /*
- * Whether registry_capture must fire for UPDATE on relid: when another
- * row-level BEFORE UPDATE trigger fires after registry_stamp (triggers of a
- * kind fire in name order), registry_stamp does not see the row as it will
- * be written and cannot record the update (update_recorded_before() in
- * capture.c).  *has_update tells whether registry_capture fires for UPDATE
- * now.
+ * registry_capture must fire for UPDATE when another row-level BEFORE
+ * UPDATE trigger fires after registry_stamp (triggers of a kind fire in
+ * name order): registry_stamp then does not see the row as it will be
+ * written and cannot record the update (update_recorded_before() in
+ * capture.c).
  */
-static bool
-capture_needs_update(Oid relid, bool *has_update)
+static void
+check_triggers(Oid relid, TriggerCheck *tc)
 {
 	Relation	tgrel;
 	SysScanDesc scan;
 	ScanKeyData key;
 	HeapTuple	tup;
-	bool		needs = false;
 
-	*has_update = false;
+	memset(tc, 0, sizeof(TriggerCheck));
 	tgrel = table_open(TriggerRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber,
 				F_OIDEQ, ObjectIdGetDatum(relid));
@@ -651,18 +657,25 @@ capture_needs_update(Oid relid, bool *has_update)
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+		const char *name = NameStr(tg->tgname);
 
-		if (strcmp(NameStr(tg->tgname), CAPTURE_TRIGGER) == 0)
-			*has_update = TRIGGER_FOR_UPDATE(tg->tgtype);
-		else if (strcmp(NameStr(tg->tgname), STAMP_TRIGGER) > 0 &&
+		if (strcmp(name, STAMP_TRIGGER) == 0 ||
+			strcmp(name, CAPTURE_TRIGGER) == 0 ||
+			strcmp(name, TRUNCATE_TRIGGER) == 0)
+		{
+			if (tg->tgenabled == TRIGGER_FIRES_ALWAYS)
+				tc->ours_always++;
+			if (strcmp(name, CAPTURE_TRIGGER) == 0)
+				tc->capture_on_update = TRIGGER_FOR_UPDATE(tg->tgtype);
+		}
+		else if (strcmp(name, STAMP_TRIGGER) > 0 &&
 				 tg->tgenabled != TRIGGER_DISABLED &&
 				 TRIGGER_FOR_ROW(tg->tgtype) && TRIGGER_FOR_BEFORE(tg->tgtype) &&
 				 TRIGGER_FOR_UPDATE(tg->tgtype))
-			needs = true;
+			tc->later_before_update = true;
 	}
 	systable_endscan(scan);
 	table_close(tgrel, AccessShareLock);
-	return needs;
 }
 
 static void
@@ -697,7 +710,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	Datum		args[2];
 	int			rc;
 	RegistryOwnerSave owner;
-	bool		has_update;
+	TriggerCheck tc;
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -761,7 +774,8 @@ registry_replicate(PG_FUNCTION_ARGS)
 					 "CREATE TRIGGER " STAMP_TRIGGER " BEFORE INSERT OR UPDATE ON %s "
 					 "FOR EACH ROW EXECUTE FUNCTION registry.stamp()", qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
-	create_capture_trigger(qual, capture_needs_update(relid, &has_update));
+	check_triggers(relid, &tc);
+	create_capture_trigger(qual, tc.later_before_update);
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "CREATE TRIGGER " TRUNCATE_TRIGGER " BEFORE TRUNCATE ON %s "
@@ -886,12 +900,7 @@ registry_check_tables(PG_FUNCTION_ARGS)
 	{
 		Oid			relid = ((RegTid *) lfirst(lc))->relid;
 		Relation	rel;
-		Relation	tgrel;
-		SysScanDesc scan;
-		ScanKeyData key;
-		HeapTuple	tup;
-		int			ok_triggers = 0;
-		bool		has_update;
+		TriggerCheck tc;
 		const char *name;
 		RegTableEntry *e;
 		int			rc;
@@ -979,24 +988,8 @@ registry_check_tables(PG_FUNCTION_ARGS)
 		registry_owner_end(&owner);
 		SPI_finish();
 
-		tgrel = table_open(TriggerRelationId, AccessShareLock);
-		ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber,
-					F_OIDEQ, ObjectIdGetDatum(relid));
-		scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true,
-								  NULL, 1, &key);
-		while (HeapTupleIsValid(tup = systable_getnext(scan)))
-		{
-			Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
-
-			if ((strcmp(NameStr(tg->tgname), STAMP_TRIGGER) == 0 ||
-				 strcmp(NameStr(tg->tgname), CAPTURE_TRIGGER) == 0 ||
-				 strcmp(NameStr(tg->tgname), TRUNCATE_TRIGGER) == 0) &&
-				tg->tgenabled == TRIGGER_FIRES_ALWAYS)
-				ok_triggers++;
-		}
-		systable_endscan(scan);
-		table_close(tgrel, AccessShareLock);
-		if (ok_triggers != 3)
+		check_triggers(relid, &tc);
+		if (tc.ours_always != 3)
 			refuse_ddl(name, "its registry triggers, enabled ALWAYS");
 
 		/* the cached key encoding may be stale after ALTER TABLE */
@@ -1010,7 +1003,7 @@ registry_check_tables(PG_FUNCTION_ARGS)
 		 * registry_capture follows (ALTER TABLE refuses a table held open,
 		 * hence after the close).
 		 */
-		if (capture_needs_update(relid, &has_update) != has_update)
+		if (tc.later_before_update != tc.capture_on_update)
 		{
 			char	   *qual = regtable_qualname(relid);
 			StringInfoData sql;
@@ -1021,7 +1014,7 @@ registry_check_tables(PG_FUNCTION_ARGS)
 			initStringInfo(&sql);
 			appendStringInfo(&sql, "DROP TRIGGER " CAPTURE_TRIGGER " ON %s", qual);
 			spi_exec(sql.data, SPI_OK_UTILITY);
-			create_capture_trigger(qual, !has_update);
+			create_capture_trigger(qual, tc.later_before_update);
 			resetStringInfo(&sql);
 			appendStringInfo(&sql, "ALTER TABLE %s ENABLE ALWAYS TRIGGER " CAPTURE_TRIGGER,
 							 qual);
