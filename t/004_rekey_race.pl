@@ -6,28 +6,24 @@
 # newer tombstone.  Each case is driven step by step with two sessions.
 use strict;
 use warnings;
+use lib 't';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use RegistryMesh ();
 
-my $node = PostgreSQL::Test::Cluster->new('rekey');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'registry'
-registry.node_name = 'rk'
-});
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION registry');
-ok($node->poll_query_until('postgres', "SELECT state = 'ready' FROM registry.node"),
-	'node ready');
+my $node = RegistryMesh::new_node('rk');
 
-sub sql { return $node->safe_psql('postgres', $_[0]); }
+sub sql { return RegistryMesh::sql($node, $_[0]); }
 
 sql(q{
 CREATE TABLE kv (id int PRIMARY KEY, val text);
 SELECT registry.replicate('kv');
 });
+
+my $s1 = $node->background_psql('postgres', on_error_stop => 0);
+my $s2 = $node->background_psql('postgres', on_error_stop => 0);
+my $s3 = $node->background_psql('postgres', on_error_stop => 0);
 
 # Start "UPDATE kv SET id = $to WHERE id = $from" in session $s and wait
 # until it waits for another transaction.
@@ -52,6 +48,19 @@ sub finish
 	return $err ne '' ? $err : 'ok';
 }
 
+# Session 1 runs $writer in an open transaction; session 2 then moves row
+# $from to key $to, which waits for session 1; session 1 ends with $end.
+# Returns how the move ended.
+sub race
+{
+	my ($writer, $from, $to, $end) = @_;
+	$s1->query_safe('BEGIN');
+	$s1->query_safe($writer);
+	start_blocked_move($s2, $from, $to);
+	$s1->query_safe($end);
+	return finish($s2);
+}
+
 sub state_of
 {
 	my ($key) = @_;
@@ -69,10 +78,6 @@ sub verify_clean
 SELECT (SELECT rows FROM registry.tables WHERE table_name = 'public.kv')
      = (SELECT count(*) FROM kv)}), 't', "registry.tables counts the rows $what");
 }
-
-my $s1 = $node->background_psql('postgres', on_error_stop => 0);
-my $s2 = $node->background_psql('postgres', on_error_stop => 0);
-my $s3 = $node->background_psql('postgres', on_error_stop => 0);
 
 # 1. The new key's row is deleted, but its tombstone is stamped only after
 #    the move was stamped (an AFTER trigger runs at the end of the
@@ -104,22 +109,16 @@ verify_clean('after a move onto a key deleted by a newer version');
 #    commits while the move waits: the move, newer, wins and takes the
 #    tombstone.
 sql("INSERT INTO kv VALUES (43, 'c')");
-$s1->query_safe('BEGIN');
-$s1->query_safe('DELETE FROM kv WHERE id = 43');
-start_blocked_move($s2, 41, 43);
-$s1->query_safe('COMMIT');
-is(finish($s2), 'ok', 'the move onto a key deleted by an older version succeeds');
+is(race('DELETE FROM kv WHERE id = 43', 41, 43, 'COMMIT'), 'ok',
+	'the move onto a key deleted by an older version succeeds');
 is(state_of(41), 'absent, tombstone', 'the old key is deleted');
 is(state_of(43), 'live a, row', 'the new key holds the moved row, its tombstone gone');
 verify_clean('after a move onto a key deleted by an older version');
 
 # 3. The delete of the new key rolls back: the move fails its unique check.
 sql("INSERT INTO kv VALUES (45, 'd')");
-$s1->query_safe('BEGIN');
-$s1->query_safe('DELETE FROM kv WHERE id = 45');
-start_blocked_move($s2, 43, 45);
-$s1->query_safe('ROLLBACK');
-like(finish($s2), qr/duplicate key value violates unique constraint/,
+like(race('DELETE FROM kv WHERE id = 45', 43, 45, 'ROLLBACK'),
+	qr/duplicate key value violates unique constraint/,
 	'the move onto a key whose delete rolled back fails its unique check');
 is(state_of(43), 'live a, row', 'row 43 unchanged');
 is(state_of(45), 'live d, row', 'row 45 unchanged');
@@ -129,21 +128,15 @@ verify_clean('after a move onto a key whose delete rolled back');
 #    back: the move succeeds and takes the tombstone.
 sql("DELETE FROM kv WHERE id = 45");
 is(state_of(45), 'absent, tombstone', 'key 45 deleted');
-$s1->query_safe('BEGIN');
-$s1->query_safe("INSERT INTO kv VALUES (45, 'e')");
-start_blocked_move($s2, 43, 45);
-$s1->query_safe('ROLLBACK');
-is(finish($s2), 'ok', 'the move onto a key whose insert rolled back succeeds');
+is(race("INSERT INTO kv VALUES (45, 'e')", 43, 45, 'ROLLBACK'), 'ok',
+	'the move onto a key whose insert rolled back succeeds');
 is(state_of(43), 'absent, tombstone', 'the old key is deleted');
 is(state_of(45), 'live a, row', 'the new key holds the moved row, its tombstone gone');
 verify_clean('after a move onto a key whose insert rolled back');
 
 # 5. The insert of the new key commits: the move fails its unique check.
-$s1->query_safe('BEGIN');
-$s1->query_safe("INSERT INTO kv VALUES (47, 'f')");
-start_blocked_move($s2, 45, 47);
-$s1->query_safe('COMMIT');
-like(finish($s2), qr/duplicate key value violates unique constraint/,
+like(race("INSERT INTO kv VALUES (47, 'f')", 45, 47, 'COMMIT'),
+	qr/duplicate key value violates unique constraint/,
 	'the move onto a key inserted meanwhile fails its unique check');
 is(state_of(45), 'live a, row', 'row 45 unchanged');
 is(state_of(47), 'live f, row', 'row 47 as inserted');
@@ -151,9 +144,9 @@ verify_clean('after a move onto a key inserted meanwhile');
 
 # 6. A committed row holds the new key: the move fails at once, and the
 #    row it looked at can be deleted afterwards.
-my (undef, $failed) = $s2->query('UPDATE kv SET id = 47 WHERE id = 45');
-is($failed, 1, 'the move onto a committed key fails at once');
-$s2->{stderr} = '';
+$s2->query('UPDATE kv SET id = 47 WHERE id = 45');
+like(finish($s2), qr/duplicate key value violates unique constraint/,
+	'the move onto a committed key fails at once');
 sql('DELETE FROM kv WHERE id = 47');
 is(state_of(47), 'absent, tombstone', 'key 47 deleted');
 verify_clean('at the end');
