@@ -28,7 +28,7 @@ $$;
 CREATE TABLE registry.replicated_tables (
     tid           integer PRIMARY KEY,
     relid         regclass NOT NULL UNIQUE,
-    khash_index   regclass NOT NULL,
+    khash_index   regclass,          -- NULL while a whole-table pull fills the table
     key_columns   name[] NOT NULL,
     key_types     text[] NOT NULL,
     registered_at timestamptz NOT NULL DEFAULT now(),
@@ -222,6 +222,12 @@ CREATE FUNCTION registry.fetch_rows(tbl text, keys text[])
     RETURNS bytea
     AS 'MODULE_PATHNAME', 'registry_fetch_rows' LANGUAGE C STRICT VOLATILE;
 
+-- Named in the select list (not FROM, which would gather every page
+-- before sending the first), it sends each page as soon as it is made.
+CREATE FUNCTION registry.table_pages(tbl text, page_rows integer DEFAULT 10000)
+    RETURNS SETOF bytea
+    AS 'MODULE_PATHNAME', 'registry_table_pages' LANGUAGE C VOLATILE ROWS 100;
+
 CREATE FUNCTION registry.decode_message(msg bytea) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'registry_decode_message' LANGUAGE C STRICT IMMUTABLE;
 COMMENT ON FUNCTION registry.decode_message(bytea) IS
@@ -397,6 +403,7 @@ GRANT EXECUTE ON FUNCTION
     registry.digest(text, integer, integer, integer, integer),
     registry.bucket_entries(text, integer, integer[], boolean, integer, integer),
     registry.fetch_rows(text, text[]),
+    registry.table_pages(text, integer),
     registry.decode_message(bytea)
     TO registry_peer, registry_admin;
 

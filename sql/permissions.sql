@@ -17,6 +17,7 @@ SELECT registry.unreplicate('perm');
 SELECT * FROM registry.node;
 SELECT * FROM registry.tables;
 SELECT registry.changes_since(0);
+SELECT registry.table_pages('public.perm');
 SELECT * FROM registry.tombstones;
 SELECT registry.apply_row('perm', '1', 1, 'x', true);
 -- writing a registry table is fine for anyone allowed to write the table
@@ -57,6 +58,7 @@ SELECT registry.decode_message(registry.changes_since(0, 1))->>'status' AS statu
 SELECT registry.decode_message(registry.digest('public.perm'))->>'table' AS tbl;
 SELECT registry.decode_message(registry.fetch_rows('public.perm', '{1}'))->'rows'->0->>'state' AS state;
 SELECT registry.decode_message(registry.bucket_entries('public.perm', 1, '{0}'))->>'more' AS more;
+SELECT count(*) AS pages FROM (SELECT registry.table_pages('public.perm')) x;
 SELECT * FROM registry.node;
 SELECT registry.replicate('perm');
 SELECT * FROM registry.tombstones;
@@ -69,6 +71,7 @@ INSERT INTO secret VALUES (1, 'hunter2');
 SET ROLE peer_carol;
 SELECT registry.fetch_rows('public.secret', '{1}');
 SELECT registry.bucket_entries('public.secret', 1, '{0}', true);
+SELECT registry.table_pages('public.secret');
 RESET ROLE;
 
 REVOKE ALL ON SCHEMA public FROM alice, admin_bob;

@@ -1,5 +1,5 @@
 -- The functions peers call, on one node: changes_since, digest,
--- bucket_entries, fetch_rows, and the message format.
+-- bucket_entries, fetch_rows, table_pages, and the message format.
 
 CREATE TABLE srv (name text, zone int, info jsonb, PRIMARY KEY (name, zone));
 SELECT registry.replicate('srv');
@@ -125,6 +125,35 @@ SELECT registry.fetch_rows('public.srv', '{"(a,1"}');
 SELECT registry.fetch_rows('public.srv', '{"a"}');
 SELECT registry.fetch_rows('public.srv', '{"(a,notanumber)"}');
 SELECT registry.fetch_rows('public.srv', '{NULL}');
+
+-- table_pages: the whole table under one snapshot, page by page: live rows
+-- in primary-key order, then tombstones; each page an entries message
+CREATE TABLE srvp (id int PRIMARY KEY, v text);
+SELECT registry.replicate('srvp');
+INSERT INTO srvp SELECT g, 'v' || g FROM generate_series(25, 1, -1) g;
+DELETE FROM srvp WHERE id IN (3, 17);
+SELECT n, m->>'kind' AS kind, m->>'buckets' AS buckets, m->>'more' AS more,
+       (SELECT string_agg(e->>'key' || left(e->>'state', 1), ' ')
+          FROM jsonb_array_elements(m->'entries') e) AS entries
+  FROM (SELECT row_number() OVER () AS n, registry.decode_message(p) AS m
+          FROM (SELECT registry.table_pages('public.srvp', 10) AS p) x) y;
+-- every entry carries its version and, for rows, its values
+SELECT count(*) AS entries, bool_and((e->>'version')::bigint = v.version) AS versions_match,
+       bool_and(e->>'state' = 'tombstone' OR e->'values' = jsonb_build_array(e->>'key', 'v' || (e->>'key'))) AS values_match
+  FROM (SELECT registry.table_pages('public.srvp', 7) AS p) x,
+       jsonb_array_elements(registry.decode_message(p)->'entries') e
+  JOIN registry.versions('srvp') v ON v.key = e->>'key';
+-- a page count that divides the entries exactly ends without an empty page
+SELECT count(*) AS pages FROM (SELECT registry.table_pages('public.srvp', 25)) x;
+SELECT count(*) AS pages FROM (SELECT registry.table_pages('public.srvp', 0)) x;
+CREATE TABLE srvp0 (id int PRIMARY KEY);
+SELECT registry.replicate('srvp0');
+SELECT count(*) AS pages FROM (SELECT registry.table_pages('public.srvp0')) x;
+SELECT registry.table_pages('public.nosuch', 10);
+SELECT registry.table_pages(NULL, 10);
+SELECT registry.table_pages('public.srvp', NULL);
+SELECT registry.unreplicate('srvp'), registry.unreplicate('srvp0');
+DROP TABLE srvp, srvp0;
 
 -- values travel in canonical settings whatever the caller's
 CREATE TABLE srvt (id int PRIMARY KEY, at timestamptz, f float8, d date);

@@ -872,6 +872,129 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(true);
 }
 
+/*
+ * A whole table is about to be pulled into t, which holds nothing of it:
+ * its key-hash index goes until the pull ends (regtable_restore_khash).
+ * Inserted one key at a time, in an order unrelated to the index's, its
+ * entries cost more than the rest of the pull; built afterwards they are
+ * one sort.  Meanwhile khash_index is NULL, the DDL check lets the index
+ * be missing, and bucket_entries() on the table refuses (55000).  Runs in
+ * the transaction of the pull's first page, whose lock on the table
+ * (DROP INDEX takes it exclusively) lasts as long as that page.
+ */
+void
+regtable_defer_khash(RegTable *t)
+{
+	StringInfoData sql;
+	RegistryOwnerSave owner;
+	Oid			relid = t->relid;
+	int32		tid = t->tid;
+
+	/* t may be rebuilt once the index is gone: what is needed is copied */
+	if (!OidIsValid(t->khashindex) || get_rel_name(t->khashindex) == NULL)
+		return;
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "DROP INDEX %s",
+					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(t->khashindex)),
+												get_rel_name(t->khashindex)));
+	ddl_check_suppressed = true;
+	SPI_connect();
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE registry.replicated_tables SET khash_index = NULL "
+					 "WHERE tid = %d", tid);
+	registry_owner_begin(&owner);
+	spi_exec(sql.data, SPI_OK_UPDATE);
+	registry_owner_end(&owner);
+	SPI_finish();
+	ddl_check_suppressed = false;
+	/* our RegTable of it (khashindex) is rebuilt */
+	CacheInvalidateRelcacheByRelid(relid);
+	CommandCounterIncrement();
+}
+
+/*
+ * The registered tables whose key-hash index a pull deferred, as a list
+ * of RegTid.
+ */
+List *
+regtable_deferred_khash(void)
+{
+	List	   *out = NIL;
+	RegistryOwnerSave owner;
+	uint64		i;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	SPI_connect();
+	registry_owner_begin(&owner);
+	if (SPI_execute("SELECT tid, relid FROM registry.replicated_tables "
+					"WHERE khash_index IS NULL", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "registry: could not read the registered tables");
+	registry_owner_end(&owner);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		MemoryContext spicxt = MemoryContextSwitchTo(cxt);
+		RegTid	   *r = palloc(sizeof(RegTid));
+
+		r->tid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		r->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		out = lappend(out, r);
+		MemoryContextSwitchTo(spicxt);
+	}
+	SPI_finish();
+	return out;
+}
+
+/*
+ * Build the key-hash index a pull deferred (regtable_defer_khash) and
+ * record it.  Writers of the table wait while it is built (CREATE INDEX),
+ * about a second per million rows.
+ */
+void
+regtable_restore_khash(Oid relid)
+{
+	Relation	rel;
+	char	   *qual;
+	char	   *keycols;
+	char	   *idxname;
+	StringInfoData sql;
+	RegistryOwnerSave owner;
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2];
+	int			rc;
+
+	rel = table_open(relid, ShareLock);
+	qual = regtable_qualname(relid);
+	keycols = key_column_list(rel);
+	idxname = ChooseRelationName(RelationGetRelationName(rel), NULL,
+								 "registry_khash", RelationGetNamespace(rel),
+								 false);
+	args[0] = ObjectIdGetDatum(relid);
+	args[1] = CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+															 idxname));
+	table_close(rel, NoLock);
+
+	ddl_check_suppressed = true;
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE INDEX %s ON %s (registry.key_hash(%s))",
+					 quote_identifier(idxname), qual, keycols);
+	spi_exec(sql.data, SPI_OK_UTILITY);
+	registry_owner_begin(&owner);
+	rc = SPI_execute_with_args("UPDATE registry.replicated_tables "
+							   "SET khash_index = $2::regclass WHERE relid = $1",
+							   2, argtypes, args, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "registry: could not record the key-hash index of %s", qual);
+	registry_owner_end(&owner);
+	SPI_finish();
+	ddl_check_suppressed = false;
+	/* our RegTable of it (khashindex) is rebuilt */
+	CacheInvalidateRelcacheByRelid(relid);
+	CommandCounterIncrement();
+}
+
 static void
 refuse_ddl(const char *name, const char *what)
 {
@@ -955,8 +1078,9 @@ registry_check_tables(PG_FUNCTION_ARGS)
 			bool		idx_missing;
 			Oid			idx = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 															 SPI_tuptable->tupdesc, 3, &idx_missing));
+			bool		deferred;
 			Oid			registered = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-																	SPI_tuptable->tupdesc, 4, &isnull));
+																	SPI_tuptable->tupdesc, 4, &deferred));
 
 			if (!pk_ok)
 				ereport(ERROR,
@@ -966,14 +1090,15 @@ registry_check_tables(PG_FUNCTION_ARGS)
 						 errhint("Call registry.unreplicate(), change the key, then registry.replicate() on every node.")));
 			if (!cols_ok)
 				refuse_ddl(name, "its columns " VERSION_COLUMN " (bigint) and " ORIGIN_COLUMN " (text)");
-			if (idx_missing)
+			/* a pull into the table dropped it until it ends */
+			if (idx_missing && !deferred)
 				refuse_ddl(name, "its registry key-hash index");
 
 			/*
 			 * ALTER COLUMN TYPE (a key column's length, say) rebuilds the
 			 * index under a new OID: follow it.
 			 */
-			if (idx != registered)
+			if (!idx_missing && !deferred && idx != registered)
 			{
 				Oid			uargtypes[2] = {OIDOID, OIDOID};
 				Datum		uargs[2] = {ObjectIdGetDatum(relid), ObjectIdGetDatum(idx)};

@@ -37,6 +37,14 @@ void
 msg_begin(StringInfo buf, char kind)
 {
 	initStringInfo(buf);
+	msg_begin_reuse(buf, kind);
+}
+
+/* Start a message in an empty buffer that already has its memory. */
+void
+msg_begin_reuse(StringInfo buf, char kind)
+{
+	Assert(buf->len == 0);
 	appendStringInfoSpaces(buf, MSG_HEADER);
 	buf->data[0] = MSG_MAGIC;
 	buf->data[1] = MSG_FORMAT;
@@ -107,6 +115,16 @@ deflate_adaptive(Bytef *dst, uLong dstlen, const Bytef *src, uLong srclen)
 bytea *
 msg_finish(StringInfo buf)
 {
+	bytea	   *out = msg_finish_copy(buf);
+
+	pfree(buf->data);
+	return out;
+}
+
+/* msg_finish(), leaving buf as it was, to be reused for the next message */
+bytea *
+msg_finish_copy(StringInfo buf)
+{
 	uint32		rawlen = buf->len - MSG_HEADER;
 	bytea	   *out;
 
@@ -125,7 +143,6 @@ msg_finish(StringInfo buf)
 			memcpy(VARDATA(out), buf->data, MSG_HEADER);
 			VARDATA(out)[3] = MSG_FLAG_ZLIB;
 			SET_VARSIZE(out, VARHDRSZ + MSG_HEADER + destlen);
-			pfree(buf->data);
 			return out;
 		}
 		pfree(out);
@@ -133,7 +150,6 @@ msg_finish(StringInfo buf)
 	out = palloc(VARHDRSZ + buf->len);
 	memcpy(VARDATA(out), buf->data, buf->len);
 	SET_VARSIZE(out, VARHDRSZ + buf->len);
-	pfree(buf->data);
 	return out;
 }
 
@@ -150,6 +166,14 @@ msg_put_int32(StringInfo buf, int32 v)
 
 	put_be32(b, (uint32) v);
 	appendBinaryStringInfo(buf, b, 4);
+}
+
+/* Overwrite an int32 written earlier at offset at (a count not known then). */
+void
+msg_set_int32(StringInfo buf, int at, int32 v)
+{
+	Assert(at >= MSG_HEADER && at + 4 <= buf->len);
+	put_be32(buf->data + at, (uint32) v);
 }
 
 void

@@ -113,7 +113,10 @@ typedef struct MsgRows
 
 /* writing */
 extern void msg_begin(StringInfo buf, char kind);
+extern void msg_begin_reuse(StringInfo buf, char kind);
 extern bytea *msg_finish(StringInfo buf);
+extern bytea *msg_finish_copy(StringInfo buf);
+extern void msg_set_int32(StringInfo buf, int at, int32 v);
 extern void msg_put_byte(StringInfo buf, int v);
 extern void msg_put_int32(StringInfo buf, int32 v);
 extern void msg_put_int64(StringInfo buf, int64 v);

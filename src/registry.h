@@ -90,6 +90,9 @@ version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
 
 extern const char *registry_op_name(char op);
 
+/* ---- client_flush.c ---- */
+extern void registry_flush_client(void);
+
 /* ---- registry.c ---- */
 extern void registry_check_preloaded(void);
 extern void registry_check_admin(void);
@@ -199,6 +202,9 @@ typedef struct RegTid
 	Oid			relid;
 } RegTid;
 extern List *regtable_all(void);
+extern void regtable_defer_khash(RegTable *t);
+extern List *regtable_deferred_khash(void);
+extern void regtable_restore_khash(Oid relid);
 extern Oid	registry_relid(const char *relname);
 extern char *regtable_qualname(Oid relid);
 

@@ -132,6 +132,13 @@ row_scan_begin(RowScan *rs, RegTable *t, uint32 lo, uint32 hi, Snapshot snap)
 {
 	ScanKeyData skey[2];
 
+	if (!OidIsValid(t->khashindex))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registry table %s is being pulled whole from a peer",
+						t->qualname),
+				 errdetail("Its key-hash index is built again when the pull ends."),
+				 errhint("Retry when the pull has ended.")));
 	rs->t = t;
 	rs->rel = table_open(t->relid, AccessShareLock);
 	rs->idx = index_open(t->khashindex, AccessShareLock);
@@ -142,6 +149,18 @@ row_scan_begin(RowScan *rs, RegTable *t, uint32 lo, uint32 hi, Snapshot snap)
 	rs->slot = table_slot_create(rs->rel, NULL);
 	rs->scan = index_beginscan(rs->rel, rs->idx, snap, 2, 0);
 	index_rescan(rs->scan, skey, 2, NULL, 0);
+}
+
+/* Every row of t, in primary-key order (a whole-table read). */
+void
+row_scan_all_begin(RowScan *rs, RegTable *t, Snapshot snap)
+{
+	rs->t = t;
+	rs->rel = table_open(t->relid, AccessShareLock);
+	rs->idx = index_open(t->pkindex, AccessShareLock);
+	rs->slot = table_slot_create(rs->rel, NULL);
+	rs->scan = index_beginscan(rs->rel, rs->idx, snap, 0, 0);
+	index_rescan(rs->scan, NULL, 0, NULL, 0);
 }
 
 bool

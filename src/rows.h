@@ -41,6 +41,7 @@ extern void row_version(RegTable *t, TupleTableSlot *slot, VersionState *st);
 extern char *row_key(RegTable *t, TupleTableSlot *slot);
 extern void row_scan_begin(RowScan *rs, RegTable *t, uint32 lo, uint32 hi,
 						   Snapshot snap);
+extern void row_scan_all_begin(RowScan *rs, RegTable *t, Snapshot snap);
 extern bool row_scan_next(RowScan *rs);
 extern void row_scan_end(RowScan *rs);
 extern void row_key_datums(RegTable *t, const char *key, Datum *values);

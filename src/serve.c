@@ -12,6 +12,7 @@
  *							  max_entries)
  *							(key, version, origin, deleted) of buckets
  *	  registry.fetch_rows(tbl, keys)		current rows with their versions
+ *	  registry.table_pages(tbl, page_rows)	the whole table, page by page
  *
  * Each returns one message (message.h), zlib-compressed when large.  They
  * read only registered tables, under one snapshot per read, so a row and
@@ -27,6 +28,7 @@
 #include "access/xlog_internal.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/acl.h"
@@ -45,6 +47,7 @@ PG_FUNCTION_INFO_V1(registry_changes_since);
 PG_FUNCTION_INFO_V1(registry_digest);
 PG_FUNCTION_INFO_V1(registry_bucket_entries);
 PG_FUNCTION_INFO_V1(registry_fetch_rows);
+PG_FUNCTION_INFO_V1(registry_table_pages);
 
 #define MAX_CHANGES_PER_CALL	100000
 #define MAX_KEYS_PER_CALL		100000
@@ -749,4 +752,203 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
 	PG_RETURN_BYTEA_P(msg_finish(&buf));
+}
+
+/* A whole-table read in progress: registry.table_pages() between pages. */
+typedef struct TablePages
+{
+	char	   *name;
+	int32		tid;
+	Snapshot	snap;			/* registered: every page reads the same state */
+	RowScan		rs;				/* in primary-key order */
+	TombstoneScan ts;
+	bool		rows_done;		/* past the last row: tombstones follow */
+	bool		tombs_open;
+	bool		open;
+	int			page_rows;
+	MemoryContext rowcxt;		/* one entry's text values */
+	StringInfoData buf;			/* the page being built, reused */
+} TablePages;
+
+static void
+table_pages_close(TablePages *tp)
+{
+	if (!tp->open)
+		return;
+	tp->open = false;
+	if (tp->tombs_open)
+		tombstone_scan_end(&tp->ts);
+	row_scan_end(&tp->rs);
+	UnregisterSnapshot(tp->snap);
+}
+
+/* The executor ends the query before the last page was asked for. */
+static void
+table_pages_shutdown(Datum arg)
+{
+	table_pages_close((TablePages *) DatumGetPointer(arg));
+}
+
+/* Before SRF_RETURN_DONE frees tp: the executor must not call back. */
+static void
+table_pages_end(FunctionCallInfo fcinfo, TablePages *tp)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	table_pages_close(tp);
+	if (rsinfo && IsA(rsinfo, ReturnSetInfo) && rsinfo->econtext)
+		UnregisterExprContextCallback(rsinfo->econtext, table_pages_shutdown,
+									  PointerGetDatum(tp));
+}
+
+/*
+ * registry.table_pages(tbl text, page_rows int) returns setof bytea
+ *
+ * The whole table, for a peer that has little or nothing of it: every
+ * live row with its version in primary-key order, then every tombstone,
+ * as kind E messages (with rows) of page_rows entries each, all read
+ * under one snapshot.  Primary-key order lets an empty receiver append to
+ * its primary key index instead of inserting all over it.  Each call
+ * makes one page, so a caller that names the function in the select list
+ * and reads in single-row mode gets each page as soon as it is made, and
+ * applies it while the next one is read.
+ */
+Datum
+registry_table_pages(PG_FUNCTION_ARGS)
+{
+	FuncCallContext *fctx;
+	TablePages *tp;
+	RegTable   *t;
+	MemoryContext callercxt = CurrentMemoryContext;
+	MemoryContext oldcxt;
+	int			n = 0;
+	int			nest = -1;
+	int			count_at;
+
+	if (SRF_IS_FIRSTCALL())
+	{
+		ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+		int32		page_rows;
+
+		check_peer();
+		registry_check_not_null(fcinfo, 0, "tbl");
+		registry_check_not_null(fcinfo, 1, "page_rows");
+		page_rows = PG_GETARG_INT32(1);
+		check_ready();
+		fctx = SRF_FIRSTCALL_INIT();
+		oldcxt = MemoryContextSwitchTo(fctx->multi_call_memory_ctx);
+		tp = palloc0(sizeof(TablePages));
+		tp->name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+		t = regtable_by_name(tp->name, true);
+		if (t == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("table %s is not a registry table on node \"%s\"",
+							tp->name, registry_node_name)));
+		tp->tid = t->tid;
+		tp->page_rows = Max(1, Min(page_rows, MAX_ENTRIES_PER_CALL));
+		tp->snap = RegisterSnapshot(GetActiveSnapshot());
+		row_scan_all_begin(&tp->rs, t, tp->snap);
+		tp->open = true;
+		tp->rowcxt = AllocSetContextCreate(fctx->multi_call_memory_ctx,
+										   "registry table page row",
+										   ALLOCSET_SMALL_SIZES);
+		initStringInfo(&tp->buf);
+		fctx->user_fctx = tp;
+		if (rsinfo && IsA(rsinfo, ReturnSetInfo) && rsinfo->econtext)
+			RegisterExprContextCallback(rsinfo->econtext, table_pages_shutdown,
+										PointerGetDatum(tp));
+		MemoryContextSwitchTo(oldcxt);
+	}
+	else
+	{
+		/*
+		 * The last page's tail still waits in the send buffer for the next
+		 * message to fill it: without this the peer would apply it only
+		 * once this page is made, and not meanwhile.
+		 */
+		registry_flush_client();
+	}
+	fctx = SRF_PERCALL_SETUP();
+	tp = fctx->user_fctx;
+
+	if (!tp->open)
+	{
+		/* the last page ended the tombstones */
+		table_pages_end(fcinfo, tp);
+		SRF_RETURN_DONE(fctx);
+	}
+	/* the entry may have been rebuilt since the last page */
+	t = regtable_by_name(tp->name, false);
+
+	oldcxt = MemoryContextSwitchTo(fctx->multi_call_memory_ctx);
+	resetStringInfo(&tp->buf);
+	msg_begin_reuse(&tp->buf, 'E');
+	msg_put_table(&tp->buf, t, true);
+	msg_put_int32(&tp->buf, 1);		/* nbuckets: the whole table */
+	msg_put_byte(&tp->buf, 1);		/* with rows */
+	count_at = tp->buf.len;
+	msg_put_int32(&tp->buf, 0);		/* entries, filled in below */
+	if (t->needs_canonical)
+		canonical_gucs_push(&nest);
+	while (n < tp->page_rows && !tp->rows_done)
+	{
+		MemoryContext c;
+		VersionState st;
+		char	   *key;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!row_scan_next(&tp->rs))
+		{
+			tp->rows_done = true;
+			break;
+		}
+		c = MemoryContextSwitchTo(tp->rowcxt);
+		key = row_key(t, tp->rs.slot);
+		row_version(t, tp->rs.slot, &st);
+		if (!st.exists)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("row \"%s\" of registry table %s has no version",
+							key, t->qualname)));
+		msg_put_row(&tp->buf, key, ROW_LIVE, st.version, st.origin,
+					row_values(t, tp->rs.slot), t->ncols);
+		MemoryContextSwitchTo(c);
+		MemoryContextReset(tp->rowcxt);
+		n++;
+	}
+	if (tp->rows_done && !tp->tombs_open)
+	{
+		tombstone_scan_begin(&tp->ts, tp->tid, 0, PG_UINT32_MAX, tp->snap);
+		tp->tombs_open = true;
+	}
+	while (n < tp->page_rows && tp->tombs_open && tp->open)
+	{
+		KeyVersion	kv;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!tombstone_scan_next(&tp->ts, &kv))
+		{
+			table_pages_close(tp);
+			break;
+		}
+		msg_put_row(&tp->buf, kv.key, ROW_TOMBSTONE, kv.version, kv.origin,
+					NULL, 0);
+		pfree(kv.key);
+		n++;
+	}
+	if (nest >= 0)
+		canonical_gucs_pop(nest);
+	msg_put_byte(&tp->buf, 0);		/* no "more": the next page follows */
+	msg_set_int32(&tp->buf, count_at, n);
+	MemoryContextSwitchTo(oldcxt);
+
+	if (n == 0)
+	{
+		/* the last page was full: nothing is left */
+		table_pages_end(fcinfo, tp);
+		SRF_RETURN_DONE(fctx);
+	}
+	MemoryContextSwitchTo(callercxt);
+	SRF_RETURN_NEXT(fctx, PointerGetDatum(msg_finish_copy(&tp->buf)));
 }

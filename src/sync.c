@@ -79,7 +79,8 @@ typedef enum QueryKind
 	Q_CHANGES,
 	Q_DIGEST,
 	Q_ENTRIES,
-	Q_FETCH
+	Q_FETCH,
+	Q_PAGES						/* a whole table, one result per page */
 } QueryKind;
 
 typedef enum AEStage
@@ -124,13 +125,7 @@ typedef struct AETable
 	bool		fresh;			/* this node had no entry of the table */
 	bool		behind;			/* ... fewer entries than the peer */
 	int64		theirs;			/* the peer's entries (rows and tombstones) */
-	/* a whole-table pull: one request per bucket at granularity full_nb */
-	int			full_nb;
-	int			full_next;		/* next bucket to ask for */
-	int			full_asked;		/* bucket of the request in flight */
-	bool		full_pending;	/* a bucket to resume at full_after */
-	int			full_pending_bucket;
-	uint32		full_after;
+	bool		full_asked;		/* a whole-table pull was asked for */
 } AETable;
 
 typedef struct Peer
@@ -199,6 +194,14 @@ typedef struct PlanCacheEntry
 } PlanCacheEntry;
 
 static List *plan_cache = NIL;
+
+/*
+ * A whole-table pull may have left a table without its key-hash index
+ * (regtable_defer_khash): restore_khash() builds it when no pull is
+ * filling the table.  Pending at start, for a pull a crash cut short.
+ */
+static bool khash_restore_pending = true;
+static TimestampTz khash_retry_at = 0;
 static uint64 seen_peers_changed = 0;
 static MemoryContext SyncContext = NULL;
 
@@ -396,6 +399,9 @@ send_query(Peer *p, QueryKind kind, const char *sql, int nparams,
 		ok = PQsendQuery(p->conn, sql);
 	else
 		ok = PQsendQueryParams(p->conn, sql, nparams, NULL, params, NULL, NULL, 1);
+	/* each page is handed over as soon as it has arrived */
+	if (ok && kind == Q_PAGES)
+		ok = PQsetSingleRowMode(p->conn);
 	if (!ok)
 	{
 		char		msg[256];
@@ -416,7 +422,7 @@ send_query(Peer *p, QueryKind kind, const char *sql, int nparams,
 
 		for (i = 0; i < nparams; i++)
 			sent += params[i] ? strlen(params[i]) : 0;
-		if (kind == Q_DIGEST || kind == Q_ENTRIES || kind == Q_FETCH)
+		if (kind != Q_LISTEN && kind != Q_CHANGES)
 			p->ae_bytes += sent;
 		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 		p->st->bytes_sent += sent;
@@ -571,6 +577,7 @@ typedef struct TableBatch
 	int			nrows;
 	bool		bulk;			/* live rows in one statement */
 	bool		fresh;			/* ... of keys this node does not have */
+	bool		defer_khash;	/* ... in a whole-table pull: no key-hash index */
 	int			applied;
 	int			skipped;
 	int			refused_skew;
@@ -597,6 +604,12 @@ apply_batch_once(Peer *p, void *arg)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table %s is not a registry table on this node", b->table->name)));
+	if (b->fresh && b->defer_khash && OidIsValid(t->khashindex))
+	{
+		regtable_defer_khash(t);
+		khash_restore_pending = true;
+		t = regtable_by_name(b->table->name, false);
+	}
 	if (b->table->ncols > 0)
 		ac = cached_columns(t, b->table->ncols, b->table->colnames,
 							b->table->coltypes);
@@ -1054,66 +1067,30 @@ full_page_rows(void)
 	return Min(registry_batch_size * 10, 100000);
 }
 
-/*
- * A whole-table pull asks for the table bucket by bucket, at a granularity
- * that puts about half a page in each: the requests do not depend on each
- * other's answers, so the next one goes out as soon as an answer arrives
- * and the peer reads it while this node applies the last.  A bucket that
- * holds more than a page is resumed after its last key hash.
- */
 static void
 start_full(AETable *t)
 {
-	int64		want = Max(t->theirs * 2 / full_page_rows(), 1);
-	int			nb = 1;
-
-	while (nb < want && nb < (1 << 20))
-		nb <<= 1;
 	t->stage = AE_FULL;
-	t->full_nb = nb;
-	t->full_next = 0;
-	t->full_pending = false;
+	t->full_asked = false;
 }
 
+/*
+ * A whole-table pull is one request: the peer reads the table under one
+ * snapshot and sends it page by page as it goes, so it reads the next
+ * page while this node applies the last (handle_page).
+ */
 static void
-send_full_page(Peer *p, AETable *t)
+send_full(Peer *p, AETable *t)
 {
-	char		nb[16],
-				bucket[24],
-				after[16],
-				maxe[16];
-	const char *params[6];
-	int			b;
-	bool		resume = t->full_pending;
+	char		rows[16];
+	const char *params[2];
 
-	if (resume)
-	{
-		b = t->full_pending_bucket;
-		t->full_pending = false;
-	}
-	else
-		b = t->full_next++;
-	t->full_asked = b;
-	snprintf(nb, sizeof(nb), "%d", t->full_nb);
-	snprintf(bucket, sizeof(bucket), "{%d}", b);
-	snprintf(after, sizeof(after), "%d", khash_to_int4(t->full_after));
-	snprintf(maxe, sizeof(maxe), "%d", full_page_rows());
+	snprintf(rows, sizeof(rows), "%d", full_page_rows());
 	params[0] = t->name;
-	params[1] = nb;
-	params[2] = bucket;
-	params[3] = "true";
-	params[4] = resume ? after : NULL;
-	params[5] = maxe;
+	params[1] = rows;
+	t->full_asked = true;
 	p->inflight_table = t;
-	send_query(p, Q_ENTRIES,
-			   "SELECT registry.bucket_entries($1, $2::int, $3::int[], $4::bool, $5::int, $6::int)",
-			   6, params);
-}
-
-static bool
-full_more_to_ask(AETable *t)
-{
-	return t->full_pending || t->full_next < t->full_nb;
+	send_query(p, Q_PAGES, "SELECT registry.table_pages($1, $2::int)", 2, params);
 }
 
 static void
@@ -1227,9 +1204,9 @@ send_ae(Peer *p)
 				t->stage = AE_VERIFY;
 				continue;
 			case AE_FULL:
-				if (full_more_to_ask(t))
+				if (!t->full_asked)
 				{
-					send_full_page(p, t);
+					send_full(p, t);
 					return;
 				}
 				t->stage = AE_VERIFY;
@@ -1248,7 +1225,6 @@ typedef struct DigestWork
 	AETable    *t;
 	char	   *data;
 	int			len;
-	int			bucket;			/* of a whole-table page */
 } DigestWork;
 
 /* An answer must be about the buckets asked for: anything else is refused. */
@@ -1444,13 +1420,7 @@ handle_entries_guarded(Peer *p, void *arg)
 			b.rows[b.nrows++] = &m.rows[i];
 		b.bulk = true;
 		b.fresh = t->fresh;
-		if (m.more)
-		{
-			/* asked for again by the next request that goes out */
-			t->full_pending = true;
-			t->full_pending_bucket = w->bucket;
-			t->full_after = m.next_khash;
-		}
+		b.defer_khash = true;
 	}
 	else
 	{
@@ -1522,7 +1492,7 @@ handle_entries_guarded(Peer *p, void *arg)
 		t->fresh = false;
 
 	if (t->stage == AE_FULL)
-		;						/* send_ae() goes on or moves to verify */
+		;						/* the pages go on until the request ends */
 	else if (m.more)
 	{
 		t->resume = true;
@@ -1558,6 +1528,149 @@ handle_fetch_guarded(Peer *p, void *arg)
 
 /* ---- results ---- */
 
+/*
+ * The one bytea value of an answer (or of one page), copied, with res
+ * cleared: parsing it may raise an error.  NULL if it is not one bytea
+ * value: the peer was disconnected.
+ */
+static char *
+answer_bytes(Peer *p, PGresult *res, ExecStatusType want, int *len)
+{
+	char	   *data;
+
+	if (PQresultStatus(res) != want || PQntuples(res) != 1 || PQnfields(res) != 1 ||
+		PQgetisnull(res, 0, 0) || PQfformat(res, 0) != 1)
+	{
+		PQclear(res);
+		disconnect(p, "malformed answer: expected one bytea value");
+		return NULL;
+	}
+	*len = PQgetlength(res, 0, 0);
+	data = palloc(*len + 1);
+	memcpy(data, PQgetvalue(res, 0, 0), *len);
+	PQclear(res);
+
+	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+	p->st->bytes_pulled += *len;
+	LWLockRelease(RegistryState->peer_lock);
+	if (p->inflight != Q_CHANGES)
+		p->ae_bytes += *len;
+	return data;
+}
+
+/* An answer about table t; if it cannot be applied, t is skipped this round. */
+static void
+handle_table_answer(Peer *p, guarded_fn fn, AETable *t, char *data, int len)
+{
+	DigestWork	w = {t, data, len};
+
+	if (!run_guarded(p, fn, &w, NULL, NULL))
+	{
+		t->failed = true;
+		t->stage = AE_DONE;
+	}
+	else
+		note_success(p);
+}
+
+/* Whether a peer's whole-table pull is filling table qualname now. */
+static bool
+pull_in_progress(const char *qualname)
+{
+	int			i;
+
+	for (i = 0; i < npeers; i++)
+	{
+		Peer	   *p = &peers[i];
+
+		if (p->conn && p->inflight == Q_PAGES && p->inflight_table &&
+			strcmp(p->inflight_table->name, qualname) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void
+restore_khash_guarded(Peer *p, void *arg)
+{
+	MemoryContext cxt = xact_begin();
+	List	   *deferred = OidIsValid(get_extension_oid("registry", true)) ?
+		regtable_deferred_khash() : NIL;
+	ListCell   *lc;
+	bool	   *busy = arg;
+
+	foreach(lc, deferred)
+	{
+		RegTid	   *r = lfirst(lc);
+		RegTable   *t = regtable_by_relid(r->relid, true);
+		char	   *name;
+
+		if (t == NULL)
+			continue;
+		name = pstrdup(t->qualname);	/* t is rebuilt after the index */
+		if (pull_in_progress(name))
+			*busy = true;
+		else
+		{
+			regtable_restore_khash(r->relid);
+			ereport(LOG,
+					(errmsg("registry: built the key-hash index of %s again after a whole-table pull",
+							name)));
+		}
+	}
+	xact_end(cxt);
+}
+
+/*
+ * Build the key-hash indexes whole-table pulls deferred, of tables that
+ * no pull is filling now.  A failure is logged and retried later.
+ */
+static void
+restore_khash(void)
+{
+	bool		busy = false;
+	int			sqlstate;
+	char	   *message;
+
+	if (!khash_restore_pending || GetCurrentTimestamp() < khash_retry_at ||
+		pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY)
+		return;
+	if (run_guarded(NULL, restore_khash_guarded, &busy, &sqlstate, &message))
+	{
+		khash_restore_pending = busy;
+		return;
+	}
+	ereport(WARNING,
+			(errcode(sqlstate),
+			 errmsg("registry: could not build a key-hash index after a whole-table pull: %s",
+					message),
+			 errhint("It is tried again every 10 seconds.")));
+	khash_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
+}
+
+/*
+ * One page of a whole-table pull, while the request goes on.  Once the
+ * table failed, the rest of the pages are read and dropped: libpq has no
+ * cancel that would not block the worker.
+ */
+static void
+handle_page(Peer *p, PGresult *res)
+{
+	AETable    *t = p->inflight_table;
+	char	   *data;
+	int			len;
+
+	Assert(p->inflight == Q_PAGES && t != NULL);
+	data = answer_bytes(p, res, PGRES_SINGLE_TUPLE, &len);
+	if (data == NULL)
+		return;
+	/* the request is alive while pages arrive */
+	p->query_started = GetCurrentTimestamp();
+	if (!t->failed)
+		handle_table_answer(p, handle_entries_guarded, t, data, len);
+	pfree(data);
+}
+
 static void
 handle_result(Peer *p, PGresult *res)
 {
@@ -1566,7 +1679,6 @@ handle_result(Peer *p, PGresult *res)
 	AETable    *t = p->inflight_table;
 	char	   *data = NULL;
 	int			len = 0;
-	int			bucket = -1;
 
 	p->inflight = Q_NONE;
 	p->inflight_table = NULL;
@@ -1593,6 +1705,8 @@ handle_result(Peer *p, PGresult *res)
 		}
 		else if (kind == Q_CHANGES && has_code && !not_ready)
 			p->ae_needed = true;
+		if (kind == Q_PAGES)
+			restore_khash();
 		return;
 	}
 	if (kind == Q_LISTEN)
@@ -1601,67 +1715,29 @@ handle_result(Peer *p, PGresult *res)
 		p->listening = (status == PGRES_COMMAND_OK);
 		return;
 	}
-	if (status != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 1 ||
-		PQgetisnull(res, 0, 0) || PQfformat(res, 0) != 1)
+	if (kind == Q_PAGES)
 	{
+		/* the end of the pages: every one has been handled */
 		PQclear(res);
-		disconnect(p, "malformed answer: expected one bytea value");
+		if (status != PGRES_TUPLES_OK)
+			disconnect(p, "malformed answer: expected pages of bytea values");
+		restore_khash();
 		return;
 	}
-	/* copy and clear first: parsing may raise an error */
-	len = PQgetlength(res, 0, 0);
-	data = palloc(len + 1);
-	memcpy(data, PQgetvalue(res, 0, 0), len);
-	PQclear(res);
-
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->bytes_pulled += len;
-	LWLockRelease(RegistryState->peer_lock);
-	if (kind != Q_CHANGES)
-		p->ae_bytes += len;
-	if (t && t->failed)
-	{
-		/* a page asked for before this table's batch failed */
-		pfree(data);
+	p->inflight = kind;			/* answer_bytes() counts by kind */
+	data = answer_bytes(p, res, PGRES_TUPLES_OK, &len);
+	p->inflight = Q_NONE;
+	if (data == NULL)
 		return;
-	}
-	if (kind == Q_ENTRIES && t->stage == AE_FULL)
-	{
-		/* the next page is read by the peer while this one is applied */
-		bucket = t->full_asked;
-		if (full_more_to_ask(t))
-		{
-			send_full_page(p, t);
-			/* a failed send disconnected: the round's state (t) is gone */
-			if (p->conn == NULL)
-			{
-				pfree(data);
-				return;
-			}
-		}
-	}
 
 	if (kind == Q_CHANGES)
 		handle_changes(p, data, len);
+	else if (kind == Q_DIGEST)
+		handle_table_answer(p, handle_digest_guarded, t, data, len);
+	else if (kind == Q_ENTRIES)
+		handle_table_answer(p, handle_entries_guarded, t, data, len);
 	else
-	{
-		DigestWork	w = {t, data, len, bucket};
-		bool		ok;
-
-		if (kind == Q_DIGEST)
-			ok = run_guarded(p, handle_digest_guarded, &w, NULL, NULL);
-		else if (kind == Q_ENTRIES)
-			ok = run_guarded(p, handle_entries_guarded, &w, NULL, NULL);
-		else
-			ok = run_guarded(p, handle_fetch_guarded, &w, NULL, NULL);
-		if (!ok)
-		{
-			t->failed = true;
-			t->stage = AE_DONE;
-		}
-		else
-			note_success(p);
-	}
+		handle_table_answer(p, handle_fetch_guarded, t, data, len);
 	pfree(data);
 }
 
@@ -1691,12 +1767,21 @@ service(Peer *p)
 	/*
 	 * A request has exactly one result, and is over when PQgetResult()
 	 * returns NULL.  The end may arrive later than the result: it is only
-	 * asked for while PQisBusy() says it would not block.
+	 * asked for while PQisBusy() says it would not block.  A whole-table
+	 * pull also has a result per page before its last one.
 	 */
 	while (p->inflight != Q_NONE && !PQisBusy(p->conn))
 	{
 		PGresult   *res = PQgetResult(p->conn);
 
+		if (res != NULL && PQresultStatus(res) == PGRES_SINGLE_TUPLE &&
+			p->inflight == Q_PAGES && p->result == NULL)
+		{
+			handle_page(p, res);
+			if (p->conn == NULL)
+				return;
+			continue;
+		}
 		if (res != NULL)
 		{
 			if (p->result == NULL)
@@ -2046,6 +2131,9 @@ registry_sync_main(Datum arg)
 			timeout = 100;
 		else
 		{
+			restore_khash();
+			if (khash_restore_pending)
+				timeout = Min(timeout, 1000);
 			for (i = 0; i < npeers; i++)
 			{
 				if (!peers[i].seen)

@@ -1,11 +1,18 @@
-# A whole-table pull into an empty node: asked for bucket by bucket, and a
-# bucket that holds more than one page is resumed where its page ended.
+# A whole-table pull into an empty node: one registry.table_pages()
+# request whose pages (rows in primary-key order, then tombstones) are
+# applied as they arrive; the puller's key-hash index is dropped for the
+# pull and built again when it ends, however it ends:
 #
-# The puller runs with registry.batch_size = 1 (pages of 10 rows), so with
-# 2500 rows some of the 512 buckets of the pull hold more than a page.
-# The source logs its statements, which shows the resumed requests, and
-# that no row had to be fetched one by one afterwards (which is how a
-# later round would repair rows a broken resume left out).
+#  - a complete pull: every row and tombstone arrives, the source served
+#    exactly one table_pages() and nothing row by row, and the index is
+#    back, registered and usable;
+#  - a pull cut short by a page the puller refuses: the pages before it
+#    stay, the error is reported, the index is back all the same;
+#  - an index left missing by a pull a crash cut short (simulated): while
+#    it is missing bucket_entries() refuses with 55000, and the sync
+#    worker builds it at start.
+#
+# The puller runs with registry.batch_size = 1 (pages of 10 rows).
 use strict;
 use warnings;
 use lib 't';
@@ -18,36 +25,83 @@ my $na = new_node('fp_a', conf => "log_statement = 'all'\n");
 my $nb = new_node('fp_b',
 	conf => "registry.batch_size = 1\nregistry.antientropy_interval = '1h'\n");
 create_table([ $na, $nb ], 'kv', 'CREATE TABLE kv (id int PRIMARY KEY, val text)');
+create_table([$na], 'chk', 'CREATE TABLE chk (id int PRIMARY KEY, val text)');
+create_table([$nb], 'chk',
+	q{CREATE TABLE chk (id int PRIMARY KEY, val text CONSTRAINT val_not_bad CHECK (val <> 'bad'))});
 
 sql($na, q{INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 2500) g});
 sql($na, q{DELETE FROM kv WHERE id % 100 = 0});
-my $log_start = -s $na->logfile;
+sql($na, q{INSERT INTO chk SELECT g, CASE WHEN g = 300 THEN 'bad' ELSE 'v' || g END
+  FROM generate_series(1, 300) g});
 
+# the key-hash index of a table on a node: registered, existing, valid
+sub khash_index
+{
+	my ($node, $table) = @_;
+	return sql($node, qq{SELECT r.khash_index IS NOT NULL AND i.indisvalid
+	  AND pg_get_expr(i.indexprs, i.indrelid) = 'registry.key_hash(id)'
+	  FROM registry.replicated_tables r LEFT JOIN pg_index i ON i.indexrelid = r.khash_index
+	  WHERE r.relid = '$table'::regclass});
+}
+
+my $log_start = -s $na->logfile;
+my $b_log_start = -s $nb->logfile;
 add_peer($nb, $na);
 is(sql($nb, q{SELECT registry.sync_now('fp_a', '120s')}),
-	't', 'sync_now with the populated peer says converged');
+	'f', 'sync_now says not converged: one table cannot be pulled');
+
+# the complete pull
 is(table_rows($nb, 'kv'), table_rows($na, 'kv'),
 	'the empty node has every row, with versions and origins');
 is(versions_state($nb, 'kv'), versions_state($na, 'kv'),
 	'... and every tombstone');
 is(sql($nb, q{SELECT count(*) FROM kv}), '2475', '2475 live rows');
-
 my $log = slurp_file($na->logfile, $log_start);
-my @pages = ($log =~ /registry\.bucket_entries\(.*?\n.*?parameters: \$1 = 'public\.kv', \$2 = '(\d+)', \$3 = '\{\d+\}', \$4 = 't', \$5 = (NULL|'-?\d+')/g);
-my (%gran, $first, $resumed) = ();
-for (my $i = 0; $i < @pages; $i += 2)
-{
-	$gran{ $pages[$i] } = 1;
-	if ($pages[ $i + 1 ] eq 'NULL') { $first++ }
-	else { $resumed++ }
-}
-note("whole-table pages: $first first pages, " . ($resumed // 0)
-	  . ' resumed, granularity ' . join(',', keys %gran));
-ok($first >= 512, 'the pull asked for the table bucket by bucket');
-ok(($resumed // 0) > 0, 'buckets holding more than a page were resumed');
-unlike($log, qr/registry\.fetch_rows/,
-	'no row had to be fetched one by one afterwards');
+my @pulls = ($log =~ /registry\.table_pages\(.*?\n.*?parameters: \$1 = 'public\.kv', \$2 = '(\d+)'/g);
+is_deeply(\@pulls, ['10'], 'the source served the table in one request of 10-row pages');
+unlike($log, qr/registry\.bucket_entries\(.*?\n.*?parameters: \$1 = 'public\.kv'/,
+	'no bucket was listed');
+unlike($log, qr/registry\.fetch_rows\(.*?\n.*?parameters: \$1 = 'public\.kv'/,
+	'no row was fetched one by one');
+is(khash_index($nb, 'kv'), 't', 'the key-hash index is back, registered and valid');
+like(slurp_file($nb->logfile, $b_log_start),
+	qr/built the key-hash index of public\.kv again after a whole-table pull/,
+	'... built again after the pull, said in the log');
+is(sql($nb, q{SELECT jsonb_array_length(registry.decode_message(
+	  registry.bucket_entries('public.kv', 1, '{0}', false, NULL, 100000))->'entries')}),
+	'2500', 'bucket_entries() lists every row and tombstone through it');
 
-check_verify([ $na, $nb ], 'after the pull');
+# the pull cut short by its last page (later rounds may fetch the other
+# rows of that page one by one, but never the refused one)
+my $chk = sql($nb, q{SELECT count(*), min(id), max(id) FROM chk});
+my ($n, $lo, $hi) = split /\|/, $chk;
+ok($n >= 290 && $n < 300 && $lo == 1 && $hi == $n,
+	"the pages before the refused one stayed ($n rows, 1 to $hi)");
+like(peer_status($nb, 'fp_a', 'last_error'), qr/val_not_bad/,
+	'the refused page is reported with its constraint');
+is(khash_index($nb, 'chk'), 't', 'the key-hash index is back after the failed pull');
+like(slurp_file($nb->logfile, $b_log_start),
+	qr/built the key-hash index of public\.chk again after a whole-table pull/,
+	'... also said in the log');
+
+# an index a crash left missing: refused meanwhile, built at start
+sql($nb, q{UPDATE registry.replicated_tables SET khash_index = NULL
+  WHERE relid = 'kv'::regclass});
+my $idx = sql($nb, q{SELECT indexrelid::regclass FROM pg_index
+  WHERE indrelid = 'kv'::regclass AND NOT indisprimary});
+sql($nb, "DROP INDEX $idx");
+my ($ret, $out, $err) = $nb->psql('postgres',
+	q{SELECT registry.bucket_entries('public.kv', 1, '{0}')},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/55000: registry table public\.kv is being pulled whole from a peer/,
+	'bucket_entries() refuses while the index is missing (55000)');
+sql($nb, q{ALTER TABLE kv ADD COLUMN note text});
+pass('other DDL on the table is allowed meanwhile');
+$nb->restart;
+wait_ready($nb);
+ok(poll_until(sub { khash_index($nb, 'kv') eq 't' }),
+	'the sync worker builds the index at start');
+
+check_verify([ $na, $nb ], 'after the pulls');
 $_->stop for ($na, $nb);
 done_testing();
