@@ -124,7 +124,6 @@ typedef struct AETable
 	bool		failed;
 	bool		fresh;			/* this node had no entry of the table */
 	bool		behind;			/* ... fewer entries than the peer */
-	int64		theirs;			/* the peer's entries (rows and tombstones) */
 	bool		full_asked;		/* a whole-table pull was asked for */
 } AETable;
 
@@ -1311,7 +1310,6 @@ handle_digest_guarded(Peer *p, void *arg)
 			return;
 		}
 		t->behind = ourcount < m.live + m.tombstones;
-		t->theirs = m.live + m.tombstones;
 		if (ourcount * 2 < m.live + m.tombstones)
 		{
 			start_full(t);
