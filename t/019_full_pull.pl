@@ -10,7 +10,9 @@
 #    stay, the error is reported, the index is back all the same;
 #  - an index left missing by a pull a crash cut short (simulated): while
 #    it is missing bucket_entries() refuses with 55000, and the sync
-#    worker builds it at start.
+#    worker builds it at start;
+#  - a source that dies in the middle of a pull: the rows so far stay,
+#    the index is built again, and the pull is taken up again later.
 #
 # The puller runs with registry.batch_size = 1 (pages of 10 rows).
 use strict;
@@ -101,6 +103,32 @@ $nb->restart;
 wait_ready($nb);
 ok(poll_until(sub { khash_index($nb, 'kv') eq 't' }),
 	'the sync worker builds the index at start');
+
+# a source that dies in the middle of a pull: the rows applied so far
+# stay, the index is built again at once, and the pull is taken up again
+# (not into an empty table: without dropping the index) when it is back
+create_table([ $na, $nb ], 'big', 'CREATE TABLE big (id int PRIMARY KEY, val text)');
+sql($na, q{INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 300000) g});
+$b_log_start = -s $nb->logfile;
+$nb->safe_psql('postgres', q{SELECT registry.sync_now('fp_a', '0')});
+ok(poll_until(sub { sql($nb, q{SELECT count(*) > 0 FROM big}) eq 't' }),
+	'the pull of a 300000-row table has begun');
+$na->stop('immediate');
+my $partial = sql($nb, q{SELECT count(*) FROM big});
+ok($partial > 0 && $partial < 300000, "the source died in the middle of the pull ($partial rows)");
+ok(poll_until(sub { khash_index($nb, 'big') eq 't' }),
+	'the key-hash index is built again once the connection is lost');
+like(slurp_file($nb->logfile, $b_log_start),
+	qr/built the key-hash index of public\.big again after a whole-table pull/,
+	'... said in the log');
+$na->start;
+wait_ready($na);
+ok(poll_until(sub { sql($nb, q{SELECT count(*) FROM big}) eq '300000' }),
+	'the pull is taken up again when the source is back');
+is(sql($nb, q{SELECT registry.sync_now('fp_a', '120s')}), 'f',
+	'a round completes (chk still cannot be pulled)');
+is(table_rows($nb, 'big'), table_rows($na, 'big'), 'every row, with versions');
+is(khash_index($nb, 'big'), 't', 'the key-hash index is there');
 
 check_verify([ $na, $nb ], 'after the pulls');
 $_->stop for ($na, $nb);
