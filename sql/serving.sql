@@ -195,6 +195,21 @@ SELECT get_byte(c3.m, 3) AS compressed_flag, length(c4.m) > 131072 AS large,
        registry.decode_message(c3.m) = registry.decode_message(c4.m) AS same_content,
        jsonb_array_length(registry.decode_message(c3.m)->'entries') AS entries
   FROM c3, c4;
+-- table_pages compresses its pages the same way, page after page (each
+-- page reuses the buffer of the one before)
+SET registry.compress_threshold = 0;
+CREATE TEMP TABLE p3 AS SELECT row_number() OVER () AS n, p
+  FROM (SELECT registry.table_pages('public.srvhex', 600) AS p) x;
+SET registry.compress_threshold = -1;
+CREATE TEMP TABLE p4 AS SELECT row_number() OVER () AS n, p
+  FROM (SELECT registry.table_pages('public.srvhex', 600) AS p) x;
+RESET registry.compress_threshold;
+SELECT n, get_byte(p3.p, 3) AS compressed_flag, get_byte(p4.p, 3) AS raw_flag,
+       length(p3.p) < length(p4.p) * 0.6 AS compressed,
+       registry.decode_message(p3.p) = registry.decode_message(p4.p) AS same_content,
+       jsonb_array_length(registry.decode_message(p3.p)->'entries') AS entries,
+       (registry.decode_message(p3.p)->'entries'->0->>'key')::int AS first_key
+  FROM p3 JOIN p4 USING (n) ORDER BY n;
 SELECT registry.unreplicate('srvhex');
 DROP TABLE srvhex;
 
