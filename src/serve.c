@@ -766,7 +766,7 @@ typedef struct TablePages
 	bool		tombs_open;
 	bool		open;
 	int			page_rows;
-	MemoryContext rowcxt;		/* one entry's text values */
+	MemoryContext rowcxt;		/* one entry's key and values */
 	StringInfoData buf;			/* the page being built, reused */
 } TablePages;
 
@@ -787,6 +787,32 @@ static void
 table_pages_shutdown(Datum arg)
 {
 	table_pages_close((TablePages *) DatumGetPointer(arg));
+}
+
+/*
+ * The scans run in the function's own context: an index scan keeps what
+ * it allocates on the way (the btree's list of dead items, say) until it
+ * ends.
+ */
+static bool
+scan_next_row(FuncCallContext *fctx, TablePages *tp)
+{
+	MemoryContext old = MemoryContextSwitchTo(fctx->multi_call_memory_ctx);
+	bool		found = row_scan_next(&tp->rs);
+
+	MemoryContextSwitchTo(old);
+	return found;
+}
+
+/* kv->key is allocated there too: the caller frees it */
+static bool
+scan_next_tombstone(FuncCallContext *fctx, TablePages *tp, KeyVersion *kv)
+{
+	MemoryContext old = MemoryContextSwitchTo(fctx->multi_call_memory_ctx);
+	bool		found = tombstone_scan_next(&tp->ts, kv);
+
+	MemoryContextSwitchTo(old);
+	return found;
 }
 
 /* Before SRF_RETURN_DONE frees tp: the executor must not call back. */
@@ -819,7 +845,6 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	FuncCallContext *fctx;
 	TablePages *tp;
 	RegTable   *t;
-	MemoryContext callercxt = CurrentMemoryContext;
 	MemoryContext oldcxt;
 	int			n = 0;
 	int			nest = -1;
@@ -881,7 +906,8 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	/* the entry may have been rebuilt since the last page */
 	t = regtable_by_name(tp->name, false);
 
-	oldcxt = MemoryContextSwitchTo(fctx->multi_call_memory_ctx);
+	/* buf grows in its own context; anything else is one entry's */
+	oldcxt = MemoryContextSwitchTo(tp->rowcxt);
 	resetStringInfo(&tp->buf);
 	msg_begin_reuse(&tp->buf, 'E');
 	msg_put_table(&tp->buf, t, true);
@@ -893,17 +919,16 @@ registry_table_pages(PG_FUNCTION_ARGS)
 		canonical_gucs_push(&nest);
 	while (n < tp->page_rows && !tp->rows_done)
 	{
-		MemoryContext c;
 		VersionState st;
 		char	   *key;
 
 		CHECK_FOR_INTERRUPTS();
-		if (!row_scan_next(&tp->rs))
+		MemoryContextReset(tp->rowcxt);
+		if (!scan_next_row(fctx, tp))
 		{
 			tp->rows_done = true;
 			break;
 		}
-		c = MemoryContextSwitchTo(tp->rowcxt);
 		key = row_key(t, tp->rs.slot);
 		row_version(t, tp->rs.slot, &st);
 		if (!st.exists)
@@ -913,21 +938,22 @@ registry_table_pages(PG_FUNCTION_ARGS)
 							key, t->qualname)));
 		msg_put_row(&tp->buf, key, ROW_LIVE, st.version, st.origin,
 					row_values(t, tp->rs.slot), t->ncols);
-		MemoryContextSwitchTo(c);
-		MemoryContextReset(tp->rowcxt);
 		n++;
 	}
 	if (tp->rows_done && !tp->tombs_open)
 	{
+		MemoryContextSwitchTo(fctx->multi_call_memory_ctx);
 		tombstone_scan_begin(&tp->ts, tp->tid, 0, PG_UINT32_MAX, tp->snap);
 		tp->tombs_open = true;
+		MemoryContextSwitchTo(tp->rowcxt);
 	}
 	while (n < tp->page_rows && tp->tombs_open && tp->open)
 	{
 		KeyVersion	kv;
 
 		CHECK_FOR_INTERRUPTS();
-		if (!tombstone_scan_next(&tp->ts, &kv))
+		MemoryContextReset(tp->rowcxt);
+		if (!scan_next_tombstone(fctx, tp, &kv))
 		{
 			table_pages_close(tp);
 			break;
@@ -942,6 +968,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	msg_put_byte(&tp->buf, 0);		/* no "more": the next page follows */
 	msg_set_int32(&tp->buf, count_at, n);
 	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(tp->rowcxt);
 
 	if (n == 0)
 	{
@@ -949,6 +976,5 @@ registry_table_pages(PG_FUNCTION_ARGS)
 		table_pages_end(fcinfo, tp);
 		SRF_RETURN_DONE(fctx);
 	}
-	MemoryContextSwitchTo(callercxt);
 	SRF_RETURN_NEXT(fctx, PointerGetDatum(msg_finish_copy(&tp->buf)));
 }
