@@ -942,6 +942,8 @@ start_round(Peer *p)
 	MemoryContext cxt;
 
 	MemoryContextReset(p->roundcxt);
+	/* an index left deferred some other way is found within a round too */
+	khash_restore_pending = true;
 	cxt = xact_begin();
 	regs = OidIsValid(get_extension_oid("registry", true)) ? regtable_all() : NIL;
 	old = MemoryContextSwitchTo(p->roundcxt);
