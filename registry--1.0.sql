@@ -28,13 +28,19 @@ $$;
 CREATE TABLE registry.replicated_tables (
     tid           integer PRIMARY KEY,
     relid         regclass NOT NULL UNIQUE,
-    khash_index   regclass,          -- NULL while a whole-table pull fills the table
+    -- true while a whole-table pull has the key-hash index dropped
+    khash_deferred boolean NOT NULL DEFAULT false,
     key_columns   name[] NOT NULL,
     key_types     text[] NOT NULL,
     registered_at timestamptz NOT NULL DEFAULT now(),
     -- newest version among this table's purged tombstones: an unknown key
     -- arriving with an older version may have been deleted here
-    purge_horizon bigint NOT NULL DEFAULT 0
+    purge_horizon bigint NOT NULL DEFAULT 0,
+    -- '<system identifier>.<extension OID>' of the instance and extension
+    -- that registered the table; any other value means the row was restored
+    -- from a dump, and the table is taken up again once the restore has
+    -- made it whole
+    incarnation   text NOT NULL
 );
 CREATE SEQUENCE registry.replicated_tables_tid_seq
     OWNED BY registry.replicated_tables.tid;

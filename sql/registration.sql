@@ -84,18 +84,21 @@ ALTER TABLE services RENAME TO svc;
 SELECT table_name FROM registry.tables WHERE tid = (SELECT tid FROM registry.tables WHERE relid = 'svc'::regclass);
 ALTER TABLE svc RENAME TO services;
 -- a key column's length may change: its key-hash index is rebuilt under
--- a new OID, which the registration follows
+-- a new OID, where the registry finds it again
 CREATE TABLE widen (code varchar(4) PRIMARY KEY, v int);
 SELECT registry.replicate('widen');
 INSERT INTO widen VALUES ('ab', 1);
-CREATE TEMP TABLE old_idx AS SELECT khash_index::oid AS oid FROM registry.replicated_tables WHERE relid = 'widen'::regclass;
+CREATE TEMP TABLE old_idx AS SELECT indexrelid AS oid FROM pg_index
+ WHERE indrelid = 'widen'::regclass AND NOT indisprimary;
 ALTER TABLE widen ALTER COLUMN code TYPE varchar(8);
-SELECT r.khash_index::text AS khash_index, r.khash_index::oid <> o.oid AS new_oid,
+SELECT i.indexrelid::regclass::text AS khash_index, i.indexrelid <> o.oid AS new_oid,
        i.indisvalid AS valid
-  FROM registry.replicated_tables r, old_idx o, pg_index i
- WHERE r.relid = 'widen'::regclass AND i.indexrelid = r.khash_index;
+  FROM pg_index i, old_idx o
+ WHERE i.indrelid = 'widen'::regclass AND NOT i.indisprimary;
 INSERT INTO widen VALUES ('abcdefg', 2);
 UPDATE widen SET v = 3 WHERE code = 'ab';
+SELECT jsonb_array_length(registry.decode_message(
+         registry.bucket_entries('public.widen', 1, '{0}'))->'entries') AS listed;
 SELECT key, deleted FROM registry.versions('widen') ORDER BY key;
 SELECT * FROM registry.verify('widen');
 SELECT registry.unreplicate('widen');

@@ -313,6 +313,13 @@ trigger_table(TriggerData *td)
 				 errmsg("table \"%s\" has registry triggers but is not a registry table",
 						RelationGetRelationName(rel)),
 				 errhint("Register it with registry.replicate(), or drop its registry_* triggers.")));
+	if (t->restored)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registry table \"%s\" is being restored",
+						RelationGetRelationName(rel)),
+				 errdetail("Its registration came from a dump; it is taken up once the table has its primary key, key-hash index and registry triggers again."),
+				 errhint("Finish the restore.")));
 	return t;
 }
 
@@ -888,6 +895,75 @@ capture_stamp_existing(RegTable *t)
 		bulk_end(t);
 	else
 		bulk_tid = 0;
+}
+
+/*
+ * A table restored from a dump, now whole again: its rows and tombstones
+ * already carry their versions, which are kept.  The table's digests and
+ * counts start again from exactly them, published as one bulk change, and
+ * the clock moves past the newest version.
+ */
+void
+capture_adopt(RegTable *t)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	TombstoneScan ts;
+	KeyVersion	kv;
+	Snapshot	snap;
+	MemoryContext rowcxt;
+	MemoryContext old;
+	VersionState none;
+	RegVersion	maxv = 0;
+
+	memset(&none, 0, sizeof(none));
+	capture_reset_table(t);
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "registry adopt",
+								   ALLOCSET_DEFAULT_SIZES);
+	bulk_begin(t);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	rel = table_open(t->relid, AccessShareLock);
+	scan = table_beginscan(rel, snap, 0, NULL);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		VersionState st;
+		char	   *key;
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(rowcxt);
+		key = row_key(t, slot);
+		row_version(t, slot, &st);
+		if (!st.exists)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("row \"%s\" of restored registry table %s has no version",
+							key, t->qualname),
+					 errhint("Call registry.unreplicate() and registry.replicate() on it.")));
+		capture_record(t, keys_hash(key, strlen(key)), key, &none, st.version,
+					   st.origin, false);
+		maxv = Max(maxv, st.version);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(rowcxt);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	table_close(rel, NoLock);
+
+	tombstone_scan_begin(&ts, t->tid, 0, PG_UINT32_MAX, snap);
+	while (tombstone_scan_next(&ts, &kv))
+	{
+		CHECK_FOR_INTERRUPTS();
+		capture_record(t, kv.khash, kv.key, &none, kv.version, kv.origin, true);
+		maxv = Max(maxv, kv.version);
+		pfree(kv.key);
+	}
+	tombstone_scan_end(&ts);
+	UnregisterSnapshot(snap);
+	MemoryContextDelete(rowcxt);
+	bulk_end(t);
+	hlc_observe_stored(maxv);
 }
 
 /* The apply path is about to write many rows of t with given versions. */

@@ -8,7 +8,9 @@
  *
  * The durable list is registry.replicated_tables.  Nodes name a table by
  * its quoted "schema.table"; locally it has a small id (tid) that
- * registry.tombstones and shared memory use.
+ * registry.tombstones and shared memory use.  A registration a restore
+ * loaded (another incarnation's) is taken up here once the restore has
+ * made its table whole again.
  *
  *-------------------------------------------------------------------------
  */
@@ -19,14 +21,17 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/catalog.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -206,9 +211,29 @@ regtable_qualname(Oid relid)
  * fresh snapshot so that registrations committed after our transaction's
  * snapshot are still seen (the trigger fires as soon as it exists).
  */
+/*
+ * This instance's and extension's mark on the registrations it makes
+ * (replicated_tables.incarnation): the system identifier tells instances
+ * apart, the extension's OID a restore into the same instance.
+ */
+static char *
+incarnation(void)
+{
+	return psprintf(UINT64_FORMAT ".%u", GetSystemIdentifier(),
+					get_extension_oid("registry", false));
+}
+
+typedef struct CatalogRow
+{
+	Oid			relid;
+	int32		tid;
+	bool		khash_deferred;
+	bool		restored;		/* incarnation is not this extension's */
+	RegVersion	horizon;
+} CatalogRow;
+
 static bool
-catalog_lookup(Oid relid, int32 tid, Oid *relid_out, int32 *tid_out,
-			   Oid *index_out, RegVersion *horizon_out)
+catalog_lookup(Oid relid, int32 tid, CatalogRow *out)
 {
 	Relation	rel;
 	SysScanDesc scan;
@@ -235,14 +260,20 @@ catalog_lookup(Oid relid, int32 tid, Oid *relid_out, int32 *tid_out,
 	{
 		bool		isnull;
 
-		*tid_out = DatumGetInt32(heap_getattr(tup, 1, RelationGetDescr(rel), &isnull));
-		*relid_out = DatumGetObjectId(heap_getattr(tup, 2, RelationGetDescr(rel), &isnull));
-		*index_out = DatumGetObjectId(heap_getattr(tup, 3, RelationGetDescr(rel), &isnull));
-		if (isnull)
-			*index_out = InvalidOid;
-		*horizon_out = (RegVersion) DatumGetInt64(heap_getattr(tup, 7, RelationGetDescr(rel), &isnull));
-		if (isnull)
-			*horizon_out = 0;
+		TupleDesc	desc = RelationGetDescr(rel);
+
+		out->tid = DatumGetInt32(heap_getattr(tup, 1, desc, &isnull));
+		out->relid = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
+		out->khash_deferred = DatumGetBool(heap_getattr(tup, 3, desc, &isnull));
+		out->horizon = (RegVersion) DatumGetInt64(heap_getattr(tup, 7, desc, &isnull));
+		{
+			char	   *mark = TextDatumGetCString(heap_getattr(tup, 8, desc, &isnull));
+			char	   *ours = incarnation();
+
+			out->restored = strcmp(mark, ours) != 0;
+			pfree(mark);
+			pfree(ours);
+		}
 		found = true;
 	}
 	systable_endscan(scan);
@@ -304,8 +335,57 @@ column_attnum(Relation rel, const char *name, Oid typid)
 	return InvalidAttrNumber;
 }
 
+/*
+ * The table's key-hash index: the valid, unique-column, non-partial index
+ * on registry.key_hash(<primary key columns, in order>); InvalidOid if
+ * there is none.  Found by what it is rather than recorded, so that a
+ * registration restored from a dump (which creates the index after the
+ * data) finds it again.
+ */
+static Oid
+find_khash_index(Relation rel, Relation pk)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	Oid			found = InvalidOid;
+
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index ix = idx->rd_index;
+		List	   *exprs;
+		FuncExpr   *f;
+		bool		match = false;
+
+		if (ix->indisvalid && ix->indnkeyatts == 1 && ix->indkey.values[0] == 0 &&
+			heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) &&
+			(exprs = RelationGetIndexExpressions(idx)) != NIL &&
+			list_length(exprs) == 1 && IsA(linitial(exprs), FuncExpr))
+		{
+			f = linitial(exprs);
+			match = list_length(f->args) == pk->rd_index->indnkeyatts &&
+				strcmp(get_func_name(f->funcid), "key_hash") == 0 &&
+				get_func_namespace(f->funcid) == get_namespace_oid("registry", false);
+			for (int i = 0; match && i < list_length(f->args); i++)
+			{
+				Var		   *v = list_nth(f->args, i);
+
+				match = IsA(v, Var) && v->varattno == pk->rd_index->indkey.values[i];
+			}
+		}
+		index_close(idx, AccessShareLock);
+		if (match)
+		{
+			found = lfirst_oid(lc);
+			break;
+		}
+	}
+	list_free(indexes);
+	return found;
+}
+
 static void
-regtable_build(RegTableEntry *e, int32 tid, Oid khashindex, RegVersion horizon)
+regtable_build(RegTableEntry *e, const CatalogRow *c)
 {
 	Relation	rel;
 	Relation	idx;
@@ -319,10 +399,10 @@ regtable_build(RegTableEntry *e, int32 tid, Oid khashindex, RegVersion horizon)
 								   ALLOCSET_SMALL_SIZES);
 	/* an invalidation arriving while we build marks it stale again */
 	e->t.valid = true;
-	e->t.tid = tid;
+	e->t.tid = c->tid;
 	e->t.slot = -1;
-	e->t.khashindex = khashindex;
-	e->t.purge_horizon = horizon;
+	e->t.restored = c->restored;
+	e->t.purge_horizon = c->horizon;
 	e->t.needs_canonical = false;
 	{
 		static uint64 generations = 0;
@@ -352,6 +432,7 @@ regtable_build(RegTableEntry *e, int32 tid, Oid khashindex, RegVersion horizon)
 			e->t.needs_canonical = true;
 	}
 
+	e->t.khashindex = c->khash_deferred ? InvalidOid : find_khash_index(rel, idx);
 	e->t.verattnum = column_attnum(rel, VERSION_COLUMN, INT8OID);
 	e->t.orgattnum = column_attnum(rel, ORIGIN_COLUMN, TEXTOID);
 
@@ -398,17 +479,14 @@ regtable_by_relid(Oid relid, bool missing_ok)
 {
 	RegTableEntry *e;
 	bool		found;
-	int32		tid;
-	Oid			r;
-	Oid			idx;
-	RegVersion	horizon;
+	CatalogRow	c;
 
 	regtable_cache_init();
 	e = hash_search(RegTableCache, &relid, HASH_FIND, NULL);
 	if (e && e->t.valid)
 		return &e->t;
 
-	if (!catalog_lookup(relid, 0, &r, &tid, &idx, &horizon))
+	if (!catalog_lookup(relid, 0, &c))
 	{
 		if (e)
 		{
@@ -428,7 +506,7 @@ regtable_by_relid(Oid relid, bool missing_ok)
 	e = hash_search(RegTableCache, &relid, HASH_ENTER, &found);
 	if (!found)
 		e->cxt = NULL;
-	regtable_build(e, tid, idx, horizon);
+	regtable_build(e, &c);
 	return &e->t;
 }
 
@@ -437,10 +515,7 @@ regtable_by_tid(int32 tid, bool missing_ok)
 {
 	HASH_SEQ_STATUS status;
 	RegTableEntry *e;
-	Oid			relid;
-	int32		t;
-	Oid			idx;
-	RegVersion	horizon;
+	CatalogRow	c;
 
 	regtable_cache_init();
 	hash_seq_init(&status, RegTableCache);
@@ -452,7 +527,7 @@ regtable_by_tid(int32 tid, bool missing_ok)
 			return &e->t;
 		}
 	}
-	if (!catalog_lookup(InvalidOid, tid, &relid, &t, &idx, &horizon))
+	if (!catalog_lookup(InvalidOid, tid, &c))
 	{
 		if (missing_ok)
 			return NULL;
@@ -460,7 +535,7 @@ regtable_by_tid(int32 tid, bool missing_ok)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("no registry table has id %d", tid)));
 	}
-	return regtable_by_relid(relid, missing_ok);
+	return regtable_by_relid(c.relid, missing_ok);
 }
 
 /*
@@ -752,13 +827,11 @@ registry_replicate(PG_FUNCTION_ARGS)
 	spi_exec(sql.data, SPI_OK_UTILITY);
 
 	args[0] = ObjectIdGetDatum(relid);
-	args[1] = CStringGetTextDatum(quote_qualified_identifier(
-															 get_namespace_name(get_rel_namespace(relid)),
-															 idxname));
+	args[1] = CStringGetTextDatum(incarnation());
 	registry_owner_begin(&owner);
 	rc = SPI_execute_with_args(
-							   "INSERT INTO registry.replicated_tables (relid, khash_index, key_columns, key_types) "
-							   "SELECT c.oid, $2::regclass, array_agg(a.attname ORDER BY k.n), "
+							   "INSERT INTO registry.replicated_tables (relid, incarnation, key_columns, key_types) "
+							   "SELECT c.oid, $2, array_agg(a.attname ORDER BY k.n), "
 							   "       array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) "
 							   "FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary, "
 							   "     unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
@@ -877,7 +950,7 @@ registry_unreplicate(PG_FUNCTION_ARGS)
  * its key-hash index goes until the pull ends (regtable_restore_khash).
  * Inserted one key at a time, in an order unrelated to the index's, its
  * entries cost more than the rest of the pull; built afterwards they are
- * one sort.  Meanwhile khash_index is NULL, the DDL check lets the index
+ * one sort.  Meanwhile khash_deferred is set, the DDL check lets the index
  * be missing, and bucket_entries() on the table refuses (55000).  Runs in
  * the transaction of the pull's first page, whose lock on the table
  * (DROP INDEX takes it exclusively) lasts as long as that page.
@@ -901,7 +974,7 @@ regtable_defer_khash(RegTable *t)
 	SPI_connect();
 	spi_exec(sql.data, SPI_OK_UTILITY);
 	resetStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE registry.replicated_tables SET khash_index = NULL "
+	appendStringInfo(&sql, "UPDATE registry.replicated_tables SET khash_deferred = true "
 					 "WHERE tid = %d", tid);
 	registry_owner_begin(&owner);
 	spi_exec(sql.data, SPI_OK_UPDATE);
@@ -928,7 +1001,7 @@ regtable_deferred_khash(void)
 	SPI_connect();
 	registry_owner_begin(&owner);
 	if (SPI_execute("SELECT tid, relid FROM registry.replicated_tables "
-					"WHERE khash_index IS NULL", true, 0) != SPI_OK_SELECT)
+					"WHERE khash_deferred", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "registry: could not read the registered tables");
 	registry_owner_end(&owner);
 	for (i = 0; i < SPI_processed; i++)
@@ -960,9 +1033,6 @@ regtable_restore_khash(Oid relid)
 	char	   *idxname;
 	StringInfoData sql;
 	RegistryOwnerSave owner;
-	Oid			argtypes[2] = {OIDOID, TEXTOID};
-	Datum		args[2];
-	int			rc;
 
 	rel = table_open(relid, ShareLock);
 	qual = regtable_qualname(relid);
@@ -970,9 +1040,6 @@ regtable_restore_khash(Oid relid)
 	idxname = ChooseRelationName(RelationGetRelationName(rel), NULL,
 								 "registry_khash", RelationGetNamespace(rel),
 								 false);
-	args[0] = ObjectIdGetDatum(relid);
-	args[1] = CStringGetTextDatum(quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-															 idxname));
 	table_close(rel, NoLock);
 
 	ddl_check_suppressed = true;
@@ -981,12 +1048,11 @@ regtable_restore_khash(Oid relid)
 	appendStringInfo(&sql, "CREATE INDEX %s ON %s (registry.key_hash(%s))",
 					 quote_identifier(idxname), qual, keycols);
 	spi_exec(sql.data, SPI_OK_UTILITY);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE registry.replicated_tables SET khash_deferred = false "
+					 "WHERE relid = %u", relid);
 	registry_owner_begin(&owner);
-	rc = SPI_execute_with_args("UPDATE registry.replicated_tables "
-							   "SET khash_index = $2::regclass WHERE relid = $1",
-							   2, argtypes, args, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE || SPI_processed != 1)
-		elog(ERROR, "registry: could not record the key-hash index of %s", qual);
+	spi_exec(sql.data, SPI_OK_UPDATE);
 	registry_owner_end(&owner);
 	SPI_finish();
 	ddl_check_suppressed = false;
@@ -1006,9 +1072,168 @@ refuse_ddl(const char *name, const char *what)
 }
 
 /*
+ * Take up a registration restored from a dump, once the restore has made
+ * its table whole: it becomes this node's, and the table's rows and
+ * tombstones, versions kept, fill its digests (capture_adopt).
+ */
+static void
+regtable_adopt(Oid relid)
+{
+	RegistryOwnerSave owner;
+	StringInfoData sql;
+	RegTable   *t;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE registry.replicated_tables SET incarnation = %s "
+					 "WHERE relid = %u", quote_literal_cstr(incarnation()), relid);
+	SPI_connect();
+	registry_owner_begin(&owner);
+	spi_exec(sql.data, SPI_OK_UPDATE);
+	registry_owner_end(&owner);
+	SPI_finish();
+	CacheInvalidateRelcacheByRelid(relid);
+	CommandCounterIncrement();
+	t = regtable_by_relid(relid, false);
+	t->slot = table_slot_for(t->tid, relid);
+	capture_adopt(t);
+	ereport(LOG,
+			(errmsg("registry: took up registry table %s, restored from a dump",
+					t->qualname)));
+}
+
+/*
+ * Whether registered table relid is whole: logged, an ordinary table, its
+ * primary key as registered, both registry columns, its key-hash index
+ * (unless a whole-table pull has it dropped) and our three triggers, each
+ * enabled ALWAYS.  With refuse, what is wrong raises the error that
+ * refuses the DDL; without, the answer is false.
+ */
+static bool
+table_whole(Oid relid, bool refuse, TriggerCheck *tc)
+{
+	Relation	rel;
+	const char *name;
+	int			rc;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	RegistryOwnerSave owner;
+	bool		isnull;
+	bool		pk_ok;
+	bool		cols_ok;
+	bool		idx_ok;
+	bool		deferred;
+
+	rel = try_relation_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return false;			/* being dropped; sql_drop cleans up */
+	name = pstrdup(RelationGetRelationName(rel));
+
+	if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
+	{
+		if (!refuse)
+			goto not_whole;
+		refuse_ddl(name, "being a logged table");
+	}
+	if (rel->rd_rel->relispartition)
+	{
+		if (!refuse)
+			goto not_whole;
+		refuse_ddl(name, "being an ordinary table, not a partition");
+	}
+
+	/* key columns, version columns and key-hash index as registered */
+	SPI_connect();
+	registry_owner_begin(&owner);
+	rc = SPI_execute_with_args(
+							   "SELECT r.key_columns IS NOT DISTINCT FROM pk.cols "
+							   "   AND r.key_types IS NOT DISTINCT FROM pk.types, "
+							   "       (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = $1 "
+							   "          AND NOT a.attisdropped AND "
+							   "          ((a.attname = '" VERSION_COLUMN "' AND a.atttypid = 'bigint'::regtype) OR "
+							   "           (a.attname = '" ORIGIN_COLUMN "' AND a.atttypid = 'text'::regtype))) = 2, "
+							   "       EXISTS (SELECT FROM pg_index x "
+							   "         WHERE x.indrelid = $1 AND x.indisvalid AND x.indpred IS NULL "
+							   "           AND x.indnkeyatts = 1 AND x.indkey[0] = 0 "
+							   "           AND pg_get_expr(x.indexprs, x.indrelid) = "
+							   "               'registry.key_hash(' || pk.quoted || ')'), "
+							   "       r.khash_deferred "
+							   "FROM registry.replicated_tables r, "
+							   "LATERAL (SELECT array_agg(a.attname ORDER BY k.n) AS cols, "
+							   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types, "
+							   "                string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) AS quoted "
+							   "         FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+							   "         JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
+							   "         WHERE i.indrelid = $1 AND i.indisprimary) pk "
+							   "WHERE r.relid = $1",
+							   1, argtypes, args, NULL, false, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "registry: could not check table \"%s\"", name);
+	pk_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	cols_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	idx_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	deferred = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	registry_owner_end(&owner);
+	SPI_finish();
+
+	if (!pk_ok && refuse)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot change the primary key of registry table \"%s\"", name),
+				 errdetail("Keys identify rows across nodes; changing them would orphan every version."),
+				 errhint("Call registry.unreplicate(), change the key, then registry.replicate() on every node.")));
+	if (!cols_ok && refuse)
+		refuse_ddl(name, "its columns " VERSION_COLUMN " (bigint) and " ORIGIN_COLUMN " (text)");
+	/* a pull into the table dropped it until it ends */
+	if (!idx_ok && !deferred && refuse)
+		refuse_ddl(name, "its registry key-hash index");
+
+	check_triggers(relid, tc);
+	if (tc->ours_always != 3 && refuse)
+		refuse_ddl(name, "its registry triggers, enabled ALWAYS");
+	relation_close(rel, AccessShareLock);
+	return pk_ok && cols_ok && (idx_ok || deferred) && tc->ours_always == 3;
+
+not_whole:
+	relation_close(rel, AccessShareLock);
+	return false;
+}
+
+/* Whether relid's registration came from a dump and is not taken up yet. */
+static bool
+registration_restored(Oid relid)
+{
+	CatalogRow	c;
+
+	return catalog_lookup(relid, 0, &c) && c.restored;
+}
+
+/*
+ * Take up every registration restored from a dump whose table is whole
+ * again.  The DDL check does it as the restore completes a table; the
+ * sync worker also asks at start and at every round, for a restore that
+ * ran no DDL after its data.
+ */
+void
+regtable_adopt_restored(void)
+{
+	List	   *tids = regtable_all();
+	ListCell   *lc;
+
+	foreach(lc, tids)
+	{
+		Oid			relid = ((RegTid *) lfirst(lc))->relid;
+		TriggerCheck tc;
+
+		if (registration_restored(relid) && table_whole(relid, false, &tc))
+			regtable_adopt(relid);
+	}
+}
+
+/*
  * Called by the extension's ddl_command_end event trigger: refuse DDL that
  * would make a registered table silently stop replicating or change what
- * its keys mean.
+ * its keys mean.  A registration restored from a dump is left alone until
+ * the restore has made its table whole, then taken up.
  */
 Datum
 registry_check_tables(PG_FUNCTION_ARGS)
@@ -1022,111 +1247,28 @@ registry_check_tables(PG_FUNCTION_ARGS)
 	foreach(lc, tids)
 	{
 		Oid			relid = ((RegTid *) lfirst(lc))->relid;
-		Relation	rel;
 		TriggerCheck tc;
-		const char *name;
 		RegTableEntry *e;
-		int			rc;
-		Oid			argtypes[1] = {OIDOID};
-		Datum		args[1] = {ObjectIdGetDatum(relid)};
 		RegistryOwnerSave owner;
 
-		rel = try_relation_open(relid, AccessShareLock);
-		if (rel == NULL)
-			continue;			/* being dropped; sql_drop cleans up */
-		name = RelationGetRelationName(rel);
-
-		if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
-			refuse_ddl(name, "being a logged table");
-		if (rel->rd_rel->relispartition)
-			refuse_ddl(name, "being an ordinary table, not a partition");
-
-		/* key columns, version columns and key-hash index as registered */
-		SPI_connect();
-		registry_owner_begin(&owner);
-		rc = SPI_execute_with_args(
-								   "SELECT r.key_columns IS NOT DISTINCT FROM pk.cols "
-								   "   AND r.key_types IS NOT DISTINCT FROM pk.types, "
-								   "       (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = $1 "
-								   "          AND NOT a.attisdropped AND "
-								   "          ((a.attname = '" VERSION_COLUMN "' AND a.atttypid = 'bigint'::regtype) OR "
-								   "           (a.attname = '" ORIGIN_COLUMN "' AND a.atttypid = 'text'::regtype))) = 2, "
-								   "       (SELECT x.indexrelid FROM pg_index x "
-								   "         WHERE x.indrelid = $1 AND x.indisvalid AND x.indpred IS NULL "
-								   "           AND x.indnkeyatts = 1 AND x.indkey[0] = 0 "
-								   "           AND pg_get_expr(x.indexprs, x.indrelid) = "
-								   "               'registry.key_hash(' || pk.quoted || ')' "
-								   "         ORDER BY x.indexrelid = r.khash_index DESC LIMIT 1), "
-								   "       r.khash_index::oid "
-								   "FROM registry.replicated_tables r, "
-								   "LATERAL (SELECT array_agg(a.attname ORDER BY k.n) AS cols, "
-								   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types, "
-								   "                string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) AS quoted "
-								   "         FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
-								   "         JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
-								   "         WHERE i.indrelid = $1 AND i.indisprimary) pk "
-								   "WHERE r.relid = $1",
-								   1, argtypes, args, NULL, false, 1);
-		if (rc != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "registry: could not check table \"%s\"", name);
+		if (registration_restored(relid))
 		{
-			bool		isnull;
-			bool		pk_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, 1, &isnull));
-			bool		cols_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-															 SPI_tuptable->tupdesc, 2, &isnull));
-			bool		idx_missing;
-			Oid			idx = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-															 SPI_tuptable->tupdesc, 3, &idx_missing));
-			bool		deferred;
-			Oid			registered = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-																	SPI_tuptable->tupdesc, 4, &deferred));
-
-			if (!pk_ok)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot change the primary key of registry table \"%s\"", name),
-						 errdetail("Keys identify rows across nodes; changing them would orphan every version."),
-						 errhint("Call registry.unreplicate(), change the key, then registry.replicate() on every node.")));
-			if (!cols_ok)
-				refuse_ddl(name, "its columns " VERSION_COLUMN " (bigint) and " ORIGIN_COLUMN " (text)");
-			/* a pull into the table dropped it until it ends */
-			if (idx_missing && !deferred)
-				refuse_ddl(name, "its registry key-hash index");
-
-			/*
-			 * ALTER COLUMN TYPE (a key column's length, say) rebuilds the
-			 * index under a new OID: follow it.
-			 */
-			if (!idx_missing && !deferred && idx != registered)
-			{
-				Oid			uargtypes[2] = {OIDOID, OIDOID};
-				Datum		uargs[2] = {ObjectIdGetDatum(relid), ObjectIdGetDatum(idx)};
-
-				rc = SPI_execute_with_args("UPDATE registry.replicated_tables "
-										   "SET khash_index = $2 WHERE relid = $1",
-										   2, uargtypes, uargs, NULL, false, 0);
-				if (rc != SPI_OK_UPDATE)
-					elog(ERROR, "registry: could not record the new key-hash index of \"%s\"", name);
-			}
+			if (table_whole(relid, false, &tc))
+				regtable_adopt(relid);
+			continue;
 		}
-		registry_owner_end(&owner);
-		SPI_finish();
-
-		check_triggers(relid, &tc);
-		if (tc.ours_always != 3)
-			refuse_ddl(name, "its registry triggers, enabled ALWAYS");
+		if (!table_whole(relid, true, &tc))
+			continue;			/* dropped meanwhile */
 
 		/* the cached key encoding may be stale after ALTER TABLE */
 		if (RegTableCache &&
 			(e = hash_search(RegTableCache, &relid, HASH_FIND, NULL)) != NULL)
 			e->t.valid = false;
-		relation_close(rel, AccessShareLock);
 
 		/*
 		 * A BEFORE UPDATE trigger created, renamed, enabled or dropped:
 		 * registry_capture follows (ALTER TABLE refuses a table held open,
-		 * hence after the close).
+		 * hence after table_whole() closed it).
 		 */
 		if (tc.later_before_update != tc.capture_on_update)
 		{

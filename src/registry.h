@@ -187,6 +187,7 @@ typedef struct RegTable
 	AttrNumber	verattnum;		/* registry_version column */
 	AttrNumber	orgattnum;		/* registry_origin column */
 	Oid			khashindex;		/* index on registry.key_hash(key columns) */
+	bool		restored;		/* loaded from a dump, not taken up yet */
 	RegVersion	purge_horizon;	/* newest purged tombstone's version */
 	bool		needs_canonical;	/* values or keys depend on settings */
 	uint64		generation;		/* changes each time the entry is rebuilt */
@@ -205,6 +206,7 @@ extern List *regtable_all(void);
 extern void regtable_defer_khash(RegTable *t);
 extern List *regtable_deferred_khash(void);
 extern void regtable_restore_khash(Oid relid);
+extern void regtable_adopt_restored(void);
 extern Oid	registry_relid(const char *relname);
 extern char *regtable_qualname(Oid relid);
 
@@ -240,6 +242,7 @@ extern void capture_fresh_end(RegTable *t);
 extern void capture_end_bulk_apply(RegTable *t);
 extern void capture_suppress(int32 tid);
 extern void capture_reset_table(RegTable *t);
+extern void capture_adopt(RegTable *t);
 extern void capture_forget_tombstones(RegTable *t, int n, uint32 *khashes,
 									  char **keys, RegVersion *versions,
 									  char **origins);

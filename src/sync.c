@@ -1618,6 +1618,9 @@ restore_khash_guarded(Peer *p, void *arg)
 							name)));
 		}
 	}
+	/* and a restore that ran no DDL after loading its registrations */
+	if (OidIsValid(get_extension_oid("registry", true)))
+		regtable_adopt_restored();
 	xact_end(cxt);
 }
 
