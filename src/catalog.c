@@ -207,11 +207,6 @@ regtable_qualname(Oid relid)
 }
 
 /*
- * The registration row for relid (by relid) or tid (by tid), read with a
- * fresh snapshot so that registrations committed after our transaction's
- * snapshot are still seen (the trigger fires as soon as it exists).
- */
-/*
  * This instance's and extension's mark on the registrations it makes
  * (replicated_tables.incarnation): the system identifier tells instances
  * apart, the extension's OID a restore into the same instance.
@@ -232,6 +227,11 @@ typedef struct CatalogRow
 	RegVersion	horizon;
 } CatalogRow;
 
+/*
+ * The registration row for relid (by relid) or tid (by tid), read with a
+ * fresh snapshot so that registrations committed after our transaction's
+ * snapshot are still seen (the trigger fires as soon as it exists).
+ */
 static bool
 catalog_lookup(Oid relid, int32 tid, CatalogRow *out)
 {
@@ -336,7 +336,7 @@ column_attnum(Relation rel, const char *name, Oid typid)
 }
 
 /*
- * The table's key-hash index: the valid, unique-column, non-partial index
+ * The table's key-hash index: the valid, single-column, non-partial index
  * on registry.key_hash(<primary key columns, in order>); InvalidOid if
  * there is none.  Found by what it is rather than recorded, so that a
  * registration restored from a dump (which creates the index after the
