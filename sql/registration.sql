@@ -139,3 +139,26 @@ DROP TABLE nokey, uniqonly, tmp, unl, parted, parted_2, deferred, ivl, cikey, cl
 DROP VIEW v;
 DROP MATERIALIZED VIEW mv;
 DROP SEQUENCE seq;
+
+-- a registration a restore loaded carries another instance's incarnation:
+-- until its table is whole again, writes are refused; the DDL that makes
+-- it whole takes it up, versions and tombstones kept (t/021 restores a
+-- real dump)
+CREATE TABLE rest (id int PRIMARY KEY, v text);
+SELECT registry.replicate('rest');
+INSERT INTO rest VALUES (1, 'a'), (2, 'b');
+DELETE FROM rest WHERE id = 2;
+CREATE TABLE rest_before AS SELECT * FROM registry.versions('rest');
+SELECT incarnation ~ '^[0-9]+\.[0-9]+$' AS looks_right
+  FROM registry.replicated_tables WHERE relid = 'rest'::regclass;
+UPDATE registry.replicated_tables SET incarnation = '1.1' WHERE relid = 'rest'::regclass;
+\c
+INSERT INTO rest VALUES (3, 'c');
+ALTER TABLE rest ENABLE ALWAYS TRIGGER registry_stamp;
+INSERT INTO rest VALUES (3, 'c');
+SELECT b.key, b.version = v.version AS same_version, v.deleted
+  FROM rest_before b JOIN registry.versions('rest') v USING (key) ORDER BY 1;
+SELECT rows, tombstones FROM registry.tables WHERE table_name = 'public.rest';
+SELECT * FROM registry.verify('rest');
+SELECT registry.unreplicate('rest');
+DROP TABLE rest, rest_before;
