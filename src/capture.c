@@ -906,62 +906,24 @@ capture_stamp_existing(RegTable *t)
 void
 capture_adopt(RegTable *t)
 {
-	Relation	rel;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
-	TombstoneScan ts;
-	KeyVersion	kv;
-	Snapshot	snap;
-	MemoryContext rowcxt;
-	MemoryContext old;
-	VersionState none;
-	RegVersion	maxv = 0;
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	int64		unversioned;
+	RegVersion	maxv;
 
-	memset(&none, 0, sizeof(none));
 	capture_reset_table(t);
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "registry adopt",
-								   ALLOCSET_DEFAULT_SIZES);
 	bulk_begin(t);
-	snap = RegisterSnapshot(GetLatestSnapshot());
-	rel = table_open(t->relid, AccessShareLock);
-	scan = table_beginscan(rel, snap, 0, NULL);
-	slot = table_slot_create(rel, NULL);
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
-	{
-		VersionState st;
-		char	   *key;
-
-		CHECK_FOR_INTERRUPTS();
-		old = MemoryContextSwitchTo(rowcxt);
-		key = row_key(t, slot);
-		row_version(t, slot, &st);
-		if (!st.exists)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("row \"%s\" of restored registry table %s has no version",
-							key, t->qualname),
-					 errhint("Call registry.unreplicate() and registry.replicate() on it.")));
-		capture_record(t, keys_hash(key, strlen(key)), key, &none, st.version,
-					   st.origin, false);
-		maxv = Max(maxv, st.version);
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(rowcxt);
-	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
-	table_close(rel, NoLock);
-
-	tombstone_scan_begin(&ts, t->tid, 0, PG_UINT32_MAX, snap);
-	while (tombstone_scan_next(&ts, &kv))
-	{
-		CHECK_FOR_INTERRUPTS();
-		capture_record(t, kv.khash, kv.key, &none, kv.version, kv.origin, true);
-		maxv = Max(maxv, kv.version);
-		pfree(kv.key);
-	}
-	tombstone_scan_end(&ts);
+	maxv = digest_of_table(t, snap, bulk.bucket_delta, &bulk.live_delta,
+						   &bulk.tomb_delta, &unversioned);
 	UnregisterSnapshot(snap);
-	MemoryContextDelete(rowcxt);
+	if (unversioned > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("restored registry table %s has " INT64_FORMAT " rows without a version",
+						t->qualname, unversioned),
+				 errhint("Call registry.unreplicate() and registry.replicate() on it.")));
+	/* published as this node's change, whatever the rows' origins */
+	bulk_count = bulk.live_delta + bulk.tomb_delta;
+	bulk.mixed = true;
 	bulk_end(t);
 	hlc_observe_stored(maxv);
 }

@@ -700,6 +700,20 @@ key_column_list(Relation rel)
 	return b.data;
 }
 
+/* CREATE INDEX for rel's key-hash index, under a name not taken yet */
+static char *
+khash_index_ddl(Relation rel)
+{
+	char	   *idxname = ChooseRelationName(RelationGetRelationName(rel), NULL,
+											 "registry_khash",
+											 RelationGetNamespace(rel), false);
+
+	return psprintf("CREATE INDEX %s ON %s (registry.key_hash(%s))",
+					quote_identifier(idxname),
+					regtable_qualname(RelationGetRelid(rel)),
+					key_column_list(rel));
+}
+
 /* What the DDL check and registration need to know of a table's triggers. */
 typedef struct TriggerCheck
 {
@@ -778,8 +792,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	Relation	rel;
 	RegTable   *t;
 	char	   *qual;
-	char	   *keycols;
-	char	   *idxname;
+	char	   *create_khash;
 	StringInfoData sql;
 	Oid			argtypes[2] = {OIDOID, TEXTOID};
 	Datum		args[2];
@@ -807,10 +820,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	check_registrable(rel);
 
 	qual = regtable_qualname(relid);
-	keycols = key_column_list(rel);
-	idxname = ChooseRelationName(RelationGetRelationName(rel), NULL,
-								 "registry_khash", RelationGetNamespace(rel),
-								 false);
+	create_khash = khash_index_ddl(rel);
 	/* ALTER TABLE below refuses a table we hold open; the lock stays */
 	table_close(rel, NoLock);
 
@@ -821,10 +831,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 					 "ALTER TABLE %s ADD COLUMN " VERSION_COLUMN " bigint, "
 					 "ADD COLUMN " ORIGIN_COLUMN " text", qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
-	resetStringInfo(&sql);
-	appendStringInfo(&sql, "CREATE INDEX %s ON %s (registry.key_hash(%s))",
-					 quote_identifier(idxname), qual, keycols);
-	spi_exec(sql.data, SPI_OK_UTILITY);
+	spi_exec(create_khash, SPI_OK_UTILITY);
 
 	args[0] = ObjectIdGetDatum(relid);
 	args[1] = CStringGetTextDatum(incarnation());
@@ -946,6 +953,29 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Run ddl on relid (unchecked by the DDL check, if not NULL), then set a
+ * column of its registration; our entry for the table is rebuilt.
+ */
+static void
+registration_change(Oid relid, const char *ddl, const char *set)
+{
+	RegistryOwnerSave owner;
+
+	ddl_check_suppressed = true;
+	SPI_connect();
+	if (ddl)
+		spi_exec(ddl, SPI_OK_UTILITY);
+	registry_owner_begin(&owner);
+	spi_exec(psprintf("UPDATE registry.replicated_tables SET %s WHERE relid = %u",
+					  set, relid), SPI_OK_UPDATE);
+	registry_owner_end(&owner);
+	SPI_finish();
+	ddl_check_suppressed = false;
+	CacheInvalidateRelcacheByRelid(relid);
+	CommandCounterIncrement();
+}
+
+/*
  * A whole table is about to be pulled into t, which holds nothing of it:
  * its key-hash index goes until the pull ends (regtable_restore_khash).
  * Inserted one key at a time, in an order unrelated to the index's, its
@@ -958,32 +988,15 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 void
 regtable_defer_khash(RegTable *t)
 {
-	StringInfoData sql;
-	RegistryOwnerSave owner;
-	Oid			relid = t->relid;
-	int32		tid = t->tid;
+	Oid			idx = t->khashindex;
 
-	/* t may be rebuilt once the index is gone: what is needed is copied */
-	if (!OidIsValid(t->khashindex) || get_rel_name(t->khashindex) == NULL)
+	if (!OidIsValid(idx) || get_rel_name(idx) == NULL)
 		return;
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "DROP INDEX %s",
-					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(t->khashindex)),
-												get_rel_name(t->khashindex)));
-	ddl_check_suppressed = true;
-	SPI_connect();
-	spi_exec(sql.data, SPI_OK_UTILITY);
-	resetStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE registry.replicated_tables SET khash_deferred = true "
-					 "WHERE tid = %d", tid);
-	registry_owner_begin(&owner);
-	spi_exec(sql.data, SPI_OK_UPDATE);
-	registry_owner_end(&owner);
-	SPI_finish();
-	ddl_check_suppressed = false;
-	/* our RegTable of it (khashindex) is rebuilt */
-	CacheInvalidateRelcacheByRelid(relid);
-	CommandCounterIncrement();
+	registration_change(t->relid,
+						psprintf("DROP INDEX %s",
+								 quote_qualified_identifier(get_namespace_name(get_rel_namespace(idx)),
+															get_rel_name(idx))),
+						"khash_deferred = true");
 }
 
 /*
@@ -1027,38 +1040,11 @@ regtable_deferred_khash(void)
 void
 regtable_restore_khash(Oid relid)
 {
-	Relation	rel;
-	char	   *qual;
-	char	   *keycols;
-	char	   *idxname;
-	StringInfoData sql;
-	RegistryOwnerSave owner;
+	Relation	rel = table_open(relid, ShareLock);
+	char	   *create_khash = khash_index_ddl(rel);
 
-	rel = table_open(relid, ShareLock);
-	qual = regtable_qualname(relid);
-	keycols = key_column_list(rel);
-	idxname = ChooseRelationName(RelationGetRelationName(rel), NULL,
-								 "registry_khash", RelationGetNamespace(rel),
-								 false);
 	table_close(rel, NoLock);
-
-	ddl_check_suppressed = true;
-	SPI_connect();
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "CREATE INDEX %s ON %s (registry.key_hash(%s))",
-					 quote_identifier(idxname), qual, keycols);
-	spi_exec(sql.data, SPI_OK_UTILITY);
-	resetStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE registry.replicated_tables SET khash_deferred = false "
-					 "WHERE relid = %u", relid);
-	registry_owner_begin(&owner);
-	spi_exec(sql.data, SPI_OK_UPDATE);
-	registry_owner_end(&owner);
-	SPI_finish();
-	ddl_check_suppressed = false;
-	/* our RegTable of it (khashindex) is rebuilt */
-	CacheInvalidateRelcacheByRelid(relid);
-	CommandCounterIncrement();
+	registration_change(relid, create_khash, "khash_deferred = false");
 }
 
 static void
@@ -1079,20 +1065,10 @@ refuse_ddl(const char *name, const char *what)
 static void
 regtable_adopt(Oid relid)
 {
-	RegistryOwnerSave owner;
-	StringInfoData sql;
 	RegTable   *t;
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE registry.replicated_tables SET incarnation = %s "
-					 "WHERE relid = %u", quote_literal_cstr(incarnation()), relid);
-	SPI_connect();
-	registry_owner_begin(&owner);
-	spi_exec(sql.data, SPI_OK_UPDATE);
-	registry_owner_end(&owner);
-	SPI_finish();
-	CacheInvalidateRelcacheByRelid(relid);
-	CommandCounterIncrement();
+	registration_change(relid, NULL,
+						psprintf("incarnation = %s", quote_literal_cstr(incarnation())));
 	t = regtable_by_relid(relid, false);
 	t->slot = table_slot_for(t->tid, relid);
 	capture_adopt(t);

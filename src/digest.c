@@ -307,6 +307,39 @@ digest_scan_rows(RegTable *t, Snapshot snap, TableDigest *d,
 }
 
 /*
+ * Table t's digests and counts as stored under snap, rows and tombstones,
+ * into buckets (registry_digest_buckets of them, zeroed by the caller).
+ * Rows without a version are only counted.  Returns the largest version.
+ */
+RegVersion
+digest_of_table(RegTable *t, Snapshot snap, uint64 *buckets, int64 *live,
+				int64 *tombs, int64 *unversioned)
+{
+	TableDigest d;
+	TombstoneScan tsc;
+	KeyVersion	e;
+	RegVersion	maxv;
+
+	memset(&d, 0, sizeof(d));
+	d.tid = t->tid;
+	d.buckets = buckets;
+	maxv = digest_scan_rows(t, snap, &d, NULL, NULL);
+	tombstone_scan_begin(&tsc, t->tid, 0, PG_UINT32_MAX, snap);
+	while (tombstone_scan_next(&tsc, &e))
+	{
+		CHECK_FOR_INTERRUPTS();
+		digest_add(&d, e.khash, e.key, e.version, e.origin, true);
+		maxv = Max(maxv, e.version);
+		pfree(e.key);
+	}
+	tombstone_scan_end(&tsc);
+	*live = d.live;
+	*tombs = d.tombs;
+	*unversioned = d.unversioned;
+	return maxv;
+}
+
+/*
  * Recompute every digest from the registry tables and their tombstones.
  * Runs in the maintenance worker at start, inside a transaction.
  *

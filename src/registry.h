@@ -26,6 +26,7 @@
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "utils/relcache.h"
+#include "utils/snapshot.h"
 
 /* ---- GUC variables (registry.c) ---- */
 extern char *registry_node_name;
@@ -255,6 +256,8 @@ extern int	digest_bucket_of(uint32 khash, int nbuckets);
 extern int	digest_bucket_shift(int nbuckets);
 extern void digest_bucket_range(int b, int nbuckets, uint32 *lo, uint32 *hi);
 extern void digest_rebuild(void);
+extern RegVersion digest_of_table(RegTable *t, Snapshot snap, uint64 *buckets,
+								  int64 *live, int64 *tombs, int64 *unversioned);
 extern bool table_counts(int32 tid, int64 *live, int64 *tombstones);
 
 /* ---- apply.c ---- */
