@@ -291,20 +291,23 @@ regtable_all(void)
 	HeapTuple	tup;
 	Snapshot	snap;
 	List	   *result = NIL;
+	char	   *ours = incarnation();
 
 	rel = table_open(registry_relid("replicated_tables"), AccessShareLock);
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	scan = systable_beginscan(rel, InvalidOid, false, snap, 0, NULL);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
+		TupleDesc	desc = RelationGetDescr(rel);
 		bool		isnull;
-		int32		tid = DatumGetInt32(heap_getattr(tup, 1, RelationGetDescr(rel), &isnull));
-		Oid			relid = DatumGetObjectId(heap_getattr(tup, 2, RelationGetDescr(rel), &isnull));
-
 		RegTid	   *r = palloc(sizeof(RegTid));
+		char	   *mark = TextDatumGetCString(heap_getattr(tup, 8, desc, &isnull));
 
-		r->tid = tid;
-		r->relid = relid;
+		r->tid = DatumGetInt32(heap_getattr(tup, 1, desc, &isnull));
+		r->relid = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
+		r->khash_deferred = DatumGetBool(heap_getattr(tup, 3, desc, &isnull));
+		r->restored = strcmp(mark, ours) != 0;
+		pfree(mark);
 		result = lappend(result, r);
 	}
 	systable_endscan(scan);
@@ -1000,39 +1003,6 @@ regtable_defer_khash(RegTable *t)
 }
 
 /*
- * The registered tables whose key-hash index a pull deferred, as a list
- * of RegTid.
- */
-List *
-regtable_deferred_khash(void)
-{
-	List	   *out = NIL;
-	RegistryOwnerSave owner;
-	uint64		i;
-	MemoryContext cxt = CurrentMemoryContext;
-
-	SPI_connect();
-	registry_owner_begin(&owner);
-	if (SPI_execute("SELECT tid, relid FROM registry.replicated_tables "
-					"WHERE khash_deferred", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "registry: could not read the registered tables");
-	registry_owner_end(&owner);
-	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		MemoryContext spicxt = MemoryContextSwitchTo(cxt);
-		RegTid	   *r = palloc(sizeof(RegTid));
-
-		r->tid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		r->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		out = lappend(out, r);
-		MemoryContextSwitchTo(spicxt);
-	}
-	SPI_finish();
-	return out;
-}
-
-/*
  * Build the key-hash index a pull deferred (regtable_defer_khash) and
  * record it.  Writers of the table wait while it is built (CREATE INDEX),
  * about a second per million rows.
@@ -1174,15 +1144,6 @@ not_whole:
 	return false;
 }
 
-/* Whether relid's registration came from a dump and is not taken up yet. */
-static bool
-registration_restored(Oid relid)
-{
-	CatalogRow	c;
-
-	return catalog_lookup(relid, 0, &c) && c.restored;
-}
-
 /*
  * Take up every registration restored from a dump whose table is whole
  * again.  The DDL check does it as the restore completes a table; the
@@ -1197,11 +1158,11 @@ regtable_adopt_restored(void)
 
 	foreach(lc, tids)
 	{
-		Oid			relid = ((RegTid *) lfirst(lc))->relid;
+		RegTid	   *r = lfirst(lc);
 		TriggerCheck tc;
 
-		if (registration_restored(relid) && table_whole(relid, false, &tc))
-			regtable_adopt(relid);
+		if (r->restored && table_whole(r->relid, false, &tc))
+			regtable_adopt(r->relid);
 	}
 }
 
@@ -1227,7 +1188,7 @@ registry_check_tables(PG_FUNCTION_ARGS)
 		RegTableEntry *e;
 		RegistryOwnerSave owner;
 
-		if (registration_restored(relid))
+		if (((RegTid *) lfirst(lc))->restored)
 		{
 			if (table_whole(relid, false, &tc))
 				regtable_adopt(relid);

@@ -367,7 +367,13 @@ digest_rebuild(void)
 
 	pg_atomic_write_u32(&RegistryState->state, REG_STATE_REBUILDING);
 
-	regs = regtable_all();
+	/* a restored table gets its digests when it is taken up */
+	regs = NIL;
+	foreach(lc, regtable_all())
+	{
+		if (!((RegTid *) lfirst(lc))->restored)
+			regs = lappend(regs, lfirst(lc));
+	}
 	nregs = list_length(regs);
 	d = palloc0(sizeof(TableDigest) * Max(nregs, 1));
 	foreach(lc, regs)
@@ -633,7 +639,11 @@ registry_verify(PG_FUNCTION_ARGS)
 	else
 	{
 		foreach(lc, regtable_all())
-			tables = lappend_int(tables, ((RegTid *) lfirst(lc))->tid);
+		{
+			/* a restored table not taken up yet has no digests to check */
+			if (!((RegTid *) lfirst(lc))->restored)
+				tables = lappend_int(tables, ((RegTid *) lfirst(lc))->tid);
+		}
 	}
 	foreach(lc, tables)
 	{

@@ -202,10 +202,11 @@ typedef struct RegTid
 {
 	int32		tid;
 	Oid			relid;
+	bool		restored;		/* loaded from a dump, not taken up yet */
+	bool		khash_deferred; /* a pull has its key-hash index dropped */
 } RegTid;
 extern List *regtable_all(void);
 extern void regtable_defer_khash(RegTable *t);
-extern List *regtable_deferred_khash(void);
 extern void regtable_restore_khash(Oid relid);
 extern void regtable_adopt_restored(void);
 extern Oid	registry_relid(const char *relname);

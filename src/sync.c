@@ -196,11 +196,13 @@ static List *plan_cache = NIL;
 
 /*
  * A whole-table pull may have left a table without its key-hash index
- * (regtable_defer_khash): restore_khash() builds it when no pull is
- * filling the table.  Pending at start, for a pull a crash cut short.
+ * (regtable_defer_khash), and a restore may have left registrations to
+ * take up: catalog_upkeep() sees to both.  Pending at start (a pull a
+ * crash cut short, an upgrade), after a pull, and when a round finds
+ * either.
  */
-static bool khash_restore_pending = true;
-static TimestampTz khash_retry_at = 0;
+static bool upkeep_pending = true;
+static TimestampTz upkeep_retry_at = 0;
 static uint64 seen_peers_changed = 0;
 static MemoryContext SyncContext = NULL;
 
@@ -606,7 +608,7 @@ apply_batch_once(Peer *p, void *arg)
 	if (b->fresh && b->defer_khash && OidIsValid(t->khashindex))
 	{
 		regtable_defer_khash(t);
-		khash_restore_pending = true;
+		upkeep_pending = true;
 		t = regtable_by_name(b->table->name, false);
 	}
 	if (b->table->ncols > 0)
@@ -942,16 +944,25 @@ start_round(Peer *p)
 	MemoryContext cxt;
 
 	MemoryContextReset(p->roundcxt);
-	/* an index left deferred some other way is found within a round too */
-	khash_restore_pending = true;
 	cxt = xact_begin();
 	regs = OidIsValid(get_extension_oid("registry", true)) ? regtable_all() : NIL;
 	old = MemoryContextSwitchTo(p->roundcxt);
 	p->tables = palloc0(sizeof(AETable) * Max(list_length(regs), 1));
 	foreach(lc, regs)
 	{
-		RegTable   *t = regtable_by_tid(((RegTid *) lfirst(lc))->tid, true);
+		RegTid	   *r = lfirst(lc);
+		RegTable   *t;
 
+		/*
+		 * An index left deferred, or a restored registration (a restore that
+		 * ran no DDL after it), is seen to within a round.  A restored table
+		 * is not compared until it is taken up: it may not be whole yet.
+		 */
+		if (r->khash_deferred || r->restored)
+			upkeep_pending = true;
+		if (r->restored)
+			continue;
+		t = regtable_by_tid(r->tid, true);
 		if (t == NULL)
 			continue;
 		p->tables[i].name = pstrdup(t->qualname);
@@ -1591,20 +1602,29 @@ pull_in_progress(const char *qualname)
 }
 
 static void
-restore_khash_guarded(Peer *p, void *arg)
+catalog_upkeep_guarded(Peer *p, void *arg)
 {
 	MemoryContext cxt = xact_begin();
-	List	   *deferred = OidIsValid(get_extension_oid("registry", true)) ?
-		regtable_deferred_khash() : NIL;
+	List	   *regs = OidIsValid(get_extension_oid("registry", true)) ?
+		regtable_all() : NIL;
 	ListCell   *lc;
 	bool	   *busy = arg;
 
-	foreach(lc, deferred)
+	foreach(lc, regs)
 	{
 		RegTid	   *r = lfirst(lc);
-		RegTable   *t = regtable_by_relid(r->relid, true);
+		RegTable   *t;
 		char	   *name;
 
+		if (!r->khash_deferred)
+			continue;
+		if (r->restored)
+		{
+			/* taken up below first; its index the next time */
+			*busy = true;
+			continue;
+		}
+		t = regtable_by_relid(r->relid, true);
 		if (t == NULL)
 			continue;
 		name = pstrdup(t->qualname);	/* t is rebuilt after the index */
@@ -1619,36 +1639,41 @@ restore_khash_guarded(Peer *p, void *arg)
 		}
 	}
 	/* and a restore that ran no DDL after loading its registrations */
-	if (OidIsValid(get_extension_oid("registry", true)))
+	if (regs != NIL)
 		regtable_adopt_restored();
 	xact_end(cxt);
 }
 
 /*
- * Build the key-hash indexes whole-table pulls deferred, of tables that
- * no pull is filling now.  A failure is logged and retried later.
+ * Keep the registrations in order: build the key-hash indexes whole-table
+ * pulls deferred (of tables no pull is filling now), and take up restored
+ * registrations whose tables are whole.  A failure is logged and retried
+ * later.
  */
 static void
-restore_khash(void)
+catalog_upkeep(void)
 {
 	bool		busy = false;
 	int			sqlstate;
 	char	   *message;
 
-	if (!khash_restore_pending || GetCurrentTimestamp() < khash_retry_at ||
+	if (!upkeep_pending || GetCurrentTimestamp() < upkeep_retry_at ||
 		pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY)
 		return;
-	if (run_guarded(NULL, restore_khash_guarded, &busy, &sqlstate, &message))
+	if (run_guarded(NULL, catalog_upkeep_guarded, &busy, &sqlstate, &message))
 	{
-		khash_restore_pending = busy;
+		/* a pull still running: look again in a second, not every loop */
+		upkeep_pending = busy;
+		if (busy)
+			upkeep_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 		return;
 	}
 	ereport(WARNING,
 			(errcode(sqlstate),
-			 errmsg("registry: could not build a key-hash index after a whole-table pull: %s",
+			 errmsg("registry: could not rebuild a key-hash index or take up a restored table: %s",
 					message),
 			 errhint("It is tried again every 10 seconds.")));
-	khash_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
+	upkeep_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
 }
 
 /*
@@ -1709,7 +1734,10 @@ handle_result(Peer *p, PGresult *res)
 		else if (kind == Q_CHANGES && has_code && !not_ready)
 			p->ae_needed = true;
 		if (kind == Q_PAGES)
-			restore_khash();
+		{
+			upkeep_retry_at = 0;
+			catalog_upkeep();
+		}
 		return;
 	}
 	if (kind == Q_LISTEN)
@@ -1724,7 +1752,9 @@ handle_result(Peer *p, PGresult *res)
 		PQclear(res);
 		if (status != PGRES_TUPLES_OK)
 			disconnect(p, "malformed answer: expected pages of bytea values");
-		restore_khash();
+		/* the index is built before the round goes on: no waiting */
+		upkeep_retry_at = 0;
+		catalog_upkeep();
 		return;
 	}
 	p->inflight = kind;			/* answer_bytes() counts by kind */
@@ -2134,8 +2164,8 @@ registry_sync_main(Datum arg)
 			timeout = 100;
 		else
 		{
-			restore_khash();
-			if (khash_restore_pending)
+			catalog_upkeep();
+			if (upkeep_pending)
 				timeout = Min(timeout, 1000);
 			for (i = 0; i < npeers; i++)
 			{
