@@ -60,6 +60,19 @@ CREATE TABLE registry.tombstones (
     PRIMARY KEY (tid, khash, key)
 );
 
+-- The key of every live row of every registry table, by key hash: how a
+-- digest bucket's rows are found (registry.bucket_entries).  Written when
+-- a key is inserted or deleted, never by an UPDATE that keeps the key, so
+-- that the registry table itself needs no index beyond its primary key.
+-- Derived from the tables: not dumped, rebuilt when a restored table is
+-- taken up.
+CREATE TABLE registry.row_keys (
+    tid        integer NOT NULL,
+    khash      integer NOT NULL,
+    key        text COLLATE "C" NOT NULL,
+    PRIMARY KEY (tid, khash, key)
+);
+
 -- The nodes this node pulls from.  conninfo may hold a password: only
 -- superusers and registry_admin can read this table.
 CREATE TABLE registry.peers (
@@ -125,6 +138,9 @@ BEGIN
         DELETE FROM registry.tombstones v
          USING registry.replicated_tables t
          WHERE t.relid = obj.objid AND v.tid = t.tid;
+        DELETE FROM registry.row_keys v
+         USING registry.replicated_tables t
+         WHERE t.relid = obj.objid AND v.tid = t.tid;
         DELETE FROM registry.replicated_tables WHERE relid = obj.objid;
     END LOOP;
 END
@@ -132,7 +148,7 @@ $$;
 CREATE EVENT TRIGGER registry_drop ON sql_drop
     EXECUTE FUNCTION registry._on_drop();
 
--- The bucket hash of a key, for the index every registry table has on it.
+-- The bucket hash of a key (registry.row_keys.khash, in peers' answers).
 CREATE FUNCTION registry.key_hash(VARIADIC "any") RETURNS integer
     AS 'MODULE_PATHNAME', 'registry_key_hash' LANGUAGE C IMMUTABLE STRICT;
 

@@ -253,6 +253,21 @@ SELECT op, key FROM registry.change_log WHERE table_name = 'public.cap'
  ORDER BY seq DESC LIMIT 1;
 DROP TABLE cap_ref;
 
+-- registry.row_keys lists each row once, under its key's hash (inserts,
+-- deletes, key changes, TRUNCATE and rollbacks above); verify() checks it
+SELECT count(*) AS listed, (SELECT count(*) FROM cap) AS rows
+  FROM registry.row_keys k JOIN registry.tables r USING (tid)
+ WHERE r.table_name = 'public.cap';
+BEGIN;
+DELETE FROM registry.row_keys k USING registry.tables r
+ WHERE r.tid = k.tid AND r.table_name = 'public.cap' AND k.key = '10';
+INSERT INTO registry.row_keys
+  SELECT tid, registry.key_hash(999), '999' FROM registry.tables WHERE table_name = 'public.cap';
+INSERT INTO registry.row_keys
+  SELECT tid, registry.key_hash(9) # 1, '9' FROM registry.tables WHERE table_name = 'public.cap';
+SELECT problem, key, detail FROM registry.verify('cap') ORDER BY problem, key;
+ROLLBACK;
+
 SELECT * FROM registry.verify();
 DROP FUNCTION cap_state(), tamper(), cancel(), capture_on_update(), rekey();
 DROP TABLE cap;

@@ -19,6 +19,7 @@ SELECT * FROM registry.tables;
 SELECT registry.changes_since(0);
 SELECT registry.table_pages('public.perm');
 SELECT * FROM registry.tombstones;
+SELECT * FROM registry.row_keys;
 SELECT registry.apply_row('perm', '1', 1, 'x', true);
 -- writing a registry table is fine for anyone allowed to write the table
 INSERT INTO perm VALUES (1, 'by alice');
@@ -50,6 +51,7 @@ SELECT registry.unreplicate('bob_t');
 -- but still may not touch them directly
 INSERT INTO registry.peers (name, conninfo) VALUES ('forged', '');
 DELETE FROM registry.tombstones;
+DELETE FROM registry.row_keys;
 DROP TABLE bob_t;
 RESET ROLE;
 

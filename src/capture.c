@@ -58,6 +58,7 @@
 #include "utils/snapmgr.h"
 
 #include "registry.h"
+#include "row_keys.h"
 #include "rows.h"
 #include "shmem.h"
 #include "tombstones.h"
@@ -740,6 +741,7 @@ insert_key(RegTable *t, const char *key, const VersionState *live)
 						key, t->qualname),
 				 errhint("Retry the transaction.")));
 	}
+	row_keys_add(t->tid, khash, key);
 	capture_record(t, khash, key, &tomb, live->version, live->origin, false);
 }
 
@@ -774,6 +776,7 @@ delete_key(RegTable *t, const char *key, const VersionState *live)
 		}
 		v = tombstone_put(t->tid, khash, key, v, origin, false, &old);
 	}
+	row_keys_remove(t->tid, khash, key);
 	/* a stray tombstone next to a live row would be a bug; count the row */
 	capture_record(t, khash, key, live, v, origin, true);
 }

@@ -52,6 +52,7 @@
 #include "utils/syscache.h"
 
 #include "registry.h"
+#include "row_keys.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(registry_replicate);
@@ -101,6 +102,8 @@ static OwnRelid own_relids[] = {
 	{"replicated_tables_relid_key", InvalidOid},
 	{"tombstones", InvalidOid},
 	{"tombstones_pkey", InvalidOid},
+	{"row_keys", InvalidOid},
+	{"row_keys_pkey", InvalidOid},
 	{NULL, InvalidOid}
 };
 
@@ -338,55 +341,6 @@ column_attnum(Relation rel, const char *name, Oid typid)
 	return InvalidAttrNumber;
 }
 
-/*
- * The table's key-hash index: the valid, single-column, non-partial index
- * on registry.key_hash(<primary key columns, in order>); InvalidOid if
- * there is none.  Found by what it is rather than recorded, so that a
- * registration restored from a dump (which creates the index after the
- * data) finds it again.
- */
-static Oid
-find_khash_index(Relation rel, Relation pk)
-{
-	List	   *indexes = RelationGetIndexList(rel);
-	ListCell   *lc;
-	Oid			found = InvalidOid;
-
-	foreach(lc, indexes)
-	{
-		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
-		Form_pg_index ix = idx->rd_index;
-		List	   *exprs;
-		FuncExpr   *f;
-		bool		match = false;
-
-		if (ix->indisvalid && ix->indnkeyatts == 1 && ix->indkey.values[0] == 0 &&
-			heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) &&
-			(exprs = RelationGetIndexExpressions(idx)) != NIL &&
-			list_length(exprs) == 1 && IsA(linitial(exprs), FuncExpr))
-		{
-			f = linitial(exprs);
-			match = list_length(f->args) == pk->rd_index->indnkeyatts &&
-				strcmp(get_func_name(f->funcid), "key_hash") == 0 &&
-				get_func_namespace(f->funcid) == get_namespace_oid("registry", false);
-			for (int i = 0; match && i < list_length(f->args); i++)
-			{
-				Var		   *v = list_nth(f->args, i);
-
-				match = IsA(v, Var) && v->varattno == pk->rd_index->indkey.values[i];
-			}
-		}
-		index_close(idx, AccessShareLock);
-		if (match)
-		{
-			found = lfirst_oid(lc);
-			break;
-		}
-	}
-	list_free(indexes);
-	return found;
-}
-
 static void
 regtable_build(RegTableEntry *e, const CatalogRow *c)
 {
@@ -435,7 +389,7 @@ regtable_build(RegTableEntry *e, const CatalogRow *c)
 			e->t.needs_canonical = true;
 	}
 
-	e->t.khashindex = c->khash_deferred ? InvalidOid : find_khash_index(rel, idx);
+	e->t.khash_deferred = c->khash_deferred;
 	e->t.verattnum = column_attnum(rel, VERSION_COLUMN, INT8OID);
 	e->t.orgattnum = column_attnum(rel, ORIGIN_COLUMN, TEXTOID);
 
@@ -682,41 +636,6 @@ spi_exec(const char *sql, int expected)
 		elog(ERROR, "registry: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
 
-static char *
-key_column_list(Relation rel)
-{
-	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
-	Relation	idx = index_open(pkoid, AccessShareLock);
-	StringInfoData b;
-	int			i;
-
-	initStringInfo(&b);
-	for (i = 0; i < idx->rd_index->indnkeyatts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel),
-											  idx->rd_index->indkey.values[i] - 1);
-
-		appendStringInfo(&b, "%s%s", i ? ", " : "",
-						 quote_identifier(NameStr(att->attname)));
-	}
-	index_close(idx, NoLock);
-	return b.data;
-}
-
-/* CREATE INDEX for rel's key-hash index, under a name not taken yet */
-static char *
-khash_index_ddl(Relation rel)
-{
-	char	   *idxname = ChooseRelationName(RelationGetRelationName(rel), NULL,
-											 "registry_khash",
-											 RelationGetNamespace(rel), false);
-
-	return psprintf("CREATE INDEX %s ON %s (registry.key_hash(%s))",
-					quote_identifier(idxname),
-					regtable_qualname(RelationGetRelid(rel)),
-					key_column_list(rel));
-}
-
 /* What the DDL check and registration need to know of a table's triggers. */
 typedef struct TriggerCheck
 {
@@ -785,8 +704,9 @@ create_capture_trigger(const char *qual, bool with_update)
 }
 
 /*
- * registry.replicate(tbl): add the version columns, the key-hash index
- * and the triggers, record the registration, and stamp existing rows.
+ * registry.replicate(tbl): add the version columns and the triggers,
+ * record the registration, stamp existing rows and list their keys in
+ * registry.row_keys.
  */
 Datum
 registry_replicate(PG_FUNCTION_ARGS)
@@ -795,7 +715,6 @@ registry_replicate(PG_FUNCTION_ARGS)
 	Relation	rel;
 	RegTable   *t;
 	char	   *qual;
-	char	   *create_khash;
 	StringInfoData sql;
 	Oid			argtypes[2] = {OIDOID, TEXTOID};
 	Datum		args[2];
@@ -823,7 +742,6 @@ registry_replicate(PG_FUNCTION_ARGS)
 	check_registrable(rel);
 
 	qual = regtable_qualname(relid);
-	create_khash = khash_index_ddl(rel);
 	/* ALTER TABLE below refuses a table we hold open; the lock stays */
 	table_close(rel, NoLock);
 
@@ -834,7 +752,6 @@ registry_replicate(PG_FUNCTION_ARGS)
 					 "ALTER TABLE %s ADD COLUMN " VERSION_COLUMN " bigint, "
 					 "ADD COLUMN " ORIGIN_COLUMN " text", qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
-	spi_exec(create_khash, SPI_OK_UTILITY);
 
 	args[0] = ObjectIdGetDatum(relid);
 	args[1] = CStringGetTextDatum(incarnation());
@@ -877,6 +794,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	t = regtable_by_relid(relid, false);
 	t->slot = table_slot_for(t->tid, relid);
 	capture_stamp_existing(t);
+	(void) row_keys_build(t);
 	SPI_finish();
 
 	PG_RETURN_BOOL(true);
@@ -884,7 +802,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 
 /*
  * registry.unreplicate(tbl): remove everything replicate() added and
- * forget the table's tombstones.
+ * forget the table's tombstones and keys.
  */
 Datum
 registry_unreplicate(PG_FUNCTION_ARGS)
@@ -893,7 +811,6 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	Relation	rel;
 	RegTable   *t;
 	char	   *qual;
-	char	   *idxname = NULL;
 	StringInfoData sql;
 	int32		tid;
 	RegistryOwnerSave owner;
@@ -915,9 +832,6 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	}
 	tid = t->tid;
 	qual = regtable_qualname(relid);
-	if (OidIsValid(t->khashindex) && get_rel_name(t->khashindex))
-		idxname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t->khashindex)),
-											 get_rel_name(t->khashindex));
 	table_close(rel, NoLock);
 
 	ddl_check_suppressed = true;
@@ -929,12 +843,6 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 					 "DROP TRIGGER IF EXISTS " TRUNCATE_TRIGGER " ON %s",
 					 qual, qual, qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
-	if (idxname)
-	{
-		resetStringInfo(&sql);
-		appendStringInfo(&sql, "DROP INDEX IF EXISTS %s", idxname);
-		spi_exec(sql.data, SPI_OK_UTILITY);
-	}
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "ALTER TABLE %s DROP COLUMN IF EXISTS " VERSION_COLUMN ", "
@@ -944,6 +852,9 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	registry_owner_begin(&owner);
 	appendStringInfo(&sql, "DELETE FROM registry.tombstones WHERE tid = %d", tid);
 	spi_exec(sql.data, SPI_OK_DELETE);
+	registry_owner_end(&owner);
+	row_keys_clear(tid);
+	registry_owner_begin(&owner);
 	resetStringInfo(&sql);
 	appendStringInfo(&sql, "DELETE FROM registry.replicated_tables WHERE tid = %d", tid);
 	spi_exec(sql.data, SPI_OK_DELETE);
@@ -980,41 +891,35 @@ registration_change(Oid relid, const char *ddl, const char *set)
 
 /*
  * A whole table is about to be pulled into t, which holds nothing of it:
- * its key-hash index goes until the pull ends (regtable_restore_khash).
- * Inserted one key at a time, in an order unrelated to the index's, its
- * entries cost more than the rest of the pull; built afterwards they are
- * one sort.  Meanwhile khash_deferred is set, the DDL check lets the index
- * be missing, and bucket_entries() on the table refuses (55000).  Runs in
- * the transaction of the pull's first page, whose lock on the table
- * (DROP INDEX takes it exclusively) lasts as long as that page.
+ * its keys are not listed in registry.row_keys until the pull ends
+ * (regtable_restore_khash).  Written one at a time, in an order unrelated
+ * to the index's, they would cost more than the rest of the pull; built
+ * afterwards they are one sort.  Meanwhile khash_deferred is set and
+ * bucket_entries() on the table refuses (55000).  Runs in the
+ * transaction of the pull's first page.
  */
 void
 regtable_defer_khash(RegTable *t)
 {
-	Oid			idx = t->khashindex;
-
-	if (!OidIsValid(idx) || get_rel_name(idx) == NULL)
+	if (t->khash_deferred)
 		return;
-	registration_change(t->relid,
-						psprintf("DROP INDEX %s",
-								 quote_qualified_identifier(get_namespace_name(get_rel_namespace(idx)),
-															get_rel_name(idx))),
-						"khash_deferred = true");
+	registration_change(t->relid, NULL, "khash_deferred = true");
 }
 
 /*
- * Build the key-hash index a pull deferred (regtable_defer_khash) and
- * record it.  Writers of the table wait while it is built (CREATE INDEX),
- * about a second per million rows.
+ * List the keys of a table whose pull deferred them (regtable_defer_khash)
+ * and record it.  Writers of the table wait meanwhile, about a second per
+ * million rows.
  */
 void
 regtable_restore_khash(Oid relid)
 {
-	Relation	rel = table_open(relid, ShareLock);
-	char	   *create_khash = khash_index_ddl(rel);
+	RegTable   *t;
 
-	table_close(rel, NoLock);
-	registration_change(relid, create_khash, "khash_deferred = false");
+	LockRelationOid(relid, ShareLock);
+	t = regtable_by_relid(relid, false);
+	(void) row_keys_build(t);
+	registration_change(relid, NULL, "khash_deferred = false");
 }
 
 static void
@@ -1030,7 +935,8 @@ refuse_ddl(const char *name, const char *what)
 /*
  * Take up a registration restored from a dump, once the restore has made
  * its table whole: it becomes this node's, and the table's rows and
- * tombstones, versions kept, fill its digests (capture_adopt).
+ * tombstones, versions kept, fill its digests (capture_adopt) and
+ * registry.row_keys.
  */
 static void
 regtable_adopt(Oid relid)
@@ -1038,10 +944,13 @@ regtable_adopt(Oid relid)
 	RegTable   *t;
 
 	registration_change(relid, NULL,
-						psprintf("incarnation = %s", quote_literal_cstr(incarnation())));
+						psprintf("incarnation = %s, khash_deferred = false",
+								 quote_literal_cstr(incarnation())));
 	t = regtable_by_relid(relid, false);
 	t->slot = table_slot_for(t->tid, relid);
 	capture_adopt(t);
+	/* registry.row_keys is not dumped: it is derived from the rows */
+	(void) row_keys_build(t);
 	ereport(LOG,
 			(errmsg("registry: took up registry table %s, restored from a dump",
 					t->qualname)));
@@ -1049,9 +958,8 @@ regtable_adopt(Oid relid)
 
 /*
  * Whether registered table relid is whole: logged, an ordinary table, its
- * primary key as registered, both registry columns, its key-hash index
- * (unless a whole-table pull has it dropped) and our three triggers, each
- * enabled ALWAYS.  With refuse, what is wrong raises the error that
+ * primary key as registered, both registry columns and our three
+ * triggers, each enabled ALWAYS.  With refuse, what is wrong raises the error that
  * refuses the DDL; without, the answer is false.
  */
 static bool
@@ -1066,8 +974,6 @@ table_whole(Oid relid, bool refuse, TriggerCheck *tc)
 	bool		isnull;
 	bool		pk_ok;
 	bool		cols_ok;
-	bool		idx_ok;
-	bool		deferred;
 
 	rel = try_relation_open(relid, AccessShareLock);
 	if (rel == NULL)
@@ -1087,7 +993,7 @@ table_whole(Oid relid, bool refuse, TriggerCheck *tc)
 		refuse_ddl(name, "being an ordinary table, not a partition");
 	}
 
-	/* key columns, version columns and key-hash index as registered */
+	/* key columns and version columns as registered */
 	SPI_connect();
 	registry_owner_begin(&owner);
 	rc = SPI_execute_with_args(
@@ -1096,17 +1002,10 @@ table_whole(Oid relid, bool refuse, TriggerCheck *tc)
 							   "       (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = $1 "
 							   "          AND NOT a.attisdropped AND "
 							   "          ((a.attname = '" VERSION_COLUMN "' AND a.atttypid = 'bigint'::regtype) OR "
-							   "           (a.attname = '" ORIGIN_COLUMN "' AND a.atttypid = 'text'::regtype))) = 2, "
-							   "       EXISTS (SELECT FROM pg_index x "
-							   "         WHERE x.indrelid = $1 AND x.indisvalid AND x.indpred IS NULL "
-							   "           AND x.indnkeyatts = 1 AND x.indkey[0] = 0 "
-							   "           AND pg_get_expr(x.indexprs, x.indrelid) = "
-							   "               'registry.key_hash(' || pk.quoted || ')'), "
-							   "       r.khash_deferred "
+							   "           (a.attname = '" ORIGIN_COLUMN "' AND a.atttypid = 'text'::regtype))) = 2 "
 							   "FROM registry.replicated_tables r, "
 							   "LATERAL (SELECT array_agg(a.attname ORDER BY k.n) AS cols, "
-							   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types, "
-							   "                string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) AS quoted "
+							   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types "
 							   "         FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
 							   "         JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
 							   "         WHERE i.indrelid = $1 AND i.indisprimary) pk "
@@ -1116,8 +1015,6 @@ table_whole(Oid relid, bool refuse, TriggerCheck *tc)
 		elog(ERROR, "registry: could not check table \"%s\"", name);
 	pk_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	cols_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	idx_ok = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-	deferred = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
 	registry_owner_end(&owner);
 	SPI_finish();
 
@@ -1129,15 +1026,12 @@ table_whole(Oid relid, bool refuse, TriggerCheck *tc)
 				 errhint("Call registry.unreplicate(), change the key, then registry.replicate() on every node.")));
 	if (!cols_ok && refuse)
 		refuse_ddl(name, "its columns " VERSION_COLUMN " (bigint) and " ORIGIN_COLUMN " (text)");
-	/* a pull into the table dropped it until it ends */
-	if (!idx_ok && !deferred && refuse)
-		refuse_ddl(name, "its registry key-hash index");
 
 	check_triggers(relid, tc);
 	if (tc->ours_always != 3 && refuse)
 		refuse_ddl(name, "its registry triggers, enabled ALWAYS");
 	relation_close(rel, AccessShareLock);
-	return pk_ok && cols_ok && (idx_ok || deferred) && tc->ours_always == 3;
+	return pk_ok && cols_ok && tc->ours_always == 3;
 
 not_whole:
 	relation_close(rel, AccessShareLock);

@@ -36,6 +36,7 @@
 #include "utils/tuplestore.h"
 
 #include "registry.h"
+#include "row_keys.h"
 #include "rows.h"
 #include "shmem.h"
 #include "tombstones.h"
@@ -259,6 +260,32 @@ digest_add(TableDigest *d, uint32 khash, const char *key, RegVersion v,
 		d->live++;
 }
 
+typedef struct DigestScan
+{
+	TableDigest *d;
+	RegVersion	maxv;
+	void		(*per_row) (void *arg, const char *key, VersionState *st);
+	void	   *arg;
+} DigestScan;
+
+static void
+digest_row(void *arg, const char *key, VersionState *st)
+{
+	DigestScan *ds = arg;
+
+	if (st->exists)
+	{
+		digest_add(ds->d, keys_hash(key, strlen(key)), key, st->version,
+				   st->origin, false);
+		if (st->version > ds->maxv)
+			ds->maxv = st->version;
+	}
+	else
+		ds->d->unversioned++;
+	if (ds->per_row)
+		ds->per_row(ds->arg, key, st);
+}
+
 /*
  * Add a table's live rows to its digest; calls per_row (if not NULL) with
  * each row's key and version state.  Returns the largest version seen.
@@ -268,42 +295,14 @@ digest_scan_rows(RegTable *t, Snapshot snap, TableDigest *d,
 				 void (*per_row) (void *arg, const char *key, VersionState *st),
 				 void *arg)
 {
-	Relation	rel = table_open(t->relid, AccessShareLock);
-	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
-												 "registry digest scan",
-												 ALLOCSET_DEFAULT_SIZES);
-	RegVersion	maxv = 0;
+	DigestScan	ds;
 
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
-	{
-		MemoryContext old = MemoryContextSwitchTo(rowcxt);
-		VersionState st;
-		char	   *key;
-
-		CHECK_FOR_INTERRUPTS();
-		key = row_key(t, slot);
-		row_version(t, slot, &st);
-		if (st.exists)
-		{
-			digest_add(d, keys_hash(key, strlen(key)), key, st.version,
-					   st.origin, false);
-			if (st.version > maxv)
-				maxv = st.version;
-		}
-		else
-			d->unversioned++;
-		if (per_row)
-			per_row(arg, key, &st);
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(rowcxt);
-	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	MemoryContextDelete(rowcxt);
-	return maxv;
+	ds.d = d;
+	ds.maxv = 0;
+	ds.per_row = per_row;
+	ds.arg = arg;
+	row_foreach(t, snap, digest_row, &ds);
+	return ds.maxv;
 }
 
 /*
@@ -521,6 +520,48 @@ verify_row(void *arg, const char *key, VersionState *st)
 					  -1, key, "The key has both a row and a tombstone.");
 }
 
+/*
+ * registry.row_keys must list each row of t exactly once, under its key's
+ * hash (a whole-table pull in progress excepted): every entry has its row
+ * (a lookup by primary key), and there are as many entries as rows.
+ */
+static void
+verify_row_keys(RegTable *t, Snapshot snap, int64 rows, Tuplestorestate *ts,
+				TupleDesc desc)
+{
+	RowKeyScan	ks;
+	RowLookup	rl;
+	uint32		khash;
+	char	   *key;
+	int64		n = 0;
+
+	row_keys_scan_begin(&ks, t->tid, 0, PG_UINT32_MAX, snap);
+	row_lookup_begin(&rl, t, AccessShareLock, snap);
+	while (row_keys_scan_next(&ks, &khash, &key))
+	{
+		CHECK_FOR_INTERRUPTS();
+		n++;
+		if (keys_hash(key, strlen(key)) != khash)
+			verify_report(ts, desc, t->qualname, "wrong key hash", -1, key,
+						  "registry.row_keys lists the key under another key's hash.");
+		else if (!row_lookup(&rl, key))
+			verify_report(ts, desc, t->qualname, "stray row key", -1, key,
+						  "registry.row_keys lists a key the table has no row for.");
+		pfree(key);
+	}
+	row_lookup_end(&rl);
+	row_keys_scan_end(&ks);
+	if (n != rows)
+	{
+		char		detail[128];
+
+		snprintf(detail, sizeof(detail),
+				 "the table has " INT64_FORMAT " rows, registry.row_keys lists " INT64_FORMAT,
+				 rows, n);
+		verify_report(ts, desc, t->qualname, "row key count mismatch", -1, NULL, detail);
+	}
+}
+
 static void
 verify_table(RegTable *t, Tuplestorestate *ts, TupleDesc desc)
 {
@@ -575,6 +616,9 @@ verify_table(RegTable *t, Tuplestorestate *ts, TupleDesc desc)
 		pfree(e.key);
 	}
 	tombstone_scan_end(&tsc);
+
+	if (!t->khash_deferred)
+		verify_row_keys(t, snap, d.live + d.unversioned, ts, desc);
 
 	if (slot >= 0)
 	{

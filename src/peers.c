@@ -35,6 +35,7 @@
 #include "utils/tuplestore.h"
 
 #include "registry.h"
+#include "row_keys.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(registry_add_peer);
@@ -501,6 +502,7 @@ registry_resync(PG_FUNCTION_ARGS)
 	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "registry: could not empty %s", t->qualname);
 	capture_suppress(0);
+	row_keys_clear(t->tid);
 	registry_owner_begin(&owner);
 	snprintf(sql, sizeof(sql), "DELETE FROM registry.tombstones WHERE tid = %d", t->tid);
 	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)

@@ -187,7 +187,7 @@ typedef struct RegTable
 	bool		has_identity_always;	/* needs OVERRIDING SYSTEM VALUE */
 	AttrNumber	verattnum;		/* registry_version column */
 	AttrNumber	orgattnum;		/* registry_origin column */
-	Oid			khashindex;		/* index on registry.key_hash(key columns) */
+	bool		khash_deferred; /* keys not in registry.row_keys (a pull) */
 	bool		restored;		/* loaded from a dump, not taken up yet */
 	RegVersion	purge_horizon;	/* newest purged tombstone's version */
 	bool		needs_canonical;	/* values or keys depend on settings */
@@ -203,7 +203,7 @@ typedef struct RegTid
 	int32		tid;
 	Oid			relid;
 	bool		restored;		/* loaded from a dump, not taken up yet */
-	bool		khash_deferred; /* a pull has its key-hash index dropped */
+	bool		khash_deferred; /* keys not in registry.row_keys (a pull) */
 } RegTid;
 extern List *regtable_all(void);
 extern void regtable_defer_khash(RegTable *t);

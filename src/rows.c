@@ -18,9 +18,11 @@
 #include "access/tableam.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "registry.h"
@@ -124,31 +126,37 @@ row_key(RegTable *t, TupleTableSlot *slot)
 }
 
 /*
- * Rows of t whose key hash lies in [lo, hi], in hash order, through the
- * table's registry key-hash index.
+ * Call fn with the key and version of every row of t visible to snap, in
+ * heap order (a sequential scan); each call runs in a memory context
+ * reset after it.
  */
 void
-row_scan_begin(RowScan *rs, RegTable *t, uint32 lo, uint32 hi, Snapshot snap)
+row_foreach(RegTable *t, Snapshot snap, RowCallback fn, void *arg)
 {
-	ScanKeyData skey[2];
+	Relation	rel = table_open(t->relid, AccessShareLock);
+	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
+												 "registry row scan",
+												 ALLOCSET_DEFAULT_SIZES);
 
-	if (!OidIsValid(t->khashindex))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("registry table %s is being pulled whole from a peer",
-						t->qualname),
-				 errdetail("Its key-hash index is built again when the pull ends."),
-				 errhint("Retry when the pull has ended.")));
-	rs->t = t;
-	rs->rel = table_open(t->relid, AccessShareLock);
-	rs->idx = index_open(t->khashindex, AccessShareLock);
-	ScanKeyInit(&skey[0], 1, BTGreaterEqualStrategyNumber, F_INT4GE,
-				Int32GetDatum(khash_to_int4(lo)));
-	ScanKeyInit(&skey[1], 1, BTLessEqualStrategyNumber, F_INT4LE,
-				Int32GetDatum(khash_to_int4(hi)));
-	rs->slot = table_slot_create(rs->rel, NULL);
-	rs->scan = index_beginscan(rs->rel, rs->idx, snap, 2, 0);
-	index_rescan(rs->scan, skey, 2, NULL, 0);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		MemoryContext old = MemoryContextSwitchTo(rowcxt);
+		VersionState st;
+		char	   *key;
+
+		CHECK_FOR_INTERRUPTS();
+		key = row_key(t, slot);
+		row_version(t, slot, &st);
+		fn(arg, key, &st);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(rowcxt);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	MemoryContextDelete(rowcxt);
 }
 
 /* Every row of t, in primary-key order (a whole-table read). */

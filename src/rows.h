@@ -39,8 +39,8 @@ typedef struct RowScan
 
 extern void row_version(RegTable *t, TupleTableSlot *slot, VersionState *st);
 extern char *row_key(RegTable *t, TupleTableSlot *slot);
-extern void row_scan_begin(RowScan *rs, RegTable *t, uint32 lo, uint32 hi,
-						   Snapshot snap);
+typedef void (*RowCallback) (void *arg, const char *key, VersionState *st);
+extern void row_foreach(RegTable *t, Snapshot snap, RowCallback fn, void *arg);
 extern void row_scan_all_begin(RowScan *rs, RegTable *t, Snapshot snap);
 extern bool row_scan_next(RowScan *rs);
 extern void row_scan_end(RowScan *rs);

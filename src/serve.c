@@ -39,6 +39,7 @@
 
 #include "message.h"
 #include "registry.h"
+#include "row_keys.h"
 #include "rows.h"
 #include "shmem.h"
 #include "tombstones.h"
@@ -515,7 +516,8 @@ static void
 collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 			  EntryArray *out, bool *more)
 {
-	RowScan		rs;
+	RowKeyScan	ks;
+	RowLookup	rl;
 	TombstoneScan ts;
 	KeyVersion	tk;
 	bool		have_row,
@@ -526,14 +528,17 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 	uint32		last = 0;
 
 	*more = false;
-	row_scan_begin(&rs, t, lo, hi, GetActiveSnapshot());
+	if (t->khash_deferred)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registry table %s is being pulled whole from a peer",
+						t->qualname),
+				 errdetail("Its keys are listed in registry.row_keys again when the pull ends."),
+				 errhint("Retry when the pull has ended.")));
+	row_keys_scan_begin(&ks, t->tid, lo, hi, GetActiveSnapshot());
+	row_lookup_begin(&rl, t, AccessShareLock, GetActiveSnapshot());
 	tombstone_scan_begin(&ts, t->tid, lo, hi, GetActiveSnapshot());
-	have_row = row_scan_next(&rs);
-	if (have_row)
-	{
-		row_key_text = row_key(t, rs.slot);
-		row_hash = keys_hash(row_key_text, strlen(row_key_text));
-	}
+	have_row = row_keys_scan_next(&ks, &row_hash, &row_key_text);
 	have_tomb = tombstone_scan_next(&ts, &tk);
 	while (have_row || have_tomb)
 	{
@@ -560,7 +565,15 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 		{
 			VersionState st;
 
-			row_version(t, rs.slot, &st);
+			/* entries and rows are written together: under one snapshot
+			 * every entry has its row */
+			if (!row_lookup(&rl, row_key_text))
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("key \"%s\" of registry table %s is listed in registry.row_keys but has no row",
+								row_key_text, t->qualname),
+						 errhint("Run registry.verify() on the table.")));
+			row_version(t, rl.slot, &st);
 			if (!st.exists)
 				ereport(ERROR,
 						(errcode(ERRCODE_DATA_CORRUPTED),
@@ -570,13 +583,8 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 			e->deleted = false;
 			e->version = st.version;
 			strlcpy(e->origin, st.origin, sizeof(e->origin));
-			e->values = with_rows ? row_values(t, rs.slot) : NULL;
-			have_row = row_scan_next(&rs);
-			if (have_row)
-			{
-				row_key_text = row_key(t, rs.slot);
-				row_hash = keys_hash(row_key_text, strlen(row_key_text));
-			}
+			e->values = with_rows ? row_values(t, rl.slot) : NULL;
+			have_row = row_keys_scan_next(&ks, &row_hash, &row_key_text);
 		}
 		else
 		{
@@ -589,7 +597,8 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 		}
 	}
 	tombstone_scan_end(&ts);
-	row_scan_end(&rs);
+	row_lookup_end(&rl);
+	row_keys_scan_end(&ks);
 }
 
 /*
@@ -653,7 +662,8 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	}
 	qsort(bs, nelems, sizeof(int32), int_cmp);
 
-	if (with_rows && t->needs_canonical)
+	/* key text is parsed to find each row, and values printed */
+	if (t->needs_canonical)
 		canonical_gucs_push(&nest);
 	ea.max = Min(maxe, 1024) + 16;
 	ea.n = 0;

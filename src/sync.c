@@ -195,7 +195,7 @@ typedef struct PlanCacheEntry
 static List *plan_cache = NIL;
 
 /*
- * A whole-table pull may have left a table without its key-hash index
+ * A whole-table pull may have left a table's keys out of registry.row_keys
  * (regtable_defer_khash), and a restore may have left registrations to
  * take up: catalog_upkeep() sees to both.  Pending at start (a pull a
  * crash cut short, an upgrade), after a pull, and when a round finds
@@ -578,7 +578,7 @@ typedef struct TableBatch
 	int			nrows;
 	bool		bulk;			/* live rows in one statement */
 	bool		fresh;			/* ... of keys this node does not have */
-	bool		defer_khash;	/* ... in a whole-table pull: no key-hash index */
+	bool		defer_khash;	/* ... in a whole-table pull: keys listed at the end */
 	int			applied;
 	int			skipped;
 	int			refused_skew;
@@ -605,7 +605,7 @@ apply_batch_once(Peer *p, void *arg)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table %s is not a registry table on this node", b->table->name)));
-	if (b->fresh && b->defer_khash && OidIsValid(t->khashindex))
+	if (b->fresh && b->defer_khash && !t->khash_deferred)
 	{
 		regtable_defer_khash(t);
 		upkeep_pending = true;
@@ -1620,21 +1620,21 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 			continue;
 		if (r->restored)
 		{
-			/* taken up below first; its index the next time */
+			/* taken up below first (which lists its keys) */
 			*busy = true;
 			continue;
 		}
 		t = regtable_by_relid(r->relid, true);
 		if (t == NULL)
 			continue;
-		name = pstrdup(t->qualname);	/* t is rebuilt after the index */
+		name = pstrdup(t->qualname);	/* t is rebuilt after the keys */
 		if (pull_in_progress(name))
 			*busy = true;
 		else
 		{
 			regtable_restore_khash(r->relid);
 			ereport(LOG,
-					(errmsg("registry: built the key-hash index of %s again after a whole-table pull",
+					(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
 							name)));
 		}
 	}
@@ -1645,8 +1645,8 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 }
 
 /*
- * Keep the registrations in order: build the key-hash indexes whole-table
- * pulls deferred (of tables no pull is filling now), and take up restored
+ * Keep the registrations in order: list the keys whole-table pulls
+ * deferred (of tables no pull is filling now), and take up restored
  * registrations whose tables are whole.  A failure is logged and retried
  * later.
  */
@@ -1670,7 +1670,7 @@ catalog_upkeep(void)
 	}
 	ereport(WARNING,
 			(errcode(sqlstate),
-			 errmsg("registry: could not rebuild a key-hash index or take up a restored table: %s",
+			 errmsg("registry: could not list a table's keys or take up a restored table: %s",
 					message),
 			 errhint("It is tried again every 10 seconds.")));
 	upkeep_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);

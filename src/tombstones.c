@@ -65,7 +65,7 @@ state_from_tuple(HeapTuple tup, TupleDesc desc, VersionState *out)
 						   sizeof(out->origin));
 }
 
-static void
+void
 key_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext)
 {
 	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT4EQ,
@@ -77,12 +77,13 @@ key_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext)
 }
 
 /*
- * The tombstone of a key as committed, or as written by our own
+ * The row of a key in rel (registry.tombstones or registry.row_keys, both
+ * keyed (tid, khash, key)) as committed, or as written by our own
  * transaction; waits for any other transaction writing it.  Returns a
  * palloc'd copy (t_self set) or NULL.
  */
-static HeapTuple
-fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
+HeapTuple
+key_fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
 			 Datum keytext)
 {
 	ScanKeyData skey[3];
@@ -130,7 +131,7 @@ fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
  * and heap_delete; step to the next command first.  Happens when one
  * statement deletes and re-inserts a key (keys shifted by an UPDATE).
  */
-static void
+void
 step_past_own_command(HeapTuple tup)
 {
 	HeapTupleHeader hdr = tup->t_data;
@@ -175,7 +176,7 @@ tombstone_take(int32 tid, uint32 khash, const char *key, VersionState *old)
 		TM_FailureData tmfd;
 
 		CHECK_FOR_INTERRUPTS();
-		tup = fetch_latest(rel, idx, tid, khash, keytext);
+		tup = key_fetch_latest(rel, idx, tid, khash, keytext);
 		if (tup == NULL)
 			break;
 		wait_for_publication(HeapTupleHeaderGetXmin(tup->t_data));
@@ -235,7 +236,7 @@ tombstone_put(int32 tid, uint32 khash, const char *key, RegVersion version,
 		LockTupleMode lockmode;
 
 		CHECK_FOR_INTERRUPTS();
-		oldtup = fetch_latest(rel, idx, tid, khash, values[2]);
+		oldtup = key_fetch_latest(rel, idx, tid, khash, values[2]);
 		memset(old, 0, sizeof(VersionState));
 		if (oldtup)
 		{

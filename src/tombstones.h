@@ -37,6 +37,12 @@ typedef struct KeyVersion
 	bool		deleted;
 } KeyVersion;
 
+/* shared with row_keys.c: both tables are keyed (tid, khash, key) */
+extern void key_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext);
+extern HeapTuple key_fetch_latest(Relation rel, Relation idx, int32 tid,
+								  uint32 khash, Datum keytext);
+extern void step_past_own_command(HeapTuple tup);
+
 extern bool tombstone_take(int32 tid, uint32 khash, const char *key,
 						   VersionState *old);
 extern RegVersion tombstone_put(int32 tid, uint32 khash, const char *key,

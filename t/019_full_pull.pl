@@ -1,18 +1,19 @@
 # A whole-table pull into an empty node: one registry.table_pages()
 # request whose pages (rows in primary-key order, then tombstones) are
-# applied as they arrive; the puller's key-hash index is dropped for the
-# pull and built again when it ends, however it ends:
+# applied as they arrive; the puller's keys are left out of
+# registry.row_keys during the pull and listed in one pass when it ends,
+# however it ends:
 #
 #  - a complete pull: every row and tombstone arrives, the source served
-#    exactly one table_pages() and nothing row by row, and the index is
-#    back, registered and usable;
+#    exactly one table_pages() and nothing row by row, and every key is
+#    listed, under its hash, and usable by bucket_entries();
 #  - a pull cut short by a page the puller refuses: the pages before it
-#    stay, the error is reported, the index is back all the same;
-#  - an index left missing by a pull a crash cut short (simulated): while
-#    it is missing bucket_entries() refuses with 55000, and the sync
-#    worker builds it again (at start, or at its next round);
+#    stay, the error is reported, the keys are listed all the same;
+#  - keys left unlisted by a pull a crash cut short (simulated): meanwhile
+#    bucket_entries() refuses with 55000, and the sync worker lists them
+#    (at start, or at its next round);
 #  - a source that dies in the middle of a pull: the rows so far stay,
-#    the index is built again, and the pull is taken up again later.
+#    their keys are listed, and the pull is taken up again later.
 #
 # The puller runs with registry.batch_size = 1 (pages of 10 rows).
 use strict;
@@ -36,13 +37,17 @@ sql($na, q{DELETE FROM kv WHERE id % 100 = 0});
 sql($na, q{INSERT INTO chk SELECT g, CASE WHEN g = 300 THEN 'bad' ELSE 'v' || g END
   FROM generate_series(1, 300) g});
 
-# the key-hash index of a table on a node: not deferred, existing, valid
-sub khash_index
+# a table's keys on a node: not deferred, and registry.row_keys lists
+# every row once, under its key's hash
+sub keys_listed
 {
 	my ($node, $table) = @_;
-	return sql($node, qq{SELECT NOT r.khash_deferred AND EXISTS (SELECT FROM pg_index i
-	  WHERE i.indrelid = r.relid AND i.indisvalid
-	    AND pg_get_expr(i.indexprs, i.indrelid) = 'registry.key_hash(id)')
+	return sql($node, qq{SELECT NOT r.khash_deferred
+	    AND (SELECT count(*) FROM registry.row_keys k WHERE k.tid = r.tid)
+	      = (SELECT count(*) FROM $table)
+	    AND (SELECT count(*) FROM registry.row_keys k JOIN $table x ON x.id::text = k.key
+	         WHERE k.tid = r.tid AND k.khash = registry.key_hash(x.id))
+	      = (SELECT count(*) FROM $table)
 	  FROM registry.replicated_tables r WHERE r.relid = '$table'::regclass});
 }
 
@@ -65,13 +70,13 @@ unlike($log, qr/registry\.bucket_entries\(.*?\n.*?parameters: \$1 = 'public\.kv'
 	'no bucket was listed');
 unlike($log, qr/registry\.fetch_rows\(.*?\n.*?parameters: \$1 = 'public\.kv'/,
 	'no row was fetched one by one');
-is(khash_index($nb, 'kv'), 't', 'the key-hash index is back and valid, not deferred');
+is(keys_listed($nb, 'kv'), 't', 'every key is listed in registry.row_keys, not deferred');
 like(slurp_file($nb->logfile, $b_log_start),
-	qr/built the key-hash index of public\.kv again after a whole-table pull/,
-	'... built again after the pull, said in the log');
+	qr/listed the keys of public\.kv in registry\.row_keys after a whole-table pull/,
+	'... listed after the pull, said in the log');
 is(sql($nb, q{SELECT jsonb_array_length(registry.decode_message(
 	  registry.bucket_entries('public.kv', 1, '{0}', false, NULL, 100000))->'entries')}),
-	'2500', 'bucket_entries() lists every row and tombstone through it');
+	'2500', 'bucket_entries() lists every row and tombstone through them');
 
 # the pull cut short by its last page (later rounds may fetch the other
 # rows of that page one by one, but never the refused one)
@@ -81,37 +86,36 @@ ok($n >= 290 && $n < 300 && $lo == 1 && $hi == $n,
 	"the pages before the refused one stayed ($n rows, 1 to $hi)");
 like(peer_status($nb, 'fp_a', 'last_error'), qr/val_not_bad/,
 	'the refused page is reported with its constraint');
-is(khash_index($nb, 'chk'), 't', 'the key-hash index is back after the failed pull');
+is(keys_listed($nb, 'chk'), 't', 'the keys are listed after the failed pull');
 like(slurp_file($nb->logfile, $b_log_start),
-	qr/built the key-hash index of public\.chk again after a whole-table pull/,
+	qr/listed the keys of public\.chk in registry\.row_keys after a whole-table pull/,
 	'... also said in the log');
 
-# an index a crash left missing (simulated): while it is missing, other
-# DDL on the table is allowed and bucket_entries() refuses (checked inside
-# one transaction, which no round of the sync worker can interfere with)
+# keys a crash left unlisted (simulated): meanwhile DDL on the table is
+# allowed and bucket_entries() refuses (checked inside one transaction,
+# which no round of the sync worker can interfere with)
 my $drop_khash = q{
 UPDATE registry.replicated_tables SET khash_deferred = true WHERE relid = 'kv'::regclass;
-SELECT format('DROP INDEX %s', indexrelid::regclass) FROM pg_index
-  WHERE indrelid = 'kv'::regclass AND NOT indisprimary \gexec
+DELETE FROM registry.row_keys WHERE tid = (SELECT tid FROM registry.replicated_tables
+  WHERE relid = 'kv'::regclass);
 };
 my ($ret, $out, $err) = $nb->psql('postgres',
 	"BEGIN;\n$drop_khash\nALTER TABLE kv ADD COLUMN note text;\n"
 	  . q{SELECT registry.bucket_entries('public.kv', 1, '{0}');},
 	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
-unlike($err, qr/must keep its registry key-hash index/,
-	'other DDL on the table is allowed meanwhile');
+unlike($err, qr/must keep/, 'other DDL on the table is allowed meanwhile');
 like($err, qr/55000: registry table public\.kv is being pulled whole from a peer/,
-	'bucket_entries() refuses while the index is missing (55000)');
-# ... and the sync worker builds it again: at start, or at its next round
+	'bucket_entries() refuses while the keys are not listed (55000)');
+# ... and the sync worker lists them again: at start, or at its next round
 sql($nb, $drop_khash);
 $nb->restart;
 wait_ready($nb);
-ok(poll_until(sub { khash_index($nb, 'kv') eq 't' }),
-	'the sync worker builds the index again');
+ok(poll_until(sub { keys_listed($nb, 'kv') eq 't' }),
+	'the sync worker lists the keys again');
 
 # a source that dies in the middle of a pull: the rows applied so far
-# stay, the index is built again at once, and the pull is taken up again
-# (not into an empty table: without dropping the index) when it is back
+# stay, the keys are listed at once, and the pull is taken up again (not
+# into an empty table: keys listed as rows arrive) when it is back
 create_table([ $na, $nb ], 'big', 'CREATE TABLE big (id int PRIMARY KEY, val text)');
 sql($na, q{INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 300000) g});
 $b_log_start = -s $nb->logfile;
@@ -121,10 +125,10 @@ ok(poll_until(sub { sql($nb, q{SELECT count(*) > 0 FROM big}) eq 't' }),
 $na->stop('immediate');
 my $partial = sql($nb, q{SELECT count(*) FROM big});
 ok($partial > 0 && $partial < 300000, "the source died in the middle of the pull ($partial rows)");
-ok(poll_until(sub { khash_index($nb, 'big') eq 't' }),
-	'the key-hash index is built again once the connection is lost');
+ok(poll_until(sub { keys_listed($nb, 'big') eq 't' }),
+	'the keys are listed once the connection is lost');
 like(slurp_file($nb->logfile, $b_log_start),
-	qr/built the key-hash index of public\.big again after a whole-table pull/,
+	qr/listed the keys of public\.big in registry\.row_keys after a whole-table pull/,
 	'... said in the log');
 $na->start;
 wait_ready($na);
@@ -133,7 +137,7 @@ ok(poll_until(sub { sql($nb, q{SELECT count(*) FROM big}) eq '300000' }),
 is(sql($nb, q{SELECT registry.sync_now('fp_a', '120s')}), 'f',
 	'a round completes (chk still cannot be pulled)');
 is(table_rows($nb, 'big'), table_rows($na, 'big'), 'every row, with versions');
-is(khash_index($nb, 'big'), 't', 'the key-hash index is there');
+is(keys_listed($nb, 'big'), 't', 'every key is listed');
 
 check_verify([ $na, $nb ], 'after the pulls');
 $_->stop for ($na, $nb);

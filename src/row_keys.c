@@ -1,0 +1,298 @@
+/*-------------------------------------------------------------------------
+ *
+ * row_keys.c
+ *	  registry.row_keys: the key of every live row of every registry
+ *	  table, with its key hash.  bucket_entries() finds a digest bucket's
+ *	  rows through it (then each row by its primary key).
+ *
+ * An index on the registry table itself would serve the same purpose, but
+ * every UPDATE of the table would then pay for it (the planner and the
+ * executor open every index of the table), and UPDATEs that keep the key
+ * are by far the most frequent registry write (heartbeats, endpoint
+ * changes).  An entry here is written only when a key appears or
+ * disappears: by the capture trigger on INSERT and DELETE (and a
+ * key-changing UPDATE), in the same transaction as the row, so that the
+ * entries match the rows under any snapshot.
+ *
+ * A whole-table pull into an empty table writes no entries while it runs
+ * (replicated_tables.khash_deferred); they are built in one pass when it
+ * ends (row_keys_build), as on registration and when a restored table is
+ * taken up.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/pg_collation.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "registry.h"
+#include "row_keys.h"
+#include "rows.h"
+#include "tombstones.h"
+
+#define Natts_row_keys	3
+
+static void
+open_row_keys(Relation *rel, Relation *idx, LOCKMODE mode)
+{
+	*rel = table_open(registry_relid("row_keys"), mode);
+	*idx = index_open(registry_relid("row_keys_pkey"), mode);
+}
+
+static void
+close_row_keys(Relation rel, Relation idx)
+{
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+}
+
+static void
+insert_entry(Relation rel, Relation idx, IndexInfo *ii, BulkInsertState bistate,
+			 int32 tid, uint32 khash, Datum keytext)
+{
+	Datum		values[Natts_row_keys];
+	bool		nulls[Natts_row_keys] = {false, false, false};
+	HeapTuple	tup;
+
+	values[0] = Int32GetDatum(tid);
+	values[1] = Int32GetDatum(khash_to_int4(khash));
+	values[2] = keytext;
+	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	heap_insert(rel, tup, GetCurrentCommandId(true), 0, bistate);
+	index_insert(idx, values, nulls, &tup->t_self, rel, UNIQUE_CHECK_YES,
+				 false, ii);
+	heap_freetuple(tup);
+}
+
+/* A key of table tid has been inserted. */
+void
+row_keys_add(int32 tid, uint32 khash, const char *key)
+{
+	Relation	rel;
+	Relation	idx;
+
+	open_row_keys(&rel, &idx, RowExclusiveLock);
+	insert_entry(rel, idx, BuildIndexInfo(idx), NULL, tid, khash,
+				 CStringGetTextDatum(key));
+	close_row_keys(rel, idx);
+}
+
+/*
+ * A key of table tid has been deleted.  A missing entry is not an error:
+ * while a whole-table pull runs, the table's entries are not kept.
+ */
+void
+row_keys_remove(int32 tid, uint32 khash, const char *key)
+{
+	Relation	rel;
+	Relation	idx;
+	Datum		keytext = CStringGetTextDatum(key);
+
+	open_row_keys(&rel, &idx, RowExclusiveLock);
+	for (;;)
+	{
+		HeapTuple	tup;
+		TM_Result	res;
+		TM_FailureData tmfd;
+
+		CHECK_FOR_INTERRUPTS();
+		tup = key_fetch_latest(rel, idx, tid, khash, keytext);
+		if (tup == NULL)
+			break;
+		step_past_own_command(tup);
+		res = heap_delete(rel, &tup->t_self, GetCurrentCommandId(true),
+						  InvalidSnapshot, true, &tmfd, false);
+		heap_freetuple(tup);
+		if (res == TM_Ok)
+			break;
+		if (res == TM_SelfModified)
+			CommandCounterIncrement();
+		else if (res != TM_Updated && res != TM_Deleted)
+			elog(ERROR, "registry: unexpected result %d deleting a key of table %d",
+				 (int) res, tid);
+	}
+	close_row_keys(rel, idx);
+}
+
+/*
+ * Remove every entry of table tid.  The caller holds a lock on the table
+ * that keeps its writers out, so nobody else writes these entries.
+ */
+void
+row_keys_clear(int32 tid)
+{
+	Relation	rel;
+	Relation	idx;
+	ScanKeyData skey;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	Snapshot	snap;
+
+	CommandCounterIncrement();
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	open_row_keys(&rel, &idx, RowExclusiveLock);
+	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(tid));
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, snap, 1, 0);
+	index_rescan(scan, &skey, 1, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		CHECK_FOR_INTERRUPTS();
+		simple_heap_delete(rel, &slot->tts_tid);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	close_row_keys(rel, idx);
+	UnregisterSnapshot(snap);
+	CommandCounterIncrement();
+}
+
+typedef struct KeyEntry
+{
+	uint32		khash;
+	char	   *key;
+} KeyEntry;
+
+typedef struct KeyCollect
+{
+	MemoryContext cxt;
+	KeyEntry   *e;
+	int64		n;
+	int64		max;
+} KeyCollect;
+
+static void
+collect_key(void *arg, const char *key, VersionState *st)
+{
+	KeyCollect *kc = arg;
+
+	if (kc->n >= kc->max)
+	{
+		kc->max *= 2;
+		kc->e = repalloc_huge(kc->e, sizeof(KeyEntry) * kc->max);
+	}
+	kc->e[kc->n].khash = keys_hash(key, strlen(key));
+	kc->e[kc->n].key = MemoryContextStrdup(kc->cxt, key);
+	kc->n++;
+}
+
+static int
+key_entry_cmp(const void *a, const void *b)
+{
+	const KeyEntry *x = a;
+	const KeyEntry *y = b;
+
+	if (x->khash != y->khash)
+		return x->khash < y->khash ? -1 : 1;
+	return strcmp(x->key, y->key);
+}
+
+/*
+ * Make t's entries those of its rows: on registration, after a
+ * whole-table pull, when a restored table is taken up.  Locks the table
+ * against writers (as CREATE INDEX would) until the transaction ends;
+ * the entries are inserted in index order.  Returns how many there are.
+ */
+int64
+row_keys_build(RegTable *t)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "registry row keys",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+	KeyCollect	kc;
+	Snapshot	snap;
+	Relation	rel;
+	Relation	idx;
+	IndexInfo  *ii;
+	BulkInsertState bistate;
+	int64		i;
+
+	LockRelationOid(t->relid, ShareLock);
+	row_keys_clear(t->tid);
+
+	old = MemoryContextSwitchTo(cxt);
+	kc.cxt = cxt;
+	kc.n = 0;
+	kc.max = 1024;
+	kc.e = palloc(sizeof(KeyEntry) * kc.max);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	row_foreach(t, snap, collect_key, &kc);
+	UnregisterSnapshot(snap);
+	qsort(kc.e, kc.n, sizeof(KeyEntry), key_entry_cmp);
+
+	open_row_keys(&rel, &idx, RowExclusiveLock);
+	ii = BuildIndexInfo(idx);
+	bistate = GetBulkInsertState();
+	for (i = 0; i < kc.n; i++)
+	{
+		Datum		keytext;
+
+		CHECK_FOR_INTERRUPTS();
+		keytext = CStringGetTextDatum(kc.e[i].key);
+		insert_entry(rel, idx, ii, bistate, t->tid, kc.e[i].khash, keytext);
+		pfree(DatumGetPointer(keytext));
+	}
+	FreeBulkInsertState(bistate);
+	close_row_keys(rel, idx);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	CommandCounterIncrement();
+	return kc.n;
+}
+
+/* Keys of a table with key hash in [lo, hi], in (hash, key) order. */
+void
+row_keys_scan_begin(RowKeyScan *ks, int32 tid, uint32 lo, uint32 hi,
+					Snapshot snap)
+{
+	ScanKeyData skey[3];
+
+	open_row_keys(&ks->rel, &ks->idx, AccessShareLock);
+	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(tid));
+	ScanKeyInit(&skey[1], 2, BTGreaterEqualStrategyNumber, F_INT4GE,
+				Int32GetDatum(khash_to_int4(lo)));
+	ScanKeyInit(&skey[2], 2, BTLessEqualStrategyNumber, F_INT4LE,
+				Int32GetDatum(khash_to_int4(hi)));
+	ks->slot = table_slot_create(ks->rel, NULL);
+	ks->scan = index_beginscan(ks->rel, ks->idx, snap, 3, 0);
+	index_rescan(ks->scan, skey, 3, NULL, 0);
+}
+
+/* The next key (palloc'd) and its hash; false at the end. */
+bool
+row_keys_scan_next(RowKeyScan *ks, uint32 *khash, char **key)
+{
+	TupleTableSlot *slot = ks->slot;
+
+	if (!index_getnext_slot(ks->scan, ForwardScanDirection, slot))
+		return false;
+	slot_getallattrs(slot);
+	*khash = int4_to_khash(DatumGetInt32(slot->tts_values[1]));
+	*key = TextDatumGetCString(slot->tts_values[2]);
+	return true;
+}
+
+void
+row_keys_scan_end(RowKeyScan *ks)
+{
+	index_endscan(ks->scan);
+	ExecDropSingleTupleTableSlot(ks->slot);
+	close_row_keys(ks->rel, ks->idx);
+}
