@@ -95,6 +95,8 @@ UPDATE cap SET id = 40 WHERE id = 4;
 SELECT key, op FROM registry.change_log WHERE table_name = 'public.cap'
  ORDER BY seq DESC LIMIT 2;
 SELECT key, deleted FROM registry.versions('cap') WHERE key IN ('4', '40') ORDER BY key;
+-- an update onto a key that exists is refused by the table's primary key
+UPDATE cap SET id = 40 WHERE id = 1;
 -- keys shifted within one statement
 UPDATE cap SET id = id + 100 WHERE id IN (1, 2, 3);
 UPDATE cap SET id = id - 100 WHERE id > 100;

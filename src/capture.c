@@ -319,7 +319,7 @@ trigger_table(TriggerData *td)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("registry table \"%s\" is being restored",
 						RelationGetRelationName(rel)),
-				 errdetail("Its registration came from a dump; it is taken up once the table has its primary key, key-hash index and registry triggers again."),
+				 errdetail("Its registration came from a dump; it is taken up once the table has its primary key and registry triggers again."),
 				 errhint("Finish the restore.")));
 	return t;
 }

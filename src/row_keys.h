@@ -15,15 +15,10 @@
 #include "utils/snapshot.h"
 
 #include "registry.h"
+#include "tombstones.h"
 
 /* An index-range scan over one table's keys, by key hash. */
-typedef struct RowKeyScan
-{
-	Relation	rel;
-	Relation	idx;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
-} RowKeyScan;
+typedef KeyRangeScan RowKeyScan;
 
 extern void row_keys_add(int32 tid, uint32 khash, const char *key);
 extern void row_keys_remove(int32 tid, uint32 khash, const char *key);

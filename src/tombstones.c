@@ -65,7 +65,7 @@ state_from_tuple(HeapTuple tup, TupleDesc desc, VersionState *out)
 						   sizeof(out->origin));
 }
 
-void
+static void
 key_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext)
 {
 	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT4EQ,
@@ -82,7 +82,7 @@ key_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext)
  * transaction; waits for any other transaction writing it.  Returns a
  * palloc'd copy (t_self set) or NULL.
  */
-HeapTuple
+static HeapTuple
 key_fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
 			 Datum keytext)
 {
@@ -131,7 +131,7 @@ key_fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
  * and heap_delete; step to the next command first.  Happens when one
  * statement deletes and re-inserts a key (keys shifted by an UPDATE).
  */
-void
+static void
 step_past_own_command(HeapTuple tup)
 {
 	HeapTupleHeader hdr = tup->t_data;
@@ -141,18 +141,76 @@ step_past_own_command(HeapTuple tup)
 		CommandCounterIncrement();
 }
 
-static void
-open_tombstones(Relation *rel, Relation *idx, LOCKMODE mode)
+/* Open one of the extension's tables keyed (tid, khash, key) with its key. */
+void
+keyed_table_open(const char *relname, const char *idxname, Relation *rel,
+				 Relation *idx, LOCKMODE mode)
 {
-	*rel = table_open(registry_relid("tombstones"), mode);
-	*idx = index_open(registry_relid("tombstones_pkey"), mode);
+	*rel = table_open(registry_relid(relname), mode);
+	*idx = index_open(registry_relid(idxname), mode);
 }
 
-static void
-close_tombstones(Relation rel, Relation idx)
+/* Locks stay until the end of the transaction. */
+void
+keyed_table_close(Relation rel, Relation idx)
 {
 	index_close(idx, NoLock);
 	table_close(rel, NoLock);
+}
+
+#define open_tombstones(rel, idx, mode) \
+	keyed_table_open("tombstones", "tombstones_pkey", (rel), (idx), (mode))
+#define close_tombstones(rel, idx)	keyed_table_close((rel), (idx))
+
+/*
+ * Delete the row of a key from rel (registry.tombstones or
+ * registry.row_keys), waiting for and retrying after a concurrent writer.
+ * seen, if not NULL, is shown each version found before it is deleted.
+ * Returns whether a row was deleted.
+ */
+bool
+keyed_delete(Relation rel, Relation idx, int32 tid, uint32 khash,
+			 Datum keytext, void (*seen) (HeapTuple tup, void *arg), void *arg)
+{
+	for (;;)
+	{
+		HeapTuple	tup;
+		TM_Result	res;
+		TM_FailureData tmfd;
+
+		CHECK_FOR_INTERRUPTS();
+		tup = key_fetch_latest(rel, idx, tid, khash, keytext);
+		if (tup == NULL)
+			return false;
+		if (seen)
+			seen(tup, arg);
+		step_past_own_command(tup);
+		res = heap_delete(rel, &tup->t_self, GetCurrentCommandId(true),
+						  InvalidSnapshot, true, &tmfd, false);
+		heap_freetuple(tup);
+		if (res == TM_Ok)
+			return true;
+		if (res == TM_SelfModified)
+			CommandCounterIncrement();
+		else if (res != TM_Updated && res != TM_Deleted)
+			elog(ERROR, "registry: unexpected result %d deleting from %s",
+				 (int) res, RelationGetRelationName(rel));
+	}
+}
+
+typedef struct TakeState
+{
+	Relation	rel;
+	VersionState *old;
+} TakeState;
+
+static void
+tombstone_seen(HeapTuple tup, void *arg)
+{
+	TakeState  *ts = arg;
+
+	wait_for_publication(HeapTupleHeaderGetXmin(tup->t_data));
+	state_from_tuple(tup, RelationGetDescr(ts->rel), ts->old);
 }
 
 /*
@@ -164,39 +222,16 @@ tombstone_take(int32 tid, uint32 khash, const char *key, VersionState *old)
 {
 	Relation	rel;
 	Relation	idx;
-	Datum		keytext = CStringGetTextDatum(key);
-	bool		found = false;
+	TakeState	ts;
+	bool		found;
 
-	memset(old, 0, sizeof(VersionState));
 	open_tombstones(&rel, &idx, RowExclusiveLock);
-	for (;;)
-	{
-		HeapTuple	tup;
-		TM_Result	res;
-		TM_FailureData tmfd;
-
-		CHECK_FOR_INTERRUPTS();
-		tup = key_fetch_latest(rel, idx, tid, khash, keytext);
-		if (tup == NULL)
-			break;
-		wait_for_publication(HeapTupleHeaderGetXmin(tup->t_data));
-		state_from_tuple(tup, RelationGetDescr(rel), old);
-		step_past_own_command(tup);
-		res = heap_delete(rel, &tup->t_self, GetCurrentCommandId(true),
-						  InvalidSnapshot, true, &tmfd, false);
-		heap_freetuple(tup);
-		if (res == TM_Ok)
-		{
-			found = true;
-			break;
-		}
+	ts.rel = rel;
+	ts.old = old;
+	found = keyed_delete(rel, idx, tid, khash, CStringGetTextDatum(key),
+						 tombstone_seen, &ts);
+	if (!found)
 		memset(old, 0, sizeof(VersionState));
-		if (res == TM_SelfModified)
-			CommandCounterIncrement();
-		else if (res != TM_Updated && res != TM_Deleted)
-			elog(ERROR, "registry: unexpected result %d deleting a tombstone",
-				 (int) res);
-	}
 	close_tombstones(rel, idx);
 	return found;
 }
@@ -315,23 +350,42 @@ tombstone_get(int32 tid, uint32 khash, const char *key, Snapshot snap,
 	return found;
 }
 
-/* Tombstones of a table with key hash in [lo, hi], in (hash, key) order. */
+/* Rows of table tid in relid with key hash in [lo, hi], in (hash, key) order. */
 void
-tombstone_scan_begin(TombstoneScan *ts, int32 tid, uint32 lo, uint32 hi,
-					 Snapshot snap)
+key_range_scan_begin(KeyRangeScan *ks, Oid relid, Oid idxid, int32 tid,
+					 uint32 lo, uint32 hi, Snapshot snap)
 {
 	ScanKeyData skey[3];
 
-	open_tombstones(&ts->rel, &ts->idx, AccessShareLock);
+	ks->rel = table_open(relid, AccessShareLock);
+	ks->idx = index_open(idxid, AccessShareLock);
 	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT4EQ,
 				Int32GetDatum(tid));
 	ScanKeyInit(&skey[1], 2, BTGreaterEqualStrategyNumber, F_INT4GE,
 				Int32GetDatum(khash_to_int4(lo)));
 	ScanKeyInit(&skey[2], 2, BTLessEqualStrategyNumber, F_INT4LE,
 				Int32GetDatum(khash_to_int4(hi)));
-	ts->slot = table_slot_create(ts->rel, NULL);
-	ts->scan = index_beginscan(ts->rel, ts->idx, snap, 3, 0);
-	index_rescan(ts->scan, skey, 3, NULL, 0);
+	ks->slot = table_slot_create(ks->rel, NULL);
+	ks->scan = index_beginscan(ks->rel, ks->idx, snap, 3, 0);
+	index_rescan(ks->scan, skey, 3, NULL, 0);
+}
+
+void
+key_range_scan_end(KeyRangeScan *ks)
+{
+	index_endscan(ks->scan);
+	ExecDropSingleTupleTableSlot(ks->slot);
+	index_close(ks->idx, NoLock);
+	table_close(ks->rel, NoLock);
+}
+
+/* Tombstones of a table with key hash in [lo, hi], in (hash, key) order. */
+void
+tombstone_scan_begin(TombstoneScan *ts, int32 tid, uint32 lo, uint32 hi,
+					 Snapshot snap)
+{
+	key_range_scan_begin(ts, registry_relid("tombstones"),
+						 registry_relid("tombstones_pkey"), tid, lo, hi, snap);
 }
 
 bool
@@ -354,7 +408,5 @@ tombstone_scan_next(TombstoneScan *ts, KeyVersion *e)
 void
 tombstone_scan_end(TombstoneScan *ts)
 {
-	index_endscan(ts->scan);
-	ExecDropSingleTupleTableSlot(ts->slot);
-	close_tombstones(ts->rel, ts->idx);
+	key_range_scan_end(ts);
 }

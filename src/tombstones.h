@@ -15,18 +15,23 @@
 
 #include "access/genam.h"
 #include "executor/tuptable.h"
+#include "storage/lockdefs.h"
 #include "utils/snapshot.h"
 
 #include "registry.h"
 
-/* An index-range scan over one table's tombstones, by key hash. */
-typedef struct TombstoneScan
+/*
+ * An index-range scan by key hash over one table's rows of
+ * registry.tombstones or registry.row_keys (both keyed (tid, khash, key)).
+ */
+typedef struct KeyRangeScan
 {
 	Relation	rel;
 	Relation	idx;
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
-} TombstoneScan;
+} KeyRangeScan;
+typedef KeyRangeScan TombstoneScan;
 
 typedef struct KeyVersion
 {
@@ -38,10 +43,16 @@ typedef struct KeyVersion
 } KeyVersion;
 
 /* shared with row_keys.c: both tables are keyed (tid, khash, key) */
-extern void key_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext);
-extern HeapTuple key_fetch_latest(Relation rel, Relation idx, int32 tid,
-								  uint32 khash, Datum keytext);
-extern void step_past_own_command(HeapTuple tup);
+extern void keyed_table_open(const char *relname, const char *idxname,
+							 Relation *rel, Relation *idx, LOCKMODE mode);
+extern void keyed_table_close(Relation rel, Relation idx);
+extern bool keyed_delete(Relation rel, Relation idx, int32 tid, uint32 khash,
+						 Datum keytext,
+						 void (*seen) (HeapTuple tup, void *arg), void *arg);
+extern void key_range_scan_begin(KeyRangeScan *ks, Oid relid, Oid idxid,
+								 int32 tid, uint32 lo, uint32 hi,
+								 Snapshot snap);
+extern void key_range_scan_end(KeyRangeScan *ks);
 
 extern bool tombstone_take(int32 tid, uint32 khash, const char *key,
 						   VersionState *old);

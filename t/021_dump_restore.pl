@@ -2,7 +2,7 @@
 #
 #  - pg_restore runs without an error;
 #  - the registration is taken up as the restore completes the table (the
-#    DDL check, once the table's key-hash index and triggers are back),
+#    DDL check, once the table's primary key and triggers are back),
 #    with every row's and tombstone's version kept, verify() clean;
 #  - the restored node writes, and syncs with the peers it was restored
 #    with (its peer list is in the dump);
