@@ -24,6 +24,8 @@ create_table([ $na, $nb ], 'svc', $ddl);
 full_mesh($na, $nb);
 sql($na, q{INSERT INTO svc SELECT 'svc' || g, g % 3, jsonb_build_object('g', g)
   FROM generate_series(1, 200) g});
+# the delete must find the rows on dr_b: wait for them first
+wait_converged([ $na, $nb ], ['svc'], 'the inserts on both nodes');
 sql($nb, q{DELETE FROM svc WHERE zone = 0 AND name LIKE 'svc1%'});
 wait_converged([ $na, $nb ], ['svc'], 'the two nodes before the dump');
 my $tombs = sql($na, q{SELECT tombstones FROM registry.tables});
