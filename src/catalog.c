@@ -636,6 +636,19 @@ spi_exec(const char *sql, int expected)
 		elog(ERROR, "registry: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
 
+/*
+ * The primary key columns of table $1 and their types without modifiers,
+ * in key order (cols name[], types text[]): what a registration records
+ * and what the DDL check compares with it.  One row always: nulls if the
+ * table has no primary key.
+ */
+#define PK_COLUMNS_SQL \
+	"(SELECT array_agg(a.attname ORDER BY k.n) AS cols, " \
+	"        array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types " \
+	" FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) " \
+	" JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum " \
+	" WHERE i.indrelid = $1 AND i.indisprimary)"
+
 /* What the DDL check and registration need to know of a table's triggers. */
 typedef struct TriggerCheck
 {
@@ -758,12 +771,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	registry_owner_begin(&owner);
 	rc = SPI_execute_with_args(
 							   "INSERT INTO registry.replicated_tables (relid, incarnation, key_columns, key_types) "
-							   "SELECT c.oid, $2, array_agg(a.attname ORDER BY k.n), "
-							   "       array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) "
-							   "FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary, "
-							   "     unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
-							   "JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
-							   "WHERE c.oid = $1 GROUP BY c.oid",
+							   "SELECT $1, $2, pk.cols, pk.types FROM " PK_COLUMNS_SQL " pk",
 							   2, argtypes, args, NULL, false, 0);
 	if (rc != SPI_OK_INSERT || SPI_processed != 1)
 		elog(ERROR, "registry: could not record the registration of \"%s\"", qual);
@@ -849,12 +857,10 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 					 "DROP COLUMN IF EXISTS " ORIGIN_COLUMN, qual);
 	spi_exec(sql.data, SPI_OK_UTILITY);
 	resetStringInfo(&sql);
+	row_keys_clear(tid);
 	registry_owner_begin(&owner);
 	appendStringInfo(&sql, "DELETE FROM registry.tombstones WHERE tid = %d", tid);
 	spi_exec(sql.data, SPI_OK_DELETE);
-	registry_owner_end(&owner);
-	row_keys_clear(tid);
-	registry_owner_begin(&owner);
 	resetStringInfo(&sql);
 	appendStringInfo(&sql, "DELETE FROM registry.replicated_tables WHERE tid = %d", tid);
 	spi_exec(sql.data, SPI_OK_DELETE);
@@ -914,11 +920,8 @@ regtable_defer_khash(RegTable *t)
 void
 regtable_restore_khash(Oid relid)
 {
-	RegTable   *t;
-
-	LockRelationOid(relid, ShareLock);
-	t = regtable_by_relid(relid, false);
-	(void) row_keys_build(t);
+	/* row_keys_build() locks the table against writers */
+	(void) row_keys_build(regtable_by_relid(relid, false));
 	registration_change(relid, NULL, "khash_deferred = false");
 }
 
@@ -1003,12 +1006,7 @@ table_whole(Oid relid, bool refuse, TriggerCheck *tc)
 							   "          AND NOT a.attisdropped AND "
 							   "          ((a.attname = '" VERSION_COLUMN "' AND a.atttypid = 'bigint'::regtype) OR "
 							   "           (a.attname = '" ORIGIN_COLUMN "' AND a.atttypid = 'text'::regtype))) = 2 "
-							   "FROM registry.replicated_tables r, "
-							   "LATERAL (SELECT array_agg(a.attname ORDER BY k.n) AS cols, "
-							   "                array_agg(format_type(a.atttypid, NULL) ORDER BY k.n) AS types "
-							   "         FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
-							   "         JOIN pg_attribute a ON a.attrelid = $1 AND a.attnum = k.attnum "
-							   "         WHERE i.indrelid = $1 AND i.indisprimary) pk "
+							   "FROM registry.replicated_tables r, " PK_COLUMNS_SQL " pk "
 							   "WHERE r.relid = $1",
 							   1, argtypes, args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)

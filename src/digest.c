@@ -31,6 +31,7 @@
 #include "port/pg_bitutils.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
@@ -534,23 +535,41 @@ verify_row_keys(RegTable *t, Snapshot snap, int64 rows, Tuplestorestate *ts,
 	uint32		khash;
 	char	   *key;
 	int64		n = 0;
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
+												 "registry row key check",
+												 ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
 
 	row_keys_scan_begin(&ks, t->tid, 0, PG_UINT32_MAX, snap);
 	row_lookup_begin(&rl, t, AccessShareLock, snap);
 	while (row_keys_scan_next(&ks, &khash, &key))
 	{
+		Datum		values[INDEX_MAX_KEYS];
+
 		CHECK_FOR_INTERRUPTS();
 		n++;
 		if (keys_hash(key, strlen(key)) != khash)
 			verify_report(ts, desc, t->qualname, "wrong key hash", -1, key,
 						  "registry.row_keys lists the key under another key's hash.");
-		else if (!row_lookup(&rl, key))
-			verify_report(ts, desc, t->qualname, "stray row key", -1, key,
-						  "registry.row_keys lists a key the table has no row for.");
+		else
+		{
+			/*
+			 * Parsing the key allocates, per key: in a context reset each
+			 * time.  The scan itself runs outside it (row_lookup_datums).
+			 */
+			old = MemoryContextSwitchTo(rowcxt);
+			row_key_datums(t, key, values);
+			MemoryContextSwitchTo(old);
+			if (!row_lookup_datums(&rl, values))
+				verify_report(ts, desc, t->qualname, "stray row key", -1, key,
+							  "registry.row_keys lists a key the table has no row for.");
+			MemoryContextReset(rowcxt);
+		}
 		pfree(key);
 	}
 	row_lookup_end(&rl);
 	row_keys_scan_end(&ks);
+	MemoryContextDelete(rowcxt);
 	if (n != rows)
 	{
 		char		detail[128];

@@ -75,12 +75,24 @@ row_key_datums(RegTable *t, const char *key, Datum *values)
 bool
 row_lookup(RowLookup *rl, const char *key)
 {
+	Datum		values[INDEX_MAX_KEYS];
+
+	row_key_datums(rl->t, key, values);
+	return row_lookup_datums(rl, values);
+}
+
+/*
+ * The same with the key already parsed (row_key_datums).  Runs the index
+ * scan: call it in a context that lives as long as the lookup, not in a
+ * per-row one (btree keeps what it allocates on first use).
+ */
+bool
+row_lookup_datums(RowLookup *rl, Datum *values)
+{
 	RegTable   *t = rl->t;
 	ScanKeyData skey[INDEX_MAX_KEYS];
-	Datum		values[INDEX_MAX_KEYS];
 	int			i;
 
-	row_key_datums(t, key, values);
 	for (i = 0; i < t->nkeys; i++)
 	{
 		ScanKeyInit(&skey[i], i + 1, BTEqualStrategyNumber, t->keys[i].eqproc,

@@ -27,6 +27,7 @@ typedef struct RowLookup
 extern void row_lookup_begin(RowLookup *rl, RegTable *t, LOCKMODE lockmode,
 							 Snapshot snap);
 extern bool row_lookup(RowLookup *rl, const char *key);
+extern bool row_lookup_datums(RowLookup *rl, Datum *values);
 extern void row_lookup_end(RowLookup *rl);
 typedef struct RowScan
 {
