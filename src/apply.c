@@ -64,6 +64,71 @@ key_column_list(RegTable *t)
 	return b.data;
 }
 
+/* "INSERT INTO <table> [AS t] (<our columns in the peer's order>, <version columns>) " */
+static void
+append_insert_head(StringInfo sql, ApplyColumns *ac, bool alias)
+{
+	RegTable   *t = ac->t;
+	int			i;
+
+	appendStringInfo(sql, "INSERT INTO %s%s (", t->qualname, alias ? " AS t" : "");
+	for (i = 0; i < ac->ncols; i++)
+		appendStringInfo(sql, "%s, ", quote_identifier(t->cols[ac->local[i]].name));
+	appendStringInfo(sql, "registry_version, registry_origin)%s ",
+					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
+}
+
+/* Column i of the peer's list, as the type it has here. */
+static char *
+column_type(ApplyColumns *ac, int i)
+{
+	RowColumn  *c = &ac->t->cols[ac->local[i]];
+
+	return format_type_with_typemod(c->typid, c->typmod);
+}
+
+/*
+ * "ON CONFLICT (<key>) DO UPDATE SET <every non-key column and the
+ * version> = EXCLUDED.<same>"; the caller may add a WHERE.
+ */
+static void
+append_upsert_tail(StringInfo sql, ApplyColumns *ac)
+{
+	RegTable   *t = ac->t;
+	int			i,
+				j;
+
+	appendStringInfo(sql, " ON CONFLICT (%s) DO UPDATE SET ", key_column_list(t));
+	for (i = 0; i < ac->ncols; i++)
+	{
+		RowColumn  *c = &t->cols[ac->local[i]];
+		bool		iskey = false;
+
+		for (j = 0; j < t->nkeys; j++)
+			if (t->keys[j].attnum == c->attnum)
+				iskey = true;
+		if (!iskey)
+			appendStringInfo(sql, "%s = EXCLUDED.%s, ",
+							 quote_identifier(c->name), quote_identifier(c->name));
+	}
+	appendStringInfoString(sql, "registry_version = EXCLUDED.registry_version, "
+						   "registry_origin = EXCLUDED.registry_origin");
+}
+
+/* SPI_prepare leaves SPI's memory context current: come back to the caller's. */
+static SPIPlanPtr
+prepare_plan(const char *sql, int nargs, Oid *argtypes)
+{
+	MemoryContext mycxt = CurrentMemoryContext;
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	MemoryContextSwitchTo(mycxt);
+	if (plan == NULL)
+		elog(ERROR, "registry: could not prepare \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	return plan;
+}
+
 /*
  * Match the peer's column list to ours.  Every column we transmit must be
  * sent, with the same type name, and nothing else; anything else is an
@@ -72,10 +137,8 @@ key_column_list(RegTable *t)
 ApplyColumns *
 apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 {
-	MemoryContext mycxt = CurrentMemoryContext;
 	ApplyColumns *ac = palloc0(sizeof(ApplyColumns));
 	StringInfoData sql;
-	StringInfoData set;
 	Oid		   *argtypes;
 	int			i,
 				j;
@@ -125,40 +188,16 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 
 	/* upsert: every column as text, cast by its local type, then the version */
 	initStringInfo(&sql);
-	initStringInfo(&set);
-	appendStringInfo(&sql, "INSERT INTO %s (", t->qualname);
+	append_insert_head(&sql, ac, false);
+	appendStringInfoString(&sql, "VALUES (");
 	for (i = 0; i < ncols; i++)
-		appendStringInfo(&sql, "%s, ", quote_identifier(t->cols[ac->local[i]].name));
-	appendStringInfo(&sql, "registry_version, registry_origin)%s VALUES (",
-					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
-	for (i = 0; i < ncols; i++)
-	{
-		RowColumn  *c = &t->cols[ac->local[i]];
-		bool		iskey = false;
-
-		appendStringInfo(&sql, "%s$%d::%s", i ? ", " : "", i + 1,
-						 format_type_with_typemod(c->typid, c->typmod));
-		for (j = 0; j < t->nkeys; j++)
-			if (t->keys[j].attnum == c->attnum)
-				iskey = true;
-		if (!iskey)
-			appendStringInfo(&set, "%s = EXCLUDED.%s, ",
-							 quote_identifier(c->name), quote_identifier(c->name));
-	}
-	appendStringInfo(&sql, "%s$%d::bigint, $%d) ON CONFLICT (%s) DO UPDATE SET %s"
-					 "registry_version = EXCLUDED.registry_version, "
-					 "registry_origin = EXCLUDED.registry_origin",
-					 ncols ? ", " : "", ncols + 1, ncols + 2,
-					 key_column_list(t), set.data);
+		appendStringInfo(&sql, "$%d::%s, ", i + 1, column_type(ac, i));
+	appendStringInfo(&sql, "$%d::bigint, $%d)", ncols + 1, ncols + 2);
+	append_upsert_tail(&sql, ac);
 	argtypes = palloc(sizeof(Oid) * (ncols + 2));
 	for (i = 0; i < ncols + 2; i++)
 		argtypes[i] = TEXTOID;
-	/* SPI_prepare leaves SPI's memory context current: come back to ours */
-	ac->upsert = SPI_prepare(sql.data, ncols + 2, argtypes);
-	MemoryContextSwitchTo(mycxt);
-	if (ac->upsert == NULL)
-		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
-			 SPI_result_code_string(SPI_result));
+	ac->upsert = prepare_plan(sql.data, ncols + 2, argtypes);
 
 	resetStringInfo(&sql);
 	appendStringInfo(&sql, "DELETE FROM ONLY %s WHERE (%s) = (", t->qualname,
@@ -167,11 +206,7 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 		appendStringInfo(&sql, "%s$%d::%s", i ? ", " : "", i + 1,
 						 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
 	appendStringInfoString(&sql, ")");
-	ac->delete = SPI_prepare(sql.data, t->nkeys, argtypes);
-	MemoryContextSwitchTo(mycxt);
-	if (ac->delete == NULL)
-		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
-			 SPI_result_code_string(SPI_result));
+	ac->delete = prepare_plan(sql.data, t->nkeys, argtypes);
 	return ac;
 }
 
@@ -352,6 +387,33 @@ text_array(Datum *elems, bool *nulls, int n)
 }
 
 /*
+ * "SELECT u.a1::<type>, ..., u.v, u.o FROM unnest($1::text[], ...,
+ * $n+1::bigint[], $n+2::text[][, $n+3::int[], $n+4::text[]]) AS u(a1, ...,
+ * v, o[, kh, k])": rows come in as one array per column, then the
+ * versions and origins and, with hashes, each key's hash and text.
+ */
+static void
+append_unnest_select(StringInfo sql, ApplyColumns *ac, bool hashes)
+{
+	int			n = ac->ncols;
+	int			i;
+
+	appendStringInfoString(sql, "SELECT ");
+	for (i = 0; i < n; i++)
+		appendStringInfo(sql, "u.a%d::%s, ", i + 1, column_type(ac, i));
+	appendStringInfoString(sql, "u.v, u.o FROM unnest(");
+	for (i = 0; i < n; i++)
+		appendStringInfo(sql, "$%d::text[], ", i + 1);
+	appendStringInfo(sql, "$%d::bigint[], $%d::text[]", n + 1, n + 2);
+	if (hashes)
+		appendStringInfo(sql, ", $%d::int[], $%d::text[]", n + 3, n + 4);
+	appendStringInfoString(sql, ") AS u(");
+	for (i = 0; i < n; i++)
+		appendStringInfo(sql, "a%d, ", i + 1);
+	appendStringInfoString(sql, hashes ? "v, o, kh, k)" : "v, o)");
+}
+
+/*
  * The statement that applies many live rows at once: rows come in as one
  * text[] per column; last-writer-wins is the ON CONFLICT ... WHERE; a
  * newer tombstone and (after purges) the purge horizon filter in the
@@ -360,45 +422,17 @@ text_array(Datum *elems, bool *nulls, int n)
 static void
 prepare_bulk(ApplyColumns *ac)
 {
-	MemoryContext mycxt = CurrentMemoryContext;
 	RegTable   *t = ac->t;
 	StringInfoData sql;
-	StringInfoData set;
 	Oid		   *argtypes;
 	int			n = ac->ncols;
-	int			i,
-				j;
+	int			i;
 
 	initStringInfo(&sql);
-	initStringInfo(&set);
-	appendStringInfo(&sql, "INSERT INTO %s AS t (", t->qualname);
-	for (i = 0; i < n; i++)
-		appendStringInfo(&sql, "%s, ", quote_identifier(t->cols[ac->local[i]].name));
-	appendStringInfo(&sql, "registry_version, registry_origin)%s SELECT ",
-					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
-	for (i = 0; i < n; i++)
-	{
-		RowColumn  *c = &t->cols[ac->local[i]];
-		bool		iskey = false;
-
-		appendStringInfo(&sql, "u.a%d::%s, ", i + 1,
-						 format_type_with_typemod(c->typid, c->typmod));
-		for (j = 0; j < t->nkeys; j++)
-			if (t->keys[j].attnum == c->attnum)
-				iskey = true;
-		if (!iskey)
-			appendStringInfo(&set, "%s = EXCLUDED.%s, ",
-							 quote_identifier(c->name), quote_identifier(c->name));
-	}
-	appendStringInfoString(&sql, "u.v, u.o FROM unnest(");
-	for (i = 0; i < n; i++)
-		appendStringInfo(&sql, "$%d::text[], ", i + 1);
-	appendStringInfo(&sql, "$%d::bigint[], $%d::text[], $%d::int[], $%d::text[]) AS u(",
-					 n + 1, n + 2, n + 3, n + 4);
-	for (i = 0; i < n; i++)
-		appendStringInfo(&sql, "a%d, ", i + 1);
+	append_insert_head(&sql, ac, true);
+	append_unnest_select(&sql, ac, true);
 	appendStringInfo(&sql,
-					 "v, o, kh, k) WHERE NOT EXISTS (SELECT 1 FROM registry.tombstones tb "
+					 " WHERE NOT EXISTS (SELECT 1 FROM registry.tombstones tb "
 					 "WHERE tb.tid = %d AND tb.khash = u.kh AND tb.key = u.k "
 					 "AND (tb.version > u.v OR (tb.version = u.v AND tb.origin >= u.o COLLATE \"C\")))",
 					 t->tid);
@@ -414,13 +448,11 @@ prepare_bulk(ApplyColumns *ac)
 							 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
 		appendStringInfoString(&sql, ")))");
 	}
-	appendStringInfo(&sql, " ON CONFLICT (%s) DO UPDATE SET %s"
-					 "registry_version = EXCLUDED.registry_version, "
-					 "registry_origin = EXCLUDED.registry_origin "
-					 "WHERE EXCLUDED.registry_version > t.registry_version OR "
-					 "(EXCLUDED.registry_version = t.registry_version AND "
-					 "EXCLUDED.registry_origin COLLATE \"C\" > t.registry_origin COLLATE \"C\")",
-					 key_column_list(t), set.data);
+	append_upsert_tail(&sql, ac);
+	appendStringInfoString(&sql,
+						   " WHERE EXCLUDED.registry_version > t.registry_version OR "
+						   "(EXCLUDED.registry_version = t.registry_version AND "
+						   "EXCLUDED.registry_origin COLLATE \"C\" > t.registry_origin COLLATE \"C\")");
 
 	argtypes = palloc(sizeof(Oid) * (n + 4));
 	for (i = 0; i < n; i++)
@@ -429,51 +461,27 @@ prepare_bulk(ApplyColumns *ac)
 	argtypes[n + 1] = TEXTARRAYOID;
 	argtypes[n + 2] = INT4ARRAYOID;
 	argtypes[n + 3] = TEXTARRAYOID;
-	ac->bulk = SPI_prepare(sql.data, n + 4, argtypes);
-	MemoryContextSwitchTo(mycxt);
-	if (ac->bulk == NULL)
-		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
-			 SPI_result_code_string(SPI_result));
+	ac->bulk = prepare_plan(sql.data, n + 4, argtypes);
 }
 
 static void
 prepare_fresh(ApplyColumns *ac)
 {
-	MemoryContext mycxt = CurrentMemoryContext;
-	RegTable   *t = ac->t;
 	StringInfoData sql;
 	Oid		   *argtypes;
 	int			n = ac->ncols;
 	int			i;
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "INSERT INTO %s (", t->qualname);
-	for (i = 0; i < n; i++)
-		appendStringInfo(&sql, "%s, ", quote_identifier(t->cols[ac->local[i]].name));
-	appendStringInfo(&sql, "registry_version, registry_origin)%s SELECT ",
-					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
-	for (i = 0; i < n; i++)
-		appendStringInfo(&sql, "u.a%d::%s, ", i + 1,
-						 format_type_with_typemod(t->cols[ac->local[i]].typid,
-												  t->cols[ac->local[i]].typmod));
-	appendStringInfoString(&sql, "u.v, u.o FROM unnest(");
-	for (i = 0; i < n; i++)
-		appendStringInfo(&sql, "$%d::text[], ", i + 1);
-	appendStringInfo(&sql, "$%d::bigint[], $%d::text[]) AS u(", n + 1, n + 2);
-	for (i = 0; i < n; i++)
-		appendStringInfo(&sql, "a%d, ", i + 1);
-	appendStringInfoString(&sql, "v, o)");
+	append_insert_head(&sql, ac, false);
+	append_unnest_select(&sql, ac, false);
 
 	argtypes = palloc(sizeof(Oid) * (n + 2));
 	for (i = 0; i < n; i++)
 		argtypes[i] = TEXTARRAYOID;
 	argtypes[n] = INT8ARRAYOID;
 	argtypes[n + 1] = TEXTARRAYOID;
-	ac->fresh = SPI_prepare(sql.data, n + 2, argtypes);
-	MemoryContextSwitchTo(mycxt);
-	if (ac->fresh == NULL)
-		elog(ERROR, "registry: could not prepare \"%s\": %s", sql.data,
-			 SPI_result_code_string(SPI_result));
+	ac->fresh = prepare_plan(sql.data, n + 2, argtypes);
 }
 
 /* What every remote row must be before anything else is looked at. */

@@ -431,11 +431,24 @@ regtable_build(RegTableEntry *e, const CatalogRow *c)
 	relation_close(rel, NoLock);
 }
 
+/* Cache and return the table of a catalog row just read. */
+static RegTable *
+regtable_enter(const CatalogRow *c)
+{
+	RegTableEntry *e;
+	bool		found;
+
+	e = hash_search(RegTableCache, &c->relid, HASH_ENTER, &found);
+	if (!found)
+		e->cxt = NULL;
+	regtable_build(e, c);
+	return &e->t;
+}
+
 RegTable *
 regtable_by_relid(Oid relid, bool missing_ok)
 {
 	RegTableEntry *e;
-	bool		found;
 	CatalogRow	c;
 
 	regtable_cache_init();
@@ -460,11 +473,7 @@ regtable_by_relid(Oid relid, bool missing_ok)
 				 errhint("Register it with registry.replicate().")));
 	}
 
-	e = hash_search(RegTableCache, &relid, HASH_ENTER, &found);
-	if (!found)
-		e->cxt = NULL;
-	regtable_build(e, &c);
-	return &e->t;
+	return regtable_enter(&c);
 }
 
 RegTable *
@@ -492,7 +501,7 @@ regtable_by_tid(int32 tid, bool missing_ok)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("no registry table has id %d", tid)));
 	}
-	return regtable_by_relid(c.relid, missing_ok);
+	return regtable_enter(&c);
 }
 
 /*
