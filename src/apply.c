@@ -283,6 +283,29 @@ current_state(RegTable *t, const char *key, uint32 khash, VersionState *st)
 }
 
 /*
+ * Whether the key has a row, committed (since our look) or being inserted
+ * by a transaction still in progress.  A remote delete that found no row
+ * writes only a tombstone; an INSERT of the key not yet committed has
+ * already looked for a tombstone to take and found none, so once both
+ * commit the key would have a live row and a tombstone.  The delete gives
+ * up rather than wait, because the inserter may be about to wait for the
+ * tombstone; retried, it sees the row (or its absence) and is exact.
+ */
+static bool
+row_being_written(RegTable *t, const char *key)
+{
+	RowLookup	rl;
+	SnapshotData dirty;
+	bool		found;
+
+	InitDirtySnapshot(dirty);
+	row_lookup_begin(&rl, t, RowExclusiveLock, &dirty);
+	found = row_lookup(&rl, key);
+	row_lookup_end(&rl);
+	return found;
+}
+
+/*
  * Apply one remote row.  Caller has called apply_begin() and prepared ac.
  * Errors (constraint violations, malformed values) abort the caller's
  * transaction: the batch is all or nothing.
@@ -359,16 +382,14 @@ apply_row(ApplyColumns *ac, const char *key, RegVersion version,
 		if (!done)
 		{
 			VersionState old;
-			VersionState now;
 
 			(void) tombstone_put(t->tid, khash, key, version, origin, true, &old);
-			/* a row committed since our look would now sit beside it */
-			CommandCounterIncrement();
-			current_state(t, key, khash, &now);
-			if (!now.deleted)
+			if (row_being_written(t, key))
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("registry key \"%s\" was inserted concurrently", key)));
+						 errmsg("registry key \"%s\" was inserted concurrently", key),
+						 errdetail("A row of the key was committed or is being written since the delete looked."),
+						 errhint("Retry: the delete then replaces the row if it is newer.")));
 			capture_record(t, khash, key, &old, version, origin, true);
 		}
 	}
