@@ -21,13 +21,8 @@ use IPC::Run;
 use Time::HiRes qw(usleep);
 use RegistryMesh;
 
-my @nodes = map { new_node($_) } qw(chaos_a chaos_b chaos_c);
-my ($na, $nb, $nc) = @nodes;
-create_table(\@nodes, 'kv', 'CREATE TABLE kv (id int PRIMARY KEY, val text)');
-create_table(\@nodes, 'svc',
-	'CREATE TABLE svc (name text, zone int, endpoints jsonb, PRIMARY KEY (name, zone))'
-);
-full_mesh(@nodes);
+# the three nodes of the mesh under test (set by run_mesh)
+my @nodes;
 
 # 100 keys per table, shared by every node, so that nodes overwrite each
 # other's rows, delete them and bring keys back all the time.
@@ -151,35 +146,62 @@ sub chaos_round
 	check_verify(\@nodes, "round $round");
 
 	# Each table's counts and digest root are the same everywhere.
+	my @names = map { $_->name } @nodes;
 	my @roots = map {
 		sql($_,
 			q{SELECT string_agg(format('%s %s rows %s tombstones %s', table_name, rows, tombstones, digest_root), ', ' ORDER BY table_name) FROM registry.tables}
 		)
 	} @nodes;
 	is($roots[1], $roots[0],
-		"round $round: chaos_b has chaos_a's row and tombstone counts and digest roots");
+		"round $round: $names[1] has $names[0]'s row and tombstone counts and digest roots");
 	is($roots[2], $roots[0],
-		"round $round: chaos_c has chaos_a's row and tombstone counts and digest roots");
+		"round $round: $names[2] has $names[0]'s row and tombstone counts and digest roots");
 }
 
-# REGISTRY_CHAOS_ROUNDS=n runs more rounds (a soak); each round moves
-# the roles on by one node.
-my $rounds = $ENV{REGISTRY_CHAOS_ROUNDS} // 1;
-for my $r (1 .. $rounds)
+# Three new nodes named $prefix_a.. with extra configuration $conf, in a
+# full mesh, through REGISTRY_CHAOS_ROUNDS rounds (default 1), the roles
+# moving on by one node each round.
+sub run_mesh
 {
-	my @order = map { $nodes[ ($_ + $r - 1) % 3 ] } 0 .. 2;
-	chaos_round($r, $order[1], $order[2], $order[0]);
+	my ($prefix, $conf) = @_;
+	@nodes = map { new_node("${prefix}_$_", conf => $conf) } qw(a b c);
+	create_table(\@nodes, 'kv', 'CREATE TABLE kv (id int PRIMARY KEY, val text)');
+	create_table(\@nodes, 'svc',
+		'CREATE TABLE svc (name text, zone int, endpoints jsonb, PRIMARY KEY (name, zone))'
+	);
+	full_mesh(@nodes);
+
+	my $rounds = $ENV{REGISTRY_CHAOS_ROUNDS} // 1;
+	for my $r (1 .. $rounds)
+	{
+		my @order = map { $nodes[ ($_ + $r - 1) % 3 ] } 0 .. 2;
+		chaos_round("$prefix $r", $order[1], $order[2], $order[0]);
+	}
+
+	# The data is real: both tables were written, and some keys deleted.
+	my $na = $nodes[0];
+	cmp_ok(sql($na, 'SELECT count(*) FROM kv'), '>', 0, "$prefix: kv has rows");
+	# (svc may just have been truncated)
+	cmp_ok(sql($na, q{SELECT count(*) FROM registry.versions('svc')}),
+		'>', 0, "$prefix: svc has keys");
+	cmp_ok(
+		sql($na,
+			q{SELECT count(*) FROM registry.versions('kv') WHERE deleted}),
+		'>', 0, "$prefix: kv has tombstones");
+	$_->stop for @nodes;
 }
 
-# The data is real: both tables were written, and some keys were deleted.
-cmp_ok(sql($na, 'SELECT count(*) FROM kv'), '>', 0, 'kv has rows');
-# (svc may just have been truncated)
-cmp_ok(sql($na, q{SELECT count(*) FROM registry.versions('svc')}),
-	'>', 0, 'svc has keys');
-cmp_ok(
-	sql($na,
-		q{SELECT count(*) FROM registry.versions('kv') WHERE deleted}),
-	'>', 0, 'kv has tombstones');
+# With the default sizes: peers follow each other's change logs.
+run_mesh('chaos', '');
 
-$_->stop for @nodes;
+# With every shared structure at its minimum: a change log of 16 entries,
+# which peers fall out of all the time and then repair by comparing
+# digests, under the same writes; 16 acceptors, evicted all the time; 16
+# digest buckets, each holding many keys.
+run_mesh('tiny', q{
+registry.change_log_size = 16
+registry.max_acceptors = 16
+registry.digest_buckets = 16
+});
+
 done_testing();
