@@ -160,10 +160,11 @@ sub chaos_round
 
 # Three new nodes named $prefix_a.. with extra configuration $conf, in a
 # full mesh, through REGISTRY_CHAOS_ROUNDS rounds (default 1), the roles
-# moving on by one node each round.
+# moving on by one node each round; with join => 1, then a fourth node
+# joins while all write.
 sub run_mesh
 {
-	my ($prefix, $conf) = @_;
+	my ($prefix, $conf, %opts) = @_;
 	@nodes = map { new_node("${prefix}_$_", conf => $conf) } qw(a b c);
 	create_table(\@nodes, 'kv', 'CREATE TABLE kv (id int PRIMARY KEY, val text)');
 	create_table(\@nodes, 'svc',
@@ -178,6 +179,8 @@ sub run_mesh
 		chaos_round("$prefix $r", $order[1], $order[2], $order[0]);
 	}
 
+	join_under_load($prefix) if $opts{join};
+
 	# The data is real: both tables were written, and some keys deleted.
 	my $na = $nodes[0];
 	cmp_ok(sql($na, 'SELECT count(*) FROM kv'), '>', 0, "$prefix: kv has rows");
@@ -191,8 +194,47 @@ sub run_mesh
 	$_->stop for @nodes;
 }
 
+# A fourth, empty node joins the mesh while every node writes, itself
+# included: it pulls kv whole (20,000 more rows; its keys listed in
+# registry.row_keys at the end if the table was still empty when the pull
+# began, as they come if its own writes got there first) while its own
+# writes and the others' go on, then all four must agree.
+sub join_under_load
+{
+	my ($prefix) = @_;
+	sql($nodes[0],
+		q{INSERT INTO kv SELECT g, 'bulk' FROM generate_series(1001, 21000) g});
+	wait_converged(\@nodes, ['kv'], "$prefix: 20,000 more rows everywhere");
+
+	my %load = map { $_->name => start_load($_, 8) } @nodes;
+	my $nd = new_node("${prefix}_d");
+	create_table([$nd], 'kv', 'CREATE TABLE kv (id int PRIMARY KEY, val text)');
+	create_table([$nd], 'svc',
+		'CREATE TABLE svc (name text, zone int, endpoints jsonb, PRIMARY KEY (name, zone))'
+	);
+	for my $n (@nodes)
+	{
+		add_peer($nd, $n);
+		add_peer($n, $nd);
+	}
+	$load{ $nd->name } = start_load($nd, 6);
+	for my $name (sort keys %load)
+	{
+		is(finish_load($load{$name}), 0,
+			"$prefix join: pgbench on $name: no failed transaction")
+		  or diag(${ $load{$name}{err} });
+	}
+	push @nodes, $nd;
+	wait_converged(\@nodes, [ 'kv', 'svc' ],
+		"$prefix join: the new node and the three agree on every row, version and tombstone"
+	);
+	check_verify(\@nodes, "$prefix join");
+	cmp_ok(sql($nd, 'SELECT count(*) FROM kv'), '>', 20000,
+		"$prefix join: ${prefix}_d has the bulk rows");
+}
+
 # With the default sizes: peers follow each other's change logs.
-run_mesh('chaos', '');
+run_mesh('chaos', '', join => 1);
 
 # With every shared structure at its minimum: a change log of 16 entries,
 # which peers fall out of all the time and then repair by comparing
