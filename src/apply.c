@@ -64,7 +64,10 @@ key_column_list(RegTable *t)
 	return b.data;
 }
 
-/* "INSERT INTO <table> [AS t] (<our columns in the peer's order>, <version columns>) " */
+/*
+ * "INSERT INTO <table> [AS t] (<our columns in the peer's order>,
+ * registry_version, registry_origin) "
+ */
 static void
 append_insert_head(StringInfo sql, ApplyColumns *ac, bool alias)
 {

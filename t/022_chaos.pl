@@ -45,7 +45,7 @@ COMMIT;
 };
 close($fh);
 
-# Rarer: keys moved by an UPDATE (a delete and an insert; a move onto a
+# Less often: keys moved by an UPDATE (a delete and an insert; a move onto a
 # taken key is caught in a subtransaction), and a TRUNCATE of svc
 # (replicated as deletes).
 my $script_move = $PostgreSQL::Test::Utils::tmp_check . '/chaos_move.sql';
@@ -54,6 +54,25 @@ print $fh q{
 \set k random(1, 100)
 \set k2 random(1, 100)
 DO $$ BEGIN UPDATE kv SET id = :k2 WHERE id = :k; EXCEPTION WHEN unique_violation THEN NULL; END $$;
+};
+close($fh);
+# A key deleted and written again in one transaction, a part rolled back
+# to a savepoint, and inserts that do nothing on a conflict.
+my $script_mixed = $PostgreSQL::Test::Utils::tmp_check . '/chaos_mixed.sql';
+open($fh, '>', $script_mixed) or die "could not write $script_mixed: $!";
+print $fh q{
+\set k random(1, 100)
+\set k2 random(1, 100)
+\set n random(1, 20)
+BEGIN;
+DELETE FROM kv WHERE id = :k;
+INSERT INTO kv VALUES (:k, 'again ' || :client_id) ON CONFLICT DO NOTHING;
+SAVEPOINT s;
+UPDATE svc SET endpoints = '["rolled back"]' WHERE name = 's' || :n;
+DELETE FROM kv WHERE id = :k2;
+ROLLBACK TO s;
+INSERT INTO kv VALUES (:k2, 'kept ' || :client_id) ON CONFLICT DO NOTHING;
+COMMIT;
 };
 close($fh);
 my $script_trunc = $PostgreSQL::Test::Utils::tmp_check . '/chaos_trunc.sql';
@@ -74,7 +93,7 @@ sub start_load
 		[
 			'pgbench', '-n', '-c', '2', '-j', '2', '-T', $secs,
 			'--max-tries=20', '-f', "$script\@40", '-f', "$script_move\@10",
-			'-f', "$script_trunc\@1",
+			'-f', "$script_mixed\@10", '-f', "$script_trunc\@1",
 			'-h', $node->host, '-p', $node->port, 'postgres'
 		],
 		'>', \$out, '2>', \$err);
@@ -144,6 +163,11 @@ sub chaos_round
 		"round $round: after a killed sync worker, a crash and a restart under load, every node has the same rows, versions and tombstones"
 	);
 	check_verify(\@nodes, "round $round");
+	is( join(',',
+			map { sql($_, q{SELECT count(*) FROM svc WHERE endpoints = '["rolled back"]'}) }
+			  @nodes),
+		'0,0,0',
+		"round $round: nothing rolled back to a savepoint reached any node");
 
 	# Each table's counts and digest root are the same everywhere.
 	my @names = map { $_->name } @nodes;
