@@ -1,11 +1,14 @@
 # Failures while every node writes.  Three nodes in a full mesh run
-# pgbench at the same time on the same keys (upserts, multi-row updates,
-# deletes and re-inserts, in two tables).  Meanwhile one node's sync
-# worker is killed, one node crashes (immediate stop) and restarts, and
-# another is restarted cleanly.  Afterwards every node must hold the same
-# rows with the same versions and the same tombstones, registry.verify()
-# must find nothing wrong, and the clients on the nodes that stayed up
-# must have had no failed transaction.
+# pgbench at the same time on the same keys, in two tables: upserts,
+# multi-row updates, deletes and re-inserts, keys moved by UPDATE,
+# savepoints rolled back, TRUNCATE.  Meanwhile one node's sync worker is
+# killed, clocks are stepped back and forward, one node crashes
+# (immediate stop) and restarts, and another is restarted cleanly.
+# Afterwards every node must hold the same rows with the same versions
+# and the same tombstones, registry.verify() must find nothing wrong, and
+# the clients on the nodes that stayed up must have had no failed
+# transaction.  The same runs again with every shared structure at its
+# minimum, and a fourth node joins the first mesh while all write.
 #
 # When the faults land depends on the machine's speed; what is asserted
 # does not: whatever the interleaving, the nodes must converge.  One round
@@ -110,7 +113,8 @@ sub finish_load
 }
 
 # One round: all three nodes write; meanwhile $killw's sync worker is
-# killed, $crash crashes and comes back, $restart restarts cleanly.
+# killed and its clock stepped back, $restart's clock is put ahead,
+# $crash crashes and comes back, $restart restarts cleanly.
 sub chaos_round
 {
 	my ($round, $killw, $crash, $restart) = @_;
@@ -129,6 +133,11 @@ sub chaos_round
 		),
 		'1',
 		"round $round: killed the sync worker of $kn under load");
+
+	# clocks stepped: one node's back by 5 s, one's ahead by 3 s (which
+	# steps back again when it restarts, the offset being forgotten)
+	sql($killw,   q{SELECT registry.set_clock_offset('-5 seconds')});
+	sql($restart, q{SELECT registry.set_clock_offset('3 seconds')});
 
 	# a crash mid-load; its own clients die with it
 	usleep(500_000);
@@ -159,6 +168,7 @@ sub chaos_round
 		"round $round: pgbench on $rn after its restart: no failed transaction")
 	  or diag(${ $again->{err} });
 
+	sql($killw, q{SELECT registry.set_clock_offset('0')});
 	wait_converged(\@nodes, [ 'kv', 'svc' ],
 		"round $round: after a killed sync worker, a crash and a restart under load, every node has the same rows, versions and tombstones"
 	);
