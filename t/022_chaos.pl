@@ -3,7 +3,8 @@
 # multi-row updates, deletes and re-inserts, keys moved by UPDATE,
 # savepoints rolled back, TRUNCATE.  Meanwhile one node's sync worker is
 # killed, clocks are stepped back and forward, one node crashes
-# (immediate stop) and restarts, and another is restarted cleanly.
+# (immediate stop) and restarts, another is restarted cleanly, and one
+# resyncs a table (drops its copy and refills it from the others).
 # Afterwards every node must hold the same rows with the same versions
 # and the same tombstones, registry.verify() must find nothing wrong, and
 # the clients on the nodes that stayed up must have had no failed
@@ -114,7 +115,8 @@ sub finish_load
 
 # One round: all three nodes write; meanwhile $killw's sync worker is
 # killed and its clock stepped back, $restart's clock is put ahead,
-# $crash crashes and comes back, $restart restarts cleanly.
+# $crash crashes and comes back, $restart restarts cleanly, and $killw
+# resyncs svc.
 sub chaos_round
 {
 	my ($round, $killw, $crash, $restart) = @_;
@@ -153,6 +155,10 @@ sub chaos_round
 	$restart->stop('fast');
 	$restart->start;
 	wait_ready($restart);
+
+	# an operator's resync of one table, under load: the node drops its
+	# copy of svc and refills it from the others while it writes
+	sql($killw, q{SELECT registry.resync('svc')});
 
 	for my $name ($kn, $cn)
 	{
