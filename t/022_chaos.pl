@@ -9,7 +9,8 @@
 # and the same tombstones, registry.verify() must find nothing wrong, and
 # the clients on the nodes that stayed up must have had no failed
 # transaction.  The same runs again with every shared structure at its
-# minimum, and a fourth node joins the first mesh while all write.
+# minimum; each mesh is then partitioned while all write and healed; and
+# a fourth node joins the first mesh while all write.
 #
 # When the faults land depends on the machine's speed; what is asserted
 # does not: whatever the interleaving, the nodes must converge.  One round
@@ -219,6 +220,7 @@ sub run_mesh
 		chaos_round("$prefix $r", $order[1], $order[2], $order[0]);
 	}
 
+	partition_under_load($prefix);
 	join_under_load($prefix) if $opts{join};
 
 	# The data is real: both tables were written, and some keys deleted.
@@ -232,6 +234,83 @@ sub run_mesh
 			q{SELECT count(*) FROM registry.versions('kv') WHERE deleted}),
 		'>', 0, "$prefix: kv has tombstones");
 	$_->stop for @nodes;
+}
+
+# A partition: the first node and the other two stop pulling from each
+# other (their peer entries removed) while all three write the same keys,
+# then the link is restored and the two sides must reconcile, each key
+# ending with its newest write.
+sub partition_under_load
+{
+	my ($prefix) = @_;
+	my ($x, @rest) = @nodes;
+	for my $y (@rest)
+	{
+		sql($x, 'SELECT registry.remove_peer(' . quote_literal($y->name) . ')');
+		sql($y, 'SELECT registry.remove_peer(' . quote_literal($x->name) . ')');
+	}
+	my %load = map { $_->name => start_load($_, 5) } @nodes;
+	for my $name (sort keys %load)
+	{
+		is(finish_load($load{$name}), 0,
+			"$prefix partition: pgbench on $name: no failed transaction")
+		  or diag(${ $load{$name}{err} });
+	}
+	# Last writer wins: each key must end with the newest (version, then
+	# origin) of the states it has anywhere now.
+	my %expect;
+	for my $n (@nodes)
+	{
+		for my $t (qw(kv svc))
+		{
+			for my $line (split /\n/, versions_lines($n, $t))
+			{
+				my ($key, $version, $origin, $deleted) = split /\|/, $line;
+				my $e = $expect{"$t $key"};
+				$expect{"$t $key"} = [ $version, $origin, $deleted ]
+				  if !$e
+				  || $version > $e->[0]
+				  || ($version == $e->[0] && $origin gt $e->[1]);
+			}
+		}
+	}
+	for my $y (@rest)
+	{
+		add_peer($x, $y);
+		add_peer($y, $x);
+	}
+	wait_converged(\@nodes, [ 'kv', 'svc' ],
+		"$prefix partition: healed, the two sides agree on every row, version and tombstone"
+	);
+	check_verify(\@nodes, "$prefix partition");
+	my %got;
+	for my $t (qw(kv svc))
+	{
+		for my $line (split /\n/, versions_lines($x, $t))
+		{
+			my ($key, @state) = split /\|/, $line;
+			$got{"$t $key"} = join('|', @state);
+		}
+	}
+	my @wrong = grep { ($got{$_} // 'missing') ne join('|', @{ $expect{$_} }) }
+	  sort keys %expect;
+	is(scalar(@wrong), 0,
+		"$prefix partition: every key ended with its newest write (of "
+		  . scalar(keys %expect) . ' keys)')
+	  or diag(join("\n",
+		map { "$_: got " . ($got{$_} // 'missing') . ', expected ' . join('|', @{ $expect{$_} }) }
+		  @wrong[ 0 .. ($#wrong < 9 ? $#wrong : 9) ]));
+	is(scalar(keys %got), scalar(keys %expect),
+		"$prefix partition: no key appeared from nowhere");
+}
+
+# key|version|origin|deleted of every key of table $t on $node
+sub versions_lines
+{
+	my ($node, $t) = @_;
+	return sql($node,
+		"SELECT key || '|' || version || '|' || origin || '|' || deleted FROM registry.versions('$t')"
+	);
 }
 
 # A fourth, empty node joins the mesh while every node writes, itself
