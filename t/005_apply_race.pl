@@ -104,19 +104,32 @@ verify_clean('after a rolled-back insert raced by a remote delete');
 # 3. The remote delete comes first (its tombstone not yet committed).
 #    The local INSERT waits for it, then takes the tombstone, its own
 #    version being the newer.
-my $old_version = sql('SELECT registry.hlc_now()');
-$apply->query_safe('BEGIN');
-$apply->query_safe(
-	qq{SELECT registry.apply_row('kv', '3', $old_version, 'peer', true)});
-$local->query_until(qr/inserting/,
-	"\\echo inserting\nINSERT INTO kv VALUES (3, 'after the delete');\n");
-ok( $node->poll_query_until(
-		'postgres', q{
+
+# Session $apply applies a delete of $key at $version and holds its
+# transaction open; session $local inserts $key, which must wait for it;
+# $apply commits.  Returns how the INSERT ended.
+sub delete_then_insert
+{
+	my ($key, $version, $val, $what) = @_;
+	$apply->query_safe('BEGIN');
+	$apply->query_safe(
+		qq{SELECT registry.apply_row('kv', '$key', $version, 'peer', true)});
+	$local->query_until(qr/inserting/,
+		"\\echo inserting\nINSERT INTO kv VALUES ($key, '$val');\n");
+	ok( $node->poll_query_until(
+			'postgres', qq{
 SELECT count(*) = 1 FROM pg_stat_activity
- WHERE wait_event = 'transactionid' AND query LIKE 'INSERT INTO kv VALUES (3,%'}),
-	'the local insert waits for the remote delete');
-$apply->query_safe('COMMIT');
-is(outcome($local), 'ok', 'the newer local insert then succeeds');
+ WHERE wait_event = 'transactionid' AND query LIKE 'INSERT INTO kv VALUES ($key,%'}),
+		"the local insert waits for $what");
+	$apply->query_safe('COMMIT');
+	return outcome($local);
+}
+
+is( delete_then_insert(
+		3, sql('SELECT registry.hlc_now()'),
+		'after the delete', 'the remote delete'),
+	'ok',
+	'the newer local insert then succeeds');
 is(state_of(3), 'live after the delete, row, 0 tombstone(s)',
 	'it took the older tombstone');
 verify_clean('after a remote delete raced by a newer insert');
@@ -125,18 +138,11 @@ verify_clean('after a remote delete raced by a newer insert');
 # (hybrid logical clock), so the INSERT that waits for it is still stamped
 # above it, and takes its tombstone.
 my $ahead = sql('SELECT registry.hlc_now() + 1000000000');
-$apply->query_safe('BEGIN');
-$apply->query_safe(
-	qq{SELECT registry.apply_row('kv', '4', $ahead, 'peer', true)});
-$local->query_until(qr/inserting/,
-	"\\echo inserting\nINSERT INTO kv VALUES (4, 'after the clock moved');\n");
-ok( $node->poll_query_until(
-		'postgres', q{
-SELECT count(*) = 1 FROM pg_stat_activity
- WHERE wait_event = 'transactionid' AND query LIKE 'INSERT INTO kv VALUES (4,%'}),
-	'the local insert waits for a remote delete stamped ahead of the clock');
-$apply->query_safe('COMMIT');
-is(outcome($local), 'ok', 'the local insert then succeeds');
+is( delete_then_insert(
+		4, $ahead, 'after the clock moved',
+		'a remote delete stamped ahead of the clock'),
+	'ok',
+	'the local insert then succeeds');
 is(state_of(4), 'live after the clock moved, row, 0 tombstone(s)',
 	'it took the tombstone');
 cmp_ok(sql(q{SELECT registry_version FROM kv WHERE id = 4}), '>', $ahead,
