@@ -62,13 +62,25 @@ SELECT format('%s rows %s tombstones', (SELECT count(*) FROM kv),
 # 1. The local INSERT comes first.  The delete, newer, must not write its
 #    tombstone beside the uncommitted row: it fails as a serialization
 #    failure (the sync worker retries the batch, and then sees the row).
-$local->query_safe('BEGIN');
-$local->query_safe(q{INSERT INTO kv VALUES (1, 'local')});
-$apply->query(
-	q{SELECT registry.apply_row('kv', '1', registry.hlc_now(), 'peer', true)});
-like(outcome($apply), qr/registry key "1" was inserted concurrently/,
+
+# Session $local inserts $key in an open transaction; session $apply
+# applies a newer delete of it; $local ends with $end.  Returns how the
+# delete ended.
+sub insert_then_delete
+{
+	my ($key, $val, $end) = @_;
+	$local->query_safe('BEGIN');
+	$local->query_safe(qq{INSERT INTO kv VALUES ($key, '$val')});
+	$apply->query(
+		qq{SELECT registry.apply_row('kv', '$key', registry.hlc_now(), 'peer', true)});
+	my $result = outcome($apply);
+	$local->query_safe($end);
+	return $result;
+}
+
+like(insert_then_delete(1, 'local', 'COMMIT'),
+	qr/registry key "1" was inserted concurrently/,
 	'a remote delete of a key being inserted here fails');
-$local->query_safe('COMMIT');
 is(state_of(1), 'live local, row, 0 tombstone(s)',
 	'the local insert commits alone: no tombstone beside its row');
 verify_clean('after an insert raced by a remote delete');
@@ -88,13 +100,9 @@ verify_clean('after the key is inserted and deleted again');
 # ---------------------------------------------------------------------
 # 2. The same with the transaction that inserts rolling back: the retried
 #    delete then writes its tombstone.
-$local->query_safe('BEGIN');
-$local->query_safe(q{INSERT INTO kv VALUES (2, 'rolled back')});
-$apply->query(
-	q{SELECT registry.apply_row('kv', '2', registry.hlc_now(), 'peer', true)});
-like(outcome($apply), qr/registry key "2" was inserted concurrently/,
+like(insert_then_delete(2, 'rolled back', 'ROLLBACK'),
+	qr/registry key "2" was inserted concurrently/,
 	'a remote delete of a key being inserted here fails, whatever the inserter does next');
-$local->query_safe('ROLLBACK');
 is(sql(q{SELECT registry.apply_row('kv', '2', registry.hlc_now(), 'peer', true)}),
 	'applied', 'retried after the rollback, the remote delete is applied');
 is(state_of(2), 'absent, tombstone, 1 tombstone(s)', 'the key has only the tombstone');
