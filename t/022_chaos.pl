@@ -131,6 +131,11 @@ sub chaos_round
 			sql($crash, qq{SELECT count(*) FROM kv WHERE registry_version > $base}) > 20;
 		}) or die "no load reached $cn";
 
+	# (after a restart in an earlier round, its sync worker may still be
+	# starting: wait for it rather than kill nothing)
+	$killw->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'registry sync'})
+	  or die "no sync worker on $kn";
 	is( sql($killw,
 			q{SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'registry sync'}
 		),
