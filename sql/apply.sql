@@ -102,3 +102,29 @@ SELECT registry.apply_row('app', '(a,1)', v(95), 'n2', NULL);
 SELECT * FROM registry.verify();
 DROP TABLE app, audit;
 DROP FUNCTION v(int), audit_it();
+
+-- user code that catches an error (a subtransaction it aborts) while a row
+-- is applied does not end the apply: the row keeps its remote version, and
+-- a later local write is this node's own again
+CREATE TABLE catcher (k int PRIMARY KEY, v int);
+CREATE FUNCTION catcher_trg() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        PERFORM 1 / 0;
+    EXCEPTION WHEN division_by_zero THEN
+        NULL;
+    END;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER catcher_trg BEFORE INSERT OR UPDATE ON catcher
+    FOR EACH ROW EXECUTE FUNCTION catcher_trg();
+ALTER TABLE catcher ENABLE ALWAYS TRIGGER catcher_trg;
+SELECT registry.replicate('catcher');
+SELECT registry.apply_row('catcher', '1', 12345, 'elsewhere', false, '{"k": 1, "v": 1}');
+SELECT registry.apply_row('catcher', '2', 12346, 'elsewhere', true);
+SELECT key, version, origin, deleted FROM registry.versions('catcher') ORDER BY key;
+UPDATE catcher SET v = 2;
+SELECT registry_version > 12345 AS restamped, registry_origin FROM catcher;
+SELECT * FROM registry.verify('catcher');
+DROP TABLE catcher;
+DROP FUNCTION catcher_trg();

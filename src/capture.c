@@ -124,6 +124,22 @@ static int32 bulk_apply_tid = 0;
 /* registry.resync() emptying a table without capturing it */
 static int32 suppressed_tid = 0;
 
+/*
+ * The subtransaction that set the modes above (apply_active, bulk_tid,
+ * bulk_apply_tid, suppressed_tid): only its abort drops them.  A
+ * subtransaction that user code starts while a row is applied (a
+ * plpgsql block with an EXCEPTION clause in a trigger or a CHECK
+ * function) may abort without ending the apply: the row must still be
+ * written with its remote version.
+ */
+static SubTransactionId modes_subid = InvalidSubTransactionId;
+
+static void
+modes_set(void)
+{
+	modes_subid = GetCurrentSubTransactionId();
+}
+
 static bool publishing_set = false;
 
 static void wait_for_slot_writer(TupleTableSlot *slot);
@@ -150,6 +166,7 @@ capture_set_apply(int32 tid, const char *key, RegVersion version,
 				  const char *origin)
 {
 	apply_active = true;
+	modes_set();
 	apply_tid = tid;
 	apply_key = key;
 	apply_version = version;
@@ -250,6 +267,7 @@ bulk_begin(RegTable *t)
 	bulk.origin[0] = '\0';
 	bulk_count = 0;
 	bulk_tid = t->tid;
+	modes_set();
 }
 
 /* Publish what bulk_begin() collected as one change of the table. */
@@ -936,7 +954,7 @@ void
 capture_set_bulk_apply(RegTable *t)
 {
 	bulk_apply_tid = t->tid;
-	bulk_begin(t);
+	bulk_begin(t);			/* sets modes_subid */
 }
 
 void
@@ -955,7 +973,7 @@ void
 capture_fresh_begin(RegTable *t)
 {
 	suppressed_tid = t->tid;
-	bulk_begin(t);
+	bulk_begin(t);			/* sets modes_subid */
 }
 
 void
@@ -970,6 +988,7 @@ void
 capture_suppress(int32 tid)
 {
 	suppressed_tid = tid;
+	modes_set();
 }
 
 /* At commit, the table's digests and counts start from zero. */
@@ -1421,14 +1440,20 @@ capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		case SUBXACT_EVENT_COMMIT_SUB:
 			for (i = npending - 1; i >= 0 && pending[i].subid == mySubid; i--)
 				pending[i].subid = parentSubid;
+			if (modes_subid == mySubid)
+				modes_subid = parentSubid;
 			break;
 		case SUBXACT_EVENT_ABORT_SUB:
 			while (npending > 0 && pending[npending - 1].subid == mySubid)
 				npending--;
-			apply_active = false;
-			bulk_tid = 0;
-			bulk_apply_tid = 0;
-			suppressed_tid = 0;
+			if (modes_subid == mySubid)
+			{
+				apply_active = false;
+				bulk_tid = 0;
+				bulk_apply_tid = 0;
+				suppressed_tid = 0;
+				modes_subid = InvalidSubTransactionId;
+			}
 			break;
 		default:
 			break;
