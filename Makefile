@@ -14,9 +14,9 @@ PGFILEDESC = "registry - replicated multi-master registry tables"
 EXTENSION = registry
 DATA = registry--1.0.sql
 
-REGRESS = setup registration keys capture clock serving apply views permissions
+REGRESS = setup registration keys capture clock serving messages apply views permissions
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/sql/regress.conf \
-	--load-extension=plpgsql
+	--load-extension=plpgsql --encoding=UTF8
 TAP_TESTS = 1
 
 PG_CONFIG ?= pg_config

@@ -19,6 +19,8 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/memutils.h"
 
 #include "message.h"
@@ -29,7 +31,7 @@ PG_FUNCTION_INFO_V1(registry_decode_message);
 #define MSG_MAGIC		'R'
 #define MSG_FORMAT		1
 #define MSG_FLAG_ZLIB	1
-#define MSG_HEADER		8
+#define MSG_HEADER		MSG_HEADER_SIZE
 
 /* ---- writing ---- */
 
@@ -176,6 +178,21 @@ msg_set_int32(StringInfo buf, int at, int32 v)
 	put_be32(buf->data + at, (uint32) v);
 }
 
+/* Overwrite an int64 written earlier at offset at. */
+void
+msg_set_int64(StringInfo buf, int at, int64 v)
+{
+	msg_set_int32(buf, at, (int32) ((uint64) v >> 32));
+	msg_set_int32(buf, at + 4, (int32) (uint64) v);
+}
+
+/* Bytes of payload written so far: what the receiver's limit counts. */
+int
+msg_payload_len(StringInfo buf)
+{
+	return buf->len - MSG_HEADER;
+}
+
 void
 msg_put_int64(StringInfo buf, int64 v)
 {
@@ -222,7 +239,7 @@ msg_put_row(StringInfo buf, const char *key, int state, RegVersion version,
 
 	msg_put_string(buf, key);
 	msg_put_byte(buf, state);
-	if (state == ROW_LIVE || state == ROW_TOMBSTONE)
+	if (state == ROW_LIVE || state == ROW_TOMBSTONE || state == ROW_TOO_LARGE)
 	{
 		msg_put_int64(buf, (int64) version);
 		msg_put_string(buf, origin);
@@ -237,11 +254,40 @@ msg_put_row(StringInfo buf, const char *key, int state, RegVersion version,
 
 /* ---- reading ---- */
 
+/*
+ * A message is read in two steps.  reader_open() checks the header and,
+ * for a compressed payload, inflates it: in steps of INFLATE_STEP bytes
+ * with interrupts served between them, into a buffer of the raw length
+ * the header gives (at most registry.max_message_size), and never past
+ * it.  Then the kind's reader walks the payload field by field and checks
+ * every field before anything else sees it.
+ *
+ * What the reader builds is charged against a budget of three times the
+ * raw length (plus a little): every count is costed at the memory its
+ * items will take before they are allocated, so a small message cannot
+ * make the reader allocate much.  A well-formed message stays under its
+ * budget (bucket entries without rows, with short keys, take the most:
+ * about 2.1 times their size); only messages made of many empty items
+ * reach it.  Strings are copied into an arena, their bytes and a
+ * terminator, with no per-string overhead.
+ *
+ * The result carries no NULL a later stage could trip on: a string that
+ * may be NULL on the wire is NULL only where message.h says so (a NULL
+ * column value; the values of a row that carries none).
+ */
+#define INFLATE_STEP	(1024 * 1024)
+#define ARENA_BLOCK		(64 * 1024)
+#define BUDGET_SLACK	(64 * 1024)
+
 typedef struct Reader
 {
 	const char *p;
 	int			len;
 	int			pos;
+	Size		budget;			/* bytes the result may still take */
+	char	   *arena;			/* where the next string goes */
+	Size		arena_left;
+	int			encoding;		/* strings must be valid in it */
 } Reader;
 
 static void
@@ -261,9 +307,80 @@ msg_kind(const char *data, int len)
 	if (data[1] != MSG_FORMAT)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("registry message format %d is not supported", (int) data[1]),
+				 errmsg("registry message format %u is not supported",
+						(unsigned int) (unsigned char) data[1]),
 				 errhint("Run the same registry version on every node.")));
 	return data[2];
+}
+
+/* zlib's allocations, in the current memory context: an ERROR frees them */
+static voidpf
+zalloc_palloc(voidpf opaque, uInt items, uInt size)
+{
+	return palloc_extended((Size) items * size, MCXT_ALLOC_NO_OOM);
+}
+
+static void
+zfree_palloc(voidpf opaque, voidpf ptr)
+{
+	if (ptr)
+		pfree(ptr);
+}
+
+/* Inflate a zlib stream of exactly rawlen bytes, interruptibly. */
+static char *
+inflate_payload(const char *src, int srclen, uint32 rawlen)
+{
+	z_stream	zs;
+	char	   *out;
+	int			rc;
+
+	/* a stream never ends before it has begun: one byte of room to spare */
+	out = palloc((Size) rawlen + 1);
+	memset(&zs, 0, sizeof(zs));
+	zs.zalloc = zalloc_palloc;
+	zs.zfree = zfree_palloc;
+	zs.next_in = (Bytef *) src;
+	zs.avail_in = srclen;
+	if (inflateInit(&zs) != Z_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory"),
+				 errdetail("Could not start inflating a registry message.")));
+	zs.next_out = (Bytef *) out;
+	for (;;)
+	{
+		uLong		room = (uLong) rawlen + 1 - zs.total_out;
+
+		CHECK_FOR_INTERRUPTS();
+		zs.avail_out = (uInt) Min(room, INFLATE_STEP);
+		rc = inflate(&zs, Z_NO_FLUSH);
+		if (rc == Z_STREAM_END)
+			break;
+		if (rc != Z_OK || zs.total_out > rawlen)
+		{
+			const char *what = zs.total_out > rawlen ?
+				"The compressed payload inflates to more than the header says." :
+				rc == Z_BUF_ERROR ?
+				"The compressed payload ends before its stream does." :
+				"The compressed payload does not decompress.";
+
+			inflateEnd(&zs);
+			malformed(what);
+		}
+	}
+	if (zs.avail_in != 0)
+	{
+		inflateEnd(&zs);
+		malformed("The message has trailing data after its compressed payload.");
+	}
+	if (zs.total_out != rawlen)
+	{
+		inflateEnd(&zs);
+		malformed("The compressed payload inflates to less than the header says.");
+	}
+	inflateEnd(&zs);
+	return out;
 }
 
 static void
@@ -271,23 +388,27 @@ reader_open(Reader *r, const char *data, int len, char kind)
 {
 	uint32		rawlen;
 	const unsigned char *u = (const unsigned char *) data;
+	int			flags;
 
 	if (msg_kind(data, len) != kind)
 		malformed("The message is of an unexpected kind.");
+	flags = u[3];
+	if ((flags & ~MSG_FLAG_ZLIB) != 0)
+		malformed("The message has flags this node does not know.");
 	rawlen = ((uint32) u[4] << 24) | ((uint32) u[5] << 16) |
 		((uint32) u[6] << 8) | (uint32) u[7];
-	if (rawlen > MaxAllocSize - 1)
-		malformed("The message is too large.");
-	if (data[3] & MSG_FLAG_ZLIB)
+	if (rawlen > (uint32) registry_max_message_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("registry message of %u bytes is larger than registry.max_message_size (%d bytes)",
+						rawlen, registry_max_message_size),
+				 errhint("A peer sends at most the size its requester asks for; raise registry.max_message_size if this node should accept more.")));
+	if (flags & MSG_FLAG_ZLIB)
 	{
-		char	   *raw = palloc(Max(rawlen, 1));
-		uLongf		destlen = rawlen;
-
-		if (uncompress((Bytef *) raw, &destlen,
-					   (const Bytef *) data + MSG_HEADER, len - MSG_HEADER) != Z_OK ||
-			destlen != rawlen)
-			malformed("The compressed payload does not decompress.");
-		r->p = raw;
+		/* a payload is only sent compressed when that makes it shorter */
+		if ((uint32) (len - MSG_HEADER) > rawlen)
+			malformed("The compressed payload is longer than the raw payload.");
+		r->p = inflate_payload(data + MSG_HEADER, len - MSG_HEADER, rawlen);
 	}
 	else
 	{
@@ -295,8 +416,30 @@ reader_open(Reader *r, const char *data, int len, char kind)
 			malformed("The payload length does not match the header.");
 		r->p = data + MSG_HEADER;
 	}
-	r->len = rawlen;
+	r->len = (int) rawlen;
 	r->pos = 0;
+	r->budget = (Size) rawlen * 3 + BUDGET_SLACK;
+	r->arena = NULL;
+	r->arena_left = 0;
+	r->encoding = GetDatabaseEncoding();
+}
+
+/* Account for size bytes of the result before they are allocated. */
+static void
+reader_charge(Reader *r, Size size)
+{
+	if (size > r->budget)
+		malformed("The message describes more than its size can hold.");
+	r->budget -= size;
+}
+
+static void *
+reader_alloc(Reader *r, Size n, Size size)
+{
+	Size		total = Max(n, 1) * size;
+
+	reader_charge(r, total);
+	return palloc0(total);
 }
 
 static void
@@ -311,6 +454,17 @@ get_byte(Reader *r)
 {
 	need(r, 1);
 	return (unsigned char) r->p[r->pos++];
+}
+
+/* a byte that says yes or no */
+static bool
+get_bool(Reader *r)
+{
+	int			b = get_byte(r);
+
+	if (b > 1)
+		malformed("A flag byte is neither 0 nor 1.");
+	return b == 1;
 }
 
 static int32
@@ -335,90 +489,185 @@ get_int64(Reader *r)
 	return (int64) ((hi << 32) | lo);
 }
 
+/* a version of a row: positive as a bigint, as stored in tables */
+static RegVersion
+get_version(Reader *r)
+{
+	int64		v = get_int64(r);
+
+	if (v <= 0)
+		malformed("A version is not a positive bigint.");
+	return (RegVersion) v;
+}
+
+/* a string that may be NULL, copied into the arena */
 static char *
-get_string(Reader *r)
+get_string_or_null(Reader *r)
 {
 	int32		n = get_int32(r);
 	char	   *s;
 
 	if (n == -1)
 		return NULL;
+	if (n < 0)
+		malformed("A string has a negative length.");
 	need(r, n);
 	if (memchr(r->p + r->pos, '\0', n) != NULL)
 		malformed("A string contains a zero byte.");
-	s = palloc(n + 1);
+	if (!pg_verify_mbstr(r->encoding, r->p + r->pos, n, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("malformed registry message"),
+				 errdetail("A string is not valid in this database's encoding (%s).",
+						   GetDatabaseEncodingName()),
+				 errhint("Nodes must share a server encoding.")));
+	reader_charge(r, (Size) n + 1);
+	if ((Size) n + 1 > r->arena_left)
+	{
+		Size		block = Max((Size) n + 1, ARENA_BLOCK);
+
+		r->arena = palloc(block);
+		r->arena_left = block;
+	}
+	s = r->arena;
 	memcpy(s, r->p + r->pos, n);
 	s[n] = '\0';
+	r->arena += n + 1;
+	r->arena_left -= n + 1;
 	r->pos += n;
 	return s;
 }
 
 static char *
-get_nonnull_string(Reader *r)
+get_string(Reader *r)
 {
-	char	   *s = get_string(r);
+	char	   *s = get_string_or_null(r);
 
 	if (s == NULL)
 		malformed("A required string is missing.");
 	return s;
 }
 
-/* a count of items each at least min_size bytes long */
+static char *
+get_nonempty_string(Reader *r, const char *what)
+{
+	char	   *s = get_string(r);
+
+	if (s[0] == '\0')
+		malformed(what);
+	return s;
+}
+
+/* a node name: the serving node's, or a version's origin */
+static char *
+get_node_name(Reader *r)
+{
+	char	   *s = get_string(r);
+
+	if (!registry_valid_node_name(s))
+		malformed("A node name is empty, too long or not made of letters, digits and \"_-.:@\".");
+	return s;
+}
+
+/*
+ * A count of items, each at least min_wire bytes on the wire and
+ * mem_each bytes once read: both are checked before anything is
+ * allocated.
+ */
 static int
-get_count(Reader *r, int min_size)
+get_count(Reader *r, int min_wire, Size mem_each)
 {
 	int32		n = get_int32(r);
 
-	if (n < 0 || (int64) n * min_size > r->len - r->pos)
+	if (n < 0 || (int64) n * min_wire > r->len - r->pos)
 		malformed("A count exceeds the message.");
+	if ((Size) n * mem_each > r->budget)
+		malformed("The message describes more than its size can hold.");
 	return n;
 }
 
+/*
+ * A table descriptor.  named: the name must not be empty (only changes
+ * may describe a table no longer registered, by "").
+ */
 static void
-get_table(Reader *r, MsgTable *t)
+get_table(Reader *r, MsgTable *t, bool named)
 {
 	int			i;
 
-	t->name = get_string(r);
-	t->ncols = get_count(r, 8);
-	t->colnames = palloc0(sizeof(char *) * Max(t->ncols, 1));
-	t->coltypes = palloc0(sizeof(char *) * Max(t->ncols, 1));
+	t->name = named ?
+		get_nonempty_string(r, "A table descriptor has an empty name.") :
+		get_string(r);
+	t->ncols = get_count(r, 8, 2 * sizeof(char *));
+	t->colnames = reader_alloc(r, t->ncols, sizeof(char *));
+	t->coltypes = reader_alloc(r, t->ncols, sizeof(char *));
 	for (i = 0; i < t->ncols; i++)
 	{
-		t->colnames[i] = get_nonnull_string(r);
-		t->coltypes[i] = get_nonnull_string(r);
+		t->colnames[i] = get_nonempty_string(r, "A column has an empty name.");
+		t->coltypes[i] = get_nonempty_string(r, "A column has an empty type name.");
 	}
 }
 
+/*
+ * An answer that carries row values describes each (named) table's
+ * columns; one that does not describes none.
+ */
 static void
-get_row(Reader *r, MsgRow *row, int ncols)
+check_table_columns(MsgTable *t, bool with_rows)
 {
-	row->key = get_nonnull_string(r);
+	if (with_rows && t->name[0] != '\0' && t->ncols == 0)
+		malformed("A table descriptor has no columns although the answer carries rows.");
+	if ((!with_rows || t->name[0] == '\0') && t->ncols != 0)
+		malformed("A table descriptor has columns although the answer carries no rows.");
+}
+
+/* the row states an answer may hold, as a mask */
+#define STATE_BIT(s)	(1 << (s))
+
+/*
+ * A row of a table with ncols columns in this answer: a live row carries
+ * exactly ncols values, or none (-1) when ncols is 0.
+ */
+/* a key: no registry key is longer than REGISTRY_MAX_KEY_LEN */
+static char *
+get_key(Reader *r)
+{
+	char	   *key = get_string(r);
+
+	if (strlen(key) > REGISTRY_MAX_KEY_LEN)
+		malformed("A key is longer than any registry key can be.");
+	return key;
+}
+
+static void
+get_row(Reader *r, MsgRow *row, int ncols, int allowed)
+{
+	row->key = get_key(r);
 	row->state = get_byte(r);
 	row->version = 0;
 	row->origin = NULL;
 	row->values = NULL;
-	if (row->state < ROW_LIVE || row->state > ROW_UNKNOWN)
-		malformed("A row has an unknown state.");
-	if (row->state == ROW_LIVE || row->state == ROW_TOMBSTONE)
+	if (row->state < ROW_LIVE || row->state > ROW_TOO_LARGE ||
+		(allowed & (1 << row->state)) == 0)
+		malformed("A row has a state this answer cannot hold.");
+	if (row->state == ROW_LIVE || row->state == ROW_TOMBSTONE ||
+		row->state == ROW_TOO_LARGE)
 	{
-		row->version = (RegVersion) get_int64(r);
-		row->origin = get_nonnull_string(r);
-		if (row->version == 0 || strlen(row->origin) >= REGISTRY_NAME_LEN)
-			malformed("A row has an invalid version or origin.");
+		row->version = get_version(r);
+		row->origin = get_node_name(r);
 	}
 	if (row->state == ROW_LIVE)
 	{
 		int32		n = get_int32(r);
 		int			i;
 
-		if (n == -1)
-			return;				/* values not requested */
-		if (n != ncols)
+		if (n != (ncols == 0 ? -1 : ncols))
 			malformed("A row has a different number of values than its table has columns.");
-		row->values = palloc(sizeof(char *) * Max(n, 1));
+		if (n == -1)
+			return;				/* values not asked for */
+		row->values = reader_alloc(r, n, sizeof(char *));
 		for (i = 0; i < n; i++)
-			row->values[i] = get_string(r);
+			row->values[i] = get_string_or_null(r);
 	}
 }
 
@@ -429,40 +678,96 @@ reader_close(Reader *r)
 		malformed("The message has trailing data.");
 }
 
+/* the answer's bucket count: a power of two a node may have */
+static int
+get_nbuckets(Reader *r)
+{
+	int32		nb = get_int32(r);
+
+	if (nb <= 0 || nb > MSG_MAX_BUCKETS || (nb & (nb - 1)) != 0)
+		malformed("The bucket count is not a power of two a node can have.");
+	return nb;
+}
+
 void
 msg_read_changes(const char *data, int len, MsgChanges *m)
 {
 	Reader		r;
 	int			i;
+	uint64		prev_seq = 0;
 
 	reader_open(&r, data, len, 'C');
-	m->node = get_nonnull_string(&r);
+	m->node = get_node_name(&r);
 	m->epoch = (uint64) get_int64(&r);
 	m->first_seq = (uint64) get_int64(&r);
 	m->last_seq = (uint64) get_int64(&r);
 	m->upto_seq = (uint64) get_int64(&r);
 	m->status = get_byte(&r);
-	m->with_rows = get_byte(&r) != 0;
-	m->ntables = get_count(&r, 8);
-	m->tables = palloc0(sizeof(MsgTable) * Max(m->ntables, 1));
+	if (m->status > CHANGES_EPOCH)
+		malformed("The answer has an unknown status.");
+	m->with_rows = get_bool(&r);
+	if (m->status == CHANGES_OK &&
+		(m->upto_seq > m->last_seq || m->first_seq > m->last_seq + 1))
+		malformed("The answer's sequence numbers are out of order.");
+	m->ntables = get_count(&r, 8, sizeof(MsgTable));
+	m->tables = reader_alloc(&r, m->ntables, sizeof(MsgTable));
 	for (i = 0; i < m->ntables; i++)
-		get_table(&r, &m->tables[i]);
-	m->n = get_count(&r, 30);
-	m->changes = palloc0(sizeof(MsgChange) * Max(m->n, 1));
+	{
+		CHECK_FOR_INTERRUPTS();
+		get_table(&r, &m->tables[i], false);
+		check_table_columns(&m->tables[i], m->with_rows);
+	}
+	m->n = get_count(&r, m->with_rows ? 35 : 30, sizeof(MsgChange));
+	if (m->status != CHANGES_OK && (m->ntables > 0 || m->n > 0))
+		malformed("An answer that is not ok carries changes.");
+	m->changes = reader_alloc(&r, m->n, sizeof(MsgChange));
 	for (i = 0; i < m->n; i++)
 	{
 		MsgChange  *c = &m->changes[i];
+		MsgTable   *t;
 
+		CHECK_FOR_INTERRUPTS();
 		c->seq = (uint64) get_int64(&r);
+		if (c->seq <= prev_seq || c->seq > m->upto_seq)
+			malformed("A change's seq is not after the one before, or beyond the answer's upto_seq.");
+		prev_seq = c->seq;
 		c->table = get_int32(&r);
 		if (c->table < 0 || c->table >= m->ntables)
 			malformed("A change refers to an unknown table.");
-		c->key = get_nonnull_string(&r);
+		t = &m->tables[c->table];
+		c->key = get_key(&r);
 		c->version = (RegVersion) get_int64(&r);
-		c->origin = get_nonnull_string(&r);
+		if ((int64) c->version < 0)
+			malformed("A version is not a positive bigint.");
+		/* "" when the serving node no longer knows which node it was */
+		c->origin = get_string(&r);
+		if (c->origin[0] != '\0' && !registry_valid_node_name(c->origin))
+			malformed("A node name is empty, too long or not made of letters, digits and \"_-.:@\".");
 		c->op = (char) get_byte(&r);
+		if (c->op != REG_OP_INSERT && c->op != REG_OP_UPDATE &&
+			c->op != REG_OP_DELETE && c->op != REG_OP_RESYNC)
+			malformed("A change has an unknown operation.");
 		if (m->with_rows)
-			get_row(&r, &c->row, m->tables[c->table].ncols);
+		{
+			/* a table's rows, or none for a bulk change or a dropped table */
+			bool		rowless = (c->op == REG_OP_RESYNC || t->name[0] == '\0');
+
+			get_row(&r, &c->row, t->ncols,
+					rowless ? STATE_BIT(ROW_UNKNOWN) :
+					STATE_BIT(ROW_LIVE) | STATE_BIT(ROW_TOMBSTONE) |
+					STATE_BIT(ROW_ABSENT) | STATE_BIT(ROW_TOO_LARGE));
+			if (strcmp(c->row.key, c->key) != 0)
+				malformed("A change's row is for another key.");
+		}
+		else
+		{
+			/* no row: say so, rather than leave its fields empty */
+			c->row.key = c->key;
+			c->row.state = ROW_UNKNOWN;
+			c->row.version = 0;
+			c->row.origin = c->origin;
+			c->row.values = NULL;
+		}
 	}
 	reader_close(&r);
 }
@@ -474,22 +779,23 @@ msg_read_digest(const char *data, int len, MsgDigest *m)
 	int			i;
 
 	reader_open(&r, data, len, 'D');
-	m->node = get_nonnull_string(&r);
-	m->table = get_nonnull_string(&r);
-	m->nbuckets = get_int32(&r);
-	if (m->nbuckets <= 0 || (m->nbuckets & (m->nbuckets - 1)) != 0)
-		malformed("The bucket count is not a power of two.");
+	m->node = get_node_name(&r);
+	m->table = get_nonempty_string(&r, "The digest is of a table with an empty name.");
+	m->nbuckets = get_nbuckets(&r);
 	m->root = (uint64) get_int64(&r);
 	m->live = get_int64(&r);
 	m->tombstones = get_int64(&r);
+	if (m->live < 0 || m->tombstones < 0 ||
+		m->live > PG_INT64_MAX / 2 || m->tombstones > PG_INT64_MAX / 2)
+		malformed("The digest's counts are out of range.");
 	m->lo = get_int32(&r);
 	m->width = get_int32(&r);
-	m->n = get_count(&r, 8);
+	m->n = get_count(&r, 8, sizeof(uint64));
 	if (m->lo < 0 || m->width < 0 ||
 		(m->n > 0 && (m->width == 0 ||
 					  (int64) m->lo + (int64) m->n * m->width > m->nbuckets)))
 		malformed("The digest ranges do not fit the bucket count.");
-	m->digests = palloc(sizeof(uint64) * Max(m->n, 1));
+	m->digests = reader_alloc(&r, m->n, sizeof(uint64));
 	for (i = 0; i < m->n; i++)
 		m->digests[i] = (uint64) get_int64(&r);
 	reader_close(&r);
@@ -500,22 +806,24 @@ msg_read_entries(const char *data, int len, MsgEntries *m)
 {
 	Reader		r;
 	int			i;
+	bool		with_rows;
 
 	reader_open(&r, data, len, 'E');
-	get_table(&r, &m->table);
-	m->nbuckets = get_int32(&r);
-	if (m->nbuckets <= 0 || (m->nbuckets & (m->nbuckets - 1)) != 0)
-		malformed("The bucket count is not a power of two.");
-	m->with_rows = get_byte(&r) != 0;
-	m->n = get_count(&r, 5);
-	m->rows = palloc0(sizeof(MsgRow) * Max(m->n, 1));
+	get_table(&r, &m->table, true);
+	m->nbuckets = get_nbuckets(&r);
+	with_rows = get_bool(&r);
+	m->with_rows = with_rows;
+	check_table_columns(&m->table, with_rows);
+	m->n = get_count(&r, 5, sizeof(MsgRow));
+	m->rows = reader_alloc(&r, m->n, sizeof(MsgRow));
 	for (i = 0; i < m->n; i++)
 	{
-		get_row(&r, &m->rows[i], m->table.ncols);
-		if (m->rows[i].state != ROW_LIVE && m->rows[i].state != ROW_TOMBSTONE)
-			malformed("A bucket entry is neither live nor a tombstone.");
+		CHECK_FOR_INTERRUPTS();
+		get_row(&r, &m->rows[i], m->table.ncols,
+				STATE_BIT(ROW_LIVE) | STATE_BIT(ROW_TOMBSTONE) |
+				(with_rows ? STATE_BIT(ROW_TOO_LARGE) : 0));
 	}
-	m->more = get_byte(&r) != 0;
+	m->more = get_bool(&r);
 	m->next_khash = 0;
 	if (m->more)
 		m->next_khash = int4_to_khash(get_int32(&r));
@@ -529,11 +837,17 @@ msg_read_rows(const char *data, int len, MsgRows *m)
 	int			i;
 
 	reader_open(&r, data, len, 'R');
-	get_table(&r, &m->table);
-	m->n = get_count(&r, 5);
-	m->rows = palloc0(sizeof(MsgRow) * Max(m->n, 1));
+	get_table(&r, &m->table, true);
+	check_table_columns(&m->table, true);
+	m->n = get_count(&r, 5, sizeof(MsgRow));
+	m->rows = reader_alloc(&r, m->n, sizeof(MsgRow));
 	for (i = 0; i < m->n; i++)
-		get_row(&r, &m->rows[i], m->table.ncols);
+	{
+		CHECK_FOR_INTERRUPTS();
+		get_row(&r, &m->rows[i], m->table.ncols,
+				STATE_BIT(ROW_LIVE) | STATE_BIT(ROW_TOMBSTONE) |
+				STATE_BIT(ROW_ABSENT) | STATE_BIT(ROW_TOO_LARGE));
+	}
 	reader_close(&r);
 }
 
@@ -584,6 +898,8 @@ state_name(int state)
 			return "tombstone";
 		case ROW_ABSENT:
 			return "absent";
+		case ROW_TOO_LARGE:
+			return "too large";
 		default:
 			return "unknown";
 	}
@@ -597,7 +913,8 @@ json_row(StringInfo b, MsgRow *row, int ncols)
 	appendStringInfoString(b, "{\"key\": ");
 	json_str(b, row->key);
 	appendStringInfo(b, ", \"state\": \"%s\"", state_name(row->state));
-	if (row->state == ROW_LIVE || row->state == ROW_TOMBSTONE)
+	if (row->state == ROW_LIVE || row->state == ROW_TOMBSTONE ||
+		row->state == ROW_TOO_LARGE)
 	{
 		appendStringInfo(b, ", \"version\": " UINT64_FORMAT ", \"origin\": ",
 						 row->version);
@@ -646,6 +963,7 @@ registry_decode_message(PG_FUNCTION_ARGS)
 				{
 					MsgChange  *c = &m.changes[i];
 
+					CHECK_FOR_INTERRUPTS();
 					if (i > 0)
 						appendStringInfoString(&b, ", ");
 					appendStringInfo(&b, "{\"seq\": " UINT64_FORMAT ", \"table\": ", c->seq);
@@ -665,6 +983,7 @@ registry_decode_message(PG_FUNCTION_ARGS)
 				appendStringInfoString(&b, "], \"tables\": [");
 				for (i = 0; i < m.ntables; i++)
 				{
+					CHECK_FOR_INTERRUPTS();
 					if (i > 0)
 						appendStringInfoString(&b, ", ");
 					json_table(&b, &m.tables[i]);
@@ -701,6 +1020,7 @@ registry_decode_message(PG_FUNCTION_ARGS)
 				appendStringInfo(&b, ", \"buckets\": %d, \"entries\": [", m.nbuckets);
 				for (i = 0; i < m.n; i++)
 				{
+					CHECK_FOR_INTERRUPTS();
 					if (i > 0)
 						appendStringInfoString(&b, ", ");
 					json_row(&b, &m.rows[i], m.table.ncols);
@@ -722,6 +1042,7 @@ registry_decode_message(PG_FUNCTION_ARGS)
 				appendStringInfoString(&b, ", \"rows\": [");
 				for (i = 0; i < m.n; i++)
 				{
+					CHECK_FOR_INTERRUPTS();
 					if (i > 0)
 						appendStringInfoString(&b, ", ");
 					json_row(&b, &m.rows[i], m.table.ncols);

@@ -30,6 +30,14 @@
 #define ROW_TOMBSTONE	2
 #define ROW_ABSENT		3		/* the node has no version of the key */
 #define ROW_UNKNOWN		4		/* the table is no longer registered */
+#define ROW_TOO_LARGE	5		/* live, but its values exceed what the
+								 * requester accepts (max_bytes) */
+
+/* bytes before the payload */
+#define MSG_HEADER_SIZE	8
+
+/* largest bucket count an answer may be at */
+#define MSG_MAX_BUCKETS	(1 << 24)
 
 /* changes_since status */
 #define CHANGES_OK		0
@@ -50,7 +58,8 @@ typedef struct MsgRow
 	int			state;			/* ROW_* */
 	RegVersion	version;
 	char	   *origin;
-	char	  **values;			/* ncols of the table, for ROW_LIVE */
+	char	  **values;			/* ncols of the table, for ROW_LIVE; NULL
+								 * when the answer carries no values */
 } MsgRow;
 
 typedef struct MsgChange
@@ -117,6 +126,8 @@ extern void msg_begin_reuse(StringInfo buf, char kind);
 extern bytea *msg_finish(StringInfo buf);
 extern bytea *msg_finish_copy(StringInfo buf);
 extern void msg_set_int32(StringInfo buf, int at, int32 v);
+extern void msg_set_int64(StringInfo buf, int at, int64 v);
+extern int	msg_payload_len(StringInfo buf);
 extern void msg_put_byte(StringInfo buf, int v);
 extern void msg_put_int32(StringInfo buf, int32 v);
 extern void msg_put_int64(StringInfo buf, int64 v);
@@ -126,7 +137,11 @@ extern void msg_put_row(StringInfo buf, const char *key, int state,
 						RegVersion version, const char *origin,
 						char **values, int ncols);
 
-/* reading: every function errors on malformed input */
+/*
+ * reading: every function checks the whole message, and errors on
+ * anything malformed, before it returns; its result needs at most three
+ * times the message's raw size, itself at most registry.max_message_size
+ */
 extern char msg_kind(const char *data, int len);
 extern void msg_read_changes(const char *data, int len, MsgChanges *m);
 extern void msg_read_digest(const char *data, int len, MsgDigest *m);

@@ -24,6 +24,8 @@
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 
 #include "registry.h"
@@ -49,6 +51,7 @@ int			registry_batch_size = 1000;
 int			registry_connect_timeout_ms = 5000;
 int			registry_query_timeout_ms = 30000;
 int			registry_tombstone_retention_s = 7 * 24 * 3600;
+int			registry_max_message_size = 32 * 1024 * 1024;
 
 bool		registry_preloaded = false;
 
@@ -278,6 +281,14 @@ _PG_init(void)
 							&registry_tombstone_retention_s,
 							7 * 24 * 3600, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.max_message_size",
+							"Largest message (raw, before compression) this node reads from a peer.",
+							"Peers are asked for no more than this; a larger answer is refused before it is inflated.",
+							&registry_max_message_size,
+							32 * 1024 * 1024, 1024 * 1024, MaxAllocSize / 4,
+							PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("registry");

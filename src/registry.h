@@ -47,6 +47,7 @@ extern int	registry_batch_size;
 extern int	registry_connect_timeout_ms;
 extern int	registry_query_timeout_ms;
 extern int	registry_tombstone_retention_s;
+extern int	registry_max_message_size;
 
 /* true when loaded through shared_preload_libraries */
 extern bool registry_preloaded;
@@ -56,7 +57,8 @@ extern bool registry_preloaded;
 
 /* Size limits that shape shared memory entries. */
 #define REGISTRY_NAME_LEN	NAMEDATALEN /* node names, incl. terminator */
-#define REGISTRY_MAX_KEY_BUF 4097	/* longest possible key text + terminator */
+#define REGISTRY_MAX_KEY_LEN 4096	/* longest possible key text */
+#define REGISTRY_MAX_KEY_BUF (REGISTRY_MAX_KEY_LEN + 1)	/* ... and terminator */
 
 /* ---- versions ----
  *
