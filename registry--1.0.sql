@@ -300,7 +300,8 @@ CREATE FUNCTION registry._node_info(
     OUT origin_capacity integer, OUT origins_used integer, OUT max_key_length integer,
     OUT notified_seq bigint, OUT notifications_sent bigint,
     OUT notifications_lost bigint, OUT notifications_truncated bigint,
-    OUT shared_memory_bytes bigint, OUT maintenance_pid integer)
+    OUT shared_memory_bytes bigint, OUT maintenance_pid integer,
+    OUT origins_reclaimed bigint, OUT origins_unknown bigint)
     AS 'MODULE_PATHNAME', 'registry_node_info' LANGUAGE C VOLATILE;
 
 CREATE FUNCTION registry._table_stats(

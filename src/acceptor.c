@@ -260,6 +260,30 @@ acceptor_reset(void)
 }
 
 /*
+ * Mark the origin numbers acceptors hold (origins_reclaim()).  Caller
+ * holds meta_lock exclusively; takes acceptor_lock.
+ */
+void
+acceptor_mark_origins(bool *used)
+{
+	dlist_iter	it;
+	int			j;
+
+	LWLockAcquire(RegistryState->acceptor_lock, LW_SHARED);
+	dlist_foreach(it, &RegistryState->acc_lru)
+	{
+		AcceptorData *d = dlist_container(AcceptorData, lru, it.cur);
+
+		if (d->origin >= 0 && d->origin < registry_max_origins)
+			used[d->origin] = true;
+		for (j = 0; j < d->nops; j++)
+			if (d->ops[j].origin >= 0 && d->ops[j].origin < registry_max_origins)
+				used[d->ops[j].origin] = true;
+	}
+	LWLockRelease(RegistryState->acceptor_lock);
+}
+
+/*
  * registry._acceptors(): one row per acceptor, most recently changed
  * first, with its operation history (oldest first) as JSON.
  */
@@ -277,7 +301,11 @@ registry_acceptors(PG_FUNCTION_ARGS)
 	registry_check_admin();
 	InitMaterializedSRF(fcinfo, 0);
 
-	/* copy out under the lock, format after releasing it */
+	/*
+	 * Copy out under the lock, format after releasing it; meta_lock keeps
+	 * the names of the origin numbers copied until they are formatted.
+	 */
+	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
 	LWLockAcquire(RegistryState->acceptor_lock, LW_SHARED);
 	copy = palloc(esz * Max(RegistryState->acc_used, 1));
 	dlist_foreach(it, &RegistryState->acc_lru)
@@ -309,7 +337,10 @@ registry_acceptors(PG_FUNCTION_ARGS)
 				appendStringInfoString(&hist, ", ");
 			appendStringInfo(&hist, "{\"op\": \"%s\", \"version\": " UINT64_FORMAT ", \"origin\": ",
 							 registry_op_name(op->op), op->version);
-			escape_json(&hist, origin_name(op->origin));
+			if (origin_name(op->origin))
+				escape_json(&hist, origin_name(op->origin));
+			else
+				appendStringInfoString(&hist, "null");
 			appendStringInfoChar(&hist, '}');
 		}
 		appendStringInfoChar(&hist, ']');
@@ -317,12 +348,16 @@ registry_acceptors(PG_FUNCTION_ARGS)
 		values[0] = Int32GetDatum(k->tid);
 		values[1] = CStringGetTextDatum(k->key);
 		values[2] = Int64GetDatum((int64) d->version);
-		values[3] = CStringGetTextDatum(origin_name(d->origin));
+		if (origin_name(d->origin))
+			values[3] = CStringGetTextDatum(origin_name(d->origin));
+		else
+			nulls[3] = true;
 		values[4] = CStringGetTextDatum(registry_op_name(d->op));
 		values[5] = Int64GetDatum((int64) d->changes);
 		values[6] = TimestampTzGetDatum(d->last_change);
 		values[7] = DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	LWLockRelease(RegistryState->meta_lock);
 	return (Datum) 0;
 }

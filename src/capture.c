@@ -1409,6 +1409,7 @@ capture_xact_callback(XactEvent event, void *arg)
 			if (npending > 0 && pending_ready)
 				capture_publish();
 			publishing_end();
+			origins_unpin();
 			pending_reset();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -1421,6 +1422,7 @@ capture_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 			publishing_end();
+			origins_unpin();
 			pending_reset();
 			break;
 		default:

@@ -44,3 +44,23 @@ changelog_init(void)
 	RegistryState->cl_overwritten = 0;
 	RegistryState->cl_truncations = 0;
 }
+
+/*
+ * Mark the origin numbers the ring's entries hold (origins_reclaim()).
+ * Caller holds meta_lock exclusively; takes changelog_lock.
+ */
+void
+changelog_mark_origins(bool *used)
+{
+	uint64		s;
+
+	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
+	for (s = RegistryState->cl_first_seq; s <= RegistryState->cl_last_seq; s++)
+	{
+		int16		o = changelog_entry(s)->origin;
+
+		if (o >= 0 && o < registry_max_origins)
+			used[o] = true;
+	}
+	LWLockRelease(RegistryState->changelog_lock);
+}

@@ -155,7 +155,9 @@ typedef struct RegistryShared
 	uint64		acc_misses;		/* keys that could not get an acceptor */
 
 	/* tables and origins (meta_lock) */
-	int			norigins;
+	int			norigins;		/* slots ever used: names are in [0, norigins) */
+	uint64		origins_reclaimed;	/* slots freed for new names */
+	uint64		origins_unknown;	/* changes recorded without their origin */
 
 	/* digests (digest_lock) */
 	uint64		digest_rebuilds;
@@ -189,8 +191,12 @@ extern Size registry_shmem_total_size(void);
 extern void registry_reset_shared_state(void);
 
 /* origins (shmem.c) */
+#define ORIGIN_UNKNOWN	(-1)	/* no slot was free for the origin's name */
 extern int16 origin_id(const char *name);
 extern const char *origin_name(int16 id);
+extern void origins_unpin(void);
+extern int	origins_used(void);
+extern Size origin_pin_bytes(void);
 
 /* table slots (digest.c) */
 extern int	table_slot_for(int32 tid, Oid relid);
@@ -202,6 +208,7 @@ extern void table_slots_gc(void);
 extern Size changelog_entry_size(void);
 extern ChangeLogEntry *changelog_entry(uint64 seq);
 extern void changelog_init(void);
+extern void changelog_mark_origins(bool *used);
 
 /* acceptors (acceptor.c) */
 extern Size acceptor_shmem_size(void);
@@ -210,6 +217,7 @@ extern bool acceptor_note(int32 tid, uint32 khash, const char *key,
 						  RegVersion version, int16 origin, char op,
 						  TimestampTz when);
 extern void acceptor_reset(void);
+extern void acceptor_mark_origins(bool *used);
 
 /* ordering of publications (capture.c) */
 extern int	publishing_slots(void);

@@ -49,7 +49,7 @@ version_ts(RegVersion v)
 	return (ms - ((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000)) * 1000;
 }
 
-#define NODE_COLS 37
+#define NODE_COLS 39
 
 Datum
 registry_node_info(PG_FUNCTION_ARGS)
@@ -74,6 +74,8 @@ registry_node_info(PG_FUNCTION_ARGS)
 	uint64		acc_evictions,
 				acc_misses;
 	int			norigins;
+	uint64		origins_reclaimed,
+				origins_unknown;
 	uint64		notified,
 				sent,
 				lost,
@@ -105,7 +107,9 @@ registry_node_info(PG_FUNCTION_ARGS)
 	for (t = 0; t < registry_max_tables; t++)
 		if (RegistryTables[t].tid != 0)
 			used_tables++;
-	norigins = RegistryState->norigins;
+	norigins = origins_used();
+	origins_reclaimed = RegistryState->origins_reclaimed;
+	origins_unknown = RegistryState->origins_unknown;
 	LWLockRelease(RegistryState->meta_lock);
 
 	SpinLockAcquire(&RegistryState->mutex);
@@ -164,6 +168,8 @@ registry_node_info(PG_FUNCTION_ARGS)
 		v[i++] = Int32GetDatum(maint_pid);
 	else
 		n[i++] = true;
+	v[i++] = Int64GetDatum((int64) origins_reclaimed);
+	v[i++] = Int64GetDatum((int64) origins_unknown);
 	Assert(i == NODE_COLS);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, v, n)));
@@ -239,6 +245,8 @@ registry_change_log(PG_FUNCTION_ARGS)
 	registry_check_admin();
 	InitMaterializedSRF(fcinfo, 0);
 
+	/* meta_lock keeps the names of the origin numbers copied */
+	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
 	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
 	first = RegistryState->cl_first_seq;
 	last = RegistryState->cl_last_seq;
@@ -258,11 +266,15 @@ registry_change_log(PG_FUNCTION_ARGS)
 		v[2] = CStringGetTextDatum(e->key);
 		v[3] = CStringGetTextDatum(registry_op_name(e->op));
 		v[4] = Int64GetDatum((int64) e->version);
-		v[5] = CStringGetTextDatum(origin_name(e->origin));
+		if (origin_name(e->origin))
+			v[5] = CStringGetTextDatum(origin_name(e->origin));
+		else
+			nl[5] = true;
 		v[6] = TimestampTzGetDatum(e->committed_at);
 		if (e->op == REG_OP_RESYNC)
 			nl[2] = true;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 	}
+	LWLockRelease(RegistryState->meta_lock);
 	return (Datum) 0;
 }

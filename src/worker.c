@@ -387,7 +387,8 @@ json_field(StringInfo b, const char *name, const char *value)
  * seq while the entry is still there.
  */
 static char *
-change_payload(ChangeLogEntry *e, const char *table, bool *truncated)
+change_payload(ChangeLogEntry *e, const char *table, const char *origin,
+			   bool *truncated)
 {
 	StringInfoData b;
 	char		v[32];
@@ -399,7 +400,7 @@ change_payload(ChangeLogEntry *e, const char *table, bool *truncated)
 	json_field(&b, "key", e->op == REG_OP_RESYNC ? NULL : e->key);
 	json_field(&b, "op", registry_op_name(e->op));
 	json_field(&b, "version", v);
-	json_field(&b, "origin", origin_name(e->origin));
+	json_field(&b, "origin", origin);
 	appendStringInfoChar(&b, '}');
 	*truncated = false;
 	if (b.len >= REG_NOTIFY_MAX_PAYLOAD)
@@ -410,7 +411,7 @@ change_payload(ChangeLogEntry *e, const char *table, bool *truncated)
 		appendStringInfoString(&b, ", \"key\": null, \"key_truncated\": true");
 		json_field(&b, "op", registry_op_name(e->op));
 		json_field(&b, "version", v);
-		json_field(&b, "origin", origin_name(e->origin));
+		json_field(&b, "origin", origin);
 		appendStringInfoChar(&b, '}');
 		*truncated = true;
 	}
@@ -428,6 +429,7 @@ notify_pending(void)
 	uint64		total = 0;
 	Size		esz = changelog_entry_size();
 	char	   *copy = palloc(esz * NOTIFY_BATCH);
+	char		(*onames)[REGISTRY_NAME_LEN] = palloc(sizeof(*onames) * NOTIFY_BATCH);
 	MemoryContext cxt = CurrentMemoryContext;
 
 	for (;;)
@@ -458,7 +460,16 @@ notify_pending(void)
 			notified = first - 1;
 		}
 		for (s = notified + 1; s <= last && n < NOTIFY_BATCH; s++)
-			memcpy(copy + (Size) n++ * esz, changelog_entry(s), esz);
+		{
+			ChangeLogEntry *e = changelog_entry(s);
+
+			memcpy(copy + (Size) n * esz, e, esz);
+			/* the name while the entry holds its origin number */
+			onames[n][0] = '\0';
+			if (origin_name(e->origin))
+				strlcpy(onames[n], origin_name(e->origin), REGISTRY_NAME_LEN);
+			n++;
+		}
 		LWLockRelease(RegistryState->changelog_lock);
 
 		if (n == 0 && lost == 0)
@@ -488,7 +499,8 @@ notify_pending(void)
 			bool		trunc;
 
 			Async_Notify("registry_change",
-						 change_payload(e, table_name(&names, e->tid), &trunc));
+						 change_payload(e, table_name(&names, e->tid),
+										onames[i][0] ? onames[i] : NULL, &trunc));
 			sent++;
 			if (trunc)
 				truncated++;
@@ -511,6 +523,7 @@ notify_pending(void)
 		SpinLockRelease(&RegistryState->mutex);
 	}
 	pfree(copy);
+	pfree(onames);
 	return total;
 }
 
