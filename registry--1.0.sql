@@ -218,7 +218,8 @@ CREATE FUNCTION registry.changes_since(after_seq bigint,
                                        with_rows boolean DEFAULT false,
                                        epoch bigint DEFAULT NULL,
                                        exclude_origin text DEFAULT NULL,
-                                       wait_ms integer DEFAULT 0)
+                                       wait_ms integer DEFAULT 0,
+                                       max_bytes integer DEFAULT NULL)
     RETURNS bytea
     AS 'MODULE_PATHNAME', 'registry_changes_since' LANGUAGE C VOLATILE;
 
@@ -236,17 +237,20 @@ CREATE FUNCTION registry.bucket_entries(tbl text,
                                         buckets integer[],
                                         with_rows boolean DEFAULT false,
                                         after_hash integer DEFAULT NULL,
-                                        max_entries integer DEFAULT 10000)
+                                        max_entries integer DEFAULT 10000,
+                                        max_bytes integer DEFAULT NULL)
     RETURNS bytea
     AS 'MODULE_PATHNAME', 'registry_bucket_entries' LANGUAGE C VOLATILE;
 
-CREATE FUNCTION registry.fetch_rows(tbl text, keys text[])
+CREATE FUNCTION registry.fetch_rows(tbl text, keys text[],
+                                    max_bytes integer DEFAULT NULL)
     RETURNS bytea
-    AS 'MODULE_PATHNAME', 'registry_fetch_rows' LANGUAGE C STRICT VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_fetch_rows' LANGUAGE C VOLATILE;
 
 -- Named in the select list (not FROM, which would gather every page
 -- before sending the first), it sends each page as soon as it is made.
-CREATE FUNCTION registry.table_pages(tbl text, page_rows integer DEFAULT 10000)
+CREATE FUNCTION registry.table_pages(tbl text, page_rows integer DEFAULT 10000,
+                                     max_bytes integer DEFAULT NULL)
     RETURNS SETOF bytea
     AS 'MODULE_PATHNAME', 'registry_table_pages' LANGUAGE C VOLATILE ROWS 100;
 
@@ -421,13 +425,14 @@ GRANT EXECUTE ON FUNCTION
     registry.sync_now(text, interval), registry.purge_tombstones(),
     registry.resync(regclass), registry._peer_status()
     TO registry_admin;
+-- decode_message is not among them: peers never need it, and decoding is
+-- the one thing a message can make expensive.
 GRANT EXECUTE ON FUNCTION
-    registry.changes_since(bigint, integer, boolean, bigint, text, integer),
+    registry.changes_since(bigint, integer, boolean, bigint, text, integer, integer),
     registry.digest(text, integer, integer, integer, integer),
-    registry.bucket_entries(text, integer, integer[], boolean, integer, integer),
-    registry.fetch_rows(text, text[]),
-    registry.table_pages(text, integer),
-    registry.decode_message(bytea)
+    registry.bucket_entries(text, integer, integer[], boolean, integer, integer, integer),
+    registry.fetch_rows(text, text[], integer),
+    registry.table_pages(text, integer, integer)
     TO registry_peer, registry_admin;
 
 -- A new incarnation of the extension starts from empty shared state.

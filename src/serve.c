@@ -83,21 +83,105 @@ check_ready(void)
 }
 
 /*
- * Append the current state of key (and its row, if live) under the
- * statement's snapshot.  rl is an open lookup on t; values are included
- * only if with_values.
+ * What an answer says of one key: its state, version and origin and, for
+ * a live row asked for with values, the values.  Built before it is
+ * written, so that its size can be weighed against the caller's limit.
+ */
+typedef struct RowOut
+{
+	const char *key;
+	int			state;			/* ROW_* */
+	RegVersion	version;
+	char		origin[REGISTRY_NAME_LEN];
+	char	  **values;			/* NULL unless a live row with values */
+	int			ncols;
+} RowOut;
+
+/*
+ * The smallest limit an answer honours: a table descriptor of 1600
+ * columns and a key of registry.max_key_length fit well within it.
+ */
+#define MIN_ANSWER_BYTES	(1024 * 1024)
+
+/*
+ * The most an answer to this call may hold (raw payload bytes): what the
+ * caller accepts (argument argno, NULL for this node's own limit), and
+ * never more than this node's own registry.max_message_size.
+ */
+static int
+answer_limit(FunctionCallInfo fcinfo, int argno)
+{
+	int32		want = registry_max_message_size;
+
+	if (PG_NARGS() > argno && !PG_ARGISNULL(argno))
+		want = PG_GETARG_INT32(argno);
+	return Max(MIN_ANSWER_BYTES, Min(want, registry_max_message_size));
+}
+
+/* The bytes msg_put_row() writes for r. */
+static Size
+row_out_size(const RowOut *r)
+{
+	Size		size = 4 + strlen(r->key) + 1;
+	int			i;
+
+	if (r->state == ROW_LIVE || r->state == ROW_TOMBSTONE ||
+		r->state == ROW_TOO_LARGE)
+		size += 8 + 4 + strlen(r->origin);
+	if (r->state == ROW_LIVE)
+	{
+		size += 4;
+		for (i = 0; r->values && i < r->ncols; i++)
+			size += 4 + (r->values[i] ? strlen(r->values[i]) : 0);
+	}
+	return size;
+}
+
+static void
+put_row_out(StringInfo buf, const RowOut *r)
+{
+	msg_put_row(buf, r->key, r->state, r->version, r->origin, r->values,
+				r->ncols);
+}
+
+/*
+ * A row whose values would not fit an answer on their own: sent with its
+ * version and without values, so the receiver can say what it is missing.
  */
 static void
-put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key,
-				bool with_values, Snapshot snap)
+row_out_too_large(RowOut *r)
+{
+	Assert(r->state == ROW_LIVE);
+	r->state = ROW_TOO_LARGE;
+	r->values = NULL;
+}
+
+/* Whether size more bytes keep the answer in buf within limit. */
+static bool
+fits(StringInfo buf, Size size, int limit)
+{
+	return (Size) msg_payload_len(buf) + size <= (Size) limit;
+}
+
+/*
+ * The current state of key (and its row, if live) under snap.  rl is an
+ * open lookup on t; values are included only if with_values.
+ */
+static void
+current_row(RegTable *t, RowLookup *rl, const char *key, bool with_values,
+			Snapshot snap, RowOut *out)
 {
 	VersionState st;
 
+	memset(out, 0, sizeof(RowOut));
+	out->key = key;
+	out->state = ROW_ABSENT;
 	if (t == NULL)
 	{
-		msg_put_row(buf, key, ROW_UNKNOWN, 0, NULL, NULL, 0);
+		out->state = ROW_UNKNOWN;
 		return;
 	}
+	out->ncols = t->ncols;
 	if (strlen(key) <= (size_t) registry_max_key_length && row_lookup(rl, key))
 	{
 		row_version(t, rl->slot, &st);
@@ -107,39 +191,41 @@ put_current_row(StringInfo buf, RegTable *t, RowLookup *rl, const char *key,
 					 errmsg("row \"%s\" of registry table %s has no version",
 							key, t->qualname),
 					 errhint("Run registry.verify() on node \"%s\".", registry_node_name)));
-		msg_put_row(buf, key, ROW_LIVE, st.version, st.origin,
-					with_values ? row_values(t, rl->slot) : NULL, t->ncols);
+		out->state = ROW_LIVE;
+		out->version = st.version;
+		strlcpy(out->origin, st.origin, sizeof(out->origin));
+		out->values = with_values ? row_values(t, rl->slot) : NULL;
 		return;
 	}
 	if (strlen(key) <= (size_t) registry_max_key_length &&
 		tombstone_get(t->tid, keys_hash(key, strlen(key)), key, snap, &st))
 	{
-		msg_put_row(buf, key, ROW_TOMBSTONE, st.version, st.origin, NULL, 0);
-		return;
+		out->state = ROW_TOMBSTONE;
+		out->version = st.version;
+		strlcpy(out->origin, st.origin, sizeof(out->origin));
 	}
-	msg_put_row(buf, key, ROW_ABSENT, 0, NULL, NULL, 0);
+}
+
+/* The bytes msg_put_table() writes for t. */
+static Size
+table_desc_size(RegTable *t, bool with_cols)
+{
+	Size		size = 4 + strlen(t->qualname) + 4;
+	int			i;
+
+	for (i = 0; with_cols && i < t->ncols; i++)
+		size += 8 + strlen(t->cols[i].name) + strlen(t->cols[i].typname);
+	return size;
 }
 
 /*
  * registry.changes_since(after_seq bigint, max_changes int, with_rows bool,
- *						  epoch bigint, exclude_origin text) returns bytea
+ *						  epoch bigint, exclude_origin text, wait_ms int,
+ *						  max_bytes int) returns bytea
+ *
+ * An answer holds whole changes up to the caller's max_bytes; the first
+ * change always goes, its row marked too large if it would not fit.
  */
-/* The origin number of a node name, or -1 if no change came from it yet. */
-static int
-find_origin(const char *name)
-{
-	int			n;
-	int			i;
-
-	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
-	n = RegistryState->norigins;
-	LWLockRelease(RegistryState->meta_lock);
-	for (i = 0; i < n; i++)
-		if (strcmp(origin_name(i), name) == 0)
-			return i;
-	return -1;
-}
-
 Datum
 registry_changes_since(PG_FUNCTION_ARGS)
 {
@@ -166,7 +252,11 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	RegTable  **tables;
 	int			ntables = 0;
 	int			nchanges = 0;
-	int			excl_origin = -1;
+	char		(*onames)[REGISTRY_NAME_LEN] = NULL;
+	int			limit = answer_limit(fcinfo, 6);
+	Size		desc_bytes = 0;
+	int			upto_at;
+	int			count_at;
 
 	check_peer();
 	if (after < 0)
@@ -175,15 +265,13 @@ registry_changes_since(PG_FUNCTION_ARGS)
 				 errmsg("after_seq must not be negative")));
 	maxc = Max(1, Min(maxc, MAX_CHANGES_PER_CALL));
 
-	if (exclude)
-		excl_origin = find_origin(exclude);
-
 	/*
 	 * Hold until there is something after after_seq: a commit here wakes
 	 * the caller at once (long polling), up to wait_ms.  Changes that came
 	 * from the caller itself do not end the wait (it would only get an
 	 * empty answer): they are stepped over, and the answer's upto_seq says
-	 * how far.
+	 * how far.  Origins are compared by name while the entries are held:
+	 * the origin numbers of entries in the ring stay theirs meanwhile.
 	 */
 	if (wait_ms > 0)
 	{
@@ -196,8 +284,6 @@ registry_changes_since(PG_FUNCTION_ARGS)
 			bool		wake = false;
 			long		left;
 
-			if (exclude && excl_origin < 0)
-				excl_origin = find_origin(exclude);
 			LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
 			if (check_epoch && RegistryState->epoch != their_epoch)
 				wake = true;
@@ -207,13 +293,17 @@ registry_changes_since(PG_FUNCTION_ARGS)
 				uint64		s;
 
 				wake = true;
-				if (excl_origin >= 0 && l > (uint64) after &&
+				if (exclude && l > (uint64) after &&
 					(uint64) after + 1 >= RegistryState->cl_first_seq &&
 					l - (uint64) after <= (uint64) maxc)
 				{
 					wake = false;
 					for (s = after + 1; s <= l && !wake; s++)
-						wake = changelog_entry(s)->origin != excl_origin;
+					{
+						const char *o = origin_name(changelog_entry(s)->origin);
+
+						wake = (o == NULL || strcmp(o, exclude) != 0);
+					}
 					if (!wake)
 						after = (int64) l;
 				}
@@ -247,12 +337,26 @@ registry_changes_since(PG_FUNCTION_ARGS)
 
 		upto = Min(last, (uint64) after + (uint64) maxc);
 		copy = palloc(esz * Max(upto - after, 1));
+		onames = palloc0(sizeof(*onames) * Max(upto - after, 1));
 		for (s = after + 1; s <= upto; s++)
-			memcpy(copy + (Size) ncopied++ * esz, changelog_entry(s), esz);
+		{
+			ChangeLogEntry *e = changelog_entry(s);
+
+			memcpy(copy + (Size) ncopied * esz, e, esz);
+			/* the name while the entry holds its origin number */
+			if (origin_name(e->origin))
+				strlcpy(onames[ncopied], origin_name(e->origin), REGISTRY_NAME_LEN);
+			ncopied++;
+		}
 	}
 	LWLockRelease(RegistryState->changelog_lock);
 
-	/* the tables the changes refer to, in order of first appearance */
+	/*
+	 * The tables the changes refer to, in order of first appearance.  Their
+	 * descriptors come first in the answer: they may take at most half of
+	 * the caller's limit, and the changes of a table that would not fit
+	 * are left for the next call.
+	 */
 	tids = palloc(sizeof(int32) * Max(ncopied, 1));
 	tables = palloc(sizeof(RegTable *) * Max(ncopied, 1));
 	for (i = 0; i < ncopied; i++)
@@ -260,16 +364,25 @@ registry_changes_since(PG_FUNCTION_ARGS)
 		ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
 		int			t;
 
-		if (e->origin == excl_origin)
+		if (exclude && strcmp(onames[i], exclude) == 0)
 			continue;
-		nchanges++;
 		for (t = 0; t < ntables; t++)
 			if (tids[t] == e->tid)
 				break;
 		if (t == ntables)
 		{
+			RegTable   *rt = regtable_by_tid(e->tid, true);
+			Size		dsize = rt ? table_desc_size(rt, with_rows) : 8;
+
+			if (ntables > 0 && desc_bytes + dsize > (Size) limit / 2)
+			{
+				ncopied = i;
+				upto = e->seq - 1;
+				break;
+			}
+			desc_bytes += dsize;
 			tids[ntables] = e->tid;
-			tables[ntables] = regtable_by_tid(e->tid, true);
+			tables[ntables] = rt;
 			ntables++;
 		}
 	}
@@ -279,6 +392,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	msg_put_int64(&buf, (int64) epoch);
 	msg_put_int64(&buf, (int64) first);
 	msg_put_int64(&buf, (int64) last);
+	upto_at = buf.len;
 	msg_put_int64(&buf, (int64) upto);
 	msg_put_byte(&buf, status);
 	msg_put_byte(&buf, with_rows ? 1 : 0);
@@ -293,7 +407,8 @@ registry_changes_since(PG_FUNCTION_ARGS)
 			msg_put_int32(&buf, 0);
 		}
 	}
-	msg_put_int32(&buf, nchanges);
+	count_at = buf.len;
+	msg_put_int32(&buf, 0);		/* the changes, counted below */
 
 	/* every change copied above is committed: a new snapshot sees it */
 	snap = RegisterSnapshot(GetLatestSnapshot());
@@ -311,28 +426,51 @@ registry_changes_since(PG_FUNCTION_ARGS)
 		for (i = 0; i < ncopied; i++)
 		{
 			ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+			RowOut		row;
+			Size		size;
 			int			t;
 
-			if (e->origin == excl_origin)
+			CHECK_FOR_INTERRUPTS();
+			if (exclude && strcmp(onames[i], exclude) == 0)
 				continue;
 			for (t = 0; t < ntables; t++)
 				if (tids[t] == e->tid)
 					break;
+			size = 8 + 4 + 4 + strlen(e->key) + 8 + 4 + strlen(onames[i]) + 1;
+			if (with_rows)
+			{
+				current_row(e->op == REG_OP_RESYNC ? NULL : tables[t],
+							&lookups[t], e->key, true, snap, &row);
+				size += row_out_size(&row);
+			}
+			if (!fits(&buf, size, limit))
+			{
+				if (nchanges > 0)
+				{
+					/* the rest is for the next call */
+					upto = e->seq - 1;
+					break;
+				}
+				if (with_rows && row.state == ROW_LIVE)
+					row_out_too_large(&row);
+			}
 			msg_put_int64(&buf, (int64) e->seq);
 			msg_put_int32(&buf, t);
 			msg_put_string(&buf, e->key);
 			msg_put_int64(&buf, (int64) e->version);
-			msg_put_string(&buf, origin_name(e->origin));
+			msg_put_string(&buf, onames[i]);
 			msg_put_byte(&buf, e->op);
 			if (with_rows)
-				put_current_row(&buf, e->op == REG_OP_RESYNC ? NULL : tables[t],
-								&lookups[t], e->key, true, snap);
+				put_row_out(&buf, &row);
+			nchanges++;
 		}
 		if (with_rows)
 			for (i = 0; i < ntables; i++)
 				if (tables[i])
 					row_lookup_end(&lookups[i]);
 	}
+	msg_set_int32(&buf, count_at, nchanges);
+	msg_set_int64(&buf, upto_at, (int64) upto);
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
 	UnregisterSnapshot(snap);
@@ -487,6 +625,7 @@ typedef struct BucketEntry
 	RegVersion	version;
 	char		origin[REGISTRY_NAME_LEN];
 	char	  **values;
+	bool		too_large;		/* its values alone exceed the limit */
 } BucketEntry;
 
 static int
@@ -505,12 +644,30 @@ typedef struct EntryArray
 	BucketEntry *e;
 	int			n;
 	int			max;
+	Size		bytes;			/* what the entries take in the answer */
+	int			limit;			/* the caller's max_bytes, less the rest */
 } EntryArray;
+
+/* The bytes msg_put_row() writes for e. */
+static Size
+entry_size(RegTable *t, BucketEntry *e)
+{
+	RowOut		r;
+
+	r.key = e->key;
+	r.state = e->deleted ? ROW_TOMBSTONE : e->too_large ? ROW_TOO_LARGE : ROW_LIVE;
+	r.version = e->version;
+	strlcpy(r.origin, e->origin, sizeof(r.origin));
+	r.values = e->values;
+	r.ncols = t->ncols;
+	return row_out_size(&r);
+}
 
 /*
  * Append the entries (rows and tombstones) of hash range [lo, hi], in
- * hash order, until the array holds at least "want" of them and the last
- * hash is complete.  *more says whether any were left.
+ * hash order, until the array holds at least "want" of them, or as many
+ * as the caller's limit allows, and the last hash is complete.  *more
+ * says whether any were left.
  */
 static void
 collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
@@ -547,7 +704,8 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 		uint32		h = take_row ? row_hash : tk.khash;
 
 		CHECK_FOR_INTERRUPTS();
-		if (out->n >= want && (!any || h != last))
+		if ((out->n >= want || out->bytes >= (Size) out->limit) &&
+			(!any || h != last))
 		{
 			*more = true;
 			break;
@@ -584,6 +742,7 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 			e->version = st.version;
 			strlcpy(e->origin, st.origin, sizeof(e->origin));
 			e->values = with_rows ? row_values(t, rl.slot) : NULL;
+			e->too_large = false;
 			have_row = row_keys_scan_next(&ks, &row_hash, &row_key_text);
 		}
 		else
@@ -593,7 +752,31 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 			e->version = tk.version;
 			strlcpy(e->origin, tk.origin, sizeof(e->origin));
 			e->values = NULL;
+			e->too_large = false;
 			have_tomb = tombstone_scan_next(&ts, &tk);
+		}
+		if (entry_size(t, e) > (Size) out->limit / 4)
+		{
+			/* a row this large goes alone, or without its values */
+			e->values = NULL;
+			e->too_large = true;
+		}
+		out->bytes += entry_size(t, e);
+		if (out->bytes > (Size) out->limit)
+		{
+			/* the keys of this hash go to the next page, whole */
+			int			start = out->n - 1;
+
+			while (start > 0 && out->e[start - 1].khash == h)
+				start--;
+			if (start == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("the keys of hash %d of registry table %s do not fit in %d bytes",
+								khash_to_int4(h), t->qualname, out->limit)));
+			out->n = start;
+			*more = true;
+			break;
 		}
 	}
 	tombstone_scan_end(&ts);
@@ -603,7 +786,8 @@ collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 
 /*
  * registry.bucket_entries(tbl text, nbuckets int, buckets int[],
- *		with_rows bool, after_hash int, max_entries int) returns bytea
+ *		with_rows bool, after_hash int, max_entries int, max_bytes int)
+ *		returns bytea
  *
  * The versions of every key in the given buckets (at any power-of-two
  * granularity), in (hash, key) order, starting after key hash after_hash,
@@ -668,6 +852,9 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	ea.max = Min(maxe, 1024) + 16;
 	ea.n = 0;
 	ea.e = palloc(sizeof(BucketEntry) * ea.max);
+	ea.bytes = 0;
+	/* room for the descriptor and the fields around the entries */
+	ea.limit = answer_limit(fcinfo, 6) - (int) table_desc_size(t, with_rows) - 64;
 	for (i = 0; i < nelems && !more; i++)
 	{
 		uint32		lo,
@@ -684,7 +871,7 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 				lo = after_hash + 1;
 		}
 		collect_range(t, lo, hi, with_rows, maxe, &ea, &more);
-		if (ea.n >= maxe && i + 1 < nelems)
+		if ((ea.n >= maxe || ea.bytes >= (Size) ea.limit) && i + 1 < nelems)
 			more = true;
 	}
 	qsort(ea.e, ea.n, sizeof(BucketEntry), entry_cmp);
@@ -700,7 +887,8 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	{
 		BucketEntry *e = &ea.e[i];
 
-		msg_put_row(&buf, e->key, e->deleted ? ROW_TOMBSTONE : ROW_LIVE,
+		msg_put_row(&buf, e->key,
+					e->deleted ? ROW_TOMBSTONE : e->too_large ? ROW_TOO_LARGE : ROW_LIVE,
 					e->version, e->origin, e->values, t->ncols);
 	}
 	msg_put_byte(&buf, more ? 1 : 0);
@@ -711,24 +899,34 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 }
 
 /*
- * registry.fetch_rows(tbl text, keys text[]) returns bytea: for each key
- * its current state (live with the row, tombstone, or absent) and version.
+ * registry.fetch_rows(tbl text, keys text[], max_bytes int) returns
+ * bytea: for each key its current state (live with the row, tombstone,
+ * or absent) and version, in the order asked, as many as max_bytes
+ * allows (at least one: a row too large on its own goes without its
+ * values).  The caller asks again for the keys left.
  */
 Datum
 registry_fetch_rows(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
+	char	   *name;
+	ArrayType  *arr;
 	RegTable   *t;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			nelems;
 	int			i;
+	int			n = 0;
 	StringInfoData buf;
 	RowLookup	rl;
 	int			nest = -1;
+	int			limit = answer_limit(fcinfo, 2);
+	int			count_at;
 
 	check_peer();
+	registry_check_not_null(fcinfo, 0, "tbl");
+	registry_check_not_null(fcinfo, 1, "keys");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	arr = PG_GETARG_ARRAYTYPE_P(1);
 	t = regtable_by_name(name, true);
 	if (t == NULL)
 		ereport(ERROR,
@@ -740,27 +938,40 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("at most %d keys per call", MAX_KEYS_PER_CALL)));
+	for (i = 0; i < nelems; i++)
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("keys must not be null")));
 
 	msg_begin(&buf, 'R');
 	msg_put_table(&buf, t, true);
-	msg_put_int32(&buf, nelems);
+	count_at = buf.len;
+	msg_put_int32(&buf, 0);		/* the rows, counted below */
 	if (t->needs_canonical)
 		canonical_gucs_push(&nest);
 	row_lookup_begin(&rl, t, AccessShareLock, GetActiveSnapshot());
 	for (i = 0; i < nelems; i++)
 	{
-		char	   *key;
+		RowOut		row;
 
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("keys must not be null")));
-		key = TextDatumGetCString(elems[i]);
-		put_current_row(&buf, t, &rl, key, true, GetActiveSnapshot());
+		CHECK_FOR_INTERRUPTS();
+		current_row(t, &rl, TextDatumGetCString(elems[i]), true,
+					GetActiveSnapshot(), &row);
+		if (!fits(&buf, row_out_size(&row), limit))
+		{
+			if (n > 0)
+				break;			/* the rest is asked for again */
+			if (row.state == ROW_LIVE)
+				row_out_too_large(&row);
+		}
+		put_row_out(&buf, &row);
+		n++;
 	}
 	row_lookup_end(&rl);
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
+	msg_set_int32(&buf, count_at, n);
 	PG_RETURN_BYTEA_P(msg_finish(&buf));
 }
 
@@ -776,8 +987,10 @@ typedef struct TablePages
 	bool		tombs_open;
 	bool		open;
 	int			page_rows;
+	int			limit;			/* the caller's max_bytes per page */
 	MemoryContext rowcxt;		/* one entry's key and values */
 	StringInfoData buf;			/* the page being built, reused */
+	StringInfoData carry;		/* an entry that did not fit the last page */
 } TablePages;
 
 static void
@@ -838,7 +1051,27 @@ table_pages_end(FunctionCallInfo fcinfo, TablePages *tp)
 }
 
 /*
- * registry.table_pages(tbl text, page_rows int) returns setof bytea
+ * Whether the entry written from offset before took the page past the
+ * caller's limit.  If so it is taken out; a page that has others moves
+ * it to the next page, and one that has none sends it without values
+ * (the caller writes it again).
+ */
+static bool
+page_overflows(TablePages *tp, int before, int n)
+{
+	if (msg_payload_len(&tp->buf) + 1 <= tp->limit)	/* and "more" */
+		return false;
+	if (n > 0)
+		appendBinaryStringInfo(&tp->carry, tp->buf.data + before,
+							   tp->buf.len - before);
+	tp->buf.len = before;
+	tp->buf.data[before] = '\0';
+	return true;
+}
+
+/*
+ * registry.table_pages(tbl text, page_rows int, max_bytes int) returns
+ * setof bytea
  *
  * The whole table, for a peer that has little or nothing of it: every
  * live row with its version in primary-key order, then every tombstone,
@@ -859,6 +1092,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	int			n = 0;
 	int			nest = -1;
 	int			count_at;
+	bool		full = false;
 
 	if (SRF_IS_FIRSTCALL())
 	{
@@ -882,6 +1116,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 							tp->name, registry_node_name)));
 		tp->tid = t->tid;
 		tp->page_rows = Max(1, Min(page_rows, MAX_ENTRIES_PER_CALL));
+		tp->limit = answer_limit(fcinfo, 2);
 		tp->snap = RegisterSnapshot(GetActiveSnapshot());
 		row_scan_all_begin(&tp->rs, t, tp->snap);
 		tp->open = true;
@@ -889,6 +1124,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 										   "registry table page row",
 										   ALLOCSET_SMALL_SIZES);
 		initStringInfo(&tp->buf);
+		initStringInfo(&tp->carry);
 		fctx->user_fctx = tp;
 		if (rsinfo && IsA(rsinfo, ReturnSetInfo) && rsinfo->econtext)
 			RegisterExprContextCallback(rsinfo->econtext, table_pages_shutdown,
@@ -925,12 +1161,19 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	msg_put_byte(&tp->buf, 1);		/* with rows */
 	count_at = tp->buf.len;
 	msg_put_int32(&tp->buf, 0);		/* entries, filled in below */
+	if (tp->carry.len > 0)
+	{
+		appendBinaryStringInfo(&tp->buf, tp->carry.data, tp->carry.len);
+		resetStringInfo(&tp->carry);
+		n++;
+	}
 	if (t->needs_canonical)
 		canonical_gucs_push(&nest);
-	while (n < tp->page_rows && !tp->rows_done)
+	while (!full && n < tp->page_rows && !tp->rows_done)
 	{
 		VersionState st;
 		char	   *key;
+		int			before = tp->buf.len;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(tp->rowcxt);
@@ -948,18 +1191,27 @@ registry_table_pages(PG_FUNCTION_ARGS)
 							key, t->qualname)));
 		msg_put_row(&tp->buf, key, ROW_LIVE, st.version, st.origin,
 					row_values(t, tp->rs.slot), t->ncols);
+		if (page_overflows(tp, before, n))
+		{
+			if (n > 0)
+				full = true;	/* the row opens the next page */
+			else
+				msg_put_row(&tp->buf, key, ROW_TOO_LARGE, st.version,
+							st.origin, NULL, 0);
+		}
 		n++;
 	}
-	if (tp->rows_done && !tp->tombs_open)
+	if (!full && tp->rows_done && !tp->tombs_open)
 	{
 		MemoryContextSwitchTo(fctx->multi_call_memory_ctx);
 		tombstone_scan_begin(&tp->ts, tp->tid, 0, PG_UINT32_MAX, tp->snap);
 		tp->tombs_open = true;
 		MemoryContextSwitchTo(tp->rowcxt);
 	}
-	while (n < tp->page_rows && tp->tombs_open && tp->open)
+	while (!full && n < tp->page_rows && tp->tombs_open && tp->open)
 	{
 		KeyVersion	kv;
+		int			before = tp->buf.len;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(tp->rowcxt);
@@ -971,8 +1223,12 @@ registry_table_pages(PG_FUNCTION_ARGS)
 		msg_put_row(&tp->buf, kv.key, ROW_TOMBSTONE, kv.version, kv.origin,
 					NULL, 0);
 		pfree(kv.key);
+		if (page_overflows(tp, before, n))
+			full = true;		/* n > 0: a tombstone is small */
 		n++;
 	}
+	if (full)
+		n--;					/* carried */
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
 	msg_put_byte(&tp->buf, 0);		/* no "more": the next page follows */

@@ -125,6 +125,20 @@ typedef struct AETable
 	bool		fresh;			/* this node had no entry of the table */
 	bool		behind;			/* ... fewer entries than the peer */
 	bool		full_asked;		/* a whole-table pull was asked for */
+
+	/*
+	 * What one table may cost a round: the peer's answers must stay near
+	 * the entries its root digest counted, and the keys queued to fetch
+	 * within registry.max_message_size; past that the table is left
+	 * incomplete until the next round.
+	 */
+	int64		peer_count;		/* live rows and tombstones the peer counted */
+	int64		entries_seen;	/* entries and rows received this round */
+	Size		fetch_bytes;	/* key bytes queued in fetch */
+	bool		incomplete;		/* keys left for the next round */
+	int			fetch_start;	/* first key of the fetch in flight */
+	int			fetch_asked;	/* ... and how many */
+	int			page_rows;		/* rows per page of the pull asked for */
 } AETable;
 
 typedef struct Peer
@@ -220,12 +234,13 @@ static void
 record_error(Peer *p, const char *msg)
 {
 	char		buf[256];
-	char	   *nl;
+	char	   *c;
 
 	strlcpy(buf, msg, sizeof(buf));
 	/* one line in the view */
-	while ((nl = strchr(buf, '\n')) != NULL)
-		*nl = ' ';
+	for (c = buf; *c; c++)
+		if (*c == '\n' || *c == '\r' || *c == '\t')
+			*c = ' ';
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 	strlcpy(p->st->last_error, buf, sizeof(p->st->last_error));
 	p->st->last_error_at = GetCurrentTimestamp();
@@ -457,6 +472,15 @@ xact_end(MemoryContext cxt)
 	MemoryContextSwitchTo(cxt);
 }
 
+/* An error as one line for peer_status: its message and its detail. */
+static char *
+error_text(ErrorData *edata)
+{
+	if (edata->detail && edata->detail[0])
+		return psprintf("%s: %s", edata->message, edata->detail);
+	return pstrdup(edata->message);
+}
+
 /*
  * Runs fn inside PG_TRY.  An ERROR is recorded for the peer; or, if the
  * caller asks for the error (sqlstate and message), handed back for it to
@@ -493,10 +517,10 @@ run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate, char **message)
 		if (sqlstate)
 		{
 			*sqlstate = edata->sqlerrcode;
-			*message = pstrdup(edata->message);
+			*message = error_text(edata);
 		}
 		else
-			record_error(p, edata->message);
+			record_error(p, error_text(edata));
 		FreeErrorData(edata);
 		ok = false;
 	}
@@ -764,8 +788,9 @@ send_changes(Peer *p, int wait_ms)
 	char		after[32],
 				maxc[16],
 				epoch[32],
-				wait[16];
-	const char *params[5];
+				wait[16],
+				maxb[16];
+	const char *params[6];
 
 	snprintf(after, sizeof(after), UINT64_FORMAT, p->have_position ? p->consumed : 0);
 	snprintf(maxc, sizeof(maxc), "%d", registry_batch_size);
@@ -776,11 +801,13 @@ send_changes(Peer *p, int wait_ms)
 	params[3] = registry_node_name;
 	snprintf(wait, sizeof(wait), "%d", p->have_position ? wait_ms : 0);
 	params[4] = wait;
+	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
+	params[5] = maxb;
 	p->want_fast = false;
 	p->query_wait_ms = p->have_position ? wait_ms : 0;
 	send_query(p, Q_CHANGES,
-			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text, $5::int)",
-			   5, params);
+			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text, $5::int, $6::int)",
+			   6, params);
 }
 
 static void
@@ -805,43 +832,78 @@ typedef struct AnswerData
 	int			len;
 } AnswerData;
 
+/*
+ * Rows the peer has but could not send: their values alone exceed what
+ * this node accepts in one message.  Said in peer_status; the rows stay
+ * missing here until the limits allow them.
+ */
 static void
-parse_changes(Peer *p, void *arg)
+note_too_large(Peer *p, const char *table, const MsgRow *r, int n)
 {
-	AnswerData *a = arg;
-	MsgChanges *m = palloc(sizeof(MsgChanges));
+	char		msg[256];
 
-	msg_read_changes(a->data, a->len, m);
-	check_node_name(p, m->node);
-	a->data = (char *) m;		/* hand the parsed answer back */
+	snprintf(msg, sizeof(msg),
+			 "%d rows of %s not sent, too large for one message (first key \"%.40s\"); raise registry.max_message_size on both nodes",
+			 n, table, r->key);
+	record_error(p, msg);
 }
 
 static void
-handle_changes(Peer *p, char *data, int len)
+protocol_error(Peer *p, const char *what, const char *detail)
 {
-	AnswerData	a = {data, len};
-	MsgChanges *m;
+	ereport(ERROR,
+			(errcode(ERRCODE_PROTOCOL_VIOLATION),
+			 errmsg("%s", what),
+			 detail ? errdetail("%s", detail) : 0));
+}
+
+/*
+ * The peer's change log from the last seq applied: checked against what
+ * was asked (rows, epoch, seqs after the one asked after, progress), then
+ * applied one transaction per table.  Runs guarded: any error ends the
+ * request.
+ */
+static void
+handle_changes_guarded(Peer *p, void *arg)
+{
+	AnswerData *a = arg;
+	MsgChanges	m;
 	TableBatch *batches;
+	int		   *counts;
 	int			i;
 
-	if (!run_guarded(p, parse_changes, &a, NULL, NULL))
+	msg_read_changes(a->data, a->len, &m);
+	check_node_name(p, m.node);
+	if (!m.with_rows)
+		protocol_error(p, "changes came without their rows",
+					   "They were asked for with rows.");
+	if (p->have_position && m.status == CHANGES_OK)
 	{
-		disconnect(p, NULL);
-		return;
+		char		detail[160];
+
+		snprintf(detail, sizeof(detail),
+				 "Asked for the changes after seq " UINT64_FORMAT " of epoch " UINT64_FORMAT
+				 "; the answer is of epoch " UINT64_FORMAT ", up to seq " UINT64_FORMAT
+				 " of " UINT64_FORMAT ".",
+				 p->consumed, p->epoch, m.epoch, m.upto_seq, m.last_seq);
+		if (m.epoch != p->epoch || m.upto_seq < p->consumed ||
+			(m.n > 0 && m.changes[0].seq <= p->consumed))
+			protocol_error(p, "changes answer does not follow the position asked for", detail);
+		if (m.last_seq > p->consumed && m.upto_seq == p->consumed)
+			protocol_error(p, "changes answer makes no progress", detail);
 	}
-	m = (MsgChanges *) a.data;
 
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->peer_epoch = m->epoch;
-	p->st->peer_last_seq = m->last_seq;
+	p->st->peer_epoch = m.epoch;
+	p->st->peer_last_seq = m.last_seq;
 	LWLockRelease(RegistryState->peer_lock);
 
-	if (m->status != CHANGES_OK || !p->have_position)
+	if (m.status != CHANGES_OK || !p->have_position)
 	{
 		/* a restart or a gap: compare digests, then follow from here */
 		p->have_position = true;
-		p->epoch = m->epoch;
-		p->consumed = m->last_seq;
+		p->epoch = m.epoch;
+		p->consumed = m.last_seq;
 		p->ae_needed = true;
 		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 		p->st->consumed_seq = p->consumed;
@@ -850,15 +912,18 @@ handle_changes(Peer *p, char *data, int len)
 	}
 
 	/* one batch per table, each key once (its current state) */
-	batches = palloc0(sizeof(TableBatch) * Max(m->ntables, 1));
-	for (i = 0; i < m->ntables; i++)
+	batches = palloc0(sizeof(TableBatch) * Max(m.ntables, 1));
+	counts = palloc0(sizeof(int) * Max(m.ntables, 1));
+	for (i = 0; i < m.n; i++)
+		counts[m.changes[i].table]++;
+	for (i = 0; i < m.ntables; i++)
 	{
-		batches[i].table = &m->tables[i];
-		batches[i].rows = palloc(sizeof(MsgRow *) * Max(m->n, 1));
+		batches[i].table = &m.tables[i];
+		batches[i].rows = palloc(sizeof(MsgRow *) * Max(counts[i], 1));
 	}
-	for (i = 0; i < m->n; i++)
+	for (i = 0; i < m.n; i++)
 	{
-		MsgChange  *c = &m->changes[i];
+		MsgChange  *c = &m.changes[i];
 
 		if (c->op == REG_OP_RESYNC)
 		{
@@ -868,11 +933,13 @@ handle_changes(Peer *p, char *data, int len)
 		}
 		batches[c->table].rows[batches[c->table].nrows++] = &c->row;
 	}
-	for (i = 0; i < m->ntables; i++)
+	for (i = 0; i < m.ntables; i++)
 	{
 		TableBatch *b = &batches[i];
 		int			j,
-					k;
+					k,
+					too_large = 0;
+		MsgRow	   *first_too_large = NULL;
 
 		if (b->nrows == 0)
 			continue;
@@ -882,21 +949,50 @@ handle_changes(Peer *p, char *data, int len)
 			if (strcmp(b->rows[j]->key, b->rows[k - 1]->key) != 0)
 				b->rows[k++] = b->rows[j];
 		b->nrows = k;
-		if (m->tables[i].name == NULL || m->tables[i].name[0] == '\0')
+		for (j = 0, k = 0; j < b->nrows; j++)
+		{
+			if (b->rows[j]->state == ROW_TOO_LARGE)
+			{
+				if (too_large++ == 0)
+					first_too_large = b->rows[j];
+				continue;
+			}
+			b->rows[k++] = b->rows[j];
+		}
+		b->nrows = k;
+		if (m.tables[i].name[0] == '\0')
 			continue;			/* no longer registered on the peer */
-		apply_batch(p, &batches[i]);
+		if (too_large > 0)
+			note_too_large(p, m.tables[i].name, first_too_large, too_large);
+		if (b->nrows > 0)
+			apply_batch(p, b);
 	}
 
-	p->consumed = m->upto_seq;
+	p->consumed = m.upto_seq;
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 	p->st->consumed_seq = p->consumed;
 	p->st->fast_batches++;
-	p->st->rows_pulled += m->n;
-	if (p->consumed >= m->last_seq)
+	p->st->rows_pulled += m.n;
+	if (p->consumed >= m.last_seq)
 		p->st->caught_up_at = GetCurrentTimestamp();
 	LWLockRelease(RegistryState->peer_lock);
-	if (p->consumed < m->last_seq)
+	if (p->consumed < m.last_seq)
 		p->want_fast = true;	/* more right away */
+}
+
+static void
+handle_changes(Peer *p, char *data, int len)
+{
+	AnswerData	a = {data, len};
+	int			sqlstate;
+	char	   *message;
+
+	if (!run_guarded(p, handle_changes_guarded, &a, &sqlstate, &message))
+	{
+		/* a peer that answers this way is asked again only after a pause */
+		disconnect(p, message);
+		return;
+	}
 	note_success(p);
 }
 
@@ -1094,15 +1190,19 @@ start_full(AETable *t)
 static void
 send_full(Peer *p, AETable *t)
 {
-	char		rows[16];
-	const char *params[2];
+	char		rows[16],
+				maxb[16];
+	const char *params[3];
 
-	snprintf(rows, sizeof(rows), "%d", full_page_rows());
+	t->page_rows = full_page_rows();
+	snprintf(rows, sizeof(rows), "%d", t->page_rows);
+	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
 	params[0] = t->name;
 	params[1] = rows;
+	params[2] = maxb;
 	t->full_asked = true;
 	p->inflight_table = t;
-	send_query(p, Q_PAGES, "SELECT registry.table_pages($1, $2::int)", 2, params);
+	send_query(p, Q_PAGES, "SELECT registry.table_pages($1, $2::int, $3::int)", 3, params);
 }
 
 static void
@@ -1111,8 +1211,9 @@ send_entries(Peer *p, AETable *t, bool with_rows)
 	StringInfoData arr;
 	char		nb[16],
 				after[16],
-				maxe[16];
-	const char *params[6];
+				maxe[16],
+				maxb[16];
+	const char *params[7];
 	int			i;
 	int			last;
 
@@ -1131,17 +1232,20 @@ send_entries(Peer *p, AETable *t, bool with_rows)
 	params[3] = with_rows ? "true" : "false";
 	params[4] = t->resume ? after : NULL;
 	params[5] = maxe;
+	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
+	params[6] = maxb;
 	p->inflight_table = t;
 	send_query(p, Q_ENTRIES,
-			   "SELECT registry.bucket_entries($1, $2::int, $3::int[], $4::bool, $5::int, $6::int)",
-			   6, params);
+			   "SELECT registry.bucket_entries($1, $2::int, $3::int[], $4::bool, $5::int, $6::int, $7::int)",
+			   7, params);
 }
 
 static void
 send_fetch(Peer *p, AETable *t)
 {
 	StringInfoData arr;
-	const char *params[2];
+	char		maxb[16];
+	const char *params[3];
 	int			last = Min(t->nfetch, t->ifetch + registry_batch_size);
 	int			i;
 
@@ -1163,11 +1267,16 @@ send_fetch(Peer *p, AETable *t)
 		appendStringInfoChar(&arr, '"');
 	}
 	appendStringInfoChar(&arr, '}');
+	/* the answer may hold fewer (max_bytes): it says where to go on */
+	t->fetch_start = t->ifetch;
+	t->fetch_asked = last - t->ifetch;
 	t->ifetch = last;
+	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
 	params[0] = t->name;
 	params[1] = arr.data;
+	params[2] = maxb;
 	p->inflight_table = t;
-	send_query(p, Q_FETCH, "SELECT registry.fetch_rows($1, $2::text[])", 2, params);
+	send_query(p, Q_FETCH, "SELECT registry.fetch_rows($1, $2::text[], $3::int)", 3, params);
 }
 
 /* Issue the next request of the round, moving past finished tables. */
@@ -1248,6 +1357,11 @@ check_digest_answer(AETable *t, MsgDigest *m)
 				width = 0,
 				n = 0;
 
+	if (strcmp(m->table, t->name) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("digest of %s asked for, digest of %s received",
+						t->name, m->table)));
 	if (m->nbuckets < 1 || m->nbuckets > registry_digest_buckets)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
@@ -1265,7 +1379,7 @@ check_digest_answer(AETable *t, MsgDigest *m)
 		n = nb / AE_GROUP_FANOUT;
 	}
 	else
-		return;
+		nb = m->nbuckets;		/* a root: at the peer's granularity */
 	if (m->nbuckets != nb || m->lo != lo || m->width != width || m->n != n)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
@@ -1318,10 +1432,11 @@ handle_digest_guarded(Peer *p, void *arg)
 		if (verify)
 		{
 			/* we pulled all that was newer; the rest is ours to offer */
-			t->complete = true;
+			t->complete = !t->incomplete;
 			t->stage = AE_DONE;
 			return;
 		}
+		t->peer_count = m.live + m.tombstones;
 		t->behind = ourcount < m.live + m.tombstones;
 		if (ourcount * 2 < m.live + m.tombstones)
 		{
@@ -1402,6 +1517,94 @@ handle_digest_guarded(Peer *p, void *arg)
 	}
 }
 
+static int
+khash_key_cmp(uint32 h1, const char *k1, uint32 h2, const char *k2)
+{
+	if (h1 != h2)
+		return h1 < h2 ? -1 : 1;
+	return strcmp(k1, k2);
+}
+
+/*
+ * An entries answer must be the one asked for: the same table; in a
+ * whole-table pull, a page of rows (bucket count 1, never "more", at
+ * least one entry and at most a page); otherwise, without rows, at the
+ * granularity asked, every key in the buckets asked for, after the hash
+ * resumed after, in (hash, key) order, and a "more" that resumes after
+ * its last entry.  And one table's answers in a round stay near the
+ * entries the peer's root digest counted: a peer cannot keep a round
+ * going, or its memory growing, with answers that never end.
+ */
+static void
+check_entries_answer(AETable *t, MsgEntries *m)
+{
+	int64		bound;
+	int			i;
+
+	if (strcmp(m->table.name, t->name) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("entries of %s asked for, entries of %s received",
+						t->name, m->table.name)));
+	if (t->stage == AE_FULL)
+	{
+		if (!m->with_rows || m->nbuckets != 1 || m->more ||
+			m->n < 1 || m->n > t->page_rows)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("page of %s is not a page of rows as asked for", t->name),
+					 errdetail("Asked for pages of at most %d rows; got %d entries, with rows %d, buckets %d, more %d.",
+							   t->page_rows, m->n, (int) m->with_rows,
+							   m->nbuckets, (int) m->more)));
+		bound = t->peer_count * 2 + t->page_rows;
+	}
+	else
+	{
+		int			last = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
+		int			ib = t->itodo;
+		uint32		prev_hash = 0;
+		const char *prev_key = NULL;
+
+		if (m->with_rows || m->nbuckets != t->nb)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("entries of %s are not at the granularity asked for", t->name),
+					 errdetail("Asked for %d buckets without rows; got %d, with rows %d.",
+							   t->nb, m->nbuckets, (int) m->with_rows)));
+		for (i = 0; i < m->n; i++)
+		{
+			const char *key = m->rows[i].key;
+			uint32		h = keys_hash(key, strlen(key));
+			int			bucket = digest_bucket_of(h, t->nb);
+
+			/* buckets asked for are in order, as are the entries */
+			while (ib < last && t->buckets[ib] < bucket)
+				ib++;
+			if (ib == last || t->buckets[ib] != bucket ||
+				(t->resume && h <= t->after) ||
+				(prev_key && khash_key_cmp(prev_hash, prev_key, h, key) >= 0))
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("entry \"%s\" of %s is not in order in the buckets asked for",
+								key, t->name)));
+			prev_hash = h;
+			prev_key = key;
+		}
+		if (m->more && (m->n == 0 || m->next_khash != prev_hash))
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("entries of %s say there are more, but not after their last entry",
+							t->name)));
+		bound = t->peer_count * 2 + 2 * AE_ENTRIES_PER_CALL;
+	}
+	t->entries_seen += m->n;
+	if (t->entries_seen > bound)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("the peer sent " INT64_FORMAT " entries of %s in this round, more than the " INT64_FORMAT " its digest counted",
+						t->entries_seen, t->name, t->peer_count)));
+}
+
 /*
  * Entries of differing buckets: tombstones newer on the peer are applied
  * straight away, live keys newer on the peer are queued for fetch_rows.
@@ -1417,6 +1620,7 @@ handle_entries_guarded(Peer *p, void *arg)
 	int			i;
 
 	msg_read_entries(w->data, w->len, &m);
+	check_entries_answer(t, &m);
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 	p->st->rows_pulled += m.n;
 	LWLockRelease(RegistryState->peer_lock);
@@ -1427,8 +1631,24 @@ handle_entries_guarded(Peer *p, void *arg)
 
 	if (t->stage == AE_FULL)
 	{
+		int			too_large = 0;
+		MsgRow	   *first_too_large = NULL;
+
 		for (i = 0; i < m.n; i++)
+		{
+			if (m.rows[i].state == ROW_TOO_LARGE)
+			{
+				if (too_large++ == 0)
+					first_too_large = &m.rows[i];
+				continue;
+			}
 			b.rows[b.nrows++] = &m.rows[i];
+		}
+		if (too_large > 0)
+		{
+			note_too_large(p, t->name, first_too_large, too_large);
+			t->incomplete = true;
+		}
 		b.bulk = true;
 		b.fresh = t->fresh;
 		b.defer_khash = true;
@@ -1472,8 +1692,15 @@ handle_entries_guarded(Peer *p, void *arg)
 			}
 			if (r->state == ROW_TOMBSTONE)
 				b.rows[b.nrows++] = r;
+			else if (t->fetch_bytes + strlen(r->key) + 1 > (Size) registry_max_message_size)
+			{
+				/* enough for one round: the rest waits for the next */
+				t->incomplete = true;
+				break;
+			}
 			else
 			{
+				t->fetch_bytes += strlen(r->key) + 1;
 				if (t->nfetch >= t->maxfetch)
 				{
 					t->maxfetch = Max(64, t->maxfetch * 2);
@@ -1504,6 +1731,12 @@ handle_entries_guarded(Peer *p, void *arg)
 
 	if (t->stage == AE_FULL)
 		;						/* the pages go on until the request ends */
+	else if (t->incomplete)
+	{
+		/* the keys queued so far are fetched; the rest is the next round's */
+		t->itodo = t->nbuckets;
+		t->resume = false;
+	}
 	else if (m.more)
 	{
 		t->resume = true;
@@ -1524,7 +1757,35 @@ handle_fetch_guarded(Peer *p, void *arg)
 	TableBatch	b;
 	int			i;
 
+	AETable    *t = w->t;
+	int			too_large = 0;
+	MsgRow	   *first_too_large = NULL;
+
 	msg_read_rows(w->data, w->len, &m);
+
+	/*
+	 * The keys asked for, in order: all of them, or as many as fitted the
+	 * answer (the rest are asked for again).
+	 */
+	if (strcmp(m.table.name, t->name) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("rows of %s asked for, rows of %s received",
+						t->name, m.table.name)));
+	if (m.n < 1 || m.n > t->fetch_asked)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("%d rows of %s received for %d keys asked for",
+						m.n, t->name, t->fetch_asked)));
+	for (i = 0; i < m.n; i++)
+		if (strcmp(m.rows[i].key, t->fetch[t->fetch_start + i]) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("row %d of %s is for key \"%s\", asked for \"%s\"",
+							i + 1, t->name, m.rows[i].key,
+							t->fetch[t->fetch_start + i])));
+	t->ifetch = t->fetch_start + m.n;
+
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 	p->st->rows_pulled += m.n;
 	LWLockRelease(RegistryState->peer_lock);
@@ -1532,9 +1793,23 @@ handle_fetch_guarded(Peer *p, void *arg)
 	b.table = &m.table;
 	b.rows = palloc(sizeof(MsgRow *) * Max(m.n, 1));
 	for (i = 0; i < m.n; i++)
+	{
+		if (m.rows[i].state == ROW_TOO_LARGE)
+		{
+			if (too_large++ == 0)
+				first_too_large = &m.rows[i];
+			continue;
+		}
 		b.rows[b.nrows++] = &m.rows[i];
-	b.bulk = (m.n > 16);
-	apply_batch(p, &b);
+	}
+	if (too_large > 0)
+	{
+		note_too_large(p, t->name, first_too_large, too_large);
+		t->incomplete = true;
+	}
+	b.bulk = (b.nrows > 16);
+	if (b.nrows > 0)
+		apply_batch(p, &b);
 }
 
 /* ---- results ---- */
@@ -1557,6 +1832,17 @@ answer_bytes(Peer *p, PGresult *res, ExecStatusType want, int *len)
 		return NULL;
 	}
 	*len = PQgetlength(res, 0, 0);
+	if (*len < 0 || *len > registry_max_message_size + MSG_HEADER_SIZE)
+	{
+		char		msg[160];
+
+		snprintf(msg, sizeof(msg),
+				 "answer of %d bytes is larger than registry.max_message_size (%d bytes) allows",
+				 *len, registry_max_message_size);
+		PQclear(res);
+		disconnect(p, msg);
+		return NULL;
+	}
 	data = palloc(*len + 1);
 	memcpy(data, PQgetvalue(res, 0, 0), *len);
 	PQclear(res);
@@ -1978,6 +2264,39 @@ step(Peer *p, TimestampTz now, long *timeout)
 	next_request(p, now, timeout);
 }
 
+/*
+ * One peer's step, with anything that escapes the guards of its parts
+ * (an ERROR while reading or checking an answer, out of memory) caught
+ * here: it ends that peer's request and connection, is recorded and
+ * retried with backoff, and never ends the worker or holds up the
+ * others.  disconnect() clears any result still held.
+ */
+static void
+step_guarded(Peer *p, TimestampTz now, long *timeout)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		step(p, now, timeout);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(cxt);
+		RESUME_INTERRUPTS();
+		disconnect(p, error_text(edata));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
 /* ---- the peer list ---- */
 
 static void
@@ -2171,7 +2490,7 @@ registry_sync_main(Datum arg)
 			{
 				if (!peers[i].seen)
 					continue;
-				step(&peers[i], now, &timeout);
+				step_guarded(&peers[i], now, &timeout);
 				peers[i].readable = peers[i].writable = false;
 			}
 		}
