@@ -45,6 +45,9 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "catalog/pg_class.h"
+#include "utils/acl.h"
 
 #include "registry.h"
 #include "rows.h"
@@ -412,12 +415,11 @@ text_array(Datum *elems, bool *nulls, int n)
 
 /*
  * "SELECT u.a1::<type>, ..., u.v, u.o FROM unnest($1::text[], ...,
- * $n+1::bigint[], $n+2::text[][, $n+3::int[], $n+4::text[]]) AS u(a1, ...,
- * v, o[, kh, k])": rows come in as one array per column, then the
- * versions and origins and, with hashes, each key's hash and text.
+ * $n+1::bigint[], $n+2::text[]) AS u(a1, ..., v, o)": rows come in as one
+ * array per column, then the versions and origins.
  */
 static void
-append_unnest_select(StringInfo sql, ApplyColumns *ac, bool hashes)
+append_unnest_select(StringInfo sql, ApplyColumns *ac)
 {
 	int			n = ac->ncols;
 	int			i;
@@ -429,19 +431,18 @@ append_unnest_select(StringInfo sql, ApplyColumns *ac, bool hashes)
 	for (i = 0; i < n; i++)
 		appendStringInfo(sql, "$%d::text[], ", i + 1);
 	appendStringInfo(sql, "$%d::bigint[], $%d::text[]", n + 1, n + 2);
-	if (hashes)
-		appendStringInfo(sql, ", $%d::int[], $%d::text[]", n + 3, n + 4);
 	appendStringInfoString(sql, ") AS u(");
 	for (i = 0; i < n; i++)
 		appendStringInfo(sql, "a%d, ", i + 1);
-	appendStringInfoString(sql, hashes ? "v, o, kh, k)" : "v, o)");
+	appendStringInfoString(sql, "v, o)");
 }
 
 /*
  * The statement that applies many live rows at once: rows come in as one
- * text[] per column; last-writer-wins is the ON CONFLICT ... WHERE; a
- * newer tombstone and (after purges) the purge horizon filter in the
- * SELECT.
+ * text[] per column; last-writer-wins is the ON CONFLICT ... WHERE; (after
+ * purges) the purge horizon filters in the SELECT.  Rows older than a
+ * tombstone are left out before (apply_rows_bulk): the statement runs as
+ * the table's owner, who cannot read registry.tombstones.
  */
 static void
 prepare_bulk(ApplyColumns *ac)
@@ -454,15 +455,10 @@ prepare_bulk(ApplyColumns *ac)
 
 	initStringInfo(&sql);
 	append_insert_head(&sql, ac, true);
-	append_unnest_select(&sql, ac, true);
-	appendStringInfo(&sql,
-					 " WHERE NOT EXISTS (SELECT 1 FROM registry.tombstones tb "
-					 "WHERE tb.tid = %d AND tb.khash = u.kh AND tb.key = u.k "
-					 "AND (tb.version > u.v OR (tb.version = u.v AND tb.origin >= u.o COLLATE \"C\")))",
-					 t->tid);
+	append_unnest_select(&sql, ac);
 	if (t->purge_horizon > 0)
 	{
-		appendStringInfo(&sql, " AND (u.v > " INT64_FORMAT " OR EXISTS (SELECT 1 FROM ONLY %s x WHERE (",
+		appendStringInfo(&sql, " WHERE (u.v > " INT64_FORMAT " OR EXISTS (SELECT 1 FROM ONLY %s x WHERE (",
 						 (int64) t->purge_horizon, t->qualname);
 		for (i = 0; i < t->nkeys; i++)
 			appendStringInfo(&sql, "%sx.%s", i ? ", " : "", quote_identifier(t->keys[i].name));
@@ -478,14 +474,12 @@ prepare_bulk(ApplyColumns *ac)
 						   "(EXCLUDED.registry_version = t.registry_version AND "
 						   "EXCLUDED.registry_origin COLLATE \"C\" > t.registry_origin COLLATE \"C\")");
 
-	argtypes = palloc(sizeof(Oid) * (n + 4));
+	argtypes = palloc(sizeof(Oid) * (n + 2));
 	for (i = 0; i < n; i++)
 		argtypes[i] = TEXTARRAYOID;
 	argtypes[n] = INT8ARRAYOID;
 	argtypes[n + 1] = TEXTARRAYOID;
-	argtypes[n + 2] = INT4ARRAYOID;
-	argtypes[n + 3] = TEXTARRAYOID;
-	ac->bulk = prepare_plan(sql.data, n + 4, argtypes);
+	ac->bulk = prepare_plan(sql.data, n + 2, argtypes);
 }
 
 static void
@@ -498,7 +492,7 @@ prepare_fresh(ApplyColumns *ac)
 
 	initStringInfo(&sql);
 	append_insert_head(&sql, ac, false);
-	append_unnest_select(&sql, ac, false);
+	append_unnest_select(&sql, ac);
 
 	argtypes = palloc(sizeof(Oid) * (n + 2));
 	for (i = 0; i < n; i++)
@@ -791,6 +785,7 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 	HTAB	   *old_tombs = NULL;
 	Relation	rel;
 	uint32	   *khash;
+	RegistryOwnerSave owner;
 
 	*refused_skew = 0;
 	if (n == 0)
@@ -845,11 +840,14 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 		dargs[1] = PointerGetDatum(construct_md_array(kh, NULL, 1, dims, lbs, INT4OID,
 													  4, true, TYPALIGN_INT));
 		dargs[2] = PointerGetDatum(text_array(ks, NULL, m));
+		/* our own table, which the table owner applying may not touch */
+		registry_owner_begin(&owner);
 		rc = SPI_execute_with_args("DELETE FROM registry.tombstones tb "
 								   "USING unnest($2, $3) AS u(kh, k) "
 								   "WHERE tb.tid = $1 AND tb.khash = u.kh AND tb.key = u.k "
 								   "RETURNING tb.key, tb.version, tb.origin",
 								   3, argt, dargs, NULL, false, 0);
+		registry_owner_end(&owner);
 		if (rc != SPI_OK_DELETE_RETURNING)
 			elog(ERROR, "registry: could not check the tombstones of %s", t->qualname);
 		if (SPI_processed > 0)
@@ -904,8 +902,43 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 }
 
 /*
+ * Leave out of taken[0..m-1] the rows a tombstone here is at least as new
+ * as; returns how many are left.  A tombstone written after this look
+ * makes the capture trigger refuse the insert (a serialization failure,
+ * and the batch is retried), so the look need not hold anything.
+ */
+static int
+drop_deleted_rows(RegTable *t, ApplyRow *rows, int *taken, int m)
+{
+	int64		live,
+				tombs;
+	Snapshot	snap;
+	int			kept = 0;
+	int			i;
+
+	if (!table_counts(t->tid, &live, &tombs) || tombs == 0)
+		return m;
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	for (i = 0; i < m; i++)
+	{
+		ApplyRow   *r = &rows[taken[i]];
+		VersionState st;
+
+		CHECK_FOR_INTERRUPTS();
+		if (tombstone_get(t->tid, keys_hash(r->key, strlen(r->key)), r->key,
+						  snap, &st) &&
+			!version_greater(r->version, r->origin, st.version, st.origin))
+			continue;
+		taken[kept++] = taken[i];
+	}
+	UnregisterSnapshot(snap);
+	return kept;
+}
+
+/*
  * Apply many live rows in one statement (anti-entropy catch-up).  Keys
- * must be distinct.  Rows not newer than the local state are skipped by
+ * must be distinct.  Rows not newer than the local state are skipped:
+ * those older than a tombstone here before, those older than the row by
  * the statement itself.  Returns how many rows were written; rows refused
  * by the clock's receive rule are counted in *refused_skew.  Published as
  * one bulk change of the table.
@@ -915,14 +948,9 @@ apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 {
 	RegTable   *t = ac->t;
 	int			nc = ac->ncols;
-	Datum	   *khs;
-	Datum	   *keys;
 	Datum	   *args;
 	int		   *taken;
-	int			dims[1];
-	int			lbs[1] = {1};
 	int			m;
-	int			i;
 	int			rc;
 
 	*refused_skew = 0;
@@ -931,24 +959,12 @@ apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 	Assert(ac->bulk != NULL);
 	taken = palloc(sizeof(int) * n);
 	m = take_rows(t, rows, n, taken, refused_skew);
+	m = drop_deleted_rows(t, rows, taken, m);
 	if (m == 0)
 		return 0;
 
-	args = palloc(sizeof(Datum) * (nc + 4));
+	args = palloc(sizeof(Datum) * (nc + 2));
 	row_arrays(ac, rows, taken, m, args);
-	khs = palloc(sizeof(Datum) * m);
-	keys = palloc(sizeof(Datum) * m);
-	for (i = 0; i < m; i++)
-	{
-		const char *k = rows[taken[i]].key;
-
-		khs[i] = Int32GetDatum(khash_to_int4(keys_hash(k, strlen(k))));
-		keys[i] = CStringGetTextDatum(k);
-	}
-	dims[0] = m;
-	args[nc + 2] = PointerGetDatum(construct_md_array(khs, NULL, 1, dims, lbs,
-													  INT4OID, 4, true, TYPALIGN_INT));
-	args[nc + 3] = PointerGetDatum(text_array(keys, NULL, m));
 
 	capture_set_bulk_apply(t);
 	rc = SPI_execute_plan(ac->bulk, args, NULL, false, 0);
@@ -986,6 +1002,41 @@ apply_end(int nest)
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
 	SPI_finish();
+}
+
+/*
+ * User code on a registry table runs while rows are applied: triggers
+ * enabled ALWAYS or REPLICA, CHECK constraints, defaults, domain checks,
+ * index expressions and predicates.  It runs as the table's owner, in a
+ * security-restricted operation, never as the role that applies (the sync
+ * worker is the bootstrap superuser): an owner gains no rights through
+ * the registry, as with PostgreSQL 16's apply worker.  Settings user code
+ * changed are undone at the end, whatever it did.  An ERROR undoes all of
+ * it with the transaction.
+ */
+void
+apply_as_owner_begin(RegTable *t, ApplyIdentity *save)
+{
+	HeapTuple	tup;
+	Oid			owner;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(t->relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "registry: cache lookup failed for relation %u", t->relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	SetUserIdAndSecContext(owner, save->sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	save->guc_nest = NewGUCNestLevel();
+}
+
+void
+apply_as_owner_end(const ApplyIdentity *save)
+{
+	AtEOXact_GUC(false, save->guc_nest);
+	SetUserIdAndSecContext(save->userid, save->sec_context);
 }
 
 /*
@@ -1028,6 +1079,7 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	char	  **types;
 	char	  **values = NULL;
 	ApplyResult r;
+	ApplyIdentity identity;
 	int			nest;
 	int			i;
 
@@ -1048,6 +1100,20 @@ registry_apply_row(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("version must be positive")));
+
+	/*
+	 * Applying may insert, update or delete the key (a tombstone for a key
+	 * with no row is a delete that replicates): the caller must be allowed
+	 * all three, checked before anything is looked at or written.
+	 */
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK ||
+		pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK ||
+		pg_class_aclcheck(relid, GetUserId(), ACL_DELETE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to apply rows to table %s",
+						get_rel_name(relid)),
+				 errdetail("registry.apply_row() needs INSERT, UPDATE and DELETE on the table.")));
 	t = regtable_by_relid(relid, false);
 
 	names = palloc(sizeof(char *) * Max(t->ncols, 1));
@@ -1088,8 +1154,10 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	}
 
 	nest = apply_begin();
+	apply_as_owner_begin(t, &identity);
 	ac = apply_map_columns(t, t->ncols, names, types);
 	r = apply_row(ac, key, (RegVersion) version, origin, deleted, values);
+	apply_as_owner_end(&identity);
 	apply_end(nest);
 
 	if (r == APPLY_REFUSED_PURGED)

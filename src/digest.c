@@ -30,7 +30,9 @@
 #include "miscadmin.h"
 #include "port/pg_bitutils.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -697,15 +699,32 @@ registry_verify(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 
+	/*
+	 * verify() reads every key and holds writers off while it runs: only
+	 * on tables the caller may read, checked before any lock.
+	 */
 	if (!PG_ARGISNULL(0))
+	{
+		registry_check_table_privilege(PG_GETARG_OID(0), ACL_SELECT, "registry.verify()");
 		tables = list_make1_int(regtable_by_relid(PG_GETARG_OID(0), false)->tid);
+	}
 	else
 	{
 		foreach(lc, regtable_all())
 		{
+			RegTid	   *r = lfirst(lc);
+
 			/* a restored table not taken up yet has no digests to check */
-			if (!((RegTid *) lfirst(lc))->restored)
-				tables = lappend_int(tables, ((RegTid *) lfirst(lc))->tid);
+			if (r->restored)
+				continue;
+			if (pg_class_aclcheck(r->relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+			{
+				ereport(NOTICE,
+						(errmsg("registry table \"%s\" not verified: permission denied",
+								get_rel_name(r->relid))));
+				continue;
+			}
+			tables = lappend_int(tables, r->tid);
 		}
 	}
 	foreach(lc, tables)
@@ -767,6 +786,7 @@ registry_versions(PG_FUNCTION_ARGS)
 
 	registry_check_preloaded();
 	registry_check_admin();
+	registry_check_table_privilege(PG_GETARG_OID(0), ACL_SELECT, "registry.versions()");
 	t = regtable_by_relid(PG_GETARG_OID(0), false);
 	InitMaterializedSRF(fcinfo, 0);
 	vo.ts = rsinfo->setResult;

@@ -29,8 +29,10 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -478,6 +480,13 @@ registry_purge_tombstones(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(purge_tombstones());
 }
 
+static void
+check_resync_allowed(Oid relid)
+{
+	(void) regtable_by_relid(relid, false);
+	registry_check_table_privilege(relid, ACL_DELETE, "registry.resync()");
+}
+
 /*
  * registry.resync(tbl): discard this node's rows and tombstones of a
  * table, without replicating the removal, and let anti-entropy refill it
@@ -493,7 +502,16 @@ registry_resync(PG_FUNCTION_ARGS)
 
 	registry_check_preloaded();
 	registry_check_admin();
+
+	/*
+	 * Everything that can refuse is checked before the lock: otherwise any
+	 * admin could hold any table (pg_class, say) exclusively while waiting
+	 * to be refused.  Emptying the table is the caller's own DELETE, and
+	 * it must be a registry table; both are checked again once locked.
+	 */
+	check_resync_allowed(relid);
 	LockRelationOid(relid, AccessExclusiveLock);
+	check_resync_allowed(relid);
 	t = regtable_by_relid(relid, false);
 
 	SPI_connect();

@@ -340,6 +340,24 @@ registry_check_admin(void)
 }
 
 /*
+ * A registry function that works on a user table needs the privilege the
+ * same work would need done by hand (mode, e.g. ACL_SELECT), checked
+ * before it locks or writes anything.
+ */
+void
+registry_check_table_privilege(Oid relid, AclMode mode, const char *what)
+{
+	if (pg_class_aclcheck(relid, GetUserId(), mode) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s",
+						get_rel_name(relid) ? get_rel_name(relid) : "?"),
+				 errdetail("%s needs %s privilege on the table.", what,
+						   mode == ACL_SELECT ? "SELECT" :
+						   mode == ACL_DELETE ? "DELETE" : "more")));
+}
+
+/*
  * For functions that are not STRICT because some arguments may be NULL
  * (meaning "default" or "all"): the others must not be.
  */

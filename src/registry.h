@@ -24,6 +24,7 @@
 #include "access/htup.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "nodes/parsenodes.h"
 #include "nodes/pg_list.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
@@ -99,6 +100,8 @@ extern void registry_flush_client(void);
 /* ---- registry.c ---- */
 extern void registry_check_preloaded(void);
 extern void registry_check_admin(void);
+extern void registry_check_table_privilege(Oid relid, AclMode mode,
+										   const char *what);
 extern void registry_check_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);
 extern bool registry_is_admin(void);
 
@@ -294,6 +297,16 @@ typedef struct ApplyRow
 	char	  **values;
 } ApplyRow;
 
+/* who the apply path was before it became the table's owner */
+typedef struct ApplyIdentity
+{
+	Oid			userid;
+	int			sec_context;
+	int			guc_nest;
+} ApplyIdentity;
+
+extern void apply_as_owner_begin(RegTable *t, ApplyIdentity *save);
+extern void apply_as_owner_end(const ApplyIdentity *save);
 extern bool apply_session_ready;
 extern void apply_prepare_session(void);
 extern int	apply_begin(void);

@@ -620,6 +620,7 @@ apply_batch_once(Peer *p, void *arg)
 	int			i;
 	ApplyRow   *live = NULL;
 	int			nlive = 0;
+	ApplyIdentity identity;
 
 	b->applied = b->skipped = b->refused_skew = b->refused_purged = 0;
 	cxt = xact_begin();
@@ -635,6 +636,8 @@ apply_batch_once(Peer *p, void *arg)
 		upkeep_pending = true;
 		t = regtable_by_name(b->table->name, false);
 	}
+	/* from here on user code may run: as the table's owner */
+	apply_as_owner_begin(t, &identity);
 	if (b->table->ncols > 0)
 		ac = cached_columns(t, b->table->ncols, b->table->colnames,
 							b->table->coltypes);
@@ -705,6 +708,7 @@ apply_batch_once(Peer *p, void *arg)
 		b->refused_skew += skew;
 		b->skipped += nlive - written - skew;
 	}
+	apply_as_owner_end(&identity);
 	apply_end(nest);
 	xact_end(cxt);
 }
