@@ -78,6 +78,10 @@ CREATE TABLE registry.row_keys (
 CREATE TABLE registry.peers (
     name              text PRIMARY KEY,
     conninfo          text NOT NULL,
+    -- false only when a superuser added the peer: the sync worker then may
+    -- reach it without a password (trust, peer or certificate
+    -- authentication with this server's own identity)
+    password_required boolean NOT NULL DEFAULT true,
     added_at          timestamptz NOT NULL DEFAULT now(),
     -- start of the last anti-entropy round after which every table
     -- matched the peer's: it then had every tombstone written here before

@@ -104,6 +104,36 @@ peer_status_slot(const char *name, bool create)
 	return free_slot;
 }
 
+/*
+ * libpq's message about a connection string it cannot parse, with every
+ * quoted token replaced: the token may be (part of) a password, and the
+ * message goes to the client and the server log.
+ */
+static char *
+redact_quoted(const char *msg)
+{
+	StringInfoData b;
+	bool		inside = false;
+	const char *c;
+
+	initStringInfo(&b);
+	for (c = msg; *c; c++)
+	{
+		if (*c == '"')
+		{
+			if (!inside)
+				appendStringInfoString(&b, "\"...");
+			inside = !inside;
+		}
+		if (!inside)
+			appendStringInfoChar(&b, *c);
+	}
+	/* one line, like every detail */
+	while (b.len > 0 && (b.data[b.len - 1] == '\n' || b.data[b.len - 1] == ' '))
+		b.data[--b.len] = '\0';
+	return b.data;
+}
+
 /* registry.add_peer(name text, conninfo text) */
 Datum
 registry_add_peer(PG_FUNCTION_ARGS)
@@ -111,9 +141,12 @@ registry_add_peer(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	PQconninfoOption *opts;
+	PQconninfoOption *opt;
 	char	   *err = NULL;
-	Oid			argtypes[2] = {TEXTOID, TEXTOID};
-	Datum		args[2];
+	bool		has_password = false;
+	bool		password_required;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, BOOLOID};
+	Datum		args[3];
 	int			rc;
 	RegistryOwnerSave owner;
 
@@ -134,8 +167,7 @@ registry_add_peer(PG_FUNCTION_ARGS)
 	opts = PQconninfoParse(conninfo, &err);
 	if (opts == NULL)
 	{
-		/* libpq's message does not echo the string, which may hold a password */
-		char	   *msg = err ? pstrdup(err) : pstrdup("out of memory");
+		char	   *msg = err ? redact_quoted(err) : pstrdup("out of memory");
 
 		if (err)
 			PQfreemem(err);
@@ -144,15 +176,35 @@ registry_add_peer(PG_FUNCTION_ARGS)
 				 errmsg("invalid connection string for peer \"%s\"", name),
 				 errdetail("%s", msg)));
 	}
+	for (opt = opts; opt->keyword; opt++)
+		if (strcmp(opt->keyword, "password") == 0 && opt->val && opt->val[0])
+			has_password = true;
 	PQconninfoFree(opts);
+
+	/*
+	 * The sync worker connects as this server's OS user: without a password
+	 * of its own a peer could be this very server (peer authentication, a
+	 * ~/.pgpass, client certificates), reached with a superuser's identity.
+	 * As dblink and postgres_fdw do, a non-superuser must give a password,
+	 * and the worker will refuse a connection that did not use it.
+	 */
+	password_required = !superuser();
+	if (password_required && !has_password)
+		ereport(ERROR,
+				(errcode(ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED),
+				 errmsg("password is required"),
+				 errdetail("Non-superusers must give a password in a peer's connection string."),
+				 errhint("Add password=... to the connection string, or have a superuser add the peer.")));
 
 	SPI_connect();
 	args[0] = CStringGetTextDatum(name);
 	args[1] = CStringGetTextDatum(conninfo);
+	args[2] = BoolGetDatum(password_required);
 	registry_owner_begin(&owner);
-	rc = SPI_execute_with_args("INSERT INTO registry.peers (name, conninfo) VALUES ($1, $2) "
-							   "ON CONFLICT (name) DO UPDATE SET conninfo = EXCLUDED.conninfo",
-							   2, argtypes, args, NULL, false, 0);
+	rc = SPI_execute_with_args("INSERT INTO registry.peers (name, conninfo, password_required) VALUES ($1, $2, $3) "
+							   "ON CONFLICT (name) DO UPDATE SET conninfo = EXCLUDED.conninfo, "
+							   "password_required = EXCLUDED.password_required",
+							   3, argtypes, args, NULL, false, 0);
 	registry_owner_end(&owner);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "registry: could not record peer \"%s\"", name);

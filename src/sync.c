@@ -145,6 +145,7 @@ typedef struct Peer
 {
 	char		name[REGISTRY_NAME_LEN];
 	char	   *conninfo;
+	bool		password_required;	/* added by a non-superuser */
 	TimestampTz added_at;
 	TimestampTz last_converged_at;
 	bool		seen;
@@ -368,6 +369,17 @@ drive_connect(Peer *p)
 
 		snprintf(msg, sizeof(msg), "could not connect: %s", PQerrorMessage(p->conn));
 		disconnect(p, msg);
+		return;
+	}
+	if (p->poll == PGRES_POLLING_OK && p->password_required &&
+		!PQconnectionUsedPassword(p->conn))
+	{
+		/*
+		 * A peer added by a non-superuser must not be reached with this
+		 * server's own identity (peer or trust authentication, a
+		 * ~/.pgpass, client certificates): as dblink and postgres_fdw do.
+		 */
+		disconnect(p, "password is required: the peer was added by a non-superuser, and its server did not ask for the password given in the connection string");
 		return;
 	}
 	if (p->poll == PGRES_POLLING_OK)
@@ -2318,7 +2330,7 @@ load_peers(void)
 	if (OidIsValid(get_extension_oid("registry", true)))
 	{
 		SPI_connect();
-		rc = SPI_execute("SELECT name, conninfo, added_at, last_converged_at "
+		rc = SPI_execute("SELECT name, conninfo, added_at, last_converged_at, password_required "
 						 "FROM registry.peers ORDER BY name", true, 0);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "registry: could not read registry.peers");
@@ -2340,6 +2352,8 @@ load_peers(void)
 			newp[n].added_at = isnull ? 0 : DatumGetTimestampTz(d);
 			d = SPI_getbinval(tup, desc, 4, &isnull);
 			newp[n].last_converged_at = isnull ? 0 : DatumGetTimestampTz(d);
+			d = SPI_getbinval(tup, desc, 5, &isnull);
+			newp[n].password_required = isnull || DatumGetBool(d);
 			n++;
 		}
 		MemoryContextSwitchTo(old);
@@ -2358,7 +2372,8 @@ load_peers(void)
 			Peer	   *op = &peers[j];
 
 			if (op->seen && strcmp(op->name, np->name) == 0 &&
-				strcmp(op->conninfo, np->conninfo) == 0)
+				strcmp(op->conninfo, np->conninfo) == 0 &&
+				op->password_required == np->password_required)
 			{
 				char	   *conninfo = np->conninfo;
 				TimestampTz added = np->added_at;
