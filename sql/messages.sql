@@ -25,6 +25,8 @@ SELECT registry.decode_message('\x520143010000009f789c63606060ca336480007628cd08
 SELECT registry.decode_message('\x520143010000009f789c63606060ca336480007628cd08a5b9e034235494a3a03429273359af04c86602896503099692d40a90006319c88cccbc92d4f4d42224639861c6264219290c605b33c1628ca8823083416a19'::bytea);
 -- a compressed payload that inflates to less than the header says
 SELECT registry.decode_message('\x52014301000000a9789c63606060ca336480007628cd08a5b9e034235494a3a03429273359af04c86602896503099692d40a90006319c88cccbc92d4f4d42224639861c6264219290c605b33c1628ca8823083416a190d01f8050d5e'::bytea);
+-- a compressed payload that claims more than zlib can make of it (nothing is allocated for it)
+SELECT registry.decode_message('\x5201430102000000'::bytea);
 -- a compressed payload longer than the raw length it claims
 SELECT registry.decode_message('\x5201430100000004789c4b4c4a4e010003d8018b'::bytea);
 -- not a zlib stream at all

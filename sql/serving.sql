@@ -274,3 +274,40 @@ DROP SCHEMA elsewhere CASCADE;
 DROP FUNCTION changes(bigint, int, bool, bigint, text), dig(int, int, int, int),
     xor_hex(text[]), entries(int, int[], bool, int, int), all_pages(int);
 DROP TABLE srv, srvt, unreg;
+
+-- answers stay within the size the caller accepts (max_bytes, at least
+-- 1 MB): a row too large for any answer goes without its values (state
+-- "too large", with its version), every other row whole
+CREATE TABLE big (k text PRIMARY KEY, v text);
+SELECT registry.replicate('big');
+INSERT INTO big VALUES ('a', 'small'), ('b', repeat('x', 1500000)), ('c', 'small too');
+CREATE TEMP TABLE big_pages AS
+    SELECT registry.table_pages('public.big', 10000, 1048576) AS p;
+SELECT count(*) AS pages, max(length(p)) <= 8 + 1048576 AS within_limit FROM big_pages;
+SELECT e->>'key' AS key, e->>'state' AS state, jsonb_array_length(e->'values') AS nvalues
+  FROM big_pages, jsonb_array_elements(registry.decode_message(p)->'entries') e
+ ORDER BY 1;
+SELECT r->>'key' AS key, r->>'state' AS state
+  FROM jsonb_array_elements(registry.decode_message(
+       registry.fetch_rows('public.big', '{a,b,c}', 1048576))->'rows') r;
+-- the first row that does not fit after others ends the answer; asked
+-- again, it comes first, without its values
+SELECT r->>'key' AS key, r->>'state' AS state
+  FROM jsonb_array_elements(registry.decode_message(
+       registry.fetch_rows('public.big', '{b,c}', 1048576))->'rows') r;
+SELECT c->'row'->>'key' AS key, c->'row'->>'state' AS state
+  FROM jsonb_array_elements(registry.decode_message(registry.changes_since(
+       (SELECT last_seq - 3 FROM registry.node), 10, true, NULL, NULL, 0, 1048576))->'changes') c
+ WHERE c->>'table' = 'public.big';
+SELECT c->'row'->>'key' AS key, c->'row'->>'state' AS state
+  FROM jsonb_array_elements(registry.decode_message(registry.changes_since(
+       (SELECT last_seq - 2 FROM registry.node), 10, true, NULL, NULL, 0, 1048576))->'changes') c
+ WHERE c->>'table' = 'public.big';
+-- with many rows of half a megabyte, pages hold what fits and no row is lost
+INSERT INTO big SELECT 'm' || i, repeat(md5(i::text), 16384) FROM generate_series(1, 6) i;
+CREATE TEMP TABLE big_pages2 AS
+    SELECT registry.table_pages('public.big', 10000, 1048576) AS p;
+SELECT count(*) > 3 AS several_pages, max(length(p)) <= 8 + 1048576 AS within_limit FROM big_pages2;
+SELECT count(*) AS entries, count(DISTINCT e->>'key') AS distinct_keys
+  FROM big_pages2, jsonb_array_elements(registry.decode_message(p)->'entries') e;
+DROP TABLE big, big_pages, big_pages2;

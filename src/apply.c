@@ -219,18 +219,15 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 static void check_incoming(RegTable *t, const char *key, const char *origin,
 						   bool deleted, char **values);
 static void prepare_bulk(ApplyColumns *ac);
-static void prepare_fresh(ApplyColumns *ac);
 
 /* Keep the prepared statements beyond the current SPI connection. */
 void
 apply_keep_columns(ApplyColumns *ac)
 {
 	prepare_bulk(ac);
-	prepare_fresh(ac);
 	SPI_keepplan(ac->upsert);
 	SPI_keepplan(ac->delete);
 	SPI_keepplan(ac->bulk);
-	SPI_keepplan(ac->fresh);
 }
 
 void
@@ -239,7 +236,6 @@ apply_free_columns(ApplyColumns *ac)
 	SPI_freeplan(ac->upsert);
 	SPI_freeplan(ac->delete);
 	SPI_freeplan(ac->bulk);
-	SPI_freeplan(ac->fresh);
 }
 
 /*
@@ -480,26 +476,6 @@ prepare_bulk(ApplyColumns *ac)
 	argtypes[n] = INT8ARRAYOID;
 	argtypes[n + 1] = TEXTARRAYOID;
 	ac->bulk = prepare_plan(sql.data, n + 2, argtypes);
-}
-
-static void
-prepare_fresh(ApplyColumns *ac)
-{
-	StringInfoData sql;
-	Oid		   *argtypes;
-	int			n = ac->ncols;
-	int			i;
-
-	initStringInfo(&sql);
-	append_insert_head(&sql, ac, false);
-	append_unnest_select(&sql, ac);
-
-	argtypes = palloc(sizeof(Oid) * (n + 2));
-	for (i = 0; i < n; i++)
-		argtypes[i] = TEXTARRAYOID;
-	argtypes[n] = INT8ARRAYOID;
-	argtypes[n + 1] = TEXTARRAYOID;
-	ac->fresh = prepare_plan(sql.data, n + 2, argtypes);
 }
 
 /* What every remote row must be before anything else is looked at. */
@@ -765,17 +741,18 @@ insert_fresh_direct(ApplyColumns *ac, Relation rel, ApplyRow *rows,
 
 /*
  * Apply many live rows of keys this node has no row for (a whole table
- * pulled into an empty one): written directly (insert_fresh_direct) or,
- * when something else must see them, by a plain INSERT; no conflict
- * checks; the rows are recorded here and published as one bulk change.  A concurrent local write of one of the keys makes the INSERT
- * fail (unique violation) or is found among the tombstones (serialization
- * failure): the caller then applies the batch with apply_rows_bulk().
+ * pulled into an empty one): written directly (insert_fresh_direct), with
+ * no conflict checks, and recorded here as one bulk change.  When
+ * something else must see the rows (a user trigger, a rule, a deferrable
+ * constraint) they go through apply_rows_bulk() instead.  A concurrent
+ * local write of one of the keys makes the insert fail (unique violation)
+ * or is found among the tombstones (serialization failure): the caller
+ * then applies the batch with apply_rows_bulk().
  */
 int
 apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 {
 	RegTable   *t = ac->t;
-	int			nc = ac->ncols;
 	int		   *taken;
 	int			m = 0;
 	int			i;
@@ -790,26 +767,29 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 	*refused_skew = 0;
 	if (n == 0)
 		return 0;
+
+	/*
+	 * Something else must see the rows (a user trigger enabled ALWAYS or
+	 * REPLICA, a rule, a deferrable constraint): they go through the bulk
+	 * statement, whose rows alone keep their versions, and user code that
+	 * runs meanwhile writes as anyone else does.
+	 */
+	rel = table_open(t->relid, RowExclusiveLock);
+	if (!direct_insert_possible(rel))
+	{
+		table_close(rel, NoLock);
+		return apply_rows_bulk(ac, rows, n, refused_skew);
+	}
+
 	taken = palloc(sizeof(int) * n);
 	m = take_rows(t, rows, n, taken, refused_skew);
 	if (m == 0)
-		return 0;
-
-	capture_fresh_begin(t);
-	rel = table_open(t->relid, RowExclusiveLock);
-	if (direct_insert_possible(rel))
-		insert_fresh_direct(ac, rel, rows, taken, m);
-	else
 	{
-		Datum	   *args = palloc(sizeof(Datum) * (nc + 2));
-
-		Assert(ac->fresh != NULL);
-		row_arrays(ac, rows, taken, m, args);
-		rc = SPI_execute_plan(ac->fresh, args, NULL, false, 0);
-		if (rc != SPI_OK_INSERT || SPI_processed != (uint64) m)
-			elog(ERROR, "registry: fresh apply of %s failed: %s", t->qualname,
-				 SPI_result_code_string(rc));
+		table_close(rel, NoLock);
+		return 0;
 	}
+	capture_fresh_begin(t);
+	insert_fresh_direct(ac, rel, rows, taken, m);
 	table_close(rel, NoLock);
 
 	khash = palloc(sizeof(uint32) * m);
@@ -966,7 +946,7 @@ apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 	args = palloc(sizeof(Datum) * (nc + 2));
 	row_arrays(ac, rows, taken, m, args);
 
-	capture_set_bulk_apply(t);
+	capture_set_bulk_apply(t, rows, taken, m);
 	rc = SPI_execute_plan(ac->bulk, args, NULL, false, 0);
 	capture_end_bulk_apply(t);
 	if (rc != SPI_OK_INSERT)
@@ -1014,17 +994,25 @@ apply_end(int nest)
  * changed are undone at the end, whatever it did.  An ERROR undoes all of
  * it with the transaction.
  */
-void
-apply_as_owner_begin(RegTable *t, ApplyIdentity *save)
+static Oid
+table_owner(Oid relid)
 {
 	HeapTuple	tup;
 	Oid			owner;
 
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(t->relid));
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "registry: cache lookup failed for relation %u", t->relid);
+		elog(ERROR, "registry: cache lookup failed for relation %u", relid);
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
+	return owner;
+}
+
+void
+apply_as_owner_begin(RegTable *t, ApplyIdentity *save)
+{
+	Oid			owner = table_owner(t->relid);
+
 	GetUserIdAndSecContext(&save->userid, &save->sec_context);
 	SetUserIdAndSecContext(owner, save->sec_context |
 						   SECURITY_LOCAL_USERID_CHANGE |
@@ -1080,6 +1068,7 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	char	  **values = NULL;
 	ApplyResult r;
 	ApplyIdentity identity;
+	bool		as_owner;
 	int			nest;
 	int			i;
 
@@ -1153,11 +1142,21 @@ registry_apply_row(PG_FUNCTION_ARGS)
 		}
 	}
 
+	/*
+	 * As the sync worker does, user code on the table runs as its owner --
+	 * for a caller who has the owner's rights anyway.  Any other caller
+	 * writes as itself, as its own INSERT or DELETE would: row-level
+	 * security applies to it, and the owner's code does not run with the
+	 * owner's rights within reach of the caller's temporary objects.
+	 */
+	as_owner = has_privs_of_role(GetUserId(), table_owner(relid));
 	nest = apply_begin();
-	apply_as_owner_begin(t, &identity);
+	if (as_owner)
+		apply_as_owner_begin(t, &identity);
 	ac = apply_map_columns(t, t->ncols, names, types);
 	r = apply_row(ac, key, (RegVersion) version, origin, deleted, values);
-	apply_as_owner_end(&identity);
+	if (as_owner)
+		apply_as_owner_end(&identity);
 	apply_end(nest);
 
 	if (r == APPLY_REFUSED_PURGED)

@@ -118,26 +118,62 @@ static int32 bulk_tid = 0;
 static BulkChange bulk;
 static int64 bulk_count = 0;
 
-/* the apply path writing many rows of one table with their own versions */
+/*
+ * the apply path writing many rows of one table with their own versions:
+ * only those rows (bulk_expect, sorted by key) keep theirs
+ */
 static int32 bulk_apply_tid = 0;
+static ApplyRow **bulk_expect = NULL;
+static int	bulk_nexpect = 0;
 
 /* registry.resync() emptying a table without capturing it */
 static int32 suppressed_tid = 0;
 
 /*
- * The subtransaction that set the modes above (apply_active, bulk_tid,
- * bulk_apply_tid, suppressed_tid): only its abort drops them.  A
- * subtransaction that user code starts while a row is applied (a
+ * The subtransaction that set each mode above: only its abort drops the
+ * mode.  A subtransaction that user code starts while a row is applied (a
  * plpgsql block with an EXCEPTION clause in a trigger or a CHECK
  * function) may abort without ending the apply: the row must still be
- * written with its remote version.
+ * written with its remote version.  The modes are set apart (a bulk change
+ * of another table may start inside an apply), so each has its own.
  */
-static SubTransactionId modes_subid = InvalidSubTransactionId;
+typedef enum CaptureMode
+{
+	MODE_APPLY,					/* apply_active */
+	MODE_BULK,					/* bulk_tid, bulk_apply_tid, bulk_expect */
+	MODE_SUPPRESS,				/* suppressed_tid */
+	NUM_MODES
+} CaptureMode;
+
+static SubTransactionId modes_subid[NUM_MODES];
 
 static void
-modes_set(void)
+modes_set(CaptureMode mode)
 {
-	modes_subid = GetCurrentSubTransactionId();
+	modes_subid[mode] = GetCurrentSubTransactionId();
+}
+
+static void
+mode_drop(CaptureMode mode)
+{
+	switch (mode)
+	{
+		case MODE_APPLY:
+			apply_active = false;
+			break;
+		case MODE_BULK:
+			bulk_tid = 0;
+			bulk_apply_tid = 0;
+			bulk_expect = NULL;
+			bulk_nexpect = 0;
+			break;
+		case MODE_SUPPRESS:
+			suppressed_tid = 0;
+			break;
+		default:
+			break;
+	}
+	modes_subid[mode] = InvalidSubTransactionId;
 }
 
 static bool publishing_set = false;
@@ -146,6 +182,11 @@ static void wait_for_slot_writer(TupleTableSlot *slot);
 static void wait_for_key_holder(RegTable *t, Relation rel, TupleTableSlot *newslot);
 static bool same_key(RegTable *t, Relation rel, TupleTableSlot *a, TupleTableSlot *b);
 
+static void nested_capture_error(void);
+static bool bulk_expected(RegTable *t, TupleTableSlot *slot, RegVersion version,
+						  const char *origin);
+static bool bulk_expected_key(const char *key, RegVersion version,
+							  const char *origin);
 static void capture_xact_callback(XactEvent event, void *arg);
 static void capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 									 SubTransactionId parentSubid, void *arg);
@@ -165,8 +206,10 @@ void
 capture_set_apply(int32 tid, const char *key, RegVersion version,
 				  const char *origin)
 {
+	if (apply_active || bulk_apply_tid != 0)
+		nested_capture_error();
 	apply_active = true;
-	modes_set();
+	modes_set(MODE_APPLY);
 	apply_tid = tid;
 	apply_key = key;
 	apply_version = version;
@@ -177,6 +220,20 @@ void
 capture_clear_apply(void)
 {
 	apply_active = false;
+}
+
+/*
+ * The modes hold for one statement of ours; user code that runs inside it
+ * (a trigger, a constraint) must not start another: its writes would be
+ * taken for the apply's, or mix with its bulk change.
+ */
+static void
+nested_capture_error(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("a registry change is already being recorded in this statement"),
+			 errdetail("User code that runs while registry rows are applied, a table is truncated or registered cannot apply registry rows, truncate or register a registry table itself.")));
 }
 
 static bool
@@ -229,7 +286,14 @@ capture_record(RegTable *t, uint32 khash, const char *key,
 	int64		live_delta = (deleted ? 0 : 1) - (old_live ? 1 : 0);
 	int64		tomb_delta = (deleted ? 1 : 0) - ((old->exists && old->deleted) ? 1 : 0);
 
-	if (bulk_tid == t->tid)
+	/*
+	 * A bulk change collects its table's changes -- but during a bulk apply
+	 * only the rows of the apply's statement: what user code writes
+	 * meanwhile (in a subtransaction that may yet abort) is a change of
+	 * its own, dropped with its subtransaction.
+	 */
+	if (bulk_tid == t->tid &&
+		(bulk_apply_tid != t->tid || bulk_expected_key(key, version, origin)))
 	{
 		bulk.bucket_delta[digest_bucket_of(khash, registry_digest_buckets)] ^= delta;
 		bulk.live_delta += live_delta;
@@ -259,6 +323,8 @@ capture_record(RegTable *t, uint32 khash, const char *key,
 static void
 bulk_begin(RegTable *t)
 {
+	if (bulk_tid != 0)
+		nested_capture_error();
 	bulk.bucket_delta = MemoryContextAllocZero(TopTransactionContext,
 											   sizeof(uint64) * registry_digest_buckets);
 	bulk.live_delta = 0;
@@ -267,7 +333,7 @@ bulk_begin(RegTable *t)
 	bulk.origin[0] = '\0';
 	bulk_count = 0;
 	bulk_tid = t->tid;
-	modes_set();
+	modes_set(MODE_BULK);
 }
 
 /* Publish what bulk_begin() collected as one change of the table. */
@@ -622,8 +688,6 @@ registry_stamp(PG_FUNCTION_ARGS)
 	t = trigger_table(td);
 	desc = RelationGetDescr(td->tg_relation);
 	newtup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
-	if (suppressed_tid == t->tid)
-		return PointerGetDatum(newtup);
 
 	memset(&old, 0, sizeof(old));
 	memset(&newst, 0, sizeof(newst));
@@ -651,20 +715,28 @@ registry_stamp(PG_FUNCTION_ARGS)
 		Datum		nv = heap_getattr(newtup, t->verattnum, desc, &vnull);
 		bool		onull;
 		Datum		no = heap_getattr(newtup, t->orgattnum, desc, &onull);
+		TupleTableSlot *nslot = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ?
+			td->tg_newslot : td->tg_trigslot;
 
+		if (!vnull && !onull)
+		{
+			newst.version = (RegVersion) DatumGetInt64(nv);
+			text_to_cstring_buffer(DatumGetTextPP(no), newst.origin, sizeof(newst.origin));
+		}
 		/* the statement set the remote version; it must still be newer */
-		if (vnull || onull)
-			elog(ERROR, "registry: applied row of %s without a version", t->qualname);
-		newst.version = (RegVersion) DatumGetInt64(nv);
-		text_to_cstring_buffer(DatumGetTextPP(no), newst.origin, sizeof(newst.origin));
-		if (old.exists && !version_greater(newst.version, newst.origin,
-										   old.version, old.origin))
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("a row of registry table %s was changed concurrently",
-							t->qualname)));
-		result = newtup;
-		goto stamped;
+		if (!vnull && !onull &&
+			bulk_expected(t, nslot, newst.version, newst.origin))
+		{
+			if (old.exists && !version_greater(newst.version, newst.origin,
+											   old.version, old.origin))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("a row of registry table %s was changed concurrently",
+								t->qualname)));
+			result = newtup;
+			goto stamped;
+		}
+		/* not one of the apply's rows: user code wrote it, stamped here */
 	}
 
 	if (apply_active && apply_tid == t->tid)
@@ -677,8 +749,12 @@ registry_stamp(PG_FUNCTION_ARGS)
 		if (!vnull && !onull && (RegVersion) DatumGetInt64(nv) == apply_version)
 		{
 			char	   *o = TextDatumGetCString(no);
+			TupleTableSlot *nslot = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ?
+				td->tg_newslot : td->tg_trigslot;
 
-			given = strcmp(o, apply_origin) == 0;
+			/* the key being applied, not another that user code writes */
+			given = strcmp(o, apply_origin) == 0 &&
+				strcmp(row_key(t, nslot), apply_key) == 0;
 			pfree(o);
 		}
 	}
@@ -813,7 +889,8 @@ registry_capture(PG_FUNCTION_ARGS)
 
 	check_trigger(fcinfo, "registry.capture()", false);
 	t = trigger_table(td);
-	if (suppressed_tid == t->tid)
+	/* resync() empties a table without recording it; any other row counts */
+	if (suppressed_tid == t->tid && TRIGGER_FIRED_BY_DELETE(td->tg_event))
 		return PointerGetDatum(NULL);
 
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
@@ -950,17 +1027,64 @@ capture_adopt(RegTable *t)
 }
 
 /* The apply path is about to write many rows of t with given versions. */
-void
-capture_set_bulk_apply(RegTable *t)
+static int
+apply_row_key_cmp(const void *a, const void *b)
 {
+	return strcmp((*(ApplyRow *const *) a)->key, (*(ApplyRow *const *) b)->key);
+}
+
+/*
+ * The rows rows[taken[0..m-1]] are about to be written with their own
+ * versions by one statement of the apply path.  A row the statement
+ * writes keeps its version only if it is one of them, with that version
+ * and origin: a row that user code on the table writes meanwhile (a
+ * trigger) is a local write like any other.
+ */
+void
+capture_set_bulk_apply(RegTable *t, ApplyRow *rows, int *taken, int m)
+{
+	int			i;
+
+	if (apply_active || bulk_apply_tid != 0)
+		nested_capture_error();
+	bulk_expect = palloc(sizeof(ApplyRow *) * Max(m, 1));
+	for (i = 0; i < m; i++)
+		bulk_expect[i] = &rows[taken[i]];
+	qsort(bulk_expect, m, sizeof(ApplyRow *), apply_row_key_cmp);
+	bulk_nexpect = m;
 	bulk_apply_tid = t->tid;
-	bulk_begin(t);			/* sets modes_subid */
+	bulk_begin(t);			/* the bulk mode, with bulk_apply_tid */
+}
+
+/* Whether (key, version, origin) is a row the bulk apply writes. */
+static bool
+bulk_expected_key(const char *key, RegVersion version, const char *origin)
+{
+	ApplyRow	probe;
+	ApplyRow   *pp = &probe;
+	ApplyRow  **found;
+
+	probe.key = key;
+	found = bsearch(&pp, bulk_expect, bulk_nexpect, sizeof(ApplyRow *),
+					apply_row_key_cmp);
+	return found && (*found)->version == version &&
+		strcmp((*found)->origin, origin) == 0;
+}
+
+/* Whether the row in slot is one the bulk apply's statement writes. */
+static bool
+bulk_expected(RegTable *t, TupleTableSlot *slot, RegVersion version,
+			  const char *origin)
+{
+	return bulk_expected_key(row_key(t, slot), version, origin);
 }
 
 void
 capture_end_bulk_apply(RegTable *t)
 {
 	bulk_apply_tid = 0;
+	bulk_expect = NULL;
+	bulk_nexpect = 0;
 	bulk_end(t);
 }
 
@@ -973,7 +1097,8 @@ void
 capture_fresh_begin(RegTable *t)
 {
 	suppressed_tid = t->tid;
-	bulk_begin(t);			/* sets modes_subid */
+	modes_set(MODE_SUPPRESS);
+	bulk_begin(t);
 }
 
 void
@@ -988,7 +1113,7 @@ void
 capture_suppress(int32 tid)
 {
 	suppressed_tid = tid;
-	modes_set();
+	modes_set(MODE_SUPPRESS);
 }
 
 /* At commit, the table's digests and counts start from zero. */
@@ -1393,6 +1518,8 @@ pending_reset(void)
 	apply_active = false;
 	bulk_tid = 0;
 	bulk_apply_tid = 0;
+	bulk_expect = NULL;
+	bulk_nexpect = 0;
 	suppressed_tid = 0;
 }
 
@@ -1442,20 +1569,16 @@ capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		case SUBXACT_EVENT_COMMIT_SUB:
 			for (i = npending - 1; i >= 0 && pending[i].subid == mySubid; i--)
 				pending[i].subid = parentSubid;
-			if (modes_subid == mySubid)
-				modes_subid = parentSubid;
+			for (i = 0; i < NUM_MODES; i++)
+				if (modes_subid[i] == mySubid)
+					modes_subid[i] = parentSubid;
 			break;
 		case SUBXACT_EVENT_ABORT_SUB:
 			while (npending > 0 && pending[npending - 1].subid == mySubid)
 				npending--;
-			if (modes_subid == mySubid)
-			{
-				apply_active = false;
-				bulk_tid = 0;
-				bulk_apply_tid = 0;
-				suppressed_tid = 0;
-				modes_subid = InvalidSubTransactionId;
-			}
+			for (i = 0; i < NUM_MODES; i++)
+				if (modes_subid[i] == mySubid)
+					mode_drop((CaptureMode) i);
 			break;
 		default:
 			break;

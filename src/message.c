@@ -277,7 +277,9 @@ msg_put_row(StringInfo buf, const char *key, int state, RegVersion version,
  */
 #define INFLATE_STEP	(1024 * 1024)
 #define ARENA_BLOCK		(64 * 1024)
-#define BUDGET_SLACK	(64 * 1024)
+#define BUDGET_SLACK	(128 * 1024)
+#define ALLOC_OVERHEAD	16		/* what palloc adds to a piece */
+#define ZLIB_MAX_RATIO	1032	/* deflate never shrinks more than this */
 
 typedef struct Reader
 {
@@ -408,6 +410,9 @@ reader_open(Reader *r, const char *data, int len, char kind)
 		/* a payload is only sent compressed when that makes it shorter */
 		if ((uint32) (len - MSG_HEADER) > rawlen)
 			malformed("The compressed payload is longer than the raw payload.");
+		/* nor can it claim more than zlib can make of it: no room for that */
+		if ((uint64) rawlen > (uint64) (len - MSG_HEADER) * ZLIB_MAX_RATIO + 1024)
+			malformed("The compressed payload cannot inflate to the length the header says.");
 		r->p = inflate_payload(data + MSG_HEADER, len - MSG_HEADER, rawlen);
 	}
 	else
@@ -438,7 +443,7 @@ reader_alloc(Reader *r, Size n, Size size)
 {
 	Size		total = Max(n, 1) * size;
 
-	reader_charge(r, total);
+	reader_charge(r, total + ALLOC_OVERHEAD);
 	return palloc0(total);
 }
 
@@ -521,19 +526,27 @@ get_string_or_null(Reader *r)
 				 errdetail("A string is not valid in this database's encoding (%s).",
 						   GetDatabaseEncodingName()),
 				 errhint("Nodes must share a server encoding.")));
-	reader_charge(r, (Size) n + 1);
-	if ((Size) n + 1 > r->arena_left)
+	if ((Size) n + 1 > ARENA_BLOCK / 8)
 	{
-		Size		block = Max((Size) n + 1, ARENA_BLOCK);
-
-		r->arena = palloc(block);
-		r->arena_left = block;
+		/* a long string gets its own piece: it would waste an arena block */
+		reader_charge(r, (Size) n + 1 + ALLOC_OVERHEAD);
+		s = palloc((Size) n + 1);
 	}
-	s = r->arena;
+	else
+	{
+		if ((Size) n + 1 > r->arena_left)
+		{
+			/* the whole block is charged: what a string leaves unused too */
+			reader_charge(r, ARENA_BLOCK + ALLOC_OVERHEAD);
+			r->arena = palloc(ARENA_BLOCK);
+			r->arena_left = ARENA_BLOCK;
+		}
+		s = r->arena;
+		r->arena += n + 1;
+		r->arena_left -= n + 1;
+	}
 	memcpy(s, r->p + r->pos, n);
 	s[n] = '\0';
-	r->arena += n + 1;
-	r->arena_left -= n + 1;
 	r->pos += n;
 	return s;
 }

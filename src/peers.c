@@ -104,36 +104,6 @@ peer_status_slot(const char *name, bool create)
 	return free_slot;
 }
 
-/*
- * libpq's message about a connection string it cannot parse, with every
- * quoted token replaced: the token may be (part of) a password, and the
- * message goes to the client and the server log.
- */
-static char *
-redact_quoted(const char *msg)
-{
-	StringInfoData b;
-	bool		inside = false;
-	const char *c;
-
-	initStringInfo(&b);
-	for (c = msg; *c; c++)
-	{
-		if (*c == '"')
-		{
-			if (!inside)
-				appendStringInfoString(&b, "\"...");
-			inside = !inside;
-		}
-		if (!inside)
-			appendStringInfoChar(&b, *c);
-	}
-	/* one line, like every detail */
-	while (b.len > 0 && (b.data[b.len - 1] == '\n' || b.data[b.len - 1] == ' '))
-		b.data[--b.len] = '\0';
-	return b.data;
-}
-
 /* registry.add_peer(name text, conninfo text) */
 Datum
 registry_add_peer(PG_FUNCTION_ARGS)
@@ -157,24 +127,30 @@ registry_add_peer(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid peer name \"%s\"", name),
 				 errdetail("Peer names are at most %d bytes of letters, digits and \"_-.:@\".",
-						   REGISTRY_NAME_LEN - 1)));
+						   REGISTRY_NAME_LEN - 1),
+				 errhidestmt(true)));
 	if (strcmp(name, registry_node_name) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("\"%s\" is this node's own name", name),
-				 errhint("Name the peer after its registry.node_name.")));
+				 errhint("Name the peer after its registry.node_name."),
+				 errhidestmt(true)));
 
+	/*
+	 * The string may hold a password: no error shows it, nor any part of
+	 * it (libpq's message quotes the token it could not parse), nor the
+	 * statement (errhidestmt), which would repeat it in the server log.
+	 */
 	opts = PQconninfoParse(conninfo, &err);
 	if (opts == NULL)
 	{
-		char	   *msg = err ? redact_quoted(err) : pstrdup("out of memory");
-
 		if (err)
 			PQfreemem(err);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid connection string for peer \"%s\"", name),
-				 errdetail("%s", msg)));
+				 errdetail("libpq cannot parse it; it is not shown, as it may hold a password."),
+				 errhidestmt(true)));
 	}
 	for (opt = opts; opt->keyword; opt++)
 		if (strcmp(opt->keyword, "password") == 0 && opt->val && opt->val[0])
@@ -194,7 +170,8 @@ registry_add_peer(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED),
 				 errmsg("password is required"),
 				 errdetail("Non-superusers must give a password in a peer's connection string."),
-				 errhint("Add password=... to the connection string, or have a superuser add the peer.")));
+				 errhint("Add password=... to the connection string, or have a superuser add the peer."),
+				 errhidestmt(true)));
 
 	SPI_connect();
 	args[0] = CStringGetTextDatum(name);

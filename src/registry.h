@@ -236,6 +236,7 @@ extern uint32 int4_to_khash(int32 v);
 #define REGISTRY_CAPTURE_TRIGGER	"registry_capture"
 
 /* ---- capture.c ---- */
+struct ApplyRow;				/* apply.c's, below */
 extern void capture_init(void);
 extern void capture_record(RegTable *t, uint32 khash, const char *key,
 						   const VersionState *old, RegVersion version,
@@ -243,7 +244,8 @@ extern void capture_record(RegTable *t, uint32 khash, const char *key,
 extern void capture_stamp_existing(RegTable *t);
 extern void capture_set_apply(int32 tid, const char *key, RegVersion version,
 							  const char *origin);
-extern void capture_set_bulk_apply(RegTable *t);
+extern void capture_set_bulk_apply(RegTable *t, struct ApplyRow *rows,
+								   int *taken, int m);
 extern void capture_fresh_begin(RegTable *t);
 extern void capture_fresh_end(RegTable *t);
 extern void capture_end_bulk_apply(RegTable *t);
@@ -285,7 +287,6 @@ typedef struct ApplyColumns
 	struct _SPI_plan *upsert;
 	struct _SPI_plan *delete;
 	struct _SPI_plan *bulk;		/* many live rows, last writer wins */
-	struct _SPI_plan *fresh;	/* plain insert, for keys known to be absent */
 } ApplyColumns;
 
 /* One remote row for apply_rows_bulk(). */

@@ -54,13 +54,18 @@ PG_FUNCTION_INFO_V1(registry_table_pages);
 #define MAX_KEYS_PER_CALL		100000
 #define MAX_ENTRIES_PER_CALL	1000000
 
+/*
+ * Serving is for peers: superusers and members of registry_peer.  Not for
+ * registry_admin as such: the serving functions read every registered
+ * table, values included, whatever the caller's privileges on it.
+ */
 static void
 check_peer(void)
 {
 	Oid			peer;
 
 	registry_check_preloaded();
-	if (registry_is_admin())
+	if (superuser())
 		return;
 	peer = get_role_oid("registry_peer", true);
 	if (OidIsValid(peer) && has_privs_of_role(GetUserId(), peer))
@@ -68,7 +73,10 @@ check_peer(void)
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("permission denied to read the registry"),
-			 errhint("Peers connect as a member of registry_peer.")));
+			 errdetail("Role \"%s\" is not a member of registry_peer.",
+					   GetUserNameFromId(GetUserId(), false)),
+			 errhint("Peers connect as a member of registry_peer: GRANT registry_peer TO %s;",
+					 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
 }
 
 static void
@@ -1092,6 +1100,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	int			n = 0;
 	int			nest = -1;
 	int			count_at;
+	int			empty_len;
 	bool		full = false;
 
 	if (SRF_IS_FIRSTCALL())
@@ -1161,6 +1170,8 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	msg_put_byte(&tp->buf, 1);		/* with rows */
 	count_at = tp->buf.len;
 	msg_put_int32(&tp->buf, 0);		/* entries, filled in below */
+	/* a page without entries: the descriptor, counts and "more" */
+	empty_len = msg_payload_len(&tp->buf) + 1;
 	if (tp->carry.len > 0)
 	{
 		appendBinaryStringInfo(&tp->buf, tp->carry.data, tp->carry.len);
@@ -1191,6 +1202,14 @@ registry_table_pages(PG_FUNCTION_ARGS)
 							key, t->qualname)));
 		msg_put_row(&tp->buf, key, ROW_LIVE, st.version, st.origin,
 					row_values(t, tp->rs.slot), t->ncols);
+		if (empty_len + (tp->buf.len - before) > tp->limit)
+		{
+			/* no page can hold it: it goes without its values */
+			tp->buf.len = before;
+			tp->buf.data[before] = '\0';
+			msg_put_row(&tp->buf, key, ROW_TOO_LARGE, st.version, st.origin,
+						NULL, 0);
+		}
 		if (page_overflows(tp, before, n))
 		{
 			if (n > 0)

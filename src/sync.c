@@ -63,6 +63,9 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/guc.h"
+#include "storage/lock.h"
+#include "utils/timeout.h"
 
 #include "message.h"
 #include "registry.h"
@@ -96,6 +99,8 @@ typedef enum AEStage
 } AEStage;
 
 #define AE_GROUP_FANOUT		64
+/* what one key queued to fetch costs: its copy, chunk header, pointer */
+#define FETCH_KEY_COST(key)	(MAXALIGN(strlen(key) + 1) + 16 + 2 * sizeof(char *))
 #define AE_BUCKETS_PER_CALL 256
 #define AE_ENTRIES_PER_CALL 10000
 #define BACKOFF_MIN_MS		500
@@ -219,7 +224,27 @@ static List *plan_cache = NIL;
 static bool upkeep_pending = true;
 static TimestampTz upkeep_retry_at = 0;
 static uint64 seen_peers_changed = 0;
+
+/*
+ * The sync worker's memory contexts, by lifetime:
+ *
+ *	SyncContext		the worker's life: the peer list (peers[], conninfo,
+ *					notice names), prepared apply statements (each in a
+ *					context of its own under it, see cached_columns).
+ *	p->roundcxt		one peer's anti-entropy round: its tables' progress,
+ *					bucket lists and the keys queued to fetch (one table's
+ *					queue at a time).  Reset when the round ends or the
+ *					connection drops.
+ *	loop context	one pass of the main loop: the wait event set.
+ *	AnswerContext	one answer, or one page of a whole-table pull: the
+ *					answer's bytes, the inflated payload, what it is read
+ *					into, the batches built from it.  Reset after each, so
+ *					that a peer streaming pages faster than they are
+ *					handled cannot make memory grow.
+ *	transactions	what one apply or catalog step allocates.
+ */
 static MemoryContext SyncContext = NULL;
+static MemoryContext AnswerContext = NULL;
 
 /* ---- status ---- */
 
@@ -523,7 +548,9 @@ run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate, char **message)
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		FlushErrorState();
+		disable_timeout(STATEMENT_TIMEOUT, false);
 		AbortOutOfAnyTransaction();
+		LockReleaseSession(USER_LOCKMETHOD);
 		MemoryContextSwitchTo(oldcxt);
 		RESUME_INTERRUPTS();
 		if (sqlstate)
@@ -633,6 +660,7 @@ apply_batch_once(Peer *p, void *arg)
 	ApplyRow   *live = NULL;
 	int			nlive = 0;
 	ApplyIdentity identity;
+	char		timeout[16];
 
 	b->applied = b->skipped = b->refused_skew = b->refused_purged = 0;
 	cxt = xact_begin();
@@ -648,8 +676,17 @@ apply_batch_once(Peer *p, void *arg)
 		upkeep_pending = true;
 		t = regtable_by_name(b->table->name, false);
 	}
-	/* from here on user code may run: as the table's owner */
+	/*
+	 * From here on user code may run: as the table's owner, and within
+	 * registry.query_timeout (one statement, one lock wait), so that a
+	 * trigger that sleeps or waits cannot hold the worker, and every peer
+	 * with it.
+	 */
 	apply_as_owner_begin(t, &identity);
+	snprintf(timeout, sizeof(timeout), "%d", registry_query_timeout_ms);
+	(void) set_config_option("lock_timeout", timeout, PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	enable_timeout_after(STATEMENT_TIMEOUT, registry_query_timeout_ms);
 	if (b->table->ncols > 0)
 		ac = cached_columns(t, b->table->ncols, b->table->colnames,
 							b->table->coltypes);
@@ -720,9 +757,12 @@ apply_batch_once(Peer *p, void *arg)
 		b->refused_skew += skew;
 		b->skipped += nlive - written - skew;
 	}
+	disable_timeout(STATEMENT_TIMEOUT, false);
 	apply_as_owner_end(&identity);
 	apply_end(nest);
 	xact_end(cxt);
+	/* advisory locks user code took for the session are not the worker's */
+	LockReleaseSession(USER_LOCKMETHOD);
 }
 
 /* Apply one table's rows; retried when a local write raced with it. */
@@ -886,6 +926,8 @@ handle_changes_guarded(Peer *p, void *arg)
 	MsgChanges	m;
 	TableBatch *batches;
 	int		   *counts;
+	int		   *slot;
+	int			nbatches = 0;
 	int			i;
 
 	msg_read_changes(a->data, a->len, &m);
@@ -927,19 +969,33 @@ handle_changes_guarded(Peer *p, void *arg)
 		return;
 	}
 
-	/* one batch per table, each key once (its current state) */
-	batches = palloc0(sizeof(TableBatch) * Max(m.ntables, 1));
-	counts = palloc0(sizeof(int) * Max(m.ntables, 1));
+	/*
+	 * One batch per table that a change refers to (tables described but
+	 * not referred to cost nothing), each key once (its current state).
+	 */
+	slot = palloc(sizeof(int) * Max(m.ntables, 1));
+	memset(slot, -1, sizeof(int) * Max(m.ntables, 1));
+	counts = palloc0(sizeof(int) * Max(m.n, 1));
 	for (i = 0; i < m.n; i++)
-		counts[m.changes[i].table]++;
+	{
+		int			ti = m.changes[i].table;
+
+		if (slot[ti] < 0)
+			slot[ti] = nbatches++;
+		counts[slot[ti]]++;
+	}
+	batches = palloc0(sizeof(TableBatch) * Max(nbatches, 1));
 	for (i = 0; i < m.ntables; i++)
 	{
-		batches[i].table = &m.tables[i];
-		batches[i].rows = palloc(sizeof(MsgRow *) * Max(counts[i], 1));
+		if (slot[i] < 0)
+			continue;
+		batches[slot[i]].table = &m.tables[i];
+		batches[slot[i]].rows = palloc(sizeof(MsgRow *) * counts[slot[i]]);
 	}
 	for (i = 0; i < m.n; i++)
 	{
 		MsgChange  *c = &m.changes[i];
+		TableBatch *b = &batches[slot[c->table]];
 
 		if (c->op == REG_OP_RESYNC)
 		{
@@ -947,9 +1003,9 @@ handle_changes_guarded(Peer *p, void *arg)
 			p->ae_needed = true;
 			continue;
 		}
-		batches[c->table].rows[batches[c->table].nrows++] = &c->row;
+		b->rows[b->nrows++] = &c->row;
 	}
-	for (i = 0; i < m.ntables; i++)
+	for (i = 0; i < nbatches; i++)
 	{
 		TableBatch *b = &batches[i];
 		int			j,
@@ -1295,6 +1351,20 @@ send_fetch(Peer *p, AETable *t)
 	send_query(p, Q_FETCH, "SELECT registry.fetch_rows($1, $2::text[], $3::int)", 3, params);
 }
 
+static void
+free_fetch_queue(AETable *t)
+{
+	int			i;
+
+	for (i = 0; i < t->nfetch; i++)
+		pfree(t->fetch[i]);
+	if (t->fetch)
+		pfree(t->fetch);
+	t->fetch = NULL;
+	t->nfetch = t->maxfetch = t->ifetch = 0;
+	t->fetch_bytes = 0;
+}
+
 /* Issue the next request of the round, moving past finished tables. */
 static void
 send_ae(Peer *p)
@@ -1338,6 +1408,8 @@ send_ae(Peer *p)
 					send_fetch(p, t);
 					return;
 				}
+				/* one table's queue at a time stays in the round's memory */
+				free_fetch_queue(t);
 				t->stage = AE_VERIFY;
 				continue;
 			case AE_FULL:
@@ -1533,6 +1605,15 @@ handle_digest_guarded(Peer *p, void *arg)
 	}
 }
 
+/* twice what the peer counted, plus slack, without overflowing */
+static int64
+add_bound(int64 counted, int64 slack)
+{
+	if (counted > (PG_INT64_MAX - slack) / 2)
+		return PG_INT64_MAX;
+	return counted * 2 + slack;
+}
+
 static int
 khash_key_cmp(uint32 h1, const char *k1, uint32 h2, const char *k2)
 {
@@ -1572,7 +1653,7 @@ check_entries_answer(AETable *t, MsgEntries *m)
 					 errdetail("Asked for pages of at most %d rows; got %d entries, with rows %d, buckets %d, more %d.",
 							   t->page_rows, m->n, (int) m->with_rows,
 							   m->nbuckets, (int) m->more)));
-		bound = t->peer_count * 2 + t->page_rows;
+		bound = add_bound(t->peer_count, t->page_rows);
 	}
 	else
 	{
@@ -1611,7 +1692,7 @@ check_entries_answer(AETable *t, MsgEntries *m)
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),
 					 errmsg("entries of %s say there are more, but not after their last entry",
 							t->name)));
-		bound = t->peer_count * 2 + 2 * AE_ENTRIES_PER_CALL;
+		bound = add_bound(t->peer_count, 2 * AE_ENTRIES_PER_CALL);
 	}
 	t->entries_seen += m->n;
 	if (t->entries_seen > bound)
@@ -1708,7 +1789,7 @@ handle_entries_guarded(Peer *p, void *arg)
 			}
 			if (r->state == ROW_TOMBSTONE)
 				b.rows[b.nrows++] = r;
-			else if (t->fetch_bytes + strlen(r->key) + 1 > (Size) registry_max_message_size)
+			else if (t->fetch_bytes + FETCH_KEY_COST(r->key) > (Size) registry_max_message_size)
 			{
 				/* enough for one round: the rest waits for the next */
 				t->incomplete = true;
@@ -1716,7 +1797,7 @@ handle_entries_guarded(Peer *p, void *arg)
 			}
 			else
 			{
-				t->fetch_bytes += strlen(r->key) + 1;
+				t->fetch_bytes += FETCH_KEY_COST(r->key);
 				if (t->nfetch >= t->maxfetch)
 				{
 					t->maxfetch = Max(64, t->maxfetch * 2);
@@ -2112,7 +2193,11 @@ service(Peer *p)
 		if (res != NULL && PQresultStatus(res) == PGRES_SINGLE_TUPLE &&
 			p->inflight == Q_PAGES && p->result == NULL)
 		{
+			MemoryContext old = MemoryContextSwitchTo(AnswerContext);
+
 			handle_page(p, res);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(AnswerContext);
 			if (p->conn == NULL)
 				return;
 			continue;
@@ -2132,7 +2217,13 @@ service(Peer *p)
 			disconnect(p, "request ended without a result");
 			return;
 		}
-		handle_result(p, res);
+		{
+			MemoryContext old = MemoryContextSwitchTo(AnswerContext);
+
+			handle_result(p, res);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(AnswerContext);
+		}
 		if (p->conn == NULL)
 			return;
 	}
@@ -2463,6 +2554,8 @@ registry_sync_main(Datum arg)
 	apply_prepare_session();
 	SyncContext = AllocSetContextCreate(TopMemoryContext, "registry sync",
 										ALLOCSET_DEFAULT_SIZES);
+	AnswerContext = AllocSetContextCreate(TopMemoryContext, "registry sync answer",
+										  ALLOCSET_DEFAULT_SIZES);
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "registry sync loop",
 									ALLOCSET_DEFAULT_SIZES);
 	on_proc_exit(close_all, (Datum) 0);

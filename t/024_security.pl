@@ -202,6 +202,58 @@ like($err, qr/permission denied for table guarded/,
 $holder->query_safe('COMMIT');
 $holder->quit;
 
+# ---- 5. user code writing its own table while rows are applied ----
+
+# An owner's trigger (enabled ALWAYS, so it fires for replicated rows)
+# writes another row of the same table while rows are applied in bulk, with
+# a version of its choosing far in the future, and takes a session
+# advisory lock: the row it writes is a local write like any other (the
+# clock does not jump), and the worker keeps no lock of the owner's.
+my $forge_setup = q{
+SET ROLE mallory;
+CREATE TABLE bk (k text PRIMARY KEY, v text);
+CREATE FUNCTION forge() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = public AS $$
+BEGIN
+    IF NEW.k <> 'forged' THEN
+        INSERT INTO bk (k, v, registry_version, registry_origin)
+            VALUES ('forged', 'f', 9000000000000000000, 'zz')
+            ON CONFLICT DO NOTHING;
+        PERFORM pg_advisory_lock(4242);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER forge AFTER INSERT ON bk FOR EACH ROW EXECUTE FUNCTION forge();
+ALTER TABLE bk ENABLE ALWAYS TRIGGER forge;
+SELECT registry.replicate('bk');
+RESET ROLE;
+};
+sql($nb, $forge_setup);
+sql($na, q{
+SET ROLE mallory;
+CREATE TABLE bk (k text PRIMARY KEY, v text);
+SELECT registry.replicate('bk');
+RESET ROLE;
+INSERT INTO bk SELECT 'r' || i, 'row' FROM generate_series(1, 50) i;
+});
+ok( poll_until(
+		sub { sql($nb, q{SELECT count(*) FROM bk WHERE k <> 'forged'}) eq '50' }),
+	'sec_b pulls the 50 rows through the bulk statement (the table has a trigger)');
+is( sql(
+		$nb, q{SELECT registry_origin = 'sec_b' AND registry_version < 9000000000000000000 FROM bk WHERE k = 'forged'}
+	),
+	't',
+	'the row the trigger wrote is a local write of sec_b, not a forged version');
+cmp_ok(sql($nb, 'SELECT clock FROM registry.node'),
+	'<', '9000000000000000000', 'and the clock did not jump to the forged version');
+is( sql(
+		$nb, q{
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+ WHERE l.locktype = 'advisory' AND a.backend_type = 'registry sync'}),
+	'0',
+	'the sync worker holds no advisory lock the trigger took');
+check_verify([$nb], 'after user code wrote the table during an apply');
+
 # ---- 4. invented origins do not fill the origin table for good ----
 
 my $nc = new_node('sec_c');
