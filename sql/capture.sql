@@ -273,3 +273,29 @@ ROLLBACK;
 SELECT * FROM registry.verify();
 DROP FUNCTION cap_state(), tamper(), cancel(), capture_on_update(), rekey();
 DROP TABLE cap;
+
+-- an UPDATE that changes nothing keeps the row's version: no change log
+-- entry, nothing for peers (a new version for old content would win over
+-- a newer change made on another node meanwhile)
+CREATE TABLE noop (id int PRIMARY KEY, v text, n int);
+SELECT registry.replicate('noop');
+INSERT INTO noop VALUES (1, 'same', 10), (2, 'other', 20);
+CREATE TEMP TABLE noop0 AS
+    SELECT (SELECT last_seq FROM registry.node) AS seq,
+           (SELECT registry_version FROM noop WHERE id = 1) AS v1,
+           (SELECT registry_version FROM noop WHERE id = 2) AS v2;
+UPDATE noop SET v = 'same' WHERE id = 1;
+UPDATE noop SET n = n WHERE id = 1;
+UPDATE noop SET v = v, n = n;
+SELECT (SELECT last_seq FROM registry.node) = seq AS no_new_changes,
+       (SELECT registry_version FROM noop WHERE id = 1) = v1 AS version_kept
+  FROM noop0;
+-- a real change still takes a new version, the unchanged row keeps its own
+UPDATE noop SET n = n + (id - 1);
+SELECT id, registry_version = (CASE id WHEN 1 THEN v1 ELSE v2 END) AS version_kept
+  FROM noop, noop0 ORDER BY id;
+SELECT count(*) AS one_change FROM registry.change_log l, noop0
+ WHERE l.table_name = 'public.noop' AND l.seq > noop0.seq;
+SELECT * FROM registry.verify('noop');
+DROP TABLE noop, noop0;
+
