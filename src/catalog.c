@@ -1140,5 +1140,7 @@ registry_reset(PG_FUNCTION_ARGS)
 	registry_reset_shared_state();
 	hlc_observe_stored(0);
 	worker_wake_maintenance();
+	/* at commit, the launcher starts the workers that left for want of it */
+	worker_extension_changing();
 	PG_RETURN_VOID();
 }

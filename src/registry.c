@@ -134,9 +134,20 @@ set_default_node_name(void)
 					PGC_S_DYNAMIC_DEFAULT);
 }
 
+/*
+ * Loaded any other way than through shared_preload_libraries (CREATE
+ * EXTENSION or LOAD on a server without it), the library defines nothing:
+ * its restart-only settings cannot be created after startup (that is a
+ * FATAL error, which would end the session), and nothing of it works
+ * without its shared memory.  The extension script's first call,
+ * registry._assert_preloaded(), then says what to do.
+ */
 void
 _PG_init(void)
 {
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
 	DefineCustomStringVariable("registry.node_name",
 							   "Name of this node in the registry mesh.",
 							   "Must be unique among all nodes. Defaults to host:port.",
@@ -293,14 +304,12 @@ _PG_init(void)
 
 	MarkGUCPrefixReserved("registry");
 
-	if (!process_shared_preload_libraries_in_progress)
-		return;
-
 	registry_preloaded = true;
 	set_default_node_name();
 
 	registry_shmem_install_hooks();
 	capture_init();
+	worker_install_hooks();
 	worker_register_launcher();
 }
 

@@ -69,6 +69,7 @@ typedef struct RegWorkerSlot
 	Latch	   *latch;
 	TimestampTz started_at;
 	uint64		starts;
+	bool		idle_exit;		/* exited: the extension does not exist */
 } RegWorkerSlot;
 
 /* What this node knows about its sync with one peer (registry.peer_status). */
@@ -128,6 +129,9 @@ typedef struct RegistryShared
 
 	slock_t		mutex;			/* protects workers[] and notifier fields */
 	RegWorkerSlot workers[REG_NUM_WORKERS];
+	Latch	   *launcher_latch;
+	uint64		extension_gen;	/* bumped when the extension is created or
+								 * dropped (at commit) */
 
 	/* change log (changelog_lock) */
 	uint64		cl_last_seq;	/* last published seq, 0 = none yet */

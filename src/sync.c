@@ -2571,6 +2571,7 @@ registry_sync_main(Datum arg)
 		int			i;
 
 		CHECK_FOR_INTERRUPTS();
+		worker_exit_if_asked(0);
 		MemoryContextSwitchTo(loopcxt);
 		if (ConfigReloadPending)
 		{
@@ -2578,6 +2579,7 @@ registry_sync_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			last_load = 0;
 		}
+		worker_check_extension(false);
 		SpinLockAcquire(&RegistryState->mutex);
 		changed = RegistryState->peers_changed;
 		SpinLockRelease(&RegistryState->mutex);

@@ -11,6 +11,17 @@
  *						turns the change log into registry_change
  *						notifications.
  *
+ * The workers connect to registry.database only while the extension exists
+ * there: a worker that finds it missing exits (quietly, noting why), and
+ * the launcher starts it again only once CREATE EXTENSION registry has
+ * committed.  DROP EXTENSION, at commit, wakes the workers, which then let
+ * go of the database at once (so that it can be dropped, renamed or used
+ * as a template).
+ *
+ * SIGTERM (a fast shutdown, pg_terminate_backend) ends a worker that is
+ * waiting for work quietly, at the top of its loop; one in the middle of
+ * work is interrupted as die() would, its transaction rolled back.
+ *
  * Notifications are sent by the maintenance worker rather than by the
  * committing transaction: a NOTIFY in the writer's transaction would
  * serialise all registry commits on the notification queue lock and make
@@ -26,7 +37,9 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
 #include "commands/async.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -101,6 +114,119 @@ worker_wake_maintenance(void)
 	worker_set_latch(REG_WORKER_MAINTENANCE);
 }
 
+/* ---- stopping quietly ---- */
+
+/*
+ * SIGTERM: a worker outside any transaction (waiting for work, talking to
+ * peers) is woken and exits at the top of its loop (worker_exit_if_asked);
+ * one inside a transaction is interrupted as die() would do it, so that a
+ * long rebuild or apply does not hold a shutdown up.
+ */
+static void
+worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	ShutdownRequestPending = true;
+	if (IsTransactionState())
+	{
+		InterruptPending = true;
+		ProcDiePending = true;
+	}
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
+ * At the top of a worker's loop: stop if asked to.  code 0 for the
+ * dynamic workers (not restarted, nothing logged); the launcher, a static
+ * worker, exits 1 so that the postmaster starts it again after a
+ * pg_terminate_backend.
+ */
+void
+worker_exit_if_asked(int code)
+{
+	if (ShutdownRequestPending)
+		proc_exit(code);
+}
+
+/* ---- the extension's lifetime ---- */
+
+static bool extension_change_pending = false;
+
+static void
+extension_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && extension_change_pending)
+	{
+		Latch	   *latches[REG_NUM_WORKERS + 1];
+		int			i;
+
+		SpinLockAcquire(&RegistryState->mutex);
+		RegistryState->extension_gen++;
+		for (i = 0; i < REG_NUM_WORKERS; i++)
+			latches[i] = RegistryState->workers[i].latch;
+		latches[REG_NUM_WORKERS] = RegistryState->launcher_latch;
+		SpinLockRelease(&RegistryState->mutex);
+		for (i = 0; i <= REG_NUM_WORKERS; i++)
+			if (latches[i])
+				SetLatch(latches[i]);
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		extension_change_pending = false;
+}
+
+/*
+ * The extension is being created or dropped in this transaction: at
+ * commit the launcher and the workers are told (they look again whether
+ * the extension exists).
+ */
+void
+worker_extension_changing(void)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		RegisterXactCallback(extension_xact_callback, NULL);
+		registered = true;
+	}
+	extension_change_pending = true;
+}
+
+static object_access_hook_type prev_object_access_hook = NULL;
+
+/* DROP EXTENSION registry: the workers leave the database at its commit */
+static void
+worker_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+					 int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access == OAT_DROP && classId == ExtensionRelationId &&
+		objectId == get_extension_oid("registry", true))
+		worker_extension_changing();
+}
+
+void
+worker_install_hooks(void)
+{
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = worker_object_access;
+}
+
+static uint64
+extension_gen(void)
+{
+	uint64		gen;
+
+	SpinLockAcquire(&RegistryState->mutex);
+	gen = RegistryState->extension_gen;
+	SpinLockRelease(&RegistryState->mutex);
+	return gen;
+}
+
 /*
  * Without a database connection only a plain heap scan of pg_database is
  * possible (as the autovacuum launcher does).
@@ -155,14 +281,20 @@ registry_launcher_main(Datum arg)
 	BackgroundWorkerHandle *handles[REG_NUM_WORKERS] = {NULL};
 	TimestampTz next_start[REG_NUM_WORKERS] = {0};
 	TimestampTz started[REG_NUM_WORKERS] = {0};
+	uint64		started_gen[REG_NUM_WORKERS] = {0};
 	int			backoff_ms[REG_NUM_WORKERS];
+	bool		idle[REG_NUM_WORKERS] = {false};	/* left: no extension */
+	uint64		idle_gen[REG_NUM_WORKERS] = {0};
 	bool		said_waiting = false;
 	int			i;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	SpinLockAcquire(&RegistryState->mutex);
+	RegistryState->launcher_latch = MyLatch;
+	SpinLockRelease(&RegistryState->mutex);
 
 	for (i = 0; i < REG_NUM_WORKERS; i++)
 		backoff_ms[i] = 1000;
@@ -170,6 +302,7 @@ registry_launcher_main(Datum arg)
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
+		worker_exit_if_asked(1);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -199,14 +332,26 @@ registry_launcher_main(Datum arg)
 				{
 					pfree(handles[i]);
 					handles[i] = NULL;
+					SpinLockAcquire(&RegistryState->mutex);
+					idle[i] = RegistryState->workers[i].idle_exit;
+					RegistryState->workers[i].idle_exit = false;
+					SpinLockRelease(&RegistryState->mutex);
+					/* one that found no extension waits for CREATE EXTENSION */
+					if (idle[i])
+						idle_gen[i] = started_gen[i];
 					/* a worker that ran a while restarts quickly */
 					if (TimestampDifferenceExceeds(started[i], now, 60000))
 						backoff_ms[i] = 1000;
-					next_start[i] = TimestampTzPlusMilliseconds(now, backoff_ms[i]);
-					backoff_ms[i] = Min(backoff_ms[i] * 2, 60000);
+					next_start[i] = TimestampTzPlusMilliseconds(now, idle[i] ? 0 : backoff_ms[i]);
+					if (!idle[i])
+						backoff_ms[i] = Min(backoff_ms[i] * 2, 60000);
 				}
+				if (handles[i] == NULL && idle[i] && extension_gen() == idle_gen[i])
+					continue;
 				if (handles[i] == NULL && now >= next_start[i])
 				{
+					started_gen[i] = extension_gen();
+					idle[i] = false;
 					if (start_worker(i, &handles[i]))
 						started[i] = now;
 					else
@@ -240,12 +385,17 @@ worker_detach(int code, Datum arg)
 	SpinLockRelease(&RegistryState->mutex);
 }
 
-/* Common start of the database-connected workers. */
+static uint64 seen_extension_gen = 0;
+
+/*
+ * Common start of the database-connected workers.  A worker that finds no
+ * extension leaves at once (worker_check_extension).
+ */
 void
 worker_attach(int which)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(registry_database, NULL, 0);
 
@@ -258,12 +408,46 @@ worker_attach(int which)
 	SpinLockRelease(&RegistryState->mutex);
 	before_shmem_exit(worker_detach, (Datum) 0);
 	pgstat_report_appname(worker_names[which]);
+	seen_extension_gen = extension_gen();
+	worker_check_extension(true);
 }
 
 static bool
 extension_exists(void)
 {
 	return OidIsValid(get_extension_oid("registry", true));
+}
+
+/*
+ * Leave the database if the extension is not (or no longer) there: at
+ * start, and whenever it was created or dropped since the last look.
+ * The launcher starts the worker again after CREATE EXTENSION.  Called
+ * outside any transaction.
+ */
+void
+worker_check_extension(bool force)
+{
+	uint64		gen = extension_gen();
+	bool		exists;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!force && gen == seen_extension_gen)
+		return;
+	seen_extension_gen = gen;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	exists = extension_exists();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	if (exists)
+		return;
+	SpinLockAcquire(&RegistryState->mutex);
+	RegistryState->workers[my_worker].idle_exit = true;
+	SpinLockRelease(&RegistryState->mutex);
+	ereport(DEBUG1,
+			(errmsg("registry: the extension is not created in database \"%s\": the %s worker leaves it",
+					registry_database, worker_names[my_worker])));
+	proc_exit(0);
 }
 
 /* Rebuild digests from disk, if they need it. */
@@ -545,11 +729,13 @@ registry_maintenance_main(Datum arg)
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
+		worker_exit_if_asked(0);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		worker_check_extension(false);
 
 		MemoryContextSwitchTo(loopcxt);
 		maybe_rebuild();

@@ -1,7 +1,8 @@
 # A peer that accepts connections and never answers, with connect and
 # query timeouts of ten minutes: the sync worker, stuck connecting to it,
-# still exits promptly on SIGTERM (pg_terminate_backend), is started again
-# by the launcher, and a fast shutdown completes while the peer hangs.
+# still exits promptly (and quietly) on SIGTERM (pg_terminate_backend), is
+# started again by the launcher, and a fast shutdown completes while the
+# peer hangs.
 use strict;
 use warnings;
 use lib 't';
@@ -85,8 +86,9 @@ while (time() < $deadline)
 	usleep(100_000);
 }
 ok($gone, "the sync worker exited on SIGTERM within $limit s, while the peer hangs");
-ok($node->log_contains(qr/terminating background worker "registry sync" due to administrator command/),
-	'the server log shows the sync worker terminated');
+# a worker that was only waiting leaves quietly: a clean stop is not an error
+ok(!$node->log_contains(qr/FATAL:.*registry sync/),
+	'the sync worker left without a FATAL line in the server log');
 
 ok( $node->poll_query_until('postgres',
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'registry sync' AND pid <> $pid"),
