@@ -4,7 +4,7 @@
 
 -- Refuse to install where the background machinery cannot run.
 CREATE FUNCTION registry._assert_preloaded() RETURNS void
-    AS 'MODULE_PATHNAME', 'registry_assert_preloaded' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'registry_assert_preloaded' LANGUAGE C PARALLEL UNSAFE;
 SELECT registry._assert_preloaded();
 
 -- Roles: registry_admin administers tables and peers and reads the views;
@@ -99,28 +99,29 @@ SELECT pg_catalog.pg_extension_config_dump('registry.peers', '');
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION registry.replicate(tbl regclass) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'registry_replicate' LANGUAGE C STRICT;
+    AS 'MODULE_PATHNAME', 'registry_replicate' LANGUAGE C STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.replicate(regclass) IS
     'make a table a registry table (true if it was not one already)';
 
 CREATE FUNCTION registry.unreplicate(tbl regclass) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'registry_unreplicate' LANGUAGE C STRICT;
+    AS 'MODULE_PATHNAME', 'registry_unreplicate' LANGUAGE C STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.unreplicate(regclass) IS
     'stop replicating a table and forget its versions (true if it was registered)';
 
 CREATE FUNCTION registry.stamp() RETURNS trigger
-    AS 'MODULE_PATHNAME', 'registry_stamp' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'registry_stamp' LANGUAGE C PARALLEL UNSAFE;
 CREATE FUNCTION registry.capture() RETURNS trigger
-    AS 'MODULE_PATHNAME', 'registry_capture' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'registry_capture' LANGUAGE C PARALLEL UNSAFE;
 CREATE FUNCTION registry.capture_truncate() RETURNS trigger
-    AS 'MODULE_PATHNAME', 'registry_capture_truncate' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'registry_capture_truncate' LANGUAGE C PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._check_tables() RETURNS void
-    AS 'MODULE_PATHNAME', 'registry_check_tables' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'registry_check_tables' LANGUAGE C PARALLEL UNSAFE;
 
 -- Refuse DDL that would silently stop replication or change keys.
 CREATE FUNCTION registry._on_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM registry._check_tables();
 END
@@ -132,7 +133,8 @@ CREATE EVENT TRIGGER registry_ddl ON ddl_command_end
 
 -- A dropped registry table is unregistered with it.
 CREATE FUNCTION registry._on_drop() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     obj record;
 BEGIN
@@ -152,38 +154,57 @@ $$;
 CREATE EVENT TRIGGER registry_drop ON sql_drop
     EXECUTE FUNCTION registry._on_drop();
 
+-- Parallel safety, function by function: the pure computations
+-- (key_hash, version_time, decode_message, _table_name, key_values) are
+-- PARALLEL SAFE; the readers of shared memory and of tables under their own
+-- snapshot (the functions behind the views, versions) PARALLEL RESTRICTED;
+-- everything that writes, locks, waits or changes shared state PARALLEL
+-- UNSAFE.
+
 -- The bucket hash of a key (registry.row_keys.khash, in peers' answers).
 CREATE FUNCTION registry.key_hash(VARIADIC "any") RETURNS integer
-    AS 'MODULE_PATHNAME', 'registry_key_hash' LANGUAGE C IMMUTABLE STRICT;
+    AS 'MODULE_PATHNAME', 'registry_key_hash' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- A key's column values as text (keys of several columns are written
+-- "(a,b)" with quotes and escapes: applications need not parse that), and
+-- the row of a key as JSON, read with the caller's privileges.
+CREATE FUNCTION registry.key_values(tbl regclass, key text) RETURNS text[]
+    AS 'MODULE_PATHNAME', 'registry_key_values' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION registry.key_values(regclass, text) IS
+    'the column values of a key text, in primary-key order';
+CREATE FUNCTION registry.get_row(tbl regclass, key text) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'registry_get_row' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION registry.get_row(regclass, text) IS
+    'the row of a key text as JSON, or null';
 
 -- ---------------------------------------------------------------------
 -- Peers
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION registry.add_peer(name text, conninfo text) RETURNS void
-    AS 'MODULE_PATHNAME', 'registry_add_peer' LANGUAGE C STRICT;
+    AS 'MODULE_PATHNAME', 'registry_add_peer' LANGUAGE C STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.add_peer(text, text) IS
     'pull from another node, reached with a libpq connection string';
 
 CREATE FUNCTION registry.remove_peer(name text) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'registry_remove_peer' LANGUAGE C STRICT;
+    AS 'MODULE_PATHNAME', 'registry_remove_peer' LANGUAGE C STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.remove_peer(text) IS
     'stop pulling from a node (true if it was a peer)';
 
 CREATE FUNCTION registry.sync_now(peer text DEFAULT NULL,
                                   timeout interval DEFAULT '30s')
     RETURNS boolean
-    AS 'MODULE_PATHNAME', 'registry_sync_now' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_sync_now' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.sync_now(text, interval) IS
     'wait for a complete sync round with a peer (or all); true if converged';
 
 CREATE FUNCTION registry.purge_tombstones() RETURNS bigint
-    AS 'MODULE_PATHNAME', 'registry_purge_tombstones' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_purge_tombstones' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.purge_tombstones() IS
     'purge the tombstones every peer is known to have (returns how many)';
 
 CREATE FUNCTION registry.resync(tbl regclass) RETURNS void
-    AS 'MODULE_PATHNAME', 'registry_resync' LANGUAGE C STRICT VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_resync' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.resync(regclass) IS
     'discard this node''s copy of a table and refill it from the peers';
 
@@ -192,22 +213,22 @@ COMMENT ON FUNCTION registry.resync(regclass) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION registry.hlc_now() RETURNS bigint
-    AS 'MODULE_PATHNAME', 'registry_hlc_now' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_hlc_now' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.hlc_now() IS
     'issue a new hybrid logical clock stamp';
 
 CREATE FUNCTION registry.hlc_update(remote bigint) RETURNS bigint
-    AS 'MODULE_PATHNAME', 'registry_hlc_update' LANGUAGE C STRICT VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_hlc_update' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.hlc_update(bigint) IS
     'advance the clock past a received version (superuser)';
 
 CREATE FUNCTION registry.set_clock_offset(offset_by interval) RETURNS void
-    AS 'MODULE_PATHNAME', 'registry_set_clock_offset' LANGUAGE C STRICT VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_set_clock_offset' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.set_clock_offset(interval) IS
     'shift this node''s wall clock, for testing clock steps (superuser)';
 
 CREATE FUNCTION registry.version_time(version bigint) RETURNS timestamptz
-    AS 'MODULE_PATHNAME', 'registry_version_time' LANGUAGE C STRICT IMMUTABLE;
+    AS 'MODULE_PATHNAME', 'registry_version_time' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION registry.version_time(bigint) IS
     'wall-clock part of a version';
 
@@ -225,7 +246,7 @@ CREATE FUNCTION registry.changes_since(after_seq bigint,
                                        wait_ms integer DEFAULT 0,
                                        max_bytes integer DEFAULT NULL)
     RETURNS bytea
-    AS 'MODULE_PATHNAME', 'registry_changes_since' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_changes_since' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry.digest(tbl text,
                                 nbuckets integer DEFAULT 0,
@@ -233,7 +254,7 @@ CREATE FUNCTION registry.digest(tbl text,
                                 width integer DEFAULT 0,
                                 n integer DEFAULT 0)
     RETURNS bytea
-    AS 'MODULE_PATHNAME', 'registry_digest' LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'registry_digest' LANGUAGE C VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog;
 
 CREATE FUNCTION registry.bucket_entries(tbl text,
@@ -244,22 +265,22 @@ CREATE FUNCTION registry.bucket_entries(tbl text,
                                         max_entries integer DEFAULT 10000,
                                         max_bytes integer DEFAULT NULL)
     RETURNS bytea
-    AS 'MODULE_PATHNAME', 'registry_bucket_entries' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_bucket_entries' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry.fetch_rows(tbl text, keys text[],
                                     max_bytes integer DEFAULT NULL)
     RETURNS bytea
-    AS 'MODULE_PATHNAME', 'registry_fetch_rows' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_fetch_rows' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- Named in the select list (not FROM, which would gather every page
 -- before sending the first), it sends each page as soon as it is made.
 CREATE FUNCTION registry.table_pages(tbl text, page_rows integer DEFAULT 10000,
                                      max_bytes integer DEFAULT NULL)
     RETURNS SETOF bytea
-    AS 'MODULE_PATHNAME', 'registry_table_pages' LANGUAGE C VOLATILE ROWS 100;
+    AS 'MODULE_PATHNAME', 'registry_table_pages' LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
 
 CREATE FUNCTION registry.decode_message(msg bytea) RETURNS jsonb
-    AS 'MODULE_PATHNAME', 'registry_decode_message' LANGUAGE C STRICT IMMUTABLE;
+    AS 'MODULE_PATHNAME', 'registry_decode_message' LANGUAGE C STRICT STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION registry.decode_message(bytea) IS
     'show a message returned by a serving function as JSON';
 
@@ -271,7 +292,7 @@ CREATE FUNCTION registry.apply_row(tbl regclass, key text, version bigint,
                                    origin text, deleted boolean,
                                    "row" jsonb DEFAULT NULL)
     RETURNS text
-    AS 'MODULE_PATHNAME', 'registry_apply_row' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_apply_row' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.apply_row(regclass, text, bigint, text, boolean, jsonb) IS
     'apply one row as if received from node origin: applied or skipped';
 
@@ -281,7 +302,7 @@ COMMENT ON FUNCTION registry.apply_row(regclass, text, bigint, text, boolean, js
 
 CREATE FUNCTION registry.verify(tbl regclass DEFAULT NULL)
     RETURNS TABLE (table_name text, problem text, bucket integer, key text, detail text)
-    AS 'MODULE_PATHNAME', 'registry_verify' LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'registry_verify' LANGUAGE C VOLATILE PARALLEL UNSAFE
     SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
     SET extra_float_digits = 3 SET bytea_output = 'hex' SET search_path = pg_catalog;
 COMMENT ON FUNCTION registry.verify(regclass) IS
@@ -289,7 +310,7 @@ COMMENT ON FUNCTION registry.verify(regclass) IS
 
 CREATE FUNCTION registry.versions(tbl regclass)
     RETURNS TABLE (key text, version bigint, origin text, deleted boolean)
-    AS 'MODULE_PATHNAME', 'registry_versions' LANGUAGE C STRICT VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_versions' LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION registry.versions(regclass) IS
     'every key of a registry table with its version: rows and tombstones';
 
@@ -310,25 +331,25 @@ CREATE FUNCTION registry._node_info(
     OUT notifications_lost bigint, OUT notifications_truncated bigint,
     OUT shared_memory_bytes bigint, OUT maintenance_pid integer,
     OUT origins_reclaimed bigint, OUT origins_unknown bigint)
-    AS 'MODULE_PATHNAME', 'registry_node_info' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_node_info' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
 CREATE FUNCTION registry._table_stats(
     OUT tid integer, OUT live_rows bigint, OUT tombstones bigint,
     OUT changes bigint, OUT last_change timestamptz, OUT digest_root text)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'registry_table_stats' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_table_stats' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
 CREATE FUNCTION registry._acceptors(
     OUT tid integer, OUT key text, OUT version bigint, OUT origin text,
     OUT op text, OUT changes bigint, OUT last_change timestamptz, OUT history jsonb)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'registry_acceptors' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_acceptors' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
 CREATE FUNCTION registry._change_log(
     OUT seq bigint, OUT tid integer, OUT key text, OUT op text,
     OUT version bigint, OUT origin text, OUT committed_at timestamptz)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'registry_change_log' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_change_log' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
 CREATE FUNCTION registry._peer_status(
     OUT peer text, OUT remote_node text, OUT state text,
@@ -342,15 +363,16 @@ CREATE FUNCTION registry._peer_status(
     OUT last_success timestamptz, OUT last_converged_at timestamptz,
     OUT needs_resync boolean, OUT errors bigint,
     OUT last_error text, OUT last_error_at timestamptz, OUT bytes_sent bigint,
-    OUT round_bytes bigint)
+    OUT round_bytes bigint, OUT healthy boolean, OUT health_changed_at timestamptz,
+    OUT problem text)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'registry_peer_status' LANGUAGE C VOLATILE;
+    AS 'MODULE_PATHNAME', 'registry_peer_status' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
 CREATE FUNCTION registry._reset() RETURNS void
-    AS 'MODULE_PATHNAME', 'registry_reset' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'registry_reset' LANGUAGE C PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._table_name(regclass) RETURNS text
-    LANGUAGE sql STABLE STRICT
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
     AS $$ SELECT format('%I.%I', n.nspname, c.relname)
           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE c.oid = $1 $$;
@@ -381,6 +403,10 @@ CREATE VIEW registry.acceptors AS
 
 CREATE VIEW registry.peer_status AS
     SELECT p.name AS peer, s.remote_node, coalesce(s.state, 'disconnected') AS state,
+           coalesce(s.healthy, false) AS healthy,
+           coalesce(s.health_changed_at, p.added_at) AS health_changed_at,
+           CASE WHEN s.peer IS NULL THEN 'not taken up by the sync worker yet'
+                ELSE s.problem END AS problem,
            s.peer_epoch, s.consumed_seq, s.peer_last_seq, s.lag_changes, s.lag_ms,
            s.connects, s.connected_since, s.fast_batches, s.rounds,
            s.buckets_compared, s.buckets_mismatched, s.round_bytes,
@@ -395,7 +421,8 @@ CREATE VIEW registry.peer_status AS
 
 CREATE VIEW registry.change_log AS
     SELECT l.seq, registry._table_name(r.relid) AS table_name,
-           l.key, l.op, l.version, l.origin, l.committed_at
+           l.key, l.op, l.version, l.origin, l.committed_at,
+           registry.key_values(r.relid, l.key) AS key_values
     FROM registry._change_log() l
     LEFT JOIN registry.replicated_tables r USING (tid)
     ORDER BY l.seq;
@@ -407,11 +434,16 @@ CREATE VIEW registry.change_log AS
 REVOKE ALL ON ALL TABLES IN SCHEMA registry FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA registry FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA registry FROM PUBLIC;
-GRANT USAGE ON SCHEMA registry TO registry_admin, registry_peer;
+-- Any role may look into the schema: one that is not allowed to call a
+-- function then learns which role it needs (see the serving functions
+-- below) instead of "permission denied for schema registry".
+GRANT USAGE ON SCHEMA registry TO PUBLIC;
 
--- trigger functions only run as triggers
+-- trigger functions only run as triggers; the key helpers are for
+-- applications (registry.get_row reads with the caller's privileges)
 GRANT EXECUTE ON FUNCTION registry.stamp(), registry.capture(),
-    registry.capture_truncate(), registry.key_hash("any")
+    registry.capture_truncate(), registry.key_hash("any"),
+    registry.key_values(regclass, text), registry.get_row(regclass, text)
     TO PUBLIC;
 
 GRANT SELECT ON registry.node, registry.tables, registry.acceptors,
@@ -438,6 +470,15 @@ GRANT EXECUTE ON FUNCTION
     registry.fetch_rows(text, text[], integer),
     registry.table_pages(text, integer, integer)
     TO registry_peer, registry_admin;
+-- and to PUBLIC: each checks its caller first, and tells a login role
+-- that is not a member of registry_peer to be granted it
+GRANT EXECUTE ON FUNCTION
+    registry.changes_since(bigint, integer, boolean, bigint, text, integer, integer),
+    registry.digest(text, integer, integer, integer, integer),
+    registry.bucket_entries(text, integer, integer[], boolean, integer, integer, integer),
+    registry.fetch_rows(text, text[], integer),
+    registry.table_pages(text, integer, integer)
+    TO PUBLIC;
 
 -- A new incarnation of the extension starts from empty shared state.
 SELECT registry._reset();

@@ -115,6 +115,33 @@ SELECT key, version, origin, deleted FROM registry.versions('noperm');
 RESET ROLE;
 SELECT registry.unreplicate('noperm');
 
+-- apply_row by a caller who is not the table's owner writes as that caller:
+-- row-level security holds (the owner's code does not run with the
+-- owner's rights on the caller's behalf)
+CREATE TABLE tenant_rows (k text PRIMARY KEY, tenant text, v text);
+SELECT registry.replicate('tenant_rows');
+INSERT INTO tenant_rows VALUES ('alice-1', 'alice', 'alice''s');
+ALTER TABLE tenant_rows ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON tenant_rows USING (tenant = current_user);
+GRANT SELECT, INSERT, UPDATE, DELETE ON tenant_rows TO admin_bob;
+SET ROLE admin_bob;
+SELECT count(*) AS visible FROM tenant_rows;
+SELECT registry.apply_row('tenant_rows', 'alice-1', registry.hlc_now(), 'x', false,
+                          '{"k": "alice-1", "tenant": "alice", "v": "overwritten by bob"}');
+SELECT registry.apply_row('tenant_rows', 'alice-2', registry.hlc_now(), 'x', false,
+                          '{"k": "alice-2", "tenant": "alice", "v": "planted by bob"}');
+RESET ROLE;
+SELECT k, v FROM tenant_rows ORDER BY k;
+SELECT registry.unreplicate('tenant_rows');
+DROP TABLE tenant_rows;
+
+-- the serving functions are for peers, not for admins: they read every
+-- registered table whatever the caller may read
+SET ROLE admin_bob;
+SELECT registry.changes_since(0);
+SELECT registry.fetch_rows('public.perm', '{1}');
+RESET ROLE;
+
 REVOKE ALL ON SCHEMA public FROM alice, admin_bob;
 DROP TABLE perm, alice_t, secret, noperm;
 DROP ROLE alice, admin_bob, peer_carol;

@@ -54,3 +54,15 @@ SELECT node_name, state, tables_used >= (SELECT count(*) FROM registry.tables) A
 
 SELECT * FROM registry.verify();
 DROP TABLE vw;
+
+-- keys without a parser: a composite key's column values, and its row
+CREATE TABLE vk (name text, zone int, info text, PRIMARY KEY (name, zone));
+SELECT registry.replicate('vk');
+INSERT INTO vk VALUES ('looks,composite', 1, 'one'), ('plain', 2, 'two'), ('q"uote\', 3, 'three');
+SELECT key, registry.key_values('vk', key) AS key_values
+  FROM registry.versions('vk') ORDER BY key;
+SELECT key_values FROM registry.change_log WHERE table_name = 'public.vk' ORDER BY seq;
+SELECT registry.get_row('vk', '("looks,composite",1)') - 'registry_version' AS found,
+       registry.get_row('vk', '(absent,9)') AS absent;
+SELECT registry.key_values('vk', 'not a key');
+DROP TABLE vk;

@@ -519,6 +519,13 @@ keys_encode(KeyColumn *cols, int ncols, Datum *values, bool *isnull,
 List *
 keys_split(const char *key, int ncols)
 {
+	return keys_split_extended(key, ncols, false);
+}
+
+/* keys_split(), or NIL for malformed text when missing_ok */
+List *
+keys_split_extended(const char *key, int ncols, bool missing_ok)
+{
 	List	   *result = NIL;
 	const char *p = key;
 	StringInfoData v;
@@ -581,6 +588,8 @@ keys_split(const char *key, int ncols)
 	return result;
 
 malformed:
+	if (missing_ok)
+		return NIL;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 			 errmsg("malformed registry key: \"%s\"", key),

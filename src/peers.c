@@ -262,13 +262,21 @@ registry_peer_status(PG_FUNCTION_ARGS)
 	for (i = 0; i < registry_max_origins; i++)
 	{
 		PeerStatus *p = &copy[i];
-		Datum		v[28];
-		bool		n[28] = {false};
+		Datum		v[31];
+		bool		n[31] = {false};
 		int64		lag_changes;
 		int64		lag_ms = 0;
+		bool		lag_known;
 
 		if (!p->in_use)
 			continue;
+
+		/*
+		 * Lag is known only while the worker follows the peer's change log;
+		 * unknown (NULL), not zero, while it cannot reach the peer.
+		 */
+		lag_known = (p->state == PEER_STREAMING || p->state == PEER_ANTIENTROPY) &&
+			p->peer_epoch != 0;
 		lag_changes = p->peer_last_seq > p->consumed_seq ?
 			(int64) (p->peer_last_seq - p->consumed_seq) : 0;
 		if (lag_changes > 0 && p->caught_up_at != 0)
@@ -285,6 +293,7 @@ registry_peer_status(PG_FUNCTION_ARGS)
 		v[5] = Int64GetDatum((int64) p->peer_last_seq);
 		v[6] = Int64GetDatum(lag_changes);
 		v[7] = Int64GetDatum(lag_ms);
+		n[6] = n[7] = !lag_known;
 		v[8] = Int64GetDatum((int64) p->connects);
 		TS_OR_NULL(9, p->connected_since);
 		v[10] = Int64GetDatum((int64) p->fast_batches);
@@ -308,9 +317,51 @@ registry_peer_status(PG_FUNCTION_ARGS)
 		TS_OR_NULL(25, p->last_error_at);
 		v[26] = Int64GetDatum((int64) p->bytes_sent);
 		v[27] = Int64GetDatum((int64) p->round_bytes);
+		v[28] = BoolGetDatum(p->healthy);
+		TS_OR_NULL(29, p->health_changed_at);
+		if (p->problem[0] && !p->healthy)
+			v[30] = CStringGetTextDatum(p->problem);
+		else
+			n[30] = true;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * sync_now() returns false: one NOTICE per peer that did not sync, saying
+ * why (a round that ended incomplete, or none within the time allowed),
+ * with the peer's current problem as peer_status shows it.
+ */
+static void
+explain_not_synced(List *names, uint64 gen)
+{
+	ListCell   *lc;
+
+	foreach(lc, names)
+	{
+		const char *name = lfirst(lc);
+		PeerStatus	st;
+		bool		found;
+
+		LWLockAcquire(RegistryState->peer_lock, LW_SHARED);
+		found = peer_status_slot(name, false) != NULL;
+		if (found)
+			st = *peer_status_slot(name, false);
+		LWLockRelease(RegistryState->peer_lock);
+		if (!found)
+			ereport(NOTICE,
+					(errmsg("peer \"%s\" not in sync: the sync worker has not taken it up yet", name)));
+		else if (st.served_gen < gen)
+			ereport(NOTICE,
+					(errmsg("peer \"%s\" not in sync: no complete round within the time allowed (state %s)",
+							name, state_name(st.state)),
+					 st.problem[0] ? errdetail("%s", st.problem) : 0));
+		else if (!st.served_converged)
+			ereport(NOTICE,
+					(errmsg("peer \"%s\" not in sync: its round was not complete", name),
+					 st.problem[0] ? errdetail("%s", st.problem) : 0));
+	}
 }
 
 /*
@@ -405,6 +456,8 @@ registry_sync_now(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 	}
 	ConditionVariableCancelSleep();
+	if (!result)
+		explain_not_synced(names, gen);
 	PG_RETURN_BOOL(result);
 }
 

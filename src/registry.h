@@ -156,6 +156,7 @@ extern void keys_prepare_column(Relation rel, Relation pkindex, int i,
 extern char *keys_encode(KeyColumn *cols, int ncols, Datum *values,
 						 bool *isnull, const char *relname);
 extern List *keys_split(const char *key, int ncols);
+extern List *keys_split_extended(const char *key, int ncols, bool missing_ok);
 extern uint32 keys_hash(const char *key, int len);
 extern uint64 hash_bytes64(const void *data, size_t len, uint64 seed);
 extern void canonical_gucs_push(int *nestlevel);

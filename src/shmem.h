@@ -111,6 +111,15 @@ typedef struct PeerStatus
 	bool		needs_resync;
 	uint64		served_gen;		/* sync_now request served by the last round */
 	bool		served_converged;
+
+	/*
+	 * Health, the one signal to alert on: healthy once a round ended
+	 * complete; unhealthy at the first error since, or at a round that did
+	 * not.  problem says why (empty when healthy).
+	 */
+	bool		healthy;
+	TimestampTz health_changed_at;
+	char		problem[256];
 } PeerStatus;
 
 typedef struct RegistryShared

@@ -52,6 +52,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "libpq-fe.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -151,6 +152,8 @@ typedef struct Peer
 	char		name[REGISTRY_NAME_LEN];
 	char	   *conninfo;
 	bool		password_required;	/* added by a non-superuser */
+	char	   *notice_name;	/* the name libpq's notices are logged with */
+	bool		name_warned;	/* said that it reports another name */
 	TimestampTz added_at;
 	TimestampTz last_converged_at;
 	bool		seen;
@@ -256,21 +259,65 @@ set_state(Peer *p, int state)
 	LWLockRelease(RegistryState->peer_lock);
 }
 
+/*
+ * A message as one clean line of at most size - 1 bytes: libpq's
+ * messages come with newlines, tabs and "ERROR:  " prefixes.
+ */
+static void
+one_line(char *out, size_t size, const char *msg)
+{
+	char		buf[1024];
+	size_t		n = 0;
+	bool		space = false;
+	const char *c;
+
+	for (c = msg; *c && n + 1 < sizeof(buf); c++)
+	{
+		if (*c == '\n' || *c == '\r' || *c == '\t' || *c == ' ')
+		{
+			space = (n > 0);
+			continue;
+		}
+		if (space && n + 2 < sizeof(buf))
+			buf[n++] = ' ';
+		space = false;
+		buf[n++] = *c;
+	}
+	buf[n] = '\0';
+	/* a peer's text need not be valid here: keep what is, and cut whole */
+	if (!pg_verify_mbstr(GetDatabaseEncoding(), buf, (int) n, true))
+	{
+		for (c = buf; *c; c++)
+			if (IS_HIGHBIT_SET(*c))
+				*(char *) c = '?';
+	}
+	n = pg_mbcliplen(buf, (int) n, (int) size - 1);
+	memcpy(out, buf, n);
+	out[n] = '\0';
+}
+
+/* Health changes; caller holds peer_lock exclusively. */
+static void
+set_health(Peer *p, bool healthy, const char *problem)
+{
+	if (p->st->healthy != healthy || p->st->health_changed_at == 0)
+		p->st->health_changed_at = GetCurrentTimestamp();
+	p->st->healthy = healthy;
+	strlcpy(p->st->problem, healthy ? "" : problem, sizeof(p->st->problem));
+}
+
 static void
 record_error(Peer *p, const char *msg)
 {
 	char		buf[256];
-	char	   *c;
 
-	strlcpy(buf, msg, sizeof(buf));
 	/* one line in the view */
-	for (c = buf; *c; c++)
-		if (*c == '\n' || *c == '\r' || *c == '\t')
-			*c = ' ';
+	one_line(buf, sizeof(buf), msg);
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 	strlcpy(p->st->last_error, buf, sizeof(p->st->last_error));
 	p->st->last_error_at = GetCurrentTimestamp();
 	p->st->errors++;
+	set_health(p, false, buf);
 	LWLockRelease(RegistryState->peer_lock);
 	p->ae_errors = true;
 	ereport(LOG,
@@ -337,6 +384,7 @@ disconnect(Peer *p, const char *why)
 	p->conn = NULL;
 	p->connecting = false;
 	p->listening = false;
+	p->name_warned = false;
 	p->inflight = Q_NONE;
 	p->flushing = false;
 	p->ae_active = false;
@@ -346,20 +394,47 @@ disconnect(Peer *p, const char *why)
 	p->next_connect = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->backoff_ms);
 	p->backoff_ms = Min(p->backoff_ms * 2, BACKOFF_MAX_MS);
 	set_state(p, why ? PEER_ERROR : PEER_DISCONNECTED);
+	if (!why)
+	{
+		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+		if (p->st->healthy)
+			set_health(p, false, "not connected");
+		LWLockRelease(RegistryState->peer_lock);
+	}
 	serve_request_failed(p);
+}
+
+/*
+ * Notices the peer sends on the connection (a WARNING before an immediate
+ * shutdown, say) go to the server log with the peer's name, not to the
+ * worker's stderr.
+ */
+static void
+peer_notice(void *arg, const PGresult *res)
+{
+	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	char		line[512];
+
+	one_line(line, sizeof(line), msg ? msg : PQresultErrorMessage(res));
+	ereport(LOG,
+			(errmsg("registry: peer \"%s\" sent %s: %s", (const char *) arg,
+					sev ? sev : "NOTICE", line)));
 }
 
 static void
 start_connect(Peer *p)
 {
-	const char *keys[] = {"dbname", "fallback_application_name", NULL};
-	const char *vals[3];
+	const char *keys[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
+	const char *vals[4];
 	char		appname[NAMEDATALEN + 16];
 
 	snprintf(appname, sizeof(appname), "registry sync %s", registry_node_name);
 	vals[0] = p->conninfo;
 	vals[1] = appname;
-	vals[2] = NULL;
+	/* the peer's messages (errors, notices) in this database's encoding */
+	vals[2] = GetDatabaseEncodingName();
+	vals[3] = NULL;
 	p->conn = PQconnectStartParams(keys, vals, true);
 	p->connect_started = GetCurrentTimestamp();
 	if (p->conn == NULL || PQstatus(p->conn) == CONNECTION_BAD)
@@ -371,6 +446,9 @@ start_connect(Peer *p)
 		disconnect(p, msg);
 		return;
 	}
+	if (p->notice_name == NULL)
+		p->notice_name = MemoryContextStrdup(SyncContext, p->name);
+	PQsetNoticeReceiver(p->conn, peer_notice, p->notice_name);
 	if (PQsetnonblocking(p->conn, 1) != 0)
 	{
 		disconnect(p, "could not make the connection non-blocking");
@@ -866,14 +944,58 @@ send_changes(Peer *p, int wait_ms)
 			   6, params);
 }
 
+/*
+ * The node name a peer reports.  It must not be this node's own; a node
+ * is pulled from once (two peers reporting the same node would pull
+ * everything twice, in parallel: the one named after the node is kept);
+ * a peer named otherwise than the node it reports is said once per
+ * connection.
+ */
 static void
 check_node_name(Peer *p, const char *node)
 {
+	int			i;
+
 	if (strcmp(node, registry_node_name) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("peer reports this node's own name \"%s\"", node),
 				 errhint("Give every node its own registry.node_name.")));
+	for (i = 0; i < npeers; i++)
+	{
+		Peer	   *o = &peers[i];
+
+		if (o == p || !o->seen || o->st == NULL || o->conn == NULL ||
+			strcmp(o->st->remote_node, node) != 0)
+			continue;
+		if (strcmp(p->name, node) == 0 && strcmp(o->name, node) != 0)
+		{
+			/* this peer has the node's own name: the other one yields */
+			char		msg[256];
+
+			snprintf(msg, sizeof(msg),
+					 "peer is node \"%s\", which this node pulls from as peer \"%s\"; remove one of them",
+					 node, p->name);
+			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
+			o->st->remote_node[0] = '\0';
+			LWLockRelease(RegistryState->peer_lock);
+			disconnect(o, msg);
+			break;
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("peer is node \"%s\", which this node pulls from as peer \"%s\"",
+						node, o->name),
+				 errhint("Remove one of the two with registry.remove_peer().")));
+	}
+	if (strcmp(p->name, node) != 0 && !p->name_warned)
+	{
+		ereport(WARNING,
+				(errmsg("registry: peer \"%s\" reports node name \"%s\"", p->name, node),
+				 errhint("Name a peer after its registry.node_name: registry.remove_peer('%s') and registry.add_peer('%s', ...).",
+						 p->name, node)));
+		p->name_warned = true;
+	}
 	if (strcmp(p->st->remote_node, node) != 0)
 	{
 		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
@@ -898,9 +1020,12 @@ note_too_large(Peer *p, const char *table, const MsgRow *r, int n)
 {
 	char		msg[256];
 
+	char		key[64];
+
+	one_line(key, 41, r->key);
 	snprintf(msg, sizeof(msg),
-			 "%d rows of %s not sent, too large for one message (first key \"%.40s\"); raise registry.max_message_size on both nodes",
-			 n, table, r->key);
+			 "%d rows of %s not sent, too large for one message (first key \"%s\"); raise registry.max_message_size on both nodes",
+			 n, table, key);
 	record_error(p, msg);
 }
 
@@ -1032,10 +1157,10 @@ handle_changes_guarded(Peer *p, void *arg)
 			b->rows[k++] = b->rows[j];
 		}
 		b->nrows = k;
-		if (m.tables[i].name[0] == '\0')
+		if (b->table->name[0] == '\0')
 			continue;			/* no longer registered on the peer */
 		if (too_large > 0)
-			note_too_large(p, m.tables[i].name, first_too_large, too_large);
+			note_too_large(p, b->table->name, first_too_large, too_large);
 		if (b->nrows > 0)
 			apply_batch(p, b);
 	}
@@ -1208,6 +1333,12 @@ end_round(Peer *p)
 	p->st->needs_resync = !identical &&
 		TimestampDifferenceExceeds(since, now, registry_tombstone_retention_s * 1000L);
 	p->st->state = PEER_STREAMING;
+	if (p->st->needs_resync)
+		set_health(p, false, "needs a resync: not found identical for longer than registry.tombstone_retention");
+	else if (complete)
+		set_health(p, true, NULL);
+	else if (p->st->healthy)
+		set_health(p, false, "the last anti-entropy round was not complete");
 	LWLockRelease(RegistryState->peer_lock);
 	ConditionVariableBroadcast(&RegistryState->sync_cv);
 
@@ -2493,6 +2624,8 @@ load_peers(void)
 			{
 				np->st->last_converged_at = np->last_converged_at;
 				np->st->state = PEER_DISCONNECTED;
+				if (np->st->health_changed_at == 0)
+					set_health(np, false, "no anti-entropy round completed yet");
 			}
 			LWLockRelease(RegistryState->peer_lock);
 			if (np->st == NULL)
@@ -2527,6 +2660,8 @@ load_peers(void)
 		}
 		MemoryContextDelete(op->roundcxt);
 		pfree(op->conninfo);
+		if (op->notice_name)
+			pfree(op->notice_name);
 	}
 	if (peers)
 		pfree(peers);

@@ -4,15 +4,21 @@
  *	  Set-returning functions behind the views registry.node,
  *	  registry.tables and registry.change_log (registry.acceptors is in
  *	  acceptor.c).  Each copies what it needs out of shared memory under
- *	  the lock and formats it after releasing the lock.
+ *	  the lock and formats it after releasing the lock.  Also the two
+ *	  functions that give applications a key's columns without a parser:
+ *	  registry.key_values() and registry.get_row().
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -22,6 +28,8 @@
 PG_FUNCTION_INFO_V1(registry_node_info);
 PG_FUNCTION_INFO_V1(registry_table_stats);
 PG_FUNCTION_INFO_V1(registry_change_log);
+PG_FUNCTION_INFO_V1(registry_key_values);
+PG_FUNCTION_INFO_V1(registry_get_row);
 
 extern void hlc_counters(uint64 *lease_writes, uint64 *regressions,
 						 uint64 *refused, bool *ready);
@@ -277,4 +285,93 @@ registry_change_log(PG_FUNCTION_ARGS)
 	}
 	LWLockRelease(RegistryState->meta_lock);
 	return (Datum) 0;
+}
+
+/* ---- keys for applications ---- */
+
+/*
+ * registry.key_values(tbl regclass, key text) returns text[]: a key's
+ * column values, in primary-key order, as the text each column's type
+ * reads (so that applications need no parser of their own for key
+ * texts, which quote and escape composite keys).
+ */
+Datum
+registry_key_values(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	RegTable   *t;
+	List	   *parts;
+	Datum	   *elems;
+	ListCell   *lc;
+	int			i = 0;
+
+	registry_check_preloaded();
+	t = regtable_by_relid(relid, false);
+	parts = keys_split(key, t->nkeys);
+	elems = palloc(sizeof(Datum) * list_length(parts));
+	foreach(lc, parts)
+		elems[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, i, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * registry.get_row(tbl regclass, key text) returns jsonb: the row of a key,
+ * as to_jsonb() shows it, or NULL if the table has none.  Read by an
+ * ordinary SELECT with the caller's privileges (and row-level security):
+ * it is a convenience for applications that got a key from a
+ * notification or a view.
+ */
+Datum
+registry_get_row(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	RegTable   *t;
+	List	   *parts;
+	StringInfoData sql;
+	Oid		   *argtypes;
+	Datum	   *args;
+	Datum		result = (Datum) 0;
+	bool		isnull = true;
+	int			nest;
+	int			i;
+	int			rc;
+
+	registry_check_preloaded();
+	t = regtable_by_relid(relid, false);
+	parts = keys_split(key, t->nkeys);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT to_jsonb(r) FROM ONLY %s r WHERE (", t->qualname);
+	for (i = 0; i < t->nkeys; i++)
+		appendStringInfo(&sql, "%sr.%s", i ? ", " : "", quote_identifier(t->keys[i].name));
+	appendStringInfoString(&sql, ") = (");
+	argtypes = palloc(sizeof(Oid) * t->nkeys);
+	args = palloc(sizeof(Datum) * t->nkeys);
+	for (i = 0; i < t->nkeys; i++)
+	{
+		appendStringInfo(&sql, "%s$%d::%s", i ? ", " : "", i + 1,
+						 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
+		argtypes[i] = TEXTOID;
+		args[i] = CStringGetTextDatum((char *) list_nth(parts, i));
+	}
+	appendStringInfoChar(&sql, ')');
+
+	/* key texts are canonical: read them in the settings they were made in */
+	canonical_gucs_push(&nest);
+	SPI_connect();
+	rc = SPI_execute_with_args(sql.data, t->nkeys, argtypes, args, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "registry: could not read the row of key \"%s\"", key);
+	if (SPI_processed == 1)
+	{
+		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			result = SPI_datumTransfer(result, false, -1);
+	}
+	SPI_finish();
+	canonical_gucs_pop(nest);
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
 }

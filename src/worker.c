@@ -530,9 +530,10 @@ typedef struct TableName
 {
 	int32		tid;
 	char	   *name;			/* NULL if no longer registered */
+	int			nkeys;
 } TableName;
 
-static const char *
+static TableName *
 table_name(List **cache, int32 tid)
 {
 	ListCell   *lc;
@@ -543,14 +544,15 @@ table_name(List **cache, int32 tid)
 	{
 		tn = lfirst(lc);
 		if (tn->tid == tid)
-			return tn->name;
+			return tn;
 	}
 	t = regtable_by_tid(tid, true);
 	tn = palloc(sizeof(TableName));
 	tn->tid = tid;
 	tn->name = t ? pstrdup(t->qualname) : NULL;
+	tn->nkeys = t ? t->nkeys : 0;
 	*cache = lappend(*cache, tn);
-	return tn->name;
+	return tn;
 }
 
 static void
@@ -564,39 +566,68 @@ json_field(StringInfo b, const char *name, const char *value)
 }
 
 /*
- * Payload of one change.  Versions are JSON strings: they exceed 2^53 and
- * would lose precision in JavaScript clients.  A payload that would not
- * fit NOTIFY's limit is sent without its key ("key": null,
+ * Payload of one change.  Versions and epochs are JSON strings: they
+ * exceed 2^53 and would lose precision in JavaScript clients.  The key
+ * comes twice: as its canonical text, and as key_values, a JSON array of
+ * its columns' values (as text, in primary-key order) that needs no
+ * parser.  A payload that would not fit NOTIFY's limit drops key_values
+ * first ("key_values": null), then the key too ("key": null,
  * "key_truncated": true); the key can be read from registry.change_log by
  * seq while the entry is still there.
  */
+static void
+payload_form(StringInfo b, ChangeLogEntry *e, TableName *table,
+			 const char *origin, const char *epoch, const char *version,
+			 List *parts, bool with_key)
+{
+	resetStringInfo(b);
+	appendStringInfo(b, "{\"seq\": " UINT64_FORMAT, e->seq);
+	json_field(b, "epoch", epoch);
+	json_field(b, "table", table->name);
+	json_field(b, "key", (e->op == REG_OP_RESYNC || !with_key) ? NULL : e->key);
+	appendStringInfoString(b, ", \"key_values\": ");
+	if (parts == NIL || !with_key)
+		appendStringInfoString(b, "null");
+	else
+	{
+		ListCell   *lc;
+
+		appendStringInfoChar(b, '[');
+		foreach(lc, parts)
+		{
+			if (lc != list_head(parts))
+				appendStringInfoString(b, ", ");
+			escape_json(b, (char *) lfirst(lc));
+		}
+		appendStringInfoChar(b, ']');
+	}
+	if (!with_key)
+		appendStringInfoString(b, ", \"key_truncated\": true");
+	json_field(b, "op", registry_op_name(e->op));
+	json_field(b, "version", version);
+	json_field(b, "origin", origin);
+	appendStringInfoChar(b, '}');
+}
+
 static char *
-change_payload(ChangeLogEntry *e, const char *table, const char *origin,
-			   bool *truncated)
+change_payload(ChangeLogEntry *e, TableName *table, const char *origin,
+			   const char *epoch, bool *truncated)
 {
 	StringInfoData b;
 	char		v[32];
+	List	   *parts = NIL;
 
 	snprintf(v, sizeof(v), UINT64_FORMAT, e->version);
+	if (e->op != REG_OP_RESYNC && table->name)
+		parts = keys_split_extended(e->key, table->nkeys, true);
 	initStringInfo(&b);
-	appendStringInfo(&b, "{\"seq\": " UINT64_FORMAT, e->seq);
-	json_field(&b, "table", table);
-	json_field(&b, "key", e->op == REG_OP_RESYNC ? NULL : e->key);
-	json_field(&b, "op", registry_op_name(e->op));
-	json_field(&b, "version", v);
-	json_field(&b, "origin", origin);
-	appendStringInfoChar(&b, '}');
+	payload_form(&b, e, table, origin, epoch, v, parts, true);
 	*truncated = false;
+	if (b.len >= REG_NOTIFY_MAX_PAYLOAD && parts != NIL)
+		payload_form(&b, e, table, origin, epoch, v, NIL, true);
 	if (b.len >= REG_NOTIFY_MAX_PAYLOAD)
 	{
-		resetStringInfo(&b);
-		appendStringInfo(&b, "{\"seq\": " UINT64_FORMAT, e->seq);
-		json_field(&b, "table", table);
-		appendStringInfoString(&b, ", \"key\": null, \"key_truncated\": true");
-		json_field(&b, "op", registry_op_name(e->op));
-		json_field(&b, "version", v);
-		json_field(&b, "origin", origin);
-		appendStringInfoChar(&b, '}');
+		payload_form(&b, e, table, origin, epoch, v, NIL, false);
 		*truncated = true;
 	}
 	return b.data;
@@ -628,7 +659,8 @@ notify_pending(void)
 		int			n = 0;
 		int			i;
 		List	   *names = NIL;
-		char		buf[128];
+		char		buf[160];
+		char		epoch[32];
 
 		CHECK_FOR_INTERRUPTS();
 		SpinLockAcquire(&RegistryState->mutex);
@@ -638,6 +670,7 @@ notify_pending(void)
 		LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
 		first = RegistryState->cl_first_seq;
 		last = RegistryState->cl_last_seq;
+		snprintf(epoch, sizeof(epoch), UINT64_FORMAT, RegistryState->epoch);
 		if (notified + 1 < first)
 		{
 			lost = first - 1 - notified;
@@ -673,8 +706,8 @@ notify_pending(void)
 		if (lost > 0)
 		{
 			snprintf(buf, sizeof(buf),
-					 "{\"op\": \"overflow\", \"lost\": " UINT64_FORMAT ", \"first_seq\": " UINT64_FORMAT "}",
-					 lost, first);
+					 "{\"op\": \"overflow\", \"epoch\": \"%s\", \"lost\": " UINT64_FORMAT ", \"first_seq\": " UINT64_FORMAT "}",
+					 epoch, lost, first);
 			Async_Notify("registry_change", buf);
 		}
 		for (i = 0; i < n; i++)
@@ -684,7 +717,7 @@ notify_pending(void)
 
 			Async_Notify("registry_change",
 						 change_payload(e, table_name(&names, e->tid),
-										onames[i][0] ? onames[i] : NULL, &trunc));
+										onames[i][0] ? onames[i] : NULL, epoch, &trunc));
 			sent++;
 			if (trunc)
 				truncated++;
