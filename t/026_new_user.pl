@@ -1,0 +1,244 @@
+# What a new DBA and a first application trip over, each fixed:
+#
+#  1. CREATE EXTENSION without shared_preload_libraries gives the promised
+#     error (55000), not a FATAL that ends the session.
+#  2. A peer added under another name than its registry.node_name is said
+#     in the log; the same node added twice is pulled from once.
+#  3. A login role that is not in registry_peer is told which role to get.
+#  4. sync_now() says why it returns false; peer_status has one column to
+#     alert on (healthy, and since when, with the problem), lag reads NULL
+#     (not 0) while a peer cannot be reached, and a healthy mesh looks
+#     healthy again after a failure; notices peers send are logged with
+#     the peer's name.
+#  5. An UPDATE that changes nothing keeps its version: done on one node
+#     after a real change on another, it no longer makes the old content
+#     win everywhere.
+#  6. Notifications carry the epoch and the key's column values.
+#  7. The workers hold registry.database only while the extension exists
+#     there: without it, DROP DATABASE works; after DROP EXTENSION too.
+#  8. A fast shutdown logs no FATAL line for the registry's workers.
+use strict;
+use warnings;
+use lib 't';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use JSON::PP;
+use Time::HiRes qw(usleep);
+use RegistryMesh;
+
+# ---- 1. no shared_preload_libraries ----
+
+my $plain = PostgreSQL::Test::Cluster->new('np_plain');
+$plain->init;
+$plain->start;
+my ($ret, $out, $err) = $plain->psql('postgres',
+	"CREATE EXTENSION registry;\nSELECT 'still here';",
+	on_error_stop => 0,
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/55000: registry must be loaded via shared_preload_libraries/,
+	'CREATE EXTENSION without preloading fails with the promised error and SQLSTATE');
+like($err, qr/HINT:\s+Add registry to shared_preload_libraries/, '... and its hint');
+is($out, 'still here', 'the session goes on after the error (no FATAL)');
+($ret, $out, $err) = $plain->psql('postgres', "LOAD 'registry'; SELECT 'loaded'");
+is($out, 'loaded', 'LOAD of the library without preloading ends no session');
+unlike(slurp_file($plain->logfile), qr/FATAL/, 'no FATAL in the log');
+$plain->stop;
+
+# ---- nodes ----
+
+my $na = new_node('np_a');
+my $nb = new_node('np_b');
+create_table([ $na, $nb ], 'kv', 'CREATE TABLE kv (k text PRIMARY KEY, v int)');
+create_table([ $na, $nb ], 'comp',
+	'CREATE TABLE comp (name text, zone int, v int, PRIMARY KEY (name, zone))');
+full_mesh($na, $nb);
+wait_converged([ $na, $nb ], ['kv'], 'the two nodes start in sync');
+
+# ---- 2. peer names ----
+
+my $bconn = $nb->connstr('postgres');
+sql($na, "SELECT registry.add_peer('b_alias', " . quote_literal($bconn) . ')');
+ok( poll_until(
+		sub {
+			(peer_status($na, 'b_alias', 'last_error') // '') =~
+			  /is node "np_b", which this node pulls from as peer "np_b"/;
+		}),
+	'a node added a second time, under another name, is refused'
+) or diag(peer_status($na, 'b_alias', 'state, last_error'));
+ok(poll_until(sub { peer_status($na, 'np_b', 'healthy') eq 't' }),
+	'the peer named after the node keeps syncing');
+# alone, the misnamed peer syncs, and the log says what it is
+sql($na, "SELECT registry.remove_peer('np_b')");
+ok( poll_until(
+		sub {
+			slurp_file($na->logfile) =~
+			  /WARNING:  registry: peer "b_alias" reports node name "np_b"/;
+		}),
+	'a peer named otherwise than the node it reports is named in the log');
+is(peer_status($na, 'b_alias', 'remote_node'), 'np_b', 'peer_status shows the name it reports');
+sql($na, "SELECT registry.remove_peer('b_alias')");
+add_peer($na, $nb);
+
+# ---- 3. a login role that is not a member of registry_peer ----
+
+sql($nb, 'CREATE ROLE outsider LOGIN');
+my $outsider = $nb->connstr('postgres') . ' user=outsider';
+sql($na, "SELECT registry.add_peer('b_outsider', " . quote_literal($outsider) . ')');
+ok( poll_until(
+		sub {
+			(peer_status($na, 'b_outsider', 'last_error') // '') =~
+			  /permission denied to read the registry.*GRANT registry_peer TO outsider/;
+		}),
+	'a peer role outside registry_peer is told what to grant, on one line'
+) or diag(peer_status($na, 'b_outsider', 'last_error'));
+unlike(peer_status($na, 'b_outsider', 'last_error'), qr/[\n\t]/,
+	'last_error has no newlines or tabs');
+sql($na, "SELECT registry.remove_peer('b_outsider')");
+
+# ---- 4. health ----
+
+my $dead_port = PostgreSQL::Test::Cluster::get_free_port();
+sql($na,
+	"SELECT registry.add_peer('gone', 'host=127.0.0.1 port=$dead_port dbname=postgres connect_timeout=1')"
+);
+ok( poll_until(
+		sub { peer_status($na, 'gone', 'state') eq 'error' }),
+	'an unreachable peer is in state error');
+is( peer_status($na, 'gone',
+		"healthy::text || '|' || (lag_changes IS NULL) || '|' || (lag_ms IS NULL) || '|' || (problem LIKE 'could not connect%')"
+	),
+	'false|true|true|true',
+	'it is unhealthy, its lag is unknown (NULL, not 0), its problem is named');
+($ret, $out, $err) = $na->psql('postgres', "SELECT registry.sync_now('gone', '2s')");
+is($out, 'f', 'sync_now with it returns false');
+like($err, qr/NOTICE:  peer "gone" not in sync: .*\n.*DETAIL:  could not connect/,
+	'... and says why, with the peer\'s problem');
+sql($na, "SELECT registry.remove_peer('gone')");
+
+# a failure and a recovery: healthy again, the old error kept as history
+$nb->stop('immediate');
+ok( poll_until(sub { peer_status($na, 'np_b', 'healthy') eq 'f' }),
+	'a peer that stops becomes unhealthy');
+my $since = peer_status($na, 'np_b', 'health_changed_at');
+is(peer_status($na, 'np_b', 'lag_changes IS NULL'), 't', 'and its lag unknown');
+$nb->start;
+ok( poll_until(
+		sub {
+			sql($na, q{SELECT registry.sync_now('np_b', '5s')});
+			peer_status($na, 'np_b', 'healthy') eq 't';
+		}),
+	'once back and synced, it is healthy again');
+is( peer_status(
+		$na, 'np_b',
+		"problem IS NULL AND errors > 0 AND last_error IS NOT NULL AND health_changed_at > '$since'"
+	),
+	't',
+	'with no problem, a later health change, and the past error kept in last_error');
+is( peer_status($na, 'np_b', 'lag_changes || \'/\' || lag_ms'),
+	'0/0', 'its lag is known again, and zero');
+unlike(slurp_file($na->logfile), qr/^WARNING:  terminating connection/m,
+	'notices of a peer are not written to the log without a prefix');
+
+# ---- 5. an UPDATE that changes nothing ----
+
+sql($na, q{INSERT INTO kv VALUES ('hazard', 1)});
+wait_converged([ $na, $nb ], ['kv'], 'the row is on both nodes');
+# np_b stops pulling from np_a for a moment
+sql($nb, q{SELECT registry.remove_peer('np_a')});
+ok( $na->poll_query_until(
+		'postgres', q{
+SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'registry sync np_b'}),
+	'np_b no longer pulls from np_a');
+sql($na, q{UPDATE kv SET v = 2 WHERE k = 'hazard'});
+my $seq_b = sql($nb, 'SELECT last_seq FROM registry.node');
+sql($nb, q{UPDATE kv SET v = v WHERE k = 'hazard'});    # later, and changes nothing
+is(sql($nb, 'SELECT last_seq FROM registry.node'), $seq_b,
+	'the UPDATE that changed nothing published no change');
+add_peer($nb, $na);
+wait_converged([ $na, $nb ], ['kv'], 'the nodes converge again');
+is(sql($_, q{SELECT v FROM kv WHERE k = 'hazard'}), '2',
+	'the real change wins on ' . $_->name)
+  for ($na, $nb);
+
+# ---- 6. notifications: epoch and key values ----
+
+my $listener = $na->background_psql('postgres');
+$listener->query_safe('LISTEN registry_change');
+sql($na, q{INSERT INTO comp VALUES ('looks,composite', 7, 1)});
+my $payload;
+ok( poll_until(
+		sub {
+			my $o = $listener->query_safe('SELECT 1');
+			$payload = $1
+			  if $o =~
+			  /^Asynchronous notification "registry_change" with payload "(.*)" received/m;
+			return defined $payload;
+		}),
+	'a notification arrives');
+my $p = decode_json($payload);
+is($p->{epoch}, sql($na, 'SELECT epoch FROM registry.node'),
+	'it carries the epoch, as a string');
+is_deeply($p->{key_values}, [ 'looks,composite', '7' ],
+	'and the key\'s column values, no parser needed');
+is($p->{key}, '("looks,composite",7)', 'and still the canonical key text');
+$listener->quit;
+
+# ---- 7. the workers and the database ----
+
+my $nc = PostgreSQL::Test::Cluster->new('np_c');
+$nc->init;
+$nc->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'registry'
+registry.node_name = 'np_c'
+registry.database = 'regdb'
+log_min_messages = debug1
+});
+$nc->start;
+sub workers_in
+{
+	my ($db) = @_;
+	return $nc->safe_psql('postgres', qq{
+SELECT count(*) FROM pg_stat_activity
+ WHERE datname = '$db' AND backend_type IN ('registry maintenance', 'registry sync')});
+}
+$nc->safe_psql('postgres', 'CREATE DATABASE regdb');
+# both workers come, find no extension and leave
+ok( poll_until(
+		sub {
+			my $l = slurp_file($nc->logfile);
+			my $n = () = $l =~ /the extension is not created in database "regdb": the registry \w+ worker leaves it/g;
+			return $n >= 2;
+		}),
+	'the workers find no extension in registry.database and leave');
+is(workers_in('regdb'), '0', 'no registry worker stays in registry.database');
+$nc->safe_psql('postgres', 'DROP DATABASE regdb');
+pass('so it can be dropped');
+$nc->safe_psql('postgres', 'CREATE DATABASE regdb');
+$nc->safe_psql('regdb', 'CREATE EXTENSION registry');
+ok( $nc->poll_query_until('postgres', q{
+SELECT count(*) = 2 FROM pg_stat_activity
+ WHERE datname = 'regdb' AND backend_type IN ('registry maintenance', 'registry sync')}),
+	'CREATE EXTENSION brings the workers');
+ok($nc->poll_query_until('regdb', q{SELECT state = 'ready' FROM registry.node}),
+	'and the node becomes ready');
+$nc->safe_psql('regdb', 'DROP EXTENSION registry');
+ok( $nc->poll_query_until('postgres', q{
+SELECT count(*) = 0 FROM pg_stat_activity
+ WHERE datname = 'regdb' AND backend_type IN ('registry maintenance', 'registry sync')}),
+	'DROP EXTENSION sends them away');
+$nc->safe_psql('postgres', 'DROP DATABASE regdb');
+pass('and the database can be dropped');
+
+# ---- 8. a fast shutdown ----
+
+my $log_before = -s $na->logfile;
+$na->stop('fast');
+my $log = substr(slurp_file($na->logfile), $log_before);
+unlike($log, qr/FATAL:.*registry/, 'a fast shutdown logs no FATAL line for the registry workers')
+  or diag($log);
+$nc->stop('fast');
+unlike(slurp_file($nc->logfile), qr/FATAL:.*registry/,
+	'nor on the node whose workers came and went');
+
+done_testing();
