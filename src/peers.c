@@ -144,11 +144,17 @@ registry_add_peer(PG_FUNCTION_ARGS)
 	opts = PQconninfoParse(conninfo, &err);
 	if (opts == NULL)
 	{
+		/* a keyword libpq does not know is safe to name: it is a keyword */
+		bool		keyword = err && strncmp(err, "invalid connection option \"", 27) == 0 &&
+			strchr(err + 27, '"') != NULL && strchr(err + 27, '"')[1] == '\n';
+		char	   *shown = keyword ? pnstrdup(err, strchr(err + 27, '"') + 1 - err) : NULL;
+
 		if (err)
 			PQfreemem(err);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid connection string for peer \"%s\"", name),
+				 shown ? errdetail("%s.", shown) :
 				 errdetail("libpq cannot parse it; it is not shown, as it may hold a password."),
 				 errhidestmt(true)));
 	}
@@ -334,9 +340,12 @@ registry_peer_status(PG_FUNCTION_ARGS)
  * with the peer's current problem as peer_status shows it.
  */
 static void
-explain_not_synced(List *names, uint64 gen)
+explain_not_synced(List *names, uint64 gen, int64 timeout_ms)
 {
 	ListCell   *lc;
+	char		timeout_text[32];
+
+	snprintf(timeout_text, sizeof(timeout_text), INT64_FORMAT, timeout_ms);
 
 	foreach(lc, names)
 	{
@@ -351,15 +360,16 @@ explain_not_synced(List *names, uint64 gen)
 		LWLockRelease(RegistryState->peer_lock);
 		if (!found)
 			ereport(NOTICE,
-					(errmsg("peer \"%s\" not in sync: the sync worker has not taken it up yet", name)));
+					(errmsg("sync with peer \"%s\" not confirmed: the sync worker has not taken it up yet", name)));
 		else if (st.served_gen < gen)
 			ereport(NOTICE,
-					(errmsg("peer \"%s\" not in sync: no complete round within the time allowed (state %s)",
-							name, state_name(st.state)),
-					 st.problem[0] ? errdetail("%s", st.problem) : 0));
+					(errmsg("sync with peer \"%s\" not confirmed: no round completed within the time allowed (%s ms; state %s)",
+							name, timeout_text, state_name(st.state)),
+					 st.problem[0] ? errdetail("%s", st.problem) : 0,
+					 errhint("A round with an idle peer takes up to a few hundred milliseconds.")));
 		else if (!st.served_converged)
 			ereport(NOTICE,
-					(errmsg("peer \"%s\" not in sync: its round was not complete", name),
+					(errmsg("sync with peer \"%s\" not confirmed: its round was not complete", name),
 					 st.problem[0] ? errdetail("%s", st.problem) : 0));
 	}
 }
@@ -457,7 +467,7 @@ registry_sync_now(PG_FUNCTION_ARGS)
 	}
 	ConditionVariableCancelSleep();
 	if (!result)
-		explain_not_synced(names, gen);
+		explain_not_synced(names, gen, timeout_ms);
 	PG_RETURN_BOOL(result);
 }
 

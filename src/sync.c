@@ -154,6 +154,7 @@ typedef struct Peer
 	bool		password_required;	/* added by a non-superuser */
 	char	   *notice_name;	/* the name libpq's notices are logged with */
 	bool		name_warned;	/* said that it reports another name */
+	uint64		retried_gen;	/* last sync_now() request retried for */
 	TimestampTz added_at;
 	TimestampTz last_converged_at;
 	bool		seen;
@@ -269,6 +270,7 @@ one_line(char *out, size_t size, const char *msg)
 	char		buf[1024];
 	size_t		n = 0;
 	bool		space = false;
+	bool		newline = false;
 	const char *c;
 
 	for (c = msg; *c && n + 1 < sizeof(buf); c++)
@@ -276,11 +278,15 @@ one_line(char *out, size_t size, const char *msg)
 		if (*c == '\n' || *c == '\r' || *c == '\t' || *c == ' ')
 		{
 			space = (n > 0);
+			newline |= (n > 0 && *c == '\n');
 			continue;
 		}
+		/* lines joined: keep them apart ("refused; Is the server ...") */
+		if (newline && n + 3 < sizeof(buf) && !strchr(".:;,!?", buf[n - 1]))
+			buf[n++] = ';';
 		if (space && n + 2 < sizeof(buf))
 			buf[n++] = ' ';
-		space = false;
+		space = newline = false;
 		buf[n++] = *c;
 	}
 	buf[n] = '\0';
@@ -347,6 +353,9 @@ note_success(Peer *p)
 	p->backoff_ms = BACKOFF_MIN_MS;
 	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 	p->st->last_success = GetCurrentTimestamp();
+	/* an error answer left it in state error: it answers again */
+	if (p->st->state == PEER_ERROR && p->conn && !p->connecting)
+		p->st->state = p->ae_active ? PEER_ANTIENTROPY : PEER_STREAMING;
 	LWLockRelease(RegistryState->peer_lock);
 }
 
@@ -2239,6 +2248,16 @@ handle_result(Peer *p, PGresult *res)
 		/* do not hammer a peer that answers with errors */
 		p->quiet_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->backoff_ms);
 		p->backoff_ms = Min(p->backoff_ms * 2, BACKOFF_MAX_MS);
+		if (t == NULL)
+		{
+			/*
+			 * The peer refuses requests (not one table's): it is in error,
+			 * and a sync_now() waiting for it is answered now rather than
+			 * at its timeout.
+			 */
+			set_state(p, PEER_ERROR);
+			serve_request_failed(p);
+		}
 		if (t)
 		{
 			/* this table is skipped this round; others go on */
@@ -2447,14 +2466,27 @@ note_lost(Peer *p, TimestampTz now)
 static void
 step(Peer *p, TimestampTz now, long *timeout)
 {
+	uint64		gen;
+
 	note_lost(p, now);
+
+	/*
+	 * A new sync_now() request is a reason to try again now, whatever the
+	 * backoff says: a peer that came back, or whose role was fixed, is
+	 * seen at once (a failing one answers the request at once too).
+	 */
+	SpinLockAcquire(&RegistryState->mutex);
+	gen = RegistryState->sync_request_gen;
+	SpinLockRelease(&RegistryState->mutex);
+	if (gen > p->retried_gen)
+	{
+		p->retried_gen = gen;
+		p->quiet_until = 0;
+		p->next_connect = 0;
+		p->ae_not_before = 0;
+	}
 	if (p->conn == NULL)
 	{
-		uint64		gen;
-
-		SpinLockAcquire(&RegistryState->mutex);
-		gen = RegistryState->sync_request_gen;
-		SpinLockRelease(&RegistryState->mutex);
 		if (gen > p->st->served_gen)
 			serve_request_failed(p);
 		if (now >= p->next_connect)

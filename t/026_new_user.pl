@@ -112,7 +112,7 @@ is( peer_status($na, 'gone',
 	'it is unhealthy, its lag is unknown (NULL, not 0), its problem is named');
 ($ret, $out, $err) = $na->psql('postgres', "SELECT registry.sync_now('gone', '2s')");
 is($out, 'f', 'sync_now with it returns false');
-like($err, qr/NOTICE:  peer "gone" not in sync: .*\n.*DETAIL:  could not connect/,
+like($err, qr/NOTICE:  sync with peer "gone" not confirmed: .*\n.*DETAIL:  could not connect/,
 	'... and says why, with the peer\'s problem');
 sql($na, "SELECT registry.remove_peer('gone')");
 
