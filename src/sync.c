@@ -852,8 +852,11 @@ apply_batch_once(Peer *p, void *arg)
 	LockReleaseSession(USER_LOCKMETHOD);
 }
 
-/* Apply one table's rows; retried when a local write raced with it. */
-static void
+/*
+ * Apply one table's rows; retried when a local write raced with it.  False
+ * when it failed, the error recorded.
+ */
+static bool
 apply_batch(Peer *p, TableBatch *b)
 {
 	int			attempt;
@@ -882,7 +885,7 @@ apply_batch(Peer *p, TableBatch *b)
 			}
 			if (b->refused_purged > 0)
 				note_refused_purged(p, b->table->name, b->refused_purged);
-			return;
+			return true;
 		}
 		if (b->fresh && (sqlstate == ERRCODE_UNIQUE_VIOLATION ||
 						 sqlstate == ERRCODE_T_R_SERIALIZATION_FAILURE))
@@ -910,6 +913,7 @@ apply_batch(Peer *p, TableBatch *b)
 	p->apply_backoff_ms = p->apply_backoff_ms == 0 ? BACKOFF_MIN_MS :
 		Min(p->apply_backoff_ms * 2, BACKOFF_MAX_MS);
 	p->ae_not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->apply_backoff_ms);
+	return false;
 }
 
 /* ---- the fast path ---- */
@@ -1033,8 +1037,8 @@ note_too_large(Peer *p, const char *table, const MsgRow *r, int n)
 
 	one_line(key, 41, r->key);
 	snprintf(msg, sizeof(msg),
-			 "%d rows of %s not sent, too large for one message (first key \"%s\"); raise registry.max_message_size on both nodes",
-			 n, table, key);
+			 "%d %s of %s not sent, too large for one message (first key \"%s\"); raise registry.max_message_size on both nodes",
+			 n, n == 1 ? "row" : "rows", table, key);
 	record_error(p, msg);
 }
 
@@ -1168,10 +1172,14 @@ handle_changes_guarded(Peer *p, void *arg)
 		b->nrows = k;
 		if (b->table->name[0] == '\0')
 			continue;			/* no longer registered on the peer */
-		if (too_large > 0)
+		/*
+		 * Rows too large are reported only once the batch shows the table
+		 * is registered here (a batch of none checks just that): for any
+		 * other table the error to see is that one.
+		 */
+		if ((b->nrows > 0 || too_large > 0) && apply_batch(p, b) &&
+			too_large > 0)
 			note_too_large(p, b->table->name, first_too_large, too_large);
-		if (b->nrows > 0)
-			apply_batch(p, b);
 	}
 
 	p->consumed = m.upto_seq;
