@@ -155,11 +155,11 @@ CREATE EVENT TRIGGER registry_drop ON sql_drop
     EXECUTE FUNCTION registry._on_drop();
 
 -- Parallel safety, function by function: the pure computations
--- (key_hash, version_time, decode_message, _table_name, key_values) are
--- PARALLEL SAFE; the readers of shared memory and of tables under their own
--- snapshot (the functions behind the views, versions) PARALLEL RESTRICTED;
--- everything that writes, locks, waits or changes shared state PARALLEL
--- UNSAFE.
+-- (key_hash, version_time, decode_message, _table_name) are PARALLEL SAFE;
+-- everything else PARALLEL UNSAFE, the readers included: they look the
+-- table up in registry.replicated_tables under the latest snapshot, which
+-- PostgreSQL refuses in parallel mode (in the leader of a parallel plan
+-- too), and a query calling them must not get a parallel plan.
 
 -- The bucket hash of a key (registry.row_keys.khash, in peers' answers).
 CREATE FUNCTION registry.key_hash(VARIADIC "any") RETURNS integer
@@ -169,11 +169,11 @@ CREATE FUNCTION registry.key_hash(VARIADIC "any") RETURNS integer
 -- "(a,b)" with quotes and escapes: applications need not parse that), and
 -- the row of a key as JSON, read with the caller's privileges.
 CREATE FUNCTION registry.key_values(tbl regclass, key text) RETURNS text[]
-    AS 'MODULE_PATHNAME', 'registry_key_values' LANGUAGE C STABLE STRICT PARALLEL SAFE;
+    AS 'MODULE_PATHNAME', 'registry_key_values' LANGUAGE C STABLE STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.key_values(regclass, text) IS
     'the column values of a key text, in primary-key order';
 CREATE FUNCTION registry.get_row(tbl regclass, key text) RETURNS jsonb
-    AS 'MODULE_PATHNAME', 'registry_get_row' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+    AS 'MODULE_PATHNAME', 'registry_get_row' LANGUAGE C STABLE STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.get_row(regclass, text) IS
     'the row of a key text as JSON, or null';
 
@@ -310,7 +310,7 @@ COMMENT ON FUNCTION registry.verify(regclass) IS
 
 CREATE FUNCTION registry.versions(tbl regclass)
     RETURNS TABLE (key text, version bigint, origin text, deleted boolean)
-    AS 'MODULE_PATHNAME', 'registry_versions' LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
+    AS 'MODULE_PATHNAME', 'registry_versions' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION registry.versions(regclass) IS
     'every key of a registry table with its version: rows and tombstones';
 
@@ -331,25 +331,25 @@ CREATE FUNCTION registry._node_info(
     OUT notifications_lost bigint, OUT notifications_truncated bigint,
     OUT shared_memory_bytes bigint, OUT maintenance_pid integer,
     OUT origins_reclaimed bigint, OUT origins_unknown bigint)
-    AS 'MODULE_PATHNAME', 'registry_node_info' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+    AS 'MODULE_PATHNAME', 'registry_node_info' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._table_stats(
     OUT tid integer, OUT live_rows bigint, OUT tombstones bigint,
     OUT changes bigint, OUT last_change timestamptz, OUT digest_root text)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'registry_table_stats' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+    AS 'MODULE_PATHNAME', 'registry_table_stats' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._acceptors(
     OUT tid integer, OUT key text, OUT version bigint, OUT origin text,
     OUT op text, OUT changes bigint, OUT last_change timestamptz, OUT history jsonb)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'registry_acceptors' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+    AS 'MODULE_PATHNAME', 'registry_acceptors' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._change_log(
     OUT seq bigint, OUT tid integer, OUT key text, OUT op text,
     OUT version bigint, OUT origin text, OUT committed_at timestamptz)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'registry_change_log' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+    AS 'MODULE_PATHNAME', 'registry_change_log' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._peer_status(
     OUT peer text, OUT remote_node text, OUT state text,
@@ -366,7 +366,7 @@ CREATE FUNCTION registry._peer_status(
     OUT round_bytes bigint, OUT healthy boolean, OUT health_changed_at timestamptz,
     OUT problem text)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'registry_peer_status' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+    AS 'MODULE_PATHNAME', 'registry_peer_status' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._reset() RETURNS void
     AS 'MODULE_PATHNAME', 'registry_reset' LANGUAGE C PARALLEL UNSAFE;

@@ -66,3 +66,51 @@ SELECT registry.get_row('vk', '("looks,composite",1)') - 'registry_version' AS f
        registry.get_row('vk', '(absent,9)') AS absent;
 SELECT registry.key_values('vk', 'not a key');
 DROP TABLE vk;
+
+-- get_row with keys of types of the user's own (read in the canonical
+-- settings, whatever the caller's search_path), the row shown in the
+-- caller's settings (its time zone here)
+CREATE TYPE mood AS ENUM ('calm', 'busy');
+CREATE DOMAIN zone_no AS int CHECK (VALUE > 0);
+CREATE TABLE vm (m mood, z zone_no, at timestamptz, PRIMARY KEY (m, z));
+SELECT registry.replicate('vm');
+INSERT INTO vm VALUES ('busy', 7, '2026-01-02 03:04:05+00');
+SET TimeZone = 'Asia/Tokyo';
+SELECT registry.get_row('vm', key) - 'registry_version' AS row_in_tokyo
+  FROM registry.versions('vm');
+RESET TimeZone;
+SELECT registry.get_row('vm', '(calm,7)') AS absent;
+DROP TABLE vm;
+DROP DOMAIN zone_no;
+DROP TYPE mood;
+
+-- the readers in a query that could run in parallel: planned without
+-- workers, so they never run in parallel mode (where PostgreSQL refuses
+-- the snapshot they read under)
+CREATE TABLE vp (k int PRIMARY KEY, v text);
+SELECT registry.replicate('vp');
+INSERT INTO vp SELECT g, 'v' || g FROM generate_series(1, 2000) g;
+CREATE TABLE vbig AS SELECT g AS k FROM generate_series(1, 20000) g;
+ANALYZE vp, vbig;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+-- in a parallel worker
+SELECT count(*) FROM vbig b WHERE registry.key_values('vp', b.k::text) IS NOT NULL;
+-- in the leader, after a Gather has started its workers
+SELECT b.k, registry.get_row('vp', b.k::text) ->> 'v' AS v,
+       (SELECT count(*) FROM registry.versions('vp') x WHERE x.key = b.k::text) AS versions,
+       (SELECT count(*) FROM registry.tables WHERE table_name = 'public.vp') AS tables,
+       (SELECT count(*) FROM registry.node WHERE state = 'ready') AS node,
+       (SELECT count(*) FROM registry.change_log WHERE seq < 0) AS change_log,
+       (SELECT count(*) FROM registry.acceptors WHERE version < 0) AS acceptors,
+       (SELECT count(*) FROM registry.peer_status WHERE rounds < 0) AS peer_status
+  FROM vbig b WHERE b.k <= 2 ORDER BY b.k;
+-- what stays PARALLEL SAFE is still run by parallel workers
+EXPLAIN (COSTS OFF) SELECT count(*) FROM vbig WHERE registry.key_hash(k) > 0;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+DROP TABLE vp, vbig;

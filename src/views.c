@@ -341,24 +341,37 @@ registry_get_row(PG_FUNCTION_ARGS)
 	registry_check_preloaded();
 	t = regtable_by_relid(relid, false);
 	parts = keys_split(key, t->nkeys);
+	argtypes = palloc(sizeof(Oid) * t->nkeys);
+	args = palloc(sizeof(Datum) * t->nkeys);
+
+	/*
+	 * Key texts are canonical: their values are read in the settings they
+	 * were written in.  The row itself is read and shown in the caller's
+	 * (time zone, search_path for policies and output functions), as the
+	 * caller's own SELECT would.
+	 */
+	canonical_gucs_push(&nest);
+	for (i = 0; i < t->nkeys; i++)
+	{
+		Oid			infunc;
+		Oid			ioparam;
+
+		getTypeInputInfo(t->keys[i].typid, &infunc, &ioparam);
+		argtypes[i] = t->keys[i].typid;
+		args[i] = OidInputFunctionCall(infunc, (char *) list_nth(parts, i),
+									   ioparam, -1);
+	}
+	canonical_gucs_pop(nest);
+
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT to_jsonb(r) FROM ONLY %s r WHERE (", t->qualname);
+	appendStringInfo(&sql, "SELECT pg_catalog.to_jsonb(r) FROM ONLY %s r WHERE (", t->qualname);
 	for (i = 0; i < t->nkeys; i++)
 		appendStringInfo(&sql, "%sr.%s", i ? ", " : "", quote_identifier(t->keys[i].name));
 	appendStringInfoString(&sql, ") = (");
-	argtypes = palloc(sizeof(Oid) * t->nkeys);
-	args = palloc(sizeof(Datum) * t->nkeys);
 	for (i = 0; i < t->nkeys; i++)
-	{
-		appendStringInfo(&sql, "%s$%d::%s", i ? ", " : "", i + 1,
-						 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
-		argtypes[i] = TEXTOID;
-		args[i] = CStringGetTextDatum((char *) list_nth(parts, i));
-	}
+		appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 1);
 	appendStringInfoChar(&sql, ')');
 
-	/* key texts are canonical: read them in the settings they were made in */
-	canonical_gucs_push(&nest);
 	SPI_connect();
 	rc = SPI_execute_with_args(sql.data, t->nkeys, argtypes, args, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
@@ -370,7 +383,6 @@ registry_get_row(PG_FUNCTION_ARGS)
 			result = SPI_datumTransfer(result, false, -1);
 	}
 	SPI_finish();
-	canonical_gucs_pop(nest);
 	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
