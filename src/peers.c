@@ -255,6 +255,7 @@ registry_peer_status(PG_FUNCTION_ARGS)
 	PeerStatus *copy;
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
+	bool		sync_running;
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -264,6 +265,10 @@ registry_peer_status(PG_FUNCTION_ARGS)
 	LWLockAcquire(RegistryState->peer_lock, LW_SHARED);
 	memcpy(copy, RegistryPeers, sizeof(PeerStatus) * registry_max_origins);
 	LWLockRelease(RegistryState->peer_lock);
+	/* health is the sync worker's word: without it, no peer is healthy */
+	SpinLockAcquire(&RegistryState->mutex);
+	sync_running = RegistryState->workers[REG_WORKER_SYNC].pid != 0;
+	SpinLockRelease(&RegistryState->mutex);
 
 	for (i = 0; i < registry_max_origins; i++)
 	{
@@ -323,9 +328,11 @@ registry_peer_status(PG_FUNCTION_ARGS)
 		TS_OR_NULL(25, p->last_error_at);
 		v[26] = Int64GetDatum((int64) p->bytes_sent);
 		v[27] = Int64GetDatum((int64) p->round_bytes);
-		v[28] = BoolGetDatum(p->healthy);
+		v[28] = BoolGetDatum(p->healthy && sync_running);
 		TS_OR_NULL(29, p->health_changed_at);
-		if (p->problem[0] && !p->healthy)
+		if (!sync_running)
+			v[30] = CStringGetTextDatum("the registry sync worker is not running");
+		else if (p->problem[0] && !p->healthy)
 			v[30] = CStringGetTextDatum(p->problem);
 		else
 			n[30] = true;

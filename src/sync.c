@@ -269,6 +269,8 @@ one_line(char *out, size_t size, const char *msg)
 {
 	char		buf[1024];
 	size_t		n = 0;
+	size_t		i;
+	int			enc = GetDatabaseEncoding();
 	bool		space = false;
 	bool		newline = false;
 	const char *c;
@@ -290,13 +292,25 @@ one_line(char *out, size_t size, const char *msg)
 		buf[n++] = *c;
 	}
 	buf[n] = '\0';
-	/* a peer's text need not be valid here: keep what is, and cut whole */
-	if (!pg_verify_mbstr(GetDatabaseEncoding(), buf, (int) n, true))
+
+	/*
+	 * A peer's text need not be valid here, and a cut (here or by the
+	 * caller) may have split its last character: keep what is valid, drop
+	 * a character cut short at the end, '?' for any other invalid byte.
+	 */
+	for (i = 0; i < n;)
 	{
-		for (c = buf; *c; c++)
-			if (IS_HIGHBIT_SET(*c))
-				*(char *) c = '?';
+		i += pg_encoding_verifymbstr(enc, buf + i, (int) (n - i));
+		if (i >= n)
+			break;
+		if (pg_encoding_mblen(enc, buf + i) > (int) (n - i))
+		{
+			n = i;
+			break;
+		}
+		buf[i++] = '?';
 	}
+	buf[n] = '\0';
 	n = pg_mbcliplen(buf, (int) n, (int) size - 1);
 	memcpy(out, buf, n);
 	out[n] = '\0';
@@ -421,14 +435,21 @@ disconnect(Peer *p, const char *why)
 static void
 peer_notice(void *arg, const PGresult *res)
 {
-	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+	static const char *const levels[] = {"WARNING", "NOTICE", "INFO", "LOG", "DEBUG"};
+	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
 	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *level = "NOTICE";
 	char		line[512];
+	int			i;
 
+	/* the level is the peer's word too: only a known one is repeated */
+	for (i = 0; sev && i < (int) lengthof(levels); i++)
+		if (strcmp(sev, levels[i]) == 0)
+			level = levels[i];
 	one_line(line, sizeof(line), msg ? msg : PQresultErrorMessage(res));
 	ereport(LOG,
 			(errmsg("registry: peer \"%s\" sent %s: %s", (const char *) arg,
-					sev ? sev : "NOTICE", line)));
+					level, line)));
 }
 
 static void
@@ -993,7 +1014,7 @@ check_node_name(Peer *p, const char *node)
 			o->st->remote_node[0] = '\0';
 			LWLockRelease(RegistryState->peer_lock);
 			disconnect(o, msg);
-			break;
+			continue;			/* and any other one */
 		}
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -2628,6 +2649,7 @@ load_peers(void)
 	{
 		Peer	   *np = &newp[i];
 		bool		kept = false;
+		bool		replaced = false;
 
 		for (j = 0; j < npeers; j++)
 		{
@@ -2656,15 +2678,21 @@ load_peers(void)
 												 ALLOCSET_DEFAULT_SIZES);
 			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
 			np->st = peer_status_slot(np->name, true);
-			/* a new conninfo for a known name keeps its status slot */
+			/*
+			 * A new conninfo for a known name keeps its status slot, but
+			 * not its health: that was another server's, perhaps.
+			 */
 			for (j = 0; j < npeers; j++)
 				if (peers[j].seen && peers[j].st == np->st)
+				{
 					peers[j].st = NULL;
+					replaced = true;
+				}
 			if (np->st)
 			{
 				np->st->last_converged_at = np->last_converged_at;
 				np->st->state = PEER_DISCONNECTED;
-				if (np->st->health_changed_at == 0)
+				if (np->st->health_changed_at == 0 || replaced)
 					set_health(np, false, "no anti-entropy round completed yet");
 			}
 			LWLockRelease(RegistryState->peer_lock);

@@ -781,6 +781,32 @@ attack(
 			});
 	});
 
+# ---- F18: an error in another alphabet, longer than last_error holds ----
+
+# The peer's error is cut to fit; a character cut in two must not turn
+# the whole text into question marks (nor be kept half).  The "x" puts
+# the cut in the middle of a character.
+{
+	my $word = "\xd0\xbe\xd1\x88\xd0\xb8\xd0\xb1\xd0\xba\xd0\xb0";    # "ошибка" in UTF-8
+	my $fetch = q{CREATE OR REPLACE FUNCTION registry.fetch_rows(text, text[], int) RETURNS bytea
+LANGUAGE plpgsql AS $$ BEGIN RETURN registry.fake_fetch($1, $2, $3, 3); END $$};
+	(my $raise = $fetch) =~ s/RETURN registry\.fake_fetch\(\$1, \$2, \$3, 3\);/PERFORM registry.fake_record('fetch_rows', 'raise'); RAISE EXCEPTION '%', 'x' || repeat('$word ', 100);/;
+	attack(
+		'F18: an error message in Cyrillic, cut to fit last_error',
+		error_like => qr/^public\.hp: ERROR: x(?:$word ){10,}/,
+		ae => 1,
+		queue => sub {
+			fake_sql($fake, $raise);
+			(
+				q_digest(digest_to_entries()),
+				q_entries(msg_entries(table => $HP, rows => [ { key => new_key(), state => 1 } ])));
+		});
+	fake_sql($fake, $fetch);
+	my $last = fake_status()->{last_error};
+	unlike($last, qr/\?/, 'F18: no character of the error was replaced by a question mark');
+	ok(utf8::decode(my $copy = $last), 'F18: last_error is valid UTF-8 (no character kept half)');
+}
+
 # ---- every kind, the usual malformations ----
 
 my $BAD = "\xff\xfe";    # not UTF-8
