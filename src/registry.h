@@ -333,6 +333,7 @@ extern void worker_register_launcher(void);
 extern void worker_wake_maintenance(void);
 extern void worker_attach(int which);
 extern void worker_exit_if_asked(int code);
+extern void worker_xact_started(void);
 extern void worker_check_extension(bool force);
 extern void worker_extension_changing(void);
 extern void worker_install_hooks(void);

@@ -70,6 +70,7 @@ typedef struct RegWorkerSlot
 	TimestampTz started_at;
 	uint64		starts;
 	bool		idle_exit;		/* exited: the extension does not exist */
+	uint64		idle_gen;		/* ... as of this extension_gen */
 } RegWorkerSlot;
 
 /* What this node knows about its sync with one peer (registry.peer_status). */

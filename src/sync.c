@@ -605,6 +605,7 @@ xact_begin(void)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	worker_xact_started();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	return cxt;
 }

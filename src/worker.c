@@ -150,6 +150,21 @@ worker_exit_if_asked(int code)
 		proc_exit(code);
 }
 
+/*
+ * Right after StartTransactionCommand(): a SIGTERM that came just before
+ * (outside a transaction, so only noted) interrupts the transaction as one
+ * during it would, rather than waiting for the work to end.
+ */
+void
+worker_xact_started(void)
+{
+	if (ShutdownRequestPending)
+	{
+		InterruptPending = true;
+		ProcDiePending = true;
+	}
+}
+
 /* ---- the extension's lifetime ---- */
 
 static bool extension_change_pending = false;
@@ -157,6 +172,17 @@ static bool extension_change_pending = false;
 static void
 extension_xact_callback(XactEvent event, void *arg)
 {
+	/*
+	 * COMMIT PREPARED runs no callback in the backend that prepared, so
+	 * the workers would never hear of the change (and stay in a database
+	 * whose extension is gone).  Refused before anything is prepared, as
+	 * postgres_fdw refuses its own.
+	 */
+	if (event == XACT_EVENT_PRE_PREPARE && extension_change_pending)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that creates or drops extension registry"),
+				 errhint("Create or drop the extension in a transaction that commits directly.")));
 	if (event == XACT_EVENT_COMMIT && extension_change_pending)
 	{
 		Latch	   *latches[REG_NUM_WORKERS + 1];
@@ -275,13 +301,41 @@ start_worker(int which, BackgroundWorkerHandle **handle)
 	return RegisterDynamicBackgroundWorker(&bgw, handle);
 }
 
+/* Whether a worker of this kind is attached (a process that is alive). */
+static bool
+worker_running(int which)
+{
+	pid_t		pid;
+
+	SpinLockAcquire(&RegistryState->mutex);
+	pid = RegistryState->workers[which].pid;
+	SpinLockRelease(&RegistryState->mutex);
+	return pid != 0 && kill(pid, 0) == 0;
+}
+
+/*
+ * Whether the last worker of this kind left because the extension was not
+ * there, and the extension_gen it saw; the launcher takes the note once.
+ */
+static bool
+take_idle_exit(int which, uint64 *gen)
+{
+	bool		idle;
+
+	SpinLockAcquire(&RegistryState->mutex);
+	idle = RegistryState->workers[which].idle_exit;
+	*gen = RegistryState->workers[which].idle_gen;
+	RegistryState->workers[which].idle_exit = false;
+	SpinLockRelease(&RegistryState->mutex);
+	return idle;
+}
+
 void
 registry_launcher_main(Datum arg)
 {
 	BackgroundWorkerHandle *handles[REG_NUM_WORKERS] = {NULL};
 	TimestampTz next_start[REG_NUM_WORKERS] = {0};
 	TimestampTz started[REG_NUM_WORKERS] = {0};
-	uint64		started_gen[REG_NUM_WORKERS] = {0};
 	int			backoff_ms[REG_NUM_WORKERS];
 	bool		idle[REG_NUM_WORKERS] = {false};	/* left: no extension */
 	uint64		idle_gen[REG_NUM_WORKERS] = {0};
@@ -332,13 +386,7 @@ registry_launcher_main(Datum arg)
 				{
 					pfree(handles[i]);
 					handles[i] = NULL;
-					SpinLockAcquire(&RegistryState->mutex);
-					idle[i] = RegistryState->workers[i].idle_exit;
-					RegistryState->workers[i].idle_exit = false;
-					SpinLockRelease(&RegistryState->mutex);
-					/* one that found no extension waits for CREATE EXTENSION */
-					if (idle[i])
-						idle_gen[i] = started_gen[i];
+					idle[i] = take_idle_exit(i, &idle_gen[i]);
 					/* a worker that ran a while restarts quickly */
 					if (TimestampDifferenceExceeds(started[i], now, 60000))
 						backoff_ms[i] = 1000;
@@ -346,11 +394,27 @@ registry_launcher_main(Datum arg)
 					if (!idle[i])
 						backoff_ms[i] = Min(backoff_ms[i] * 2, 60000);
 				}
-				if (handles[i] == NULL && idle[i] && extension_gen() == idle_gen[i])
-					continue;
+				if (handles[i] == NULL)
+				{
+					/*
+					 * One started by a launcher before this one (killed and
+					 * started again by the postmaster) is not ours to
+					 * watch: wait for it to exit rather than run two, then
+					 * see why it left.
+					 */
+					if (worker_running(i))
+						continue;
+					if (!idle[i] && take_idle_exit(i, &idle_gen[i]))
+						idle[i] = true;
+					/*
+					 * One that found no extension waits for CREATE
+					 * EXTENSION (a change after what it saw).
+					 */
+					if (idle[i] && extension_gen() == idle_gen[i])
+						continue;
+				}
 				if (handles[i] == NULL && now >= next_start[i])
 				{
-					started_gen[i] = extension_gen();
 					idle[i] = false;
 					if (start_worker(i, &handles[i]))
 						started[i] = now;
@@ -405,6 +469,7 @@ worker_attach(int which)
 	RegistryState->workers[which].latch = MyLatch;
 	RegistryState->workers[which].started_at = GetCurrentTimestamp();
 	RegistryState->workers[which].starts++;
+	RegistryState->workers[which].idle_exit = false;
 	SpinLockRelease(&RegistryState->mutex);
 	before_shmem_exit(worker_detach, (Datum) 0);
 	pgstat_report_appname(worker_names[which]);
@@ -443,6 +508,7 @@ worker_check_extension(bool force)
 		return;
 	SpinLockAcquire(&RegistryState->mutex);
 	RegistryState->workers[my_worker].idle_exit = true;
+	RegistryState->workers[my_worker].idle_gen = gen;
 	SpinLockRelease(&RegistryState->mutex);
 	ereport(DEBUG1,
 			(errmsg("registry: the extension is not created in database \"%s\": the %s worker leaves it",
@@ -461,6 +527,7 @@ maybe_rebuild(void)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	worker_xact_started();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "rebuilding registry digests");
 	if (extension_exists())
@@ -500,6 +567,7 @@ maybe_purge(TimestampTz *last)
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		worker_xact_started();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		if (extension_exists())
 			n = purge_tombstones();
@@ -702,6 +770,7 @@ notify_pending(void)
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		worker_xact_started();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		if (lost > 0)
 		{

@@ -140,6 +140,55 @@ is( peer_status($na, 'np_b', 'lag_changes || \'/\' || lag_ms'),
 unlike(slurp_file($na->logfile), qr/^WARNING:  terminating connection/m,
 	'notices of a peer are not written to the log without a prefix');
 
+# health is the sync worker's word: without a sync worker, no peer is
+# healthy.  The launcher is held (SIGSTOP) so that it does not start the
+# worker again at once.
+sub launcher_pid
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'registry launcher'});
+}
+my $launcher = launcher_pid($na);
+kill 'STOP', $launcher;
+sql($na, q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'registry sync'});
+ok( poll_until(
+		sub {
+			sql($na, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'registry sync'}) eq
+			  '0';
+		}),
+	'the sync worker is gone (and the launcher held)');
+is(peer_status($na, 'np_b', q{healthy || '|' || problem}),
+	'false|the registry sync worker is not running',
+	'without a sync worker the peer is not healthy, and the problem says why');
+kill 'CONT', $launcher;
+ok( poll_until(
+		sub {
+			sql($na, q{SELECT registry.sync_now('np_b', '5s')});
+			peer_status($na, 'np_b', 'healthy') eq 't';
+		}),
+	'with the sync worker back, healthy again after a round');
+
+# a new connection string is another server, perhaps: not healthy until
+# a round with it completed.  np_b's postmaster is held, so the new
+# connection cannot be made while the test looks.
+kill 'STOP', $nb->{_pid};
+sql($na, "SELECT registry.add_peer('np_b', " . quote_literal($nb->connstr('postgres') . ' application_name=renamed') . ')');
+ok( poll_until(
+		sub {
+			peer_status($na, 'np_b', q{state || '|' || healthy || '|' || problem}) eq
+			  'connecting|false|no anti-entropy round completed yet';
+		}),
+	'a peer whose connection string changed is not healthy until its first round'
+) or diag(peer_status($na, 'np_b', q{state || '|' || healthy || '|' || coalesce(problem, '')}));
+kill 'CONT', $nb->{_pid};
+ok( poll_until(
+		sub {
+			sql($na, q{SELECT registry.sync_now('np_b', '5s')});
+			peer_status($na, 'np_b', 'healthy') eq 't';
+		}),
+	'and healthy once it completed');
+
 # ---- 5. an UPDATE that changes nothing ----
 
 sql($na, q{INSERT INTO kv VALUES ('hazard', 1)});
@@ -193,6 +242,7 @@ shared_preload_libraries = 'registry'
 registry.node_name = 'np_c'
 registry.database = 'regdb'
 log_min_messages = debug1
+max_prepared_transactions = 2
 });
 $nc->start;
 sub workers_in
@@ -222,11 +272,53 @@ SELECT count(*) = 2 FROM pg_stat_activity
 	'CREATE EXTENSION brings the workers');
 ok($nc->poll_query_until('regdb', q{SELECT state = 'ready' FROM registry.node}),
 	'and the node becomes ready');
+
+# the launcher killed and started again by the postmaster: it leaves the
+# workers it did not start alone, no second pair
+my $workers = q{SELECT string_agg(pid::text, ',' ORDER BY backend_type) FROM pg_stat_activity
+ WHERE datname = 'regdb' AND backend_type IN ('registry maintenance', 'registry sync')};
+my $pair = $nc->safe_psql('postgres', $workers);
+my $old_launcher = launcher_pid($nc);
+$nc->safe_psql('postgres', "SELECT pg_terminate_backend($old_launcher)");
+ok( poll_until(
+		sub {
+			my $l = launcher_pid($nc);
+			return $l ne '' && $l ne $old_launcher;
+		}),
+	'a terminated launcher is started again');
+# its first loops start nothing: give them a few seconds
+sleep(3);
+is($nc->safe_psql('postgres', $workers), $pair,
+	'the new launcher starts no second pair of workers next to the running ones');
+
+# DROP EXTENSION in a prepared transaction: refused (COMMIT PREPARED
+# would not tell the workers)
+($ret, $out, $err) = $nc->psql('regdb',
+	"BEGIN; DROP EXTENSION registry; PREPARE TRANSACTION 'drop_it';",
+	on_error_stop => 1,
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err,
+	qr/0A000: cannot PREPARE a transaction that creates or drops extension registry/,
+	'a transaction that drops the extension cannot be prepared');
+is($nc->safe_psql('regdb',
+		q{SELECT count(*) FROM pg_extension WHERE extname = 'registry'} . q{ UNION ALL SELECT count(*) FROM pg_prepared_xacts}),
+	"1\n0", 'the extension is still there and nothing is prepared');
+# (were it prepared, it would hold the extension's locks: let go of it)
+$nc->safe_psql('regdb', "ROLLBACK PREPARED 'drop_it'")
+  if $nc->safe_psql('regdb', 'SELECT count(*) FROM pg_prepared_xacts') ne '0';
+
+my $log_at = -s $nc->logfile;
 $nc->safe_psql('regdb', 'DROP EXTENSION registry');
 ok( $nc->poll_query_until('postgres', q{
 SELECT count(*) = 0 FROM pg_stat_activity
  WHERE datname = 'regdb' AND backend_type IN ('registry maintenance', 'registry sync')}),
 	'DROP EXTENSION sends them away');
+# each leaves once: the launcher knows they saw the drop, and does not
+# start them again to find out (its loop runs every second)
+sleep(3);
+my $leaves = () = substr(slurp_file($nc->logfile), $log_at) =~
+  /the extension is not created in database "regdb": the registry \w+ worker leaves it/g;
+is($leaves, 2, 'each worker left once after DROP EXTENSION, and was not started again');
 $nc->safe_psql('postgres', 'DROP DATABASE regdb');
 pass('and the database can be dropped');
 
