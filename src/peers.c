@@ -376,7 +376,7 @@ explain_not_synced(List *names, uint64 gen, int64 timeout_ms)
 					 errhint("A round with an idle peer takes up to a few hundred milliseconds.")));
 		else if (!st.served_converged)
 			ereport(NOTICE,
-					(errmsg("sync with peer \"%s\" not confirmed: its round was not complete", name),
+					(errmsg("sync with peer \"%s\" not confirmed: the round did not complete", name),
 					 st.problem[0] ? errdetail("%s", st.problem) : 0));
 	}
 }

@@ -2517,14 +2517,21 @@ step(Peer *p, TimestampTz now, long *timeout)
 	}
 	if (p->conn == NULL)
 	{
-		if (gen > p->st->served_gen)
-			serve_request_failed(p);
+		/*
+		 * A request waits for the connection tried for it (a failure
+		 * answers it, in disconnect()); one that no attempt serves now
+		 * is answered at once.
+		 */
 		if (now >= p->next_connect)
 			start_connect(p);
 		else
 			*timeout = Min(*timeout, Max((long) ((p->next_connect - now) / 1000), 1));
 		if (p->conn == NULL)
+		{
+			if (gen > p->st->served_gen)
+				serve_request_failed(p);
 			return;
+		}
 	}
 	if (p->connecting)
 	{

@@ -122,7 +122,13 @@ ok( poll_until(sub { peer_status($na, 'np_b', 'healthy') eq 'f' }),
 	'a peer that stops becomes unhealthy');
 my $since = peer_status($na, 'np_b', 'health_changed_at');
 is(peer_status($na, 'np_b', 'lag_changes IS NULL'), 't', 'and its lag unknown');
+# a few failed attempts: the next one is seconds away (backoff)
+my $errors0 = peer_status($na, 'np_b', 'errors');
+ok(poll_until(sub { peer_status($na, 'np_b', 'errors') >= $errors0 + 3 }),
+	'the sync worker keeps trying, with a growing pause');
 $nb->start;
+is(sql($na, q{SELECT registry.sync_now('np_b', '20s')}), 't',
+	'the first sync_now() after the peer is back connects at once, whatever the pause, and confirms the sync');
 ok( poll_until(
 		sub {
 			sql($na, q{SELECT registry.sync_now('np_b', '5s')});
