@@ -59,14 +59,14 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
-#include "utils/timestamp.h"
-#include "utils/guc.h"
-#include "storage/lock.h"
 #include "utils/timeout.h"
+#include "utils/timestamp.h"
 
 #include "message.h"
 #include "registry.h"
@@ -628,6 +628,30 @@ error_text(ErrorData *edata)
 }
 
 /*
+ * After an ERROR caught in the worker: the error's data, copied into cxt,
+ * and everything the failed work held let go (its transaction, LWLocks
+ * taken outside one, the timeout and session-level advisory locks of an
+ * apply), so that the worker goes on with its other peers.
+ */
+static ErrorData *
+recover_from_error(MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	LWLockReleaseAll();
+	AbortOutOfAnyTransaction();
+	LockReleaseSession(USER_LOCKMETHOD);
+	MemoryContextSwitchTo(cxt);
+	RESUME_INTERRUPTS();
+	return edata;
+}
+
+/*
  * Runs fn inside PG_TRY.  An ERROR is recorded for the peer; or, if the
  * caller asks for the error (sqlstate and message), handed back for it to
  * decide (it may retry).
@@ -651,17 +675,8 @@ run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate, char **message)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = recover_from_error(oldcxt);
 
-		HOLD_INTERRUPTS();
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		disable_timeout(STATEMENT_TIMEOUT, false);
-		AbortOutOfAnyTransaction();
-		LockReleaseSession(USER_LOCKMETHOD);
-		MemoryContextSwitchTo(oldcxt);
-		RESUME_INTERRUPTS();
 		if (sqlstate)
 		{
 			*sqlstate = edata->sqlerrcode;
@@ -768,7 +783,7 @@ apply_batch_once(Peer *p, void *arg)
 	int			i;
 	ApplyRow   *live = NULL;
 	int			nlive = 0;
-	ApplyIdentity identity;
+	RegistryOwnerSave identity;
 	char		timeout[16];
 
 	b->applied = b->skipped = b->refused_skew = b->refused_purged = 0;
@@ -1054,7 +1069,6 @@ static void
 note_too_large(Peer *p, const char *table, const MsgRow *r, int n)
 {
 	char		msg[256];
-
 	char		key[64];
 
 	one_line(key, 41, r->key);
@@ -2023,7 +2037,6 @@ handle_fetch_guarded(Peer *p, void *arg)
 	MsgRows		m;
 	TableBatch	b;
 	int			i;
-
 	AETable    *t = w->t;
 	int			too_large = 0;
 	MsgRow	   *first_too_large = NULL;
@@ -2110,7 +2123,14 @@ answer_bytes(Peer *p, PGresult *res, ExecStatusType want, int *len)
 		disconnect(p, msg);
 		return NULL;
 	}
-	data = palloc(*len + 1);
+	/* no ERROR while res is held: it is libpq's memory, not a context's */
+	data = palloc_extended(*len + 1, MCXT_ALLOC_NO_OOM);
+	if (data == NULL)
+	{
+		PQclear(res);
+		disconnect(p, "out of memory for an answer");
+		return NULL;
+	}
 	memcpy(data, PQgetvalue(res, 0, 0), *len);
 	PQclear(res);
 
@@ -2589,15 +2609,8 @@ step_guarded(Peer *p, TimestampTz now, long *timeout)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = recover_from_error(cxt);
 
-		HOLD_INTERRUPTS();
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		MemoryContextSwitchTo(cxt);
-		RESUME_INTERRUPTS();
 		disconnect(p, error_text(edata));
 		FreeErrorData(edata);
 	}
