@@ -108,6 +108,11 @@ SELECT registry.versions('noperm');
 SELECT registry.verify('noperm');
 RESET ROLE;
 SELECT count(*) AS no_keys FROM registry.versions('noperm');
+-- two of the three privileges apply_row needs are not enough
+GRANT INSERT, UPDATE ON noperm TO admin_bob;
+SET ROLE admin_bob;
+SELECT registry.apply_row('noperm', '1', 1, 'x', true);
+RESET ROLE;
 GRANT SELECT, INSERT, UPDATE, DELETE ON noperm TO admin_bob;
 SET ROLE admin_bob;
 SELECT registry.apply_row('noperm', '1', 1, 'x', true);

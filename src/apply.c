@@ -29,6 +29,7 @@
 
 #include "access/heapam.h"
 #include "access/tableam.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -36,6 +37,7 @@
 #include "nodes/makefuncs.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -46,8 +48,6 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
-#include "catalog/pg_class.h"
-#include "utils/acl.h"
 
 #include "registry.h"
 #include "rows.h"
@@ -1009,22 +1009,15 @@ table_owner(Oid relid)
 }
 
 void
-apply_as_owner_begin(RegTable *t, ApplyIdentity *save)
+apply_as_owner_begin(RegTable *t, RegistryOwnerSave *save)
 {
-	Oid			owner = table_owner(t->relid);
-
-	GetUserIdAndSecContext(&save->userid, &save->sec_context);
-	SetUserIdAndSecContext(owner, save->sec_context |
-						   SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	save->guc_nest = NewGUCNestLevel();
+	registry_become(table_owner(t->relid), SECURITY_RESTRICTED_OPERATION, save);
 }
 
 void
-apply_as_owner_end(const ApplyIdentity *save)
+apply_as_owner_end(const RegistryOwnerSave *save)
 {
-	AtEOXact_GUC(false, save->guc_nest);
-	SetUserIdAndSecContext(save->userid, save->sec_context);
+	registry_unbecome(save);
 }
 
 /*
@@ -1067,7 +1060,7 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	char	  **types;
 	char	  **values = NULL;
 	ApplyResult r;
-	ApplyIdentity identity;
+	RegistryOwnerSave identity;
 	bool		as_owner;
 	int			nest;
 	int			i;
@@ -1095,14 +1088,8 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	 * with no row is a delete that replicates): the caller must be allowed
 	 * all three, checked before anything is looked at or written.
 	 */
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK ||
-		pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK ||
-		pg_class_aclcheck(relid, GetUserId(), ACL_DELETE) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to apply rows to table %s",
-						get_rel_name(relid)),
-				 errdetail("registry.apply_row() needs INSERT, UPDATE and DELETE on the table.")));
+	registry_check_table_privilege(relid, ACL_INSERT | ACL_UPDATE | ACL_DELETE,
+								   "registry.apply_row()");
 	t = regtable_by_relid(relid, false);
 
 	names = palloc(sizeof(char *) * Max(t->ncols, 1));

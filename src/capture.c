@@ -148,7 +148,7 @@ typedef enum CaptureMode
 static SubTransactionId modes_subid[NUM_MODES];
 
 static void
-modes_set(CaptureMode mode)
+mode_set(CaptureMode mode)
 {
 	modes_subid[mode] = GetCurrentSubTransactionId();
 }
@@ -209,7 +209,7 @@ capture_set_apply(int32 tid, const char *key, RegVersion version,
 	if (apply_active || bulk_apply_tid != 0)
 		nested_capture_error();
 	apply_active = true;
-	modes_set(MODE_APPLY);
+	mode_set(MODE_APPLY);
 	apply_tid = tid;
 	apply_key = key;
 	apply_version = version;
@@ -333,7 +333,7 @@ bulk_begin(RegTable *t)
 	bulk.origin[0] = '\0';
 	bulk_count = 0;
 	bulk_tid = t->tid;
-	modes_set(MODE_BULK);
+	mode_set(MODE_BULK);
 }
 
 /* Publish what bulk_begin() collected as one change of the table. */
@@ -1060,7 +1060,6 @@ capture_adopt(RegTable *t)
 	hlc_observe_stored(maxv);
 }
 
-/* The apply path is about to write many rows of t with given versions. */
 static int
 apply_row_key_cmp(const void *a, const void *b)
 {
@@ -1131,7 +1130,7 @@ void
 capture_fresh_begin(RegTable *t)
 {
 	suppressed_tid = t->tid;
-	modes_set(MODE_SUPPRESS);
+	mode_set(MODE_SUPPRESS);
 	bulk_begin(t);
 }
 
@@ -1147,7 +1146,7 @@ void
 capture_suppress(int32 tid)
 {
 	suppressed_tid = tid;
-	modes_set(MODE_SUPPRESS);
+	mode_set(MODE_SUPPRESS);
 }
 
 /* At commit, the table's digests and counts start from zero. */

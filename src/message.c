@@ -16,11 +16,11 @@
 #include <zlib.h>
 
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
-#include "mb/pg_wchar.h"
-#include "miscadmin.h"
 #include "utils/memutils.h"
 
 #include "message.h"
@@ -637,10 +637,6 @@ check_table_columns(MsgTable *t, bool with_rows)
 /* the row states an answer may hold, as a mask */
 #define STATE_BIT(s)	(1 << (s))
 
-/*
- * A row of a table with ncols columns in this answer: a live row carries
- * exactly ncols values, or none (-1) when ncols is 0.
- */
 /* a key: no registry key is longer than REGISTRY_MAX_KEY_LEN */
 static char *
 get_key(Reader *r)
@@ -652,6 +648,11 @@ get_key(Reader *r)
 	return key;
 }
 
+/*
+ * A row of a table with ncols columns in this answer, in one of the
+ * states allowed (a mask of STATE_BIT()s): a live row carries exactly
+ * ncols values, or none (-1) when ncols is 0.
+ */
 static void
 get_row(Reader *r, MsgRow *row, int ncols, int allowed)
 {
@@ -661,7 +662,7 @@ get_row(Reader *r, MsgRow *row, int ncols, int allowed)
 	row->origin = NULL;
 	row->values = NULL;
 	if (row->state < ROW_LIVE || row->state > ROW_TOO_LARGE ||
-		(allowed & (1 << row->state)) == 0)
+		(allowed & STATE_BIT(row->state)) == 0)
 		malformed("A row has a state this answer cannot hold.");
 	if (row->state == ROW_LIVE || row->state == ROW_TOMBSTONE ||
 		row->state == ROW_TOO_LARGE)

@@ -349,21 +349,26 @@ registry_check_admin(void)
 }
 
 /*
- * A registry function that works on a user table needs the privilege the
- * same work would need done by hand (mode, e.g. ACL_SELECT), checked
- * before it locks or writes anything.
+ * A registry function that works on a user table needs the privileges the
+ * same work would need done by hand (mode: ACL_SELECT, ACL_DELETE, or
+ * ACL_INSERT | ACL_UPDATE | ACL_DELETE, all of them), checked before it
+ * locks or writes anything.
  */
 void
 registry_check_table_privilege(Oid relid, AclMode mode, const char *what)
 {
-	if (pg_class_aclcheck(relid, GetUserId(), mode) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for table %s",
-						get_rel_name(relid) ? get_rel_name(relid) : "?"),
-				 errdetail("%s needs %s privilege on the table.", what,
-						   mode == ACL_SELECT ? "SELECT" :
-						   mode == ACL_DELETE ? "DELETE" : "more")));
+	const char *names;
+
+	if (pg_class_aclmask(relid, GetUserId(), mode, ACLMASK_ALL) == mode)
+		return;
+	names = mode == ACL_SELECT ? "SELECT privilege" :
+		mode == ACL_DELETE ? "DELETE privilege" :
+		"INSERT, UPDATE and DELETE privileges";
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for table %s",
+					get_rel_name(relid) ? get_rel_name(relid) : "?"),
+			 errdetail("%s needs %s on the table.", what, names)));
 }
 
 /*
@@ -404,9 +409,7 @@ registry_owner_begin(RegistryOwnerSave *save)
 	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
 	ReleaseSysCache(tup);
 
-	GetUserIdAndSecContext(&save->userid, &save->sec_context);
-	SetUserIdAndSecContext(owner, save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	save->guc_nest = NewGUCNestLevel();
+	registry_become(owner, 0, save);
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
 							 true, 0, false);
@@ -415,7 +418,27 @@ registry_owner_begin(RegistryOwnerSave *save)
 void
 registry_owner_end(const RegistryOwnerSave *save)
 {
-	AtEOXact_GUC(true, save->guc_nest);
+	registry_unbecome(save);
+}
+
+/*
+ * Run as role until registry_unbecome(), with sec_flags added to the
+ * security context; settings changed meanwhile (by us or by code that runs
+ * as role) are undone then.
+ */
+void
+registry_become(Oid role, int sec_flags, RegistryOwnerSave *save)
+{
+	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	SetUserIdAndSecContext(role, save->sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE | sec_flags);
+	save->guc_nest = NewGUCNestLevel();
+}
+
+void
+registry_unbecome(const RegistryOwnerSave *save)
+{
+	AtEOXact_GUC(false, save->guc_nest);
 	SetUserIdAndSecContext(save->userid, save->sec_context);
 }
 

@@ -105,7 +105,11 @@ extern void registry_check_table_privilege(Oid relid, AclMode mode,
 extern void registry_check_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);
 extern bool registry_is_admin(void);
 
-/* Saved identity while running statements on the extension's own tables */
+/*
+ * The identity to go back to after running as another role: as the owner
+ * of schema registry on the extension's own tables (registry_owner_*), or
+ * as a table's owner while its rows are applied (apply_as_owner_*).
+ */
 typedef struct RegistryOwnerSave
 {
 	Oid			userid;
@@ -113,6 +117,8 @@ typedef struct RegistryOwnerSave
 	int			guc_nest;
 } RegistryOwnerSave;
 
+extern void registry_become(Oid role, int sec_flags, RegistryOwnerSave *save);
+extern void registry_unbecome(const RegistryOwnerSave *save);
 extern void registry_owner_begin(RegistryOwnerSave *save);
 extern void registry_owner_end(const RegistryOwnerSave *save);
 extern bool registry_valid_node_name(const char *name);
@@ -299,16 +305,8 @@ typedef struct ApplyRow
 	char	  **values;
 } ApplyRow;
 
-/* who the apply path was before it became the table's owner */
-typedef struct ApplyIdentity
-{
-	Oid			userid;
-	int			sec_context;
-	int			guc_nest;
-} ApplyIdentity;
-
-extern void apply_as_owner_begin(RegTable *t, ApplyIdentity *save);
-extern void apply_as_owner_end(const ApplyIdentity *save);
+extern void apply_as_owner_begin(RegTable *t, RegistryOwnerSave *save);
+extern void apply_as_owner_end(const RegistryOwnerSave *save);
 extern bool apply_session_ready;
 extern void apply_prepare_session(void);
 extern int	apply_begin(void);

@@ -1060,18 +1060,18 @@ table_pages_end(FunctionCallInfo fcinfo, TablePages *tp)
 
 /*
  * Whether the entry written from offset before took the page past the
- * caller's limit.  If so it is taken out; a page that has others moves
- * it to the next page, and one that has none sends it without values
- * (the caller writes it again).
+ * caller's limit.  If so it is moved to the next page.  Only a page that
+ * has other entries overflows: any entry fits an empty page (a row too
+ * large for one is written without its values, a tombstone is small).
  */
 static bool
 page_overflows(TablePages *tp, int before, int n)
 {
 	if (msg_payload_len(&tp->buf) + 1 <= tp->limit)	/* and "more" */
 		return false;
-	if (n > 0)
-		appendBinaryStringInfo(&tp->carry, tp->buf.data + before,
-							   tp->buf.len - before);
+	Assert(n > 0);
+	appendBinaryStringInfo(&tp->carry, tp->buf.data + before,
+						   tp->buf.len - before);
 	tp->buf.len = before;
 	tp->buf.data[before] = '\0';
 	return true;
@@ -1211,13 +1211,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 						NULL, 0);
 		}
 		if (page_overflows(tp, before, n))
-		{
-			if (n > 0)
-				full = true;	/* the row opens the next page */
-			else
-				msg_put_row(&tp->buf, key, ROW_TOO_LARGE, st.version,
-							st.origin, NULL, 0);
-		}
+			full = true;		/* the row opens the next page */
 		n++;
 	}
 	if (!full && tp->rows_done && !tp->tombs_open)
@@ -1243,7 +1237,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 					NULL, 0);
 		pfree(kv.key);
 		if (page_overflows(tp, before, n))
-			full = true;		/* n > 0: a tombstone is small */
+			full = true;
 		n++;
 	}
 	if (full)
