@@ -59,27 +59,6 @@ void		_PG_init(void);
 
 PG_FUNCTION_INFO_V1(registry_assert_preloaded);
 
-/*
- * Node names appear in JSON payloads, in peers' views and in log lines;
- * keeping them to a conservative alphabet means they never need quoting.
- */
-bool
-registry_valid_node_name(const char *name)
-{
-	const char *p;
-
-	if (name == NULL || name[0] == '\0' || strlen(name) >= REGISTRY_NAME_LEN)
-		return false;
-	for (p = name; *p; p++)
-	{
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' ||
-			  *p == '.' || *p == ':' || *p == '@'))
-			return false;
-	}
-	return true;
-}
-
 static bool
 check_node_name(char **newval, void **extra, GucSource source)
 {
@@ -440,23 +419,6 @@ registry_unbecome(const RegistryOwnerSave *save)
 {
 	AtEOXact_GUC(false, save->guc_nest);
 	SetUserIdAndSecContext(save->userid, save->sec_context);
-}
-
-const char *
-registry_op_name(char op)
-{
-	switch (op)
-	{
-		case REG_OP_INSERT:
-			return "insert";
-		case REG_OP_UPDATE:
-			return "update";
-		case REG_OP_DELETE:
-			return "delete";
-		case REG_OP_RESYNC:
-			return "resync";
-	}
-	return "unknown";
 }
 
 /*

@@ -92,7 +92,22 @@ version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
 #define REG_OP_DELETE	'd'
 #define REG_OP_RESYNC	'r'		/* bulk change: compare the table's digests */
 
-extern const char *registry_op_name(char op);
+static inline const char *
+registry_op_name(char op)
+{
+	switch (op)
+	{
+		case REG_OP_INSERT:
+			return "insert";
+		case REG_OP_UPDATE:
+			return "update";
+		case REG_OP_DELETE:
+			return "delete";
+		case REG_OP_RESYNC:
+			return "resync";
+	}
+	return "unknown";
+}
 
 /* ---- client_flush.c ---- */
 extern void registry_flush_client(void);
@@ -121,7 +136,28 @@ extern void registry_become(Oid role, int sec_flags, RegistryOwnerSave *save);
 extern void registry_unbecome(const RegistryOwnerSave *save);
 extern void registry_owner_begin(RegistryOwnerSave *save);
 extern void registry_owner_end(const RegistryOwnerSave *save);
-extern bool registry_valid_node_name(const char *name);
+
+/*
+ * Node names appear in JSON payloads, in peers' views and in log lines;
+ * keeping them to a conservative alphabet (1..63 bytes of
+ * [A-Za-z0-9_.:@-]) means they never need quoting.
+ */
+static inline bool
+registry_valid_node_name(const char *name)
+{
+	const char *p;
+
+	if (name == NULL || name[0] == '\0' || strlen(name) >= REGISTRY_NAME_LEN)
+		return false;
+	for (p = name; *p; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' ||
+			  *p == '.' || *p == ':' || *p == '@'))
+			return false;
+	}
+	return true;
+}
 
 /* ---- hlc.c ---- */
 extern Size hlc_shmem_size(void);
@@ -235,8 +271,18 @@ typedef struct VersionState
 	bool		deleted;
 } VersionState;
 
-extern int32 khash_to_int4(uint32 h);
-extern uint32 int4_to_khash(int32 v);
+/* a key hash as the int4 stored in tables (and sent), order kept */
+static inline int32
+khash_to_int4(uint32 h)
+{
+	return (int32) (h ^ 0x80000000U);
+}
+
+static inline uint32
+int4_to_khash(int32 v)
+{
+	return ((uint32) v) ^ 0x80000000U;
+}
 
 /* the row triggers registry.replicate() creates (capture.c and catalog.c) */
 #define REGISTRY_STAMP_TRIGGER		"registry_stamp"

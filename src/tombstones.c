@@ -39,18 +39,6 @@
 
 #define Natts_tombstones	6
 
-int32
-khash_to_int4(uint32 h)
-{
-	return (int32) (h ^ 0x80000000U);
-}
-
-uint32
-int4_to_khash(int32 v)
-{
-	return ((uint32) v) ^ 0x80000000U;
-}
-
 static void
 state_from_tuple(HeapTuple tup, TupleDesc desc, VersionState *out)
 {

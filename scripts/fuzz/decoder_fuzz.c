@@ -36,19 +36,11 @@
 #include "message.h"
 #include "registry.h"
 
-#undef vsnprintf
-#undef snprintf
-#undef sprintf
-#undef vfprintf
-#undef fprintf
-#undef printf
-
-#include <stdio.h>
-#include <stdlib.h>
-
 #include "pg_stubs.h"
 
-#define MSG_HEADER	8
+#include <stdlib.h>
+
+#define MSG_HEADER	MSG_HEADER_SIZE
 
 static void
 fail(const char *what, const char *kind)

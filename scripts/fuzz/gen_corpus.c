@@ -18,17 +18,9 @@
 #include "message.h"
 #include "registry.h"
 
-#undef vsnprintf
-#undef snprintf
-#undef sprintf
-#undef vfprintf
-#undef fprintf
-#undef printf
-
-#include <stdio.h>
-#include <stdlib.h>
-
 #include "pg_stubs.h"
+
+#include <stdlib.h>
 
 #define MAX_SEED	(64 * 1024)		/* the fuzzer's -max_len */
 

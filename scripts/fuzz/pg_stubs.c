@@ -31,24 +31,17 @@
 
 #include "registry.h"
 
-/* the stubs use the C library's printf family, not src/port's */
-#undef vsnprintf
-#undef snprintf
-#undef sprintf
-#undef vfprintf
-#undef fprintf
-#undef printf
+#include "pg_stubs.h"
+
+/* the stubs use the C library's strerror too, not src/port's */
 #undef strerror
 
 #include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
-
-#include "pg_stubs.h"
 
 /* ---- GUCs and globals message.c reads ---- */
 
-int			registry_max_message_size = 64 * 1024 * 1024;
+int			registry_max_message_size = 32 * 1024 * 1024;	/* its default */
 int			registry_compress_threshold = 4096;
 volatile sig_atomic_t InterruptPending = 0;
 
@@ -56,55 +49,6 @@ void
 ProcessInterrupts(void)
 {
 	InterruptPending = 0;
-}
-
-/* same rule as src/registry.c: 1..63 bytes of [A-Za-z0-9_.:@-] */
-bool
-registry_valid_node_name(const char *name)
-{
-	const char *p;
-
-	if (name == NULL || name[0] == '\0' || strlen(name) >= REGISTRY_NAME_LEN)
-		return false;
-	for (p = name; *p; p++)
-	{
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' ||
-			  *p == '.' || *p == ':' || *p == '@'))
-			return false;
-	}
-	return true;
-}
-
-/* same as src/tombstones.c */
-int32
-khash_to_int4(uint32 h)
-{
-	return (int32) (h ^ 0x80000000U);
-}
-
-uint32
-int4_to_khash(int32 v)
-{
-	return ((uint32) v) ^ 0x80000000U;
-}
-
-/* same as src/registry.c */
-const char *
-registry_op_name(char op)
-{
-	switch (op)
-	{
-		case REG_OP_INSERT:
-			return "insert";
-		case REG_OP_UPDATE:
-			return "update";
-		case REG_OP_DELETE:
-			return "delete";
-		case REG_OP_RESYNC:
-			return "resync";
-	}
-	return "unknown";
 }
 
 /* ---- allocator ---- */

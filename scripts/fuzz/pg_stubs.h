@@ -8,7 +8,19 @@
 #ifndef FUZZ_PG_STUBS_H
 #define FUZZ_PG_STUBS_H
 
+/*
+ * Included after postgres.h and the project's headers: the fuzzer's own
+ * code uses the C library's printf family, not src/port's.
+ */
+#undef vsnprintf
+#undef snprintf
+#undef sprintf
+#undef vfprintf
+#undef fprintf
+#undef printf
+
 #include <setjmp.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdbool.h>
 
