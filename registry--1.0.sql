@@ -463,22 +463,17 @@ GRANT EXECUTE ON FUNCTION
     TO registry_admin;
 -- decode_message is not among them: peers never need it, and decoding is
 -- the one thing a message can make expensive.
+-- The serving functions: to registry_peer and registry_admin, and to
+-- PUBLIC too: each checks its caller first (a superuser or a member of
+-- registry_peer), and tells a login role that is not a member to be
+-- granted it.
 GRANT EXECUTE ON FUNCTION
     registry.changes_since(bigint, integer, boolean, bigint, text, integer, integer),
     registry.digest(text, integer, integer, integer, integer),
     registry.bucket_entries(text, integer, integer[], boolean, integer, integer, integer),
     registry.fetch_rows(text, text[], integer),
     registry.table_pages(text, integer, integer)
-    TO registry_peer, registry_admin;
--- and to PUBLIC: each checks its caller first, and tells a login role
--- that is not a member of registry_peer to be granted it
-GRANT EXECUTE ON FUNCTION
-    registry.changes_since(bigint, integer, boolean, bigint, text, integer, integer),
-    registry.digest(text, integer, integer, integer, integer),
-    registry.bucket_entries(text, integer, integer[], boolean, integer, integer, integer),
-    registry.fetch_rows(text, text[], integer),
-    registry.table_pages(text, integer, integer)
-    TO PUBLIC;
+    TO registry_peer, registry_admin, PUBLIC;
 
 -- A new incarnation of the extension starts from empty shared state.
 SELECT registry._reset();
