@@ -123,6 +123,7 @@ SELECT string_agg(s, ' ; ' ORDER BY s) FROM (
 			return defined $r;
 		},
 		60);
+	die "the victim did not answer for the state of hp and hp_other\n" unless defined $r;
 	return $r;
 }
 
@@ -181,12 +182,14 @@ sub good_arrives
 
 # Wait until the fake's queued answers @ids were all taken and the worker
 # has made a request after the last of them (it has handled it: one
-# request at a time), or the victim crashed.
+# request at a time), or the victim crashed.  An answer that ends the
+# connection is followed by a pause: asking for a round ends it.
 sub wait_handled
 {
 	my ($snap, @ids) = @_;
 	my $list = join(',', @ids);
 	my $outcome = 'not taken';
+	my $kicked = time();
 	wait_for(
 		sub {
 			if (crashed_since($victim, $snap))
@@ -201,6 +204,11 @@ FROM registry.fake_queue WHERE id IN ($list)});
 			my ($unused, $taker, $last) = split /\|/, $r;
 			return 0 if $unused > 0;
 			$outcome = 'taken';
+			if ($last <= $taker && time() - $kicked > 2)
+			{
+				kick();
+				$kicked = time();
+			}
 			return 0 unless $last > $taker;
 			$outcome = 'handled';
 			return 1;
@@ -234,39 +242,18 @@ sub attack
 		my $st0 = fake_status();
 		my $tables0 = tables_state();
 		my $goodkey = good_write();
-		my ($mem0, $peak_reset);
-		if ($o{memory})
-		{
-			$peak_reset = reset_peak_memory($snap->{pid});
-			$mem0 = worker_memory($snap->{pid});
-		}
+		my $mem = $o{memory} ? memory_start($snap->{pid}) : undef;
 
 		my @ids = $o{queue}->();
 		kick() if $o{ae};
 		my $outcome = wait_handled($snap, @ids);
-		ok($outcome ne 'not taken', "$label: the worker took the crafted answer(s)")
-		  or diag("$label: answers still queued: " . answers_pending($fake));
+		# handled: taken, and a request made after it (one at a time), so
+		# the worker is done with it; a crash is for assert_survived
+		ok($outcome eq 'handled' || $outcome eq 'crashed',
+			"$label: the worker took the crafted answer(s) and went on")
+		  or diag("$label: outcome $outcome; answers still queued: " . answers_pending($fake));
 		note("$label: outcome: $outcome");
-
-		if ($o{memory})
-		{
-			my $m = worker_memory($snap->{pid});
-			if (defined $m->{hwm} && defined $mem0->{rss})
-			{
-				my $grew = ($peak_reset ? $m->{hwm} : $m->{rss}) - $mem0->{rss};
-				note("$label: sync worker memory: VmRSS $mem0->{rss} kB before, "
-					  . "VmHWM $m->{hwm} kB (peak reset: "
-					  . ($peak_reset ? 'yes' : 'no')
-					  . '), VmPeak ' . ($mem0->{peak} // '?') . ' -> '
-					  . ($m->{peak} // '?') . ' kB');
-				cmp_ok($grew, '<', $MEM_BOUND_KB,
-					"$label: the sync worker's resident memory grew by less than 200 MB");
-			}
-			else
-			{
-				fail("$label: the sync worker's memory could be read");
-			}
-		}
+		assert_memory_growth("$label: the sync worker", $mem, $MEM_BOUND_KB) if $mem;
 
 		assert_survived($victim, $snap, $label);
 		my $st = fake_status();
@@ -595,8 +582,8 @@ ORDER BY registry.key_hash(k), k COLLATE "C"});
 	note(sprintf('%s: each page is %d bytes', $label, length $page));
 	my $st0 = fake_status();
 	my $calls0 = calls($fake, 'bucket_entries');
-	my $peak_reset = reset_peak_memory($pid);
-	my $mem0 = worker_memory($pid);
+	my $mstart = memory_start($pid);
+	my $mem0 = $mstart->{m0};
 	set_default_answer($fake, 'bucket_entries', $page, tbl => $HP);
 	my $id = q_digest(digest_to_entries());
 	kick();
@@ -624,18 +611,7 @@ ORDER BY registry.key_hash(k), k COLLATE "C"});
 	cmp_ok($st->{errors}, '>', $st0->{errors}, "$label: an error was recorded for the fake peer");
 	note("$label: last_error: "
 		  . ($st->{last_error_at} ne $st0->{last_error_at} ? $st->{last_error} : '(none new)'));
-	if (defined $mem->{hwm} && defined $mem0->{rss})
-	{
-		my $grew = ($peak_reset ? $mem->{hwm} : $mem->{rss}) - $mem0->{rss};
-		note("$label: sync worker memory: VmRSS $mem0->{rss} kB before, "
-			  . "VmRSS $mem->{rss} kB and VmHWM $mem->{hwm} kB after");
-		cmp_ok($grew, '<', $MEM_BOUND_KB,
-			"$label: the sync worker's resident memory grew by less than 200 MB");
-	}
-	else
-	{
-		fail("$label: the sync worker's memory could be read");
-	}
+	assert_memory_growth("$label: the sync worker", $mstart, $MEM_BOUND_KB);
 
 	# stop the endless pages; the round then ends in any case (fetch_rows
 	# answers with an error)
@@ -802,9 +778,12 @@ LANGUAGE plpgsql AS $$ BEGIN RETURN registry.fake_fetch($1, $2, $3, 3); END $$};
 				q_entries(msg_entries(table => $HP, rows => [ { key => new_key(), state => 1 } ])));
 		});
 	fake_sql($fake, $fetch);
-	my $last = fake_status()->{last_error};
-	unlike($last, qr/\?/, 'F18: no character of the error was replaced by a question mark');
-	ok(utf8::decode(my $copy = $last), 'F18: last_error is valid UTF-8 (no character kept half)');
+	unless (selected_out('F18: an error message in Cyrillic, cut to fit last_error'))
+	{
+		my $last = fake_status()->{last_error};
+		unlike($last, qr/\?/, 'F18: no character of the error was replaced by a question mark');
+		ok(utf8::decode(my $copy = $last), 'F18: last_error is valid UTF-8 (no character kept half)');
+	}
 }
 
 # ---- every kind, the usual malformations ----
@@ -1023,8 +1002,7 @@ subtest 'H2: a whole-table pull of 300 rows of 1 MB' => sub {
 			rows => [ live_row($k, version => $v, values => [ $k, 'x' x $size ]) ],
 			compress => 1);
 	} 1 .. $npages;
-	my $peak_reset = reset_peak_memory($pid);
-	my $mem0 = worker_memory($pid);
+	my $mstart = memory_start($pid);
 	my $id = q_digest(digest_to_pull());
 	my $pid_pages = q_pages(\@pages);
 	kick();
@@ -1045,20 +1023,7 @@ WHERE hp.k LIKE 'h2-%'}),
 		"$npages|t",
 		"$label: each row has its 1 MB value, the fake's version and origin");
 
-	my $mem = worker_memory($pid);
-	if (defined $mem->{hwm} && defined $mem0->{rss})
-	{
-		my $grew = ($peak_reset ? $mem->{hwm} : $mem->{rss}) - $mem0->{rss};
-		note("$label: sync worker memory: VmRSS $mem0->{rss} kB before, "
-			  . "VmRSS $mem->{rss} kB and VmHWM $mem->{hwm} kB after (peak reset: "
-			  . ($peak_reset ? 'yes' : 'no') . ')');
-		cmp_ok($grew, '<', $bound_kb,
-			"$label: the sync worker's resident memory grew by less than 64 MB over a 300 MB pull");
-	}
-	else
-	{
-		fail("$label: the sync worker's memory could be read");
-	}
+	assert_memory_growth("$label: the sync worker, over a 300 MB pull,", $mstart, $bound_kb);
 	assert_survived($victim, $snap, $label);
 	good_arrives($label, $goodkey);
 };
@@ -1133,8 +1098,7 @@ ORDER BY h LIMIT 40000});
 	my $calls = q{SELECT count(*) FROM registry.fake_calls
 WHERE fn = 'bucket_entries' AND args LIKE 'tbl=public.hp %'};
 	my $calls0 = fake_sql($fake, $calls);
-	my $peak_reset = reset_peak_memory($pid);
-	my $mem0 = worker_memory($pid);
+	my $mstart = memory_start($pid);
 	q_entries($_) for @pages;
 	my $id = q_digest(digest_to_entries(live => $counted));
 	kick();
@@ -1164,19 +1128,7 @@ WHERE fn = 'bucket_entries' AND args LIKE 'tbl=public.hp %'};
 	is($pages, 3, "$label: the worker asked for 3 pages of entries of hp");
 	cmp_ok(fake_status()->{errors}, '>', $st0->{errors}, "$label: an error was recorded for the fake peer");
 
-	my $mem = worker_memory($pid);
-	if (defined $mem->{hwm} && defined $mem0->{rss})
-	{
-		my $grew = ($peak_reset ? $mem->{hwm} : $mem->{rss}) - $mem0->{rss};
-		note("$label: sync worker memory: VmRSS $mem0->{rss} kB before, "
-			  . "VmRSS $mem->{rss} kB and VmHWM $mem->{hwm} kB after");
-		cmp_ok($grew, '<', $MEM_BOUND_KB,
-			"$label: the sync worker's resident memory grew by less than 200 MB");
-	}
-	else
-	{
-		fail("$label: the sync worker's memory could be read");
-	}
+	assert_memory_growth("$label: the sync worker", $mstart, $MEM_BOUND_KB);
 	assert_survived($victim, $snap, $label);
 	is(tables_state(), $tables0, "$label: nothing was written to hp or hp_other");
 	good_arrives($label, $goodkey);

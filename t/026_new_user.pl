@@ -143,6 +143,9 @@ is( peer_status(
 	'with no problem, a later health change, and the past error kept in last_error');
 is( peer_status($na, 'np_b', 'lag_changes || \'/\' || lag_ms'),
 	'0/0', 'its lag is known again, and zero');
+like(slurp_file($na->logfile),
+	qr/LOG:  registry: peer "np_b" sent WARNING: terminating connection because of unexpected SIGQUIT signal|LOG:  registry: peer "np_b" sent WARNING: terminating connection due to immediate shutdown command/,
+	'the notice np_b sent as it stopped is logged with its name');
 unlike(slurp_file($na->logfile), qr/^WARNING:  terminating connection/m,
 	'notices of a peer are not written to the log without a prefix');
 
@@ -268,8 +271,7 @@ ok( poll_until(
 		}),
 	'the workers find no extension in registry.database and leave');
 is(workers_in('regdb'), '0', 'no registry worker stays in registry.database');
-$nc->safe_psql('postgres', 'DROP DATABASE regdb');
-pass('so it can be dropped');
+is(($nc->psql('postgres', 'DROP DATABASE regdb'))[0], 0, 'so it can be dropped');
 $nc->safe_psql('postgres', 'CREATE DATABASE regdb');
 $nc->safe_psql('regdb', 'CREATE EXTENSION registry');
 ok( $nc->poll_query_until('postgres', q{
@@ -325,8 +327,7 @@ sleep(3);
 my $leaves = () = substr(slurp_file($nc->logfile), $log_at) =~
   /the extension is not created in database "regdb": the registry \w+ worker leaves it/g;
 is($leaves, 2, 'each worker left once after DROP EXTENSION, and was not started again');
-$nc->safe_psql('postgres', 'DROP DATABASE regdb');
-pass('and the database can be dropped');
+is(($nc->psql('postgres', 'DROP DATABASE regdb'))[0], 0, 'and the database can be dropped');
 
 # ---- 8. a fast shutdown ----
 

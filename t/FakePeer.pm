@@ -25,10 +25,10 @@ our @EXPORT = qw(
   enc_byte enc_int32 enc_int64 enc_string enc_table enc_row enc_change
   msg msg_changes msg_digest msg_entries msg_rows zlib_parts now_version
   new_fake_peer fake_sql queue_answer queue_pages set_default_answer
-  set_default_pages calls last_call_id answers_used answers_pending
-  answer_used clear_queue reset_fake
+  calls last_call_id answers_pending answer_used clear_queue
   try_sql sync_worker_pid victim_snapshot server_log_since crash_lines
   crashed_since assert_survived worker_memory reset_peak_memory
+  memory_start assert_memory_growth
 );
 
 # The fake's node name and epoch in the answers it makes up itself.
@@ -690,18 +690,6 @@ sub set_default_answer
 		  . ')');
 }
 
-sub set_default_pages
-{
-	my ($fake, $pages, %o) = @_;
-	my $tbl = _quote($o{tbl} // '');
-	fake_sql($fake,
-		"DELETE FROM registry.fake_default WHERE fn = 'table_pages' AND tbl = $tbl");
-	return unless defined $pages;
-	my $arr = 'ARRAY[' . join(', ', map { _bytes_expr($fake, $_) } @$pages) . ']::bytea[]';
-	fake_sql($fake,
-		"INSERT INTO registry.fake_default (fn, tbl, pages) VALUES ('table_pages', $tbl, $arr)");
-}
-
 # How many calls of $fn (of any function if undef) the fake received.
 sub calls
 {
@@ -715,14 +703,6 @@ sub last_call_id
 {
 	my ($fake) = @_;
 	return fake_sql($fake, 'SELECT coalesce(max(id), 0) FROM registry.fake_calls');
-}
-
-# Queued answers taken so far
-sub answers_used
-{
-	my ($fake) = @_;
-	return fake_sql($fake,
-		'SELECT count(*) FROM registry.fake_queue WHERE used_at IS NOT NULL');
 }
 
 sub answers_pending
@@ -746,13 +726,6 @@ sub clear_queue
 	my ($fake) = @_;
 	fake_sql($fake,
 		'DELETE FROM registry.fake_queue WHERE used_at IS NULL; DELETE FROM registry.fake_default');
-}
-
-sub reset_fake
-{
-	my ($fake) = @_;
-	fake_sql($fake,
-		'TRUNCATE registry.fake_queue, registry.fake_default, registry.fake_calls');
 }
 
 # ---- the victim ----
@@ -900,6 +873,34 @@ sub reset_peak_memory
 	my $ok = print $fh "5";
 	close $fh or return 0;
 	return $ok;
+}
+
+# Before something whose memory is to be bounded: the process's resident
+# size now, its peak measured from now.
+sub memory_start
+{
+	my ($pid) = @_;
+	my $reset = reset_peak_memory($pid);
+	return { pid => $pid, reset => $reset, m0 => worker_memory($pid) };
+}
+
+# The process's peak resident size since memory_start() grew by less than
+# $bound_kb.  Fails if the memory cannot be read or the peak could not be
+# measured from the start (a spike since freed would go unseen).
+sub assert_memory_growth
+{
+	my ($label, $start, $bound_kb) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $m = worker_memory($start->{pid});
+	my $m0 = $start->{m0};
+	unless ($start->{reset} && defined $m->{hwm} && defined $m0->{rss})
+	{
+		fail("$label: the process's peak memory could be measured");
+		return;
+	}
+	note("$label: memory: VmRSS $m0->{rss} kB before, VmRSS $m->{rss} kB and VmHWM $m->{hwm} kB after");
+	cmp_ok($m->{hwm} - $m0->{rss}, '<', $bound_kb,
+		sprintf('%s: the peak resident memory grew by less than %d MB', $label, $bound_kb / 1024));
 }
 
 1;
