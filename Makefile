@@ -24,11 +24,23 @@ PG_CPPFLAGS = -I$(srcdir)/src -I$(shell $(PG_CONFIG) --includedir)
 SHLIB_LINK_INTERNAL = -L$(shell $(PG_CONFIG) --libdir) -lpq
 SHLIB_LINK = -lz
 
+# Export only what PostgreSQL looks up by name (_PG_init, Pg_magic_func, the
+# SQL-callable functions and their pg_finfo_ records, the background worker
+# entry points): scripts/exports lists them from registry--1.0.sql and the
+# objects, and PGXS turns the list into a linker version script
+# (exports.list); every other global stays inside registry.so.
+SHLIB_EXPORTS = exports.txt
+
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out \
+	exports.txt exports.txt.tmp
 
 # PGXS does not track header dependencies here: rebuild everything when a
 # header changes (shared memory layouts live in headers).
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
+
+exports.txt: $(OBJS) $(srcdir)/registry--1.0.sql $(srcdir)/scripts/exports
+	$(SHELL) $(srcdir)/scripts/exports $(srcdir)/registry--1.0.sql $(srcdir)/src $(OBJS) >$@.tmp
+	mv $@.tmp $@
