@@ -31,11 +31,12 @@ SHLIB_LINK = -lz
 # (exports.list); every other global stays inside registry.so.
 SHLIB_EXPORTS = exports.txt
 
-PGXS := $(shell $(PG_CONFIG) --pgxs)
-include $(PGXS)
-
+# (before the include: pgxs.mk tests it with ifdef)
 EXTRA_CLEAN = tmp_regress tmp_check results regression.diffs regression.out \
 	exports.txt exports.txt.tmp
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
 
 # PGXS does not track header dependencies here: rebuild everything when a
 # header changes (shared memory layouts live in headers).
