@@ -7,6 +7,8 @@
 #    so peer and origin differ;
 #  - the same for a row of a whole-table pull into an empty table, which
 #    goes straight into the heap (insert_fresh_direct);
+#  - a whole-table pull that a user trigger sends through the one bulk
+#    statement names how many rows it writes and the first of them;
 #  - a WARNING raised by a user trigger enabled ALWAYS carries the same
 #    context;
 #  - the refused rows are not applied, and once the constraints are
@@ -38,6 +40,15 @@ create_table([$na], 'pull', 'CREATE TABLE pull (id int PRIMARY KEY, val text)');
 create_table([$nb], 'pull',
 	q{CREATE TABLE pull (id int PRIMARY KEY, val text CONSTRAINT val_not_bad CHECK (val <> 'bad'))});
 sql($na, q{INSERT INTO pull SELECT g, CASE WHEN g = 25 THEN 'bad' ELSE 'ok' END FROM generate_series(1, 50) g});
+
+# bulk: pulled whole too, but a trigger enabled ALWAYS on ctx_b (which
+# refuses id 30's value) sends the rows through the bulk statement
+create_table([ $na, $nb ], 'bulk', 'CREATE TABLE bulk (id int PRIMARY KEY, val text)');
+sql($nb, q{CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS
+  $$BEGIN IF NEW.val = 'bad' THEN RAISE EXCEPTION 'bulk trigger refused %', NEW.id; END IF; RETURN NEW; END$$});
+sql($nb, q{CREATE TRIGGER refuse_bad BEFORE INSERT OR UPDATE ON bulk FOR EACH ROW EXECUTE FUNCTION refuse_bad()});
+sql($nb, q{ALTER TABLE bulk ENABLE ALWAYS TRIGGER refuse_bad});
+sql($na, q{INSERT INTO bulk SELECT g, CASE WHEN g = 30 THEN 'bad' ELSE 'ok' END FROM generate_series(1, 40) g});
 
 my $log_start = -s $nb->logfile;
 add_peer($nb, $na);
@@ -77,6 +88,19 @@ like($ctx, qr/\btable public\.pull\b/, 'pull: ... the table');
 like($ctx, qr/\bfrom peer "ctx_a"/, 'pull: ... the peer');
 like($ctx, qr/\bversion \Q$pv\E\b/, "pull: ... the row's version ($pv), as ctx_a has it");
 like($ctx, qr/\borigin "\Q$po\E"/, "pull: ... and its origin ($po)");
+
+# 1b. a row of the bulk statement, refused by a user trigger: the context
+# names the first row of the statement, whichever the answer put first
+$ctx = context_after(qr/registry: peer "ctx_a": bulk trigger refused 30/);
+note("bulk: CONTEXT: $ctx");
+like($ctx,
+	qr/^applying 40 rows of table public\.bulk from peer "ctx_a" at once, the first: key "\d+", version \d+, origin "ctx_a"$/,
+	'bulk: the context names the table, the peer, the number of rows and the first');
+my ($bk) = $ctx =~ /key "(\d+)"/;
+my ($bv, $bo) = version_origin('bulk', 'id = ' . ($bk // 0));
+like($ctx, qr/key "\Q$bk\E", version \Q$bv\E, origin "\Q$bo\E"$/,
+	"bulk: ... with the version and origin that row has on ctx_a")
+  if defined $bk;
 
 # ctx_b follows ctx_a's change log from here on
 ok( $nb->poll_query_until('postgres', q{
@@ -118,15 +142,18 @@ is(sql($nb, q{SELECT count(*) FROM svc WHERE k = 'p1'}), '0', 'p1 is not applied
 is(sql($nb, q{SELECT count(*) FROM registry.versions('svc') WHERE key = 'p1'}),
 	'0', '... and has no version there');
 is(sql($nb, q{SELECT count(*) FROM pull WHERE id = 25}), '0', 'pull\'s row 25 is not applied on ctx_b');
+is(sql($nb, q{SELECT count(*) FROM bulk}), '0', 'no row of bulk is applied on ctx_b');
 
 # 4. without the constraints, everything arrives
 sql($nb, q{ALTER TABLE svc DROP CONSTRAINT v_not_poison});
 sql($nb, q{ALTER TABLE pull DROP CONSTRAINT val_not_bad});
-wait_converged([ $na, $nb ], [ 'svc', 'pull' ],
-	'after the constraints are dropped svc and pull are identical, versions included');
+sql($nb, q{DROP TRIGGER refuse_bad ON bulk});
+wait_converged([ $na, $nb ], [ 'svc', 'pull', 'bulk' ],
+	'after the constraints and the trigger are dropped svc, pull and bulk are identical, versions included');
 is(sql($nb, q{SELECT v, registry_version, registry_origin FROM svc WHERE k = 'p1'}),
 	"poison|$sv|ctx_c", 'p1 arrived on ctx_b with its version and origin');
 is(sql($nb, q{SELECT count(*) FROM pull}), '50', 'ctx_b has all 50 rows of pull');
+is(sql($nb, q{SELECT count(*) FROM bulk}), '40', 'ctx_b has all 40 rows of bulk');
 check_verify([ $na, $nb ], 'after the apply errors');
 
 $_->stop for ($na, $nb);
