@@ -23,6 +23,13 @@
  * Rows of a whole table pulled into an empty one bypass the executor
  * (insert_fresh_direct) when nothing but our own triggers would fire.
  *
+ * While a peer's row is applied, an error context callback (as the
+ * built-in apply worker's apply_error_callback) names the peer, the table
+ * and the row's key, version and origin in every error or warning raised
+ * meanwhile: by user triggers, constraints, type input functions or our
+ * own checks.  The caller names the peer with apply_set_peer(); without a
+ * peer (registry.apply_row() called from SQL) no context is added.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -50,10 +57,115 @@
 #include "utils/syscache.h"
 
 #include "registry.h"
+#include "apply.h"
 #include "rows.h"
 #include "tombstones.h"
 
 PG_FUNCTION_INFO_V1(registry_apply_row);
+
+/* ---- error context ---- */
+
+/*
+ * The peer whose rows are being applied, set by the caller
+ * (apply_set_peer); empty when there is none.
+ */
+static char apply_peer[REGISTRY_NAME_LEN];
+
+/*
+ * What is being applied, for the error context callback: one frame per
+ * apply_row(), apply_rows_bulk() or apply_rows_fresh() call, on its stack.
+ * The row is the one being looked at; for a statement that writes many
+ * rows at once (nrows > 0) only the first is named.  No row (key NULL):
+ * the work is on the table as a whole.
+ */
+typedef struct ApplyErrorFrame
+{
+	ErrorContextCallback cb;
+	RegTable   *t;
+	const char *key;
+	RegVersion	version;
+	const char *origin;
+	bool		deleted;
+	int			nrows;			/* > 0: one statement for this many rows */
+} ApplyErrorFrame;
+
+/*
+ * Name the peer whose rows the following apply calls write, or none
+ * (NULL).  Copied: the caller's string need not outlive the call.
+ */
+void
+apply_set_peer(const char *peer)
+{
+	if (peer)
+		strlcpy(apply_peer, peer, sizeof(apply_peer));
+	else
+		apply_peer[0] = '\0';
+}
+
+static void
+apply_error_callback(void *arg)
+{
+	ApplyErrorFrame *f = (ApplyErrorFrame *) arg;
+
+	if (apply_peer[0] == '\0')
+		return;
+	if (f->key == NULL)
+		errcontext("applying rows of table %s from peer \"%s\"",
+				   f->t->qualname, apply_peer);
+	else if (f->nrows > 0)
+		errcontext("applying %d rows of table %s from peer \"%s\" at once, the first: key \"%s\", version " INT64_FORMAT ", origin \"%s\"",
+				   f->nrows, f->t->qualname, apply_peer, f->key,
+				   (int64) f->version, f->origin);
+	else if (f->deleted)
+		errcontext("applying the deletion of key \"%s\" of table %s from peer \"%s\", version " INT64_FORMAT ", origin \"%s\"",
+				   f->key, f->t->qualname, apply_peer, (int64) f->version,
+				   f->origin);
+	else
+		errcontext("applying the row of key \"%s\" of table %s from peer \"%s\", version " INT64_FORMAT ", origin \"%s\"",
+				   f->key, f->t->qualname, apply_peer, (int64) f->version,
+				   f->origin);
+}
+
+/*
+ * Push a frame for table t, no row yet.  Popped by context_pop() on
+ * return; an ERROR leaves it to the catcher, whose PG_TRY restores
+ * error_context_stack (the frame dies with this stack).
+ */
+static void
+context_push(ApplyErrorFrame *f, RegTable *t)
+{
+	memset(f, 0, sizeof(*f));
+	f->t = t;
+	f->cb.callback = apply_error_callback;
+	f->cb.arg = f;
+	f->cb.previous = error_context_stack;
+	error_context_stack = &f->cb;
+}
+
+static void
+context_pop(ApplyErrorFrame *f)
+{
+	Assert(error_context_stack == &f->cb);
+	error_context_stack = f->cb.previous;
+}
+
+/* The row now looked at, alone (nrows 0) or first of nrows; NULL: none. */
+static void
+context_row(ApplyErrorFrame *f, const char *key, RegVersion version,
+			const char *origin, bool deleted, int nrows)
+{
+	f->key = key;
+	f->version = version;
+	f->origin = origin;
+	f->deleted = deleted;
+	f->nrows = nrows;
+}
+
+static void
+context_apply_row(ApplyErrorFrame *f, const ApplyRow *r)
+{
+	context_row(f, r->key, r->version, r->origin, false, 0);
+}
 
 static const char *
 key_column_list(RegTable *t)
@@ -219,6 +331,13 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 static void check_incoming(RegTable *t, const char *key, const char *origin,
 						   bool deleted, char **values);
 static void prepare_bulk(ApplyColumns *ac);
+static ApplyResult apply_one_row(ApplyColumns *ac, const char *key,
+								 RegVersion version, const char *origin,
+								 bool deleted, char **values);
+static int	rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n,
+					  int *refused_skew, ApplyErrorFrame *f);
+static int	rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n,
+					   int *refused_skew, ApplyErrorFrame *f);
 
 /* Keep the prepared statements beyond the current SPI connection. */
 void
@@ -310,11 +429,26 @@ row_being_written(RegTable *t, const char *key)
 /*
  * Apply one remote row.  Caller has called apply_begin() and prepared ac.
  * Errors (constraint violations, malformed values) abort the caller's
- * transaction: the batch is all or nothing.
+ * transaction: the batch is all or nothing.  They name the row
+ * (apply_error_callback).
  */
 ApplyResult
 apply_row(ApplyColumns *ac, const char *key, RegVersion version,
 		  const char *origin, bool deleted, char **values)
+{
+	ApplyErrorFrame f;
+	ApplyResult r;
+
+	context_push(&f, ac->t);
+	context_row(&f, key, version, origin, deleted, 0);
+	r = apply_one_row(ac, key, version, origin, deleted, values);
+	context_pop(&f);
+	return r;
+}
+
+static ApplyResult
+apply_one_row(ApplyColumns *ac, const char *key, RegVersion version,
+			  const char *origin, bool deleted, char **values)
 {
 	RegTable   *t = ac->t;
 	uint32		khash;
@@ -510,7 +644,8 @@ check_incoming(RegTable *t, const char *key, const char *origin, bool deleted,
  * *refused_skew.  Returns how many were taken.
  */
 static int
-take_rows(RegTable *t, ApplyRow *rows, int n, int *taken, int *refused_skew)
+take_rows(RegTable *t, ApplyRow *rows, int n, int *taken, int *refused_skew,
+		  ApplyErrorFrame *f)
 {
 	int			m = 0;
 	int			i;
@@ -518,12 +653,14 @@ take_rows(RegTable *t, ApplyRow *rows, int n, int *taken, int *refused_skew)
 	*refused_skew = 0;
 	for (i = 0; i < n; i++)
 	{
+		context_apply_row(f, &rows[i]);
 		check_incoming(t, rows[i].key, rows[i].origin, false, rows[i].values);
 		if (!hlc_update(rows[i].version, NULL))
 			(*refused_skew)++;
 		else
 			taken[m++] = i;
 	}
+	context_row(f, NULL, 0, NULL, false, 0);
 	return m;
 }
 
@@ -533,7 +670,8 @@ take_rows(RegTable *t, ApplyRow *rows, int n, int *taken, int *refused_skew)
  * checked against its key columns.
  */
 static void
-row_arrays(ApplyColumns *ac, ApplyRow *rows, int *taken, int m, Datum *args)
+row_arrays(ApplyColumns *ac, ApplyRow *rows, int *taken, int m, Datum *args,
+		   ApplyErrorFrame *f)
 {
 	int			nc = ac->ncols;
 	Datum	   *vals = palloc(sizeof(Datum) * m);
@@ -544,7 +682,11 @@ row_arrays(ApplyColumns *ac, ApplyRow *rows, int *taken, int m, Datum *args)
 				c;
 
 	for (i = 0; i < m; i++)
+	{
+		context_apply_row(f, &rows[taken[i]]);
 		check_row_key(ac, rows[taken[i]].key, rows[taken[i]].values);
+	}
+	context_row(f, NULL, 0, NULL, false, 0);
 	for (c = 0; c < nc; c++)
 	{
 		for (i = 0; i < m; i++)
@@ -616,7 +758,7 @@ direct_insert_possible(Relation rel)
  */
 static void
 insert_fresh_direct(ApplyColumns *ac, Relation rel, ApplyRow *rows,
-					int *taken, int m)
+					int *taken, int m, ApplyErrorFrame *f)
 {
 	RegTable   *t = ac->t;
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -662,11 +804,15 @@ insert_fresh_direct(ApplyColumns *ac, Relation rel, ApplyRow *rows,
 		{
 			int			j;
 
+			context_apply_row(f, &rows[taken[i - nbuf]]);
+			f->nrows = nbuf;
 			table_multi_insert(rel, slots, nbuf, cid, 0, bistate);
 			for (j = 0; j < nbuf; j++)
 			{
 				List	   *recheck;
 
+				/* slots[j] holds the row taken nbuf - j rows before i */
+				context_apply_row(f, &rows[taken[i - nbuf + j]]);
 				ResetPerTupleExprContext(estate);
 				recheck = ExecInsertIndexTuples(rri, slots[j], estate, false,
 												false, NULL, NIL);
@@ -682,6 +828,7 @@ insert_fresh_direct(ApplyColumns *ac, Relation rel, ApplyRow *rows,
 
 		CHECK_FOR_INTERRUPTS();
 		r = &rows[taken[i]];
+		context_apply_row(f, r);
 		/* a page of rows usually shares one origin */
 		if (origin_text == NULL || strcmp(origin_text, r->origin) != 0)
 		{
@@ -728,6 +875,7 @@ insert_fresh_direct(ApplyColumns *ac, Relation rel, ApplyRow *rows,
 		nbuf++;
 	}
 
+	context_row(f, NULL, 0, NULL, false, 0);
 	for (i = 0; i < nslots; i++)
 		ExecDropSingleTupleTableSlot(slots[i]);
 	FreeBulkInsertState(bistate);
@@ -751,6 +899,19 @@ insert_fresh_direct(ApplyColumns *ac, Relation rel, ApplyRow *rows,
  */
 int
 apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
+{
+	ApplyErrorFrame f;
+	int			m;
+
+	context_push(&f, ac->t);
+	m = rows_fresh(ac, rows, n, refused_skew, &f);
+	context_pop(&f);
+	return m;
+}
+
+static int
+rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew,
+		   ApplyErrorFrame *f)
 {
 	RegTable   *t = ac->t;
 	int		   *taken;
@@ -778,18 +939,18 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 	if (!direct_insert_possible(rel))
 	{
 		table_close(rel, NoLock);
-		return apply_rows_bulk(ac, rows, n, refused_skew);
+		return rows_bulk(ac, rows, n, refused_skew, f);
 	}
 
 	taken = palloc(sizeof(int) * n);
-	m = take_rows(t, rows, n, taken, refused_skew);
+	m = take_rows(t, rows, n, taken, refused_skew, f);
 	if (m == 0)
 	{
 		table_close(rel, NoLock);
 		return 0;
 	}
 	capture_fresh_begin(t);
-	insert_fresh_direct(ac, rel, rows, taken, m);
+	insert_fresh_direct(ac, rel, rows, taken, m, f);
 	table_close(rel, NoLock);
 
 	khash = palloc(sizeof(uint32) * m);
@@ -861,6 +1022,7 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 		VersionState *old = &none;
 
 		memset(&none, 0, sizeof(none));
+		context_apply_row(f, r);
 		if (old_tombs)
 		{
 			char	   *entry = hash_search(old_tombs, r->key, HASH_FIND, NULL);
@@ -877,6 +1039,7 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 		}
 		capture_record(t, khash[i], r->key, old, r->version, r->origin, false);
 	}
+	context_row(f, NULL, 0, NULL, false, 0);
 	capture_fresh_end(t);
 	return m;
 }
@@ -888,7 +1051,8 @@ apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
  * and the batch is retried), so the look need not hold anything.
  */
 static int
-drop_deleted_rows(RegTable *t, ApplyRow *rows, int *taken, int m)
+drop_deleted_rows(RegTable *t, ApplyRow *rows, int *taken, int m,
+				  ApplyErrorFrame *f)
 {
 	int64		live,
 				tombs;
@@ -905,12 +1069,14 @@ drop_deleted_rows(RegTable *t, ApplyRow *rows, int *taken, int m)
 		VersionState st;
 
 		CHECK_FOR_INTERRUPTS();
+		context_apply_row(f, r);
 		if (tombstone_get(t->tid, keys_hash(r->key, strlen(r->key)), r->key,
 						  snap, &st) &&
 			!version_greater(r->version, r->origin, st.version, st.origin))
 			continue;
 		taken[kept++] = taken[i];
 	}
+	context_row(f, NULL, 0, NULL, false, 0);
 	UnregisterSnapshot(snap);
 	return kept;
 }
@@ -926,6 +1092,19 @@ drop_deleted_rows(RegTable *t, ApplyRow *rows, int *taken, int m)
 int
 apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 {
+	ApplyErrorFrame f;
+	int			m;
+
+	context_push(&f, ac->t);
+	m = rows_bulk(ac, rows, n, refused_skew, &f);
+	context_pop(&f);
+	return m;
+}
+
+static int
+rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew,
+		  ApplyErrorFrame *f)
+{
 	RegTable   *t = ac->t;
 	int			nc = ac->ncols;
 	Datum	   *args;
@@ -938,16 +1117,20 @@ apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew)
 		return 0;
 	Assert(ac->bulk != NULL);
 	taken = palloc(sizeof(int) * n);
-	m = take_rows(t, rows, n, taken, refused_skew);
-	m = drop_deleted_rows(t, rows, taken, m);
+	m = take_rows(t, rows, n, taken, refused_skew, f);
+	m = drop_deleted_rows(t, rows, taken, m, f);
 	if (m == 0)
 		return 0;
 
 	args = palloc(sizeof(Datum) * (nc + 2));
-	row_arrays(ac, rows, taken, m, args);
+	row_arrays(ac, rows, taken, m, args, f);
 
 	capture_set_bulk_apply(t, rows, taken, m);
+	/* user code the statement runs sees one of m rows: name the first */
+	context_row(f, rows[taken[0]].key, rows[taken[0]].version,
+				rows[taken[0]].origin, false, m);
 	rc = SPI_execute_plan(ac->bulk, args, NULL, false, 0);
+	context_row(f, NULL, 0, NULL, false, 0);
 	capture_end_bulk_apply(t);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "registry: bulk apply failed: %s", SPI_result_code_string(rc));
@@ -1064,6 +1247,7 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	bool		as_owner;
 	int			nest;
 	int			i;
+	char		peer[REGISTRY_NAME_LEN];
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -1141,7 +1325,16 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	if (as_owner)
 		apply_as_owner_begin(t, &identity);
 	ac = apply_map_columns(t, t->ncols, names, types);
+
+	/*
+	 * No peer: errors are the caller's own, with no apply context.  Called
+	 * by user code while a peer's row is applied, the peer is named again
+	 * after.
+	 */
+	strlcpy(peer, apply_peer, sizeof(peer));
+	apply_set_peer(NULL);
 	r = apply_row(ac, key, (RegVersion) version, origin, deleted, values);
+	apply_set_peer(peer);
 	if (as_owner)
 		apply_as_owner_end(&identity);
 	apply_end(nest);
