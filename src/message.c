@@ -1,13 +1,26 @@
 /*-------------------------------------------------------------------------
  *
  * message.c
- *	  Encoding and decoding of the messages exchanged with peers (layout in
- *	  message.h and docs/protocol.md), their zlib compression, and
- *	  registry.decode_message() which shows any message as JSON.
+ *	  The messages exchanged with peers (layout in message.h and
+ *	  docs/protocol.md): for each kind its writer beside its reader, their
+ *	  framing and zlib compression, and registry.decode_message() which
+ *	  shows any message as JSON.
+ *
+ * Each layout is written and read here only: the serving functions
+ * (serve.c) hand the writers their values, the sync worker gets the
+ * readers' structures, so changing a field changes this file and
+ * docs/protocol.md.  The file runs from the frame (header, compression,
+ * the reader's budget) through the fields and the parts (table
+ * descriptor, row) to the kinds (C, D, E, R), each writer above its
+ * reader.
  *
  * A message comes from another server, so reading one trusts nothing:
  * every length is checked against what is left, and any inconsistency is
  * an ERROR (protocol violation) rather than a crash or a partial result.
+ *
+ * This file is compiled on its own, against stand-ins for the few backend
+ * services it uses, by the fuzz harness (scripts/fuzz): it uses nothing
+ * of the extension but registry.h's inline helpers and GUC variables.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,18 +46,11 @@ PG_FUNCTION_INFO_V1(registry_decode_message);
 #define MSG_FLAG_ZLIB	1
 #define MSG_HEADER		MSG_HEADER_SIZE
 
-/* ---- writing ---- */
-
-void
-msg_begin(StringInfo buf, char kind)
-{
-	initStringInfo(buf);
-	msg_begin_reuse(buf, kind);
-}
+/* ---- framing: the header and compression ---- */
 
 /* Start a message in an empty buffer that already has its memory. */
-void
-msg_begin_reuse(StringInfo buf, char kind)
+static void
+begin_reuse(StringInfo buf, char kind)
 {
 	Assert(buf->len == 0);
 	appendStringInfoSpaces(buf, MSG_HEADER);
@@ -52,6 +58,22 @@ msg_begin_reuse(StringInfo buf, char kind)
 	buf->data[1] = MSG_FORMAT;
 	buf->data[2] = kind;
 	buf->data[3] = 0;
+}
+
+void
+msg_begin(StringInfo buf, char kind)
+{
+	initStringInfo(buf);
+	begin_reuse(buf, kind);
+}
+
+/* A writer with an empty buffer, for the msg_write_*_begin() below. */
+void
+msg_writer_init(MsgWriter *w)
+{
+	initStringInfo(&w->buf);
+	w->count_at = -1;
+	w->upto_at = -1;
 }
 
 static void
@@ -155,37 +177,6 @@ msg_finish_copy(StringInfo buf)
 	return out;
 }
 
-void
-msg_put_byte(StringInfo buf, int v)
-{
-	appendStringInfoCharMacro(buf, (char) v);
-}
-
-void
-msg_put_int32(StringInfo buf, int32 v)
-{
-	char		b[4];
-
-	put_be32(b, (uint32) v);
-	appendBinaryStringInfo(buf, b, 4);
-}
-
-/* Overwrite an int32 written earlier at offset at (a count not known then). */
-void
-msg_set_int32(StringInfo buf, int at, int32 v)
-{
-	Assert(at >= MSG_HEADER && at + 4 <= buf->len);
-	put_be32(buf->data + at, (uint32) v);
-}
-
-/* Overwrite an int64 written earlier at offset at. */
-void
-msg_set_int64(StringInfo buf, int at, int64 v)
-{
-	msg_set_int32(buf, at, (int32) ((uint64) v >> 32));
-	msg_set_int32(buf, at + 4, (int32) (uint64) v);
-}
-
 /* Bytes of payload written so far: what the receiver's limit counts. */
 int
 msg_payload_len(StringInfo buf)
@@ -193,66 +184,7 @@ msg_payload_len(StringInfo buf)
 	return buf->len - MSG_HEADER;
 }
 
-void
-msg_put_int64(StringInfo buf, int64 v)
-{
-	msg_put_int32(buf, (int32) ((uint64) v >> 32));
-	msg_put_int32(buf, (int32) (uint64) v);
-}
-
-void
-msg_put_string(StringInfo buf, const char *s)
-{
-	if (s == NULL)
-	{
-		msg_put_int32(buf, -1);
-		return;
-	}
-	msg_put_int32(buf, (int32) strlen(s));
-	appendBinaryStringInfo(buf, s, strlen(s));
-}
-
-void
-msg_put_table(StringInfo buf, RegTable *t, bool with_cols)
-{
-	int			i;
-
-	msg_put_string(buf, t ? t->qualname : NULL);
-	if (!with_cols || t == NULL)
-	{
-		msg_put_int32(buf, 0);
-		return;
-	}
-	msg_put_int32(buf, t->ncols);
-	for (i = 0; i < t->ncols; i++)
-	{
-		msg_put_string(buf, t->cols[i].name);
-		msg_put_string(buf, t->cols[i].typname);
-	}
-}
-
-void
-msg_put_row(StringInfo buf, const char *key, int state, RegVersion version,
-			const char *origin, char **values, int ncols)
-{
-	int			i;
-
-	msg_put_string(buf, key);
-	msg_put_byte(buf, state);
-	if (state == ROW_LIVE || state == ROW_TOMBSTONE || state == ROW_TOO_LARGE)
-	{
-		msg_put_int64(buf, (int64) version);
-		msg_put_string(buf, origin);
-	}
-	if (state == ROW_LIVE)
-	{
-		msg_put_int32(buf, values ? ncols : -1);
-		for (i = 0; values && i < ncols; i++)
-			msg_put_string(buf, values[i]);
-	}
-}
-
-/* ---- reading ---- */
+/* ---- reading: the frame and the budget ---- */
 
 /*
  * A message is read in two steps.  reader_open() checks the header and,
@@ -448,6 +380,72 @@ reader_alloc(Reader *r, Size n, Size size)
 }
 
 static void
+reader_close(Reader *r)
+{
+	if (r->pos != r->len)
+		malformed("The message has trailing data.");
+}
+
+/* ---- fields (protocol.md 2.3) ---- */
+
+void
+msg_put_byte(StringInfo buf, int v)
+{
+	appendStringInfoCharMacro(buf, (char) v);
+}
+
+void
+msg_put_int32(StringInfo buf, int32 v)
+{
+	char		b[4];
+
+	put_be32(b, (uint32) v);
+	appendBinaryStringInfo(buf, b, 4);
+}
+
+void
+msg_put_int64(StringInfo buf, int64 v)
+{
+	msg_put_int32(buf, (int32) ((uint64) v >> 32));
+	msg_put_int32(buf, (int32) (uint64) v);
+}
+
+void
+msg_put_string(StringInfo buf, const char *s)
+{
+	if (s == NULL)
+	{
+		msg_put_int32(buf, -1);
+		return;
+	}
+	msg_put_int32(buf, (int32) strlen(s));
+	appendBinaryStringInfo(buf, s, strlen(s));
+}
+
+/* Overwrite an int32 written earlier at offset at (a count not known then). */
+static void
+set_int32(StringInfo buf, int at, int32 v)
+{
+	Assert(at >= MSG_HEADER && at + 4 <= buf->len);
+	put_be32(buf->data + at, (uint32) v);
+}
+
+/* Overwrite an int64 written earlier at offset at. */
+static void
+set_int64(StringInfo buf, int at, int64 v)
+{
+	set_int32(buf, at, (int32) ((uint64) v >> 32));
+	set_int32(buf, at + 4, (int32) (uint64) v);
+}
+
+/* The bytes msg_put_string() writes for s. */
+static Size
+string_size(const char *s)
+{
+	return 4 + (s ? strlen(s) : 0);
+}
+
+static void
 need(Reader *r, int n)
 {
 	if (n < 0 || r->len - r->pos < n)
@@ -599,6 +597,54 @@ get_count(Reader *r, int min_wire, Size mem_each)
 	return n;
 }
 
+/* the answer's bucket count: a power of two a node may have */
+static int
+get_nbuckets(Reader *r)
+{
+	int32		nb = get_int32(r);
+
+	if (nb <= 0 || nb > MSG_MAX_BUCKETS || (nb & (nb - 1)) != 0)
+		malformed("The bucket count is not a power of two a node can have.");
+	return nb;
+}
+
+/* ---- table descriptor (protocol.md 2.4) ---- */
+
+/* A table's descriptor; with_cols: its columns too.  t NULL: a NULL name. */
+void
+msg_put_table(StringInfo buf, RegTable *t, bool with_cols)
+{
+	int			i;
+
+	msg_put_string(buf, t ? t->qualname : NULL);
+	if (!with_cols || t == NULL)
+	{
+		msg_put_int32(buf, 0);
+		return;
+	}
+	msg_put_int32(buf, t->ncols);
+	for (i = 0; i < t->ncols; i++)
+	{
+		msg_put_string(buf, t->cols[i].name);
+		msg_put_string(buf, t->cols[i].typname);
+	}
+}
+
+/*
+ * The bytes msg_put_table() writes for t; for NULL 8, as for the "" of a
+ * table no longer registered in msg_write_changes_begin().
+ */
+Size
+msg_table_size(RegTable *t, bool with_cols)
+{
+	Size		size = string_size(t ? t->qualname : NULL) + 4;
+	int			i;
+
+	for (i = 0; t && with_cols && i < t->ncols; i++)
+		size += string_size(t->cols[i].name) + string_size(t->cols[i].typname);
+	return size;
+}
+
 /*
  * A table descriptor.  named: the name must not be empty (only changes
  * may describe a table no longer registered, by "").
@@ -632,6 +678,61 @@ check_table_columns(MsgTable *t, bool with_rows)
 		malformed("A table descriptor has no columns although the answer carries rows.");
 	if ((!with_rows || t->name[0] == '\0') && t->ncols != 0)
 		malformed("A table descriptor has columns although the answer carries no rows.");
+}
+
+/* ---- row (protocol.md 2.5) ---- */
+
+/*
+ * A row: origin and version for a live row, a tombstone and a row too
+ * large; values (ncols of them, or -1 for none when values is NULL) for a
+ * live row.
+ */
+void
+msg_put_row(StringInfo buf, const char *key, int state, RegVersion version,
+			const char *origin, char **values, int ncols)
+{
+	int			i;
+
+	msg_put_string(buf, key);
+	msg_put_byte(buf, state);
+	if (state == ROW_LIVE || state == ROW_TOMBSTONE || state == ROW_TOO_LARGE)
+	{
+		msg_put_int64(buf, (int64) version);
+		msg_put_string(buf, origin);
+	}
+	if (state == ROW_LIVE)
+	{
+		msg_put_int32(buf, values ? ncols : -1);
+		for (i = 0; values && i < ncols; i++)
+			msg_put_string(buf, values[i]);
+	}
+}
+
+/* A row as the next item of the message in w. */
+void
+msg_write_row(MsgWriter *w, const char *key, int state, RegVersion version,
+			  const char *origin, char **values, int ncols)
+{
+	msg_put_row(&w->buf, key, state, version, origin, values, ncols);
+}
+
+/* The bytes msg_put_row() writes for the same arguments. */
+Size
+msg_row_size(const char *key, int state, const char *origin, char **values,
+			 int ncols)
+{
+	Size		size = string_size(key) + 1;
+	int			i;
+
+	if (state == ROW_LIVE || state == ROW_TOMBSTONE || state == ROW_TOO_LARGE)
+		size += 8 + string_size(origin);
+	if (state == ROW_LIVE)
+	{
+		size += 4;
+		for (i = 0; values && i < ncols; i++)
+			size += string_size(values[i]);
+	}
+	return size;
 }
 
 /* the row states an answer may hold, as a mask */
@@ -685,22 +786,78 @@ get_row(Reader *r, MsgRow *row, int ncols, int allowed)
 	}
 }
 
-static void
-reader_close(Reader *r)
+/* ---- kind C: changes (protocol.md 2.6) ---- */
+
+/*
+ * Begin a changes answer in w (initialised, empty): the header and the
+ * descriptors of tables[0..ntables-1], a NULL one being a table no longer
+ * registered ("", no columns).  upto_seq and the count of changes are
+ * written by msg_write_changes_end().
+ */
+void
+msg_write_changes_begin(MsgWriter *w, const char *node, uint64 epoch,
+						uint64 first_seq, uint64 last_seq, int status,
+						bool with_rows, RegTable **tables, int ntables)
 {
-	if (r->pos != r->len)
-		malformed("The message has trailing data.");
+	StringInfo	buf = &w->buf;
+	int			i;
+
+	begin_reuse(buf, 'C');
+	msg_put_string(buf, node);
+	msg_put_int64(buf, (int64) epoch);
+	msg_put_int64(buf, (int64) first_seq);
+	msg_put_int64(buf, (int64) last_seq);
+	w->upto_at = buf->len;
+	msg_put_int64(buf, 0);		/* upto_seq, at the end */
+	msg_put_byte(buf, status);
+	msg_put_byte(buf, with_rows ? 1 : 0);
+	msg_put_int32(buf, ntables);
+	for (i = 0; i < ntables; i++)
+	{
+		if (tables[i])
+			msg_put_table(buf, tables[i], with_rows);
+		else
+		{
+			msg_put_string(buf, "");	/* unregistered since */
+			msg_put_int32(buf, 0);
+		}
+	}
+	w->count_at = buf->len;
+	msg_put_int32(buf, 0);		/* the changes, at the end */
 }
 
-/* the answer's bucket count: a power of two a node may have */
-static int
-get_nbuckets(Reader *r)
+/*
+ * A change; table is its index in the begin's tables.  In an answer with
+ * rows, its row follows (msg_write_row()).
+ */
+void
+msg_write_change(MsgWriter *w, uint64 seq, int table, const char *key,
+				 RegVersion version, const char *origin, char op)
 {
-	int32		nb = get_int32(r);
+	StringInfo	buf = &w->buf;
 
-	if (nb <= 0 || nb > MSG_MAX_BUCKETS || (nb & (nb - 1)) != 0)
-		malformed("The bucket count is not a power of two a node can have.");
-	return nb;
+	msg_put_int64(buf, (int64) seq);
+	msg_put_int32(buf, table);
+	msg_put_string(buf, key);
+	msg_put_int64(buf, (int64) version);
+	msg_put_string(buf, origin);
+	msg_put_byte(buf, op);
+}
+
+/* The bytes msg_write_change() writes, without the row. */
+Size
+msg_change_size(const char *key, const char *origin)
+{
+	return 8 + 4 + string_size(key) + 8 + string_size(origin) + 1;
+}
+
+/* End a changes answer of nchanges changes, covering seqs up to upto_seq. */
+void
+msg_write_changes_end(MsgWriter *w, uint64 upto_seq, int nchanges)
+{
+	Assert(w->count_at > 0 && w->upto_at > 0);
+	set_int32(&w->buf, w->count_at, nchanges);
+	set_int64(&w->buf, w->upto_at, (int64) upto_seq);
 }
 
 void
@@ -786,6 +943,29 @@ msg_read_changes(const char *data, int len, MsgChanges *m)
 	reader_close(&r);
 }
 
+/* ---- kind D: digest (protocol.md 2.7) ---- */
+
+/* A whole digest answer, in w (initialised, empty). */
+void
+msg_write_digest(MsgWriter *w, const MsgDigest *m)
+{
+	StringInfo	buf = &w->buf;
+	int			i;
+
+	begin_reuse(buf, 'D');
+	msg_put_string(buf, m->node);
+	msg_put_string(buf, m->table);
+	msg_put_int32(buf, m->nbuckets);
+	msg_put_int64(buf, (int64) m->root);
+	msg_put_int64(buf, m->live);
+	msg_put_int64(buf, m->tombstones);
+	msg_put_int32(buf, m->lo);
+	msg_put_int32(buf, m->width);
+	msg_put_int32(buf, m->n);
+	for (i = 0; i < m->n; i++)
+		msg_put_int64(buf, (int64) m->digests[i]);
+}
+
 void
 msg_read_digest(const char *data, int len, MsgDigest *m)
 {
@@ -815,6 +995,48 @@ msg_read_digest(const char *data, int len, MsgDigest *m)
 	reader_close(&r);
 }
 
+/* ---- kind E: bucket entries (protocol.md 2.8) ---- */
+
+/*
+ * Begin a bucket entries answer (or a page of table_pages) in w
+ * (initialised, empty).  The entries follow (msg_write_row()), then
+ * msg_write_entries_end().
+ */
+void
+msg_write_entries_begin(MsgWriter *w, RegTable *t, int nbuckets,
+						bool with_rows)
+{
+	StringInfo	buf = &w->buf;
+
+	begin_reuse(buf, 'E');
+	msg_put_table(buf, t, with_rows);
+	msg_put_int32(buf, nbuckets);
+	msg_put_byte(buf, with_rows ? 1 : 0);
+	w->count_at = buf->len;
+	msg_put_int32(buf, 0);		/* the entries, at the end */
+}
+
+/*
+ * End a bucket entries answer of n entries.  more: it was cut short, and
+ * the next one resumes after key hash next_khash.
+ */
+void
+msg_write_entries_end(MsgWriter *w, int n, bool more, uint32 next_khash)
+{
+	Assert(w->count_at > 0);
+	set_int32(&w->buf, w->count_at, n);
+	msg_put_byte(&w->buf, more ? 1 : 0);
+	if (more)
+		msg_put_int32(&w->buf, khash_to_int4(next_khash));
+}
+
+/* The bytes msg_write_entries_end() writes. */
+Size
+msg_entries_end_size(bool more)
+{
+	return more ? 1 + 4 : 1;
+}
+
 void
 msg_read_entries(const char *data, int len, MsgEntries *m)
 {
@@ -842,6 +1064,31 @@ msg_read_entries(const char *data, int len, MsgEntries *m)
 	if (m->more)
 		m->next_khash = int4_to_khash(get_int32(&r));
 	reader_close(&r);
+}
+
+/* ---- kind R: rows (protocol.md 2.9) ---- */
+
+/*
+ * Begin a rows answer in w (initialised, empty).  The rows follow
+ * (msg_write_row()), then msg_write_rows_end().
+ */
+void
+msg_write_rows_begin(MsgWriter *w, RegTable *t)
+{
+	StringInfo	buf = &w->buf;
+
+	begin_reuse(buf, 'R');
+	msg_put_table(buf, t, true);
+	w->count_at = buf->len;
+	msg_put_int32(buf, 0);		/* the rows, at the end */
+}
+
+/* End a rows answer of n rows. */
+void
+msg_write_rows_end(MsgWriter *w, int n)
+{
+	Assert(w->count_at > 0);
+	set_int32(&w->buf, w->count_at, n);
 }
 
 void
@@ -902,7 +1149,7 @@ json_table(StringInfo b, MsgTable *t)
 }
 
 static const char *
-state_name(int state)
+row_state_name(int state)
 {
 	switch (state)
 	{
@@ -926,7 +1173,7 @@ json_row(StringInfo b, MsgRow *row, int ncols)
 
 	appendStringInfoString(b, "{\"key\": ");
 	json_str(b, row->key);
-	appendStringInfo(b, ", \"state\": \"%s\"", state_name(row->state));
+	appendStringInfo(b, ", \"state\": \"%s\"", row_state_name(row->state));
 	if (row->state == ROW_LIVE || row->state == ROW_TOMBSTONE ||
 		row->state == ROW_TOO_LARGE)
 	{

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * message.h
- *	  The messages the serving functions answer with, as C structures.
+ *	  The messages the serving functions answer with: as C structures, and
+ *	  the writers and readers of each kind (message.c).
  *
  * Every serving function returns one bytea message:
  *
@@ -120,14 +121,68 @@ typedef struct MsgRows
 	MsgRow	   *rows;
 } MsgRows;
 
-/* writing */
-extern void msg_begin(StringInfo buf, char kind);
-extern void msg_begin_reuse(StringInfo buf, char kind);
+/*
+ * writing: each kind has its writers beside its reader in message.c.  A
+ * writer starts from an initialised, empty buffer (msg_writer_init(), or
+ * resetStringInfo() of one used before); a kind's _begin writes its
+ * header, the caller writes its items, and its _end fills in what is known
+ * only then (counts, upto_seq).  msg_finish() or msg_finish_copy() of
+ * w.buf then makes the bytea, compressed if large.  The _size functions
+ * give the bytes an item takes, to fit an answer to the caller's limit.
+ */
+typedef struct MsgWriter
+{
+	StringInfoData buf;			/* the message so far, header included */
+	int			count_at;		/* offset of the count of items */
+	int			upto_at;		/* kind C: offset of upto_seq */
+} MsgWriter;
+
+extern void msg_writer_init(MsgWriter *w);
+extern int	msg_payload_len(StringInfo buf);
 extern bytea *msg_finish(StringInfo buf);
 extern bytea *msg_finish_copy(StringInfo buf);
-extern void msg_set_int32(StringInfo buf, int at, int32 v);
-extern void msg_set_int64(StringInfo buf, int at, int64 v);
-extern int	msg_payload_len(StringInfo buf);
+
+/* a row: an item of kinds E and R, and the row of a change in kind C */
+extern void msg_write_row(MsgWriter *w, const char *key, int state,
+						  RegVersion version, const char *origin,
+						  char **values, int ncols);
+extern Size msg_row_size(const char *key, int state, const char *origin,
+						 char **values, int ncols);
+extern Size msg_table_size(RegTable *t, bool with_cols);
+
+/* kind C: begin, then per change msg_write_change (and its row), end */
+extern void msg_write_changes_begin(MsgWriter *w, const char *node,
+									uint64 epoch, uint64 first_seq,
+									uint64 last_seq, int status,
+									bool with_rows, RegTable **tables,
+									int ntables);
+extern void msg_write_change(MsgWriter *w, uint64 seq, int table,
+							 const char *key, RegVersion version,
+							 const char *origin, char op);
+extern Size msg_change_size(const char *key, const char *origin);
+extern void msg_write_changes_end(MsgWriter *w, uint64 upto_seq,
+								  int nchanges);
+
+/* kind D, whole */
+extern void msg_write_digest(MsgWriter *w, const MsgDigest *m);
+
+/* kind E: begin, msg_write_row per entry, end */
+extern void msg_write_entries_begin(MsgWriter *w, RegTable *t, int nbuckets,
+									bool with_rows);
+extern void msg_write_entries_end(MsgWriter *w, int n, bool more,
+								  uint32 next_khash);
+extern Size msg_entries_end_size(bool more);
+
+/* kind R: begin, msg_write_row per key, end */
+extern void msg_write_rows_begin(MsgWriter *w, RegTable *t);
+extern void msg_write_rows_end(MsgWriter *w, int n);
+
+/*
+ * The parts the writers above are made of, for messages built field by
+ * field (the fuzz harness's seeds and round trips, scripts/fuzz): not
+ * for the serving functions.
+ */
+extern void msg_begin(StringInfo buf, char kind);
 extern void msg_put_byte(StringInfo buf, int v);
 extern void msg_put_int32(StringInfo buf, int32 v);
 extern void msg_put_int64(StringInfo buf, int64 v);

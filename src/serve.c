@@ -126,30 +126,18 @@ answer_limit(FunctionCallInfo fcinfo, int argno)
 	return Max(MIN_ANSWER_BYTES, Min(want, registry_max_message_size));
 }
 
-/* The bytes msg_put_row() writes for r. */
+/* The bytes r takes in an answer. */
 static Size
 row_out_size(const RowOut *r)
 {
-	Size		size = 4 + strlen(r->key) + 1;
-	int			i;
-
-	if (r->state == ROW_LIVE || r->state == ROW_TOMBSTONE ||
-		r->state == ROW_TOO_LARGE)
-		size += 8 + 4 + strlen(r->origin);
-	if (r->state == ROW_LIVE)
-	{
-		size += 4;
-		for (i = 0; r->values && i < r->ncols; i++)
-			size += 4 + (r->values[i] ? strlen(r->values[i]) : 0);
-	}
-	return size;
+	return msg_row_size(r->key, r->state, r->origin, r->values, r->ncols);
 }
 
 static void
-put_row_out(StringInfo buf, const RowOut *r)
+write_row_out(MsgWriter *w, const RowOut *r)
 {
-	msg_put_row(buf, r->key, r->state, r->version, r->origin, r->values,
-				r->ncols);
+	msg_write_row(w, r->key, r->state, r->version, r->origin, r->values,
+				  r->ncols);
 }
 
 /*
@@ -164,11 +152,11 @@ row_out_too_large(RowOut *r)
 	r->values = NULL;
 }
 
-/* Whether size more bytes keep the answer in buf within limit. */
+/* Whether size more bytes keep the answer in w within limit. */
 static bool
-fits(StringInfo buf, Size size, int limit)
+fits(MsgWriter *w, Size size, int limit)
 {
-	return (Size) msg_payload_len(buf) + size <= (Size) limit;
+	return (Size) msg_payload_len(&w->buf) + size <= (Size) limit;
 }
 
 /*
@@ -214,18 +202,6 @@ current_row(RegTable *t, RowLookup *rl, const char *key, bool with_values,
 	}
 }
 
-/* The bytes msg_put_table() writes for t. */
-static Size
-table_desc_size(RegTable *t, bool with_cols)
-{
-	Size		size = 4 + strlen(t->qualname) + 4;
-	int			i;
-
-	for (i = 0; with_cols && i < t->ncols; i++)
-		size += 8 + strlen(t->cols[i].name) + strlen(t->cols[i].typname);
-	return size;
-}
-
 /*
  * registry.changes_since(after_seq bigint, max_changes int, with_rows bool,
  *						  epoch bigint, exclude_origin text, wait_ms int,
@@ -255,7 +231,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 				upto;
 	int			status = CHANGES_OK;
 	int			i;
-	StringInfoData buf;
+	MsgWriter	w;
 	int32	   *tids;
 	RegTable  **tables;
 	int			ntables = 0;
@@ -263,8 +239,6 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	char		(*onames)[REGISTRY_NAME_LEN] = NULL;
 	int			limit = answer_limit(fcinfo, 6);
 	Size		desc_bytes = 0;
-	int			upto_at;
-	int			count_at;
 
 	check_peer();
 	if (after < 0)
@@ -380,7 +354,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 		if (t == ntables)
 		{
 			RegTable   *rt = regtable_by_tid(e->tid, true);
-			Size		dsize = rt ? table_desc_size(rt, with_rows) : 8;
+			Size		dsize = msg_table_size(rt, with_rows);
 
 			if (ntables > 0 && desc_bytes + dsize > (Size) limit / 2)
 			{
@@ -395,28 +369,9 @@ registry_changes_since(PG_FUNCTION_ARGS)
 		}
 	}
 
-	msg_begin(&buf, 'C');
-	msg_put_string(&buf, registry_node_name);
-	msg_put_int64(&buf, (int64) epoch);
-	msg_put_int64(&buf, (int64) first);
-	msg_put_int64(&buf, (int64) last);
-	upto_at = buf.len;
-	msg_put_int64(&buf, (int64) upto);
-	msg_put_byte(&buf, status);
-	msg_put_byte(&buf, with_rows ? 1 : 0);
-	msg_put_int32(&buf, ntables);
-	for (i = 0; i < ntables; i++)
-	{
-		if (tables[i])
-			msg_put_table(&buf, tables[i], with_rows);
-		else
-		{
-			msg_put_string(&buf, "");	/* unregistered since */
-			msg_put_int32(&buf, 0);
-		}
-	}
-	count_at = buf.len;
-	msg_put_int32(&buf, 0);		/* the changes, counted below */
+	msg_writer_init(&w);
+	msg_write_changes_begin(&w, registry_node_name, epoch, first, last,
+							status, with_rows, tables, ntables);
 
 	/* every change copied above is committed: a new snapshot sees it */
 	snap = RegisterSnapshot(GetLatestSnapshot());
@@ -444,14 +399,14 @@ registry_changes_since(PG_FUNCTION_ARGS)
 			for (t = 0; t < ntables; t++)
 				if (tids[t] == e->tid)
 					break;
-			size = 8 + 4 + 4 + strlen(e->key) + 8 + 4 + strlen(onames[i]) + 1;
+			size = msg_change_size(e->key, onames[i]);
 			if (with_rows)
 			{
 				current_row(e->op == REG_OP_RESYNC ? NULL : tables[t],
 							&lookups[t], e->key, true, snap, &row);
 				size += row_out_size(&row);
 			}
-			if (!fits(&buf, size, limit))
+			if (!fits(&w, size, limit))
 			{
 				if (nchanges > 0)
 				{
@@ -462,14 +417,10 @@ registry_changes_since(PG_FUNCTION_ARGS)
 				if (with_rows && row.state == ROW_LIVE)
 					row_out_too_large(&row);
 			}
-			msg_put_int64(&buf, (int64) e->seq);
-			msg_put_int32(&buf, t);
-			msg_put_string(&buf, e->key);
-			msg_put_int64(&buf, (int64) e->version);
-			msg_put_string(&buf, onames[i]);
-			msg_put_byte(&buf, e->op);
+			msg_write_change(&w, e->seq, t, e->key, e->version, onames[i],
+							 e->op);
 			if (with_rows)
-				put_row_out(&buf, &row);
+				write_row_out(&w, &row);
 			nchanges++;
 		}
 		if (with_rows)
@@ -477,12 +428,11 @@ registry_changes_since(PG_FUNCTION_ARGS)
 				if (tables[i])
 					row_lookup_end(&lookups[i]);
 	}
-	msg_set_int32(&buf, count_at, nchanges);
-	msg_set_int64(&buf, upto_at, (int64) upto);
+	msg_write_changes_end(&w, upto, nchanges);
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
 	UnregisterSnapshot(snap);
-	PG_RETURN_BYTEA_P(msg_finish(&buf));
+	PG_RETURN_BYTEA_P(msg_finish(&w.buf));
 }
 
 static void
@@ -537,7 +487,8 @@ registry_digest(PG_FUNCTION_ARGS)
 				tombs;
 	int			ratio;
 	int			i;
-	StringInfoData buf;
+	MsgDigest	m;
+	MsgWriter	w;
 
 	check_peer();
 	registry_check_not_null(fcinfo, 0, "tbl");
@@ -593,16 +544,16 @@ registry_digest(PG_FUNCTION_ARGS)
 		root ^= buckets[i];
 	}
 
-	msg_begin(&buf, 'D');
-	msg_put_string(&buf, registry_node_name);
-	msg_put_string(&buf, t->qualname);
-	msg_put_int32(&buf, gran);
-	msg_put_int64(&buf, (int64) root);
-	msg_put_int64(&buf, live);
-	msg_put_int64(&buf, tombs);
-	msg_put_int32(&buf, lo);
-	msg_put_int32(&buf, width);
-	msg_put_int32(&buf, n);
+	m.node = registry_node_name;
+	m.table = t->qualname;
+	m.nbuckets = gran;
+	m.root = root;
+	m.live = live;
+	m.tombstones = tombs;
+	m.lo = lo;
+	m.width = width;
+	m.n = n;
+	m.digests = palloc(sizeof(uint64) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
 		uint64		d = 0;
@@ -610,9 +561,11 @@ registry_digest(PG_FUNCTION_ARGS)
 
 		for (b = lo + i * width; b < lo + (i + 1) * width; b++)
 			d ^= coarse[b];
-		msg_put_int64(&buf, (int64) d);
+		m.digests[i] = d;
 	}
-	PG_RETURN_BYTEA_P(msg_finish(&buf));
+	msg_writer_init(&w);
+	msg_write_digest(&w, &m);
+	PG_RETURN_BYTEA_P(msg_finish(&w.buf));
 }
 
 static int
@@ -656,19 +609,18 @@ typedef struct EntryArray
 	int			limit;			/* the caller's max_bytes, less the rest */
 } EntryArray;
 
-/* The bytes msg_put_row() writes for e. */
+/* e's state in an answer */
+static int
+entry_state(BucketEntry *e)
+{
+	return e->deleted ? ROW_TOMBSTONE : e->too_large ? ROW_TOO_LARGE : ROW_LIVE;
+}
+
+/* The bytes e takes in an answer. */
 static Size
 entry_size(RegTable *t, BucketEntry *e)
 {
-	RowOut		r;
-
-	r.key = e->key;
-	r.state = e->deleted ? ROW_TOMBSTONE : e->too_large ? ROW_TOO_LARGE : ROW_LIVE;
-	r.version = e->version;
-	strlcpy(r.origin, e->origin, sizeof(r.origin));
-	r.values = e->values;
-	r.ncols = t->ncols;
-	return row_out_size(&r);
+	return msg_row_size(e->key, entry_state(e), e->origin, e->values, t->ncols);
 }
 
 /*
@@ -821,7 +773,7 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	int			i;
 	bool		more = false;
 	EntryArray	ea;
-	StringInfoData buf;
+	MsgWriter	w;
 	int			nest = -1;
 
 	check_peer();
@@ -832,7 +784,7 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	nbuckets = PG_GETARG_INT32(1);
 	arr = PG_GETARG_ARRAYTYPE_P(2);
 	check_ready();
-	check_nbuckets(nbuckets, 1 << 24);
+	check_nbuckets(nbuckets, MSG_MAX_BUCKETS);
 	maxe = Max(1, Min(maxe, MAX_ENTRIES_PER_CALL));
 	t = regtable_by_name(name, true);
 	if (t == NULL)
@@ -862,7 +814,7 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	ea.e = palloc(sizeof(BucketEntry) * ea.max);
 	ea.bytes = 0;
 	/* room for the descriptor and the fields around the entries */
-	ea.limit = answer_limit(fcinfo, 6) - (int) table_desc_size(t, with_rows) - 64;
+	ea.limit = answer_limit(fcinfo, 6) - (int) msg_table_size(t, with_rows) - 64;
 	for (i = 0; i < nelems && !more; i++)
 	{
 		uint32		lo,
@@ -886,24 +838,18 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
 
-	msg_begin(&buf, 'E');
-	msg_put_table(&buf, t, with_rows);
-	msg_put_int32(&buf, nbuckets);
-	msg_put_byte(&buf, with_rows ? 1 : 0);
-	msg_put_int32(&buf, ea.n);
+	msg_writer_init(&w);
+	msg_write_entries_begin(&w, t, nbuckets, with_rows);
 	for (i = 0; i < ea.n; i++)
 	{
 		BucketEntry *e = &ea.e[i];
 
-		msg_put_row(&buf, e->key,
-					e->deleted ? ROW_TOMBSTONE : e->too_large ? ROW_TOO_LARGE : ROW_LIVE,
-					e->version, e->origin, e->values, t->ncols);
+		msg_write_row(&w, e->key, entry_state(e), e->version, e->origin,
+					  e->values, t->ncols);
 	}
-	msg_put_byte(&buf, more ? 1 : 0);
-	if (more)
-		msg_put_int32(&buf, ea.n > 0 ? khash_to_int4(ea.e[ea.n - 1].khash) :
-					  khash_to_int4(after_hash));
-	PG_RETURN_BYTEA_P(msg_finish(&buf));
+	msg_write_entries_end(&w, ea.n, more,
+						  ea.n > 0 ? ea.e[ea.n - 1].khash : after_hash);
+	PG_RETURN_BYTEA_P(msg_finish(&w.buf));
 }
 
 /*
@@ -924,11 +870,10 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 	int			nelems;
 	int			i;
 	int			n = 0;
-	StringInfoData buf;
+	MsgWriter	w;
 	RowLookup	rl;
 	int			nest = -1;
 	int			limit = answer_limit(fcinfo, 2);
-	int			count_at;
 
 	check_peer();
 	registry_check_not_null(fcinfo, 0, "tbl");
@@ -952,10 +897,8 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("keys must not be null")));
 
-	msg_begin(&buf, 'R');
-	msg_put_table(&buf, t, true);
-	count_at = buf.len;
-	msg_put_int32(&buf, 0);		/* the rows, counted below */
+	msg_writer_init(&w);
+	msg_write_rows_begin(&w, t);
 	if (t->needs_canonical)
 		canonical_gucs_push(&nest);
 	row_lookup_begin(&rl, t, AccessShareLock, GetActiveSnapshot());
@@ -966,21 +909,21 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 		current_row(t, &rl, TextDatumGetCString(elems[i]), true,
 					GetActiveSnapshot(), &row);
-		if (!fits(&buf, row_out_size(&row), limit))
+		if (!fits(&w, row_out_size(&row), limit))
 		{
 			if (n > 0)
 				break;			/* the rest is asked for again */
 			if (row.state == ROW_LIVE)
 				row_out_too_large(&row);
 		}
-		put_row_out(&buf, &row);
+		write_row_out(&w, &row);
 		n++;
 	}
 	row_lookup_end(&rl);
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
-	msg_set_int32(&buf, count_at, n);
-	PG_RETURN_BYTEA_P(msg_finish(&buf));
+	msg_write_rows_end(&w, n);
+	PG_RETURN_BYTEA_P(msg_finish(&w.buf));
 }
 
 /* A whole-table read in progress: registry.table_pages() between pages. */
@@ -997,7 +940,7 @@ typedef struct TablePages
 	int			page_rows;
 	int			limit;			/* the caller's max_bytes per page */
 	MemoryContext rowcxt;		/* one entry's key and values */
-	StringInfoData buf;			/* the page being built, reused */
+	MsgWriter	w;				/* the page being built, reused */
 	StringInfoData carry;		/* an entry that did not fit the last page */
 } TablePages;
 
@@ -1067,13 +1010,14 @@ table_pages_end(FunctionCallInfo fcinfo, TablePages *tp)
 static bool
 page_overflows(TablePages *tp, int before, int n)
 {
-	if (msg_payload_len(&tp->buf) + 1 <= tp->limit)	/* and "more" */
+	StringInfo	buf = &tp->w.buf;
+
+	if ((Size) msg_payload_len(buf) + msg_entries_end_size(false) <= (Size) tp->limit)
 		return false;
 	Assert(n > 0);
-	appendBinaryStringInfo(&tp->carry, tp->buf.data + before,
-						   tp->buf.len - before);
-	tp->buf.len = before;
-	tp->buf.data[before] = '\0';
+	appendBinaryStringInfo(&tp->carry, buf->data + before, buf->len - before);
+	buf->len = before;
+	buf->data[before] = '\0';
 	return true;
 }
 
@@ -1099,7 +1043,6 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	MemoryContext oldcxt;
 	int			n = 0;
 	int			nest = -1;
-	int			count_at;
 	int			empty_len;
 	bool		full = false;
 
@@ -1132,7 +1075,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 		tp->rowcxt = AllocSetContextCreate(fctx->multi_call_memory_ctx,
 										   "registry table page row",
 										   ALLOCSET_SMALL_SIZES);
-		initStringInfo(&tp->buf);
+		msg_writer_init(&tp->w);
 		initStringInfo(&tp->carry);
 		fctx->user_fctx = tp;
 		if (rsinfo && IsA(rsinfo, ReturnSetInfo) && rsinfo->econtext)
@@ -1163,18 +1106,14 @@ registry_table_pages(PG_FUNCTION_ARGS)
 
 	/* buf grows in its own context; anything else is one entry's */
 	oldcxt = MemoryContextSwitchTo(tp->rowcxt);
-	resetStringInfo(&tp->buf);
-	msg_begin_reuse(&tp->buf, 'E');
-	msg_put_table(&tp->buf, t, true);
-	msg_put_int32(&tp->buf, 1);		/* nbuckets: the whole table */
-	msg_put_byte(&tp->buf, 1);		/* with rows */
-	count_at = tp->buf.len;
-	msg_put_int32(&tp->buf, 0);		/* entries, filled in below */
+	resetStringInfo(&tp->w.buf);
+	msg_write_entries_begin(&tp->w, t, 1, true);	/* 1 bucket: the whole table */
 	/* a page without entries: the descriptor, counts and "more" */
-	empty_len = msg_payload_len(&tp->buf) + 1;
+	empty_len = msg_payload_len(&tp->w.buf) + (int) msg_entries_end_size(false);
 	if (tp->carry.len > 0)
 	{
-		appendBinaryStringInfo(&tp->buf, tp->carry.data, tp->carry.len);
+		/* an entry already written, moved here whole by page_overflows() */
+		appendBinaryStringInfo(&tp->w.buf, tp->carry.data, tp->carry.len);
 		resetStringInfo(&tp->carry);
 		n++;
 	}
@@ -1184,7 +1123,8 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	{
 		VersionState st;
 		char	   *key;
-		int			before = tp->buf.len;
+		char	  **values;
+		int			before = tp->w.buf.len;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(tp->rowcxt);
@@ -1200,16 +1140,17 @@ registry_table_pages(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("row \"%s\" of registry table %s has no version",
 							key, t->qualname)));
-		msg_put_row(&tp->buf, key, ROW_LIVE, st.version, st.origin,
-					row_values(t, tp->rs.slot), t->ncols);
-		if (empty_len + (tp->buf.len - before) > tp->limit)
+		values = row_values(t, tp->rs.slot);
+		if ((Size) empty_len + msg_row_size(key, ROW_LIVE, st.origin, values,
+											t->ncols) > (Size) tp->limit)
 		{
 			/* no page can hold it: it goes without its values */
-			tp->buf.len = before;
-			tp->buf.data[before] = '\0';
-			msg_put_row(&tp->buf, key, ROW_TOO_LARGE, st.version, st.origin,
-						NULL, 0);
+			msg_write_row(&tp->w, key, ROW_TOO_LARGE, st.version, st.origin,
+						  NULL, 0);
 		}
+		else
+			msg_write_row(&tp->w, key, ROW_LIVE, st.version, st.origin,
+						  values, t->ncols);
 		if (page_overflows(tp, before, n))
 			full = true;		/* the row opens the next page */
 		n++;
@@ -1224,7 +1165,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	while (!full && n < tp->page_rows && tp->tombs_open && tp->open)
 	{
 		KeyVersion	kv;
-		int			before = tp->buf.len;
+		int			before = tp->w.buf.len;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(tp->rowcxt);
@@ -1233,8 +1174,8 @@ registry_table_pages(PG_FUNCTION_ARGS)
 			table_pages_close(tp);
 			break;
 		}
-		msg_put_row(&tp->buf, kv.key, ROW_TOMBSTONE, kv.version, kv.origin,
-					NULL, 0);
+		msg_write_row(&tp->w, kv.key, ROW_TOMBSTONE, kv.version, kv.origin,
+					  NULL, 0);
 		pfree(kv.key);
 		if (page_overflows(tp, before, n))
 			full = true;
@@ -1244,8 +1185,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 		n--;					/* carried */
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
-	msg_put_byte(&tp->buf, 0);		/* no "more": the next page follows */
-	msg_set_int32(&tp->buf, count_at, n);
+	msg_write_entries_end(&tp->w, n, false, 0);	/* no "more": the next page follows */
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(tp->rowcxt);
 
@@ -1255,5 +1195,5 @@ registry_table_pages(PG_FUNCTION_ARGS)
 		table_pages_end(fcinfo, tp);
 		SRF_RETURN_DONE(fctx);
 	}
-	SRF_RETURN_NEXT(fctx, PointerGetDatum(msg_finish_copy(&tp->buf)));
+	SRF_RETURN_NEXT(fctx, PointerGetDatum(msg_finish_copy(&tp->w.buf)));
 }
