@@ -288,27 +288,7 @@ int4_to_khash(int32 v)
 #define REGISTRY_STAMP_TRIGGER		"registry_stamp"
 #define REGISTRY_CAPTURE_TRIGGER	"registry_capture"
 
-/* ---- capture.c ---- */
-struct ApplyRow;				/* apply.c's, below */
-extern void capture_init(void);
-extern void capture_record(RegTable *t, uint32 khash, const char *key,
-						   const VersionState *old, RegVersion version,
-						   const char *origin, bool deleted);
-extern void capture_stamp_existing(RegTable *t);
-extern void capture_set_apply(int32 tid, const char *key, RegVersion version,
-							  const char *origin);
-extern void capture_set_bulk_apply(RegTable *t, struct ApplyRow *rows,
-								   int *taken, int m);
-extern void capture_fresh_begin(RegTable *t);
-extern void capture_fresh_end(RegTable *t);
-extern void capture_end_bulk_apply(RegTable *t);
-extern void capture_suppress(int32 tid);
-extern void capture_reset_table(RegTable *t);
-extern void capture_adopt(RegTable *t);
-extern void capture_forget_tombstones(RegTable *t, int n, uint32 *khashes,
-									  char **keys, RegVersion *versions,
-									  char **origins);
-extern void capture_clear_apply(void);
+/* ---- capture.c, publish.c: see capture.h, publish.h ---- */
 
 /* ---- digest.c ---- */
 extern uint64 digest_entry_hash(const char *key, RegVersion version,
