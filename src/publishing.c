@@ -18,8 +18,11 @@
  * transaction's xid may fall inside the range; its writer then waits for
  * this publication as well, which costs microseconds and nothing else.
  *
- * This file uses nothing of the registry's own: tombstones.c (a durable
- * store, below the shared-state owners) may call it without a cycle.
+ * Layer: this file uses nothing of the registry's own (only PostgreSQL),
+ * so it sits with the durable stores (layer 3), the way hlc.c owns its
+ * shared state at layer 2: tombstones.c, a durable store whose writers
+ * must wait too, then calls it on its own layer and without a cycle,
+ * with no hook needed.
  *
  * Lock rules: none.  Each process writes only its own slot, with atomics
  * and barriers: the high end first, then the low end (a reader that sees

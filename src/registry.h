@@ -7,8 +7,9 @@
  *
  * Each concern lives in the source file of the same name: hlc.c (clock),
  * keys.c (canonical keys), catalog.c (registration), rows.c (finding a
- * key's row and version), tombstones.c (deleted keys), capture.c (triggers
- * and commit-time publication), shmem.c (shared memory layout),
+ * key's row and version), tombstones.c (deleted keys), capture.c
+ * (triggers), publish.c (commit-time publication, capture modes),
+ * publishing.c (publication order), shmem.c (shared memory layout),
  * changelog.c, acceptor.c, digest.c, message.c (wire format), serve.c
  * (functions peers call), apply.c (writing remote rows), sync.c (pulling
  * from peers), peers.c (peer list, sync_now, purge, resync), views.c,
