@@ -32,12 +32,15 @@
  *								are published as one digest delta and one
  *								"resync" change log entry.
  *
- * Modes of different kinds may be active together (a bulk change of
- * another table may start inside an apply); APPLY_ROW, APPLY_BULK and the
- * bulk-collecting kinds do not nest within themselves (an ERROR: user
- * code that runs inside the statement cannot apply, truncate or register
- * a registry table).  A mode ends at its pop, when the subtransaction that
- * pushed it aborts, or at the end of the transaction.
+ * Modes may be active together (a bulk change of another table may start
+ * inside an apply), with two exceptions, each an ERROR because user code
+ * that runs inside the statement would otherwise have its writes taken
+ * for ours: an apply mode (APPLY_ROW, APPLY_BULK) cannot start while one
+ * is active, and a collecting mode (APPLY_BULK, APPLY_FRESH, BULK) cannot
+ * start while one collects.  A SUPPRESS replaces an earlier one.  A mode
+ * ends at its pop, when the subtransaction that pushed it aborts, or at
+ * the end of the transaction; popping a mode not active is harmless for
+ * APPLY_ROW and SUPPRESS (apply_end() pops APPLY_ROW for safety).
  *
  *-------------------------------------------------------------------------
  */

@@ -740,7 +740,10 @@ notify_pending(void)
 		}
 
 		if (n == 0 && lost == 0)
+		{
+			pfree(copy);
 			break;
+		}
 		if (!registry_notifications)
 		{
 			changelog_notified(notified + n, 0, 0, 0);
