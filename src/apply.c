@@ -9,7 +9,7 @@
  * is greater than the stored one; otherwise it is upserted (with its
  * version columns) or deleted through SQL, so constraints are checked and
  * the registry triggers record it with the remote version
- * (capture_set_apply) and publish it at commit like any local change.  A
+ * (CAPTURE_MODE_APPLY_ROW) and publish it at commit like any local change.  A
  * tombstone for a key without a local row is written to
  * registry.tombstones directly.
  *
@@ -56,6 +56,7 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
+#include "publish.h"
 #include "registry.h"
 #include "apply.h"
 #include "rows.h"
@@ -475,7 +476,8 @@ apply_one_row(ApplyColumns *ac, const char *key, RegVersion version,
 	if (!cur.exists && version <= t->purge_horizon)
 		return deleted ? APPLY_SKIPPED_OLDER : APPLY_REFUSED_PURGED;
 
-	capture_set_apply(t->tid, key, version, origin);
+	publish_mode_push(&(CaptureMode) {.kind = CAPTURE_MODE_APPLY_ROW,
+					  .table = t, .key = key, .version = version, .origin = origin});
 	if (!deleted)
 	{
 		char		vtext[32];
@@ -526,10 +528,10 @@ apply_one_row(ApplyColumns *ac, const char *key, RegVersion version,
 						 errmsg("registry key \"%s\" was inserted concurrently", key),
 						 errdetail("A row of the key was committed or is being written since the delete looked."),
 						 errhint("Retry: the delete then replaces the row if it is newer.")));
-			capture_record(t, khash, key, &old, version, origin, true);
+			publish_record(t, khash, key, &old, version, origin, true);
 		}
 	}
-	capture_clear_apply();
+	publish_mode_pop(CAPTURE_MODE_APPLY_ROW);
 	return APPLY_APPLIED;
 }
 
@@ -949,7 +951,7 @@ rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew,
 		table_close(rel, NoLock);
 		return 0;
 	}
-	capture_fresh_begin(t);
+	publish_mode_push(&(CaptureMode) {.kind = CAPTURE_MODE_APPLY_FRESH, .table = t});
 	insert_fresh_direct(ac, rel, rows, taken, m, f);
 	table_close(rel, NoLock);
 
@@ -1037,10 +1039,10 @@ rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew,
 									r->key)));
 			}
 		}
-		capture_record(t, khash[i], r->key, old, r->version, r->origin, false);
+		publish_record(t, khash[i], r->key, old, r->version, r->origin, false);
 	}
 	context_row(f, NULL, 0, NULL, false, 0);
-	capture_fresh_end(t);
+	publish_mode_pop(CAPTURE_MODE_APPLY_FRESH);
 	return m;
 }
 
@@ -1125,13 +1127,14 @@ rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew,
 	args = palloc(sizeof(Datum) * (nc + 2));
 	row_arrays(ac, rows, taken, m, args, f);
 
-	capture_set_bulk_apply(t, rows, taken, m);
+	publish_mode_push(&(CaptureMode) {.kind = CAPTURE_MODE_APPLY_BULK, .table = t,
+					  .rows = rows, .taken = taken, .nrows = m});
 	/* user code the statement runs sees one of m rows: name the first */
 	context_row(f, rows[taken[0]].key, rows[taken[0]].version,
 				rows[taken[0]].origin, false, m);
 	rc = SPI_execute_plan(ac->bulk, args, NULL, false, 0);
 	context_row(f, NULL, 0, NULL, false, 0);
-	capture_end_bulk_apply(t);
+	publish_mode_pop(CAPTURE_MODE_APPLY_BULK);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "registry: bulk apply failed: %s", SPI_result_code_string(rc));
 	return (int) SPI_processed;
@@ -1161,7 +1164,7 @@ apply_begin(void)
 void
 apply_end(int nest)
 {
-	capture_clear_apply();
+	publish_mode_pop(CAPTURE_MODE_APPLY_ROW);
 	if (nest >= 0)
 		canonical_gucs_pop(nest);
 	SPI_finish();

@@ -51,6 +51,8 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
+#include "capture.h"
+#include "publish.h"
 #include "registry.h"
 #include "row_keys.h"
 #include "shmem.h"
@@ -947,7 +949,7 @@ refuse_ddl(const char *name, const char *what)
 /*
  * Take up a registration restored from a dump, once the restore has made
  * its table whole: it becomes this node's, and the table's rows and
- * tombstones, versions kept, fill its digests (capture_adopt) and
+ * tombstones, versions kept, fill its digests (publish_adopt_table) and
  * registry.row_keys.
  */
 static void
@@ -960,7 +962,7 @@ regtable_adopt(Oid relid)
 								 quote_literal_cstr(incarnation())));
 	t = regtable_by_relid(relid, false);
 	t->slot = table_slot_for(t->tid, relid);
-	capture_adopt(t);
+	publish_adopt_table(t);
 	/* registry.row_keys is not dumped: it is derived from the rows */
 	(void) row_keys_build(t);
 	ereport(LOG,

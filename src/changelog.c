@@ -3,64 +3,429 @@
  * changelog.c
  *	  The change log: a ring in shared memory of committed changes, in
  *	  commit order, numbered by seq (one per change, no gaps).  Peers read
- *	  it from the last seq they consumed (registry.changes_since); the
- *	  notifier turns it into registry_change notifications.
+ *	  it from the last seq they consumed (registry.changes_since), waiting
+ *	  for the next commit if there is nothing yet (long polling); the
+ *	  notifier (worker.c) turns it into registry_change notifications.
  *
  * The ring keeps registry.change_log_size entries; the oldest is
  * overwritten when it is full (counted in registry.node).  It lives only
  * in memory: after a restart it starts empty under a new epoch, and a
- * reader that was behind falls back to comparing digests.
+ * reader that was behind falls back to comparing digests.  Seqs only make
+ * sense together with the epoch: CREATE EXTENSION starts a new one
+ * (changelog_reset()), and readers get it with the entries they read.
  *
- * Entries are written only by the commit callback (capture.c) under
- * changelog_lock; everything else reads under the same lock, shared.
+ * This file is the only one that knows the ring's layout.  Publication
+ * (publish.c) appends a committed transaction's changes with
+ * changelog_append() and then wakes the readers with
+ * changelog_wake_readers(); serve.c, views.c and the notifier read copies
+ * with changelog_read().
+ *
+ * Lock rules:
+ *	- the ring, epoch, first_seq, last_seq, overwritten and truncations are
+ *	  written under the change log's LWLock exclusive (changelog_append,
+ *	  changelog_reset) and read under it shared; every function here takes
+ *	  and releases it itself, and none is called with it held;
+ *	- the origin number of an entry keeps its name while the entry is in
+ *	  the ring (origins' rules): names are copied under the lock;
+ *	- the notifier's progress and counters are under notifier_mutex
+ *	  (spinlock);
+ *	- notify_wanted is atomic: the idle notifier sets it, the next commit
+ *	  clears it and sets the notifier's latch;
+ *	- lock order: meta, acceptor, changelog, digest (shmem.h); publication
+ *	  takes them one after another, never nested.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+
+#include "changelog.h"
 #include "registry.h"
 #include "shmem.h"
 
-Size
-changelog_entry_size(void)
+/* One committed change, as kept in the ring. */
+typedef struct ChangeLogEntry
+{
+	uint64		seq;
+	RegVersion	version;
+	TimestampTz committed_at;
+	int32		tid;
+	uint32		khash;
+	int16		origin;			/* index into the origin table */
+	char		op;
+	uint16		keylen;
+	char		key[FLEXIBLE_ARRAY_MEMBER];	/* NUL-terminated */
+} ChangeLogEntry;
+
+typedef struct ChangeLogShared
+{
+	LWLock	   *lock;
+
+	/* lock */
+	uint64		epoch;			/* changes at every start and CREATE EXTENSION */
+	uint64		last_seq;		/* last published seq, 0 = none yet */
+	uint64		first_seq;		/* oldest seq still in the ring */
+	uint64		overwritten;	/* entries lost to wrap-around */
+	uint64		truncations;	/* transactions too large for the ring */
+
+	ConditionVariable changes_cv;	/* broadcast when changes are published */
+
+	/*
+	 * 1 while the maintenance worker is idle and wants a latch wake-up from
+	 * the next commit; 0 while it polls on its own (under load), so that
+	 * committers need not signal it each time.
+	 */
+	pg_atomic_uint32 notify_wanted;
+
+	/* notifier progress (notifier_mutex) */
+	slock_t		notifier_mutex;
+	uint64		notified_seq;
+	uint64		notifications_sent;
+	uint64		notifications_lost;
+	uint64		notifications_truncated;
+} ChangeLogShared;
+
+static ChangeLogShared *ChangeLog = NULL;
+static char *ChangeLogRing = NULL;	/* [registry_change_log_size] entries */
+
+static Size
+entry_size(void)
 {
 	return MAXALIGN(offsetof(ChangeLogEntry, key) + registry_max_key_length + 1);
 }
 
 /* The ring slot of seq (valid only for first_seq <= seq <= last_seq). */
-ChangeLogEntry *
-changelog_entry(uint64 seq)
+static ChangeLogEntry *
+entry_of(uint64 seq)
 {
 	uint64		idx = seq % (uint64) registry_change_log_size;
 
-	return (ChangeLogEntry *) (RegistryChangeLog + idx * changelog_entry_size());
+	return (ChangeLogEntry *) (ChangeLogRing + idx * entry_size());
+}
+
+static uint64
+new_epoch(void)
+{
+	uint64		epoch;
+
+	if (!pg_strong_random(&epoch, sizeof(epoch)))
+		epoch = (uint64) GetCurrentTimestamp();
+	/* keep it positive so SQL shows it as a plain bigint */
+	epoch &= UINT64CONST(0x7FFFFFFFFFFFFFFF);
+	if (epoch == 0)
+		epoch = 1;
+	return epoch;
+}
+
+Size
+changelog_shmem_size(void)
+{
+	return add_size(MAXALIGN(sizeof(ChangeLogShared)),
+					mul_size(registry_change_log_size, entry_size()));
+}
+
+/*
+ * Attach to (or create) the change log at shared memory startup.  Caller
+ * holds AddinShmemInitLock.  lock becomes the change log's LWLock.
+ */
+void
+changelog_shmem_init(LWLock *lock)
+{
+	bool		found;
+
+	ChangeLog = ShmemInitStruct("registry change log", changelog_shmem_size(),
+								&found);
+	ChangeLogRing = (char *) ChangeLog + MAXALIGN(sizeof(ChangeLogShared));
+	if (found)
+		return;
+	memset(ChangeLog, 0, sizeof(ChangeLogShared));
+	ChangeLog->lock = lock;
+	ChangeLog->epoch = new_epoch();
+	ChangeLog->last_seq = 0;
+	ChangeLog->first_seq = 1;
+	ConditionVariableInit(&ChangeLog->changes_cv);
+	pg_atomic_init_u32(&ChangeLog->notify_wanted, 1);
+	SpinLockInit(&ChangeLog->notifier_mutex);
+}
+
+/*
+ * CREATE EXTENSION starts from nothing: a new epoch tells readers that
+ * earlier seqs mean nothing, and the ring is emptied (seqs go on).
+ */
+void
+changelog_reset(void)
+{
+	uint64		last;
+
+	LWLockAcquire(ChangeLog->lock, LW_EXCLUSIVE);
+	ChangeLog->epoch = new_epoch();
+	ChangeLog->first_seq = ChangeLog->last_seq + 1;
+	last = ChangeLog->last_seq;
+	LWLockRelease(ChangeLog->lock);
+
+	SpinLockAcquire(&ChangeLog->notifier_mutex);
+	ChangeLog->notified_seq = last;
+	SpinLockRelease(&ChangeLog->notifier_mutex);
+}
+
+/*
+ * Append one committed transaction's changes, in order, committed at now.
+ * Called from the commit callback: cannot fail.  A transaction with more
+ * changes than the ring holds leaves a gap instead (readers then compare
+ * digests).
+ */
+void
+changelog_append(const ChangeLogRecord *records, int n, TimestampTz now)
+{
+	uint64		capacity = (uint64) registry_change_log_size;
+	int			i;
+
+	if (n == 0)
+		return;
+	LWLockAcquire(ChangeLog->lock, LW_EXCLUSIVE);
+	if ((uint64) n > capacity)
+	{
+		/* cannot keep them all: readers see a gap and compare digests */
+		ChangeLog->overwritten += ChangeLog->last_seq + 1 - ChangeLog->first_seq;
+		ChangeLog->last_seq += n;
+		ChangeLog->first_seq = ChangeLog->last_seq + 1;
+		ChangeLog->truncations++;
+	}
+	else
+	{
+		for (i = 0; i < n; i++)
+		{
+			const ChangeLogRecord *r = &records[i];
+			uint64		seq = ++ChangeLog->last_seq;
+			ChangeLogEntry *e;
+
+			if (seq - ChangeLog->first_seq >= capacity)
+			{
+				ChangeLog->first_seq = seq - capacity + 1;
+				ChangeLog->overwritten++;
+			}
+			e = entry_of(seq);
+			e->seq = seq;
+			e->version = r->version;
+			e->committed_at = now;
+			e->tid = r->tid;
+			e->khash = r->khash;
+			e->origin = r->origin;
+			e->op = r->op;
+			e->keylen = strlen(r->key);
+			memcpy(e->key, r->key, e->keylen + 1);
+		}
+	}
+	LWLockRelease(ChangeLog->lock);
+}
+
+/*
+ * After a publication: wake the peers waiting in registry.changes_since(),
+ * and the notifier if it is idle (under load it polls).  Cannot fail.
+ */
+void
+changelog_wake_readers(void)
+{
+	ConditionVariableBroadcast(&ChangeLog->changes_cv);
+	if (pg_atomic_exchange_u32(&ChangeLog->notify_wanted, 0) != 0)
+		worker_set_latch(REG_WORKER_MAINTENANCE);
+}
+
+/*
+ * Copy up to max changes after seq after (all of them if max <= 0) into
+ * *out (one palloc'd chunk with their keys), and return how many.  When the ring no
+ * longer holds after + 1, the copy starts at the oldest entry it holds:
+ * the caller sees the gap as *first > after + 1.  *first, *last and
+ * *epoch are the ring's as of the copy.
+ */
+int
+changelog_read(uint64 after, int max, ChangeLogChange **out,
+			   uint64 *first, uint64 *last, uint64 *epoch)
+{
+	ChangeLogChange *changes;
+	char	   *keys;
+	Size		keybytes = 0;
+	uint64		from,
+				upto,
+				s;
+	int			n;
+	int			i;
+
+	LWLockAcquire(ChangeLog->lock, LW_SHARED);
+	*epoch = ChangeLog->epoch;
+	*first = ChangeLog->first_seq;
+	*last = ChangeLog->last_seq;
+	from = Max(after + 1, ChangeLog->first_seq);
+	upto = ChangeLog->last_seq;
+	if (max > 0 && from <= upto && upto - from >= (uint64) max)
+		upto = from + (uint64) max - 1;
+	n = from <= upto ? (int) (upto - from + 1) : 0;
+	for (s = from; s <= upto; s++)
+		keybytes += entry_of(s)->keylen + 1;
+	/* one chunk: a pfree() of *out frees the keys too */
+	changes = palloc(sizeof(ChangeLogChange) * Max(n, 1) + keybytes);
+	keys = (char *) (changes + Max(n, 1));
+	for (i = 0, s = from; i < n; i++, s++)
+	{
+		ChangeLogEntry *e = entry_of(s);
+		ChangeLogChange *c = &changes[i];
+		const char *o = origin_name(e->origin);
+
+		c->seq = e->seq;
+		c->version = e->version;
+		c->committed_at = e->committed_at;
+		c->tid = e->tid;
+		c->khash = e->khash;
+		c->op = e->op;
+		/* the name while the entry holds its origin number */
+		if (o)
+			strlcpy(c->origin, o, REGISTRY_NAME_LEN);
+		else
+			c->origin[0] = '\0';
+		c->key = keys;
+		memcpy(keys, e->key, e->keylen + 1);
+		keys += e->keylen + 1;
+	}
+	LWLockRelease(ChangeLog->lock);
+	*out = changes;
+	return n;
+}
+
+/*
+ * Wait up to wait_ms (> 0) until there is something after seq after:
+ * a commit wakes the caller at once.  With epoch, a change of epoch ends
+ * the wait too.  Changes that came from exclude_origin do not end it (the
+ * caller would only get an empty answer): they are stepped over if there
+ * are no more than max of them, and the seq returned says how far (else
+ * after itself).  Origins are compared by name while the entries are held.
+ */
+uint64
+changelog_wait(uint64 after, int max, const uint64 *epoch,
+			   const char *exclude_origin, int wait_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   wait_ms);
+
+	ConditionVariablePrepareToSleep(&ChangeLog->changes_cv);
+	for (;;)
+	{
+		bool		wake = false;
+		long		left;
+
+		LWLockAcquire(ChangeLog->lock, LW_SHARED);
+		if (epoch && ChangeLog->epoch != *epoch)
+			wake = true;
+		else if (ChangeLog->last_seq != after)
+		{
+			uint64		l = ChangeLog->last_seq;
+			uint64		s;
+
+			wake = true;
+			if (exclude_origin && l > after &&
+				after + 1 >= ChangeLog->first_seq &&
+				l - after <= (uint64) max)
+			{
+				wake = false;
+				for (s = after + 1; s <= l && !wake; s++)
+				{
+					const char *o = origin_name(entry_of(s)->origin);
+
+					wake = (o == NULL || strcmp(o, exclude_origin) != 0);
+				}
+				if (!wake)
+					after = l;
+			}
+		}
+		LWLockRelease(ChangeLog->lock);
+		if (wake)
+			break;
+		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+		if (left <= 0)
+			break;
+		(void) ConditionVariableTimedSleep(&ChangeLog->changes_cv, left,
+										   PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	return after;
 }
 
 void
-changelog_init(void)
+changelog_stats(ChangeLogStats *out)
 {
-	RegistryState->cl_last_seq = 0;
-	RegistryState->cl_first_seq = 1;
-	RegistryState->cl_overwritten = 0;
-	RegistryState->cl_truncations = 0;
+	LWLockAcquire(ChangeLog->lock, LW_SHARED);
+	out->epoch = ChangeLog->epoch;
+	out->first_seq = ChangeLog->first_seq;
+	out->last_seq = ChangeLog->last_seq;
+	out->overwritten = ChangeLog->overwritten;
+	out->truncations = ChangeLog->truncations;
+	LWLockRelease(ChangeLog->lock);
+
+	SpinLockAcquire(&ChangeLog->notifier_mutex);
+	out->notified_seq = ChangeLog->notified_seq;
+	out->notifications_sent = ChangeLog->notifications_sent;
+	out->notifications_lost = ChangeLog->notifications_lost;
+	out->notifications_truncated = ChangeLog->notifications_truncated;
+	SpinLockRelease(&ChangeLog->notifier_mutex);
 }
 
 /*
  * Mark the origin numbers the ring's entries hold (origins_reclaim()).
- * Caller holds meta_lock exclusively; takes changelog_lock.
+ * Caller holds meta_lock exclusively; takes the change log's lock.
  */
 void
 changelog_mark_origins(bool *used)
 {
 	uint64		s;
 
-	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
-	for (s = RegistryState->cl_first_seq; s <= RegistryState->cl_last_seq; s++)
+	LWLockAcquire(ChangeLog->lock, LW_SHARED);
+	for (s = ChangeLog->first_seq; s <= ChangeLog->last_seq; s++)
 	{
-		int16		o = changelog_entry(s)->origin;
+		int16		o = entry_of(s)->origin;
 
 		if (o >= 0 && o < registry_max_origins)
 			used[o] = true;
 	}
-	LWLockRelease(RegistryState->changelog_lock);
+	LWLockRelease(ChangeLog->lock);
+}
+
+/* ---- the notifier's progress ---- */
+
+/* The last seq the notifier has dealt with. */
+uint64
+changelog_notified_seq(void)
+{
+	uint64		seq;
+
+	SpinLockAcquire(&ChangeLog->notifier_mutex);
+	seq = ChangeLog->notified_seq;
+	SpinLockRelease(&ChangeLog->notifier_mutex);
+	return seq;
+}
+
+/* The notifier has dealt with everything up to notified_seq. */
+void
+changelog_notified(uint64 notified_seq, uint64 sent, uint64 lost,
+				   uint64 truncated)
+{
+	SpinLockAcquire(&ChangeLog->notifier_mutex);
+	ChangeLog->notified_seq = notified_seq;
+	ChangeLog->notifications_sent += sent;
+	ChangeLog->notifications_lost += lost;
+	ChangeLog->notifications_truncated += truncated;
+	SpinLockRelease(&ChangeLog->notifier_mutex);
+}
+
+/*
+ * The idle notifier asks for a latch wake-up from the next publication
+ * (want), or withdraws the request once it finds work after all.
+ */
+void
+changelog_want_wakeup(bool want)
+{
+	(void) pg_atomic_exchange_u32(&ChangeLog->notify_wanted, want ? 1 : 0);
 }

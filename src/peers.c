@@ -36,6 +36,7 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "publish.h"
 #include "registry.h"
 #include "row_keys.h"
 #include "shmem.h"
@@ -554,7 +555,7 @@ purge_tombstones(void)
 			{
 				char		upd[256];
 
-				capture_forget_tombstones(t, m, khashes, keys, versions, origins);
+				publish_forget_tombstones(t, m, khashes, keys, versions, origins);
 				snprintf(upd, sizeof(upd),
 						 "UPDATE registry.replicated_tables SET purge_horizon = "
 						 "greatest(purge_horizon, " INT64_FORMAT ") WHERE tid = %d",
@@ -614,11 +615,11 @@ registry_resync(PG_FUNCTION_ARGS)
 	t = regtable_by_relid(relid, false);
 
 	SPI_connect();
-	capture_suppress(t->tid);
+	publish_mode_push(&(CaptureMode) {.kind = CAPTURE_MODE_SUPPRESS, .table = t});
 	snprintf(sql, sizeof(sql), "DELETE FROM ONLY %s", t->qualname);
 	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "registry: could not empty %s", t->qualname);
-	capture_suppress(0);
+	publish_mode_pop(CAPTURE_MODE_SUPPRESS);
 	row_keys_clear(t->tid);
 	registry_owner_begin(&owner);
 	snprintf(sql, sizeof(sql), "DELETE FROM registry.tombstones WHERE tid = %d", t->tid);
@@ -632,7 +633,7 @@ registry_resync(PG_FUNCTION_ARGS)
 	registry_owner_end(&owner);
 	SPI_finish();
 	CacheInvalidateRelcacheByRelid(relid);
-	capture_reset_table(t);
+	publish_reset_table(t);
 
 	/* compare everything with every peer at once */
 	SpinLockAcquire(&RegistryState->mutex);

@@ -28,6 +28,7 @@
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
+#include "publish.h"
 #include "registry.h"
 #include "shmem.h"
 
@@ -287,7 +288,7 @@ _PG_init(void)
 	set_default_node_name();
 
 	registry_shmem_install_hooks();
-	capture_init();
+	publish_init();
 	worker_install_hooks();
 	worker_register_launcher();
 }

@@ -7,8 +7,9 @@
  *
  * Each concern lives in the source file of the same name: hlc.c (clock),
  * keys.c (canonical keys), catalog.c (registration), rows.c (finding a
- * key's row and version), tombstones.c (deleted keys), capture.c (triggers
- * and commit-time publication), shmem.c (shared memory layout),
+ * key's row and version), tombstones.c (deleted keys), capture.c
+ * (triggers), publish.c (commit-time publication, capture modes),
+ * publishing.c (publication order), shmem.c (shared memory layout),
  * changelog.c, acceptor.c, digest.c, message.c (wire format), serve.c
  * (functions peers call), apply.c (writing remote rows), sync.c (pulling
  * from peers), peers.c (peer list, sync_now, purge, resync), views.c,
@@ -288,27 +289,7 @@ int4_to_khash(int32 v)
 #define REGISTRY_STAMP_TRIGGER		"registry_stamp"
 #define REGISTRY_CAPTURE_TRIGGER	"registry_capture"
 
-/* ---- capture.c ---- */
-struct ApplyRow;				/* apply.c's, below */
-extern void capture_init(void);
-extern void capture_record(RegTable *t, uint32 khash, const char *key,
-						   const VersionState *old, RegVersion version,
-						   const char *origin, bool deleted);
-extern void capture_stamp_existing(RegTable *t);
-extern void capture_set_apply(int32 tid, const char *key, RegVersion version,
-							  const char *origin);
-extern void capture_set_bulk_apply(RegTable *t, struct ApplyRow *rows,
-								   int *taken, int m);
-extern void capture_fresh_begin(RegTable *t);
-extern void capture_fresh_end(RegTable *t);
-extern void capture_end_bulk_apply(RegTable *t);
-extern void capture_suppress(int32 tid);
-extern void capture_reset_table(RegTable *t);
-extern void capture_adopt(RegTable *t);
-extern void capture_forget_tombstones(RegTable *t, int n, uint32 *khashes,
-									  char **keys, RegVersion *versions,
-									  char **origins);
-extern void capture_clear_apply(void);
+/* ---- capture.c, publish.c: see capture.h, publish.h ---- */
 
 /* ---- digest.c ---- */
 extern uint64 digest_entry_hash(const char *key, RegVersion version,

@@ -37,6 +37,7 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
+#include "changelog.h"
 #include "message.h"
 #include "registry.h"
 #include "row_keys.h"
@@ -220,10 +221,9 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	uint64		their_epoch = check_epoch ? (uint64) PG_GETARG_INT64(3) : 0;
 	char	   *exclude = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
 	int32		wait_ms = PG_ARGISNULL(5) ? 0 : PG_GETARG_INT32(5);
-	Size		esz = changelog_entry_size();
 	Snapshot	snap;
 	int			nest = -1;
-	char	   *copy = NULL;
+	ChangeLogChange *copy = NULL;
 	int			ncopied = 0;
 	uint64		first,
 				last,
@@ -236,7 +236,6 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	RegTable  **tables;
 	int			ntables = 0;
 	int			nchanges = 0;
-	char		(*onames)[REGISTRY_NAME_LEN] = NULL;
 	int			limit = answer_limit(fcinfo, 6);
 	Size		desc_bytes = 0;
 
@@ -252,60 +251,14 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	 * the caller at once (long polling), up to wait_ms.  Changes that came
 	 * from the caller itself do not end the wait (it would only get an
 	 * empty answer): they are stepped over, and the answer's upto_seq says
-	 * how far.  Origins are compared by name while the entries are held:
-	 * the origin numbers of entries in the ring stay theirs meanwhile.
+	 * how far.
 	 */
 	if (wait_ms > 0)
-	{
-		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														   Min(wait_ms, 60000));
+		after = (int64) changelog_wait((uint64) after, maxc,
+									   check_epoch ? &their_epoch : NULL,
+									   exclude, Min(wait_ms, 60000));
 
-		ConditionVariablePrepareToSleep(&RegistryState->changes_cv);
-		for (;;)
-		{
-			bool		wake = false;
-			long		left;
-
-			LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
-			if (check_epoch && RegistryState->epoch != their_epoch)
-				wake = true;
-			else if (RegistryState->cl_last_seq != (uint64) after)
-			{
-				uint64		l = RegistryState->cl_last_seq;
-				uint64		s;
-
-				wake = true;
-				if (exclude && l > (uint64) after &&
-					(uint64) after + 1 >= RegistryState->cl_first_seq &&
-					l - (uint64) after <= (uint64) maxc)
-				{
-					wake = false;
-					for (s = after + 1; s <= l && !wake; s++)
-					{
-						const char *o = origin_name(changelog_entry(s)->origin);
-
-						wake = (o == NULL || strcmp(o, exclude) != 0);
-					}
-					if (!wake)
-						after = (int64) l;
-				}
-			}
-			LWLockRelease(RegistryState->changelog_lock);
-			if (wake)
-				break;
-			left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
-			if (left <= 0)
-				break;
-			(void) ConditionVariableTimedSleep(&RegistryState->changes_cv, left,
-											   PG_WAIT_EXTENSION);
-		}
-		ConditionVariableCancelSleep();
-	}
-
-	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
-	epoch = RegistryState->epoch;
-	first = RegistryState->cl_first_seq;
-	last = RegistryState->cl_last_seq;
+	ncopied = changelog_read((uint64) after, maxc, &copy, &first, &last, &epoch);
 	upto = (uint64) after;
 	if (check_epoch && their_epoch != epoch)
 		status = CHANGES_EPOCH;
@@ -314,24 +267,9 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	else if ((uint64) after + 1 < first)
 		status = CHANGES_GAP;
 	else
-	{
-		uint64		s;
-
-		upto = Min(last, (uint64) after + (uint64) maxc);
-		copy = palloc(esz * Max(upto - after, 1));
-		onames = palloc0(sizeof(*onames) * Max(upto - after, 1));
-		for (s = after + 1; s <= upto; s++)
-		{
-			ChangeLogEntry *e = changelog_entry(s);
-
-			memcpy(copy + (Size) ncopied * esz, e, esz);
-			/* the name while the entry holds its origin number */
-			if (origin_name(e->origin))
-				strlcpy(onames[ncopied], origin_name(e->origin), REGISTRY_NAME_LEN);
-			ncopied++;
-		}
-	}
-	LWLockRelease(RegistryState->changelog_lock);
+		upto = (uint64) after + ncopied;
+	if (status != CHANGES_OK)
+		ncopied = 0;
 
 	/*
 	 * The tables the changes refer to, in order of first appearance.  Their
@@ -343,10 +281,10 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	tables = palloc(sizeof(RegTable *) * Max(ncopied, 1));
 	for (i = 0; i < ncopied; i++)
 	{
-		ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+		ChangeLogChange *e = &copy[i];
 		int			t;
 
-		if (exclude && strcmp(onames[i], exclude) == 0)
+		if (exclude && strcmp(e->origin, exclude) == 0)
 			continue;
 		for (t = 0; t < ntables; t++)
 			if (tids[t] == e->tid)
@@ -388,18 +326,18 @@ registry_changes_since(PG_FUNCTION_ARGS)
 
 		for (i = 0; i < ncopied; i++)
 		{
-			ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+			ChangeLogChange *e = &copy[i];
 			RowOut		row;
 			Size		size;
 			int			t;
 
 			CHECK_FOR_INTERRUPTS();
-			if (exclude && strcmp(onames[i], exclude) == 0)
+			if (exclude && strcmp(e->origin, exclude) == 0)
 				continue;
 			for (t = 0; t < ntables; t++)
 				if (tids[t] == e->tid)
 					break;
-			size = msg_change_size(e->key, onames[i]);
+			size = msg_change_size(e->key, e->origin);
 			if (with_rows)
 			{
 				current_row(e->op == REG_OP_RESYNC ? NULL : tables[t],
@@ -417,7 +355,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 				if (with_rows && row.state == ROW_LIVE)
 					row_out_too_large(&row);
 			}
-			msg_write_change(&w, e->seq, t, e->key, e->version, onames[i],
+			msg_write_change(&w, e->seq, t, e->key, e->version, e->origin,
 							 e->op);
 			if (with_rows)
 				write_row_out(&w, &row);

@@ -15,6 +15,8 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
+#include "changelog.h"
+#include "publishing.h"
 #include "registry.h"
 #include "shmem.h"
 
@@ -22,9 +24,7 @@ RegistryShared *RegistryState = NULL;
 RegTableSlot *RegistryTables = NULL;
 uint64	   *RegistryDigests = NULL;
 char	   *RegistryOrigins = NULL;
-char	   *RegistryChangeLog = NULL;
 PeerStatus *RegistryPeers = NULL;
-pg_atomic_uint32 *RegistryPublishing = NULL;
 static uint8 *OriginPins = NULL;	/* [publishing_slots()][origin_pin_bytes()] */
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -63,12 +63,6 @@ peers_size(void)
 	return mul_size(registry_max_origins, sizeof(PeerStatus));
 }
 
-static Size
-changelog_size(void)
-{
-	return mul_size(registry_change_log_size, changelog_entry_size());
-}
-
 Size
 registry_shmem_total_size(void)
 {
@@ -77,10 +71,10 @@ registry_shmem_total_size(void)
 	size = add_size(size, MAXALIGN(tables_size()));
 	size = add_size(size, MAXALIGN(digests_size()));
 	size = add_size(size, MAXALIGN(origins_size()));
-	size = add_size(size, MAXALIGN(changelog_size()));
+	size = add_size(size, MAXALIGN(changelog_shmem_size()));
 	size = add_size(size, MAXALIGN(peers_size()));
 	size = add_size(size, MAXALIGN(pins_size()));
-	size = add_size(size, MAXALIGN(mul_size(publishing_slots(), 2 * sizeof(pg_atomic_uint32))));
+	size = add_size(size, MAXALIGN(publishing_shmem_size()));
 	size = add_size(size, MAXALIGN(hlc_shmem_size()));
 	size = add_size(size, acceptor_shmem_size());
 	return size;
@@ -93,20 +87,6 @@ registry_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(registry_shmem_total_size());
 	RequestNamedLWLockTranche("registry", REGISTRY_LWLOCKS);
-}
-
-static uint64
-new_epoch(void)
-{
-	uint64		epoch;
-
-	if (!pg_strong_random(&epoch, sizeof(epoch)))
-		epoch = (uint64) GetCurrentTimestamp();
-	/* keep it positive so SQL shows it as a plain bigint */
-	epoch &= UINT64CONST(0x7FFFFFFFFFFFFFFF);
-	if (epoch == 0)
-		epoch = 1;
-	return epoch;
 }
 
 static void
@@ -126,13 +106,8 @@ registry_shmem_startup(void)
 	RegistryTables = ShmemInitStruct("registry tables", tables_size(), &found);
 	RegistryDigests = ShmemInitStruct("registry digests", digests_size(), &found);
 	RegistryOrigins = ShmemInitStruct("registry origins", origins_size(), &found);
-	RegistryChangeLog = ShmemInitStruct("registry change log",
-										changelog_size(), &found);
 	RegistryPeers = ShmemInitStruct("registry peers", peers_size(), &found);
 	OriginPins = ShmemInitStruct("registry origin pins", pins_size(), &found);
-	RegistryPublishing = ShmemInitStruct("registry publishing",
-										 mul_size(publishing_slots(), 2 * sizeof(pg_atomic_uint32)),
-										 &found);
 
 	if (!found_any)
 	{
@@ -140,20 +115,14 @@ registry_shmem_startup(void)
 
 		memset(RegistryState, 0, sizeof(RegistryShared));
 		RegistryState->meta_lock = &locks[0].lock;
-		RegistryState->changelog_lock = &locks[1].lock;
 		RegistryState->acceptor_lock = &locks[2].lock;
 		RegistryState->digest_lock = &locks[3].lock;
 		RegistryState->lease_lock = &locks[4].lock;
 		RegistryState->peer_lock = &locks[5].lock;
 		ConditionVariableInit(&RegistryState->sync_cv);
-		ConditionVariableInit(&RegistryState->changes_cv);
 		memset(RegistryPeers, 0, peers_size());
-		RegistryState->epoch = new_epoch();
 		RegistryState->started_at = GetCurrentTimestamp();
 		pg_atomic_init_u32(&RegistryState->state, REG_STATE_STARTING);
-		pg_atomic_init_u32(&RegistryState->notify_wanted, 1);
-		pg_atomic_init_u32(&RegistryState->publishing, 0);
-		publishing_init();
 		SpinLockInit(&RegistryState->mutex);
 		dlist_init(&RegistryState->acc_lru);
 
@@ -165,12 +134,12 @@ registry_shmem_startup(void)
 		/* origin 0 is always this node */
 		strlcpy(RegistryOrigins, registry_node_name, REGISTRY_NAME_LEN);
 		RegistryState->norigins = 1;
-
-		changelog_init();
 	}
 
 	hlc_shmem_init(found_any);
 	acceptor_shmem_init();
+	changelog_shmem_init(&GetNamedLWLockTranche("registry")[1].lock);
+	publishing_shmem_init();
 
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -194,25 +163,19 @@ registry_reset_shared_state(void)
 {
 	LWLockAcquire(RegistryState->meta_lock, LW_EXCLUSIVE);
 	LWLockAcquire(RegistryState->acceptor_lock, LW_EXCLUSIVE);
-	LWLockAcquire(RegistryState->changelog_lock, LW_EXCLUSIVE);
+	/* a new epoch; takes and releases the change log's lock (lock order) */
+	changelog_reset();
 	LWLockAcquire(RegistryState->digest_lock, LW_EXCLUSIVE);
 
 	memset(RegistryTables, 0, tables_size());
 	memset(RegistryDigests, 0, digests_size());
-	RegistryState->epoch = new_epoch();
-	RegistryState->cl_first_seq = RegistryState->cl_last_seq + 1;
 	acceptor_reset();
 	pg_atomic_write_u32(&RegistryState->state, REG_STATE_READY);
 	RegistryState->ready_at = GetCurrentTimestamp();
 
 	LWLockRelease(RegistryState->digest_lock);
-	LWLockRelease(RegistryState->changelog_lock);
 	LWLockRelease(RegistryState->acceptor_lock);
 	LWLockRelease(RegistryState->meta_lock);
-
-	SpinLockAcquire(&RegistryState->mutex);
-	RegistryState->notified_seq = RegistryState->cl_last_seq;
-	SpinLockRelease(&RegistryState->mutex);
 }
 
 /* ---- origins ----

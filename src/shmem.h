@@ -44,20 +44,6 @@ typedef struct RegTableSlot
 	TimestampTz last_change;
 } RegTableSlot;
 
-/* One committed change, as kept in the change log ring. */
-typedef struct ChangeLogEntry
-{
-	uint64		seq;
-	RegVersion	version;
-	TimestampTz committed_at;
-	int32		tid;
-	uint32		khash;
-	int16		origin;			/* index into the origin table */
-	char		op;
-	uint16		keylen;
-	char		key[FLEXIBLE_ARRAY_MEMBER];	/* NUL-terminated */
-} ChangeLogEntry;
-
 /* Background workers the launcher runs; index into RegistryShared.workers */
 #define REG_WORKER_MAINTENANCE	0
 #define REG_WORKER_SYNC			1
@@ -126,41 +112,20 @@ typedef struct PeerStatus
 typedef struct RegistryShared
 {
 	LWLock	   *meta_lock;		/* table slots and origins */
-	LWLock	   *changelog_lock;
 	LWLock	   *acceptor_lock;
 	LWLock	   *digest_lock;
 	LWLock	   *lease_lock;		/* serialises clock lease file writes */
 	LWLock	   *peer_lock;		/* peer status array */
 
-	uint64		epoch;			/* changes at every start */
 	TimestampTz started_at;
 	pg_atomic_uint32 state;		/* REG_STATE_* */
 	TimestampTz ready_at;
 
-	slock_t		mutex;			/* protects workers[] and notifier fields */
+	slock_t		mutex;			/* protects workers[] */
 	RegWorkerSlot workers[REG_NUM_WORKERS];
 	Latch	   *launcher_latch;
 	uint64		extension_gen;	/* bumped when the extension is created or
 								 * dropped (at commit) */
-
-	/* change log (changelog_lock) */
-	uint64		cl_last_seq;	/* last published seq, 0 = none yet */
-	uint64		cl_first_seq;	/* oldest seq still in the ring */
-	uint64		cl_overwritten; /* entries lost to wrap-around */
-	uint64		cl_truncations; /* transactions too large for the ring */
-
-	/*
-	 * 1 while the maintenance worker is idle and wants a latch wake-up from
-	 * the next commit; 0 while it polls on its own (under load), so that
-	 * committers need not signal it each time.
-	 */
-	pg_atomic_uint32 notify_wanted;
-
-	/* notifier progress (mutex) */
-	uint64		notified_seq;
-	uint64		notifications_sent;
-	uint64		notifications_lost;
-	uint64		notifications_truncated;
 
 	/* acceptors (acceptor_lock) */
 	dlist_head	acc_lru;		/* most recently changed first */
@@ -176,15 +141,10 @@ typedef struct RegistryShared
 	/* digests (digest_lock) */
 	uint64		digest_rebuilds;
 
-	/* committed transactions still publishing (capture.c) */
-	pg_atomic_uint32 publishing;
-	uint64		publication_waits;
-
 	/* sync requests (mutex): registry.sync_now() and peer list changes */
 	uint64		sync_request_gen;
 	uint64		peers_changed;
 	ConditionVariable sync_cv;	/* broadcast when a round completes */
-	ConditionVariable changes_cv;	/* broadcast when changes are published */
 } RegistryShared;
 
 extern RegistryShared *RegistryState;
@@ -193,12 +153,7 @@ extern RegistryShared *RegistryState;
 extern RegTableSlot *RegistryTables;	/* [registry_max_tables] */
 extern uint64 *RegistryDigests;		/* [registry_max_tables * buckets] */
 extern char *RegistryOrigins;		/* [registry_max_origins][NAMEDATALEN] */
-extern char *RegistryChangeLog;		/* [registry_change_log_size] entries */
 extern PeerStatus *RegistryPeers;	/* [registry_max_origins] */
-extern pg_atomic_uint32 *RegistryPublishing;	/* [2 * publishing_slots()]:
-												 * per process, the lowest
-												 * and highest xid of the
-												 * transaction publishing */
 
 extern void registry_shmem_install_hooks(void);
 extern Size registry_shmem_total_size(void);
@@ -218,12 +173,6 @@ extern int	table_slot_find(int32 tid);
 extern uint64 *table_slot_buckets(int slot);
 extern void table_slots_gc(void);
 
-/* change log (changelog.c) */
-extern Size changelog_entry_size(void);
-extern ChangeLogEntry *changelog_entry(uint64 seq);
-extern void changelog_init(void);
-extern void changelog_mark_origins(bool *used);
-
 /* acceptors (acceptor.c) */
 extern Size acceptor_shmem_size(void);
 extern void acceptor_shmem_init(void);
@@ -232,11 +181,6 @@ extern bool acceptor_note(int32 tid, uint32 khash, const char *key,
 						  TimestampTz when);
 extern void acceptor_reset(void);
 extern void acceptor_mark_origins(bool *used);
-
-/* ordering of publications (capture.c) */
-extern int	publishing_slots(void);
-extern void publishing_init(void);
-extern void wait_for_publication(TransactionId xid);
 
 /* peers (peers.c) */
 extern PeerStatus *peer_status_slot(const char *name, bool create);

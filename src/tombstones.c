@@ -33,6 +33,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "publishing.h"
 #include "registry.h"
 #include "shmem.h"
 #include "tombstones.h"
@@ -197,7 +198,7 @@ tombstone_seen(HeapTuple tup, void *arg)
 {
 	TakeState  *ts = arg;
 
-	wait_for_publication(HeapTupleHeaderGetXmin(tup->t_data));
+	publishing_wait(HeapTupleHeaderGetXmin(tup->t_data));
 	state_from_tuple(tup, RelationGetDescr(ts->rel), ts->old);
 }
 
@@ -263,7 +264,7 @@ tombstone_put(int32 tid, uint32 khash, const char *key, RegVersion version,
 		memset(old, 0, sizeof(VersionState));
 		if (oldtup)
 		{
-			wait_for_publication(HeapTupleHeaderGetXmin(oldtup->t_data));
+			publishing_wait(HeapTupleHeaderGetXmin(oldtup->t_data));
 			state_from_tuple(oldtup, desc, old);
 			if (apply && !version_greater(version, origin, old->version, old->origin))
 				ereport(ERROR,

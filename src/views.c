@@ -22,6 +22,7 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "changelog.h"
 #include "registry.h"
 #include "shmem.h"
 
@@ -89,6 +90,7 @@ registry_node_info(PG_FUNCTION_ARGS)
 				lost,
 				truncated;
 	pid_t		maint_pid;
+	ChangeLogStats cl;
 
 	registry_check_preloaded();
 	registry_check_admin();
@@ -97,13 +99,16 @@ registry_node_info(PG_FUNCTION_ARGS)
 
 	hlc_counters(&lease_writes, &regressions, &refused, &clock_ready);
 
-	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
-	first = RegistryState->cl_first_seq;
-	last = RegistryState->cl_last_seq;
-	overwritten = RegistryState->cl_overwritten;
-	truncations = RegistryState->cl_truncations;
-	epoch = RegistryState->epoch;
-	LWLockRelease(RegistryState->changelog_lock);
+	changelog_stats(&cl);
+	first = cl.first_seq;
+	last = cl.last_seq;
+	overwritten = cl.overwritten;
+	truncations = cl.truncations;
+	epoch = cl.epoch;
+	notified = cl.notified_seq;
+	sent = cl.notifications_sent;
+	lost = cl.notifications_lost;
+	truncated = cl.notifications_truncated;
 
 	LWLockAcquire(RegistryState->acceptor_lock, LW_SHARED);
 	acc_used = RegistryState->acc_used;
@@ -121,10 +126,6 @@ registry_node_info(PG_FUNCTION_ARGS)
 	LWLockRelease(RegistryState->meta_lock);
 
 	SpinLockAcquire(&RegistryState->mutex);
-	notified = RegistryState->notified_seq;
-	sent = RegistryState->notifications_sent;
-	lost = RegistryState->notifications_lost;
-	truncated = RegistryState->notifications_truncated;
 	maint_pid = RegistryState->workers[REG_WORKER_MAINTENANCE].pid;
 	SpinLockRelease(&RegistryState->mutex);
 
@@ -241,31 +242,22 @@ Datum
 registry_change_log(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Size		esz = changelog_entry_size();
-	char	   *copy;
+	ChangeLogChange *copy;
 	uint64		first,
 				last,
-				s;
-	int			n = 0;
+				epoch;
+	int			n;
 	int			i;
 
 	registry_check_preloaded();
 	registry_check_admin();
 	InitMaterializedSRF(fcinfo, 0);
 
-	/* meta_lock keeps the names of the origin numbers copied */
-	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
-	LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
-	first = RegistryState->cl_first_seq;
-	last = RegistryState->cl_last_seq;
-	copy = palloc(esz * Max(last >= first ? last - first + 1 : 1, 1));
-	for (s = first; s <= last; s++)
-		memcpy(copy + (Size) n++ * esz, changelog_entry(s), esz);
-	LWLockRelease(RegistryState->changelog_lock);
-
+	/* the whole ring, origin names copied with it */
+	n = changelog_read(0, 0, &copy, &first, &last, &epoch);
 	for (i = 0; i < n; i++)
 	{
-		ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+		ChangeLogChange *e = &copy[i];
 		Datum		v[7];
 		bool		nl[7] = {false};
 
@@ -274,8 +266,8 @@ registry_change_log(PG_FUNCTION_ARGS)
 		v[2] = CStringGetTextDatum(e->key);
 		v[3] = CStringGetTextDatum(registry_op_name(e->op));
 		v[4] = Int64GetDatum((int64) e->version);
-		if (origin_name(e->origin))
-			v[5] = CStringGetTextDatum(origin_name(e->origin));
+		if (e->origin[0] != '\0')
+			v[5] = CStringGetTextDatum(e->origin);
 		else
 			nl[5] = true;
 		v[6] = TimestampTzGetDatum(e->committed_at);
@@ -283,7 +275,6 @@ registry_change_log(PG_FUNCTION_ARGS)
 			nl[2] = true;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 	}
-	LWLockRelease(RegistryState->meta_lock);
 	return (Datum) 0;
 }
 

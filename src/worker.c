@@ -58,6 +58,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "changelog.h"
 #include "registry.h"
 #include "shmem.h"
 
@@ -644,7 +645,7 @@ json_field(StringInfo b, const char *name, const char *value)
  * seq while the entry is still there.
  */
 static void
-payload_form(StringInfo b, ChangeLogEntry *e, TableName *table,
+payload_form(StringInfo b, ChangeLogChange *e, TableName *table,
 			 const char *origin, const char *epoch, const char *version,
 			 List *parts, bool with_key)
 {
@@ -678,7 +679,7 @@ payload_form(StringInfo b, ChangeLogEntry *e, TableName *table,
 }
 
 static char *
-change_payload(ChangeLogEntry *e, TableName *table, const char *origin,
+change_payload(ChangeLogChange *e, TableName *table, const char *origin,
 			   const char *epoch, bool *truncated)
 {
 	StringInfoData b;
@@ -710,9 +711,6 @@ static uint64
 notify_pending(void)
 {
 	uint64		total = 0;
-	Size		esz = changelog_entry_size();
-	char	   *copy = palloc(esz * NOTIFY_BATCH);
-	char		(*onames)[REGISTRY_NAME_LEN] = palloc(sizeof(*onames) * NOTIFY_BATCH);
 	MemoryContext cxt = CurrentMemoryContext;
 
 	for (;;)
@@ -720,7 +718,8 @@ notify_pending(void)
 		uint64		notified,
 					first,
 					last,
-					s;
+					ep;
+		ChangeLogChange *copy;
 		uint64		lost = 0;
 		uint64		sent = 0;
 		uint64		truncated = 0;
@@ -731,39 +730,24 @@ notify_pending(void)
 		char		epoch[32];
 
 		CHECK_FOR_INTERRUPTS();
-		SpinLockAcquire(&RegistryState->mutex);
-		notified = RegistryState->notified_seq;
-		SpinLockRelease(&RegistryState->mutex);
-
-		LWLockAcquire(RegistryState->changelog_lock, LW_SHARED);
-		first = RegistryState->cl_first_seq;
-		last = RegistryState->cl_last_seq;
-		snprintf(epoch, sizeof(epoch), UINT64_FORMAT, RegistryState->epoch);
+		notified = changelog_notified_seq();
+		n = changelog_read(notified, NOTIFY_BATCH, &copy, &first, &last, &ep);
+		snprintf(epoch, sizeof(epoch), UINT64_FORMAT, ep);
 		if (notified + 1 < first)
 		{
 			lost = first - 1 - notified;
 			notified = first - 1;
 		}
-		for (s = notified + 1; s <= last && n < NOTIFY_BATCH; s++)
-		{
-			ChangeLogEntry *e = changelog_entry(s);
-
-			memcpy(copy + (Size) n * esz, e, esz);
-			/* the name while the entry holds its origin number */
-			onames[n][0] = '\0';
-			if (origin_name(e->origin))
-				strlcpy(onames[n], origin_name(e->origin), REGISTRY_NAME_LEN);
-			n++;
-		}
-		LWLockRelease(RegistryState->changelog_lock);
 
 		if (n == 0 && lost == 0)
+		{
+			pfree(copy);
 			break;
+		}
 		if (!registry_notifications)
 		{
-			SpinLockAcquire(&RegistryState->mutex);
-			RegistryState->notified_seq = notified + n;
-			SpinLockRelease(&RegistryState->mutex);
+			changelog_notified(notified + n, 0, 0, 0);
+			pfree(copy);
 			total += n;
 			continue;
 		}
@@ -781,12 +765,12 @@ notify_pending(void)
 		}
 		for (i = 0; i < n; i++)
 		{
-			ChangeLogEntry *e = (ChangeLogEntry *) (copy + (Size) i * esz);
+			ChangeLogChange *e = &copy[i];
 			bool		trunc;
 
 			Async_Notify("registry_change",
 						 change_payload(e, table_name(&names, e->tid),
-										onames[i][0] ? onames[i] : NULL, epoch, &trunc));
+										e->origin[0] ? e->origin : NULL, epoch, &trunc));
 			sent++;
 			if (trunc)
 				truncated++;
@@ -801,15 +785,9 @@ notify_pending(void)
 		MemoryContextSwitchTo(cxt);
 
 		total += n;
-		SpinLockAcquire(&RegistryState->mutex);
-		RegistryState->notified_seq = notified + n;
-		RegistryState->notifications_sent += sent;
-		RegistryState->notifications_lost += lost;
-		RegistryState->notifications_truncated += truncated;
-		SpinLockRelease(&RegistryState->mutex);
+		changelog_notified(notified + n, sent, lost, truncated);
+		pfree(copy);
 	}
-	pfree(copy);
-	pfree(onames);
 	return total;
 }
 
@@ -849,10 +827,10 @@ registry_maintenance_main(Datum arg)
 			 * Ask committers for a wake-up, then look once more: a commit
 			 * either saw the request or published before this look.
 			 */
-			(void) pg_atomic_exchange_u32(&RegistryState->notify_wanted, 1);
+			changelog_want_wakeup(true);
 			busy = notify_pending() > 0;
 			if (busy)
-				(void) pg_atomic_exchange_u32(&RegistryState->notify_wanted, 0);
+				changelog_want_wakeup(false);
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(loopcxt);

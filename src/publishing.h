@@ -1,0 +1,22 @@
+/*-------------------------------------------------------------------------
+ *
+ * publishing.h
+ *	  Keeping publications in commit order (publishing.c): committing
+ *	  transactions announce themselves until they have published, and a
+ *	  writer of a key last written by one of them waits for it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REGISTRY_PUBLISHING_H
+#define REGISTRY_PUBLISHING_H
+
+#include "postgres.h"
+
+extern int	publishing_slots(void);
+extern Size publishing_shmem_size(void);
+extern void publishing_shmem_init(void);
+extern void publishing_begin(void);
+extern void publishing_end(void);
+extern void publishing_wait(TransactionId xid);
+
+#endif							/* REGISTRY_PUBLISHING_H */
