@@ -19,8 +19,6 @@
 #include "shmem.h"
 
 RegistryShared *RegistryState = NULL;
-RegTableSlot *RegistryTables = NULL;
-uint64	   *RegistryDigests = NULL;
 char	   *RegistryOrigins = NULL;
 char	   *RegistryChangeLog = NULL;
 PeerStatus *RegistryPeers = NULL;
@@ -31,19 +29,6 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 #define REGISTRY_LWLOCKS 6
-
-static Size
-tables_size(void)
-{
-	return mul_size(registry_max_tables, sizeof(RegTableSlot));
-}
-
-static Size
-digests_size(void)
-{
-	return mul_size(mul_size(registry_max_tables, registry_digest_buckets),
-					sizeof(uint64));
-}
 
 static Size
 origins_size(void)
@@ -74,8 +59,7 @@ registry_shmem_total_size(void)
 {
 	Size		size = MAXALIGN(sizeof(RegistryShared));
 
-	size = add_size(size, MAXALIGN(tables_size()));
-	size = add_size(size, MAXALIGN(digests_size()));
+	size = add_size(size, digest_shmem_size());
 	size = add_size(size, MAXALIGN(origins_size()));
 	size = add_size(size, MAXALIGN(changelog_size()));
 	size = add_size(size, MAXALIGN(peers_size()));
@@ -123,8 +107,6 @@ registry_shmem_startup(void)
 	RegistryState = ShmemInitStruct("registry state",
 									sizeof(RegistryShared), &found);
 	found_any = found;
-	RegistryTables = ShmemInitStruct("registry tables", tables_size(), &found);
-	RegistryDigests = ShmemInitStruct("registry digests", digests_size(), &found);
 	RegistryOrigins = ShmemInitStruct("registry origins", origins_size(), &found);
 	RegistryChangeLog = ShmemInitStruct("registry change log",
 										changelog_size(), &found);
@@ -157,8 +139,6 @@ registry_shmem_startup(void)
 		SpinLockInit(&RegistryState->mutex);
 		dlist_init(&RegistryState->acc_lru);
 
-		memset(RegistryTables, 0, tables_size());
-		memset(RegistryDigests, 0, digests_size());
 		memset(RegistryOrigins, 0, origins_size());
 		memset(OriginPins, 0, pins_size());
 
@@ -169,6 +149,7 @@ registry_shmem_startup(void)
 		changelog_init();
 	}
 
+	digest_shmem_init(RegistryState->meta_lock, RegistryState->digest_lock);
 	hlc_shmem_init(found_any);
 	acceptor_shmem_init();
 
@@ -195,17 +176,14 @@ registry_reset_shared_state(void)
 	LWLockAcquire(RegistryState->meta_lock, LW_EXCLUSIVE);
 	LWLockAcquire(RegistryState->acceptor_lock, LW_EXCLUSIVE);
 	LWLockAcquire(RegistryState->changelog_lock, LW_EXCLUSIVE);
-	LWLockAcquire(RegistryState->digest_lock, LW_EXCLUSIVE);
 
-	memset(RegistryTables, 0, tables_size());
-	memset(RegistryDigests, 0, digests_size());
+	digest_clear_all();			/* takes digest_lock, last */
 	RegistryState->epoch = new_epoch();
 	RegistryState->cl_first_seq = RegistryState->cl_last_seq + 1;
 	acceptor_reset();
 	pg_atomic_write_u32(&RegistryState->state, REG_STATE_READY);
 	RegistryState->ready_at = GetCurrentTimestamp();
 
-	LWLockRelease(RegistryState->digest_lock);
 	LWLockRelease(RegistryState->changelog_lock);
 	LWLockRelease(RegistryState->acceptor_lock);
 	LWLockRelease(RegistryState->meta_lock);

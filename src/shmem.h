@@ -33,17 +33,6 @@
 #define REG_STATE_REBUILDING	1
 #define REG_STATE_READY			2
 
-/* One registered table's digest slot. */
-typedef struct RegTableSlot
-{
-	int32		tid;			/* 0 when free */
-	Oid			relid;
-	int64		live_rows;
-	int64		tombstones;
-	uint64		changes;		/* key changes published since start */
-	TimestampTz last_change;
-} RegTableSlot;
-
 /* One committed change, as kept in the change log ring. */
 typedef struct ChangeLogEntry
 {
@@ -125,10 +114,10 @@ typedef struct PeerStatus
 
 typedef struct RegistryShared
 {
-	LWLock	   *meta_lock;		/* table slots and origins */
+	LWLock	   *meta_lock;		/* origins; digest.c's slot_lock */
 	LWLock	   *changelog_lock;
 	LWLock	   *acceptor_lock;
-	LWLock	   *digest_lock;
+	LWLock	   *digest_lock;	/* handed to digest.c */
 	LWLock	   *lease_lock;		/* serialises clock lease file writes */
 	LWLock	   *peer_lock;		/* peer status array */
 
@@ -173,9 +162,6 @@ typedef struct RegistryShared
 	uint64		origins_reclaimed;	/* slots freed for new names */
 	uint64		origins_unknown;	/* changes recorded without their origin */
 
-	/* digests (digest_lock) */
-	uint64		digest_rebuilds;
-
 	/* committed transactions still publishing (capture.c) */
 	pg_atomic_uint32 publishing;
 	uint64		publication_waits;
@@ -190,8 +176,6 @@ typedef struct RegistryShared
 extern RegistryShared *RegistryState;
 
 /* shared arrays, sized from GUCs */
-extern RegTableSlot *RegistryTables;	/* [registry_max_tables] */
-extern uint64 *RegistryDigests;		/* [registry_max_tables * buckets] */
 extern char *RegistryOrigins;		/* [registry_max_origins][NAMEDATALEN] */
 extern char *RegistryChangeLog;		/* [registry_change_log_size] entries */
 extern PeerStatus *RegistryPeers;	/* [registry_max_origins] */
@@ -212,11 +196,9 @@ extern void origins_unpin(void);
 extern int	origins_used(void);
 extern Size origin_pin_bytes(void);
 
-/* table slots (digest.c) */
-extern int	table_slot_for(int32 tid, Oid relid);
-extern int	table_slot_find(int32 tid);
-extern uint64 *table_slot_buckets(int slot);
-extern void table_slots_gc(void);
+/* table slots and digests: digest.h (TRANSITIONAL block there until
+ * capture.c, serve.c, sync.c and views.c stop reaching in) */
+#include "digest.h"
 
 /* change log (changelog.c) */
 extern Size changelog_entry_size(void);
