@@ -15,6 +15,7 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
+#include "digest.h"
 #include "registry.h"
 #include "shmem.h"
 
