@@ -206,7 +206,10 @@ extern void canonical_gucs_push(int *nestlevel);
 extern void canonical_gucs_pop(int nestlevel);
 extern void canonical_gucs_set_session(void);
 
-/* ---- catalog.c ---- */
+/* ---- relid.c (layer 1; to be merged into util.c) ---- */
+extern Oid	registry_relid(const char *relname);
+
+/* ---- catalog.c (layer 5: the catalog cache) ---- */
 
 /* A column transmitted between nodes (all but dropped and generated ones). */
 typedef struct RowColumn
@@ -244,9 +247,7 @@ typedef struct RegTable
 	int			slot;			/* shared-memory table slot, -1 if unknown */
 } RegTable;
 
-extern RegTable *regtable_by_relid(Oid relid, bool missing_ok);
-extern RegTable *regtable_by_name(const char *qualname, bool missing_ok);
-extern RegTable *regtable_by_tid(int32 tid, bool missing_ok);
+/* One registration, as listed by regtable_all(). */
 typedef struct RegTid
 {
 	int32		tid;
@@ -254,12 +255,16 @@ typedef struct RegTid
 	bool		restored;		/* loaded from a dump, not taken up yet */
 	bool		khash_deferred; /* keys not in registry.row_keys (a pull) */
 } RegTid;
+
+extern RegTable *regtable_by_relid(Oid relid, bool missing_ok);
+extern RegTable *regtable_by_name(const char *qualname, bool missing_ok);
+extern RegTable *regtable_by_tid(int32 tid, bool missing_ok);
 extern List *regtable_all(void);
-extern void regtable_defer_khash(RegTable *t);
-extern void regtable_restore_khash(Oid relid);
-extern void regtable_adopt_restored(void);
-extern Oid	registry_relid(const char *relname);
 extern char *regtable_qualname(Oid relid);
+extern char *regtable_incarnation(void);
+extern void regtable_forget(Oid relid);
+extern int	regtable_slot(int32 tid, Oid relid);
+extern void regtable_slots_gc(void);
 
 /* ---- tombstones.c ---- */
 
@@ -285,22 +290,15 @@ int4_to_khash(int32 v)
 	return ((uint32) v) ^ 0x80000000U;
 }
 
-/* the row triggers registry.replicate() creates (capture.c and catalog.c) */
+/* the row triggers registry.replicate() creates (capture.c and registration.c) */
 #define REGISTRY_STAMP_TRIGGER		"registry_stamp"
 #define REGISTRY_CAPTURE_TRIGGER	"registry_capture"
 
-/* ---- capture.c, publish.c: see capture.h, publish.h ---- */
+/* the version columns registry.replicate() adds (catalog.c, registration.c) */
+#define REGISTRY_VERSION_COLUMN		"registry_version"
+#define REGISTRY_ORIGIN_COLUMN		"registry_origin"
 
-/* ---- digest.c ---- */
-extern uint64 digest_entry_hash(const char *key, RegVersion version,
-								const char *origin, bool deleted);
-extern int	digest_bucket_of(uint32 khash, int nbuckets);
-extern int	digest_bucket_shift(int nbuckets);
-extern void digest_bucket_range(int b, int nbuckets, uint32 *lo, uint32 *hi);
-extern void digest_rebuild(void);
-extern RegVersion digest_of_table(RegTable *t, Snapshot snap, uint64 *buckets,
-								  int64 *live, int64 *tombs, int64 *unversioned);
-extern bool table_counts(int32 tid, int64 *live, int64 *tombstones);
+/* ---- capture.c, publish.c: see capture.h, publish.h ---- */
 
 /* ---- apply.c ---- */
 typedef enum ApplyResult
@@ -362,5 +360,24 @@ extern void worker_xact_started(void);
 extern void worker_check_extension(bool force);
 extern void worker_extension_changing(void);
 extern void worker_install_hooks(void);
+
+/*
+ * TRANSITIONAL (issue 13, helper G): old names and headers the files of
+ * other helpers still use; delete once they call the new ones (G's report
+ * lists each use).
+ */
+#include "digest.h"
+#include "keyed.h"
+#include "registration.h"
+#include "rebuild.h"
+#define regtable_defer_khash(t)		registration_defer_khash(t)
+#define regtable_restore_khash(r)	registration_restore_khash(r)
+#define regtable_adopt_restored()	registration_adopt_restored()
+#define digest_rebuild()			rebuild_digests()
+#define digest_of_table				rebuild_digest_of_table
+#define table_counts				digest_table_counts
+typedef RowLookup RowScan;
+typedef KeyRangeScan TombstoneScan;
+typedef KeyRangeScan RowKeyScan;
 
 #endif							/* REGISTRY_H */

@@ -43,7 +43,6 @@
 #include "registry.h"
 #include "row_keys.h"
 #include "rows.h"
-#include "tombstones.h"
 
 #define Natts_row_keys	3
 
@@ -266,16 +265,16 @@ row_keys_build(RegTable *t)
 
 /* Keys of a table with key hash in [lo, hi], in (hash, key) order. */
 void
-row_keys_scan_begin(RowKeyScan *ks, int32 tid, uint32 lo, uint32 hi,
+row_keys_scan_begin(KeyRangeScan *ks, int32 tid, uint32 lo, uint32 hi,
 					Snapshot snap)
 {
-	key_range_scan_begin(ks, registry_relid("row_keys"),
-						 registry_relid("row_keys_pkey"), tid, lo, hi, snap);
+	keyed_scan_begin(ks, registry_relid("row_keys"),
+					 registry_relid("row_keys_pkey"), tid, lo, hi, snap);
 }
 
 /* The next key (palloc'd) and its hash; false at the end. */
 bool
-row_keys_scan_next(RowKeyScan *ks, uint32 *khash, char **key)
+row_keys_scan_next(KeyRangeScan *ks, uint32 *khash, char **key)
 {
 	TupleTableSlot *slot = ks->slot;
 
@@ -288,7 +287,7 @@ row_keys_scan_next(RowKeyScan *ks, uint32 *khash, char **key)
 }
 
 void
-row_keys_scan_end(RowKeyScan *ks)
+row_keys_scan_end(KeyRangeScan *ks)
 {
-	key_range_scan_end(ks);
+	keyed_scan_end(ks);
 }

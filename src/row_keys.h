@@ -15,18 +15,15 @@
 #include "utils/snapshot.h"
 
 #include "registry.h"
-#include "tombstones.h"
-
-/* An index-range scan over one table's keys, by key hash. */
-typedef KeyRangeScan RowKeyScan;
+#include "keyed.h"
 
 extern void row_keys_add(int32 tid, uint32 khash, const char *key);
 extern void row_keys_remove(int32 tid, uint32 khash, const char *key);
 extern void row_keys_clear(int32 tid);
 extern int64 row_keys_build(RegTable *t);
-extern void row_keys_scan_begin(RowKeyScan *ks, int32 tid, uint32 lo,
+extern void row_keys_scan_begin(KeyRangeScan *ks, int32 tid, uint32 lo,
 								uint32 hi, Snapshot snap);
-extern bool row_keys_scan_next(RowKeyScan *ks, uint32 *khash, char **key);
-extern void row_keys_scan_end(RowKeyScan *ks);
+extern bool row_keys_scan_next(KeyRangeScan *ks, uint32 *khash, char **key);
+extern void row_keys_scan_end(KeyRangeScan *ks);
 
 #endif							/* REGISTRY_ROW_KEYS_H */

@@ -173,7 +173,7 @@ row_foreach(RegTable *t, Snapshot snap, RowCallback fn, void *arg)
 
 /* Every row of t, in primary-key order (a whole-table read). */
 void
-row_scan_all_begin(RowScan *rs, RegTable *t, Snapshot snap)
+row_scan_all_begin(RowLookup *rs, RegTable *t, Snapshot snap)
 {
 	rs->t = t;
 	rs->rel = table_open(t->relid, AccessShareLock);
@@ -184,13 +184,13 @@ row_scan_all_begin(RowScan *rs, RegTable *t, Snapshot snap)
 }
 
 bool
-row_scan_next(RowScan *rs)
+row_scan_next(RowLookup *rs)
 {
 	return index_getnext_slot(rs->scan, ForwardScanDirection, rs->slot);
 }
 
 void
-row_scan_end(RowScan *rs)
+row_scan_end(RowLookup *rs)
 {
 	index_endscan(rs->scan);
 	ExecDropSingleTupleTableSlot(rs->slot);

@@ -16,13 +16,12 @@
 #include "utils/timestamp.h"
 
 #include "changelog.h"
+#include "digest.h"
 #include "publishing.h"
 #include "registry.h"
 #include "shmem.h"
 
 RegistryShared *RegistryState = NULL;
-RegTableSlot *RegistryTables = NULL;
-uint64	   *RegistryDigests = NULL;
 char	   *RegistryOrigins = NULL;
 PeerStatus *RegistryPeers = NULL;
 static uint8 *OriginPins = NULL;	/* [publishing_slots()][origin_pin_bytes()] */
@@ -31,19 +30,6 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 #define REGISTRY_LWLOCKS 6
-
-static Size
-tables_size(void)
-{
-	return mul_size(registry_max_tables, sizeof(RegTableSlot));
-}
-
-static Size
-digests_size(void)
-{
-	return mul_size(mul_size(registry_max_tables, registry_digest_buckets),
-					sizeof(uint64));
-}
 
 static Size
 origins_size(void)
@@ -68,8 +54,7 @@ registry_shmem_total_size(void)
 {
 	Size		size = MAXALIGN(sizeof(RegistryShared));
 
-	size = add_size(size, MAXALIGN(tables_size()));
-	size = add_size(size, MAXALIGN(digests_size()));
+	size = add_size(size, digest_shmem_size());
 	size = add_size(size, MAXALIGN(origins_size()));
 	size = add_size(size, MAXALIGN(changelog_shmem_size()));
 	size = add_size(size, MAXALIGN(peers_size()));
@@ -103,8 +88,6 @@ registry_shmem_startup(void)
 	RegistryState = ShmemInitStruct("registry state",
 									sizeof(RegistryShared), &found);
 	found_any = found;
-	RegistryTables = ShmemInitStruct("registry tables", tables_size(), &found);
-	RegistryDigests = ShmemInitStruct("registry digests", digests_size(), &found);
 	RegistryOrigins = ShmemInitStruct("registry origins", origins_size(), &found);
 	RegistryPeers = ShmemInitStruct("registry peers", peers_size(), &found);
 	OriginPins = ShmemInitStruct("registry origin pins", pins_size(), &found);
@@ -126,8 +109,6 @@ registry_shmem_startup(void)
 		SpinLockInit(&RegistryState->mutex);
 		dlist_init(&RegistryState->acc_lru);
 
-		memset(RegistryTables, 0, tables_size());
-		memset(RegistryDigests, 0, digests_size());
 		memset(RegistryOrigins, 0, origins_size());
 		memset(OriginPins, 0, pins_size());
 
@@ -136,6 +117,7 @@ registry_shmem_startup(void)
 		RegistryState->norigins = 1;
 	}
 
+	digest_shmem_init(RegistryState->meta_lock, RegistryState->digest_lock);
 	hlc_shmem_init(found_any);
 	acceptor_shmem_init();
 	changelog_shmem_init(&GetNamedLWLockTranche("registry")[1].lock);
@@ -165,15 +147,11 @@ registry_reset_shared_state(void)
 	LWLockAcquire(RegistryState->acceptor_lock, LW_EXCLUSIVE);
 	/* a new epoch; takes and releases the change log's lock (lock order) */
 	changelog_reset();
-	LWLockAcquire(RegistryState->digest_lock, LW_EXCLUSIVE);
-
-	memset(RegistryTables, 0, tables_size());
-	memset(RegistryDigests, 0, digests_size());
+	digest_clear_all();			/* takes digest_lock, last */
 	acceptor_reset();
 	pg_atomic_write_u32(&RegistryState->state, REG_STATE_READY);
 	RegistryState->ready_at = GetCurrentTimestamp();
 
-	LWLockRelease(RegistryState->digest_lock);
 	LWLockRelease(RegistryState->acceptor_lock);
 	LWLockRelease(RegistryState->meta_lock);
 }

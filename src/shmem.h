@@ -33,16 +33,6 @@
 #define REG_STATE_REBUILDING	1
 #define REG_STATE_READY			2
 
-/* One registered table's digest slot. */
-typedef struct RegTableSlot
-{
-	int32		tid;			/* 0 when free */
-	Oid			relid;
-	int64		live_rows;
-	int64		tombstones;
-	uint64		changes;		/* key changes published since start */
-	TimestampTz last_change;
-} RegTableSlot;
 
 /* Background workers the launcher runs; index into RegistryShared.workers */
 #define REG_WORKER_MAINTENANCE	0
@@ -111,9 +101,9 @@ typedef struct PeerStatus
 
 typedef struct RegistryShared
 {
-	LWLock	   *meta_lock;		/* table slots and origins */
+	LWLock	   *meta_lock;		/* origins; digest.c's slot_lock */
 	LWLock	   *acceptor_lock;
-	LWLock	   *digest_lock;
+	LWLock	   *digest_lock;	/* handed to digest.c */
 	LWLock	   *lease_lock;		/* serialises clock lease file writes */
 	LWLock	   *peer_lock;		/* peer status array */
 
@@ -138,8 +128,6 @@ typedef struct RegistryShared
 	uint64		origins_reclaimed;	/* slots freed for new names */
 	uint64		origins_unknown;	/* changes recorded without their origin */
 
-	/* digests (digest_lock) */
-	uint64		digest_rebuilds;
 
 	/* sync requests (mutex): registry.sync_now() and peer list changes */
 	uint64		sync_request_gen;
@@ -150,8 +138,6 @@ typedef struct RegistryShared
 extern RegistryShared *RegistryState;
 
 /* shared arrays, sized from GUCs */
-extern RegTableSlot *RegistryTables;	/* [registry_max_tables] */
-extern uint64 *RegistryDigests;		/* [registry_max_tables * buckets] */
 extern char *RegistryOrigins;		/* [registry_max_origins][NAMEDATALEN] */
 extern PeerStatus *RegistryPeers;	/* [registry_max_origins] */
 
@@ -167,11 +153,9 @@ extern void origins_unpin(void);
 extern int	origins_used(void);
 extern Size origin_pin_bytes(void);
 
-/* table slots (digest.c) */
-extern int	table_slot_for(int32 tid, Oid relid);
-extern int	table_slot_find(int32 tid);
-extern uint64 *table_slot_buckets(int slot);
-extern void table_slots_gc(void);
+/* table slots and digests: digest.h (TRANSITIONAL block there until
+ * capture.c, serve.c, sync.c and views.c stop reaching in) */
+#include "digest.h"
 
 /* acceptors (acceptor.c) */
 extern Size acceptor_shmem_size(void);

@@ -35,7 +35,7 @@
 
 #include "publishing.h"
 #include "registry.h"
-#include "shmem.h"
+#include "shmem.h"				/* wait_for_publication(): helper B moves it */
 #include "tombstones.h"
 
 #define Natts_tombstones	6
@@ -54,138 +54,9 @@ state_from_tuple(HeapTuple tup, TupleDesc desc, VersionState *out)
 						   sizeof(out->origin));
 }
 
-static void
-key_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext)
-{
-	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(tid));
-	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(khash_to_int4(khash)));
-	ScanKeyInit(&skey[2], 3, BTEqualStrategyNumber, F_TEXTEQ, keytext);
-	skey[2].sk_collation = C_COLLATION_OID;
-}
-
-/*
- * The row of a key in rel (registry.tombstones or registry.row_keys, both
- * keyed (tid, khash, key)) as committed, or as written by our own
- * transaction; waits for any other transaction writing it.  Returns a
- * palloc'd copy (t_self set) or NULL.
- */
-static HeapTuple
-key_fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
-			 Datum keytext)
-{
-	ScanKeyData skey[3];
-	SnapshotData dirty;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
-	HeapTuple	result;
-
-	key_scankeys(skey, tid, khash, keytext);
-	InitDirtySnapshot(dirty);
-	slot = table_slot_create(rel, NULL);
-	for (;;)
-	{
-		TransactionId xwait = InvalidTransactionId;
-		bool		found;
-
-		result = NULL;
-		scan = index_beginscan(rel, idx, &dirty, 3, 0);
-		index_rescan(scan, skey, 3, NULL, 0);
-		found = index_getnext_slot(scan, ForwardScanDirection, slot);
-		/* the dirty snapshot says who is writing the tuple it returned */
-		if (found)
-			xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
-		if (found && !TransactionIdIsValid(xwait))
-			result = ExecCopySlotHeapTuple(slot);
-		index_endscan(scan);
-
-		if (found && TransactionIdIsValid(xwait))
-		{
-			ItemPointerData ctid = slot->tts_tid;
-
-			ExecClearTuple(slot);
-			XactLockTableWait(xwait, rel, &ctid, XLTW_FetchUpdated);
-			CHECK_FOR_INTERRUPTS();
-			continue;
-		}
-		break;
-	}
-	ExecDropSingleTupleTableSlot(slot);
-	return result;
-}
-
-/*
- * A row version made by the current command is invisible to heap_update
- * and heap_delete; step to the next command first.  Happens when one
- * statement deletes and re-inserts a key (keys shifted by an UPDATE).
- */
-static void
-step_past_own_command(HeapTuple tup)
-{
-	HeapTupleHeader hdr = tup->t_data;
-
-	if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(hdr)) &&
-		HeapTupleHeaderGetCmin(hdr) >= GetCurrentCommandId(false))
-		CommandCounterIncrement();
-}
-
-/* Open one of the extension's tables keyed (tid, khash, key) with its key. */
-void
-keyed_table_open(const char *relname, const char *idxname, Relation *rel,
-				 Relation *idx, LOCKMODE mode)
-{
-	*rel = table_open(registry_relid(relname), mode);
-	*idx = index_open(registry_relid(idxname), mode);
-}
-
-/* Locks stay until the end of the transaction. */
-void
-keyed_table_close(Relation rel, Relation idx)
-{
-	index_close(idx, NoLock);
-	table_close(rel, NoLock);
-}
-
 #define open_tombstones(rel, idx, mode) \
 	keyed_table_open("tombstones", "tombstones_pkey", (rel), (idx), (mode))
 #define close_tombstones(rel, idx)	keyed_table_close((rel), (idx))
-
-/*
- * Delete the row of a key from rel (registry.tombstones or
- * registry.row_keys), waiting for and retrying after a concurrent writer.
- * seen, if not NULL, is shown each version found before it is deleted.
- * Returns whether a row was deleted.
- */
-bool
-keyed_delete(Relation rel, Relation idx, int32 tid, uint32 khash,
-			 Datum keytext, void (*seen) (HeapTuple tup, void *arg), void *arg)
-{
-	for (;;)
-	{
-		HeapTuple	tup;
-		TM_Result	res;
-		TM_FailureData tmfd;
-
-		CHECK_FOR_INTERRUPTS();
-		tup = key_fetch_latest(rel, idx, tid, khash, keytext);
-		if (tup == NULL)
-			return false;
-		if (seen)
-			seen(tup, arg);
-		step_past_own_command(tup);
-		res = heap_delete(rel, &tup->t_self, GetCurrentCommandId(true),
-						  InvalidSnapshot, true, &tmfd, false);
-		heap_freetuple(tup);
-		if (res == TM_Ok)
-			return true;
-		if (res == TM_SelfModified)
-			CommandCounterIncrement();
-		else if (res != TM_Updated && res != TM_Deleted)
-			elog(ERROR, "registry: unexpected result %d deleting from %s",
-				 (int) res, RelationGetRelationName(rel));
-	}
-}
 
 typedef struct TakeState
 {
@@ -260,7 +131,7 @@ tombstone_put(int32 tid, uint32 khash, const char *key, RegVersion version,
 		LockTupleMode lockmode;
 
 		CHECK_FOR_INTERRUPTS();
-		oldtup = key_fetch_latest(rel, idx, tid, khash, values[2]);
+		oldtup = keyed_fetch_latest(rel, idx, tid, khash, values[2]);
 		memset(old, 0, sizeof(VersionState));
 		if (oldtup)
 		{
@@ -288,7 +159,7 @@ tombstone_put(int32 tid, uint32 khash, const char *key, RegVersion version,
 			heap_freetuple(newtup);
 			break;
 		}
-		step_past_own_command(oldtup);
+		keyed_step_past_own_command(oldtup);
 		res = heap_update(rel, &oldtup->t_self, newtup, GetCurrentCommandId(true),
 						  InvalidSnapshot, true, &tmfd, &lockmode);
 		heap_freetuple(oldtup);
@@ -324,7 +195,7 @@ tombstone_get(int32 tid, uint32 khash, const char *key, Snapshot snap,
 	bool		found;
 
 	open_tombstones(&rel, &idx, AccessShareLock);
-	key_scankeys(skey, tid, khash, CStringGetTextDatum(key));
+	keyed_scankeys(skey, tid, khash, CStringGetTextDatum(key));
 	slot = table_slot_create(rel, NULL);
 	scan = index_beginscan(rel, idx, snap, 3, 0);
 	index_rescan(scan, skey, 3, NULL, 0);
@@ -339,46 +210,17 @@ tombstone_get(int32 tid, uint32 khash, const char *key, Snapshot snap,
 	return found;
 }
 
-/* Rows of table tid in relid with key hash in [lo, hi], in (hash, key) order. */
-void
-key_range_scan_begin(KeyRangeScan *ks, Oid relid, Oid idxid, int32 tid,
-					 uint32 lo, uint32 hi, Snapshot snap)
-{
-	ScanKeyData skey[3];
-
-	ks->rel = table_open(relid, AccessShareLock);
-	ks->idx = index_open(idxid, AccessShareLock);
-	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(tid));
-	ScanKeyInit(&skey[1], 2, BTGreaterEqualStrategyNumber, F_INT4GE,
-				Int32GetDatum(khash_to_int4(lo)));
-	ScanKeyInit(&skey[2], 2, BTLessEqualStrategyNumber, F_INT4LE,
-				Int32GetDatum(khash_to_int4(hi)));
-	ks->slot = table_slot_create(ks->rel, NULL);
-	ks->scan = index_beginscan(ks->rel, ks->idx, snap, 3, 0);
-	index_rescan(ks->scan, skey, 3, NULL, 0);
-}
-
-void
-key_range_scan_end(KeyRangeScan *ks)
-{
-	index_endscan(ks->scan);
-	ExecDropSingleTupleTableSlot(ks->slot);
-	index_close(ks->idx, NoLock);
-	table_close(ks->rel, NoLock);
-}
-
 /* Tombstones of a table with key hash in [lo, hi], in (hash, key) order. */
 void
-tombstone_scan_begin(TombstoneScan *ts, int32 tid, uint32 lo, uint32 hi,
+tombstone_scan_begin(KeyRangeScan *ts, int32 tid, uint32 lo, uint32 hi,
 					 Snapshot snap)
 {
-	key_range_scan_begin(ts, registry_relid("tombstones"),
+	keyed_scan_begin(ts, registry_relid("tombstones"),
 						 registry_relid("tombstones_pkey"), tid, lo, hi, snap);
 }
 
 bool
-tombstone_scan_next(TombstoneScan *ts, KeyVersion *e)
+tombstone_scan_next(KeyRangeScan *ts, KeyVersion *e)
 {
 	TupleTableSlot *slot = ts->slot;
 
@@ -395,7 +237,7 @@ tombstone_scan_next(TombstoneScan *ts, KeyVersion *e)
 }
 
 void
-tombstone_scan_end(TombstoneScan *ts)
+tombstone_scan_end(KeyRangeScan *ts)
 {
-	key_range_scan_end(ts);
+	keyed_scan_end(ts);
 }

@@ -18,20 +18,8 @@
 #include "storage/lockdefs.h"
 #include "utils/snapshot.h"
 
+#include "keyed.h"
 #include "registry.h"
-
-/*
- * An index-range scan by key hash over one table's rows of
- * registry.tombstones or registry.row_keys (both keyed (tid, khash, key)).
- */
-typedef struct KeyRangeScan
-{
-	Relation	rel;
-	Relation	idx;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
-} KeyRangeScan;
-typedef KeyRangeScan TombstoneScan;
 
 typedef struct KeyVersion
 {
@@ -42,18 +30,6 @@ typedef struct KeyVersion
 	bool		deleted;
 } KeyVersion;
 
-/* shared with row_keys.c: both tables are keyed (tid, khash, key) */
-extern void keyed_table_open(const char *relname, const char *idxname,
-							 Relation *rel, Relation *idx, LOCKMODE mode);
-extern void keyed_table_close(Relation rel, Relation idx);
-extern bool keyed_delete(Relation rel, Relation idx, int32 tid, uint32 khash,
-						 Datum keytext,
-						 void (*seen) (HeapTuple tup, void *arg), void *arg);
-extern void key_range_scan_begin(KeyRangeScan *ks, Oid relid, Oid idxid,
-								 int32 tid, uint32 lo, uint32 hi,
-								 Snapshot snap);
-extern void key_range_scan_end(KeyRangeScan *ks);
-
 extern bool tombstone_take(int32 tid, uint32 khash, const char *key,
 						   VersionState *old);
 extern RegVersion tombstone_put(int32 tid, uint32 khash, const char *key,
@@ -61,9 +37,9 @@ extern RegVersion tombstone_put(int32 tid, uint32 khash, const char *key,
 						  bool apply, VersionState *old);
 extern bool tombstone_get(int32 tid, uint32 khash, const char *key,
 						  Snapshot snap, VersionState *out);
-extern void tombstone_scan_begin(TombstoneScan *ts, int32 tid, uint32 lo,
+extern void tombstone_scan_begin(KeyRangeScan *ts, int32 tid, uint32 lo,
 								 uint32 hi, Snapshot snap);
-extern bool tombstone_scan_next(TombstoneScan *ts, KeyVersion *e);
-extern void tombstone_scan_end(TombstoneScan *ts);
+extern bool tombstone_scan_next(KeyRangeScan *ts, KeyVersion *e);
+extern void tombstone_scan_end(KeyRangeScan *ts);
 
 #endif							/* REGISTRY_TOMBSTONES_H */

@@ -1,0 +1,17 @@
+/*-------------------------------------------------------------------------
+ *
+ * registration.h
+ *	  Registration and its upkeep (registration.c, layer 10).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REGISTRY_REGISTRATION_H
+#define REGISTRY_REGISTRATION_H
+
+#include "registry.h"
+
+extern void registration_defer_khash(RegTable *t);
+extern void registration_restore_khash(Oid relid);
+extern void registration_adopt_restored(void);
+
+#endif							/* REGISTRY_REGISTRATION_H */
