@@ -56,6 +56,7 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
+#include "digest.h"
 #include "publish.h"
 #include "registry.h"
 #include "apply.h"
@@ -964,7 +965,7 @@ rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n, int *refused_skew,
 	 * transaction since the pull began) has a tombstone: an older one goes,
 	 * a newer one means the row must not be here.
 	 */
-	if (table_counts(t->tid, &live, &tombs) && tombs > 0)
+	if (digest_table_counts(t->tid, &live, &tombs) && tombs > 0)
 	{
 		HASHCTL		ctl;
 		Oid			argt[3] = {INT4OID, INT4ARRAYOID, TEXTARRAYOID};
@@ -1062,7 +1063,7 @@ drop_deleted_rows(RegTable *t, ApplyRow *rows, int *taken, int m,
 	int			kept = 0;
 	int			i;
 
-	if (!table_counts(t->tid, &live, &tombs) || tombs == 0)
+	if (!digest_table_counts(t->tid, &live, &tombs) || tombs == 0)
 		return m;
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	for (i = 0; i < m; i++)

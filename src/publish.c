@@ -35,8 +35,10 @@
 #include "utils/snapmgr.h"
 
 #include "changelog.h"
+#include "digest.h"
 #include "publish.h"
 #include "publishing.h"
+#include "rebuild.h"
 #include "registry.h"
 #include "shmem.h"
 
@@ -442,7 +444,7 @@ publish_adopt_table(RegTable *t)
 
 	publish_reset_table(t);
 	bulk_begin(t);
-	maxv = digest_of_table(t, snap, bulk.bucket_delta, &bulk.live_delta,
+	maxv = rebuild_digest_of_table(t, snap, bulk.bucket_delta, &bulk.live_delta,
 						   &bulk.tomb_delta, &unversioned);
 	UnregisterSnapshot(snap);
 	if (unversioned > 0)
@@ -606,7 +608,7 @@ publish_pre_commit(void)
 
 		if (p->merged)
 			continue;
-		p->slot = table_slot_for(p->tid, p->relid);
+		p->slot = regtable_slot(p->tid, p->relid);
 		if (p->bulk)
 			p->op = REG_OP_RESYNC;
 		else if (p->deleted)
@@ -640,8 +642,6 @@ publish_commit(void)
 {
 	int			i;
 	TimestampTz now = GetCurrentTransactionStopTimestamp();
-	int			nbuckets = registry_digest_buckets;
-
 	changelog_append(records, nrecords, now);
 
 	LWLockAcquire(RegistryState->acceptor_lock, LW_EXCLUSIVE);
@@ -656,42 +656,25 @@ publish_commit(void)
 	}
 	LWLockRelease(RegistryState->acceptor_lock);
 
-	LWLockAcquire(RegistryState->digest_lock, LW_EXCLUSIVE);
+	digest_publish_begin();
 	for (i = 0; i < npending; i++)
 	{
 		PendingChange *p = &pending[i];
-		RegTableSlot *ts;
-		uint64	   *buckets;
 
+		/* a slot now another table's (unregistered meanwhile) is skipped */
 		if (p->merged || p->slot < 0)
 			continue;
-		ts = &RegistryTables[p->slot];
-		if (ts->tid != p->tid)
-			continue;			/* unregistered meanwhile */
-		buckets = table_slot_buckets(p->slot);
 		if (p->reset)
-		{
-			memset(buckets, 0, sizeof(uint64) * nbuckets);
-			ts->live_rows = 0;
-			ts->tombstones = 0;
-		}
+			digest_publish_reset(p->slot, p->tid, p->live_delta,
+								 p->tomb_delta, now);
 		else if (p->bulk)
-		{
-			int			b;
-
-			for (b = 0; b < nbuckets; b++)
-				buckets[b] ^= p->bucket_delta[b];
-		}
+			digest_publish_bulk(p->slot, p->tid, p->bucket_delta,
+								p->live_delta, p->tomb_delta, now);
 		else
-		{
-			buckets[digest_bucket_of(p->khash, nbuckets)] ^= p->delta;
-			ts->changes++;
-		}
-		ts->live_rows += p->live_delta;
-		ts->tombstones += p->tomb_delta;
-		ts->last_change = now;
+			digest_publish_key(p->slot, p->tid, p->khash, p->delta,
+							   p->live_delta, p->tomb_delta, now);
 	}
-	LWLockRelease(RegistryState->digest_lock);
+	digest_publish_end();
 
 	/* peers waiting in registry.changes_since(), and the notifier */
 	changelog_wake_readers();

@@ -38,6 +38,7 @@
 #include "utils/snapmgr.h"
 
 #include "changelog.h"
+#include "digest.h"
 #include "message.h"
 #include "registry.h"
 #include "row_keys.h"
@@ -417,7 +418,6 @@ registry_digest(PG_FUNCTION_ARGS)
 	int32		n = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4);
 	int			nb = registry_digest_buckets;
 	RegTable   *t;
-	int			slot;
 	uint64	   *buckets;
 	uint64	   *coarse;
 	uint64		root = 0;
@@ -456,19 +456,7 @@ registry_digest(PG_FUNCTION_ARGS)
 		XLogFlush(inserted_wal_end());
 
 	buckets = palloc(sizeof(uint64) * nb);
-	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
-	slot = -1;
-	for (i = 0; i < registry_max_tables; i++)
-		if (RegistryTables[i].tid == t->tid)
-			slot = i;
-	if (slot >= 0)
-	{
-		memcpy(buckets, table_slot_buckets(slot), sizeof(uint64) * nb);
-		live = RegistryTables[slot].live_rows;
-		tombs = RegistryTables[slot].tombstones;
-	}
-	LWLockRelease(RegistryState->digest_lock);
-	if (slot < 0)
+	if (!digest_read_table(t->tid, nb, buckets, &live, &tombs))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table %s has no digests on node \"%s\"", name,
@@ -571,9 +559,9 @@ static void
 collect_range(RegTable *t, uint32 lo, uint32 hi, bool with_rows, int want,
 			  EntryArray *out, bool *more)
 {
-	RowKeyScan	ks;
+	KeyRangeScan ks;
 	RowLookup	rl;
-	TombstoneScan ts;
+	KeyRangeScan ts;
 	KeyVersion	tk;
 	bool		have_row,
 				have_tomb;
@@ -870,8 +858,8 @@ typedef struct TablePages
 	char	   *name;
 	int32		tid;
 	Snapshot	snap;			/* registered: every page reads the same state */
-	RowScan		rs;				/* in primary-key order */
-	TombstoneScan ts;
+	RowLookup	rs;				/* in primary-key order */
+	KeyRangeScan ts;
 	bool		rows_done;		/* past the last row: tombstones follow */
 	bool		tombs_open;
 	bool		open;

@@ -23,6 +23,7 @@
 #include "utils/tuplestore.h"
 
 #include "changelog.h"
+#include "digest.h"
 #include "registry.h"
 #include "shmem.h"
 
@@ -72,8 +73,7 @@ registry_node_info(PG_FUNCTION_ARGS)
 	bool		clock_ready;
 	RegVersion	clock = hlc_current();
 	int			i = 0;
-	int			used_tables = 0;
-	int			t;
+	int			used_tables;
 	uint64		first,
 				last,
 				overwritten,
@@ -116,10 +116,8 @@ registry_node_info(PG_FUNCTION_ARGS)
 	acc_misses = RegistryState->acc_misses;
 	LWLockRelease(RegistryState->acceptor_lock);
 
+	used_tables = digest_tables_used();
 	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
-	for (t = 0; t < registry_max_tables; t++)
-		if (RegistryTables[t].tid != 0)
-			used_tables++;
 	norigins = origins_used();
 	origins_reclaimed = RegistryState->origins_reclaimed;
 	origins_unknown = RegistryState->origins_unknown;
@@ -189,40 +187,24 @@ Datum
 registry_table_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	RegTableSlot *copy;
-	uint64	   *roots;
+	DigestTableStats *copy;
+	int			ncopy;
 	int			i;
-	int			nb = registry_digest_buckets;
 
 	registry_check_preloaded();
 	registry_check_admin();
 	InitMaterializedSRF(fcinfo, 0);
 
-	copy = palloc(sizeof(RegTableSlot) * registry_max_tables);
-	roots = palloc0(sizeof(uint64) * registry_max_tables);
-	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
-	memcpy(copy, RegistryTables, sizeof(RegTableSlot) * registry_max_tables);
-	for (i = 0; i < registry_max_tables; i++)
-	{
-		uint64	   *b = table_slot_buckets(i);
-		int			j;
+	copy = palloc(sizeof(DigestTableStats) * registry_max_tables);
+	ncopy = digest_stats(copy);
 
-		if (copy[i].tid == 0)
-			continue;
-		for (j = 0; j < nb; j++)
-			roots[i] ^= b[j];
-	}
-	LWLockRelease(RegistryState->digest_lock);
-
-	for (i = 0; i < registry_max_tables; i++)
+	for (i = 0; i < ncopy; i++)
 	{
 		Datum		v[6];
 		bool		n[6] = {false};
 		char		hex[17];
 
-		if (copy[i].tid == 0)
-			continue;
-		snprintf(hex, sizeof(hex), "%016llx", (unsigned long long) roots[i]);
+		snprintf(hex, sizeof(hex), "%016llx", (unsigned long long) copy[i].root);
 		v[0] = Int32GetDatum(copy[i].tid);
 		v[1] = Int64GetDatum(copy[i].live_rows);
 		v[2] = Int64GetDatum(copy[i].tombstones);
