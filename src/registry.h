@@ -5,14 +5,18 @@
  *	  variables, the version (hybrid logical clock) type, and the entry
  *	  points each source file offers to the others.
  *
- * Each concern lives in the source file of the same name: hlc.c (clock),
- * keys.c (canonical keys), catalog.c (registration), rows.c (finding a
- * key's row and version), tombstones.c (deleted keys), capture.c (triggers
- * and commit-time publication), shmem.c (shared memory layout),
- * changelog.c, acceptor.c, digest.c, message.c (wire format), serve.c
- * (functions peers call), apply.c (writing remote rows), sync.c (pulling
- * from peers), peers.c (peer list, sync_now, purge, resync), views.c,
- * worker.c (background workers).
+ * Each concern lives in the source file of the same name: guc.c
+ * (parameters), util.c (checks, identity switches, own relations),
+ * init.c (_PG_init and the shared memory hooks), shmem.c (shared memory
+ * layout), hlc.c (clock), keys.c (canonical keys), node.c (epoch and
+ * state), origins.c (origin numbers), worker_slots.c (worker slots and
+ * wake-ups), catalog.c (registration), rows.c (finding a key's row and
+ * version), tombstones.c (deleted keys), capture.c (triggers and
+ * commit-time publication), changelog.c, acceptor.c, digest.c,
+ * message.c (wire format), serve.c (functions peers call), apply.c
+ * (writing remote rows), sync.c (pulling from peers), peers.c (peer
+ * list, sync_now, resync), purge.c (tombstone purge), views.c,
+ * worker.c (launcher, maintenance worker, notifier).
  *
  *-------------------------------------------------------------------------
  */
@@ -29,7 +33,7 @@
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 
-/* ---- GUC variables (registry.c) ---- */
+/* ---- GUC variables (guc.c) ---- */
 extern char *registry_node_name;
 extern char *registry_database;
 extern int	registry_max_tables;
@@ -53,10 +57,16 @@ extern int	registry_max_message_size;
 /* true when loaded through shared_preload_libraries */
 extern bool registry_preloaded;
 
+extern void guc_define(void);
+
 /* Name of the extension's schema; fixed (the extension is not relocatable). */
 #define REGISTRY_SCHEMA "registry"
 
-/* Size limits that shape shared memory entries. */
+/*
+ * Size limits that shape shared memory entries.  REGISTRY_MAX_KEY_LEN is
+ * also the upper bound of registry.max_key_length (guc.c); every buffer
+ * that holds any key is REGISTRY_MAX_KEY_BUF bytes.
+ */
 #define REGISTRY_NAME_LEN	NAMEDATALEN /* node names, incl. terminator */
 #define REGISTRY_MAX_KEY_LEN 4096	/* longest possible key text */
 #define REGISTRY_MAX_KEY_BUF (REGISTRY_MAX_KEY_LEN + 1)	/* ... and terminator */
@@ -112,13 +122,18 @@ registry_op_name(char op)
 /* ---- client_flush.c ---- */
 extern void registry_flush_client(void);
 
-/* ---- registry.c ---- */
+/* ---- util.c ---- */
+
+/* true once the shared memory startup hook has initialised every owner */
+extern bool registry_shmem_attached;
+
+extern int	registry_proc_slots(void);
+extern Oid	registry_relid(const char *relname);
 extern void registry_check_preloaded(void);
 extern void registry_check_admin(void);
 extern void registry_check_table_privilege(Oid relid, AclMode mode,
 										   const char *what);
 extern void registry_check_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);
-extern bool registry_is_admin(void);
 
 /*
  * The identity to go back to after running as another role: as the owner
@@ -160,17 +175,18 @@ registry_valid_node_name(const char *name)
 }
 
 /* ---- hlc.c ---- */
+struct LWLock;
 extern Size hlc_shmem_size(void);
-extern void hlc_shmem_init(bool found);
+extern void hlc_shmem_init(struct LWLock *lease_lock);
 extern RegVersion hlc_now(void);
 extern RegVersion hlc_current(void);
 extern bool hlc_update(RegVersion remote, RegVersion *max_allowed);
 extern void hlc_observe_stored(RegVersion stored);
-extern void hlc_wait_ready(void);
 extern int64 hlc_clock_offset_ms(void);
-extern int64 hlc_physical_now_ms(void);
 extern RegVersion hlc_lease(void);
 extern RegVersion hlc_max_acceptable(void);
+extern void hlc_counters(uint64 *lease_writes, uint64 *regressions,
+						 uint64 *refused, bool *ready);
 
 /* ---- keys.c ---- */
 
@@ -190,7 +206,6 @@ typedef struct KeyColumn
 	char	   *name;
 } KeyColumn;
 
-extern void keys_prepare_type(Oid typid, int32 typmod, KeyColumn *col);
 extern bool keys_output_is_canonical(Oid typid);
 extern bool keys_input_is_canonical(KeyColumn *col);
 extern void keys_prepare_column(Relation rel, Relation pkindex, int i,
@@ -257,7 +272,6 @@ extern List *regtable_all(void);
 extern void regtable_defer_khash(RegTable *t);
 extern void regtable_restore_khash(Oid relid);
 extern void regtable_adopt_restored(void);
-extern Oid	registry_relid(const char *relname);
 extern char *regtable_qualname(Oid relid);
 
 /* ---- tombstones.c ---- */
@@ -368,18 +382,5 @@ extern int	apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n,
 							int *refused_skew);
 extern int	apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n,
 							 int *refused_skew);
-
-/* ---- peers.c ---- */
-extern int64 purge_tombstones(void);
-
-/* ---- worker.c ---- */
-extern void worker_register_launcher(void);
-extern void worker_wake_maintenance(void);
-extern void worker_attach(int which);
-extern void worker_exit_if_asked(int code);
-extern void worker_xact_started(void);
-extern void worker_check_extension(bool force);
-extern void worker_extension_changing(void);
-extern void worker_install_hooks(void);
 
 #endif							/* REGISTRY_H */
