@@ -11,12 +11,22 @@
  * acceptor_note() runs at commit publication, so it never allocates and
  * never raises an error: a key that finds no room is only counted.
  *
+ * Lock rules: the hash table, the LRU list and the counters are guarded
+ * by the acceptor lock passed to acceptor_shmem_init() (acceptor_lock).
+ * Publication notes a transaction's keys between acceptor_batch_begin()
+ * and acceptor_batch_end(), which hold it exclusively; readers take it
+ * shared.  The view copies entries out and formats them after releasing
+ * it, holding the origin names meanwhile (origins_hold_names(), taken
+ * first: lock order meta_lock, acceptor_lock).  acceptor_reset()
+ * takes it exclusively.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "fmgr.h"
 #include "funcapi.h"
+#include "lib/ilist.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -25,12 +35,11 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "acceptor.h"
+#include "origins.h"
 #include "registry.h"
-#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(registry_acceptors);
-
-#define MAX_KEY_BUF 4096
 
 typedef struct AcceptorKey
 {
@@ -59,6 +68,16 @@ typedef struct AcceptorData
 	AcceptorOp	ops[FLEXIBLE_ARRAY_MEMBER];
 } AcceptorData;
 
+typedef struct AcceptorShared
+{
+	LWLock	   *lock;			/* acceptor_lock */
+	dlist_head	lru;			/* most recently changed first */
+	int64		used;
+	uint64		evictions;
+	uint64		misses;			/* keys that could not get an acceptor */
+} AcceptorShared;
+
+static AcceptorShared *Acc = NULL;
 static HTAB *AcceptorHash = NULL;
 static Size key_size;
 static Size data_offset;
@@ -118,16 +137,34 @@ acceptor_keycopy(void *dest, const void *src, Size keysize)
 	return dest;
 }
 
+static void acceptor_mark_origins(bool *used);
+
 Size
 acceptor_shmem_size(void)
 {
-	return hash_estimate_size(registry_max_acceptors, entry_size());
+	return add_size(MAXALIGN(sizeof(AcceptorShared)),
+					hash_estimate_size(registry_max_acceptors, entry_size()));
 }
 
+/*
+ * Called by the shared memory startup hook, holding AddinShmemInitLock;
+ * lock guards everything here (see the lock rules above).
+ */
 void
-acceptor_shmem_init(void)
+acceptor_shmem_init(LWLock *lock)
 {
 	HASHCTL		info;
+	bool		found;
+
+	Acc = ShmemInitStruct("registry acceptor state", sizeof(AcceptorShared),
+						  &found);
+	if (!found)
+	{
+		memset(Acc, 0, sizeof(AcceptorShared));
+		Acc->lock = lock;
+		dlist_init(&Acc->lru);
+	}
+	origins_register_marker(acceptor_mark_origins);
 
 	info.keysize = (compute_sizes(), key_size);
 	info.entrysize = entry_size();
@@ -141,9 +178,22 @@ acceptor_shmem_init(void)
 								 HASH_KEYCOPY | HASH_FIXED_SIZE);
 }
 
+/* Publication: note a transaction's keys (acceptor_note) until _end. */
+void
+acceptor_batch_begin(void)
+{
+	LWLockAcquire(Acc->lock, LW_EXCLUSIVE);
+}
+
+void
+acceptor_batch_end(void)
+{
+	LWLockRelease(Acc->lock);
+}
+
 /*
- * Record one committed operation on a key.  Caller holds acceptor_lock
- * exclusively.  Must not fail.
+ * Record one committed operation on a key.  Caller is between
+ * acceptor_batch_begin() and acceptor_batch_end().  Must not fail.
  *
  * Returns false when the key already has a newer version.  Publication
  * is ordered per key (capture.c waits for earlier publishers of the same
@@ -157,7 +207,7 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 	static union
 	{
 		AcceptorKey k;
-		char		buf[offsetof(AcceptorKey, key) + MAX_KEY_BUF + 1];
+		char		buf[offsetof(AcceptorKey, key) + REGISTRY_MAX_KEY_BUF];
 	}			kbuf;
 	AcceptorKey *entry;
 	AcceptorData *d;
@@ -175,35 +225,35 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 										HASH_FIND, NULL);
 	if (entry == NULL)
 	{
-		if (RegistryState->acc_used >= registry_max_acceptors &&
-			!dlist_is_empty(&RegistryState->acc_lru))
+		if (Acc->used >= registry_max_acceptors &&
+			!dlist_is_empty(&Acc->lru))
 		{
-			dlist_node *victim = dlist_tail_node(&RegistryState->acc_lru);
+			dlist_node *victim = dlist_tail_node(&Acc->lru);
 			AcceptorData *vd = dlist_container(AcceptorData, lru, victim);
 
 			dlist_delete(victim);
 			hash_search(AcceptorHash, DATA_ENTRY(vd), HASH_REMOVE, NULL);
-			RegistryState->acc_used--;
-			RegistryState->acc_evictions++;
+			Acc->used--;
+			Acc->evictions++;
 		}
 		entry = hash_search_with_hash_value(AcceptorHash, &kbuf, hashvalue,
 											HASH_ENTER_NULL, &found);
 		if (entry == NULL)
 		{
-			RegistryState->acc_misses++;
+			Acc->misses++;
 			return true;
 		}
 		d = ENTRY_DATA(entry);
 		memset(d, 0, offsetof(AcceptorData, ops));
 		d->created = when;
-		RegistryState->acc_used++;
+		Acc->used++;
 	}
 	else
 	{
 		d = ENTRY_DATA(entry);
 		dlist_delete(&d->lru);
 	}
-	dlist_push_head(&RegistryState->acc_lru, &d->lru);
+	dlist_push_head(&Acc->lru, &d->lru);
 
 	if (d->changes > 0 && version < d->version)
 		latest = false;
@@ -245,32 +295,35 @@ acceptor_note(int32 tid, uint32 khash, const char *key, RegVersion version,
 	return latest;
 }
 
-/* Forget every acceptor.  Caller holds acceptor_lock exclusively. */
+/* Forget every acceptor (CREATE EXTENSION). */
 void
 acceptor_reset(void)
 {
 	HASH_SEQ_STATUS status;
 	AcceptorKey *e;
 
+	LWLockAcquire(Acc->lock, LW_EXCLUSIVE);
 	hash_seq_init(&status, AcceptorHash);
 	while ((e = hash_seq_search(&status)) != NULL)
 		hash_search(AcceptorHash, e, HASH_REMOVE, NULL);
-	dlist_init(&RegistryState->acc_lru);
-	RegistryState->acc_used = 0;
+	dlist_init(&Acc->lru);
+	Acc->used = 0;
+	LWLockRelease(Acc->lock);
 }
 
 /*
- * Mark the origin numbers acceptors hold (origins_reclaim()).  Caller
- * holds meta_lock exclusively; takes acceptor_lock.
+ * Mark the origin numbers acceptors hold: the origins_mark_hook this file
+ * registers.  Caller (a reclaim) holds meta_lock exclusively; takes the
+ * acceptor lock.
  */
-void
+static void
 acceptor_mark_origins(bool *used)
 {
 	dlist_iter	it;
 	int			j;
 
-	LWLockAcquire(RegistryState->acceptor_lock, LW_SHARED);
-	dlist_foreach(it, &RegistryState->acc_lru)
+	LWLockAcquire(Acc->lock, LW_SHARED);
+	dlist_foreach(it, &Acc->lru)
 	{
 		AcceptorData *d = dlist_container(AcceptorData, lru, it.cur);
 
@@ -280,7 +333,18 @@ acceptor_mark_origins(bool *used)
 			if (d->ops[j].origin >= 0 && d->ops[j].origin < registry_max_origins)
 				used[d->ops[j].origin] = true;
 	}
-	LWLockRelease(RegistryState->acceptor_lock);
+	LWLockRelease(Acc->lock);
+}
+
+/* For registry.node. */
+void
+acceptor_counters(int64 *used, uint64 *evictions, uint64 *misses)
+{
+	LWLockAcquire(Acc->lock, LW_SHARED);
+	*used = Acc->used;
+	*evictions = Acc->evictions;
+	*misses = Acc->misses;
+	LWLockRelease(Acc->lock);
 }
 
 /*
@@ -302,20 +366,21 @@ registry_acceptors(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 
 	/*
-	 * Copy out under the lock, format after releasing it; meta_lock keeps
-	 * the names of the origin numbers copied until they are formatted.
+	 * Copy out under the lock, format after releasing it; the origins lock
+	 * keeps the names of the origin numbers copied until they are
+	 * formatted.
 	 */
-	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
-	LWLockAcquire(RegistryState->acceptor_lock, LW_SHARED);
-	copy = palloc(esz * Max(RegistryState->acc_used, 1));
-	dlist_foreach(it, &RegistryState->acc_lru)
+	origins_hold_names();
+	LWLockAcquire(Acc->lock, LW_SHARED);
+	copy = palloc(esz * Max(Acc->used, 1));
+	dlist_foreach(it, &Acc->lru)
 	{
 		AcceptorData *d = dlist_container(AcceptorData, lru, it.cur);
 
 		memcpy(copy + (Size) n * esz, DATA_ENTRY(d), esz);
 		n++;
 	}
-	LWLockRelease(RegistryState->acceptor_lock);
+	LWLockRelease(Acc->lock);
 
 	for (i = 0; i < n; i++)
 	{
@@ -358,6 +423,6 @@ registry_acceptors(PG_FUNCTION_ARGS)
 		values[7] = DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	LWLockRelease(RegistryState->meta_lock);
+	origins_release_names();
 	return (Datum) 0;
 }

@@ -45,8 +45,9 @@
 #include "storage/spin.h"
 
 #include "changelog.h"
+#include "origins.h"
 #include "registry.h"
-#include "shmem.h"
+#include "worker_slots.h"
 
 /* One committed change, as kept in the ring. */
 typedef struct ChangeLogEntry
@@ -122,6 +123,8 @@ new_epoch(void)
 	return epoch;
 }
 
+static void changelog_mark_origins(bool *used);
+
 Size
 changelog_shmem_size(void)
 {
@@ -137,6 +140,8 @@ void
 changelog_shmem_init(LWLock *lock)
 {
 	bool		found;
+
+	origins_register_marker(changelog_mark_origins);
 
 	ChangeLog = ShmemInitStruct("registry change log", changelog_shmem_size(),
 								&found);
@@ -374,10 +379,11 @@ changelog_stats(ChangeLogStats *out)
 }
 
 /*
- * Mark the origin numbers the ring's entries hold (origins_reclaim()).
- * Caller holds meta_lock exclusively; takes the change log's lock.
+ * Mark the origin numbers the ring's entries hold: origins.c calls this
+ * (registered at init) when it reclaims.  Caller holds meta_lock
+ * exclusively; takes the change log's lock.
  */
-void
+static void
 changelog_mark_origins(bool *used)
 {
 	uint64		s;

@@ -71,7 +71,6 @@ extern int	changelog_read(uint64 after, int max, ChangeLogChange **out,
 extern uint64 changelog_wait(uint64 after, int max, const uint64 *epoch,
 							 const char *exclude_origin, int wait_ms);
 extern void changelog_stats(ChangeLogStats *out);
-extern void changelog_mark_origins(bool *used);
 
 /* the notifier's progress (worker.c) */
 extern uint64 changelog_notified_seq(void);

@@ -180,10 +180,12 @@ digest_shmem_init(LWLock *slots_lock, LWLock *buckets_lock)
 void
 digest_clear_all(void)
 {
+	LWLockAcquire(slot_lock, LW_EXCLUSIVE);
 	LWLockAcquire(digest_lock, LW_EXCLUSIVE);
 	memset(digest_slots, 0, slots_size());
 	memset(digest_buckets, 0, buckets_size());
 	LWLockRelease(digest_lock);
+	LWLockRelease(slot_lock);
 }
 
 /* ---- table slots ---- */

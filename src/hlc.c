@@ -18,6 +18,14 @@
  * the largest stored version from the registered tables' version columns
  * and registry.tombstones.
  *
+ * Lock rules: the clock state (last stamp, lease, readiness, counters) is
+ * read and written under HlcState's spinlock, held only for a few
+ * assignments.  Writing the lease file is serialised by the lease lock
+ * passed to hlc_shmem_init() (lease_lock), held exclusively around the
+ * write and never while the spinlock is held; a backend that finds it
+ * taken and whose stamp is still covered does not wait.  ready_cv is
+ * broadcast once, when the clock becomes ready.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -28,13 +36,15 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/condition_variable.h"
 #include "storage/fd.h"
+#include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "registry.h"
-#include "shmem.h"
 
 #define HLC_LEASE_FILE		"registry_clock"
 #define HLC_LEASE_TMP		"registry_clock.tmp"
@@ -42,6 +52,7 @@
 
 typedef struct HlcState
 {
+	LWLock	   *lease_lock;		/* serialises lease file writes */
 	slock_t		mutex;
 	RegVersion	last;			/* last stamp issued or observed */
 	int64		offset_ms;		/* test hook: shifts the wall clock */
@@ -90,8 +101,12 @@ read_lease_file(RegVersion *lease)
 	return ok;
 }
 
+/*
+ * Called by the shared memory startup hook, holding AddinShmemInitLock;
+ * lease_lock serialises writes of the lease file.
+ */
 void
-hlc_shmem_init(bool found)
+hlc_shmem_init(LWLock *lease_lock)
 {
 	bool		hfound;
 	RegVersion	lease;
@@ -101,6 +116,7 @@ hlc_shmem_init(bool found)
 		return;
 
 	memset(Hlc, 0, sizeof(HlcState));
+	Hlc->lease_lock = lease_lock;
 	SpinLockInit(&Hlc->mutex);
 	ConditionVariableInit(&Hlc->ready_cv);
 	if (read_lease_file(&lease))
@@ -112,7 +128,7 @@ hlc_shmem_init(bool found)
 	}
 }
 
-int64
+static int64
 hlc_physical_now_ms(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
@@ -191,8 +207,8 @@ extend_lease(RegVersion target, bool wait)
 	RegVersion	cur;
 
 	if (wait)
-		LWLockAcquire(RegistryState->lease_lock, LW_EXCLUSIVE);
-	else if (!LWLockConditionalAcquire(RegistryState->lease_lock, LW_EXCLUSIVE))
+		LWLockAcquire(Hlc->lease_lock, LW_EXCLUSIVE);
+	else if (!LWLockConditionalAcquire(Hlc->lease_lock, LW_EXCLUSIVE))
 		return;
 
 	SpinLockAcquire(&Hlc->mutex);
@@ -201,7 +217,7 @@ extend_lease(RegVersion target, bool wait)
 
 	if (cur >= target + HLC_MAKE(HLC_LEASE_MS / 2, 0))
 	{
-		LWLockRelease(RegistryState->lease_lock);
+		LWLockRelease(Hlc->lease_lock);
 		return;
 	}
 
@@ -213,7 +229,7 @@ extend_lease(RegVersion target, bool wait)
 	}
 	PG_FINALLY();
 	{
-		LWLockRelease(RegistryState->lease_lock);
+		LWLockRelease(Hlc->lease_lock);
 	}
 	PG_END_TRY();
 
@@ -229,7 +245,7 @@ extend_lease(RegVersion target, bool wait)
  * stored version; normally that is immediate (lease file), otherwise the
  * maintenance worker's rebuild sets it.
  */
-void
+static void
 hlc_wait_ready(void)
 {
 	/*
@@ -400,9 +416,6 @@ hlc_observe_stored(RegVersion stored)
 }
 
 /* Counters for registry.node. */
-void		hlc_counters(uint64 *lease_writes, uint64 *regressions, uint64 *refused,
-						 bool *ready);
-
 void
 hlc_counters(uint64 *lease_writes, uint64 *regressions, uint64 *refused,
 			 bool *ready)

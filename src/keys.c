@@ -154,7 +154,7 @@ keys_output_is_canonical(Oid typid)
 }
 
 /* How values of a (base) type are written: kind and output function. */
-void
+static void
 keys_prepare_type(Oid typid, int32 typmod, KeyColumn *col)
 {
 	bool		varlena;

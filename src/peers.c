@@ -2,19 +2,11 @@
  *
  * peers.c
  *	  The SQL side of replication: registry.add_peer / remove_peer, the
- *	  peer_status view, registry.sync_now, registry.purge_tombstones and
- *	  registry.resync.  The sync worker (sync.c) does the work; these
+ *	  peer_status view, registry.sync_now and registry.resync.  The sync worker (sync.c) does the work; these
  *	  functions configure it, wake it and wait for it.
  *
- * Tombstone purge rule: a tombstone is purged once it is older than
- * registry.tombstone_retention AND it was written before the last round
- * in which every peer was found identical to this node (so every peer has
- * it).  A peer that has not been identical for longer than the retention
- * is "lost": purging stops waiting for it and registry.peer_status says it
- * needs a resync.  Each table remembers the newest version it purged (its
- * purge horizon); a key this node has no record of, arriving with an
- * older version, is refused rather than brought back, since it may be a
- * row deleted here.
+ * The tombstone purge (registry.purge_tombstones) is in purge.c, with
+ * its rule.
  *
  *-------------------------------------------------------------------------
  */
@@ -40,12 +32,12 @@
 #include "registry.h"
 #include "row_keys.h"
 #include "shmem.h"
+#include "worker_slots.h"
 
 PG_FUNCTION_INFO_V1(registry_add_peer);
 PG_FUNCTION_INFO_V1(registry_remove_peer);
 PG_FUNCTION_INFO_V1(registry_peer_status);
 PG_FUNCTION_INFO_V1(registry_sync_now);
-PG_FUNCTION_INFO_V1(registry_purge_tombstones);
 PG_FUNCTION_INFO_V1(registry_resync);
 
 static bool peers_changed_pending = false;
@@ -267,9 +259,7 @@ registry_peer_status(PG_FUNCTION_ARGS)
 	memcpy(copy, RegistryPeers, sizeof(PeerStatus) * registry_max_origins);
 	LWLockRelease(RegistryState->peer_lock);
 	/* health is the sync worker's word: without it, no peer is healthy */
-	SpinLockAcquire(&RegistryState->mutex);
-	sync_running = RegistryState->workers[REG_WORKER_SYNC].pid != 0;
-	SpinLockRelease(&RegistryState->mutex);
+	sync_running = worker_pid(REG_WORKER_SYNC) != 0;
 
 	for (i = 0; i < registry_max_origins; i++)
 	{
@@ -477,107 +467,6 @@ registry_sync_now(PG_FUNCTION_ARGS)
 	if (!result)
 		explain_not_synced(names, gen, timeout_ms);
 	PG_RETURN_BOOL(result);
-}
-
-/*
- * registry.purge_tombstones(): apply the purge rule above; returns how
- * many tombstones were purged.  The maintenance worker calls it too.
- */
-int64
-purge_tombstones(void)
-{
-	int			rc;
-	int64		total = 0;
-	char		sql[1024];
-	RegistryOwnerSave owner;
-
-	SPI_connect();
-	registry_owner_begin(&owner);
-
-	/*
-	 * Older than the retention, and written before every peer that is not
-	 * lost was last found identical.
-	 */
-	snprintf(sql, sizeof(sql),
-			 "WITH gone AS ("
-			 "  DELETE FROM registry.tombstones tb"
-			 "   WHERE tb.written_at < now() - make_interval(secs => %d)"
-			 "     AND NOT EXISTS (SELECT 1 FROM registry.peers p"
-			 "          WHERE coalesce(p.last_converged_at, p.added_at) >= now() - make_interval(secs => %d)"
-			 "            AND coalesce(p.last_converged_at, '-infinity') <= tb.written_at)"
-			 "  RETURNING tb.tid, tb.khash, tb.key, tb.version, tb.origin) "
-			 "SELECT tid, khash, key, version, origin FROM gone ORDER BY tid",
-			 registry_tombstone_retention_s, registry_tombstone_retention_s);
-	rc = SPI_execute(sql, false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "registry: tombstone purge failed: %s", SPI_result_code_string(rc));
-
-	if (SPI_processed > 0)
-	{
-		uint64		n = SPI_processed;
-		SPITupleTable *tt = SPI_tuptable;
-		uint64		i = 0;
-
-		total = (int64) n;
-		while (i < n)
-		{
-			bool		isnull;
-			int32		tid = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-			uint64		j = i;
-			int			m;
-			uint32	   *khashes;
-			char	  **keys;
-			RegVersion *versions;
-			char	  **origins;
-			RegVersion	horizon = 0;
-			RegTable   *t;
-
-			while (j < n && DatumGetInt32(SPI_getbinval(tt->vals[j], tt->tupdesc, 1, &isnull)) == tid)
-				j++;
-			m = (int) (j - i);
-			khashes = palloc(sizeof(uint32) * m);
-			keys = palloc(sizeof(char *) * m);
-			versions = palloc(sizeof(RegVersion) * m);
-			origins = palloc(sizeof(char *) * m);
-			for (int k = 0; k < m; k++)
-			{
-				HeapTuple	tup = tt->vals[i + k];
-
-				khashes[k] = int4_to_khash(DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, 2, &isnull)));
-				keys[k] = SPI_getvalue(tup, tt->tupdesc, 3);
-				versions[k] = (RegVersion) DatumGetInt64(SPI_getbinval(tup, tt->tupdesc, 4, &isnull));
-				origins[k] = SPI_getvalue(tup, tt->tupdesc, 5);
-				if (versions[k] > horizon)
-					horizon = versions[k];
-			}
-			t = regtable_by_tid(tid, true);
-			if (t)
-			{
-				char		upd[256];
-
-				publish_forget_tombstones(t, m, khashes, keys, versions, origins);
-				snprintf(upd, sizeof(upd),
-						 "UPDATE registry.replicated_tables SET purge_horizon = "
-						 "greatest(purge_horizon, " INT64_FORMAT ") WHERE tid = %d",
-						 (int64) horizon, tid);
-				if (SPI_execute(upd, false, 0) != SPI_OK_UPDATE)
-					elog(ERROR, "registry: could not record the purge horizon");
-				CacheInvalidateRelcacheByRelid(t->relid);
-			}
-			i = j;
-		}
-	}
-	registry_owner_end(&owner);
-	SPI_finish();
-	return total;
-}
-
-Datum
-registry_purge_tombstones(PG_FUNCTION_ARGS)
-{
-	registry_check_preloaded();
-	registry_check_admin();
-	PG_RETURN_INT64(purge_tombstones());
 }
 
 static void

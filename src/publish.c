@@ -34,8 +34,10 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
+#include "acceptor.h"
 #include "changelog.h"
 #include "digest.h"
+#include "origins.h"
 #include "publish.h"
 #include "publishing.h"
 #include "rebuild.h"
@@ -644,7 +646,7 @@ publish_commit(void)
 	TimestampTz now = GetCurrentTransactionStopTimestamp();
 	changelog_append(records, nrecords, now);
 
-	LWLockAcquire(RegistryState->acceptor_lock, LW_EXCLUSIVE);
+	acceptor_batch_begin();
 	for (i = 0; i < npending; i++)
 	{
 		PendingChange *p = &pending[i];
@@ -654,7 +656,7 @@ publish_commit(void)
 		(void) acceptor_note(p->tid, p->khash, p->key, p->version, p->origin,
 							 p->op, now);
 	}
-	LWLockRelease(RegistryState->acceptor_lock);
+	acceptor_batch_end();
 
 	digest_publish_begin();
 	for (i = 0; i < npending; i++)

@@ -26,7 +26,7 @@
 #include "rebuild.h"
 #include "registry.h"
 #include "rows.h"
-#include "shmem.h"				/* node state: node.c once helper D has it */
+#include "node.h"
 #include "tombstones.h"
 
 /* Add one entry to a table's digests and counts. */
@@ -146,7 +146,7 @@ rebuild_digests(void)
 	int			i;
 	int			nb = registry_digest_buckets;
 
-	pg_atomic_write_u32(&RegistryState->state, REG_STATE_REBUILDING);
+	node_set_rebuilding();
 
 	/* a restored table gets its digests when it is taken up */
 	regs = NIL;
@@ -235,6 +235,5 @@ rebuild_digests(void)
 	 * After the digests are whole: readers that wait for "ready" see them
 	 * complete.  (Node state belongs to node.c once helper D has it.)
 	 */
-	RegistryState->ready_at = GetCurrentTimestamp();
-	pg_atomic_write_u32(&RegistryState->state, REG_STATE_READY);
+	node_set_ready();
 }

@@ -44,7 +44,8 @@
 #include "registration.h"
 #include "registry.h"
 #include "row_keys.h"
-#include "shmem.h"				/* registry_reset_shared_state(): helper D */
+#include "shmem.h"				/* registry_reset_shared_state() */
+#include "worker_slots.h"
 
 PG_FUNCTION_INFO_V1(registry_replicate);
 PG_FUNCTION_INFO_V1(registry_unreplicate);

@@ -5,15 +5,9 @@
  *	  variables, the version (hybrid logical clock) type, and the entry
  *	  points each source file offers to the others.
  *
- * Each concern lives in the source file of the same name: hlc.c (clock),
- * keys.c (canonical keys), catalog.c (registration), rows.c (finding a
- * key's row and version), tombstones.c (deleted keys), capture.c
- * (triggers), publish.c (commit-time publication, capture modes),
- * publishing.c (publication order), shmem.c (shared memory layout),
- * changelog.c, acceptor.c, digest.c, message.c (wire format), serve.c
- * (functions peers call), apply.c (writing remote rows), sync.c (pulling
- * from peers), peers.c (peer list, sync_now, purge, resync), views.c,
- * worker.c (background workers).
+ * The files are in layers, each calling only its own layer or lower ones;
+ * src/README draws the map and names each file's concern and each shared
+ * structure's owner.  scripts/layers checks both on the built objects.
  *
  *-------------------------------------------------------------------------
  */
@@ -30,7 +24,7 @@
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 
-/* ---- GUC variables (registry.c) ---- */
+/* ---- GUC variables (guc.c) ---- */
 extern char *registry_node_name;
 extern char *registry_database;
 extern int	registry_max_tables;
@@ -54,10 +48,16 @@ extern int	registry_max_message_size;
 /* true when loaded through shared_preload_libraries */
 extern bool registry_preloaded;
 
+extern void guc_define(void);
+
 /* Name of the extension's schema; fixed (the extension is not relocatable). */
 #define REGISTRY_SCHEMA "registry"
 
-/* Size limits that shape shared memory entries. */
+/*
+ * Size limits that shape shared memory entries.  REGISTRY_MAX_KEY_LEN is
+ * also the upper bound of registry.max_key_length (guc.c); every buffer
+ * that holds any key is REGISTRY_MAX_KEY_BUF bytes.
+ */
 #define REGISTRY_NAME_LEN	NAMEDATALEN /* node names, incl. terminator */
 #define REGISTRY_MAX_KEY_LEN 4096	/* longest possible key text */
 #define REGISTRY_MAX_KEY_BUF (REGISTRY_MAX_KEY_LEN + 1)	/* ... and terminator */
@@ -113,13 +113,18 @@ registry_op_name(char op)
 /* ---- client_flush.c ---- */
 extern void registry_flush_client(void);
 
-/* ---- registry.c ---- */
+/* ---- util.c ---- */
+
+/* true once the shared memory startup hook has initialised every owner */
+extern bool registry_shmem_attached;
+
+extern int	registry_proc_slots(void);
+extern Oid	registry_relid(const char *relname);
 extern void registry_check_preloaded(void);
 extern void registry_check_admin(void);
 extern void registry_check_table_privilege(Oid relid, AclMode mode,
 										   const char *what);
 extern void registry_check_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);
-extern bool registry_is_admin(void);
 
 /*
  * The identity to go back to after running as another role: as the owner
@@ -161,17 +166,18 @@ registry_valid_node_name(const char *name)
 }
 
 /* ---- hlc.c ---- */
+struct LWLock;
 extern Size hlc_shmem_size(void);
-extern void hlc_shmem_init(bool found);
+extern void hlc_shmem_init(struct LWLock *lease_lock);
 extern RegVersion hlc_now(void);
 extern RegVersion hlc_current(void);
 extern bool hlc_update(RegVersion remote, RegVersion *max_allowed);
 extern void hlc_observe_stored(RegVersion stored);
-extern void hlc_wait_ready(void);
 extern int64 hlc_clock_offset_ms(void);
-extern int64 hlc_physical_now_ms(void);
 extern RegVersion hlc_lease(void);
 extern RegVersion hlc_max_acceptable(void);
+extern void hlc_counters(uint64 *lease_writes, uint64 *regressions,
+						 uint64 *refused, bool *ready);
 
 /* ---- keys.c ---- */
 
@@ -191,7 +197,6 @@ typedef struct KeyColumn
 	char	   *name;
 } KeyColumn;
 
-extern void keys_prepare_type(Oid typid, int32 typmod, KeyColumn *col);
 extern bool keys_output_is_canonical(Oid typid);
 extern bool keys_input_is_canonical(KeyColumn *col);
 extern void keys_prepare_column(Relation rel, Relation pkindex, int i,
@@ -205,9 +210,6 @@ extern uint64 hash_bytes64(const void *data, size_t len, uint64 seed);
 extern void canonical_gucs_push(int *nestlevel);
 extern void canonical_gucs_pop(int nestlevel);
 extern void canonical_gucs_set_session(void);
-
-/* ---- relid.c (layer 1; to be merged into util.c) ---- */
-extern Oid	registry_relid(const char *relname);
 
 /* ---- catalog.c (layer 5: the catalog cache) ---- */
 
@@ -347,19 +349,6 @@ extern int	apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n,
 							int *refused_skew);
 extern int	apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n,
 							 int *refused_skew);
-
-/* ---- peers.c ---- */
-extern int64 purge_tombstones(void);
-
-/* ---- worker.c ---- */
-extern void worker_register_launcher(void);
-extern void worker_wake_maintenance(void);
-extern void worker_attach(int which);
-extern void worker_exit_if_asked(int code);
-extern void worker_xact_started(void);
-extern void worker_check_extension(bool force);
-extern void worker_extension_changing(void);
-extern void worker_install_hooks(void);
 
 /*
  * TRANSITIONAL (issue 13, helper G): old names and headers the files of

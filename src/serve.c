@@ -40,6 +40,7 @@
 #include "changelog.h"
 #include "digest.h"
 #include "message.h"
+#include "node.h"
 #include "registry.h"
 #include "row_keys.h"
 #include "rows.h"
@@ -84,7 +85,7 @@ check_peer(void)
 static void
 check_ready(void)
 {
-	if (pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY)
+	if (!node_is_ready())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("registry node \"%s\" is still rebuilding its digests",

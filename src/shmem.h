@@ -9,9 +9,18 @@
  * epoch, and the maintenance worker rebuilds the digests from disk.  All
  * sizes are fixed at server start by the registry.* parameters.
  *
+ * This header is the layout: the named LWLock tranche and who gets which
+ * lock, the total size, the initialisation of every owner at server start
+ * (shmem.c), and the reset at CREATE EXTENSION.  Each shared structure is
+ * defined, initialised and locked by its owner, whose opening comment has
+ * its lock rules: node.c (state), origins.c, acceptor.c, hlc.c,
+ * worker_slots.c, changelog.c (and the epoch), digest.c, publishing.c.
+ * The peer status array below moves to its owner next.
+ *
  * Lock order, when more than one is held: meta, acceptor, changelog,
  * digest.  Commit-time publication takes them one after another, never
- * nested.
+ * nested.  meta_lock guards the origin names (origins.c) and the table
+ * slots (digest.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -27,27 +36,6 @@
 #include "utils/timestamp.h"
 
 #include "registry.h"
-
-/* node states, as shown by registry.node.state */
-#define REG_STATE_STARTING		0	/* digests not yet rebuilt from disk */
-#define REG_STATE_REBUILDING	1
-#define REG_STATE_READY			2
-
-
-/* Background workers the launcher runs; index into RegistryShared.workers */
-#define REG_WORKER_MAINTENANCE	0
-#define REG_WORKER_SYNC			1
-#define REG_NUM_WORKERS			2
-
-typedef struct RegWorkerSlot
-{
-	pid_t		pid;
-	Latch	   *latch;
-	TimestampTz started_at;
-	uint64		starts;
-	bool		idle_exit;		/* exited: the extension does not exist */
-	uint64		idle_gen;		/* ... as of this extension_gen */
-} RegWorkerSlot;
 
 /* What this node knows about its sync with one peer (registry.peer_status). */
 #define PEER_DISCONNECTED	0
@@ -99,35 +87,20 @@ typedef struct PeerStatus
 	char		problem[256];
 } PeerStatus;
 
+/* The named LWLock tranche "registry": who gets which */
+#define REGISTRY_LOCK_META		0	/* origins.c; table slots (digest.c) */
+#define REGISTRY_LOCK_CHANGELOG 1
+#define REGISTRY_LOCK_ACCEPTOR	2	/* acceptor.c */
+#define REGISTRY_LOCK_DIGEST	3
+#define REGISTRY_LOCK_LEASE		4	/* hlc.c */
+#define REGISTRY_LOCK_PEER		5	/* peer status array */
+#define REGISTRY_LWLOCKS		6
+
 typedef struct RegistryShared
 {
-	LWLock	   *meta_lock;		/* origins; digest.c's slot_lock */
-	LWLock	   *acceptor_lock;
-	LWLock	   *digest_lock;	/* handed to digest.c */
-	LWLock	   *lease_lock;		/* serialises clock lease file writes */
 	LWLock	   *peer_lock;		/* peer status array */
 
-	TimestampTz started_at;
-	pg_atomic_uint32 state;		/* REG_STATE_* */
-	TimestampTz ready_at;
-
-	slock_t		mutex;			/* protects workers[] */
-	RegWorkerSlot workers[REG_NUM_WORKERS];
-	Latch	   *launcher_latch;
-	uint64		extension_gen;	/* bumped when the extension is created or
-								 * dropped (at commit) */
-
-	/* acceptors (acceptor_lock) */
-	dlist_head	acc_lru;		/* most recently changed first */
-	int64		acc_used;
-	uint64		acc_evictions;
-	uint64		acc_misses;		/* keys that could not get an acceptor */
-
-	/* tables and origins (meta_lock) */
-	int			norigins;		/* slots ever used: names are in [0, norigins) */
-	uint64		origins_reclaimed;	/* slots freed for new names */
-	uint64		origins_unknown;	/* changes recorded without their origin */
-
+	slock_t		mutex;			/* protects the sync requests */
 
 	/* sync requests (mutex): registry.sync_now() and peer list changes */
 	uint64		sync_request_gen;
@@ -138,38 +111,15 @@ typedef struct RegistryShared
 extern RegistryShared *RegistryState;
 
 /* shared arrays, sized from GUCs */
-extern char *RegistryOrigins;		/* [registry_max_origins][NAMEDATALEN] */
 extern PeerStatus *RegistryPeers;	/* [registry_max_origins] */
 
-extern void registry_shmem_install_hooks(void);
+/* layout (shmem.c) */
 extern Size registry_shmem_total_size(void);
+extern void registry_shmem_request(void);
+extern void registry_shmem_startup(void);
 extern void registry_reset_shared_state(void);
-
-/* origins (shmem.c) */
-#define ORIGIN_UNKNOWN	(-1)	/* no slot was free for the origin's name */
-extern int16 origin_id(const char *name);
-extern const char *origin_name(int16 id);
-extern void origins_unpin(void);
-extern int	origins_used(void);
-extern Size origin_pin_bytes(void);
-
-/* table slots and digests: digest.h (TRANSITIONAL block there until
- * capture.c, serve.c, sync.c and views.c stop reaching in) */
-#include "digest.h"
-
-/* acceptors (acceptor.c) */
-extern Size acceptor_shmem_size(void);
-extern void acceptor_shmem_init(void);
-extern bool acceptor_note(int32 tid, uint32 khash, const char *key,
-						  RegVersion version, int16 origin, char op,
-						  TimestampTz when);
-extern void acceptor_reset(void);
-extern void acceptor_mark_origins(bool *used);
 
 /* peers (peers.c) */
 extern PeerStatus *peer_status_slot(const char *name, bool create);
-
-/* workers (worker.c) */
-extern void worker_set_latch(int which);
 
 #endif							/* REGISTRY_SHMEM_H */

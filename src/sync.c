@@ -68,11 +68,14 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
+#include "digest.h"
 #include "message.h"
+#include "node.h"
 #include "registry.h"
 #include "rows.h"
 #include "shmem.h"
 #include "tombstones.h"
+#include "worker_slots.h"
 
 PGDLLEXPORT void registry_sync_main(Datum arg);
 
@@ -1253,9 +1256,6 @@ our_buckets(const char *name, int nb, int64 *count, bool *registered)
 {
 	RegTable   *t;
 	uint64	   *out = palloc0(sizeof(uint64) * nb);
-	int			ours = registry_digest_buckets;
-	int			slot;
-	int			i;
 
 	*count = 0;
 	*registered = false;
@@ -1263,20 +1263,13 @@ our_buckets(const char *name, int nb, int64 *count, bool *registered)
 	if (t == NULL)
 		return out;
 	*registered = true;
-	LWLockAcquire(RegistryState->digest_lock, LW_SHARED);
-	slot = -1;
-	for (i = 0; i < registry_max_tables; i++)
-		if (RegistryTables[i].tid == t->tid)
-			slot = i;
-	if (slot >= 0)
 	{
-		uint64	   *b = table_slot_buckets(slot);
+		int64		live,
+					tombs;
 
-		for (i = 0; i < ours; i++)
-			out[i / (ours / nb)] ^= b[i];
-		*count = RegistryTables[slot].live_rows + RegistryTables[slot].tombstones;
+		if (digest_read_table(t->tid, nb, out, &live, &tombs))
+			*count = live + tombs;
 	}
-	LWLockRelease(RegistryState->digest_lock);
 	return out;
 }
 
@@ -2231,7 +2224,7 @@ catalog_upkeep(void)
 	char	   *message;
 
 	if (!upkeep_pending || GetCurrentTimestamp() < upkeep_retry_at ||
-		pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY)
+		!node_is_ready())
 		return;
 	if (run_guarded(NULL, catalog_upkeep_guarded, &busy, &sqlstate, &message))
 	{
@@ -2817,7 +2810,7 @@ registry_sync_main(Datum arg)
 		}
 
 		/* wait for replication to be possible at all */
-		if (pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY)
+		if (!node_is_ready())
 			timeout = 100;
 		else
 		{

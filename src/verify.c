@@ -26,7 +26,7 @@
 #include "registry.h"
 #include "row_keys.h"
 #include "rows.h"
-#include "shmem.h"				/* node state: node.c once helper D has it */
+#include "node.h"
 #include "tombstones.h"
 
 PG_FUNCTION_INFO_V1(registry_verify);
@@ -240,7 +240,7 @@ registry_verify(PG_FUNCTION_ARGS)
 
 	registry_check_preloaded();
 	registry_check_admin();
-	if (pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY)	/* node.c */
+	if (!node_is_ready())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("registry is still rebuilding its digests"),

@@ -22,34 +22,20 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "acceptor.h"
 #include "changelog.h"
 #include "digest.h"
+#include "node.h"
+#include "origins.h"
 #include "registry.h"
 #include "shmem.h"
+#include "worker_slots.h"
 
 PG_FUNCTION_INFO_V1(registry_node_info);
 PG_FUNCTION_INFO_V1(registry_table_stats);
 PG_FUNCTION_INFO_V1(registry_change_log);
 PG_FUNCTION_INFO_V1(registry_key_values);
 PG_FUNCTION_INFO_V1(registry_get_row);
-
-extern void hlc_counters(uint64 *lease_writes, uint64 *regressions,
-						 uint64 *refused, bool *ready);
-
-static const char *
-state_name(uint32 state)
-{
-	switch (state)
-	{
-		case REG_STATE_STARTING:
-			return "starting";
-		case REG_STATE_REBUILDING:
-			return "rebuilding";
-		case REG_STATE_READY:
-			return "ready";
-	}
-	return "unknown";
-}
 
 static TimestampTz
 version_ts(RegVersion v)
@@ -110,30 +96,19 @@ registry_node_info(PG_FUNCTION_ARGS)
 	lost = cl.notifications_lost;
 	truncated = cl.notifications_truncated;
 
-	LWLockAcquire(RegistryState->acceptor_lock, LW_SHARED);
-	acc_used = RegistryState->acc_used;
-	acc_evictions = RegistryState->acc_evictions;
-	acc_misses = RegistryState->acc_misses;
-	LWLockRelease(RegistryState->acceptor_lock);
+	acceptor_counters(&acc_used, &acc_evictions, &acc_misses);
 
 	used_tables = digest_tables_used();
-	LWLockAcquire(RegistryState->meta_lock, LW_SHARED);
-	norigins = origins_used();
-	origins_reclaimed = RegistryState->origins_reclaimed;
-	origins_unknown = RegistryState->origins_unknown;
-	LWLockRelease(RegistryState->meta_lock);
-
-	SpinLockAcquire(&RegistryState->mutex);
-	maint_pid = RegistryState->workers[REG_WORKER_MAINTENANCE].pid;
-	SpinLockRelease(&RegistryState->mutex);
+	origins_counters(&norigins, &origins_reclaimed, &origins_unknown);
+	maint_pid = worker_pid(REG_WORKER_MAINTENANCE);
 
 	v[i++] = CStringGetTextDatum(registry_node_name);
 	v[i++] = CStringGetTextDatum(registry_database);
-	v[i++] = CStringGetTextDatum(state_name(pg_atomic_read_u32(&RegistryState->state)));
+	v[i++] = CStringGetTextDatum(node_state_name(node_state()));
 	v[i++] = Int64GetDatum((int64) epoch);
-	v[i++] = TimestampTzGetDatum(RegistryState->started_at);
-	if (RegistryState->ready_at != 0)
-		v[i++] = TimestampTzGetDatum(RegistryState->ready_at);
+	v[i++] = TimestampTzGetDatum(node_started_at());
+	if (node_ready_at() != 0)
+		v[i++] = TimestampTzGetDatum(node_ready_at());
 	else
 		n[i++] = true;
 	/* clock */

@@ -59,8 +59,13 @@
 #include "utils/timestamp.h"
 
 #include "changelog.h"
+#include "node.h"
+#include "origins.h"
+#include "purge.h"
 #include "registry.h"
 #include "shmem.h"
+#include "worker.h"
+#include "worker_slots.h"
 
 PGDLLEXPORT void registry_launcher_main(Datum arg);
 PGDLLEXPORT void registry_maintenance_main(Datum arg);
@@ -74,11 +79,6 @@ PGDLLEXPORT void registry_maintenance_main(Datum arg);
 static const char *const worker_functions[REG_NUM_WORKERS] = {
 	"registry_maintenance_main",
 	"registry_sync_main",
-};
-
-static const char *const worker_names[REG_NUM_WORKERS] = {
-	"registry maintenance",
-	"registry sync",
 };
 
 void
@@ -95,131 +95,6 @@ worker_register_launcher(void)
 	snprintf(bgw.bgw_name, BGW_MAXLEN, "registry launcher");
 	snprintf(bgw.bgw_type, BGW_MAXLEN, "registry launcher");
 	RegisterBackgroundWorker(&bgw);
-}
-
-void
-worker_set_latch(int which)
-{
-	Latch	   *latch;
-
-	SpinLockAcquire(&RegistryState->mutex);
-	latch = RegistryState->workers[which].latch;
-	SpinLockRelease(&RegistryState->mutex);
-	if (latch)
-		SetLatch(latch);
-}
-
-void
-worker_wake_maintenance(void)
-{
-	worker_set_latch(REG_WORKER_MAINTENANCE);
-}
-
-/* ---- stopping quietly ---- */
-
-/*
- * SIGTERM: a worker outside any transaction (waiting for work, talking to
- * peers) is woken and exits at the top of its loop (worker_exit_if_asked);
- * one inside a transaction is interrupted as die() would do it, so that a
- * long rebuild or apply does not hold a shutdown up.
- */
-static void
-worker_sigterm(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	ShutdownRequestPending = true;
-	if (IsTransactionState())
-	{
-		InterruptPending = true;
-		ProcDiePending = true;
-	}
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
-
-/*
- * At the top of a worker's loop: stop if asked to.  code 0 for the
- * dynamic workers (not restarted, nothing logged); the launcher, a static
- * worker, exits 1 so that the postmaster starts it again after a
- * pg_terminate_backend.
- */
-void
-worker_exit_if_asked(int code)
-{
-	if (ShutdownRequestPending)
-		proc_exit(code);
-}
-
-/*
- * Right after StartTransactionCommand(): a SIGTERM that came just before
- * (outside a transaction, so only noted) interrupts the transaction as one
- * during it would, rather than waiting for the work to end.
- */
-void
-worker_xact_started(void)
-{
-	if (ShutdownRequestPending)
-	{
-		InterruptPending = true;
-		ProcDiePending = true;
-	}
-}
-
-/* ---- the extension's lifetime ---- */
-
-static bool extension_change_pending = false;
-
-static void
-extension_xact_callback(XactEvent event, void *arg)
-{
-	/*
-	 * COMMIT PREPARED runs no callback in the backend that prepared, so
-	 * the workers would never hear of the change (and stay in a database
-	 * whose extension is gone).  Refused before anything is prepared, as
-	 * postgres_fdw refuses its own.
-	 */
-	if (event == XACT_EVENT_PRE_PREPARE && extension_change_pending)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot PREPARE a transaction that creates or drops extension registry"),
-				 errhint("Create or drop the extension in a transaction that commits directly.")));
-	if (event == XACT_EVENT_COMMIT && extension_change_pending)
-	{
-		Latch	   *latches[REG_NUM_WORKERS + 1];
-		int			i;
-
-		SpinLockAcquire(&RegistryState->mutex);
-		RegistryState->extension_gen++;
-		for (i = 0; i < REG_NUM_WORKERS; i++)
-			latches[i] = RegistryState->workers[i].latch;
-		latches[REG_NUM_WORKERS] = RegistryState->launcher_latch;
-		SpinLockRelease(&RegistryState->mutex);
-		for (i = 0; i <= REG_NUM_WORKERS; i++)
-			if (latches[i])
-				SetLatch(latches[i]);
-	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
-		event == XACT_EVENT_PREPARE)
-		extension_change_pending = false;
-}
-
-/*
- * The extension is being created or dropped in this transaction: at
- * commit the launcher and the workers are told (they look again whether
- * the extension exists).
- */
-void
-worker_extension_changing(void)
-{
-	static bool registered = false;
-
-	if (!registered)
-	{
-		RegisterXactCallback(extension_xact_callback, NULL);
-		registered = true;
-	}
-	extension_change_pending = true;
 }
 
 static object_access_hook_type prev_object_access_hook = NULL;
@@ -241,17 +116,6 @@ worker_install_hooks(void)
 {
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = worker_object_access;
-}
-
-static uint64
-extension_gen(void)
-{
-	uint64		gen;
-
-	SpinLockAcquire(&RegistryState->mutex);
-	gen = RegistryState->extension_gen;
-	SpinLockRelease(&RegistryState->mutex);
-	return gen;
 }
 
 /*
@@ -295,40 +159,11 @@ start_worker(int which, BackgroundWorkerHandle **handle)
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "registry");
 	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "%s", worker_functions[which]);
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s", worker_names[which]);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "%s", worker_names[which]);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s", worker_name(which));
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "%s", worker_name(which));
 	bgw.bgw_main_arg = Int32GetDatum(which);
 	bgw.bgw_notify_pid = MyProcPid;
 	return RegisterDynamicBackgroundWorker(&bgw, handle);
-}
-
-/* Whether a worker of this kind is attached (a process that is alive). */
-static bool
-worker_running(int which)
-{
-	pid_t		pid;
-
-	SpinLockAcquire(&RegistryState->mutex);
-	pid = RegistryState->workers[which].pid;
-	SpinLockRelease(&RegistryState->mutex);
-	return pid != 0 && kill(pid, 0) == 0;
-}
-
-/*
- * Whether the last worker of this kind left because the extension was not
- * there, and the extension_gen it saw; the launcher takes the note once.
- */
-static bool
-take_idle_exit(int which, uint64 *gen)
-{
-	bool		idle;
-
-	SpinLockAcquire(&RegistryState->mutex);
-	idle = RegistryState->workers[which].idle_exit;
-	*gen = RegistryState->workers[which].idle_gen;
-	RegistryState->workers[which].idle_exit = false;
-	SpinLockRelease(&RegistryState->mutex);
-	return idle;
 }
 
 void
@@ -347,9 +182,7 @@ registry_launcher_main(Datum arg)
 	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
-	SpinLockAcquire(&RegistryState->mutex);
-	RegistryState->launcher_latch = MyLatch;
-	SpinLockRelease(&RegistryState->mutex);
+	worker_set_launcher_latch(MyLatch);
 
 	for (i = 0; i < REG_NUM_WORKERS; i++)
 		backoff_ms[i] = 1000;
@@ -387,7 +220,7 @@ registry_launcher_main(Datum arg)
 				{
 					pfree(handles[i]);
 					handles[i] = NULL;
-					idle[i] = take_idle_exit(i, &idle_gen[i]);
+					idle[i] = worker_take_idle_exit(i, &idle_gen[i]);
 					/* a worker that ran a while restarts quickly */
 					if (TimestampDifferenceExceeds(started[i], now, 60000))
 						backoff_ms[i] = 1000;
@@ -405,13 +238,13 @@ registry_launcher_main(Datum arg)
 					 */
 					if (worker_running(i))
 						continue;
-					if (!idle[i] && take_idle_exit(i, &idle_gen[i]))
+					if (!idle[i] && worker_take_idle_exit(i, &idle_gen[i]))
 						idle[i] = true;
 					/*
 					 * One that found no extension waits for CREATE
 					 * EXTENSION (a change after what it saw).
 					 */
-					if (idle[i] && extension_gen() == idle_gen[i])
+					if (idle[i] && worker_extension_gen() == idle_gen[i])
 						continue;
 				}
 				if (handles[i] == NULL && now >= next_start[i])
@@ -423,7 +256,7 @@ registry_launcher_main(Datum arg)
 					{
 						handles[i] = NULL;
 						ereport(LOG,
-								(errmsg("registry: could not start the %s worker", worker_names[i]),
+								(errmsg("registry: could not start the %s worker", worker_name(i)),
 								 errhint("Raise max_worker_processes.")));
 						next_start[i] = TimestampTzPlusMilliseconds(now, 10000);
 					}
@@ -439,91 +272,13 @@ registry_launcher_main(Datum arg)
 
 /* ---- maintenance worker ---- */
 
-static int	my_worker = -1;
-
-static void
-worker_detach(int code, Datum arg)
-{
-	SpinLockAcquire(&RegistryState->mutex);
-	RegistryState->workers[my_worker].pid = 0;
-	RegistryState->workers[my_worker].latch = NULL;
-	SpinLockRelease(&RegistryState->mutex);
-}
-
-static uint64 seen_extension_gen = 0;
-
-/*
- * Common start of the database-connected workers.  A worker that finds no
- * extension leaves at once (worker_check_extension).
- */
-void
-worker_attach(int which)
-{
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, worker_sigterm);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(registry_database, NULL, 0);
-
-	my_worker = which;
-	SpinLockAcquire(&RegistryState->mutex);
-	RegistryState->workers[which].pid = MyProcPid;
-	RegistryState->workers[which].latch = MyLatch;
-	RegistryState->workers[which].started_at = GetCurrentTimestamp();
-	RegistryState->workers[which].starts++;
-	RegistryState->workers[which].idle_exit = false;
-	SpinLockRelease(&RegistryState->mutex);
-	before_shmem_exit(worker_detach, (Datum) 0);
-	pgstat_report_appname(worker_names[which]);
-	seen_extension_gen = extension_gen();
-	worker_check_extension(true);
-}
-
-static bool
-extension_exists(void)
-{
-	return OidIsValid(get_extension_oid("registry", true));
-}
-
-/*
- * Leave the database if the extension is not (or no longer) there: at
- * start, and whenever it was created or dropped since the last look.
- * The launcher starts the worker again after CREATE EXTENSION.  Called
- * outside any transaction.
- */
-void
-worker_check_extension(bool force)
-{
-	uint64		gen = extension_gen();
-	bool		exists;
-	MemoryContext cxt = CurrentMemoryContext;
-
-	if (!force && gen == seen_extension_gen)
-		return;
-	seen_extension_gen = gen;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	exists = extension_exists();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(cxt);
-	if (exists)
-		return;
-	SpinLockAcquire(&RegistryState->mutex);
-	RegistryState->workers[my_worker].idle_exit = true;
-	RegistryState->workers[my_worker].idle_gen = gen;
-	SpinLockRelease(&RegistryState->mutex);
-	ereport(DEBUG1,
-			(errmsg("registry: the extension is not created in database \"%s\": the %s worker leaves it",
-					registry_database, worker_names[my_worker])));
-	proc_exit(0);
-}
-
 /* Rebuild digests from disk, if they need it. */
 static void
 maybe_rebuild(void)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 
-	if (pg_atomic_read_u32(&RegistryState->state) == REG_STATE_READY)
+	if (node_is_ready())
 		return;
 
 	SetCurrentStatementStartTimestamp();
@@ -531,14 +286,13 @@ maybe_rebuild(void)
 	worker_xact_started();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "rebuilding registry digests");
-	if (extension_exists())
+	if (worker_extension_exists())
 		digest_rebuild();
 	else
 	{
 		/* nothing is registered, so nothing is stored either */
 		hlc_observe_stored(0);
-		RegistryState->ready_at = GetCurrentTimestamp();
-		pg_atomic_write_u32(&RegistryState->state, REG_STATE_READY);
+		node_set_ready();
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -548,7 +302,7 @@ maybe_rebuild(void)
 }
 
 /*
- * Purge tombstones every peer has (peers.c has the rule), every half
+ * Purge tombstones every peer has (purge.c has the rule), every half
  * retention but at least every ten minutes and at most every second.  A
  * failure is logged; the worker goes on.
  */
@@ -559,7 +313,7 @@ maybe_purge(TimestampTz *last)
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile int64 n = 0;
 
-	if (pg_atomic_read_u32(&RegistryState->state) != REG_STATE_READY ||
+	if (!node_is_ready() ||
 		!TimestampDifferenceExceeds(*last, now,
 									Min(600, Max(registry_tombstone_retention_s / 2, 1)) * 1000))
 		return;
@@ -570,7 +324,7 @@ maybe_purge(TimestampTz *last)
 		StartTransactionCommand();
 		worker_xact_started();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		if (extension_exists())
+		if (worker_extension_exists())
 			n = purge_tombstones();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
