@@ -16,6 +16,7 @@
 #include "utils/timestamp.h"
 
 #include "registry.h"
+#include "peer_status.h"
 #include "shmem.h"
 
 RegistryShared *RegistryState = NULL;
@@ -23,7 +24,6 @@ RegTableSlot *RegistryTables = NULL;
 uint64	   *RegistryDigests = NULL;
 char	   *RegistryOrigins = NULL;
 char	   *RegistryChangeLog = NULL;
-PeerStatus *RegistryPeers = NULL;
 pg_atomic_uint32 *RegistryPublishing = NULL;
 static uint8 *OriginPins = NULL;	/* [publishing_slots()][origin_pin_bytes()] */
 
@@ -58,12 +58,6 @@ pins_size(void)
 }
 
 static Size
-peers_size(void)
-{
-	return mul_size(registry_max_origins, sizeof(PeerStatus));
-}
-
-static Size
 changelog_size(void)
 {
 	return mul_size(registry_change_log_size, changelog_entry_size());
@@ -78,7 +72,7 @@ registry_shmem_total_size(void)
 	size = add_size(size, MAXALIGN(digests_size()));
 	size = add_size(size, MAXALIGN(origins_size()));
 	size = add_size(size, MAXALIGN(changelog_size()));
-	size = add_size(size, MAXALIGN(peers_size()));
+	size = add_size(size, MAXALIGN(peer_status_shmem_size()));
 	size = add_size(size, MAXALIGN(pins_size()));
 	size = add_size(size, MAXALIGN(mul_size(publishing_slots(), 2 * sizeof(pg_atomic_uint32))));
 	size = add_size(size, MAXALIGN(hlc_shmem_size()));
@@ -128,7 +122,6 @@ registry_shmem_startup(void)
 	RegistryOrigins = ShmemInitStruct("registry origins", origins_size(), &found);
 	RegistryChangeLog = ShmemInitStruct("registry change log",
 										changelog_size(), &found);
-	RegistryPeers = ShmemInitStruct("registry peers", peers_size(), &found);
 	OriginPins = ShmemInitStruct("registry origin pins", pins_size(), &found);
 	RegistryPublishing = ShmemInitStruct("registry publishing",
 										 mul_size(publishing_slots(), 2 * sizeof(pg_atomic_uint32)),
@@ -144,10 +137,7 @@ registry_shmem_startup(void)
 		RegistryState->acceptor_lock = &locks[2].lock;
 		RegistryState->digest_lock = &locks[3].lock;
 		RegistryState->lease_lock = &locks[4].lock;
-		RegistryState->peer_lock = &locks[5].lock;
-		ConditionVariableInit(&RegistryState->sync_cv);
 		ConditionVariableInit(&RegistryState->changes_cv);
-		memset(RegistryPeers, 0, peers_size());
 		RegistryState->epoch = new_epoch();
 		RegistryState->started_at = GetCurrentTimestamp();
 		pg_atomic_init_u32(&RegistryState->state, REG_STATE_STARTING);
@@ -170,6 +160,7 @@ registry_shmem_startup(void)
 	}
 
 	hlc_shmem_init(found_any);
+	peer_status_shmem_init(&GetNamedLWLockTranche("registry")[5].lock, found_any);
 	acceptor_shmem_init();
 
 	LWLockRelease(AddinShmemInitLock);

@@ -73,56 +73,6 @@ typedef struct RegWorkerSlot
 	uint64		idle_gen;		/* ... as of this extension_gen */
 } RegWorkerSlot;
 
-/* What this node knows about its sync with one peer (registry.peer_status). */
-#define PEER_DISCONNECTED	0
-#define PEER_CONNECTING		1
-#define PEER_STREAMING		2	/* fast path: following the peer's change log */
-#define PEER_ANTIENTROPY	3	/* comparing digests */
-#define PEER_ERROR			4	/* last attempt failed; retrying with backoff */
-
-typedef struct PeerStatus
-{
-	bool		in_use;
-	char		name[REGISTRY_NAME_LEN];
-	char		remote_node[REGISTRY_NAME_LEN];	/* node_name it reports */
-	int			state;
-	uint64		peer_epoch;
-	uint64		consumed_seq;	/* last seq of the peer's log applied here */
-	uint64		peer_last_seq;	/* the peer's last seq, as last seen */
-	TimestampTz caught_up_at;	/* last time consumed_seq reached it */
-	uint64		connects;
-	TimestampTz connected_since;
-	uint64		fast_batches;
-	uint64		rounds;			/* anti-entropy rounds completed */
-	int64		round_buckets_compared; /* in the last round */
-	int64		round_buckets_mismatched;
-	uint64		rows_pulled;
-	uint64		bytes_pulled;	/* answers, as received (compressed) */
-	uint64		bytes_sent;		/* requests: statement text and parameters */
-	uint64		round_bytes;	/* sent and received by the last round */
-	uint64		rows_applied;
-	uint64		rows_skipped;	/* not newer than ours */
-	uint64		versions_refused;	/* too far in the future */
-	uint64		rows_refused_purged;	/* older than a purged tombstone */
-	TimestampTz last_success;
-	TimestampTz last_converged_at;
-	uint64		errors;
-	TimestampTz last_error_at;
-	char		last_error[256];
-	bool		needs_resync;
-	uint64		served_gen;		/* sync_now request served by the last round */
-	bool		served_converged;
-
-	/*
-	 * Health, the one signal to alert on: healthy once a round ended
-	 * complete; unhealthy at the first error since, or at a round that did
-	 * not.  problem says why (empty when healthy).
-	 */
-	bool		healthy;
-	TimestampTz health_changed_at;
-	char		problem[256];
-} PeerStatus;
-
 typedef struct RegistryShared
 {
 	LWLock	   *meta_lock;		/* table slots and origins */
@@ -130,7 +80,6 @@ typedef struct RegistryShared
 	LWLock	   *acceptor_lock;
 	LWLock	   *digest_lock;
 	LWLock	   *lease_lock;		/* serialises clock lease file writes */
-	LWLock	   *peer_lock;		/* peer status array */
 
 	uint64		epoch;			/* changes at every start */
 	TimestampTz started_at;
@@ -180,10 +129,6 @@ typedef struct RegistryShared
 	pg_atomic_uint32 publishing;
 	uint64		publication_waits;
 
-	/* sync requests (mutex): registry.sync_now() and peer list changes */
-	uint64		sync_request_gen;
-	uint64		peers_changed;
-	ConditionVariable sync_cv;	/* broadcast when a round completes */
 	ConditionVariable changes_cv;	/* broadcast when changes are published */
 } RegistryShared;
 
@@ -194,7 +139,6 @@ extern RegTableSlot *RegistryTables;	/* [registry_max_tables] */
 extern uint64 *RegistryDigests;		/* [registry_max_tables * buckets] */
 extern char *RegistryOrigins;		/* [registry_max_origins][NAMEDATALEN] */
 extern char *RegistryChangeLog;		/* [registry_change_log_size] entries */
-extern PeerStatus *RegistryPeers;	/* [registry_max_origins] */
 extern pg_atomic_uint32 *RegistryPublishing;	/* [2 * publishing_slots()]:
 												 * per process, the lowest
 												 * and highest xid of the
@@ -237,9 +181,6 @@ extern void acceptor_mark_origins(bool *used);
 extern int	publishing_slots(void);
 extern void publishing_init(void);
 extern void wait_for_publication(TransactionId xid);
-
-/* peers (peers.c) */
-extern PeerStatus *peer_status_slot(const char *name, bool create);
 
 /* workers (worker.c) */
 extern void worker_set_latch(int which);

@@ -69,6 +69,7 @@
 #include "utils/timestamp.h"
 
 #include "message.h"
+#include "peer_status.h"
 #include "registry.h"
 #include "rows.h"
 #include "shmem.h"
@@ -158,7 +159,8 @@ typedef struct Peer
 	TimestampTz added_at;
 	TimestampTz last_converged_at;
 	bool		seen;
-	PeerStatus *st;
+	int			slot;			/* its status slot, -1 if none */
+	PeerStatus	st;				/* its status, published once per loop */
 
 	PGconn	   *conn;
 	bool		connecting;
@@ -255,9 +257,7 @@ static MemoryContext AnswerContext = NULL;
 static void
 set_state(Peer *p, int state)
 {
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->state = state;
-	LWLockRelease(RegistryState->peer_lock);
+	p->st.state = state;
 }
 
 /*
@@ -316,14 +316,14 @@ one_line(char *out, size_t size, const char *msg)
 	out[n] = '\0';
 }
 
-/* Health changes; caller holds peer_lock exclusively. */
+/* Health changes (in the peer's status copy). */
 static void
 set_health(Peer *p, bool healthy, const char *problem)
 {
-	if (p->st->healthy != healthy || p->st->health_changed_at == 0)
-		p->st->health_changed_at = GetCurrentTimestamp();
-	p->st->healthy = healthy;
-	strlcpy(p->st->problem, healthy ? "" : problem, sizeof(p->st->problem));
+	if (p->st.healthy != healthy || p->st.health_changed_at == 0)
+		p->st.health_changed_at = GetCurrentTimestamp();
+	p->st.healthy = healthy;
+	strlcpy(p->st.problem, healthy ? "" : problem, sizeof(p->st.problem));
 }
 
 static void
@@ -333,12 +333,10 @@ record_error(Peer *p, const char *msg)
 
 	/* one line in the view */
 	one_line(buf, sizeof(buf), msg);
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	strlcpy(p->st->last_error, buf, sizeof(p->st->last_error));
-	p->st->last_error_at = GetCurrentTimestamp();
-	p->st->errors++;
+	strlcpy(p->st.last_error, buf, sizeof(p->st.last_error));
+	p->st.last_error_at = GetCurrentTimestamp();
+	p->st.errors++;
 	set_health(p, false, buf);
-	LWLockRelease(RegistryState->peer_lock);
 	p->ae_errors = true;
 	ereport(LOG,
 			(errmsg("registry: peer \"%s\": %s", p->name, buf)));
@@ -365,12 +363,10 @@ static void
 note_success(Peer *p)
 {
 	p->backoff_ms = BACKOFF_MIN_MS;
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->last_success = GetCurrentTimestamp();
+	p->st.last_success = GetCurrentTimestamp();
 	/* an error answer left it in state error: it answers again */
-	if (p->st->state == PEER_ERROR && p->conn && !p->connecting)
-		p->st->state = p->ae_active ? PEER_ANTIENTROPY : PEER_STREAMING;
-	LWLockRelease(RegistryState->peer_lock);
+	if (p->st.state == PEER_ERROR && p->conn && !p->connecting)
+		p->st.state = p->ae_active ? PEER_ANTIENTROPY : PEER_STREAMING;
 }
 
 /* A sync_now() request is waiting and this peer cannot serve it: say so. */
@@ -379,17 +375,12 @@ serve_request_failed(Peer *p)
 {
 	uint64		gen;
 
-	SpinLockAcquire(&RegistryState->mutex);
-	gen = RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	if (p->st->served_gen < gen)
+	gen = peer_status_round_requested();
+	if (p->st.served_gen < gen)
 	{
-		p->st->served_gen = gen;
-		p->st->served_converged = false;
+		p->st.served_gen = gen;
+		p->st.served_converged = false;
 	}
-	LWLockRelease(RegistryState->peer_lock);
-	ConditionVariableBroadcast(&RegistryState->sync_cv);
 }
 
 /* ---- connections ---- */
@@ -419,10 +410,8 @@ disconnect(Peer *p, const char *why)
 	set_state(p, why ? PEER_ERROR : PEER_DISCONNECTED);
 	if (!why)
 	{
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		if (p->st->healthy)
+		if (p->st.healthy)
 			set_health(p, false, "not connected");
-		LWLockRelease(RegistryState->peer_lock);
 	}
 	serve_request_failed(p);
 }
@@ -520,11 +509,9 @@ drive_connect(Peer *p)
 		p->connecting = false;
 		p->listening = false;
 		p->want_fast = true;
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->connects++;
-		p->st->connected_since = GetCurrentTimestamp();
-		p->st->state = PEER_STREAMING;
-		LWLockRelease(RegistryState->peer_lock);
+		p->st.connects++;
+		p->st.connected_since = GetCurrentTimestamp();
+		p->st.state = PEER_STREAMING;
 	}
 }
 
@@ -585,9 +572,7 @@ send_query(Peer *p, QueryKind kind, const char *sql, int nparams,
 			sent += params[i] ? strlen(params[i]) : 0;
 		if (kind != Q_LISTEN && kind != Q_CHANGES)
 			p->ae_bytes += sent;
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->bytes_sent += sent;
-		LWLockRelease(RegistryState->peer_lock);
+		p->st.bytes_sent += sent;
 	}
 }
 
@@ -904,12 +889,10 @@ apply_batch(Peer *p, TableBatch *b)
 	{
 		if (run_guarded(p, apply_batch_once, b, &sqlstate, &message))
 		{
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			p->st->rows_applied += b->applied;
-			p->st->rows_skipped += b->skipped;
-			p->st->versions_refused += b->refused_skew;
-			p->st->rows_refused_purged += b->refused_purged;
-			LWLockRelease(RegistryState->peer_lock);
+			p->st.rows_applied += b->applied;
+			p->st.rows_skipped += b->skipped;
+			p->st.versions_refused += b->refused_skew;
+			p->st.rows_refused_purged += b->refused_purged;
 			p->apply_backoff_ms = 0;
 			if (b->refused_skew > 0)
 			{
@@ -1015,8 +998,8 @@ check_node_name(Peer *p, const char *node)
 	{
 		Peer	   *o = &peers[i];
 
-		if (o == p || !o->seen || o->st == NULL || o->conn == NULL ||
-			strcmp(o->st->remote_node, node) != 0)
+		if (o == p || !o->seen || o->slot < 0 || o->conn == NULL ||
+			strcmp(o->st.remote_node, node) != 0)
 			continue;
 		if (strcmp(p->name, node) == 0 && strcmp(o->name, node) != 0)
 		{
@@ -1026,10 +1009,9 @@ check_node_name(Peer *p, const char *node)
 			snprintf(msg, sizeof(msg),
 					 "peer is node \"%s\", which this node pulls from as peer \"%s\"; remove one of them",
 					 node, p->name);
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			o->st->remote_node[0] = '\0';
-			LWLockRelease(RegistryState->peer_lock);
+			o->st.remote_node[0] = '\0';
 			disconnect(o, msg);
+			peer_status_update(o->slot, &o->st);
 			continue;			/* and any other one */
 		}
 		ereport(ERROR,
@@ -1046,11 +1028,9 @@ check_node_name(Peer *p, const char *node)
 						 p->name, node)));
 		p->name_warned = true;
 	}
-	if (strcmp(p->st->remote_node, node) != 0)
+	if (strcmp(p->st.remote_node, node) != 0)
 	{
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		strlcpy(p->st->remote_node, node, sizeof(p->st->remote_node));
-		LWLockRelease(RegistryState->peer_lock);
+		strlcpy(p->st.remote_node, node, sizeof(p->st.remote_node));
 	}
 }
 
@@ -1125,10 +1105,8 @@ handle_changes_guarded(Peer *p, void *arg)
 			protocol_error(p, "changes answer makes no progress", detail);
 	}
 
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->peer_epoch = m.epoch;
-	p->st->peer_last_seq = m.last_seq;
-	LWLockRelease(RegistryState->peer_lock);
+	p->st.peer_epoch = m.epoch;
+	p->st.peer_last_seq = m.last_seq;
 
 	if (m.status != CHANGES_OK || !p->have_position)
 	{
@@ -1137,9 +1115,7 @@ handle_changes_guarded(Peer *p, void *arg)
 		p->epoch = m.epoch;
 		p->consumed = m.last_seq;
 		p->ae_needed = true;
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->consumed_seq = p->consumed;
-		LWLockRelease(RegistryState->peer_lock);
+		p->st.consumed_seq = p->consumed;
 		return;
 	}
 
@@ -1219,13 +1195,11 @@ handle_changes_guarded(Peer *p, void *arg)
 	}
 
 	p->consumed = m.upto_seq;
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->consumed_seq = p->consumed;
-	p->st->fast_batches++;
-	p->st->rows_pulled += m.n;
+	p->st.consumed_seq = p->consumed;
+	p->st.fast_batches++;
+	p->st.rows_pulled += m.n;
 	if (p->consumed >= m.last_seq)
-		p->st->caught_up_at = GetCurrentTimestamp();
-	LWLockRelease(RegistryState->peer_lock);
+		p->st.caught_up_at = GetCurrentTimestamp();
 	if (p->consumed < m.last_seq)
 		p->want_fast = true;	/* more right away */
 }
@@ -1325,14 +1299,10 @@ start_round(Peer *p)
 	p->ae_errors = false;
 	p->ae_bytes = 0;
 	p->ae_started = GetCurrentTimestamp();
-	SpinLockAcquire(&RegistryState->mutex);
-	p->ae_gen = RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->state = PEER_ANTIENTROPY;
-	p->st->round_buckets_compared = 0;
-	p->st->round_buckets_mismatched = 0;
-	LWLockRelease(RegistryState->peer_lock);
+	p->ae_gen = peer_status_round_requested();
+	p->st.state = PEER_ANTIENTROPY;
+	p->st.round_buckets_compared = 0;
+	p->st.round_buckets_mismatched = 0;
 }
 
 static void
@@ -1377,23 +1347,20 @@ end_round(Peer *p)
 	}
 	since = p->last_converged_at ? p->last_converged_at : p->added_at;
 
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->rounds++;
-	p->st->round_bytes = p->ae_bytes;
-	p->st->served_gen = Max(p->st->served_gen, p->ae_gen);
-	p->st->served_converged = complete;
-	p->st->last_converged_at = p->last_converged_at;
-	p->st->needs_resync = !identical &&
+	p->st.rounds++;
+	p->st.round_bytes = p->ae_bytes;
+	p->st.served_gen = Max(p->st.served_gen, p->ae_gen);
+	p->st.served_converged = complete;
+	p->st.last_converged_at = p->last_converged_at;
+	p->st.needs_resync = !identical &&
 		TimestampDifferenceExceeds(since, now, registry_tombstone_retention_s * 1000L);
-	p->st->state = PEER_STREAMING;
-	if (p->st->needs_resync)
+	p->st.state = PEER_STREAMING;
+	if (p->st.needs_resync)
 		set_health(p, false, "needs a resync: not found identical for longer than registry.tombstone_retention");
 	else if (complete)
 		set_health(p, true, NULL);
-	else if (p->st->healthy)
+	else if (p->st.healthy)
 		set_health(p, false, "the last anti-entropy round was not complete");
-	LWLockRelease(RegistryState->peer_lock);
-	ConditionVariableBroadcast(&RegistryState->sync_cv);
 
 	p->ae_active = false;
 	p->last_ae = now;
@@ -1748,9 +1715,7 @@ handle_digest_guarded(Peer *p, void *arg)
 			if (g != m.digests[i])
 				t->todo[t->ntodo++] = i;
 		}
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->round_buckets_compared += m.n;
-		LWLockRelease(RegistryState->peer_lock);
+		p->st.round_buckets_compared += m.n;
 		if (t->ntodo * 2 > AE_GROUP_FANOUT && t->behind)
 		{
 			/* most of the table differs and the peer has more: pull it whole */
@@ -1781,10 +1746,8 @@ handle_digest_guarded(Peer *p, void *arg)
 			}
 		}
 		t->itodo++;
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->round_buckets_compared += m.n;
-		p->st->round_buckets_mismatched += mismatched;
-		LWLockRelease(RegistryState->peer_lock);
+		p->st.round_buckets_compared += m.n;
+		p->st.round_buckets_mismatched += mismatched;
 		return;
 	}
 }
@@ -1902,9 +1865,7 @@ handle_entries_guarded(Peer *p, void *arg)
 
 	msg_read_entries(w->data, w->len, &m);
 	check_entries_answer(t, &m);
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->rows_pulled += m.n;
-	LWLockRelease(RegistryState->peer_lock);
+	p->st.rows_pulled += m.n;
 
 	memset(&b, 0, sizeof(b));
 	b.table = &m.table;
@@ -1998,9 +1959,7 @@ handle_entries_guarded(Peer *p, void *arg)
 		xact_end(cxt);
 		if (b.refused_purged > 0)
 		{
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			p->st->rows_refused_purged += b.refused_purged;
-			LWLockRelease(RegistryState->peer_lock);
+			p->st.rows_refused_purged += b.refused_purged;
 			note_refused_purged(p, t->name, b.refused_purged);
 		}
 	}
@@ -2066,9 +2025,7 @@ handle_fetch_guarded(Peer *p, void *arg)
 							t->fetch[t->fetch_start + i])));
 	t->ifetch = t->fetch_start + m.n;
 
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->rows_pulled += m.n;
-	LWLockRelease(RegistryState->peer_lock);
+	p->st.rows_pulled += m.n;
 	memset(&b, 0, sizeof(b));
 	b.table = &m.table;
 	b.rows = palloc(sizeof(MsgRow *) * Max(m.n, 1));
@@ -2134,9 +2091,7 @@ answer_bytes(Peer *p, PGresult *res, ExecStatusType want, int *len)
 	memcpy(data, PQgetvalue(res, 0, 0), *len);
 	PQclear(res);
 
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->bytes_pulled += *len;
-	LWLockRelease(RegistryState->peer_lock);
+	p->st.bytes_pulled += *len;
 	if (p->inflight != Q_CHANGES)
 		p->ae_bytes += *len;
 	return data;
@@ -2436,10 +2391,8 @@ should_start_round(Peer *p, TimestampTz now)
 
 	if (p->ae_active)
 		return false;
-	SpinLockAcquire(&RegistryState->mutex);
-	gen = RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
-	if (gen > p->st->served_gen)
+	gen = peer_status_round_requested();
+	if (gen > p->st.served_gen)
 		return true;			/* asked for by sync_now() or resync() */
 	if (now < p->ae_not_before)
 		return false;
@@ -2505,11 +2458,9 @@ note_lost(Peer *p, TimestampTz now)
 	bool		lost = TimestampDifferenceExceeds(since, now,
 												  registry_tombstone_retention_s * 1000L);
 
-	if (lost != p->st->needs_resync && !p->ae_active)
+	if (lost != p->st.needs_resync && !p->ae_active)
 	{
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->needs_resync = lost;
-		LWLockRelease(RegistryState->peer_lock);
+		p->st.needs_resync = lost;
 	}
 }
 
@@ -2525,9 +2476,7 @@ step(Peer *p, TimestampTz now, long *timeout)
 	 * backoff says: a peer that came back, or whose role was fixed, is
 	 * seen at once (a failing one answers the request at once too).
 	 */
-	SpinLockAcquire(&RegistryState->mutex);
-	gen = RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
+	gen = peer_status_round_requested();
 	if (gen > p->retried_gen)
 	{
 		p->retried_gen = gen;
@@ -2548,7 +2497,7 @@ step(Peer *p, TimestampTz now, long *timeout)
 			*timeout = Min(*timeout, Max((long) ((p->next_connect - now) / 1000), 1));
 		if (p->conn == NULL)
 		{
-			if (gen > p->st->served_gen)
+			if (gen > p->st.served_gen)
 				serve_request_failed(p);
 			return;
 		}
@@ -2697,27 +2646,26 @@ load_peers(void)
 			np->backoff_ms = BACKOFF_MIN_MS;
 			np->roundcxt = AllocSetContextCreate(SyncContext, "registry sync round",
 												 ALLOCSET_DEFAULT_SIZES);
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			np->st = peer_status_slot(np->name, true);
+			np->slot = peer_status_attach(np->name, &np->st);
 			/*
 			 * A new conninfo for a known name keeps its status slot, but
 			 * not its health: that was another server's, perhaps.
 			 */
 			for (j = 0; j < npeers; j++)
-				if (peers[j].seen && peers[j].st == np->st)
+				if (peers[j].seen && np->slot >= 0 && peers[j].slot == np->slot)
 				{
-					peers[j].st = NULL;
+					peers[j].slot = -1;
 					replaced = true;
 				}
-			if (np->st)
+			if (np->slot >= 0)
 			{
-				np->st->last_converged_at = np->last_converged_at;
-				np->st->state = PEER_DISCONNECTED;
-				if (np->st->health_changed_at == 0 || replaced)
+				np->st.last_converged_at = np->last_converged_at;
+				np->st.state = PEER_DISCONNECTED;
+				if (np->st.health_changed_at == 0 || replaced)
 					set_health(np, false, "no anti-entropy round completed yet");
+				peer_status_update(np->slot, &np->st);
 			}
-			LWLockRelease(RegistryState->peer_lock);
-			if (np->st == NULL)
+			if (np->slot < 0)
 			{
 				ereport(WARNING,
 						(errmsg("registry: no room for peer \"%s\"", np->name),
@@ -2741,12 +2689,8 @@ load_peers(void)
 			continue;
 		if (op->conn)
 			PQfinish(op->conn);
-		if (op->st)
-		{
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			op->st->in_use = false;
-			LWLockRelease(RegistryState->peer_lock);
-		}
+		if (op->slot >= 0)
+			peer_status_detach(op->slot);
 		MemoryContextDelete(op->roundcxt);
 		pfree(op->conninfo);
 		if (op->notice_name)
@@ -2804,9 +2748,7 @@ registry_sync_main(Datum arg)
 			last_load = 0;
 		}
 		worker_check_extension(false);
-		SpinLockAcquire(&RegistryState->mutex);
-		changed = RegistryState->peers_changed;
-		SpinLockRelease(&RegistryState->mutex);
+		changed = peer_status_peers_changed();
 		now = GetCurrentTimestamp();
 		if (changed != seen_peers_changed ||
 			TimestampDifferenceExceeds(last_load, now, 10000))
@@ -2829,6 +2771,8 @@ registry_sync_main(Datum arg)
 				if (!peers[i].seen)
 					continue;
 				step_guarded(&peers[i], now, &timeout);
+				/* the one place the peer's status is published */
+				peer_status_update(peers[i].slot, &peers[i].st);
 				peers[i].readable = peers[i].writable = false;
 			}
 		}
