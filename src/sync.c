@@ -88,6 +88,40 @@ typedef enum QueryKind
 	Q_PAGES						/* a whole table, one result per page */
 } QueryKind;
 
+/*
+ * The state of a peer's connection.  p->conn is NULL exactly in
+ * CONN_CLOSED; p->inflight names the request in CONN_SENDING and
+ * CONN_WAITING (Q_NONE otherwise); and a LISTEN is the first request on
+ * every connection, sent again until it succeeds.
+ *
+ *	from		event								to
+ *	----		-----								--
+ *	CLOSED		start_connect(): connection started	CONNECTING
+ *	CONNECTING	PQconnectPoll() OK (password rule)	OPEN
+ *	OPEN		LISTEN sent							SENDING, WAITING
+ *	IDLE		a request sent (next_request)		SENDING, WAITING
+ *	SENDING		libpq sent the rest of it			WAITING
+ *	SENDING,	the request ended:
+ *	WAITING		  a LISTEN that failed				OPEN
+ *				  any other							IDLE
+ *	any			disconnect(): an error, a timeout,	CLOSED
+ *				a peer removed or changed
+ *
+ * Which request goes next (next_request) is not the connection's state:
+ * want_fast (a changes request is due at once: after connecting, on a
+ * notification, while the peer has more) and a round in progress
+ * (round_active) outlive any one request.
+ */
+typedef enum ConnState
+{
+	CONN_CLOSED,				/* no connection; next_connect says when */
+	CONN_CONNECTING,			/* PQconnectPoll() under way (poll) */
+	CONN_OPEN,					/* connected, LISTEN not done */
+	CONN_IDLE,					/* listening, no request */
+	CONN_SENDING,				/* a request not fully sent */
+	CONN_WAITING				/* a request sent, its end not received */
+} ConnState;
+
 typedef enum AEStage
 {
 	AE_ROOT,					/* compare roots */
@@ -163,7 +197,7 @@ typedef struct Peer
 	PeerStatus	st;				/* its status, published once per loop */
 
 	PGconn	   *conn;
-	bool		connecting;
+	ConnState	state;
 	PostgresPollingStatusType poll;
 	TimestampTz connect_started;
 	TimestampTz next_connect;
@@ -172,8 +206,6 @@ typedef struct Peer
 	TimestampTz ae_not_before;	/* ... and delays the rounds it asks for */
 	bool		readable;		/* the socket reported ready */
 	bool		writable;
-	bool		flushing;		/* a request is not fully sent */
-	bool		listening;
 	QueryKind	inflight;
 	PGresult   *result;			/* inflight's result, until the request ends */
 	TimestampTz query_started;
@@ -190,7 +222,6 @@ typedef struct Peer
 	/* anti-entropy */
 	bool		ae_needed;
 	TimestampTz last_ae;
-	bool		ae_active;
 	TimestampTz ae_started;
 	uint64		ae_gen;
 	bool		ae_errors;
@@ -200,6 +231,13 @@ typedef struct Peer
 	int			itable;
 	MemoryContext roundcxt;
 } Peer;
+
+/* Whether an anti-entropy round is under way: it has its tables. */
+static inline bool
+round_active(Peer *p)
+{
+	return p->tables != NULL;
+}
 
 static Peer *peers = NULL;
 static int	npeers = 0;
@@ -365,8 +403,9 @@ note_success(Peer *p)
 	p->backoff_ms = BACKOFF_MIN_MS;
 	p->st.last_success = GetCurrentTimestamp();
 	/* an error answer left it in state error: it answers again */
-	if (p->st.state == PEER_ERROR && p->conn && !p->connecting)
-		p->st.state = p->ae_active ? PEER_ANTIENTROPY : PEER_STREAMING;
+	if (p->st.state == PEER_ERROR && p->state != CONN_CLOSED &&
+		p->state != CONN_CONNECTING)
+		p->st.state = round_active(p) ? PEER_ANTIENTROPY : PEER_STREAMING;
 }
 
 /* A sync_now() request is waiting and this peer cannot serve it: say so. */
@@ -396,12 +435,9 @@ disconnect(Peer *p, const char *why)
 	if (p->conn)
 		PQfinish(p->conn);
 	p->conn = NULL;
-	p->connecting = false;
-	p->listening = false;
+	p->state = CONN_CLOSED;
 	p->name_warned = false;
 	p->inflight = Q_NONE;
-	p->flushing = false;
-	p->ae_active = false;
 	if (p->roundcxt)
 		MemoryContextReset(p->roundcxt);
 	p->tables = NULL;
@@ -473,7 +509,7 @@ start_connect(Peer *p)
 		disconnect(p, "could not make the connection non-blocking");
 		return;
 	}
-	p->connecting = true;
+	p->state = CONN_CONNECTING;
 	p->poll = PGRES_POLLING_WRITING;
 	set_state(p, PEER_CONNECTING);
 }
@@ -506,8 +542,7 @@ drive_connect(Peer *p)
 	}
 	if (p->poll == PGRES_POLLING_OK)
 	{
-		p->connecting = false;
-		p->listening = false;
+		p->state = CONN_OPEN;
 		p->want_fast = true;
 		p->st.connects++;
 		p->st.connected_since = GetCurrentTimestamp();
@@ -529,7 +564,7 @@ flush_request(Peer *p)
 		disconnect(p, msg);
 		return false;
 	}
-	p->flushing = (rc == 1);
+	p->state = (rc == 1) ? CONN_SENDING : CONN_WAITING;
 	return true;
 }
 
@@ -1294,7 +1329,6 @@ start_round(Peer *p)
 
 	p->ntables = i;
 	p->itable = 0;
-	p->ae_active = true;
 	p->ae_needed = false;
 	p->ae_errors = false;
 	p->ae_bytes = 0;
@@ -1362,7 +1396,6 @@ end_round(Peer *p)
 	else if (p->st.healthy)
 		set_health(p, false, "the last anti-entropy round was not complete");
 
-	p->ae_active = false;
 	p->last_ae = now;
 	MemoryContextReset(p->roundcxt);
 	p->tables = NULL;
@@ -2238,6 +2271,9 @@ handle_result(Peer *p, PGresult *res)
 
 	p->inflight = Q_NONE;
 	p->inflight_table = NULL;
+	/* the first request on a connection is LISTEN, until it succeeds */
+	p->state = (kind == Q_LISTEN && status != PGRES_COMMAND_OK) ?
+		CONN_OPEN : CONN_IDLE;
 
 	if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR)
 	{
@@ -2281,7 +2317,6 @@ handle_result(Peer *p, PGresult *res)
 	if (kind == Q_LISTEN)
 	{
 		PQclear(res);
-		p->listening = (status == PGRES_COMMAND_OK);
 		return;
 	}
 	if (kind == Q_PAGES)
@@ -2318,7 +2353,7 @@ service(Peer *p)
 {
 	PGnotify   *n;
 
-	if (p->flushing && p->writable && !flush_request(p))
+	if (p->state == CONN_SENDING && p->writable && !flush_request(p))
 		return;
 	if (!p->readable && p->inflight == Q_NONE)
 		return;
@@ -2389,7 +2424,7 @@ should_start_round(Peer *p, TimestampTz now)
 {
 	uint64		gen;
 
-	if (p->ae_active)
+	if (round_active(p))
 		return false;
 	gen = peer_status_round_requested();
 	if (gen > p->st.served_gen)
@@ -2406,7 +2441,7 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 {
 	long		wait;
 
-	if (!p->listening)
+	if (p->state == CONN_OPEN)
 	{
 		send_query(p, Q_LISTEN, "LISTEN registry_wakeup", 0, NULL);
 		return;
@@ -2421,9 +2456,9 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 		send_changes(p, 0);
 		return;
 	}
-	if (!p->ae_active && should_start_round(p, now))
+	if (!round_active(p) && should_start_round(p, now))
 		start_round(p);
-	if (p->ae_active)
+	if (round_active(p))
 	{
 		send_ae(p);
 		if (p->inflight != Q_NONE || p->conn == NULL)
@@ -2458,7 +2493,7 @@ note_lost(Peer *p, TimestampTz now)
 	bool		lost = TimestampDifferenceExceeds(since, now,
 												  registry_tombstone_retention_s * 1000L);
 
-	if (lost != p->st.needs_resync && !p->ae_active)
+	if (lost != p->st.needs_resync && !round_active(p))
 	{
 		p->st.needs_resync = lost;
 	}
@@ -2502,10 +2537,10 @@ step(Peer *p, TimestampTz now, long *timeout)
 			return;
 		}
 	}
-	if (p->connecting)
+	if (p->state == CONN_CONNECTING)
 	{
 		drive_connect(p);
-		if (p->conn && p->connecting &&
+		if (p->state == CONN_CONNECTING &&
 			TimestampDifferenceExceeds(p->connect_started, now, registry_connect_timeout_ms))
 		{
 			char		msg[128];
@@ -2514,9 +2549,9 @@ step(Peer *p, TimestampTz now, long *timeout)
 					 registry_connect_timeout_ms);
 			disconnect(p, msg);
 		}
-		if (p->conn && p->connecting)
+		if (p->state == CONN_CONNECTING)
 			*timeout = Min(*timeout, registry_connect_timeout_ms);
-		if (p->conn == NULL || p->connecting)
+		if (p->state == CONN_CLOSED || p->state == CONN_CONNECTING)
 			return;
 	}
 	service(p);
@@ -2787,10 +2822,10 @@ registry_sync_main(Datum arg)
 
 			if (!p->seen || p->conn == NULL || PQsocket(p->conn) < 0)
 				continue;
-			if (p->connecting)
+			if (p->state == CONN_CONNECTING)
 				ev = (p->poll == PGRES_POLLING_READING) ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
 			else
-				ev = WL_SOCKET_READABLE | (p->flushing ? WL_SOCKET_WRITEABLE : 0);
+				ev = WL_SOCKET_READABLE | (p->state == CONN_SENDING ? WL_SOCKET_WRITEABLE : 0);
 			AddWaitEventToSet(set, ev, PQsocket(p->conn), NULL, p);
 		}
 		events = palloc(sizeof(WaitEvent) * (npeers + 2));
