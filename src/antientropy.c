@@ -448,6 +448,8 @@ handle_digest_guarded(Peer *p, void *arg)
 	int			i;
 	MemoryContext cxt;
 
+	/* ours, allocated in the caller's context, outlives the transaction */
+	Assert(CurrentMemoryContext == sync_conn_answer_cxt);
 	msg_read_digest(w->data, w->len, &m);
 	sync_conn_check_node_name(p, m.node);
 	check_digest_answer(t, &m);
@@ -886,6 +888,7 @@ antientropy_handle_page(Peer *p, PGresult *res)
 	int			len;
 
 	Assert(p->inflight == Q_PAGES && t != NULL);
+	Assert(CurrentMemoryContext == sync_conn_answer_cxt);
 	data = sync_conn_answer_bytes(p, res, PGRES_SINGLE_TUPLE, &len);
 	if (data == NULL)
 		return;

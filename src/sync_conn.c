@@ -483,6 +483,8 @@ sync_conn_answer_bytes(Peer *p, PGresult *res, ExecStatusType want, int *len)
 {
 	char	   *data;
 
+	/* the copy lives as long as the answer */
+	Assert(CurrentMemoryContext == sync_conn_answer_cxt);
 	if (PQresultStatus(res) != want || PQntuples(res) != 1 || PQnfields(res) != 1 ||
 		PQgetisnull(res, 0, 0) || PQfformat(res, 0) != 1)
 	{
