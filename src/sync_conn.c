@@ -551,8 +551,8 @@ request_name(QueryKind kind)
  * peer's status records it as libpq words it (message, detail and hint
  * on one line, after the table's name).  The log keeps the parts apart,
  * as postgres_fdw's pgfdw_report_error does: the peer's SQLSTATE as the
- * entry's code, its primary message, its detail and hint, and a context
- * naming the peer and the request.  Whether the peer sent a SQLSTATE, and
+ * entry's code, its primary message, its detail and hint, its context,
+ * and a context naming the peer and the request.  Whether the peer sent a SQLSTATE, and
  * which (XX000 for one not well formed), for the caller to decide on.
  */
 bool
@@ -564,6 +564,7 @@ sync_conn_remote_error(Peer *p, PGresult *res, QueryKind kind,
 	char		primary[256];
 	char		detail[512];
 	char		hint[512];
+	char		context[512];
 	const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 	const char *f;
 	bool		has_code = (code != NULL);
@@ -583,6 +584,8 @@ sync_conn_remote_error(Peer *p, PGresult *res, QueryKind kind,
 	sync_conn_one_line(detail, sizeof(detail), f ? f : "");
 	f = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
 	sync_conn_one_line(hint, sizeof(hint), f ? f : "");
+	f = PQresultErrorField(res, PG_DIAG_CONTEXT);
+	sync_conn_one_line(context, sizeof(context), f ? f : "");
 	/* no ERROR while res is held: it is libpq's memory */
 	PQclear(res);
 
@@ -594,6 +597,7 @@ sync_conn_remote_error(Peer *p, PGresult *res, QueryKind kind,
 					table ? table : "", table ? ": " : "", primary),
 			 detail[0] ? errdetail_internal("%s", detail) : 0,
 			 hint[0] ? errhint("%s", hint) : 0,
+			 context[0] ? errcontext("%s", context) : 0,
 			 errcontext("answer of peer \"%s\" to %s%s%s", p->name,
 						request_name(kind), table ? " for " : "",
 						table ? table : "")));

@@ -47,10 +47,10 @@ like($log, qr/\n[^\n]* 22023 DETAIL:  The detail of the refusal\.\n/,
 	'the peer\'s detail is a DETAIL line of its own');
 like($log, qr/\n[^\n]* 22023 HINT:  The hint of the refusal\.\n/,
 	'the peer\'s hint is a HINT line of its own');
-like($log, qr/\n[^\n]* 22023 CONTEXT:  answer of peer "fake" to registry\.changes_since\(\)\n/,
-	'the context names the peer and the request');
+like($log, qr/\n[^\n]* 22023 CONTEXT:  [^\n]*PL\/pgSQL function registry\.fake_changes[^\n]*\n\s*answer of peer "fake" to registry\.changes_since\(\)\n/,
+	'the context: the peer\'s own, then the peer and the request');
 like(peer_status($node, 'fake', 'last_error'),
-	qr/^ERROR: fake peer refuses the changes; DETAIL: The detail of the refusal\. HINT: The hint of the refusal\.$/,
+	qr/^ERROR: fake peer refuses the changes; DETAIL: The detail of the refusal\. HINT: The hint of the refusal\. CONTEXT: PL\/pgSQL function /,
 	'peer_status says it on one line, as libpq words it');
 
 # ---- a request about one table: digest ----
@@ -81,10 +81,10 @@ ok( poll_until(sub {
 	'the digest refusal is logged');
 $log = slurp_file($node->logfile, $log_start);
 like($log,
-	qr/ 42P01 LOG:  registry: peer "fake": public\.rt: fake peer has no table public\.rt\n[^\n]* 42P01 DETAIL:  Not here\.\n[^\n]* 42P01 HINT:  Register it\.\n[^\n]* 42P01 CONTEXT:  answer of peer "fake" to registry\.digest\(\) for public\.rt\n/,
+	qr/ 42P01 LOG:  registry: peer "fake": public\.rt: fake peer has no table public\.rt\n[^\n]* 42P01 DETAIL:  Not here\.\n[^\n]* 42P01 HINT:  Register it\.\n[^\n]* 42P01 CONTEXT:  [^\n]*\n\s*answer of peer "fake" to registry\.digest\(\) for public\.rt\n/,
 	'the table\'s error: SQLSTATE, message, detail, hint and context naming peer, request and table');
 like(peer_status($node, 'fake', 'last_error'),
-	qr/^public\.rt: ERROR: fake peer has no table public\.rt; DETAIL: Not here\. HINT: Register it\.$/,
+	qr/^public\.rt: ERROR: fake peer has no table public\.rt; DETAIL: Not here\. HINT: Register it\. CONTEXT: /,
 	'peer_status says it on one line, after the table\'s name');
 
 $node->stop;
