@@ -41,7 +41,15 @@
  * (malformed answer, incompatible table, constraint violation) cannot
  * leak a PGresult; it aborts the transaction that applies one table's
  * batch, is recorded in registry.peer_status, and other tables and peers
- * go on.
+ * go on.  An error a peer answers with is recorded likewise, logged with
+ * its SQLSTATE, detail and hint, and judged by its SQLSTATE.
+ *
+ * This file has the main loop, the peer list and the choice of each
+ * peer's next request; sync_conn.c the connections (their states are in
+ * sync.h), sync_fast.c the fast path, antientropy.c the rounds, and
+ * apply_batch.c applies what they pull.  Each peer's status is kept in a
+ * copy and published to peer_status.c once per pass of the loop, after
+ * the peer's step.
  *
  *-------------------------------------------------------------------------
  */
@@ -55,17 +63,17 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "storage/lock.h"
-#include "utils/builtins.h"
-#include "utils/memutils.h"
-#include "utils/snapmgr.h"
-#include "utils/timestamp.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "shmem.h"
 #include "sync.h"

@@ -21,17 +21,24 @@ create_table([$node], 'rt', 'CREATE TABLE rt (k text PRIMARY KEY, v text)');
 
 # ---- a request that is not about one table: changes_since ----
 
-fake_sql($fake, q{
+# The fake's changes_since does $body (after recording the call).
+sub fake_changes_do
+{
+	my ($body) = @_;
+	fake_sql($fake, qq{
 CREATE OR REPLACE FUNCTION registry.fake_changes(after_seq bigint, max_changes int,
     with_rows boolean, epoch bigint, exclude_origin text, wait_ms int,
     max_bytes int, nargs int) RETURNS bytea
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql AS \$\$
 BEGIN
-    PERFORM registry.fake_record('changes_since', 'refused');
-    RAISE EXCEPTION 'fake peer refuses the changes'
+    PERFORM registry.fake_record('changes_since', '');
+    $body
+END \$\$});
+}
+
+fake_changes_do(q{RAISE EXCEPTION 'fake peer refuses the changes'
         USING ERRCODE = '22023', DETAIL = 'The detail of the refusal.',
-              HINT = 'The hint of the refusal.';
-END $$});
+              HINT = 'The hint of the refusal.';});
 
 my $log_start = -s $node->logfile;
 sql($node, "SELECT registry.add_peer('fake', " . quote_literal($fake->connstr('postgres')) . ')');
@@ -55,15 +62,7 @@ like(peer_status($node, 'fake', 'last_error'),
 
 # ---- a request about one table: digest ----
 
-fake_sql($fake, q{
-CREATE OR REPLACE FUNCTION registry.fake_changes(after_seq bigint, max_changes int,
-    with_rows boolean, epoch bigint, exclude_origin text, wait_ms int,
-    max_bytes int, nargs int) RETURNS bytea
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM registry.fake_record('changes_since', 'calm');
-    RETURN registry.fake_changes_answer(after_seq);
-END $$});
+fake_changes_do(q{RETURN registry.fake_changes_answer(after_seq);});
 fake_sql($fake, q{
 CREATE OR REPLACE FUNCTION registry.digest(tbl text, nbuckets int, lo int, width int, n int)
 RETURNS bytea LANGUAGE plpgsql AS $$
