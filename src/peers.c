@@ -28,10 +28,10 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "peer_status.h"
 #include "publish.h"
 #include "registry.h"
 #include "row_keys.h"
-#include "shmem.h"
 #include "worker_slots.h"
 
 PG_FUNCTION_INFO_V1(registry_add_peer);
@@ -47,9 +47,7 @@ peers_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_COMMIT && peers_changed_pending)
 	{
-		SpinLockAcquire(&RegistryState->mutex);
-		RegistryState->peers_changed++;
-		SpinLockRelease(&RegistryState->mutex);
+		peer_status_note_peers_changed();
 		worker_set_latch(REG_WORKER_SYNC);
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
@@ -68,33 +66,6 @@ note_peers_changed(void)
 		registered = true;
 	}
 	peers_changed_pending = true;
-}
-
-/*
- * The status slot of a peer; with create, one is taken if it has none.
- * Caller holds peer_lock exclusively when create is set.
- */
-PeerStatus *
-peer_status_slot(const char *name, bool create)
-{
-	int			i;
-	PeerStatus *free_slot = NULL;
-
-	for (i = 0; i < registry_max_origins; i++)
-	{
-		PeerStatus *p = &RegistryPeers[i];
-
-		if (p->in_use && strcmp(p->name, name) == 0)
-			return p;
-		if (!p->in_use && free_slot == NULL)
-			free_slot = p;
-	}
-	if (!create || free_slot == NULL)
-		return NULL;
-	memset(free_slot, 0, sizeof(PeerStatus));
-	free_slot->in_use = true;
-	strlcpy(free_slot->name, name, sizeof(free_slot->name));
-	return free_slot;
 }
 
 /* registry.add_peer(name text, conninfo text) */
@@ -218,25 +189,6 @@ registry_remove_peer(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(removed);
 }
 
-static const char *
-state_name(int state)
-{
-	switch (state)
-	{
-		case PEER_DISCONNECTED:
-			return "disconnected";
-		case PEER_CONNECTING:
-			return "connecting";
-		case PEER_STREAMING:
-			return "streaming";
-		case PEER_ANTIENTROPY:
-			return "anti-entropy";
-		case PEER_ERROR:
-			return "error";
-	}
-	return "unknown";
-}
-
 #define TS_OR_NULL(i, ts) \
 	do { if ((ts) != 0) v[i] = TimestampTzGetDatum(ts); else n[i] = true; } while (0)
 
@@ -246,6 +198,7 @@ registry_peer_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	PeerStatus *copy;
+	int			ncopy;
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
 	bool		sync_running;
@@ -254,14 +207,11 @@ registry_peer_status(PG_FUNCTION_ARGS)
 	registry_check_admin();
 	InitMaterializedSRF(fcinfo, 0);
 
-	copy = palloc(sizeof(PeerStatus) * registry_max_origins);
-	LWLockAcquire(RegistryState->peer_lock, LW_SHARED);
-	memcpy(copy, RegistryPeers, sizeof(PeerStatus) * registry_max_origins);
-	LWLockRelease(RegistryState->peer_lock);
+	copy = peer_status_snapshot(&ncopy);
 	/* health is the sync worker's word: without it, no peer is healthy */
 	sync_running = worker_pid(REG_WORKER_SYNC) != 0;
 
-	for (i = 0; i < registry_max_origins; i++)
+	for (i = 0; i < ncopy; i++)
 	{
 		PeerStatus *p = &copy[i];
 		Datum		v[31];
@@ -269,9 +219,6 @@ registry_peer_status(PG_FUNCTION_ARGS)
 		int64		lag_changes;
 		int64		lag_ms = 0;
 		bool		lag_known;
-
-		if (!p->in_use)
-			continue;
 
 		/*
 		 * Lag is known only while the worker follows the peer's change log;
@@ -289,7 +236,7 @@ registry_peer_status(PG_FUNCTION_ARGS)
 			v[1] = CStringGetTextDatum(p->remote_node);
 		else
 			n[1] = true;
-		v[2] = CStringGetTextDatum(state_name(p->state));
+		v[2] = CStringGetTextDatum(peer_state_name(p->state));
 		v[3] = Int64GetDatum((int64) p->peer_epoch);
 		v[4] = Int64GetDatum((int64) p->consumed_seq);
 		v[5] = Int64GetDatum((int64) p->peer_last_seq);
@@ -351,18 +298,14 @@ explain_not_synced(List *names, uint64 gen, int64 timeout_ms)
 		PeerStatus	st;
 		bool		found;
 
-		LWLockAcquire(RegistryState->peer_lock, LW_SHARED);
-		found = peer_status_slot(name, false) != NULL;
-		if (found)
-			st = *peer_status_slot(name, false);
-		LWLockRelease(RegistryState->peer_lock);
+		found = peer_status_find(name, &st);
 		if (!found)
 			ereport(NOTICE,
 					(errmsg("sync with peer \"%s\" not confirmed: the sync worker has not taken it up yet", name)));
 		else if (st.served_gen < gen)
 			ereport(NOTICE,
 					(errmsg("sync with peer \"%s\" not confirmed: no round completed within the time allowed (%s ms; state %s)",
-							name, timeout_text, state_name(st.state)),
+							name, timeout_text, peer_state_name(st.state)),
 					 st.problem[0] ? errdetail("%s", st.problem) : 0,
 					 errhint("A round with an idle peer takes up to a few hundred milliseconds.")));
 		else if (!st.served_converged)
@@ -426,44 +369,11 @@ registry_sync_now(PG_FUNCTION_ARGS)
 	if (names == NIL)
 		PG_RETURN_BOOL(true);	/* nothing to sync with */
 
-	SpinLockAcquire(&RegistryState->mutex);
-	gen = ++RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
+	gen = peer_status_request_round();
 	worker_set_latch(REG_WORKER_SYNC);
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-	ConditionVariablePrepareToSleep(&RegistryState->sync_cv);
-	for (;;)
-	{
-		ListCell   *lc;
-		bool		all_done = true;
-		bool		all_converged = true;
-		long		left;
-
-		LWLockAcquire(RegistryState->peer_lock, LW_SHARED);
-		foreach(lc, names)
-		{
-			PeerStatus *p = peer_status_slot((char *) lfirst(lc), false);
-
-			if (p == NULL || p->served_gen < gen)
-				all_done = false;
-			else if (!p->served_converged)
-				all_converged = false;
-		}
-		LWLockRelease(RegistryState->peer_lock);
-		if (all_done)
-		{
-			result = all_converged;
-			break;
-		}
-		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
-		if (left <= 0)
-			break;
-		(void) ConditionVariableTimedSleep(&RegistryState->sync_cv, Min(left, 1000),
-										   PG_WAIT_EXTENSION);
-		CHECK_FOR_INTERRUPTS();
-	}
-	ConditionVariableCancelSleep();
+	result = peer_status_wait_served(names, gen, deadline);
 	if (!result)
 		explain_not_synced(names, gen, timeout_ms);
 	PG_RETURN_BOOL(result);
@@ -525,9 +435,7 @@ registry_resync(PG_FUNCTION_ARGS)
 	publish_reset_table(t);
 
 	/* compare everything with every peer at once */
-	SpinLockAcquire(&RegistryState->mutex);
-	RegistryState->sync_request_gen++;
-	SpinLockRelease(&RegistryState->mutex);
+	(void) peer_status_request_round();
 	note_peers_changed();
 	PG_RETURN_VOID();
 }

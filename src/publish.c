@@ -42,7 +42,6 @@
 #include "publishing.h"
 #include "rebuild.h"
 #include "registry.h"
-#include "shmem.h"
 
 typedef struct PendingChange
 {

@@ -44,7 +44,6 @@
 #include "registry.h"
 #include "row_keys.h"
 #include "rows.h"
-#include "shmem.h"
 #include "tombstones.h"
 
 PG_FUNCTION_INFO_V1(registry_changes_since);

@@ -26,27 +26,19 @@
 #include "digest.h"
 #include "node.h"
 #include "origins.h"
+#include "peer_status.h"
 #include "publishing.h"
 #include "registry.h"
+#include "peer_status.h"
 #include "shmem.h"
 #include "worker_slots.h"
-
-RegistryShared *RegistryState = NULL;
-PeerStatus *RegistryPeers = NULL;
-
-static Size
-peers_size(void)
-{
-	return mul_size(registry_max_origins, sizeof(PeerStatus));
-}
 
 /* The whole of it, also shown by registry.node. */
 Size
 registry_shmem_total_size(void)
 {
-	Size		size = MAXALIGN(sizeof(RegistryShared));
+	Size		size = 0;
 
-	size = add_size(size, MAXALIGN(peers_size()));
 	size = add_size(size, node_shmem_size());
 	size = add_size(size, origins_shmem_size());
 	size = add_size(size, worker_slots_shmem_size());
@@ -55,6 +47,7 @@ registry_shmem_total_size(void)
 	size = add_size(size, MAXALIGN(changelog_shmem_size()));
 	size = add_size(size, digest_shmem_size());
 	size = add_size(size, MAXALIGN(publishing_shmem_size()));
+	size = add_size(size, MAXALIGN(peer_status_shmem_size()));
 	return size;
 }
 
@@ -74,22 +67,9 @@ registry_shmem_request(void)
 void
 registry_shmem_startup(void)
 {
-	bool		found;
 	LWLockPadded *locks = GetNamedLWLockTranche("registry");
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-
-	RegistryState = ShmemInitStruct("registry state",
-									sizeof(RegistryShared), &found);
-	RegistryPeers = ShmemInitStruct("registry peers", peers_size(), &found);
-	if (!found)
-	{
-		memset(RegistryState, 0, sizeof(RegistryShared));
-		RegistryState->peer_lock = &locks[REGISTRY_LOCK_PEER].lock;
-		ConditionVariableInit(&RegistryState->sync_cv);
-		memset(RegistryPeers, 0, peers_size());
-		SpinLockInit(&RegistryState->mutex);
-	}
 
 	node_shmem_init();
 	origins_shmem_init(&locks[REGISTRY_LOCK_META].lock);
@@ -101,6 +81,7 @@ registry_shmem_startup(void)
 	digest_shmem_init(&locks[REGISTRY_LOCK_META].lock,
 					  &locks[REGISTRY_LOCK_DIGEST].lock);
 	publishing_shmem_init();
+	peer_status_shmem_init(&locks[REGISTRY_LOCK_PEER].lock);
 
 	LWLockRelease(AddinShmemInitLock);
 	registry_shmem_attached = true;

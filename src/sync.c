@@ -41,7 +41,15 @@
  * (malformed answer, incompatible table, constraint violation) cannot
  * leak a PGresult; it aborts the transaction that applies one table's
  * batch, is recorded in registry.peer_status, and other tables and peers
- * go on.
+ * go on.  An error a peer answers with is recorded likewise, logged with
+ * its SQLSTATE, detail and hint, and judged by its SQLSTATE.
+ *
+ * This file has the main loop, the peer list and the choice of each
+ * peer's next request; sync_conn.c the connections (their states are in
+ * sync.h), sync_fast.c the fast path, antientropy.c the rounds, and
+ * apply_batch.c applies what they pull.  Each peer's status is kept in a
+ * copy and published to peer_status.c once per pass of the loop, after
+ * the peer's step.
  *
  *-------------------------------------------------------------------------
  */
@@ -65,2089 +73,35 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
-#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
-#include "digest.h"
-#include "message.h"
 #include "node.h"
-#include "registry.h"
-#include "rows.h"
-#include "shmem.h"
-#include "tombstones.h"
+#include "sync.h"
 #include "worker_slots.h"
 
 PGDLLEXPORT void registry_sync_main(Datum arg);
 
-typedef enum QueryKind
-{
-	Q_NONE,
-	Q_LISTEN,
-	Q_CHANGES,
-	Q_DIGEST,
-	Q_ENTRIES,
-	Q_FETCH,
-	Q_PAGES						/* a whole table, one result per page */
-} QueryKind;
-
-typedef enum AEStage
-{
-	AE_ROOT,					/* compare roots */
-	AE_GROUPS,					/* compare 64 groups of buckets */
-	AE_BUCKETS,					/* compare the buckets of a differing group */
-	AE_ENTRIES,					/* list the keys of differing buckets */
-	AE_FETCH,					/* pull the rows newer on the peer */
-	AE_FULL,					/* pull the whole table */
-	AE_VERIFY,					/* compare roots again */
-	AE_DONE
-} AEStage;
-
-#define AE_GROUP_FANOUT		64
-/* what one key queued to fetch costs: its copy, chunk header, pointer */
-#define FETCH_KEY_COST(key)	(MAXALIGN(strlen(key) + 1) + 16 + 2 * sizeof(char *))
-#define AE_BUCKETS_PER_CALL 256
-#define AE_ENTRIES_PER_CALL 10000
-#define BACKOFF_MIN_MS		500
-#define LONG_POLL_MAX_MS	250		/* longest wait of a change-log request */
-#define BACKOFF_MAX_MS		30000
-
-/* One table's progress in an anti-entropy round with one peer. */
-typedef struct AETable
-{
-	char	   *name;
-	AEStage		stage;
-	int			nb;				/* bucket granularity: ours or the peer's */
-	int		   *todo;			/* differing groups, then differing buckets */
-	int			ntodo;
-	int			itodo;
-	int		   *buckets;
-	int			nbuckets;
-	char	  **fetch;			/* keys whose live row is newer on the peer */
-	int			nfetch;
-	int			maxfetch;
-	int			ifetch;
-	bool		resume;			/* paging through entries */
-	uint32		after;
-	bool		identical;
-	bool		complete;
-	bool		failed;
-	bool		fresh;			/* this node had no entry of the table */
-	bool		behind;			/* ... fewer entries than the peer */
-	bool		full_asked;		/* a whole-table pull was asked for */
-
-	/*
-	 * What one table may cost a round: the peer's answers must stay near
-	 * the entries its root digest counted, and the keys queued to fetch
-	 * within registry.max_message_size; past that the table is left
-	 * incomplete until the next round.
-	 */
-	int64		peer_count;		/* live rows and tombstones the peer counted */
-	int64		entries_seen;	/* entries and rows received this round */
-	Size		fetch_bytes;	/* key bytes queued in fetch */
-	bool		incomplete;		/* keys left for the next round */
-	int			fetch_start;	/* first key of the fetch in flight */
-	int			fetch_asked;	/* ... and how many */
-	int			page_rows;		/* rows per page of the pull asked for */
-} AETable;
-
-typedef struct Peer
-{
-	char		name[REGISTRY_NAME_LEN];
-	char	   *conninfo;
-	bool		password_required;	/* added by a non-superuser */
-	char	   *notice_name;	/* the name libpq's notices are logged with */
-	bool		name_warned;	/* said that it reports another name */
-	uint64		retried_gen;	/* last sync_now() request retried for */
-	TimestampTz added_at;
-	TimestampTz last_converged_at;
-	bool		seen;
-	PeerStatus *st;
-
-	PGconn	   *conn;
-	bool		connecting;
-	PostgresPollingStatusType poll;
-	TimestampTz connect_started;
-	TimestampTz next_connect;
-	int			backoff_ms;
-	int			apply_backoff_ms;	/* grows while applying keeps failing */
-	TimestampTz ae_not_before;	/* ... and delays the rounds it asks for */
-	bool		readable;		/* the socket reported ready */
-	bool		writable;
-	bool		flushing;		/* a request is not fully sent */
-	bool		listening;
-	QueryKind	inflight;
-	PGresult   *result;			/* inflight's result, until the request ends */
-	TimestampTz query_started;
-	int			query_wait_ms;	/* the peer may hold this request so long */
-	TimestampTz quiet_until;	/* after a failed request: no new one before */
-	AETable    *inflight_table;
-
-	/* fast path */
-	bool		have_position;
-	uint64		epoch;
-	uint64		consumed;
-	bool		want_fast;
-
-	/* anti-entropy */
-	bool		ae_needed;
-	TimestampTz last_ae;
-	bool		ae_active;
-	TimestampTz ae_started;
-	uint64		ae_gen;
-	bool		ae_errors;
-	uint64		ae_bytes;		/* exchanged by this round's requests */
-	AETable    *tables;
-	int			ntables;
-	int			itable;
-	MemoryContext roundcxt;
-} Peer;
-
 static Peer *peers = NULL;
 static int	npeers = 0;
-
-/*
- * Prepared apply statements, per table and peer column list, kept across
- * batches; an entry is dropped when the table's definition changes
- * (generation) or a batch using it fails.
- */
-typedef struct PlanCacheEntry
-{
-	MemoryContext cxt;			/* holds the entry and everything of ac */
-	char	   *table;
-	char	   *signature;
-	uint64		generation;
-	ApplyColumns *ac;
-} PlanCacheEntry;
-
-static List *plan_cache = NIL;
 
 /*
  * A whole-table pull may have left a table's keys out of registry.row_keys
  * (regtable_defer_khash), and a restore may have left registrations to
  * take up: catalog_upkeep() sees to both.  Pending at start (a pull a
  * crash cut short, an upgrade), after a pull, and when a round finds
- * either.
+ * either (p->upkeep_wanted, taken up here after each step).
  */
 static bool upkeep_pending = true;
 static TimestampTz upkeep_retry_at = 0;
 static uint64 seen_peers_changed = 0;
 
-/*
- * The sync worker's memory contexts, by lifetime:
- *
- *	SyncContext		the worker's life: the peer list (peers[], conninfo,
- *					notice names), prepared apply statements (each in a
- *					context of its own under it, see cached_columns).
- *	p->roundcxt		one peer's anti-entropy round: its tables' progress,
- *					bucket lists and the keys queued to fetch (one table's
- *					queue at a time).  Reset when the round ends or the
- *					connection drops.
- *	loop context	one pass of the main loop: the wait event set.
- *	AnswerContext	one answer, or one page of a whole-table pull: the
- *					answer's bytes, the inflated payload, what it is read
- *					into, the batches built from it.  Reset after each, so
- *					that a peer streaming pages faster than they are
- *					handled cannot make memory grow.
- *	transactions	what one apply or catalog step allocates.
- */
-static MemoryContext SyncContext = NULL;
-static MemoryContext AnswerContext = NULL;
-
-/* ---- status ---- */
-
+/* What a peer's work left due for the catalog upkeep. */
 static void
-set_state(Peer *p, int state)
+take_upkeep_wish(Peer *p)
 {
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->state = state;
-	LWLockRelease(RegistryState->peer_lock);
-}
-
-/*
- * A message as one clean line of at most size - 1 bytes: libpq's
- * messages come with newlines, tabs and "ERROR:  " prefixes.
- */
-static void
-one_line(char *out, size_t size, const char *msg)
-{
-	char		buf[1024];
-	size_t		n = 0;
-	size_t		i;
-	int			enc = GetDatabaseEncoding();
-	bool		space = false;
-	bool		newline = false;
-	const char *c;
-
-	for (c = msg; *c && n + 1 < sizeof(buf); c++)
-	{
-		if (*c == '\n' || *c == '\r' || *c == '\t' || *c == ' ')
-		{
-			space = (n > 0);
-			newline |= (n > 0 && *c == '\n');
-			continue;
-		}
-		/* lines joined: keep them apart ("refused; Is the server ...") */
-		if (newline && n + 3 < sizeof(buf) && !strchr(".:;,!?", buf[n - 1]))
-			buf[n++] = ';';
-		if (space && n + 2 < sizeof(buf))
-			buf[n++] = ' ';
-		space = newline = false;
-		buf[n++] = *c;
-	}
-	buf[n] = '\0';
-
-	/*
-	 * A peer's text need not be valid here, and a cut (here or by the
-	 * caller) may have split its last character: keep what is valid, drop
-	 * a character cut short at the end, '?' for any other invalid byte.
-	 */
-	for (i = 0; i < n;)
-	{
-		i += pg_encoding_verifymbstr(enc, buf + i, (int) (n - i));
-		if (i >= n)
-			break;
-		if (pg_encoding_mblen(enc, buf + i) > (int) (n - i))
-		{
-			n = i;
-			break;
-		}
-		buf[i++] = '?';
-	}
-	buf[n] = '\0';
-	n = pg_mbcliplen(buf, (int) n, (int) size - 1);
-	memcpy(out, buf, n);
-	out[n] = '\0';
-}
-
-/* Health changes; caller holds peer_lock exclusively. */
-static void
-set_health(Peer *p, bool healthy, const char *problem)
-{
-	if (p->st->healthy != healthy || p->st->health_changed_at == 0)
-		p->st->health_changed_at = GetCurrentTimestamp();
-	p->st->healthy = healthy;
-	strlcpy(p->st->problem, healthy ? "" : problem, sizeof(p->st->problem));
-}
-
-static void
-record_error(Peer *p, const char *msg)
-{
-	char		buf[256];
-
-	/* one line in the view */
-	one_line(buf, sizeof(buf), msg);
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	strlcpy(p->st->last_error, buf, sizeof(p->st->last_error));
-	p->st->last_error_at = GetCurrentTimestamp();
-	p->st->errors++;
-	set_health(p, false, buf);
-	LWLockRelease(RegistryState->peer_lock);
-	p->ae_errors = true;
-	ereport(LOG,
-			(errmsg("registry: peer \"%s\": %s", p->name, buf)));
-}
-
-/*
- * Rows the peer has that this node refused: older than tombstones purged
- * here, they may be deletions the peer missed.  The round is then not
- * complete (sync_now() says false) and the error says what to do.
- */
-static void
-note_refused_purged(Peer *p, const char *table, int n)
-{
-	char		msg[256];
-
-	snprintf(msg, sizeof(msg),
-			 "%d rows of %s refused: older than tombstones purged on this node (they may have been deleted); "
-			 "if the peer missed deletions, run registry.resync() there",
-			 n, table);
-	record_error(p, msg);
-}
-
-static void
-note_success(Peer *p)
-{
-	p->backoff_ms = BACKOFF_MIN_MS;
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->last_success = GetCurrentTimestamp();
-	/* an error answer left it in state error: it answers again */
-	if (p->st->state == PEER_ERROR && p->conn && !p->connecting)
-		p->st->state = p->ae_active ? PEER_ANTIENTROPY : PEER_STREAMING;
-	LWLockRelease(RegistryState->peer_lock);
-}
-
-/* A sync_now() request is waiting and this peer cannot serve it: say so. */
-static void
-serve_request_failed(Peer *p)
-{
-	uint64		gen;
-
-	SpinLockAcquire(&RegistryState->mutex);
-	gen = RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	if (p->st->served_gen < gen)
-	{
-		p->st->served_gen = gen;
-		p->st->served_converged = false;
-	}
-	LWLockRelease(RegistryState->peer_lock);
-	ConditionVariableBroadcast(&RegistryState->sync_cv);
-}
-
-/* ---- connections ---- */
-
-static void
-disconnect(Peer *p, const char *why)
-{
-	if (why)
-		record_error(p, why);
-	if (p->result)
-		PQclear(p->result);
-	p->result = NULL;
-	if (p->conn)
-		PQfinish(p->conn);
-	p->conn = NULL;
-	p->connecting = false;
-	p->listening = false;
-	p->name_warned = false;
-	p->inflight = Q_NONE;
-	p->flushing = false;
-	p->ae_active = false;
-	if (p->roundcxt)
-		MemoryContextReset(p->roundcxt);
-	p->tables = NULL;
-	p->next_connect = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->backoff_ms);
-	p->backoff_ms = Min(p->backoff_ms * 2, BACKOFF_MAX_MS);
-	set_state(p, why ? PEER_ERROR : PEER_DISCONNECTED);
-	if (!why)
-	{
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		if (p->st->healthy)
-			set_health(p, false, "not connected");
-		LWLockRelease(RegistryState->peer_lock);
-	}
-	serve_request_failed(p);
-}
-
-/*
- * Notices the peer sends on the connection (a WARNING before an immediate
- * shutdown, say) go to the server log with the peer's name, not to the
- * worker's stderr.
- */
-static void
-peer_notice(void *arg, const PGresult *res)
-{
-	static const char *const levels[] = {"WARNING", "NOTICE", "INFO", "LOG", "DEBUG"};
-	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
-	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-	const char *level = "NOTICE";
-	char		line[512];
-	int			i;
-
-	/* the level is the peer's word too: only a known one is repeated */
-	for (i = 0; sev && i < (int) lengthof(levels); i++)
-		if (strcmp(sev, levels[i]) == 0)
-			level = levels[i];
-	one_line(line, sizeof(line), msg ? msg : PQresultErrorMessage(res));
-	ereport(LOG,
-			(errmsg("registry: peer \"%s\" sent %s: %s", (const char *) arg,
-					level, line)));
-}
-
-static void
-start_connect(Peer *p)
-{
-	const char *keys[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
-	const char *vals[4];
-	char		appname[NAMEDATALEN + 16];
-
-	snprintf(appname, sizeof(appname), "registry sync %s", registry_node_name);
-	vals[0] = p->conninfo;
-	vals[1] = appname;
-	/* the peer's messages (errors, notices) in this database's encoding */
-	vals[2] = GetDatabaseEncodingName();
-	vals[3] = NULL;
-	p->conn = PQconnectStartParams(keys, vals, true);
-	p->connect_started = GetCurrentTimestamp();
-	if (p->conn == NULL || PQstatus(p->conn) == CONNECTION_BAD)
-	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "could not connect: %s",
-				 p->conn ? PQerrorMessage(p->conn) : "out of memory");
-		disconnect(p, msg);
-		return;
-	}
-	if (p->notice_name == NULL)
-		p->notice_name = MemoryContextStrdup(SyncContext, p->name);
-	PQsetNoticeReceiver(p->conn, peer_notice, p->notice_name);
-	if (PQsetnonblocking(p->conn, 1) != 0)
-	{
-		disconnect(p, "could not make the connection non-blocking");
-		return;
-	}
-	p->connecting = true;
-	p->poll = PGRES_POLLING_WRITING;
-	set_state(p, PEER_CONNECTING);
-}
-
-static void
-drive_connect(Peer *p)
-{
-	if ((p->poll == PGRES_POLLING_READING && !p->readable) ||
-		(p->poll == PGRES_POLLING_WRITING && !p->writable))
-		return;
-	p->poll = PQconnectPoll(p->conn);
-	if (p->poll == PGRES_POLLING_FAILED)
-	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "could not connect: %s", PQerrorMessage(p->conn));
-		disconnect(p, msg);
-		return;
-	}
-	if (p->poll == PGRES_POLLING_OK && p->password_required &&
-		!PQconnectionUsedPassword(p->conn))
-	{
-		/*
-		 * A peer added by a non-superuser must not be reached with this
-		 * server's own identity (peer or trust authentication, a
-		 * ~/.pgpass, client certificates): as dblink and postgres_fdw do.
-		 */
-		disconnect(p, "password is required: the peer was added by a non-superuser, and its server did not ask for the password given in the connection string");
-		return;
-	}
-	if (p->poll == PGRES_POLLING_OK)
-	{
-		p->connecting = false;
-		p->listening = false;
-		p->want_fast = true;
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->connects++;
-		p->st->connected_since = GetCurrentTimestamp();
-		p->st->state = PEER_STREAMING;
-		LWLockRelease(RegistryState->peer_lock);
-	}
-}
-
-/* Send what libpq still holds of a request; false if the connection broke. */
-static bool
-flush_request(Peer *p)
-{
-	int			rc = PQflush(p->conn);
-
-	if (rc < 0)
-	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
-		disconnect(p, msg);
-		return false;
-	}
-	p->flushing = (rc == 1);
-	return true;
-}
-
-/*
- * Send a request; its single bytea result is asked for in binary.  All
- * parameters are text.
- */
-static void
-send_query(Peer *p, QueryKind kind, const char *sql, int nparams,
-		   const char *const *params)
-{
-	int			ok;
-
-	if (kind == Q_LISTEN)
-		ok = PQsendQuery(p->conn, sql);
-	else
-		ok = PQsendQueryParams(p->conn, sql, nparams, NULL, params, NULL, NULL, 1);
-	/* each page is handed over as soon as it has arrived */
-	if (ok && kind == Q_PAGES)
-		ok = PQsetSingleRowMode(p->conn);
-	if (!ok)
-	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
-		disconnect(p, msg);
-		return;
-	}
-	if (kind != Q_CHANGES)
-		p->query_wait_ms = 0;
-	p->inflight = kind;
-	p->query_started = GetCurrentTimestamp();
-	if (!flush_request(p))
-		return;
-	{
-		uint64		sent = strlen(sql);
-		int			i;
-
-		for (i = 0; i < nparams; i++)
-			sent += params[i] ? strlen(params[i]) : 0;
-		if (kind != Q_LISTEN && kind != Q_CHANGES)
-			p->ae_bytes += sent;
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->bytes_sent += sent;
-		LWLockRelease(RegistryState->peer_lock);
-	}
-}
-
-/* ---- applying ---- */
-
-/*
- * The worker's transactions.  Committing leaves TopMemoryContext current;
- * the caller's context is restored, so what it allocates afterwards is
- * freed with it (the loop's context, a round's) instead of accumulating.
- */
-static MemoryContext
-xact_begin(void)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	worker_xact_started();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	return cxt;
-}
-
-static void
-xact_end(MemoryContext cxt)
-{
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(cxt);
-}
-
-/* An error as one line for peer_status: its message and its detail. */
-static char *
-error_text(ErrorData *edata)
-{
-	if (edata->detail && edata->detail[0])
-		return psprintf("%s: %s", edata->message, edata->detail);
-	return pstrdup(edata->message);
-}
-
-/*
- * After an ERROR caught in the worker: the error's data, copied into cxt,
- * and everything the failed work held let go (its transaction, LWLocks
- * taken outside one, the timeout and session-level advisory locks of an
- * apply), so that the worker goes on with its other peers.
- */
-static ErrorData *
-recover_from_error(MemoryContext cxt)
-{
-	ErrorData  *edata;
-
-	HOLD_INTERRUPTS();
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	FlushErrorState();
-	disable_timeout(STATEMENT_TIMEOUT, false);
-	LWLockReleaseAll();
-	AbortOutOfAnyTransaction();
-	LockReleaseSession(USER_LOCKMETHOD);
-	MemoryContextSwitchTo(cxt);
-	RESUME_INTERRUPTS();
-	return edata;
-}
-
-/*
- * Runs fn inside PG_TRY.  An ERROR is recorded for the peer; or, if the
- * caller asks for the error (sqlstate and message), handed back for it to
- * decide (it may retry).
- */
-typedef void (*guarded_fn) (Peer *p, void *arg);
-
-static bool
-run_guarded(Peer *p, guarded_fn fn, void *arg, int *sqlstate, char **message)
-{
-	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile bool ok = true;
-
-	if (sqlstate)
-	{
-		*sqlstate = 0;
-		*message = NULL;
-	}
-	PG_TRY();
-	{
-		fn(p, arg);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata = recover_from_error(oldcxt);
-
-		if (sqlstate)
-		{
-			*sqlstate = edata->sqlerrcode;
-			*message = error_text(edata);
-		}
-		else
-			record_error(p, error_text(edata));
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
-}
-
-static void
-plan_cache_drop(const char *table)
-{
-	ListCell   *lc;
-
-	foreach(lc, plan_cache)
-	{
-		PlanCacheEntry *e = lfirst(lc);
-
-		if (strcmp(e->table, table) == 0)
-		{
-			apply_free_columns(e->ac);
-			plan_cache = foreach_delete_current(plan_cache, lc);
-			MemoryContextDelete(e->cxt);
-		}
-	}
-}
-
-/* The apply statements for t and this column list (within SPI). */
-static ApplyColumns *
-cached_columns(RegTable *t, int ncols, char **names, char **types)
-{
-	StringInfoData sig;
-	ListCell   *lc;
-	PlanCacheEntry *e;
-	MemoryContext cxt;
-	MemoryContext old;
-	int			i;
-
-	initStringInfo(&sig);
-	for (i = 0; i < ncols; i++)
-		appendStringInfo(&sig, "%s %s,", names[i], types[i]);
-	foreach(lc, plan_cache)
-	{
-		e = lfirst(lc);
-		if (strcmp(e->table, t->qualname) == 0 && e->generation == t->generation &&
-			strcmp(e->signature, sig.data) == 0)
-		{
-			e->ac->t = t;
-			return e->ac;
-		}
-	}
-	plan_cache_drop(t->qualname);
-
-	/*
-	 * Built in a context of its own under the transaction's, so that an
-	 * incompatible column list (an ERROR) leaves nothing behind; kept by
-	 * moving it under SyncContext once complete.
-	 */
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "registry apply statements",
-								ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	e = palloc(sizeof(PlanCacheEntry));
-	e->cxt = cxt;
-	e->table = pstrdup(t->qualname);
-	e->signature = pstrdup(sig.data);
-	e->generation = t->generation;
-	e->ac = apply_map_columns(t, ncols, names, types);
-	apply_keep_columns(e->ac);
-	MemoryContextSetParent(cxt, SyncContext);
-	MemoryContextSwitchTo(SyncContext);
-	plan_cache = lappend(plan_cache, e);
-	MemoryContextSwitchTo(old);
-	return e->ac;
-}
-
-/* The rows of one table in one answer. */
-typedef struct TableBatch
-{
-	MsgTable   *table;
-	MsgRow	  **rows;
-	int			nrows;
-	bool		bulk;			/* live rows in one statement */
-	bool		fresh;			/* ... of keys this node does not have */
-	bool		defer_khash;	/* ... in a whole-table pull: keys listed at the end */
-	int			applied;
-	int			skipped;
-	int			refused_skew;
-	int			refused_purged;
-} TableBatch;
-
-static void
-apply_batch_once(Peer *p, void *arg)
-{
-	MemoryContext cxt;
-	TableBatch *b = arg;
-	RegTable   *t;
-	ApplyColumns *ac;
-	int			nest;
-	int			i;
-	ApplyRow   *live = NULL;
-	int			nlive = 0;
-	RegistryOwnerSave identity;
-	char		timeout[16];
-
-	b->applied = b->skipped = b->refused_skew = b->refused_purged = 0;
-	cxt = xact_begin();
-	nest = apply_begin();
-	t = regtable_by_name(b->table->name, true);
-	if (t == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("table %s is not a registry table on this node", b->table->name)));
-	if (b->fresh && b->defer_khash && !t->khash_deferred)
-	{
-		regtable_defer_khash(t);
+	if (p->upkeep_wanted)
 		upkeep_pending = true;
-		t = regtable_by_name(b->table->name, false);
-	}
-	/*
-	 * From here on user code may run: as the table's owner, and within
-	 * registry.query_timeout (one statement, one lock wait), so that a
-	 * trigger that sleeps or waits cannot hold the worker, and every peer
-	 * with it.
-	 */
-	apply_as_owner_begin(t, &identity);
-	snprintf(timeout, sizeof(timeout), "%d", registry_query_timeout_ms);
-	(void) set_config_option("lock_timeout", timeout, PGC_SUSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	enable_timeout_after(STATEMENT_TIMEOUT, registry_query_timeout_ms);
-	if (b->table->ncols > 0)
-		ac = cached_columns(t, b->table->ncols, b->table->colnames,
-							b->table->coltypes);
-	else
-	{
-		/* an answer without rows (bucket entries): only tombstones apply */
-		char	  **names = palloc(sizeof(char *) * Max(t->ncols, 1));
-		char	  **types = palloc(sizeof(char *) * Max(t->ncols, 1));
-
-		for (i = 0; i < t->ncols; i++)
-		{
-			names[i] = t->cols[i].name;
-			types[i] = t->cols[i].typname;
-		}
-		ac = cached_columns(t, t->ncols, names, types);
-	}
-	if (b->bulk)
-		live = palloc(sizeof(ApplyRow) * Max(b->nrows, 1));
-	for (i = 0; i < b->nrows; i++)
-	{
-		MsgRow	   *r = b->rows[i];
-		ApplyResult res;
-
-		CHECK_FOR_INTERRUPTS();
-		if (r->state != ROW_LIVE && r->state != ROW_TOMBSTONE)
-			continue;
-		if (b->bulk && r->state == ROW_LIVE && r->version <= t->purge_horizon)
-		{
-			/*
-			 * Possibly deleted here, its tombstone purged since: only a
-			 * per-key look can tell, and a table we had nothing of
-			 * (fresh) cannot have the row.
-			 */
-			if (b->fresh)
-			{
-				b->refused_purged++;
-				continue;
-			}
-		}
-		else if (b->bulk && r->state == ROW_LIVE)
-		{
-			live[nlive].key = r->key;
-			live[nlive].version = r->version;
-			live[nlive].origin = r->origin;
-			live[nlive].values = r->values;
-			nlive++;
-			continue;
-		}
-		res = apply_row(ac, r->key, r->version, r->origin,
-						r->state == ROW_TOMBSTONE, r->values);
-		if (res == APPLY_APPLIED)
-			b->applied++;
-		else if (res == APPLY_SKIPPED_OLDER)
-			b->skipped++;
-		else if (res == APPLY_REFUSED_SKEW)
-			b->refused_skew++;
-		else
-			b->refused_purged++;
-	}
-	if (nlive > 0)
-	{
-		int			skew;
-		int			written = b->fresh ?
-			apply_rows_fresh(ac, live, nlive, &skew) :
-			apply_rows_bulk(ac, live, nlive, &skew);
-
-		b->applied += written;
-		b->refused_skew += skew;
-		b->skipped += nlive - written - skew;
-	}
-	disable_timeout(STATEMENT_TIMEOUT, false);
-	apply_as_owner_end(&identity);
-	apply_end(nest);
-	xact_end(cxt);
-	/* advisory locks user code took for the session are not the worker's */
-	LockReleaseSession(USER_LOCKMETHOD);
-}
-
-/*
- * Apply one table's rows; retried when a local write raced with it.  False
- * when it failed, the error recorded.
- */
-static bool
-apply_batch(Peer *p, TableBatch *b)
-{
-	int			attempt;
-	int			sqlstate;
-	char	   *message = NULL;
-
-	for (attempt = 0; attempt < 5; attempt++)
-	{
-		if (run_guarded(p, apply_batch_once, b, &sqlstate, &message))
-		{
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			p->st->rows_applied += b->applied;
-			p->st->rows_skipped += b->skipped;
-			p->st->versions_refused += b->refused_skew;
-			p->st->rows_refused_purged += b->refused_purged;
-			LWLockRelease(RegistryState->peer_lock);
-			p->apply_backoff_ms = 0;
-			if (b->refused_skew > 0)
-			{
-				char		msg[256];
-
-				snprintf(msg, sizeof(msg),
-						 "%d rows of %s refused: versions more than registry.max_clock_skew (%d ms) ahead of this node's clock",
-						 b->refused_skew, b->table->name, registry_max_clock_skew_ms);
-				record_error(p, msg);
-			}
-			if (b->refused_purged > 0)
-				note_refused_purged(p, b->table->name, b->refused_purged);
-			return true;
-		}
-		if (b->fresh && (sqlstate == ERRCODE_UNIQUE_VIOLATION ||
-						 sqlstate == ERRCODE_T_R_SERIALIZATION_FAILURE))
-		{
-			/* a local write of one of the keys: apply row by row instead */
-			b->fresh = false;
-			continue;
-		}
-		if (sqlstate != ERRCODE_T_R_SERIALIZATION_FAILURE)
-		{
-			/* perhaps the table changed under its statements */
-			plan_cache_drop(b->table->name ? b->table->name : "");
-			break;
-		}
-	}
-	if (attempt == 5)
-		record_error(p, "gave up applying a batch after repeated concurrent local writes");
-	else
-		record_error(p, message);
-	/*
-	 * The rows are still the peer's: compare everything again, after a
-	 * pause that grows while the failure repeats.
-	 */
-	p->ae_needed = true;
-	p->apply_backoff_ms = p->apply_backoff_ms == 0 ? BACKOFF_MIN_MS :
-		Min(p->apply_backoff_ms * 2, BACKOFF_MAX_MS);
-	p->ae_not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->apply_backoff_ms);
-	return false;
-}
-
-/* ---- the fast path ---- */
-
-static int
-row_key_cmp(const void *a, const void *b)
-{
-	return strcmp((*(MsgRow *const *) a)->key, (*(MsgRow *const *) b)->key);
-}
-
-/*
- * Ask for the peer's changes after the last seq applied here.  With
- * wait_ms the peer holds the request until a change commits there (or the
- * time is up): this is what carries a change across in milliseconds.
- */
-static void
-send_changes(Peer *p, int wait_ms)
-{
-	char		after[32],
-				maxc[16],
-				epoch[32],
-				wait[16],
-				maxb[16];
-	const char *params[6];
-
-	snprintf(after, sizeof(after), UINT64_FORMAT, p->have_position ? p->consumed : 0);
-	snprintf(maxc, sizeof(maxc), "%d", registry_batch_size);
-	snprintf(epoch, sizeof(epoch), INT64_FORMAT, (int64) p->epoch);
-	params[0] = after;
-	params[1] = maxc;
-	params[2] = p->have_position ? epoch : NULL;
-	params[3] = registry_node_name;
-	snprintf(wait, sizeof(wait), "%d", p->have_position ? wait_ms : 0);
-	params[4] = wait;
-	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
-	params[5] = maxb;
-	p->want_fast = false;
-	p->query_wait_ms = p->have_position ? wait_ms : 0;
-	send_query(p, Q_CHANGES,
-			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text, $5::int, $6::int)",
-			   6, params);
-}
-
-/*
- * The node name a peer reports.  It must not be this node's own; a node
- * is pulled from once (two peers reporting the same node would pull
- * everything twice, in parallel: the one named after the node is kept);
- * a peer named otherwise than the node it reports is said once per
- * connection.
- */
-static void
-check_node_name(Peer *p, const char *node)
-{
-	int			i;
-
-	if (strcmp(node, registry_node_name) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("peer reports this node's own name \"%s\"", node),
-				 errhint("Give every node its own registry.node_name.")));
-	for (i = 0; i < npeers; i++)
-	{
-		Peer	   *o = &peers[i];
-
-		if (o == p || !o->seen || o->st == NULL || o->conn == NULL ||
-			strcmp(o->st->remote_node, node) != 0)
-			continue;
-		if (strcmp(p->name, node) == 0 && strcmp(o->name, node) != 0)
-		{
-			/* this peer has the node's own name: the other one yields */
-			char		msg[256];
-
-			snprintf(msg, sizeof(msg),
-					 "peer is node \"%s\", which this node pulls from as peer \"%s\"; remove one of them",
-					 node, p->name);
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			o->st->remote_node[0] = '\0';
-			LWLockRelease(RegistryState->peer_lock);
-			disconnect(o, msg);
-			continue;			/* and any other one */
-		}
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("peer is node \"%s\", which this node pulls from as peer \"%s\"",
-						node, o->name),
-				 errhint("Remove one of the two with registry.remove_peer().")));
-	}
-	if (strcmp(p->name, node) != 0 && !p->name_warned)
-	{
-		ereport(WARNING,
-				(errmsg("registry: peer \"%s\" reports node name \"%s\"", p->name, node),
-				 errhint("Name a peer after its registry.node_name: registry.remove_peer('%s') and registry.add_peer('%s', ...).",
-						 p->name, node)));
-		p->name_warned = true;
-	}
-	if (strcmp(p->st->remote_node, node) != 0)
-	{
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		strlcpy(p->st->remote_node, node, sizeof(p->st->remote_node));
-		LWLockRelease(RegistryState->peer_lock);
-	}
-}
-
-typedef struct AnswerData
-{
-	char	   *data;
-	int			len;
-} AnswerData;
-
-/*
- * Rows the peer has but could not send: their values alone exceed what
- * this node accepts in one message.  Said in peer_status; the rows stay
- * missing here until the limits allow them.
- */
-static void
-note_too_large(Peer *p, const char *table, const MsgRow *r, int n)
-{
-	char		msg[256];
-	char		key[64];
-
-	one_line(key, 41, r->key);
-	snprintf(msg, sizeof(msg),
-			 "%d %s of %s not sent, too large for one message (first key \"%s\"); raise registry.max_message_size on both nodes",
-			 n, n == 1 ? "row" : "rows", table, key);
-	record_error(p, msg);
-}
-
-static void
-protocol_error(Peer *p, const char *what, const char *detail)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_PROTOCOL_VIOLATION),
-			 errmsg("%s", what),
-			 detail ? errdetail("%s", detail) : 0));
-}
-
-/*
- * The peer's change log from the last seq applied: checked against what
- * was asked (rows, epoch, seqs after the one asked after, progress), then
- * applied one transaction per table.  Runs guarded: any error ends the
- * request.
- */
-static void
-handle_changes_guarded(Peer *p, void *arg)
-{
-	AnswerData *a = arg;
-	MsgChanges	m;
-	TableBatch *batches;
-	int		   *counts;
-	int		   *slot;
-	int			nbatches = 0;
-	int			i;
-
-	msg_read_changes(a->data, a->len, &m);
-	check_node_name(p, m.node);
-	if (!m.with_rows)
-		protocol_error(p, "changes came without their rows",
-					   "They were asked for with rows.");
-	if (p->have_position && m.status == CHANGES_OK)
-	{
-		char		detail[160];
-
-		snprintf(detail, sizeof(detail),
-				 "Asked for the changes after seq " UINT64_FORMAT " of epoch " UINT64_FORMAT
-				 "; the answer is of epoch " UINT64_FORMAT ", up to seq " UINT64_FORMAT
-				 " of " UINT64_FORMAT ".",
-				 p->consumed, p->epoch, m.epoch, m.upto_seq, m.last_seq);
-		if (m.epoch != p->epoch || m.upto_seq < p->consumed ||
-			(m.n > 0 && m.changes[0].seq <= p->consumed))
-			protocol_error(p, "changes answer does not follow the position asked for", detail);
-		if (m.last_seq > p->consumed && m.upto_seq == p->consumed)
-			protocol_error(p, "changes answer makes no progress", detail);
-	}
-
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->peer_epoch = m.epoch;
-	p->st->peer_last_seq = m.last_seq;
-	LWLockRelease(RegistryState->peer_lock);
-
-	if (m.status != CHANGES_OK || !p->have_position)
-	{
-		/* a restart or a gap: compare digests, then follow from here */
-		p->have_position = true;
-		p->epoch = m.epoch;
-		p->consumed = m.last_seq;
-		p->ae_needed = true;
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->consumed_seq = p->consumed;
-		LWLockRelease(RegistryState->peer_lock);
-		return;
-	}
-
-	/*
-	 * One batch per table that a change refers to (tables described but
-	 * not referred to cost nothing), each key once (its current state).
-	 */
-	slot = palloc(sizeof(int) * Max(m.ntables, 1));
-	memset(slot, -1, sizeof(int) * Max(m.ntables, 1));
-	counts = palloc0(sizeof(int) * Max(m.n, 1));
-	for (i = 0; i < m.n; i++)
-	{
-		int			ti = m.changes[i].table;
-
-		if (slot[ti] < 0)
-			slot[ti] = nbatches++;
-		counts[slot[ti]]++;
-	}
-	batches = palloc0(sizeof(TableBatch) * Max(nbatches, 1));
-	for (i = 0; i < m.ntables; i++)
-	{
-		if (slot[i] < 0)
-			continue;
-		batches[slot[i]].table = &m.tables[i];
-		batches[slot[i]].rows = palloc(sizeof(MsgRow *) * counts[slot[i]]);
-	}
-	for (i = 0; i < m.n; i++)
-	{
-		MsgChange  *c = &m.changes[i];
-		TableBatch *b = &batches[slot[c->table]];
-
-		if (c->op == REG_OP_RESYNC)
-		{
-			/* a bulk change on the peer: only digests can tell what it was */
-			p->ae_needed = true;
-			continue;
-		}
-		b->rows[b->nrows++] = &c->row;
-	}
-	for (i = 0; i < nbatches; i++)
-	{
-		TableBatch *b = &batches[i];
-		int			j,
-					k,
-					too_large = 0;
-		MsgRow	   *first_too_large = NULL;
-
-		if (b->nrows == 0)
-			continue;
-		/* every copy of a key carries its current state: keep one */
-		qsort(b->rows, b->nrows, sizeof(MsgRow *), row_key_cmp);
-		for (j = 1, k = 1; j < b->nrows; j++)
-			if (strcmp(b->rows[j]->key, b->rows[k - 1]->key) != 0)
-				b->rows[k++] = b->rows[j];
-		b->nrows = k;
-		for (j = 0, k = 0; j < b->nrows; j++)
-		{
-			if (b->rows[j]->state == ROW_TOO_LARGE)
-			{
-				if (too_large++ == 0)
-					first_too_large = b->rows[j];
-				continue;
-			}
-			b->rows[k++] = b->rows[j];
-		}
-		b->nrows = k;
-		if (b->table->name[0] == '\0')
-			continue;			/* no longer registered on the peer */
-		/*
-		 * Rows too large are reported only once the batch shows the table
-		 * is registered here (a batch of none checks just that): for any
-		 * other table the error to see is that one.
-		 */
-		if ((b->nrows > 0 || too_large > 0) && apply_batch(p, b) &&
-			too_large > 0)
-			note_too_large(p, b->table->name, first_too_large, too_large);
-	}
-
-	p->consumed = m.upto_seq;
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->consumed_seq = p->consumed;
-	p->st->fast_batches++;
-	p->st->rows_pulled += m.n;
-	if (p->consumed >= m.last_seq)
-		p->st->caught_up_at = GetCurrentTimestamp();
-	LWLockRelease(RegistryState->peer_lock);
-	if (p->consumed < m.last_seq)
-		p->want_fast = true;	/* more right away */
-}
-
-static void
-handle_changes(Peer *p, char *data, int len)
-{
-	AnswerData	a = {data, len};
-	int			sqlstate;
-	char	   *message;
-
-	if (!run_guarded(p, handle_changes_guarded, &a, &sqlstate, &message))
-	{
-		/* a peer that answers this way is asked again only after a pause */
-		disconnect(p, message);
-		return;
-	}
-	note_success(p);
-}
-
-/* ---- anti-entropy ---- */
-
-static uint64 *
-our_buckets(const char *name, int nb, int64 *count, bool *registered)
-{
-	RegTable   *t;
-	uint64	   *out = palloc0(sizeof(uint64) * nb);
-
-	*count = 0;
-	*registered = false;
-	t = regtable_by_name(name, true);
-	if (t == NULL)
-		return out;
-	*registered = true;
-	{
-		int64		live,
-					tombs;
-
-		if (digest_read_table(t->tid, nb, out, &live, &tombs))
-			*count = live + tombs;
-	}
-	return out;
-}
-
-static void
-start_round(Peer *p)
-{
-	List	   *regs;
-	ListCell   *lc;
-	int			i = 0;
-	MemoryContext old;
-	MemoryContext cxt;
-
-	MemoryContextReset(p->roundcxt);
-	cxt = xact_begin();
-	regs = OidIsValid(get_extension_oid("registry", true)) ? regtable_all() : NIL;
-	old = MemoryContextSwitchTo(p->roundcxt);
-	p->tables = palloc0(sizeof(AETable) * Max(list_length(regs), 1));
-	foreach(lc, regs)
-	{
-		RegTid	   *r = lfirst(lc);
-		RegTable   *t;
-
-		/*
-		 * An index left deferred, or a restored registration (a restore that
-		 * ran no DDL after it), is seen to within a round.  A restored table
-		 * is not compared until it is taken up: it may not be whole yet.
-		 */
-		if (r->khash_deferred || r->restored)
-			upkeep_pending = true;
-		if (r->restored)
-			continue;
-		t = regtable_by_tid(r->tid, true);
-		if (t == NULL)
-			continue;
-		p->tables[i].name = pstrdup(t->qualname);
-		p->tables[i].stage = AE_ROOT;
-		i++;
-	}
-	MemoryContextSwitchTo(old);
-	xact_end(cxt);
-
-	p->ntables = i;
-	p->itable = 0;
-	p->ae_active = true;
-	p->ae_needed = false;
-	p->ae_errors = false;
-	p->ae_bytes = 0;
-	p->ae_started = GetCurrentTimestamp();
-	SpinLockAcquire(&RegistryState->mutex);
-	p->ae_gen = RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->state = PEER_ANTIENTROPY;
-	p->st->round_buckets_compared = 0;
-	p->st->round_buckets_mismatched = 0;
-	LWLockRelease(RegistryState->peer_lock);
-}
-
-static void
-record_convergence(Peer *p, void *arg)
-{
-	TimestampTz at = *(TimestampTz *) arg;
-	Oid			argtypes[2] = {TIMESTAMPTZOID, TEXTOID};
-	Datum		args[2];
-
-	MemoryContext cxt = xact_begin();
-
-	SPI_connect();
-	args[0] = TimestampTzGetDatum(at);
-	args[1] = CStringGetTextDatum(p->name);
-	if (SPI_execute_with_args("UPDATE registry.peers SET last_converged_at = $1 WHERE name = $2",
-							  2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "registry: could not record the convergence with peer \"%s\"", p->name);
-	SPI_finish();
-	xact_end(cxt);
-}
-
-static void
-end_round(Peer *p)
-{
-	bool		identical = !p->ae_errors;
-	bool		complete = !p->ae_errors;
-	int			i;
-	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz since;
-
-	for (i = 0; i < p->ntables; i++)
-	{
-		identical &= p->tables[i].identical;
-		complete &= p->tables[i].complete;
-	}
-	if (identical)
-	{
-		TimestampTz at = p->ae_started;
-
-		if (run_guarded(p, record_convergence, &at, NULL, NULL))
-			p->last_converged_at = at;
-	}
-	since = p->last_converged_at ? p->last_converged_at : p->added_at;
-
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->rounds++;
-	p->st->round_bytes = p->ae_bytes;
-	p->st->served_gen = Max(p->st->served_gen, p->ae_gen);
-	p->st->served_converged = complete;
-	p->st->last_converged_at = p->last_converged_at;
-	p->st->needs_resync = !identical &&
-		TimestampDifferenceExceeds(since, now, registry_tombstone_retention_s * 1000L);
-	p->st->state = PEER_STREAMING;
-	if (p->st->needs_resync)
-		set_health(p, false, "needs a resync: not found identical for longer than registry.tombstone_retention");
-	else if (complete)
-		set_health(p, true, NULL);
-	else if (p->st->healthy)
-		set_health(p, false, "the last anti-entropy round was not complete");
-	LWLockRelease(RegistryState->peer_lock);
-	ConditionVariableBroadcast(&RegistryState->sync_cv);
-
-	p->ae_active = false;
-	p->last_ae = now;
-	MemoryContextReset(p->roundcxt);
-	p->tables = NULL;
-}
-
-static void
-send_digest(Peer *p, AETable *t, int nb, int lo, int width, int n)
-{
-	char		a[16],
-				b[16],
-				c[16],
-				d[16];
-	const char *params[5];
-
-	snprintf(a, sizeof(a), "%d", nb);
-	snprintf(b, sizeof(b), "%d", lo);
-	snprintf(c, sizeof(c), "%d", width);
-	snprintf(d, sizeof(d), "%d", n);
-	params[0] = t->name;
-	params[1] = a;
-	params[2] = b;
-	params[3] = c;
-	params[4] = d;
-	p->inflight_table = t;
-	send_query(p, Q_DIGEST,
-			   "SELECT registry.digest($1, $2::int, $3::int, $4::int, $5::int)", 5, params);
-}
-
-/* Rows per whole-table page: large enough to amortize a round trip. */
-static int
-full_page_rows(void)
-{
-	return Min(registry_batch_size * 10, 100000);
-}
-
-static void
-start_full(AETable *t)
-{
-	t->stage = AE_FULL;
-	t->full_asked = false;
-}
-
-/*
- * A whole-table pull is one request: the peer reads the table under one
- * snapshot and sends it page by page as it goes, so it reads the next
- * page while this node applies the last (handle_page).
- */
-static void
-send_full(Peer *p, AETable *t)
-{
-	char		rows[16],
-				maxb[16];
-	const char *params[3];
-
-	t->page_rows = full_page_rows();
-	snprintf(rows, sizeof(rows), "%d", t->page_rows);
-	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
-	params[0] = t->name;
-	params[1] = rows;
-	params[2] = maxb;
-	t->full_asked = true;
-	p->inflight_table = t;
-	send_query(p, Q_PAGES, "SELECT registry.table_pages($1, $2::int, $3::int)", 3, params);
-}
-
-static void
-send_entries(Peer *p, AETable *t, bool with_rows)
-{
-	StringInfoData arr;
-	char		nb[16],
-				after[16],
-				maxe[16],
-				maxb[16];
-	const char *params[7];
-	int			i;
-	int			last;
-
-	initStringInfo(&arr);
-	appendStringInfoChar(&arr, '{');
-	last = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
-	for (i = t->itodo; i < last; i++)
-		appendStringInfo(&arr, "%s%d", i > t->itodo ? "," : "", t->buckets[i]);
-	appendStringInfoChar(&arr, '}');
-	snprintf(nb, sizeof(nb), "%d", t->nb);
-	snprintf(after, sizeof(after), "%d", khash_to_int4(t->after));
-	snprintf(maxe, sizeof(maxe), "%d", AE_ENTRIES_PER_CALL);
-	params[0] = t->name;
-	params[1] = nb;
-	params[2] = arr.data;
-	params[3] = with_rows ? "true" : "false";
-	params[4] = t->resume ? after : NULL;
-	params[5] = maxe;
-	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
-	params[6] = maxb;
-	p->inflight_table = t;
-	send_query(p, Q_ENTRIES,
-			   "SELECT registry.bucket_entries($1, $2::int, $3::int[], $4::bool, $5::int, $6::int, $7::int)",
-			   7, params);
-}
-
-static void
-send_fetch(Peer *p, AETable *t)
-{
-	StringInfoData arr;
-	char		maxb[16];
-	const char *params[3];
-	int			last = Min(t->nfetch, t->ifetch + registry_batch_size);
-	int			i;
-
-	initStringInfo(&arr);
-	appendStringInfoChar(&arr, '{');
-	for (i = t->ifetch; i < last; i++)
-	{
-		const char *k;
-
-		if (i > t->ifetch)
-			appendStringInfoChar(&arr, ',');
-		appendStringInfoChar(&arr, '"');
-		for (k = t->fetch[i]; *k; k++)
-		{
-			if (*k == '"' || *k == '\\')
-				appendStringInfoChar(&arr, '\\');
-			appendStringInfoChar(&arr, *k);
-		}
-		appendStringInfoChar(&arr, '"');
-	}
-	appendStringInfoChar(&arr, '}');
-	/* the answer may hold fewer (max_bytes): it says where to go on */
-	t->fetch_start = t->ifetch;
-	t->fetch_asked = last - t->ifetch;
-	t->ifetch = last;
-	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
-	params[0] = t->name;
-	params[1] = arr.data;
-	params[2] = maxb;
-	p->inflight_table = t;
-	send_query(p, Q_FETCH, "SELECT registry.fetch_rows($1, $2::text[], $3::int)", 3, params);
-}
-
-static void
-free_fetch_queue(AETable *t)
-{
-	int			i;
-
-	for (i = 0; i < t->nfetch; i++)
-		pfree(t->fetch[i]);
-	if (t->fetch)
-		pfree(t->fetch);
-	t->fetch = NULL;
-	t->nfetch = t->maxfetch = t->ifetch = 0;
-	t->fetch_bytes = 0;
-}
-
-/* Issue the next request of the round, moving past finished tables. */
-static void
-send_ae(Peer *p)
-{
-	while (p->itable < p->ntables)
-	{
-		AETable    *t = &p->tables[p->itable];
-
-		switch (t->stage)
-		{
-			case AE_ROOT:
-			case AE_VERIFY:
-				send_digest(p, t, registry_digest_buckets, 0, 0, 0);
-				return;
-			case AE_GROUPS:
-				send_digest(p, t, t->nb, 0, t->nb / AE_GROUP_FANOUT, AE_GROUP_FANOUT);
-				return;
-			case AE_BUCKETS:
-				if (t->itodo < t->ntodo)
-				{
-					int			width = t->nb / AE_GROUP_FANOUT;
-
-					send_digest(p, t, t->nb, t->todo[t->itodo] * width, 1, width);
-					return;
-				}
-				t->stage = AE_ENTRIES;
-				t->itodo = 0;
-				t->resume = false;
-				continue;
-			case AE_ENTRIES:
-				if (t->itodo < t->nbuckets)
-				{
-					send_entries(p, t, false);
-					return;
-				}
-				t->stage = AE_FETCH;
-				continue;
-			case AE_FETCH:
-				if (t->ifetch < t->nfetch)
-				{
-					send_fetch(p, t);
-					return;
-				}
-				/* one table's queue at a time stays in the round's memory */
-				free_fetch_queue(t);
-				t->stage = AE_VERIFY;
-				continue;
-			case AE_FULL:
-				if (!t->full_asked)
-				{
-					send_full(p, t);
-					return;
-				}
-				t->stage = AE_VERIFY;
-				continue;
-			case AE_DONE:
-				p->itable++;
-				continue;
-		}
-	}
-	end_round(p);
-}
-
-/* The peer's answer to a digest request. */
-typedef struct DigestWork
-{
-	AETable    *t;
-	char	   *data;
-	int			len;
-} DigestWork;
-
-/* An answer must be about the buckets asked for: anything else is refused. */
-static void
-check_digest_answer(AETable *t, MsgDigest *m)
-{
-	int			nb = t->nb;
-	int			lo = 0,
-				width = 0,
-				n = 0;
-
-	if (strcmp(m->table, t->name) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("digest of %s asked for, digest of %s received",
-						t->name, m->table)));
-	if (m->nbuckets < 1 || m->nbuckets > registry_digest_buckets)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("digest of %s at %d buckets, this node has %d",
-						t->name, m->nbuckets, registry_digest_buckets)));
-	if (t->stage == AE_GROUPS)
-	{
-		width = nb / AE_GROUP_FANOUT;
-		n = AE_GROUP_FANOUT;
-	}
-	else if (t->stage == AE_BUCKETS)
-	{
-		lo = t->todo[t->itodo] * (nb / AE_GROUP_FANOUT);
-		width = 1;
-		n = nb / AE_GROUP_FANOUT;
-	}
-	else
-		nb = m->nbuckets;		/* a root: at the peer's granularity */
-	if (m->nbuckets != nb || m->lo != lo || m->width != width || m->n != n)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("digest of %s is not the one asked for", t->name),
-				 errdetail("Asked for %d ranges of %d buckets from bucket %d of %d, got %d of %d from %d of %d.",
-						   n, width, lo, nb, m->n, m->width, m->lo, m->nbuckets)));
-}
-
-static void
-handle_digest_guarded(Peer *p, void *arg)
-{
-	DigestWork *w = arg;
-	AETable    *t = w->t;
-	MsgDigest	m;
-	uint64	   *ours;
-	int64		ourcount;
-	bool		registered;
-	uint64		root = 0;
-	int			i;
-	MemoryContext cxt;
-
-	msg_read_digest(w->data, w->len, &m);
-	check_node_name(p, m.node);
-	check_digest_answer(t, &m);
-
-	cxt = xact_begin();
-	/* ours outlives the transaction */
-	MemoryContextSwitchTo(cxt);
-	ours = our_buckets(t->name, m.nbuckets, &ourcount, &registered);
-	xact_end(cxt);
-	if (!registered)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("table %s is no longer a registry table here", t->name)));
-	for (i = 0; i < m.nbuckets; i++)
-		root ^= ours[i];
-
-	if (t->stage == AE_ROOT || t->stage == AE_VERIFY)
-	{
-		bool		verify = (t->stage == AE_VERIFY);
-
-		t->nb = m.nbuckets;
-		if (root == m.root)
-		{
-			t->identical = true;
-			t->complete = true;
-			t->stage = AE_DONE;
-			return;
-		}
-		if (verify)
-		{
-			/* we pulled all that was newer; the rest is ours to offer */
-			t->complete = !t->incomplete;
-			t->stage = AE_DONE;
-			return;
-		}
-		t->peer_count = m.live + m.tombstones;
-		t->behind = ourcount < m.live + m.tombstones;
-		if (ourcount * 2 < m.live + m.tombstones)
-		{
-			start_full(t);
-			t->fresh = (ourcount == 0);
-		}
-		else if (t->nb <= AE_GROUP_FANOUT)
-		{
-			/* few buckets: every one is a group of one */
-			t->buckets = MemoryContextAlloc(p->roundcxt, sizeof(int) * t->nb);
-			t->nbuckets = 0;
-			for (i = 0; i < t->nb; i++)
-				t->buckets[t->nbuckets++] = i;
-			t->stage = AE_ENTRIES;
-			t->itodo = 0;
-			t->resume = false;
-		}
-		else
-			t->stage = AE_GROUPS;
-		return;
-	}
-
-	if (t->stage == AE_GROUPS)
-	{
-		int			width = t->nb / AE_GROUP_FANOUT;
-
-		t->todo = MemoryContextAlloc(p->roundcxt, sizeof(int) * AE_GROUP_FANOUT);
-		t->ntodo = 0;
-		t->itodo = 0;
-		for (i = 0; i < m.n; i++)
-		{
-			uint64		g = 0;
-			int			b;
-
-			for (b = i * width; b < (i + 1) * width; b++)
-				g ^= ours[b];
-			if (g != m.digests[i])
-				t->todo[t->ntodo++] = i;
-		}
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->round_buckets_compared += m.n;
-		LWLockRelease(RegistryState->peer_lock);
-		if (t->ntodo * 2 > AE_GROUP_FANOUT && t->behind)
-		{
-			/* most of the table differs and the peer has more: pull it whole */
-			start_full(t);
-		}
-		else
-		{
-			t->buckets = MemoryContextAlloc(p->roundcxt,
-											sizeof(int) * Max(t->ntodo * width, 1));
-			t->nbuckets = 0;
-			t->stage = AE_BUCKETS;
-		}
-		return;
-	}
-
-	if (t->stage == AE_BUCKETS)
-	{
-		int			mismatched = 0;
-
-		for (i = 0; i < m.n; i++)
-		{
-			int			b = m.lo + i;
-
-			if (ours[b] != m.digests[i])
-			{
-				t->buckets[t->nbuckets++] = b;
-				mismatched++;
-			}
-		}
-		t->itodo++;
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->round_buckets_compared += m.n;
-		p->st->round_buckets_mismatched += mismatched;
-		LWLockRelease(RegistryState->peer_lock);
-		return;
-	}
-}
-
-/* twice what the peer counted, plus slack, without overflowing */
-static int64
-add_bound(int64 counted, int64 slack)
-{
-	if (counted > (PG_INT64_MAX - slack) / 2)
-		return PG_INT64_MAX;
-	return counted * 2 + slack;
-}
-
-static int
-khash_key_cmp(uint32 h1, const char *k1, uint32 h2, const char *k2)
-{
-	if (h1 != h2)
-		return h1 < h2 ? -1 : 1;
-	return strcmp(k1, k2);
-}
-
-/*
- * An entries answer must be the one asked for: the same table; in a
- * whole-table pull, a page of rows (bucket count 1, never "more", at
- * least one entry and at most a page); otherwise, without rows, at the
- * granularity asked, every key in the buckets asked for, after the hash
- * resumed after, in (hash, key) order, and a "more" that resumes after
- * its last entry.  And one table's answers in a round stay near the
- * entries the peer's root digest counted: a peer cannot keep a round
- * going, or its memory growing, with answers that never end.
- */
-static void
-check_entries_answer(AETable *t, MsgEntries *m)
-{
-	int64		bound;
-	int			i;
-
-	if (strcmp(m->table.name, t->name) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("entries of %s asked for, entries of %s received",
-						t->name, m->table.name)));
-	if (t->stage == AE_FULL)
-	{
-		if (!m->with_rows || m->nbuckets != 1 || m->more ||
-			m->n < 1 || m->n > t->page_rows)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROTOCOL_VIOLATION),
-					 errmsg("page of %s is not a page of rows as asked for", t->name),
-					 errdetail("Asked for pages of at most %d rows; got %d entries, with rows %d, buckets %d, more %d.",
-							   t->page_rows, m->n, (int) m->with_rows,
-							   m->nbuckets, (int) m->more)));
-		bound = add_bound(t->peer_count, t->page_rows);
-	}
-	else
-	{
-		int			last = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
-		int			ib = t->itodo;
-		uint32		prev_hash = 0;
-		const char *prev_key = NULL;
-
-		if (m->with_rows || m->nbuckets != t->nb)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROTOCOL_VIOLATION),
-					 errmsg("entries of %s are not at the granularity asked for", t->name),
-					 errdetail("Asked for %d buckets without rows; got %d, with rows %d.",
-							   t->nb, m->nbuckets, (int) m->with_rows)));
-		for (i = 0; i < m->n; i++)
-		{
-			const char *key = m->rows[i].key;
-			uint32		h = keys_hash(key, strlen(key));
-			int			bucket = digest_bucket_of(h, t->nb);
-
-			/* buckets asked for are in order, as are the entries */
-			while (ib < last && t->buckets[ib] < bucket)
-				ib++;
-			if (ib == last || t->buckets[ib] != bucket ||
-				(t->resume && h <= t->after) ||
-				(prev_key && khash_key_cmp(prev_hash, prev_key, h, key) >= 0))
-				ereport(ERROR,
-						(errcode(ERRCODE_PROTOCOL_VIOLATION),
-						 errmsg("entry \"%s\" of %s is not in order in the buckets asked for",
-								key, t->name)));
-			prev_hash = h;
-			prev_key = key;
-		}
-		if (m->more && (m->n == 0 || m->next_khash != prev_hash))
-			ereport(ERROR,
-					(errcode(ERRCODE_PROTOCOL_VIOLATION),
-					 errmsg("entries of %s say there are more, but not after their last entry",
-							t->name)));
-		bound = add_bound(t->peer_count, 2 * AE_ENTRIES_PER_CALL);
-	}
-	t->entries_seen += m->n;
-	if (t->entries_seen > bound)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("the peer sent " INT64_FORMAT " entries of %s in this round, more than the " INT64_FORMAT " its digest counted",
-						t->entries_seen, t->name, t->peer_count)));
-}
-
-/*
- * Entries of differing buckets: tombstones newer on the peer are applied
- * straight away, live keys newer on the peer are queued for fetch_rows.
- * In a whole-table pull the entries carry their rows and are applied.
- */
-static void
-handle_entries_guarded(Peer *p, void *arg)
-{
-	DigestWork *w = arg;
-	AETable    *t = w->t;
-	MsgEntries	m;
-	TableBatch	b;
-	int			i;
-
-	msg_read_entries(w->data, w->len, &m);
-	check_entries_answer(t, &m);
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->rows_pulled += m.n;
-	LWLockRelease(RegistryState->peer_lock);
-
-	memset(&b, 0, sizeof(b));
-	b.table = &m.table;
-	b.rows = palloc(sizeof(MsgRow *) * Max(m.n, 1));
-
-	if (t->stage == AE_FULL)
-	{
-		int			too_large = 0;
-		MsgRow	   *first_too_large = NULL;
-
-		for (i = 0; i < m.n; i++)
-		{
-			if (m.rows[i].state == ROW_TOO_LARGE)
-			{
-				if (too_large++ == 0)
-					first_too_large = &m.rows[i];
-				continue;
-			}
-			b.rows[b.nrows++] = &m.rows[i];
-		}
-		if (too_large > 0)
-		{
-			note_too_large(p, t->name, first_too_large, too_large);
-			t->incomplete = true;
-		}
-		b.bulk = true;
-		b.fresh = t->fresh;
-		b.defer_khash = true;
-	}
-	else
-	{
-		RegTable   *rt;
-		RowLookup	rl;
-		int			nest;
-		Snapshot	snap;
-
-		MemoryContext cxt = xact_begin();
-
-		canonical_gucs_push(&nest);
-		rt = regtable_by_name(t->name, false);
-		snap = GetActiveSnapshot();
-		row_lookup_begin(&rl, rt, AccessShareLock, snap);
-		for (i = 0; i < m.n; i++)
-		{
-			MsgRow	   *r = &m.rows[i];
-			VersionState st;
-			bool		newer;
-
-			CHECK_FOR_INTERRUPTS();
-			memset(&st, 0, sizeof(st));
-			if (row_lookup(&rl, r->key))
-				row_version(rt, rl.slot, &st);
-			else
-				(void) tombstone_get(rt->tid, keys_hash(r->key, strlen(r->key)),
-									 r->key, snap, &st);
-			newer = !st.exists ||
-				version_greater(r->version, r->origin, st.version, st.origin);
-			if (!newer)
-				continue;
-			if (!st.exists && r->version <= rt->purge_horizon)
-			{
-				/* purged here: a tombstone needs nothing, a row is refused */
-				if (r->state == ROW_LIVE)
-					b.refused_purged++;
-				continue;
-			}
-			if (r->state == ROW_TOMBSTONE)
-				b.rows[b.nrows++] = r;
-			else if (t->fetch_bytes + FETCH_KEY_COST(r->key) > (Size) registry_max_message_size)
-			{
-				/* enough for one round: the rest waits for the next */
-				t->incomplete = true;
-				break;
-			}
-			else
-			{
-				t->fetch_bytes += FETCH_KEY_COST(r->key);
-				if (t->nfetch >= t->maxfetch)
-				{
-					t->maxfetch = Max(64, t->maxfetch * 2);
-					if (t->fetch == NULL)
-						t->fetch = MemoryContextAlloc(p->roundcxt, sizeof(char *) * t->maxfetch);
-					else
-						t->fetch = repalloc(t->fetch, sizeof(char *) * t->maxfetch);
-				}
-				t->fetch[t->nfetch++] = MemoryContextStrdup(p->roundcxt, r->key);
-			}
-		}
-		row_lookup_end(&rl);
-		canonical_gucs_pop(nest);
-		xact_end(cxt);
-		if (b.refused_purged > 0)
-		{
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			p->st->rows_refused_purged += b.refused_purged;
-			LWLockRelease(RegistryState->peer_lock);
-			note_refused_purged(p, t->name, b.refused_purged);
-		}
-	}
-	if (b.nrows > 0)
-		apply_batch(p, &b);
-	/* keys of the table were written here meanwhile: no page is fresh now */
-	if (t->stage == AE_FULL && t->fresh && !b.fresh)
-		t->fresh = false;
-
-	if (t->stage == AE_FULL)
-		;						/* the pages go on until the request ends */
-	else if (t->incomplete)
-	{
-		/* the keys queued so far are fetched; the rest is the next round's */
-		t->itodo = t->nbuckets;
-		t->resume = false;
-	}
-	else if (m.more)
-	{
-		t->resume = true;
-		t->after = m.next_khash;
-	}
-	else
-	{
-		t->itodo = Min(t->nbuckets, t->itodo + AE_BUCKETS_PER_CALL);
-		t->resume = false;
-	}
-}
-
-static void
-handle_fetch_guarded(Peer *p, void *arg)
-{
-	DigestWork *w = arg;
-	MsgRows		m;
-	TableBatch	b;
-	int			i;
-	AETable    *t = w->t;
-	int			too_large = 0;
-	MsgRow	   *first_too_large = NULL;
-
-	msg_read_rows(w->data, w->len, &m);
-
-	/*
-	 * The keys asked for, in order: all of them, or as many as fitted the
-	 * answer (the rest are asked for again).
-	 */
-	if (strcmp(m.table.name, t->name) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("rows of %s asked for, rows of %s received",
-						t->name, m.table.name)));
-	if (m.n < 1 || m.n > t->fetch_asked)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("%d rows of %s received for %d keys asked for",
-						m.n, t->name, t->fetch_asked)));
-	for (i = 0; i < m.n; i++)
-		if (strcmp(m.rows[i].key, t->fetch[t->fetch_start + i]) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROTOCOL_VIOLATION),
-					 errmsg("row %d of %s is for key \"%s\", asked for \"%s\"",
-							i + 1, t->name, m.rows[i].key,
-							t->fetch[t->fetch_start + i])));
-	t->ifetch = t->fetch_start + m.n;
-
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->rows_pulled += m.n;
-	LWLockRelease(RegistryState->peer_lock);
-	memset(&b, 0, sizeof(b));
-	b.table = &m.table;
-	b.rows = palloc(sizeof(MsgRow *) * Max(m.n, 1));
-	for (i = 0; i < m.n; i++)
-	{
-		if (m.rows[i].state == ROW_TOO_LARGE)
-		{
-			if (too_large++ == 0)
-				first_too_large = &m.rows[i];
-			continue;
-		}
-		b.rows[b.nrows++] = &m.rows[i];
-	}
-	if (too_large > 0)
-	{
-		note_too_large(p, t->name, first_too_large, too_large);
-		t->incomplete = true;
-	}
-	b.bulk = (b.nrows > 16);
-	if (b.nrows > 0)
-		apply_batch(p, &b);
-}
-
-/* ---- results ---- */
-
-/*
- * The one bytea value of an answer (or of one page), copied, with res
- * cleared: parsing it may raise an error.  NULL if it is not one bytea
- * value: the peer was disconnected.
- */
-static char *
-answer_bytes(Peer *p, PGresult *res, ExecStatusType want, int *len)
-{
-	char	   *data;
-
-	if (PQresultStatus(res) != want || PQntuples(res) != 1 || PQnfields(res) != 1 ||
-		PQgetisnull(res, 0, 0) || PQfformat(res, 0) != 1)
-	{
-		PQclear(res);
-		disconnect(p, "malformed answer: expected one bytea value");
-		return NULL;
-	}
-	*len = PQgetlength(res, 0, 0);
-	if (*len < 0 || *len > registry_max_message_size + MSG_HEADER_SIZE)
-	{
-		char		msg[160];
-
-		snprintf(msg, sizeof(msg),
-				 "answer of %d bytes is larger than registry.max_message_size (%d bytes) allows",
-				 *len, registry_max_message_size);
-		PQclear(res);
-		disconnect(p, msg);
-		return NULL;
-	}
-	/* no ERROR while res is held: it is libpq's memory, not a context's */
-	data = palloc_extended(*len + 1, MCXT_ALLOC_NO_OOM);
-	if (data == NULL)
-	{
-		PQclear(res);
-		disconnect(p, "out of memory for an answer");
-		return NULL;
-	}
-	memcpy(data, PQgetvalue(res, 0, 0), *len);
-	PQclear(res);
-
-	LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-	p->st->bytes_pulled += *len;
-	LWLockRelease(RegistryState->peer_lock);
-	if (p->inflight != Q_CHANGES)
-		p->ae_bytes += *len;
-	return data;
-}
-
-/* An answer about table t; if it cannot be applied, t is skipped this round. */
-static void
-handle_table_answer(Peer *p, guarded_fn fn, AETable *t, char *data, int len)
-{
-	DigestWork	w = {t, data, len};
-
-	if (!run_guarded(p, fn, &w, NULL, NULL))
-	{
-		t->failed = true;
-		t->stage = AE_DONE;
-	}
-	else
-		note_success(p);
+	p->upkeep_wanted = false;
 }
 
 /* Whether a peer's whole-table pull is filling table qualname now. */
@@ -2170,7 +124,7 @@ pull_in_progress(const char *qualname)
 static void
 catalog_upkeep_guarded(Peer *p, void *arg)
 {
-	MemoryContext cxt = xact_begin();
+	MemoryContext cxt = apply_batch_xact_begin();
 	List	   *regs = OidIsValid(get_extension_oid("registry", true)) ?
 		regtable_all() : NIL;
 	ListCell   *lc;
@@ -2207,7 +161,7 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 	/* and a restore that ran no DDL after loading its registrations */
 	if (regs != NIL)
 		regtable_adopt_restored();
-	xact_end(cxt);
+	apply_batch_xact_end(cxt);
 }
 
 /*
@@ -2226,7 +180,7 @@ catalog_upkeep(void)
 	if (!upkeep_pending || GetCurrentTimestamp() < upkeep_retry_at ||
 		!node_is_ready())
 		return;
-	if (run_guarded(NULL, catalog_upkeep_guarded, &busy, &sqlstate, &message))
+	if (sync_conn_run_guarded(NULL, catalog_upkeep_guarded, &busy, &sqlstate, &message))
 	{
 		/* a pull still running: look again in a second, not every loop */
 		upkeep_pending = busy;
@@ -2242,29 +196,6 @@ catalog_upkeep(void)
 	upkeep_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
 }
 
-/*
- * One page of a whole-table pull, while the request goes on.  Once the
- * table failed, the rest of the pages are read and dropped: libpq has no
- * cancel that would not block the worker.
- */
-static void
-handle_page(Peer *p, PGresult *res)
-{
-	AETable    *t = p->inflight_table;
-	char	   *data;
-	int			len;
-
-	Assert(p->inflight == Q_PAGES && t != NULL);
-	data = answer_bytes(p, res, PGRES_SINGLE_TUPLE, &len);
-	if (data == NULL)
-		return;
-	/* the request is alive while pages arrive */
-	p->query_started = GetCurrentTimestamp();
-	if (!t->failed)
-		handle_table_answer(p, handle_entries_guarded, t, data, len);
-	pfree(data);
-}
-
 static void
 handle_result(Peer *p, PGresult *res)
 {
@@ -2274,20 +205,20 @@ handle_result(Peer *p, PGresult *res)
 	char	   *data = NULL;
 	int			len = 0;
 
+	Assert(CurrentMemoryContext == sync_conn_answer_cxt);
 	p->inflight = Q_NONE;
 	p->inflight_table = NULL;
+	/* the first request on a connection is LISTEN, until it succeeds */
+	p->state = (kind == Q_LISTEN && status != PGRES_COMMAND_OK) ?
+		CONN_OPEN : CONN_IDLE;
 
 	if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR)
 	{
-		char		msg[256];
-		const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-		bool		not_ready = code && strcmp(code, "55000") == 0;
-		bool		has_code = code != NULL;
+		int			sqlstate;
+		bool		has_code;
 
-		snprintf(msg, sizeof(msg), "%s%s%s", t ? t->name : "",
-				 t ? ": " : "", PQresultErrorMessage(res));
-		PQclear(res);
-		record_error(p, msg);
+		has_code = sync_conn_remote_error(p, res, kind, t ? t->name : NULL,
+										  &sqlstate);
 		/* do not hammer a peer that answers with errors */
 		p->quiet_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->backoff_ms);
 		p->backoff_ms = Min(p->backoff_ms * 2, BACKOFF_MAX_MS);
@@ -2298,8 +229,8 @@ handle_result(Peer *p, PGresult *res)
 			 * and a sync_now() waiting for it is answered now rather than
 			 * at its timeout.
 			 */
-			set_state(p, PEER_ERROR);
-			serve_request_failed(p);
+			sync_conn_set_state(p, PEER_ERROR);
+			sync_conn_serve_failed(p);
 		}
 		if (t)
 		{
@@ -2307,10 +238,12 @@ handle_result(Peer *p, PGresult *res)
 			t->failed = true;
 			t->stage = AE_DONE;
 		}
-		else if (kind == Q_CHANGES && has_code && !not_ready)
-			p->ae_needed = true;
+		else if (kind == Q_CHANGES && has_code &&
+				 sqlstate != ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
+			p->ae_needed = true;	/* not just "not ready yet": compare */
 		if (kind == Q_PAGES)
 		{
+			take_upkeep_wish(p);
 			upkeep_retry_at = 0;
 			catalog_upkeep();
 		}
@@ -2319,7 +252,6 @@ handle_result(Peer *p, PGresult *res)
 	if (kind == Q_LISTEN)
 	{
 		PQclear(res);
-		p->listening = (status == PGRES_COMMAND_OK);
 		return;
 	}
 	if (kind == Q_PAGES)
@@ -2327,99 +259,24 @@ handle_result(Peer *p, PGresult *res)
 		/* the end of the pages: every one has been handled */
 		PQclear(res);
 		if (status != PGRES_TUPLES_OK)
-			disconnect(p, "malformed answer: expected pages of bytea values");
+			sync_conn_disconnect(p, "malformed answer: expected pages of bytea values");
 		/* the index is built before the round goes on: no waiting */
+		take_upkeep_wish(p);
 		upkeep_retry_at = 0;
 		catalog_upkeep();
 		return;
 	}
-	p->inflight = kind;			/* answer_bytes() counts by kind */
-	data = answer_bytes(p, res, PGRES_TUPLES_OK, &len);
+	p->inflight = kind;			/* sync_conn_answer_bytes() counts by kind */
+	data = sync_conn_answer_bytes(p, res, PGRES_TUPLES_OK, &len);
 	p->inflight = Q_NONE;
 	if (data == NULL)
 		return;
 
 	if (kind == Q_CHANGES)
-		handle_changes(p, data, len);
-	else if (kind == Q_DIGEST)
-		handle_table_answer(p, handle_digest_guarded, t, data, len);
-	else if (kind == Q_ENTRIES)
-		handle_table_answer(p, handle_entries_guarded, t, data, len);
+		sync_fast_handle_changes(p, data, len);
 	else
-		handle_table_answer(p, handle_fetch_guarded, t, data, len);
+		antientropy_handle_answer(p, kind, t, data, len);
 	pfree(data);
-}
-
-/* Read what the peer sent; handle notifications and a finished request. */
-static void
-service(Peer *p)
-{
-	PGnotify   *n;
-
-	if (p->flushing && p->writable && !flush_request(p))
-		return;
-	if (!p->readable && p->inflight == Q_NONE)
-		return;
-	if (!PQconsumeInput(p->conn))
-	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "connection lost: %s", PQerrorMessage(p->conn));
-		disconnect(p, msg);
-		return;
-	}
-	while ((n = PQnotifies(p->conn)) != NULL)
-	{
-		p->want_fast = true;
-		PQfreemem(n);
-	}
-	/*
-	 * A request has exactly one result, and is over when PQgetResult()
-	 * returns NULL.  The end may arrive later than the result: it is only
-	 * asked for while PQisBusy() says it would not block.  A whole-table
-	 * pull also has a result per page before its last one.
-	 */
-	while (p->inflight != Q_NONE && !PQisBusy(p->conn))
-	{
-		PGresult   *res = PQgetResult(p->conn);
-
-		if (res != NULL && PQresultStatus(res) == PGRES_SINGLE_TUPLE &&
-			p->inflight == Q_PAGES && p->result == NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(AnswerContext);
-
-			handle_page(p, res);
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(AnswerContext);
-			if (p->conn == NULL)
-				return;
-			continue;
-		}
-		if (res != NULL)
-		{
-			if (p->result == NULL)
-				p->result = res;
-			else
-				PQclear(res);
-			continue;
-		}
-		res = p->result;
-		p->result = NULL;
-		if (res == NULL)
-		{
-			disconnect(p, "request ended without a result");
-			return;
-		}
-		{
-			MemoryContext old = MemoryContextSwitchTo(AnswerContext);
-
-			handle_result(p, res);
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(AnswerContext);
-		}
-		if (p->conn == NULL)
-			return;
-	}
 }
 
 static bool
@@ -2427,12 +284,10 @@ should_start_round(Peer *p, TimestampTz now)
 {
 	uint64		gen;
 
-	if (p->ae_active)
+	if (round_active(p))
 		return false;
-	SpinLockAcquire(&RegistryState->mutex);
-	gen = RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
-	if (gen > p->st->served_gen)
+	gen = peer_status_round_requested();
+	if (gen > p->st.served_gen)
 		return true;			/* asked for by sync_now() or resync() */
 	if (now < p->ae_not_before)
 		return false;
@@ -2446,9 +301,9 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 {
 	long		wait;
 
-	if (!p->listening)
+	if (p->state == CONN_OPEN)
 	{
-		send_query(p, Q_LISTEN, "LISTEN registry_wakeup", 0, NULL);
+		sync_conn_send(p, Q_LISTEN, "LISTEN registry_wakeup", 0, NULL);
 		return;
 	}
 	if (now < p->quiet_until)
@@ -2458,14 +313,14 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 	}
 	if (p->want_fast)
 	{
-		send_changes(p, 0);
+		sync_fast_send_changes(p, 0);
 		return;
 	}
-	if (!p->ae_active && should_start_round(p, now))
-		start_round(p);
-	if (p->ae_active)
+	if (!round_active(p) && should_start_round(p, now))
+		antientropy_start_round(p);
+	if (round_active(p))
 	{
-		send_ae(p);
+		antientropy_send_next(p);
 		if (p->inflight != Q_NONE || p->conn == NULL)
 			return;
 	}
@@ -2483,7 +338,7 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 
 		wait = Min(wait, Max((long) ((due - now) / 1000), 1));
 	}
-	send_changes(p, (int) wait);
+	sync_fast_send_changes(p, (int) wait);
 }
 
 /*
@@ -2498,11 +353,9 @@ note_lost(Peer *p, TimestampTz now)
 	bool		lost = TimestampDifferenceExceeds(since, now,
 												  registry_tombstone_retention_s * 1000L);
 
-	if (lost != p->st->needs_resync && !p->ae_active)
+	if (lost != p->st.needs_resync && !round_active(p))
 	{
-		LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-		p->st->needs_resync = lost;
-		LWLockRelease(RegistryState->peer_lock);
+		p->st.needs_resync = lost;
 	}
 }
 
@@ -2518,9 +371,7 @@ step(Peer *p, TimestampTz now, long *timeout)
 	 * backoff says: a peer that came back, or whose role was fixed, is
 	 * seen at once (a failing one answers the request at once too).
 	 */
-	SpinLockAcquire(&RegistryState->mutex);
-	gen = RegistryState->sync_request_gen;
-	SpinLockRelease(&RegistryState->mutex);
+	gen = peer_status_round_requested();
 	if (gen > p->retried_gen)
 	{
 		p->retried_gen = gen;
@@ -2532,38 +383,38 @@ step(Peer *p, TimestampTz now, long *timeout)
 	{
 		/*
 		 * A request waits for the connection tried for it (a failure
-		 * answers it, in disconnect()); one that no attempt serves now
+		 * answers it, in sync_conn_disconnect()); one that no attempt serves now
 		 * is answered at once.
 		 */
 		if (now >= p->next_connect)
-			start_connect(p);
+			sync_conn_start(p);
 		else
 			*timeout = Min(*timeout, Max((long) ((p->next_connect - now) / 1000), 1));
 		if (p->conn == NULL)
 		{
-			if (gen > p->st->served_gen)
-				serve_request_failed(p);
+			if (gen > p->st.served_gen)
+				sync_conn_serve_failed(p);
 			return;
 		}
 	}
-	if (p->connecting)
+	if (p->state == CONN_CONNECTING)
 	{
-		drive_connect(p);
-		if (p->conn && p->connecting &&
+		sync_conn_drive(p);
+		if (p->state == CONN_CONNECTING &&
 			TimestampDifferenceExceeds(p->connect_started, now, registry_connect_timeout_ms))
 		{
 			char		msg[128];
 
 			snprintf(msg, sizeof(msg), "no connection within registry.connect_timeout (%d ms)",
 					 registry_connect_timeout_ms);
-			disconnect(p, msg);
+			sync_conn_disconnect(p, msg);
 		}
-		if (p->conn && p->connecting)
+		if (p->state == CONN_CONNECTING)
 			*timeout = Min(*timeout, registry_connect_timeout_ms);
-		if (p->conn == NULL || p->connecting)
+		if (p->state == CONN_CLOSED || p->state == CONN_CONNECTING)
 			return;
 	}
-	service(p);
+	sync_conn_service(p, antientropy_handle_page, handle_result);
 	if (p->conn == NULL)
 		return;
 	if (p->inflight != Q_NONE)
@@ -2575,7 +426,7 @@ step(Peer *p, TimestampTz now, long *timeout)
 
 			snprintf(msg, sizeof(msg), "no answer within registry.query_timeout (%d ms)",
 					 registry_query_timeout_ms);
-			disconnect(p, msg);
+			sync_conn_disconnect(p, msg);
 			return;
 		}
 		*timeout = Min(*timeout, registry_query_timeout_ms);
@@ -2589,7 +440,7 @@ step(Peer *p, TimestampTz now, long *timeout)
  * (an ERROR while reading or checking an answer, out of memory) caught
  * here: it ends that peer's request and connection, is recorded and
  * retried with backoff, and never ends the worker or holds up the
- * others.  disconnect() clears any result still held.
+ * others.  sync_conn_disconnect() clears any result still held.
  */
 static void
 step_guarded(Peer *p, TimestampTz now, long *timeout)
@@ -2602,9 +453,9 @@ step_guarded(Peer *p, TimestampTz now, long *timeout)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata = recover_from_error(cxt);
+		ErrorData  *edata = apply_batch_recover(cxt);
 
-		disconnect(p, error_text(edata));
+		sync_conn_disconnect(p, apply_batch_error_text(edata));
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -2623,7 +474,7 @@ load_peers(void)
 	MemoryContext old;
 	MemoryContext cxt;
 
-	cxt = xact_begin();
+	cxt = apply_batch_xact_begin();
 	if (OidIsValid(get_extension_oid("registry", true)))
 	{
 		SPI_connect();
@@ -2631,7 +482,7 @@ load_peers(void)
 						 "FROM registry.peers ORDER BY name", true, 0);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "registry: could not read registry.peers");
-		old = MemoryContextSwitchTo(SyncContext);
+		old = MemoryContextSwitchTo(sync_conn_worker_cxt);
 		newp = palloc0(sizeof(Peer) * Max(SPI_processed, 1));
 		for (i = 0; i < (int) SPI_processed; i++)
 		{
@@ -2656,7 +507,7 @@ load_peers(void)
 		MemoryContextSwitchTo(old);
 		SPI_finish();
 	}
-	xact_end(cxt);
+	apply_batch_xact_end(cxt);
 
 	/* keep the connections of unchanged peers */
 	for (i = 0; i < n; i++)
@@ -2688,29 +539,28 @@ load_peers(void)
 		if (!kept)
 		{
 			np->backoff_ms = BACKOFF_MIN_MS;
-			np->roundcxt = AllocSetContextCreate(SyncContext, "registry sync round",
+			np->roundcxt = AllocSetContextCreate(sync_conn_worker_cxt, "registry sync round",
 												 ALLOCSET_DEFAULT_SIZES);
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			np->st = peer_status_slot(np->name, true);
+			np->slot = peer_status_attach(np->name, &np->st);
 			/*
 			 * A new conninfo for a known name keeps its status slot, but
 			 * not its health: that was another server's, perhaps.
 			 */
 			for (j = 0; j < npeers; j++)
-				if (peers[j].seen && peers[j].st == np->st)
+				if (peers[j].seen && np->slot >= 0 && peers[j].slot == np->slot)
 				{
-					peers[j].st = NULL;
+					peers[j].slot = -1;
 					replaced = true;
 				}
-			if (np->st)
+			if (np->slot >= 0)
 			{
-				np->st->last_converged_at = np->last_converged_at;
-				np->st->state = PEER_DISCONNECTED;
-				if (np->st->health_changed_at == 0 || replaced)
-					set_health(np, false, "no anti-entropy round completed yet");
+				np->st.last_converged_at = np->last_converged_at;
+				np->st.state = PEER_DISCONNECTED;
+				if (np->st.health_changed_at == 0 || replaced)
+					sync_conn_set_health(np, false, "no anti-entropy round completed yet");
+				peer_status_update(np->slot, &np->st);
 			}
-			LWLockRelease(RegistryState->peer_lock);
-			if (np->st == NULL)
+			if (np->slot < 0)
 			{
 				ereport(WARNING,
 						(errmsg("registry: no room for peer \"%s\"", np->name),
@@ -2734,12 +584,8 @@ load_peers(void)
 			continue;
 		if (op->conn)
 			PQfinish(op->conn);
-		if (op->st)
-		{
-			LWLockAcquire(RegistryState->peer_lock, LW_EXCLUSIVE);
-			op->st->in_use = false;
-			LWLockRelease(RegistryState->peer_lock);
-		}
+		if (op->slot >= 0)
+			peer_status_detach(op->slot);
 		MemoryContextDelete(op->roundcxt);
 		pfree(op->conninfo);
 		if (op->notice_name)
@@ -2749,6 +595,7 @@ load_peers(void)
 		pfree(peers);
 	peers = newp;
 	npeers = n;
+	sync_conn_set_peers(peers, npeers);
 }
 
 static void
@@ -2769,10 +616,8 @@ registry_sync_main(Datum arg)
 
 	worker_attach(REG_WORKER_SYNC);
 	apply_prepare_session();
-	SyncContext = AllocSetContextCreate(TopMemoryContext, "registry sync",
-										ALLOCSET_DEFAULT_SIZES);
-	AnswerContext = AllocSetContextCreate(TopMemoryContext, "registry sync answer",
-										  ALLOCSET_DEFAULT_SIZES);
+	sync_conn_init();
+	apply_batch_init(sync_conn_worker_cxt);
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "registry sync loop",
 									ALLOCSET_DEFAULT_SIZES);
 	on_proc_exit(close_all, (Datum) 0);
@@ -2797,9 +642,7 @@ registry_sync_main(Datum arg)
 			last_load = 0;
 		}
 		worker_check_extension(false);
-		SpinLockAcquire(&RegistryState->mutex);
-		changed = RegistryState->peers_changed;
-		SpinLockRelease(&RegistryState->mutex);
+		changed = peer_status_peers_changed();
 		now = GetCurrentTimestamp();
 		if (changed != seen_peers_changed ||
 			TimestampDifferenceExceeds(last_load, now, 10000))
@@ -2822,6 +665,9 @@ registry_sync_main(Datum arg)
 				if (!peers[i].seen)
 					continue;
 				step_guarded(&peers[i], now, &timeout);
+				take_upkeep_wish(&peers[i]);
+				/* the one place a peer's status is published as it goes */
+				peer_status_update(peers[i].slot, &peers[i].st);
 				peers[i].readable = peers[i].writable = false;
 			}
 		}
@@ -2836,10 +682,10 @@ registry_sync_main(Datum arg)
 
 			if (!p->seen || p->conn == NULL || PQsocket(p->conn) < 0)
 				continue;
-			if (p->connecting)
+			if (p->state == CONN_CONNECTING)
 				ev = (p->poll == PGRES_POLLING_READING) ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
 			else
-				ev = WL_SOCKET_READABLE | (p->flushing ? WL_SOCKET_WRITEABLE : 0);
+				ev = WL_SOCKET_READABLE | (p->state == CONN_SENDING ? WL_SOCKET_WRITEABLE : 0);
 			AddWaitEventToSet(set, ev, PQsocket(p->conn), NULL, p);
 		}
 		events = palloc(sizeof(WaitEvent) * (npeers + 2));

@@ -35,7 +35,6 @@
 
 #include "publishing.h"
 #include "registry.h"
-#include "shmem.h"				/* wait_for_publication(): helper B moves it */
 #include "tombstones.h"
 
 #define Natts_tombstones	6

@@ -63,7 +63,6 @@
 #include "origins.h"
 #include "purge.h"
 #include "registry.h"
-#include "shmem.h"
 #include "worker.h"
 #include "worker_slots.h"
 
