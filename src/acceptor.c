@@ -402,8 +402,8 @@ registry_acceptors(PG_FUNCTION_ARGS)
 				appendStringInfoString(&hist, ", ");
 			appendStringInfo(&hist, "{\"op\": \"%s\", \"version\": " UINT64_FORMAT ", \"origin\": ",
 							 registry_op_name(op->op), op->version);
-			if (origin_name(op->origin))
-				escape_json(&hist, origin_name(op->origin));
+			if (origins_name(op->origin))
+				escape_json(&hist, origins_name(op->origin));
 			else
 				appendStringInfoString(&hist, "null");
 			appendStringInfoChar(&hist, '}');
@@ -413,8 +413,8 @@ registry_acceptors(PG_FUNCTION_ARGS)
 		values[0] = Int32GetDatum(k->tid);
 		values[1] = CStringGetTextDatum(k->key);
 		values[2] = Int64GetDatum((int64) d->version);
-		if (origin_name(d->origin))
-			values[3] = CStringGetTextDatum(origin_name(d->origin));
+		if (origins_name(d->origin))
+			values[3] = CStringGetTextDatum(origins_name(d->origin));
 		else
 			nulls[3] = true;
 		values[4] = CStringGetTextDatum(registry_op_name(d->op));

@@ -706,7 +706,7 @@ handle_entries_guarded(Peer *p, void *arg)
 
 		MemoryContext cxt = apply_batch_xact_begin();
 
-		canonical_gucs_push(&nest);
+		keys_canonical_gucs_push(&nest);
 		rt = regtable_by_name(t->name, false);
 		snap = GetActiveSnapshot();
 		row_lookup_begin(&rl, rt, AccessShareLock, snap);
@@ -757,7 +757,7 @@ handle_entries_guarded(Peer *p, void *arg)
 			}
 		}
 		row_lookup_end(&rl);
-		canonical_gucs_pop(nest);
+		keys_canonical_gucs_pop(nest);
 		apply_batch_xact_end(cxt);
 		if (refused_purged > 0)
 		{

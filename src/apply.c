@@ -73,6 +73,9 @@ PG_FUNCTION_INFO_V1(registry_apply_row);
  */
 static char apply_peer[REGISTRY_NAME_LEN];
 
+/* the worker's session settings are in place (apply_prepare_session) */
+static bool apply_session_ready = false;
+
 /*
  * What is being applied, for the error context callback: one frame per
  * apply_row(), apply_rows_bulk() or apply_rows_fresh() call, on its stack.
@@ -1155,7 +1158,7 @@ apply_begin(void)
 		elog(ERROR, "registry: SPI_connect failed");
 	if (apply_session_ready)
 		return -1;
-	canonical_gucs_push(&nest);
+	keys_canonical_gucs_push(&nest);
 	(void) set_config_option("session_replication_role", "replica",
 							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
 							 true, 0, false);
@@ -1167,7 +1170,7 @@ apply_end(int nest)
 {
 	publish_mode_pop(CAPTURE_MODE_APPLY_ROW);
 	if (nest >= 0)
-		canonical_gucs_pop(nest);
+		keys_canonical_gucs_pop(nest);
 	SPI_finish();
 }
 
@@ -1211,12 +1214,10 @@ apply_as_owner_end(const RegistryOwnerSave *save)
  * For a process that only applies (the sync worker): set the session up
  * once, so that each batch need not.
  */
-bool		apply_session_ready = false;
-
 void
 apply_prepare_session(void)
 {
-	canonical_gucs_set_session();
+	keys_canonical_gucs_set_session();
 	SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_OVERRIDE);
 	/* what is applied here can be pulled again after a crash */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);

@@ -25,6 +25,7 @@
 
 #include "apply_batch.h"
 #include "worker_slots.h"
+#include "registration.h"
 
 /*
  * Prepared apply statements, per table and peer column list, kept across
@@ -203,7 +204,7 @@ apply_batch_once(ApplyBatch *b, ApplyBatchStats *s)
 				 errmsg("table %s is not a registry table on this node", b->table->name)));
 	if (b->fresh && b->defer_khash && !t->khash_deferred)
 	{
-		regtable_defer_khash(t);
+		registration_defer_khash(t);
 		s->khash_deferred = true;
 		t = regtable_by_name(b->table->name, false);
 	}

@@ -279,7 +279,7 @@ changelog_read(uint64 after, int max, ChangeLogChange **out,
 	{
 		ChangeLogEntry *e = entry_of(s);
 		ChangeLogChange *c = &changes[i];
-		const char *o = origin_name(e->origin);
+		const char *o = origins_name(e->origin);
 
 		c->seq = e->seq;
 		c->version = e->version;
@@ -338,7 +338,7 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 				wake = false;
 				for (s = after + 1; s <= l && !wake; s++)
 				{
-					const char *o = origin_name(entry_of(s)->origin);
+					const char *o = origins_name(entry_of(s)->origin);
 
 					wake = (o == NULL || strcmp(o, exclude_origin) != 0);
 				}

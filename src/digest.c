@@ -48,7 +48,17 @@
 #include "digest.h"
 #include "registry.h"
 
-/* RegTableSlot, one table's slot: TRANSITIONAL in digest.h, moves here. */
+/* One registered table's digest slot. */
+typedef struct RegTableSlot
+{
+	int32		tid;			/* 0 when free */
+	Oid			relid;
+	int64		live_rows;
+	int64		tombstones;
+	uint64		changes;		/* key changes published since start */
+	TimestampTz last_change;
+} RegTableSlot;
+
 
 /* Counters of the digests as a whole (digest_lock). */
 typedef struct DigestShared
@@ -85,7 +95,7 @@ digest_entry_hash(const char *key, RegVersion version, const char *origin,
 	n += olen;
 	buf[n++] = '\0';
 	buf[n++] = deleted ? 1 : 0;
-	return hash_bytes64(buf, n, UINT64CONST(0x6469676573747631));
+	return keys_hash_bytes64(buf, n, UINT64CONST(0x6469676573747631));
 }
 
 static int
@@ -163,8 +173,6 @@ digest_shmem_init(LWLock *slots_lock, LWLock *buckets_lock)
 	found_any = found;
 	digest_slots = ShmemInitStruct("registry tables", slots_size(), &found);
 	digest_buckets = ShmemInitStruct("registry digests", buckets_size(), &found);
-	RegistryTables = digest_slots;
-	RegistryDigests = digest_buckets;
 	if (!found_any)
 	{
 		memset(digest_shared, 0, sizeof(DigestShared));
@@ -517,15 +525,3 @@ digest_add_rebuilt(int n, const DigestTotals *d)
 	LWLockRelease(digest_lock);
 }
 
-/*
- * TRANSITIONAL (issue 13): capture.c, serve.c, sync.c and views.c still
- * reach into the slots; delete with digest.h's transitional block.
- */
-RegTableSlot *RegistryTables = NULL;
-uint64	   *RegistryDigests = NULL;
-
-uint64 *
-table_slot_buckets(int slot)
-{
-	return slot_buckets(slot);
-}

@@ -71,26 +71,4 @@ extern void digest_publish_reset(int slot, int32 tid, int64 live_delta,
 extern void digest_publish_end(void);
 extern void digest_add_rebuilt(int n, const DigestTotals *d);
 
-/*
- * TRANSITIONAL (issue 13, helper G): until capture.c, serve.c, sync.c and
- * views.c use the functions above (G's report has each replacement), they
- * still reach into the slots.  Then RegTableSlot moves into digest.c and
- * this block goes.
- */
-/* One registered table's digest slot. */
-typedef struct RegTableSlot
-{
-	int32		tid;			/* 0 when free */
-	Oid			relid;
-	int64		live_rows;
-	int64		tombstones;
-	uint64		changes;		/* key changes published since start */
-	TimestampTz last_change;
-} RegTableSlot;
-
-extern RegTableSlot *RegistryTables;	/* [registry_max_tables] */
-extern uint64 *RegistryDigests;		/* [registry_max_tables * buckets] */
-extern uint64 *table_slot_buckets(int slot);
-#define table_slot_for(tid, relid)	regtable_slot((tid), (relid))
-
 #endif							/* REGISTRY_DIGEST_H */

@@ -34,7 +34,7 @@ init_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	registry_shmem_request();
+	shmem_request_space();
 }
 
 static void
@@ -42,7 +42,7 @@ init_shmem_startup(void)
 {
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
-	registry_shmem_startup();
+	shmem_startup_owners();
 }
 
 /*

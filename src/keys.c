@@ -115,7 +115,7 @@ keys_input_is_canonical(KeyColumn *col)
 
 /*
  * Whether a type's output function writes the same text whatever the
- * session's settings, so values need no canonical_gucs_push() around them.
+ * session's settings, so values need no keys_canonical_gucs_push() around them.
  */
 bool
 keys_output_is_canonical(Oid typid)
@@ -261,7 +261,7 @@ static const char *const canonical_settings[][2] = {
 };
 
 void
-canonical_gucs_push(int *nestlevel)
+keys_canonical_gucs_push(int *nestlevel)
 {
 	size_t		i;
 
@@ -274,7 +274,7 @@ canonical_gucs_push(int *nestlevel)
 
 /* The same settings for the whole session of a process that only applies. */
 void
-canonical_gucs_set_session(void)
+keys_canonical_gucs_set_session(void)
 {
 	size_t		i;
 
@@ -284,7 +284,7 @@ canonical_gucs_set_session(void)
 }
 
 void
-canonical_gucs_pop(int nestlevel)
+keys_canonical_gucs_pop(int nestlevel)
 {
 	AtEOXact_GUC(true, nestlevel);
 }
@@ -461,7 +461,7 @@ keys_encode(KeyColumn *cols, int ncols, Datum *values, bool *isnull,
 					(errcode(ERRCODE_NOT_NULL_VIOLATION),
 					 errmsg("registry key column is null")));
 		if (cols[i].kind == KE_GENERIC && nest < 0)
-			canonical_gucs_push(&nest);
+			keys_canonical_gucs_push(&nest);
 	}
 
 	if (ncols == 1)
@@ -499,7 +499,7 @@ keys_encode(KeyColumn *cols, int ncols, Datum *values, bool *isnull,
 	}
 
 	if (nest >= 0)
-		canonical_gucs_pop(nest);
+		keys_canonical_gucs_pop(nest);
 
 	if (buf.len > registry_max_key_length)
 		ereport(ERROR,
@@ -624,7 +624,7 @@ load_le64(const unsigned char *p)
 }
 
 uint64
-hash_bytes64(const void *data, size_t len, uint64 seed)
+keys_hash_bytes64(const void *data, size_t len, uint64 seed)
 {
 	const unsigned char *p = data;
 	uint64		h = seed ^ ((uint64) len * UINT64CONST(0x9E3779B97F4A7C15));
@@ -649,7 +649,7 @@ hash_bytes64(const void *data, size_t len, uint64 seed)
 uint32
 keys_hash(const char *key, int len)
 {
-	return (uint32) (hash_bytes64(key, len, UINT64CONST(0x7265676973747279)) >> 32);
+	return (uint32) (keys_hash_bytes64(key, len, UINT64CONST(0x7265676973747279)) >> 32);
 }
 
 /*

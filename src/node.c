@@ -54,7 +54,7 @@ node_shmem_init(void)
 
 /*
  * A new incarnation (CREATE EXTENSION): ready at once (nothing is
- * registered yet).  Caller: registry_reset_shared_state().
+ * registered yet).  Caller: registry.reset() (registration.c).
  */
 void
 node_reset(void)

@@ -9,7 +9,7 @@
  * while a transaction that recorded a change with it has not yet
  * published (or dropped) the change: such a transaction pins the number,
  * in a bitmap of its own process.  When every slot is taken, a new name
- * makes origin_id() reclaim the slots nothing uses (invented origins a
+ * makes origins_id() reclaim the slots nothing uses (invented origins a
  * peer or an admin sent cannot fill the table for good).  If none is free
  * even then, the change is recorded with ORIGIN_UNKNOWN: its row and
  * version are stored and replicated exactly; only the change log,
@@ -216,7 +216,7 @@ origin_pin(int id)
  * at commit).
  */
 int16
-origin_id(const char *name)
+origins_id(const char *name)
 {
 	static char cached_name[REGISTRY_NAME_LEN];
 	static int16 cached_id = -1;
@@ -287,7 +287,7 @@ origins_unpin(void)
  * (see the lock rules above); NULL for ORIGIN_UNKNOWN.
  */
 const char *
-origin_name(int16 id)
+origins_name(int16 id)
 {
 	if (id < 0 || id >= registry_max_origins)
 		return NULL;

@@ -153,7 +153,7 @@ peer_status_detach(int slot)
 }
 
 const char *
-peer_state_name(int state)
+peer_status_state_name(int state)
 {
 	switch (state)
 	{

@@ -82,7 +82,7 @@ extern void peer_status_update(int slot, const PeerStatus *copy);
 extern void peer_status_detach(int slot);
 
 /* readers */
-extern const char *peer_state_name(int state);
+extern const char *peer_status_state_name(int state);
 extern PeerStatus *peer_status_snapshot(int *n);
 extern bool peer_status_find(const char *name, PeerStatus *copy);
 extern bool peer_status_wait_served(List *names, uint64 gen,

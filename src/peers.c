@@ -236,7 +236,7 @@ registry_peer_status(PG_FUNCTION_ARGS)
 			v[1] = CStringGetTextDatum(p->remote_node);
 		else
 			n[1] = true;
-		v[2] = CStringGetTextDatum(peer_state_name(p->state));
+		v[2] = CStringGetTextDatum(peer_status_state_name(p->state));
 		v[3] = Int64GetDatum((int64) p->peer_epoch);
 		v[4] = Int64GetDatum((int64) p->consumed_seq);
 		v[5] = Int64GetDatum((int64) p->peer_last_seq);
@@ -305,7 +305,7 @@ explain_not_synced(List *names, uint64 gen, int64 timeout_ms)
 		else if (st.served_gen < gen)
 			ereport(NOTICE,
 					(errmsg("sync with peer \"%s\" not confirmed: no round completed within the time allowed (%s ms; state %s)",
-							name, timeout_text, peer_state_name(st.state)),
+							name, timeout_text, peer_status_state_name(st.state)),
 					 st.problem[0] ? errdetail("%s", st.problem) : 0,
 					 errhint("A round with an idle peer takes up to a few hundred milliseconds.")));
 		else if (!st.served_converged)

@@ -256,7 +256,7 @@ publish_record(RegTable *t, uint32 khash, const char *key,
 	p->khash = khash;
 	p->key = MemoryContextStrdup(TopTransactionContext, key);
 	p->version = version;
-	p->origin = origin_id(origin);
+	p->origin = origins_id(origin);
 	p->deleted = deleted;
 	p->old_live = old_live;
 	p->delta = delta;
@@ -304,7 +304,7 @@ bulk_end(void)
 	 * Rows that all came from one node are that node's change: a peer
 	 * asking for changes not its own then need not hear of it.
 	 */
-	p->origin = bulk.mixed ? 0 : origin_id(bulk.origin);
+	p->origin = bulk.mixed ? 0 : origins_id(bulk.origin);
 	p->version = hlc_current();
 }
 

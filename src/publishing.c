@@ -60,7 +60,7 @@ static PublishingShared *Publishing = NULL;
 static bool publishing_set = false;
 
 /* Processes that may publish; also sizes per-process arrays elsewhere. */
-int
+static int
 publishing_slots(void)
 {
 	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;

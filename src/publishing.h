@@ -12,7 +12,6 @@
 
 #include "postgres.h"
 
-extern int	publishing_slots(void);
 extern Size publishing_shmem_size(void);
 extern void publishing_shmem_init(void);
 extern void publishing_begin(void);

@@ -44,7 +44,10 @@
 #include "registration.h"
 #include "registry.h"
 #include "row_keys.h"
-#include "shmem.h"				/* registry_reset_shared_state() */
+#include "acceptor.h"
+#include "changelog.h"
+#include "digest.h"
+#include "node.h"
 #include "worker_slots.h"
 
 PG_FUNCTION_INFO_V1(registry_replicate);
@@ -676,12 +679,22 @@ registry_check_tables(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* Called by the extension script: a new incarnation starts clean. */
+/*
+ * Called by the extension script: a new incarnation starts clean.
+ * Whatever a dropped incarnation of the extension left in shared memory
+ * is discarded, and a new epoch tells readers of the change log that
+ * earlier sequence numbers mean nothing.  Each owner resets its own part
+ * under its own lock, one after another in the lock order (acceptor,
+ * changelog, meta and digest).
+ */
 Datum
 registry_reset(PG_FUNCTION_ARGS)
 {
 	registry_check_preloaded();
-	registry_reset_shared_state();
+	acceptor_reset();
+	changelog_reset();
+	digest_clear_all();
+	node_reset();
 	hlc_observe_stored(0);
 	worker_wake_maintenance();
 	/* at commit, the launcher starts the workers that left for want of it */

@@ -206,10 +206,10 @@ extern char *keys_encode(KeyColumn *cols, int ncols, Datum *values,
 extern List *keys_split(const char *key, int ncols);
 extern List *keys_split_extended(const char *key, int ncols, bool missing_ok);
 extern uint32 keys_hash(const char *key, int len);
-extern uint64 hash_bytes64(const void *data, size_t len, uint64 seed);
-extern void canonical_gucs_push(int *nestlevel);
-extern void canonical_gucs_pop(int nestlevel);
-extern void canonical_gucs_set_session(void);
+extern uint64 keys_hash_bytes64(const void *data, size_t len, uint64 seed);
+extern void keys_canonical_gucs_push(int *nestlevel);
+extern void keys_canonical_gucs_pop(int nestlevel);
+extern void keys_canonical_gucs_set_session(void);
 
 /* ---- catalog.c (layer 5: the catalog cache) ---- */
 
@@ -334,7 +334,6 @@ typedef struct ApplyRow
 
 extern void apply_as_owner_begin(RegTable *t, RegistryOwnerSave *save);
 extern void apply_as_owner_end(const RegistryOwnerSave *save);
-extern bool apply_session_ready;
 extern void apply_prepare_session(void);
 extern int	apply_begin(void);
 extern void apply_end(int nest);
@@ -349,24 +348,5 @@ extern int	apply_rows_bulk(ApplyColumns *ac, ApplyRow *rows, int n,
 							int *refused_skew);
 extern int	apply_rows_fresh(ApplyColumns *ac, ApplyRow *rows, int n,
 							 int *refused_skew);
-
-/*
- * TRANSITIONAL (issue 13, helper G): old names and headers the files of
- * other helpers still use; delete once they call the new ones (G's report
- * lists each use).
- */
-#include "digest.h"
-#include "keyed.h"
-#include "registration.h"
-#include "rebuild.h"
-#define regtable_defer_khash(t)		registration_defer_khash(t)
-#define regtable_restore_khash(r)	registration_restore_khash(r)
-#define regtable_adopt_restored()	registration_adopt_restored()
-#define digest_rebuild()			rebuild_digests()
-#define digest_of_table				rebuild_digest_of_table
-#define table_counts				digest_table_counts
-typedef RowLookup RowScan;
-typedef KeyRangeScan TombstoneScan;
-typedef KeyRangeScan RowKeyScan;
 
 #endif							/* REGISTRY_H */

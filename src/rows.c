@@ -5,7 +5,7 @@
  *	  row into the text values that travel between nodes.
  *
  * Key text and row values are read and written in the canonical settings
- * of keys.c (canonical_gucs_push); callers arrange for them once per
+ * of keys.c (keys_canonical_gucs_push); callers arrange for them once per
  * batch rather than per row.
  *
  *-------------------------------------------------------------------------

@@ -316,7 +316,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	for (i = 0; i < ntables && with_rows; i++)
 		if (tables[i] && tables[i]->needs_canonical && nest < 0)
-			canonical_gucs_push(&nest);
+			keys_canonical_gucs_push(&nest);
 	{
 		RowLookup  *lookups = palloc0(sizeof(RowLookup) * Max(ntables, 1));
 
@@ -369,7 +369,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	}
 	msg_write_changes_end(&w, upto, nchanges);
 	if (nest >= 0)
-		canonical_gucs_pop(nest);
+		keys_canonical_gucs_pop(nest);
 	UnregisterSnapshot(snap);
 	PG_RETURN_BYTEA_P(msg_finish(&w.buf));
 }
@@ -734,7 +734,7 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 
 	/* key text is parsed to find each row, and values printed */
 	if (t->needs_canonical)
-		canonical_gucs_push(&nest);
+		keys_canonical_gucs_push(&nest);
 	ea.max = Min(maxe, 1024) + 16;
 	ea.n = 0;
 	ea.e = palloc(sizeof(BucketEntry) * ea.max);
@@ -762,7 +762,7 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	}
 	qsort(ea.e, ea.n, sizeof(BucketEntry), entry_cmp);
 	if (nest >= 0)
-		canonical_gucs_pop(nest);
+		keys_canonical_gucs_pop(nest);
 
 	msg_writer_init(&w);
 	msg_write_entries_begin(&w, t, nbuckets, with_rows);
@@ -826,7 +826,7 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 	msg_writer_init(&w);
 	msg_write_rows_begin(&w, t);
 	if (t->needs_canonical)
-		canonical_gucs_push(&nest);
+		keys_canonical_gucs_push(&nest);
 	row_lookup_begin(&rl, t, AccessShareLock, GetActiveSnapshot());
 	for (i = 0; i < nelems; i++)
 	{
@@ -847,7 +847,7 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 	}
 	row_lookup_end(&rl);
 	if (nest >= 0)
-		canonical_gucs_pop(nest);
+		keys_canonical_gucs_pop(nest);
 	msg_write_rows_end(&w, n);
 	PG_RETURN_BYTEA_P(msg_finish(&w.buf));
 }
@@ -1044,7 +1044,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 		n++;
 	}
 	if (t->needs_canonical)
-		canonical_gucs_push(&nest);
+		keys_canonical_gucs_push(&nest);
 	while (!full && n < tp->page_rows && !tp->rows_done)
 	{
 		VersionState st;
@@ -1110,7 +1110,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 	if (full)
 		n--;					/* carried */
 	if (nest >= 0)
-		canonical_gucs_pop(nest);
+		keys_canonical_gucs_pop(nest);
 	msg_write_entries_end(&tp->w, n, false, 0);	/* no "more": the next page follows */
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(tp->rowcxt);

@@ -11,7 +11,7 @@
  * in layer 3) each allocate and initialise their own structure; this file only sums their sizes and calls them, in an order
  * that respects who depends on whom (origins before the structures that
  * register origin markers).  init.c installs the hooks that call
- * registry_shmem_request() and registry_shmem_startup().
+ * shmem_request_space() and shmem_startup_owners().
  *
  *-------------------------------------------------------------------------
  */
@@ -29,13 +29,12 @@
 #include "peer_status.h"
 #include "publishing.h"
 #include "registry.h"
-#include "peer_status.h"
 #include "shmem.h"
 #include "worker_slots.h"
 
 /* The whole of it, also shown by registry.node. */
 Size
-registry_shmem_total_size(void)
+shmem_total_size(void)
 {
 	Size		size = 0;
 
@@ -53,9 +52,9 @@ registry_shmem_total_size(void)
 
 /* From the shmem_request_hook. */
 void
-registry_shmem_request(void)
+shmem_request_space(void)
 {
-	RequestAddinShmemSpace(registry_shmem_total_size());
+	RequestAddinShmemSpace(shmem_total_size());
 	RequestNamedLWLockTranche("registry", REGISTRY_LWLOCKS);
 }
 
@@ -65,7 +64,7 @@ registry_shmem_request(void)
  * time only.
  */
 void
-registry_shmem_startup(void)
+shmem_startup_owners(void)
 {
 	LWLockPadded *locks = GetNamedLWLockTranche("registry");
 
@@ -85,20 +84,4 @@ registry_shmem_startup(void)
 
 	LWLockRelease(AddinShmemInitLock);
 	registry_shmem_attached = true;
-}
-
-/*
- * CREATE EXTENSION starts from nothing: whatever a dropped incarnation of
- * the extension left in shared memory is discarded, and a new epoch tells
- * readers of the change log that earlier sequence numbers mean nothing.
- * Each owner resets its own under its own lock, one after another in the
- * lock order (acceptor, changelog, meta and digest).
- */
-void
-registry_reset_shared_state(void)
-{
-	acceptor_reset();
-	changelog_reset();
-	digest_clear_all();
-	node_reset();
 }

@@ -40,9 +40,8 @@
 #define REGISTRY_LWLOCKS		6
 
 /* layout (shmem.c) */
-extern Size registry_shmem_total_size(void);
-extern void registry_shmem_request(void);
-extern void registry_shmem_startup(void);
-extern void registry_reset_shared_state(void);
+extern Size shmem_total_size(void);
+extern void shmem_request_space(void);
+extern void shmem_startup_owners(void);
 
 #endif							/* REGISTRY_SHMEM_H */

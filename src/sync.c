@@ -78,6 +78,7 @@
 #include "node.h"
 #include "sync.h"
 #include "worker_slots.h"
+#include "registration.h"
 
 PGDLLEXPORT void registry_sync_main(Datum arg);
 
@@ -86,7 +87,7 @@ static int	npeers = 0;
 
 /*
  * A whole-table pull may have left a table's keys out of registry.row_keys
- * (regtable_defer_khash), and a restore may have left registrations to
+ * (registration_defer_khash), and a restore may have left registrations to
  * take up: catalog_upkeep() sees to both.  Pending at start (a pull a
  * crash cut short, an upgrade), after a pull, and when a round finds
  * either (p->upkeep_wanted, taken up here after each step).
@@ -152,7 +153,7 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 			*busy = true;
 		else
 		{
-			regtable_restore_khash(r->relid);
+			registration_restore_khash(r->relid);
 			ereport(LOG,
 					(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
 							name)));
@@ -160,7 +161,7 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 	}
 	/* and a restore that ran no DDL after loading its registrations */
 	if (regs != NIL)
-		regtable_adopt_restored();
+		registration_adopt_restored();
 	apply_batch_xact_end(cxt);
 }
 

@@ -145,7 +145,7 @@ registry_node_info(PG_FUNCTION_ARGS)
 	v[i++] = Int64GetDatum((int64) sent);
 	v[i++] = Int64GetDatum((int64) lost);
 	v[i++] = Int64GetDatum((int64) truncated);
-	v[i++] = Int64GetDatum((int64) registry_shmem_total_size());
+	v[i++] = Int64GetDatum((int64) shmem_total_size());
 	if (maint_pid != 0)
 		v[i++] = Int32GetDatum(maint_pid);
 	else
@@ -298,7 +298,7 @@ registry_get_row(PG_FUNCTION_ARGS)
 	 * (time zone, search_path for policies and output functions), as the
 	 * caller's own SELECT would.
 	 */
-	canonical_gucs_push(&nest);
+	keys_canonical_gucs_push(&nest);
 	for (i = 0; i < t->nkeys; i++)
 	{
 		Oid			infunc;
@@ -309,7 +309,7 @@ registry_get_row(PG_FUNCTION_ARGS)
 		args[i] = OidInputFunctionCall(infunc, (char *) list_nth(parts, i),
 									   ioparam, -1);
 	}
-	canonical_gucs_pop(nest);
+	keys_canonical_gucs_pop(nest);
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT pg_catalog.to_jsonb(r) FROM ONLY %s r WHERE (", t->qualname);

@@ -65,6 +65,7 @@
 #include "registry.h"
 #include "worker.h"
 #include "worker_slots.h"
+#include "rebuild.h"
 
 PGDLLEXPORT void registry_launcher_main(Datum arg);
 PGDLLEXPORT void registry_maintenance_main(Datum arg);
@@ -286,7 +287,7 @@ maybe_rebuild(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "rebuilding registry digests");
 	if (worker_extension_exists())
-		digest_rebuild();
+		rebuild_digests();
 	else
 	{
 		/* nothing is registered, so nothing is stored either */
