@@ -24,7 +24,7 @@ use Exporter 'import';
 our @EXPORT = qw(
   enc_byte enc_int32 enc_int64 enc_string enc_table enc_row enc_change
   msg msg_changes msg_digest msg_entries msg_rows zlib_parts now_version
-  new_fake_peer fake_sql queue_answer queue_pages set_default_answer
+  new_fake_peer fake_sql queue_answer queue_pages queue_together set_default_answer
   calls last_call_id answers_pending answer_used clear_queue
   try_sql sync_worker_pid victim_snapshot server_log_since crash_lines
   crashed_since assert_survived worker_memory reset_peak_memory
@@ -648,13 +648,29 @@ sub _bytes_expr
 	return 'pg_read_binary_file(' . _quote($path) . ')';
 }
 
+# Inside queue_together(): the INSERTs of the answers queued so far, run
+# together when it ends.
+our $BATCH;
+
+# Run one INSERT ... RETURNING id into the queue (its id), or, inside
+# queue_together(), keep it for later (a placeholder for its id).
+sub _queue_insert
+{
+	my ($fake, $sql) = @_;
+	return fake_sql($fake, $sql) unless $BATCH;
+	die "queue_together: every answer of a batch goes to the fake it was started for\n"
+	  unless $fake == $BATCH->{fake};
+	push @{ $BATCH->{sql} }, $sql;
+	return "batch:$#{ $BATCH->{sql} }";
+}
+
 # Queue one answer (undef: SQL NULL) for function $fn ('changes_since',
 # 'digest', 'bucket_entries', 'fetch_rows'); with tbl => name it is kept
 # for a request about that table.  Returns its id.
 sub queue_answer
 {
 	my ($fake, $fn, $bytes, %o) = @_;
-	return fake_sql($fake,
+	return _queue_insert($fake,
 		    'INSERT INTO registry.fake_queue (fn, tbl, answer) VALUES ('
 		  . _quote($fn) . ', '
 		  . _quote($o{tbl}) . ', '
@@ -667,10 +683,38 @@ sub queue_pages
 {
 	my ($fake, $pages, %o) = @_;
 	my $arr = 'ARRAY[' . join(', ', map { _bytes_expr($fake, $_) } @$pages) . ']::bytea[]';
-	return fake_sql($fake,
+	return _queue_insert($fake,
 		    "INSERT INTO registry.fake_queue (fn, tbl, pages) VALUES ('table_pages', "
 		  . _quote($o{tbl})
 		  . ", $arr) RETURNING id");
+}
+
+# Run $code, which queues answers (queue_answer, queue_pages) and returns
+# a list of their ids, and queue them all in one transaction: the sync
+# worker sees none of them or all.  Answers that lead one another (a
+# digest, then the entries or pages it leads to, then rows) queued one
+# statement at a time race with the worker's rounds (every
+# antientropy_interval, not only when asked): a round could take the
+# first and make the next request before the next answer was queued,
+# get the calm default instead, and leave the crafted one queued for a
+# request that never comes.  Returns $code's list with the real ids.
+sub queue_together
+{
+	my ($fake, $code) = @_;
+	die "queue_together: not nested\n" if $BATCH;
+	my @ret;
+	my @sql;
+	{
+		local $BATCH = { fake => $fake, sql => [] };
+		@ret = $code->();
+		@sql = @{ $BATCH->{sql} };
+	}
+	return @ret unless @sql;
+	my @ids = split /\n/,
+	  fake_sql($fake, join("\n", 'BEGIN;', (map { "$_;" } @sql), 'COMMIT;'));
+	die 'queue_together: ' . scalar(@sql) . ' answers queued, ' . scalar(@ids) . " ids returned\n"
+	  unless @ids == @sql;
+	return map { defined $_ && /^batch:(\d+)$/ ? $ids[$1] : $_ } @ret;
 }
 
 # The answer $fn gives whenever nothing is queued (for table tbl => name,
