@@ -60,13 +60,6 @@ begin_reuse(StringInfo buf, char kind)
 	buf->data[3] = 0;
 }
 
-void
-msg_begin(StringInfo buf, char kind)
-{
-	initStringInfo(buf);
-	begin_reuse(buf, kind);
-}
-
 /* A writer with an empty buffer, for the msg_write_*_begin() below. */
 void
 msg_writer_init(MsgWriter *w)
@@ -233,7 +226,7 @@ malformed(const char *what)
 			 errdetail("%s", what)));
 }
 
-char
+static char
 msg_kind(const char *data, int len)
 {
 	if (len < MSG_HEADER || data[0] != MSG_MAGIC)
@@ -388,13 +381,13 @@ reader_close(Reader *r)
 
 /* ---- fields (protocol.md 2.3) ---- */
 
-void
+static void
 msg_put_byte(StringInfo buf, int v)
 {
 	appendStringInfoCharMacro(buf, (char) v);
 }
 
-void
+static void
 msg_put_int32(StringInfo buf, int32 v)
 {
 	char		b[4];
@@ -403,14 +396,14 @@ msg_put_int32(StringInfo buf, int32 v)
 	appendBinaryStringInfo(buf, b, 4);
 }
 
-void
+static void
 msg_put_int64(StringInfo buf, int64 v)
 {
 	msg_put_int32(buf, (int32) ((uint64) v >> 32));
 	msg_put_int32(buf, (int32) (uint64) v);
 }
 
-void
+static void
 msg_put_string(StringInfo buf, const char *s)
 {
 	if (s == NULL)
@@ -611,7 +604,7 @@ get_nbuckets(Reader *r)
 /* ---- table descriptor (protocol.md 2.4) ---- */
 
 /* A table's descriptor; with_cols: its columns too.  t NULL: a NULL name. */
-void
+static void
 msg_put_table(StringInfo buf, RegTable *t, bool with_cols)
 {
 	int			i;
@@ -687,7 +680,7 @@ check_table_columns(MsgTable *t, bool with_rows)
  * large; values (ncols of them, or -1 for none when values is NULL) for a
  * live row.
  */
-void
+static void
 msg_put_row(StringInfo buf, const char *key, int state, RegVersion version,
 			const char *origin, char **values, int ncols)
 {

@@ -178,26 +178,10 @@ extern void msg_write_rows_begin(MsgWriter *w, RegTable *t);
 extern void msg_write_rows_end(MsgWriter *w, int n);
 
 /*
- * The parts the writers above are made of, for messages built field by
- * field (the fuzz harness's seeds and round trips, scripts/fuzz): not
- * for the serving functions.
- */
-extern void msg_begin(StringInfo buf, char kind);
-extern void msg_put_byte(StringInfo buf, int v);
-extern void msg_put_int32(StringInfo buf, int32 v);
-extern void msg_put_int64(StringInfo buf, int64 v);
-extern void msg_put_string(StringInfo buf, const char *s);
-extern void msg_put_table(StringInfo buf, RegTable *t, bool with_cols);
-extern void msg_put_row(StringInfo buf, const char *key, int state,
-						RegVersion version, const char *origin,
-						char **values, int ncols);
-
-/*
  * reading: every function checks the whole message, and errors on
  * anything malformed, before it returns; its result needs at most three
  * times the message's raw size, itself at most registry.max_message_size
  */
-extern char msg_kind(const char *data, int len);
 extern void msg_read_changes(const char *data, int len, MsgChanges *m);
 extern void msg_read_digest(const char *data, int len, MsgDigest *m);
 extern void msg_read_entries(const char *data, int len, MsgEntries *m);

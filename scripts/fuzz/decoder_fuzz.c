@@ -1,14 +1,14 @@
 /*
  * decoder_fuzz.c: libFuzzer target for the message decoder of src/message.c
- * (msg_kind, msg_read_changes, msg_read_digest, msg_read_entries,
- * msg_read_rows), compiled unchanged against the stubs in pg_stubs.c.
+ * (msg_read_changes, msg_read_digest, msg_read_entries, msg_read_rows),
+ * compiled unchanged against the stubs in pg_stubs.c.
  *
  * Build and run with scripts/fuzz/run (it also makes the seed corpus);
  * to replay one input: scripts/fuzz/run replay FILE...
  *
- * Each input is handed, as a message, to msg_kind and to each of the
- * four readers (all but one of which must refuse it by kind).  Besides
- * the sanitizers, the harness checks:
+ * Each input is handed, as a message, to each of the four readers (all
+ * but one of which must refuse it by kind).  Besides the sanitizers, the
+ * harness checks:
  * - an ERROR is the only way a reader may refuse (a longjmp back here);
  * - memory: every palloc is counted; the decoder may allocate at most
  *   what src/message.c promises, 3 x raw for what it builds, plus the
@@ -20,9 +20,12 @@
  * - what a reader accepts is well formed as message.h promises: no NULL
  *   where one is not allowed, counts and indexes in range, names valid;
  *   all of it is walked, so a dangling pointer shows up under ASan;
- * - what a reader accepts re-encodes, with the writing half of
- *   message.c, to exactly the payload it was read from (no two encodings
- *   of one message, nothing left out).
+ * - what a reader accepts re-encodes, with the writers the serving
+ *   functions use (msg_writer_init, msg_write_*), to exactly the header
+ *   kind and payload it was read from (no two encodings of one message,
+ *   nothing left out), and every item takes the bytes its _size function
+ *   (msg_row_size, msg_change_size, msg_table_size, msg_entries_end_size)
+ *   says.
  * Any violation prints ==FUZZ== and abort()s.  At exit the harness prints
  * how many inputs each reader accepted and the memory figures.
  *
@@ -254,18 +257,35 @@ check_rows(const MsgRows *m)
 	}
 }
 
-/* ---- re-encoding with the writer of message.c ---- */
+/* ---- re-encoding with the writers of message.c ---- */
+
+/*
+ * The writers the serving functions use (msg_write_*), each item's bytes
+ * checked against its _size function as they are written.
+ */
+static MsgWriter W;
 
 static void
-put_table(StringInfo b, const MsgTable *t)
+size_check(Size written, Size promised, const char *what)
 {
-	RegTable	rt;
+	if (written != promised)
+	{
+		fprintf(stderr, "==FUZZ== ROUND TRIP SIZE (%s): wrote %zu bytes, its _size function says %zu\n",
+				what, (size_t) written, (size_t) promised);
+		abort();
+	}
+}
+
+/* a RegTable of a table descriptor read, as the writers take it */
+static RegTable *
+reg_table(const MsgTable *t)
+{
+	RegTable   *rt = palloc0(sizeof(RegTable));
 	RowColumn  *cols = NULL;
 	int			i;
 
-	memset(&rt, 0, sizeof(rt));
-	rt.qualname = t->name;
-	rt.ncols = t->ncols;
+	rt->qualname = t->name;
+	rt->ncols = t->ncols;
 	if (t->ncols > 0)
 	{
 		cols = palloc0(sizeof(RowColumn) * t->ncols);
@@ -275,90 +295,92 @@ put_table(StringInfo b, const MsgTable *t)
 			cols[i].typname = t->coltypes[i];
 		}
 	}
-	rt.cols = cols;
-	msg_put_table(b, &rt, true);
+	rt->cols = cols;
+	return rt;
 }
 
 static void
-put_row(StringInfo b, const MsgRow *r, int ncols)
+write_row(const MsgRow *r, int ncols)
 {
-	msg_put_row(b, r->key, r->state, r->version, r->origin, r->values, ncols);
+	int			before = W.buf.len;
+
+	msg_write_row(&W, r->key, r->state, r->version, r->origin, r->values, ncols);
+	size_check(W.buf.len - before,
+			   msg_row_size(r->key, r->state, r->origin, r->values, ncols), "row");
 }
 
 static void
-encode_changes(StringInfo b, const MsgChanges *m)
+encode_changes(const MsgChanges *m)
 {
+	RegTable  **tabs = palloc0(sizeof(RegTable *) * (m->ntables + 1));
+	Size		tables_size = 0;
+	int			before;
 	int			i;
 
-	msg_put_string(b, m->node);
-	msg_put_int64(b, (int64) m->epoch);
-	msg_put_int64(b, (int64) m->first_seq);
-	msg_put_int64(b, (int64) m->last_seq);
-	msg_put_int64(b, (int64) m->upto_seq);
-	msg_put_byte(b, m->status);
-	msg_put_byte(b, m->with_rows ? 1 : 0);
-	msg_put_int32(b, m->ntables);
+	/* a table no longer registered is "" on the wire, NULL to the writer */
 	for (i = 0; i < m->ntables; i++)
-		put_table(b, &m->tables[i]);
-	msg_put_int32(b, m->n);
+	{
+		tabs[i] = m->tables[i].name[0] == '\0' ? NULL : reg_table(&m->tables[i]);
+		tables_size += msg_table_size(tabs[i], m->with_rows);
+	}
+	msg_writer_init(&W);
+	msg_write_changes_begin(&W, m->node, m->epoch, m->first_seq, m->last_seq,
+							m->status, m->with_rows, tabs, m->ntables);
+	/* header, node, epoch, first, last, upto, status, with_rows, ntables, n */
+	size_check(W.buf.len, MSG_HEADER + 4 + strlen(m->node) + 4 * 8 + 2 + 4 +
+			   tables_size + 4, "changes begin (msg_table_size)");
 	for (i = 0; i < m->n; i++)
 	{
 		const MsgChange *c = &m->changes[i];
 
-		msg_put_int64(b, (int64) c->seq);
-		msg_put_int32(b, c->table);
-		msg_put_string(b, c->key);
-		msg_put_int64(b, (int64) c->version);
-		msg_put_string(b, c->origin);
-		msg_put_byte(b, c->op);
+		before = W.buf.len;
+		msg_write_change(&W, c->seq, c->table, c->key, c->version, c->origin, c->op);
+		size_check(W.buf.len - before, msg_change_size(c->key, c->origin), "change");
 		if (m->with_rows)
-			put_row(b, &c->row, m->tables[c->table].ncols);
+			write_row(&c->row, m->tables[c->table].ncols);
 	}
+	msg_write_changes_end(&W, m->upto_seq, m->n);
 }
 
 static void
-encode_digest(StringInfo b, const MsgDigest *m)
+encode_digest(const MsgDigest *m)
 {
-	int			i;
-
-	msg_put_string(b, m->node);
-	msg_put_string(b, m->table);
-	msg_put_int32(b, m->nbuckets);
-	msg_put_int64(b, (int64) m->root);
-	msg_put_int64(b, m->live);
-	msg_put_int64(b, m->tombstones);
-	msg_put_int32(b, m->lo);
-	msg_put_int32(b, m->width);
-	msg_put_int32(b, m->n);
-	for (i = 0; i < m->n; i++)
-		msg_put_int64(b, (int64) m->digests[i]);
+	msg_writer_init(&W);
+	msg_write_digest(&W, m);
 }
 
 static void
-encode_entries(StringInfo b, const MsgEntries *m)
+encode_entries(const MsgEntries *m)
 {
+	RegTable   *rt = reg_table(&m->table);
+	int			before;
 	int			i;
 
-	put_table(b, &m->table);
-	msg_put_int32(b, m->nbuckets);
-	msg_put_byte(b, m->with_rows ? 1 : 0);
-	msg_put_int32(b, m->n);
+	msg_writer_init(&W);
+	msg_write_entries_begin(&W, rt, m->nbuckets, m->with_rows);
+	/* header, table, nbuckets, with_rows, n */
+	size_check(W.buf.len, MSG_HEADER + msg_table_size(rt, m->with_rows) + 4 + 1 + 4,
+			   "entries begin (msg_table_size)");
 	for (i = 0; i < m->n; i++)
-		put_row(b, &m->rows[i], m->table.ncols);
-	msg_put_byte(b, m->more ? 1 : 0);
-	if (m->more)
-		msg_put_int32(b, khash_to_int4(m->next_khash));
+		write_row(&m->rows[i], m->table.ncols);
+	before = W.buf.len;
+	msg_write_entries_end(&W, m->n, m->more, m->next_khash);
+	size_check(W.buf.len - before, msg_entries_end_size(m->more), "entries end");
 }
 
 static void
-encode_rows(StringInfo b, const MsgRows *m)
+encode_rows(const MsgRows *m)
 {
+	RegTable   *rt = reg_table(&m->table);
 	int			i;
 
-	put_table(b, &m->table);
-	msg_put_int32(b, m->n);
+	msg_writer_init(&W);
+	msg_write_rows_begin(&W, rt);
+	size_check(W.buf.len, MSG_HEADER + msg_table_size(rt, true) + 4,
+			   "rows begin (msg_table_size)");
 	for (i = 0; i < m->n; i++)
-		put_row(b, &m->rows[i], m->table.ncols);
+		write_row(&m->rows[i], m->table.ncols);
+	msg_write_rows_end(&W, m->n);
 }
 
 /* the payload of an accepted message, inflated if it was compressed */
@@ -389,38 +411,45 @@ payload_of(const char *data, int len, uLongf *plen, char **tofree)
 static void
 check_roundtrip(const char *data, int len, int which, void *m)
 {
-	StringInfoData b;
+	StringInfo	b = &W.buf;
 	uLongf		plen;
 	char	   *tofree;
 	const char *payload = payload_of(data, len, &plen, &tofree);
 
-	msg_begin(&b, data[2]);
 	switch (which)
 	{
 		case 0:
-			encode_changes(&b, m);
+			encode_changes(m);
 			break;
 		case 1:
-			encode_digest(&b, m);
+			encode_digest(m);
 			break;
 		case 2:
-			encode_entries(&b, m);
+			encode_entries(m);
 			break;
 		case 3:
-			encode_rows(&b, m);
+			encode_rows(m);
 			break;
 	}
-	if ((uLongf) (b.len - MSG_HEADER) != plen ||
-		memcmp(b.data + MSG_HEADER, payload, plen) != 0)
+	if (memcmp(b->data, data, 3) != 0)
+	{
+		fprintf(stderr, "==FUZZ== ROUND TRIP MISMATCH (%s reader): header %02x %02x %02x, re-encoded %02x %02x %02x\n",
+				kind_names[which], (unsigned char) data[0], (unsigned char) data[1],
+				(unsigned char) data[2], (unsigned char) b->data[0],
+				(unsigned char) b->data[1], (unsigned char) b->data[2]);
+		abort();
+	}
+	if ((uLongf) (b->len - MSG_HEADER) != plen ||
+		memcmp(b->data + MSG_HEADER, payload, plen) != 0)
 	{
 		uLongf		i;
 
-		for (i = 0; i < plen && (int) (i + MSG_HEADER) < b.len; i++)
-			if (b.data[MSG_HEADER + i] != payload[i])
+		for (i = 0; i < plen && (int) (i + MSG_HEADER) < b->len; i++)
+			if (b->data[MSG_HEADER + i] != payload[i])
 				break;
 		fprintf(stderr, "==FUZZ== ROUND TRIP MISMATCH (%s reader): payload %lu bytes, "
 				"re-encoded %d bytes, first difference at payload offset %lu\n",
-				kind_names[which], (unsigned long) plen, b.len - MSG_HEADER,
+				kind_names[which], (unsigned long) plen, b->len - MSG_HEADER,
 				(unsigned long) i);
 		abort();
 	}
@@ -563,11 +592,6 @@ LLVMFuzzerTestOneInput(const uint8_t *input, size_t size)
 	limit = budget_factor * raw + 1024 * 1024;
 	if (size >= MSG_HEADER && (data[3] & 1))
 		limit += raw + 1;
-
-	stub_alloc_begin(limit);
-	if (STUB_TRY(jb))
-		(void) msg_kind(data, len);
-	STUB_END_TRY();
 
 	for (which = 0; which < 4; which++)
 	{

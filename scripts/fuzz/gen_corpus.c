@@ -1,9 +1,11 @@
 /*
  * gen_corpus.c: writes the seed corpus for decoder_fuzz: well-formed
  * messages of every kind (C changes, D digest, E bucket entries, R rows),
- * each uncompressed and zlib-compressed, made with the writing half of
- * src/message.c (msg_begin, msg_put_*, msg_finish_copy) as the serving
- * functions make them.  Every seed is read back with its reader, which
+ * each uncompressed and zlib-compressed: built field by field with the
+ * harness's own writers (wire.h) and finished (header, compression) by
+ * src/message.c's msg_finish_copy, as the serving functions finish
+ * theirs; decoder_fuzz re-encodes each with the serving functions'
+ * writers.  Every seed is read back with its reader, which
  * must accept it, and the example of docs/protocol.md 2.11 must come out
  * byte for byte.  Exits non-zero otherwise.
  *
@@ -19,6 +21,7 @@
 #include "registry.h"
 
 #include "pg_stubs.h"
+#include "wire.h"
 
 #include <stdlib.h>
 
@@ -60,7 +63,7 @@ decodes(const char *data, int len)
 		MsgEntries	e;
 		MsgRows		r;
 
-		switch (msg_kind(data, len))
+		switch (len > 2 ? data[2] : 0)
 		{
 			case 'C':
 				msg_read_changes(data, len, &c);
@@ -133,7 +136,7 @@ put_table(StringInfo b, const char *name, int ncols, const char **cols)
 		rc[i].name = (char *) cols[2 * i];
 		rc[i].typname = (char *) cols[2 * i + 1];
 	}
-	msg_put_table(b, &t, ncols > 0);
+	wire_table(b, &t, ncols > 0);
 }
 
 static const char *kv_cols[] = {"k", "text", "v", "integer"};
@@ -151,26 +154,26 @@ static void
 changes_header(StringInfo b, const char *node, uint64 epoch, uint64 first,
 			   uint64 last, uint64 upto, int status, bool with_rows)
 {
-	msg_begin(b, 'C');
-	msg_put_string(b, node);
-	msg_put_int64(b, (int64) epoch);
-	msg_put_int64(b, (int64) first);
-	msg_put_int64(b, (int64) last);
-	msg_put_int64(b, (int64) upto);
-	msg_put_byte(b, status);
-	msg_put_byte(b, with_rows);
+	wire_begin(b, 'C');
+	wire_string(b, node);
+	wire_int64(b, (int64) epoch);
+	wire_int64(b, (int64) first);
+	wire_int64(b, (int64) last);
+	wire_int64(b, (int64) upto);
+	wire_byte(b, status);
+	wire_byte(b, with_rows);
 }
 
 static void
 change(StringInfo b, uint64 seq, int table, const char *key, RegVersion v,
 	   const char *origin, char op)
 {
-	msg_put_int64(b, (int64) seq);
-	msg_put_int32(b, table);
-	msg_put_string(b, key);
-	msg_put_int64(b, (int64) v);
-	msg_put_string(b, origin);
-	msg_put_byte(b, op);
+	wire_int64(b, (int64) seq);
+	wire_int32(b, table);
+	wire_string(b, key);
+	wire_int64(b, (int64) v);
+	wire_string(b, origin);
+	wire_byte(b, op);
 }
 
 static void
@@ -184,24 +187,24 @@ gen_changes(void)
 	char	   *vals[6];
 
 	changes_header(&b, "node1", 7, 1, 0, 0, 0, false);
-	msg_put_int32(&b, 0);
-	msg_put_int32(&b, 0);
+	wire_int32(&b, 0);
+	wire_int32(&b, 0);
 	emit(&b, "C-empty");
 
 	for (status = 1; status <= 2; status++)
 	{
 		changes_header(&b, "node-2.example:5432", 7, 100, 200, 0, status, status == 1);
-		msg_put_int32(&b, 0);
-		msg_put_int32(&b, 0);
+		wire_int32(&b, 0);
+		wire_int32(&b, 0);
 		emit(&b, status == 1 ? "C-gap" : "C-epoch");
 	}
 
 	/* without rows: a registered table, a dropped one ("") */
 	changes_header(&b, "a@b", 3, 1, 10, 9, 0, false);
-	msg_put_int32(&b, 2);
+	wire_int32(&b, 2);
 	put_table(&b, "public.kv", 0, NULL);
 	put_table(&b, "", 0, NULL);
-	msg_put_int32(&b, 5);
+	wire_int32(&b, 5);
 	change(&b, 2, 0, "a", V(T0, 0), "n1", REG_OP_INSERT);
 	change(&b, 3, 0, "a", V(T0, 1), "n2", REG_OP_UPDATE);
 	change(&b, 5, 1, "x", V(T0 + 5, 0), "n1", REG_OP_DELETE);
@@ -211,28 +214,28 @@ gen_changes(void)
 
 	/* with rows: every state a change's row may have */
 	changes_header(&b, "n1", UINT64CONST(0xfedcba9876543210), 5, 40, 40, 0, true);
-	msg_put_int32(&b, 3);
+	wire_int32(&b, 3);
 	put_table(&b, "public.kv", 2, kv_cols);
 	put_table(&b, "", 0, NULL);
 	put_table(&b, "s.\"Wide\"", 6, wide_cols);
-	msg_put_int32(&b, 8);
+	wire_int32(&b, 8);
 	vals[0] = "a";
 	vals[1] = "1";
 	change(&b, 5, 0, "a", V(T0, 0), "n1", REG_OP_INSERT);
-	msg_put_row(&b, "a", ROW_LIVE, V(T0, 0), "n1", vals, 2);
+	wire_row(&b, "a", ROW_LIVE, V(T0, 0), "n1", vals, 2);
 	vals[1] = NULL;
 	change(&b, 6, 0, "a", V(T0, 1), "n1", REG_OP_UPDATE);
-	msg_put_row(&b, "a", ROW_LIVE, V(T0, 2), "n2", vals, 2);
+	wire_row(&b, "a", ROW_LIVE, V(T0, 2), "n2", vals, 2);
 	change(&b, 7, 0, "a", V(T0, 3), "n1", REG_OP_DELETE);
-	msg_put_row(&b, "a", ROW_TOMBSTONE, V(T0, 3), "n1", NULL, 2);
+	wire_row(&b, "a", ROW_TOMBSTONE, V(T0, 3), "n1", NULL, 2);
 	change(&b, 8, 0, "gone", V(T0, 4), "n1", REG_OP_DELETE);
-	msg_put_row(&b, "gone", ROW_ABSENT, 0, NULL, NULL, 2);
+	wire_row(&b, "gone", ROW_ABSENT, 0, NULL, NULL, 2);
 	change(&b, 9, 0, "big", V(T0, 5), "n1", REG_OP_INSERT);
-	msg_put_row(&b, "big", ROW_TOO_LARGE, V(T0, 5), "n1", NULL, 2);
+	wire_row(&b, "big", ROW_TOO_LARGE, V(T0, 5), "n1", NULL, 2);
 	change(&b, 10, 0, "", V(T0, 6), "n1", REG_OP_RESYNC);
-	msg_put_row(&b, "", ROW_UNKNOWN, 0, NULL, NULL, 2);
+	wire_row(&b, "", ROW_UNKNOWN, 0, NULL, NULL, 2);
 	change(&b, 12, 1, "old", V(T0, 7), "n9", REG_OP_UPDATE);
-	msg_put_row(&b, "old", ROW_UNKNOWN, 0, NULL, NULL, 0);
+	wire_row(&b, "old", ROW_UNKNOWN, 0, NULL, NULL, 0);
 	vals[0] = "42";
 	vals[1] = "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82";
 	vals[2] = "{a,\"b c\",NULL}";
@@ -240,14 +243,14 @@ gen_changes(void)
 	vals[4] = "2024-02-29 23:59:59.999999+00";
 	vals[5] = NULL;
 	change(&b, 40, 2, "42", V(T0 + 9, 0), "n1", REG_OP_INSERT);
-	msg_put_row(&b, "42", ROW_LIVE, V(T0 + 9, 0), "n1", vals, 6);
+	wire_row(&b, "42", ROW_LIVE, V(T0 + 9, 0), "n1", vals, 6);
 	emit(&b, "C-rows");
 
 	/* many changes, with rows: large enough to be compressed */
 	changes_header(&b, "n1", 1, 1, 1000, 1000, 0, true);
-	msg_put_int32(&b, 1);
+	wire_int32(&b, 1);
 	put_table(&b, "public.kv", 2, kv_cols);
-	msg_put_int32(&b, 300);
+	wire_int32(&b, 300);
 	for (i = 0; i < 300; i++)
 	{
 		snprintf(key, sizeof(key), "key-%d", i);
@@ -257,9 +260,9 @@ gen_changes(void)
 		change(&b, 1 + 3 * i, 0, key, V(T0 + i, i), i % 2 ? "n1" : "n2",
 			   i % 3 == 2 ? REG_OP_DELETE : REG_OP_INSERT);
 		if (i % 3 == 2)
-			msg_put_row(&b, key, ROW_TOMBSTONE, V(T0 + i, i), i % 2 ? "n1" : "n2", NULL, 2);
+			wire_row(&b, key, ROW_TOMBSTONE, V(T0 + i, i), i % 2 ? "n1" : "n2", NULL, 2);
 		else
-			msg_put_row(&b, key, ROW_LIVE, V(T0 + i, i), i % 2 ? "n1" : "n2", vals, 2);
+			wire_row(&b, key, ROW_LIVE, V(T0 + i, i), i % 2 ? "n1" : "n2", vals, 2);
 	}
 	emit(&b, "C-many");
 }
@@ -272,18 +275,18 @@ digest(const char *name, int nbuckets, int lo, int width, int n)
 	StringInfoData b;
 	int			i;
 
-	msg_begin(&b, 'D');
-	msg_put_string(&b, "node1");
-	msg_put_string(&b, "public.kv");
-	msg_put_int32(&b, nbuckets);
-	msg_put_int64(&b, (int64) UINT64CONST(0x8000000000000001));
-	msg_put_int64(&b, 12345);
-	msg_put_int64(&b, 67);
-	msg_put_int32(&b, lo);
-	msg_put_int32(&b, width);
-	msg_put_int32(&b, n);
+	wire_begin(&b, 'D');
+	wire_string(&b, "node1");
+	wire_string(&b, "public.kv");
+	wire_int32(&b, nbuckets);
+	wire_int64(&b, (int64) UINT64CONST(0x8000000000000001));
+	wire_int64(&b, 12345);
+	wire_int64(&b, 67);
+	wire_int32(&b, lo);
+	wire_int32(&b, width);
+	wire_int32(&b, n);
 	for (i = 0; i < n; i++)
-		msg_put_int64(&b, (int64) (UINT64CONST(0x9e3779b97f4a7c15) * (i + 1)));
+		wire_int64(&b, (int64) (UINT64CONST(0x9e3779b97f4a7c15) * (i + 1)));
 	emit(&b, name);
 }
 
@@ -307,43 +310,43 @@ gen_entries(void)
 	char		key[32];
 	int			i;
 
-	msg_begin(&b, 'E');
+	wire_begin(&b, 'E');
 	put_table(&b, "public.kv", 0, NULL);
-	msg_put_int32(&b, 256);
-	msg_put_byte(&b, 0);
-	msg_put_int32(&b, 2);
-	msg_put_row(&b, "a", ROW_LIVE, V(T0, 0), "n1", NULL, 0);
-	msg_put_row(&b, "b", ROW_TOMBSTONE, V(T0, 1), "n2", NULL, 0);
-	msg_put_byte(&b, 0);
+	wire_int32(&b, 256);
+	wire_byte(&b, 0);
+	wire_int32(&b, 2);
+	wire_row(&b, "a", ROW_LIVE, V(T0, 0), "n1", NULL, 0);
+	wire_row(&b, "b", ROW_TOMBSTONE, V(T0, 1), "n2", NULL, 0);
+	wire_byte(&b, 0);
 	emit(&b, "E-norows");
 
-	msg_begin(&b, 'E');
+	wire_begin(&b, 'E');
 	put_table(&b, "public.kv", 2, kv_cols);
-	msg_put_int32(&b, 1 << 16);
-	msg_put_byte(&b, 1);
-	msg_put_int32(&b, 3);
+	wire_int32(&b, 1 << 16);
+	wire_byte(&b, 1);
+	wire_int32(&b, 3);
 	vals[0] = "a";
 	vals[1] = NULL;
-	msg_put_row(&b, "a", ROW_LIVE, V(T0, 0), "n1", vals, 2);
-	msg_put_row(&b, "b", ROW_TOO_LARGE, V(T0, 1), "n1", NULL, 2);
-	msg_put_row(&b, "c", ROW_TOMBSTONE, V(T0, 2), "n1", NULL, 2);
-	msg_put_byte(&b, 1);
-	msg_put_int32(&b, khash_to_int4(0xdeadbeef));
+	wire_row(&b, "a", ROW_LIVE, V(T0, 0), "n1", vals, 2);
+	wire_row(&b, "b", ROW_TOO_LARGE, V(T0, 1), "n1", NULL, 2);
+	wire_row(&b, "c", ROW_TOMBSTONE, V(T0, 2), "n1", NULL, 2);
+	wire_byte(&b, 1);
+	wire_int32(&b, khash_to_int4(0xdeadbeef));
 	emit(&b, "E-rows-more");
 
-	msg_begin(&b, 'E');
+	wire_begin(&b, 'E');
 	put_table(&b, "public.kv", 2, kv_cols);
-	msg_put_int32(&b, 1);
-	msg_put_byte(&b, 1);
-	msg_put_int32(&b, 500);
+	wire_int32(&b, 1);
+	wire_byte(&b, 1);
+	wire_int32(&b, 500);
 	for (i = 0; i < 500; i++)
 	{
 		snprintf(key, sizeof(key), "%d", i);
 		vals[0] = key;
 		vals[1] = "{\"host\": \"db1.example.com\", \"port\": 5432}";
-		msg_put_row(&b, key, ROW_LIVE, V(T0 + i, 0), "n1", vals, 2);
+		wire_row(&b, key, ROW_LIVE, V(T0 + i, 0), "n1", vals, 2);
 	}
-	msg_put_byte(&b, 0);
+	wire_byte(&b, 0);
 	emit(&b, "E-many");
 }
 
@@ -378,13 +381,13 @@ gen_rows(void)
 	int			i;
 
 	/* docs/protocol.md 2.11, which must match byte for byte */
-	msg_begin(&b, 'R');
+	wire_begin(&b, 'R');
 	put_table(&b, "public.kv", 2, kv_cols);
-	msg_put_int32(&b, 2);
+	wire_int32(&b, 2);
 	vals[0] = "a";
 	vals[1] = "1";
-	msg_put_row(&b, "a", ROW_LIVE, UINT64CONST(117657545341206528), "docnode", vals, 2);
-	msg_put_row(&b, "b", ROW_ABSENT, 0, NULL, NULL, 2);
+	wire_row(&b, "a", ROW_LIVE, UINT64CONST(117657545341206528), "docnode", vals, 2);
+	wire_row(&b, "b", ROW_ABSENT, 0, NULL, NULL, 2);
 	for (p = doc_example; *p; p++)
 	{
 		unsigned int v;
@@ -404,27 +407,27 @@ gen_rows(void)
 	}
 	emit(&b, "R-doc-example");
 
-	msg_begin(&b, 'R');
+	wire_begin(&b, 'R');
 	put_table(&b, "s.\"Wide\"", 6, wide_cols);
-	msg_put_int32(&b, 4);
+	wire_int32(&b, 4);
 	vals[0] = "1";
 	vals[1] = "";
 	vals[2] = NULL;
 	vals[3] = "{}";
 	vals[4] = "infinity";
 	vals[5] = "happy";
-	msg_put_row(&b, "1", ROW_LIVE, V(T0, 0), "n1", vals, 6);
-	msg_put_row(&b, "2", ROW_TOMBSTONE, V(T0, 1), "n.2", NULL, 6);
-	msg_put_row(&b, "3", ROW_ABSENT, 0, NULL, NULL, 6);
-	msg_put_row(&b, "4", ROW_TOO_LARGE, V(T0, 2), "n1", NULL, 6);
+	wire_row(&b, "1", ROW_LIVE, V(T0, 0), "n1", vals, 6);
+	wire_row(&b, "2", ROW_TOMBSTONE, V(T0, 1), "n.2", NULL, 6);
+	wire_row(&b, "3", ROW_ABSENT, 0, NULL, NULL, 6);
+	wire_row(&b, "4", ROW_TOO_LARGE, V(T0, 2), "n1", NULL, 6);
 	emit(&b, "R-states");
 
 	/* the longest key there can be, and an origin of 63 bytes */
 	memset(longkey, 'k', REGISTRY_MAX_KEY_LEN);
-	msg_begin(&b, 'R');
+	wire_begin(&b, 'R');
 	put_table(&b, "public.kv", 2, kv_cols);
-	msg_put_int32(&b, 1);
-	msg_put_row(&b, longkey, ROW_TOMBSTONE, (RegVersion) PG_INT64_MAX,
+	wire_int32(&b, 1);
+	wire_row(&b, longkey, ROW_TOMBSTONE, (RegVersion) PG_INT64_MAX,
 				"o23456789012345678901234567890123456789012345678901234567890123",
 				NULL, 2);
 	emit(&b, "R-longkey");
@@ -437,15 +440,15 @@ gen_rows(void)
 		many_cols[2 * i + 1] = "text";
 		vals[i] = NULL;
 	}
-	msg_begin(&b, 'R');
+	wire_begin(&b, 'R');
 	put_table(&b, "public.wide", 1000, many_cols);
-	msg_put_int32(&b, 20);
+	wire_int32(&b, 20);
 	for (i = 0; i < 20; i++)
 	{
 		char		key[16];
 
 		snprintf(key, sizeof(key), "%d", i);
-		msg_put_row(&b, key, ROW_LIVE, V(T0, i), "n1", vals, 1000);
+		wire_row(&b, key, ROW_LIVE, V(T0, i), "n1", vals, 1000);
 	}
 	emit(&b, "R-nulls");
 
@@ -454,9 +457,9 @@ gen_rows(void)
 	 * most string memory per byte); large raw payload, small compressed
 	 */
 	memset(bigval, 'x', sizeof(bigval) - 1);
-	msg_begin(&b, 'R');
+	wire_begin(&b, 'R');
 	put_table(&b, "public.kv", 2, kv_cols);
-	msg_put_int32(&b, 64);
+	wire_int32(&b, 64);
 	for (i = 0; i < 64; i++)
 	{
 		char		key[16];
@@ -464,7 +467,7 @@ gen_rows(void)
 		snprintf(key, sizeof(key), "%d", i);
 		vals[0] = key;
 		vals[1] = bigval;
-		msg_put_row(&b, key, ROW_LIVE, V(T0, i), "n1", vals, 2);
+		wire_row(&b, key, ROW_LIVE, V(T0, i), "n1", vals, 2);
 	}
 	emit(&b, "R-bigvalues");
 }
@@ -486,19 +489,19 @@ stress_rows(const char *name, int ncols, int namelen, int nrows)
 	int			i;
 	const char *save = outdir;
 
-	msg_begin(&b, 'R');
-	msg_put_string(&b, "public.t");
-	msg_put_int32(&b, ncols);
+	wire_begin(&b, 'R');
+	wire_string(&b, "public.t");
+	wire_int32(&b, ncols);
 	for (i = 0; i < ncols; i++)
 	{
 		memset(colname, 'c', namelen);
 		snprintf(colname + namelen - 4, 5, "%04d", i);
-		msg_put_string(&b, colname);
-		msg_put_string(&b, "t");
+		wire_string(&b, colname);
+		wire_string(&b, "t");
 	}
-	msg_put_int32(&b, nrows);
+	wire_int32(&b, nrows);
 	for (i = 0; i < nrows; i++)
-		msg_put_row(&b, "", ROW_ABSENT, 0, NULL, NULL, ncols);
+		wire_row(&b, "", ROW_ABSENT, 0, NULL, NULL, ncols);
 	registry_compress_threshold = 0;
 	m = msg_finish_copy(&b);
 	registry_compress_threshold = 4096;
