@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * acceptor.h
- *	  Recent history of recently changed keys (acceptor.c, layer 4).
+ *	  Recent history of recently changed keys (acceptor.c, layer 3).
  *
  *-------------------------------------------------------------------------
  */

@@ -10,7 +10,7 @@
  * registry.tombstones and shared memory use.  An entry is rebuilt when a
  * relcache invalidation of its table arrives.  Registering, unregistering,
  * the DDL check and taking up restored registrations are registration.c's
- * (layer 10); nothing here writes the catalog.
+ * (layer 7); nothing here writes the catalog.
  *
  *-------------------------------------------------------------------------
  */

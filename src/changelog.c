@@ -182,7 +182,7 @@ changelog_reset(void)
  * Append one committed transaction's changes, in order, committed at now.
  * Called from the commit callback: cannot fail.  A transaction with more
  * changes than the ring holds leaves a gap instead (readers then compare
- * digests).
+ * digests), and records is not read (the caller may pass NULL).
  */
 void
 changelog_append(const ChangeLogRecord *records, int n, TimestampTz now)

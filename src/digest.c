@@ -2,7 +2,7 @@
  *
  * digest.c
  *	  Per-table digests in shared memory, and the table slots that hold
- *	  them (layer 4: a shared-state owner; calls only layers 1-2).
+ *	  them (layer 3: a shared-state owner; calls only layers 1-2).
  *
  * A digest is a fixed number of buckets per table (registry.digest_buckets),
  * each bucket the XOR of its entries' hashes, where an entry is (key,
@@ -183,7 +183,7 @@ digest_shmem_init(LWLock *slots_lock, LWLock *buckets_lock)
 
 /*
  * Forget every slot and digest (CREATE EXTENSION starts from nothing).
- * Caller holds slot_lock exclusively; takes digest_lock.
+ * Takes slot_lock, then digest_lock.
  */
 void
 digest_clear_all(void)

@@ -5,7 +5,7 @@
  *	  and registry.row_keys.  Opening them with their primary key, finding
  *	  a key's latest row (waiting for its writer), deleting it, and index
  *	  range scans by key hash.  Used by tombstones.c and row_keys.c (layer
- *	  3, durable stores); calls only layer 1 (registry_relid).
+ *	  4, durable stores); calls only layer 1 (registry_relid).
  *
  * The heap and index access methods are used directly: this runs inside
  * the row triggers.

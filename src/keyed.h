@@ -2,7 +2,7 @@
  *
  * keyed.h
  *	  The extension's tables keyed (tid, khash, key): registry.tombstones
- *	  and registry.row_keys (keyed.c, layer 3).
+ *	  and registry.row_keys (keyed.c, layer 4).
  *
  *-------------------------------------------------------------------------
  */

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * node.c
- *	  This node's incarnation in shared memory (layer 4): when the node
+ *	  This node's incarnation in shared memory (layer 3): when the node
  *	  started, and its state: STARTING until the maintenance worker
  *	  rebuilds the digests from disk, REBUILDING meanwhile, then READY
  *	  (and when it became ready).  The epoch, which tells readers of the

@@ -2,7 +2,7 @@
  *
  * node.h
  *	  This node's incarnation: when it started, and whether its
- *	  digests are ready (node.c, layer 4).
+ *	  digests are ready (node.c, layer 3).
  *
  *-------------------------------------------------------------------------
  */

@@ -27,7 +27,7 @@
  * may read the names of the numbers it sees (origins_hold_names()).
  *
  * The owners of the acceptors (acceptor.c) and of the change log
- * (changelog.c) sit beside this file in layer 4; they register an
+ * (changelog.c) sit beside this file in layer 3; they register an
  * origins_mark_hook at initialisation, so that a reclaim asks them which
  * numbers they hold without this file calling sideways into them.  The
  * hooks run in registration order (acceptors, then the change log), with

@@ -2,7 +2,7 @@
  *
  * origins.h
  *	  Numbers for the names of the nodes versions come from (origins.c,
- *	  layer 4).
+ *	  layer 3).
  *
  *-------------------------------------------------------------------------
  */

@@ -291,6 +291,7 @@ bulk_end(void)
 	bulk_tid = 0;
 	if (bulk_count == 0)
 		return;
+	bulk_count = 0;				/* a second end appends nothing twice */
 	p = pending_append();
 	p->bulk = true;
 	p->tid = bulk_table_tid;
@@ -598,10 +599,23 @@ static void
 publish_pre_commit(void)
 {
 	int			i;
+	int			n = 0;
 
 	coalesce_pending();
-	records = MemoryContextAlloc(TopTransactionContext,
-								 sizeof(ChangeLogRecord) * npending);
+
+	/*
+	 * One record per change the log will show; more than the ring holds
+	 * and the log only counts them (a gap: changelog_append() reads no
+	 * record), so none is built.  Sized by what coalescing left, never by
+	 * the raw pending list, which may be far longer.
+	 */
+	for (i = 0; i < npending; i++)
+		if (!pending[i].merged && !pending[i].silent)
+			n++;
+	records = NULL;
+	if (n <= registry_change_log_size)
+		records = MemoryContextAllocHuge(TopTransactionContext,
+										 sizeof(ChangeLogRecord) * Max(n, 1));
 	nrecords = 0;
 	for (i = 0; i < npending; i++)
 	{
@@ -618,7 +632,9 @@ publish_pre_commit(void)
 			p->op = REG_OP_UPDATE;
 		else
 			p->op = REG_OP_INSERT;
-		if (!p->silent)
+		if (!p->silent && records == NULL)
+			nrecords++;
+		else if (!p->silent)
 		{
 			ChangeLogRecord *r = &records[nrecords++];
 
@@ -643,6 +659,7 @@ publish_commit(void)
 {
 	int			i;
 	TimestampTz now = GetCurrentTransactionStopTimestamp();
+
 	changelog_append(records, nrecords, now);
 
 	acceptor_batch_begin();

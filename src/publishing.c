@@ -18,11 +18,10 @@
  * transaction's xid may fall inside the range; its writer then waits for
  * this publication as well, which costs microseconds and nothing else.
  *
- * Layer: this file uses nothing of the registry's own (only PostgreSQL),
- * so it sits with the durable stores (layer 3), the way hlc.c owns its
- * shared state at layer 2: tombstones.c, a durable store whose writers
- * must wait too, then calls it on its own layer and without a cycle,
- * with no hook needed.
+ * Layer: a shared-state owner (layer 3) that uses nothing of the
+ * registry's own (only PostgreSQL); tombstones.c, a durable store
+ * (layer 4) whose writers must wait too, calls it from above, with no
+ * hook needed.
  *
  * Lock rules: none.  Each process writes only its own slot, with atomics
  * and barriers: the high end first, then the low end (a reader that sees

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * purge.c
- *	  Purging tombstones (layer 10): registry.purge_tombstones(), also run
+ *	  Purging tombstones (layer 7): registry.purge_tombstones(), also run
  *	  by the maintenance worker.
  *
  * Tombstone purge rule: a tombstone is purged once it is older than

@@ -7,7 +7,7 @@
  *
  * Reads the registered tables (rows.c) and registry.tombstones
  * (tombstones.c) under a snapshot; calls the catalog cache (layer 5) and
- * digest.c (layer 4).
+ * digest.c (layer 3).
  *
  *-------------------------------------------------------------------------
  */
@@ -233,7 +233,7 @@ rebuild_digests(void)
 
 	/*
 	 * After the digests are whole: readers that wait for "ready" see them
-	 * complete.  (Node state belongs to node.c once helper D has it.)
+	 * complete.
 	 */
 	node_set_ready();
 }

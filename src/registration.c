@@ -4,7 +4,7 @@
  *	  Registration of tables (registry.replicate / unreplicate), the checks
  *	  that keep DDL from silently breaking a registered table, the take-up
  *	  of registrations a restore loaded, the deferral of a pulled table's
- *	  registry.row_keys entries, and registry._reset() (layer 10).
+ *	  registry.row_keys entries, and registry._reset() (layer 7).
  *
  * The durable list is registry.replicated_tables, read through the
  * catalog cache (catalog.c).  A registration a restore loaded (another
@@ -685,7 +685,10 @@ registry_check_tables(PG_FUNCTION_ARGS)
  * is discarded, and a new epoch tells readers of the change log that
  * earlier sequence numbers mean nothing.  Each owner resets its own part
  * under its own lock, one after another in the lock order (acceptor,
- * changelog, meta and digest).
+ * changelog, meta and digest).  Until 1769dea all four locks were held at
+ * once; inside CREATE EXTENSION nothing of the new incarnation is visible
+ * to other sessions, so no reader can tell.  (A superuser calling
+ * registry._reset() by hand on a live node wipes its digests either way.)
  */
 Datum
 registry_reset(PG_FUNCTION_ARGS)

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * registration.h
- *	  Registration and its upkeep (registration.c, layer 10).
+ *	  Registration and its upkeep (registration.c, layer 7).
  *
  *-------------------------------------------------------------------------
  */

@@ -3,14 +3,14 @@
  * shmem.c
  *	  The layout of the registry's shared memory: its total size, the
  *	  named LWLock tranche and which owner gets which lock, the
- *	  initialisation of every owner at server start, and the reset of all
- *	  of them at CREATE EXTENSION.
+ *	  initialisation of every owner at server start.  (The reset at
+ *	  CREATE EXTENSION is registry._reset(), registration.c.)
  *
- * The owners (layer 4: node.c, origins.c, acceptor.c, worker_slots.c,
- * changelog.c, digest.c, the peer status; hlc.c in layer 2; publishing.c
- * in layer 3) each allocate and initialise their own structure; this file only sums their sizes and calls them, in an order
- * that respects who depends on whom (origins before the structures that
- * register origin markers).  init.c installs the hooks that call
+ * The owners (layer 3: node.c, origins.c, acceptor.c, worker_slots.c,
+ * changelog.c, digest.c, peer_status.c, publishing.c; hlc.c in layer 2)
+ * each allocate and initialise their own structure; this file only sums
+ * their sizes and calls them, in an order that respects who depends on
+ * whom (origins before the structures that register origin markers).  init.c installs the hooks that call
  * shmem_request_space() and shmem_startup_owners().
  *
  *-------------------------------------------------------------------------

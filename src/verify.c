@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * verify.c
- *	  registry.verify() and registry.versions() (layer 10, maintenance):
+ *	  registry.verify() and registry.versions() (layer 7, maintenance):
  *	  recompute a table's digests and counts from disk (rebuild.c) and
  *	  compare them with shared memory (digest.c) and registry.row_keys;
  *	  list every key's version.

@@ -2,7 +2,7 @@
  *
  * worker_slots.h
  *	  The registry's background worker slots, latches and wake-ups, and the
- *	  extension's lifetime as the workers see it (worker_slots.c, layer 4).
+ *	  extension's lifetime as the workers see it (worker_slots.c, layer 3).
  *
  *-------------------------------------------------------------------------
  */
