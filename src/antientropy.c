@@ -651,6 +651,35 @@ check_entries_answer(AETable *t, MsgEntries *m)
 }
 
 /*
+ * Put the rows the peer sent whole into batch b; those it could not send
+ * (too large for one message) are said once and leave the table
+ * incomplete for this round.
+ */
+static void
+batch_whole_rows(Peer *p, AETable *t, MsgRow *rows, int n, ApplyBatch *b)
+{
+	int			too_large = 0;
+	MsgRow	   *first_too_large = NULL;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (rows[i].state == ROW_TOO_LARGE)
+		{
+			if (too_large++ == 0)
+				first_too_large = &rows[i];
+			continue;
+		}
+		b->rows[b->nrows++] = &rows[i];
+	}
+	if (too_large > 0)
+	{
+		sync_fast_note_too_large(p, t->name, first_too_large, too_large);
+		t->incomplete = true;
+	}
+}
+
+/*
  * Entries of differing buckets: tombstones newer on the peer are applied
  * straight away, live keys newer on the peer are queued for fetch_rows.
  * In a whole-table pull the entries carry their rows and are applied.
@@ -675,24 +704,7 @@ handle_entries_guarded(Peer *p, void *arg)
 
 	if (t->stage == AE_FULL)
 	{
-		int			too_large = 0;
-		MsgRow	   *first_too_large = NULL;
-
-		for (i = 0; i < m.n; i++)
-		{
-			if (m.rows[i].state == ROW_TOO_LARGE)
-			{
-				if (too_large++ == 0)
-					first_too_large = &m.rows[i];
-				continue;
-			}
-			b.rows[b.nrows++] = &m.rows[i];
-		}
-		if (too_large > 0)
-		{
-			sync_fast_note_too_large(p, t->name, first_too_large, too_large);
-			t->incomplete = true;
-		}
+		batch_whole_rows(p, t, m.rows, m.n, &b);
 		b.bulk = true;
 		b.fresh = t->fresh;
 		b.defer_khash = true;
@@ -799,8 +811,6 @@ handle_fetch_guarded(Peer *p, void *arg)
 	ApplyBatch	b;
 	int			i;
 	AETable    *t = w->t;
-	int			too_large = 0;
-	MsgRow	   *first_too_large = NULL;
 
 	msg_read_rows(w->data, w->len, &m);
 
@@ -831,21 +841,7 @@ handle_fetch_guarded(Peer *p, void *arg)
 	memset(&b, 0, sizeof(b));
 	b.table = &m.table;
 	b.rows = palloc(sizeof(MsgRow *) * Max(m.n, 1));
-	for (i = 0; i < m.n; i++)
-	{
-		if (m.rows[i].state == ROW_TOO_LARGE)
-		{
-			if (too_large++ == 0)
-				first_too_large = &m.rows[i];
-			continue;
-		}
-		b.rows[b.nrows++] = &m.rows[i];
-	}
-	if (too_large > 0)
-	{
-		sync_fast_note_too_large(p, t->name, first_too_large, too_large);
-		t->incomplete = true;
-	}
+	batch_whole_rows(p, t, m.rows, m.n, &b);
 	b.bulk = (b.nrows > 16);
 	if (b.nrows > 0)
 		sync_fast_apply_batch(p, &b);

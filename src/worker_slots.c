@@ -229,11 +229,8 @@ worker_extension_gen(void)
 bool
 worker_running(int which)
 {
-	pid_t		pid;
+	pid_t		pid = worker_pid(which);
 
-	SpinLockAcquire(&WorkerSlots->mutex);
-	pid = WorkerSlots->workers[which].pid;
-	SpinLockRelease(&WorkerSlots->mutex);
 	return pid != 0 && kill(pid, 0) == 0;
 }
 
