@@ -142,15 +142,26 @@ cached_columns(RegTable *t, int ncols, char **names, char **types)
 	MemoryContext old;
 	int			i;
 
+	/*
+	 * Names and types are the peer's, and may hold any character: each is
+	 * length-prefixed, after the count, so that no two column lists share
+	 * a signature (a list of one column named "a text,b" must not find the
+	 * statements of (a text, b text), which read two values per row).
+	 */
 	initStringInfo(&sig);
+	appendStringInfo(&sig, "%d", ncols);
 	for (i = 0; i < ncols; i++)
-		appendStringInfo(&sig, "%s %s,", names[i], types[i]);
+		appendStringInfo(&sig, "|%zu:%s|%zu:%s", strlen(names[i]), names[i],
+						 strlen(types[i]), types[i]);
 	foreach(lc, plan_cache)
 	{
 		e = lfirst(lc);
 		if (strcmp(e->table, t->qualname) == 0 && e->generation == t->generation &&
 			strcmp(e->signature, sig.data) == 0)
 		{
+			if (e->ac->ncols != ncols)
+				elog(ERROR, "registry: apply statements for %d columns found for %d",
+					 e->ac->ncols, ncols);
 			e->ac->t = t;
 			return e->ac;
 		}
