@@ -512,6 +512,7 @@ publish_forget_tombstones(RegTable *t, int n, uint32 *khashes, char **keys,
 typedef struct CoalesceKey
 {
 	int32		tid;
+	uint32		khash;			/* the key's hash, already computed */
 	const char *key;
 } CoalesceKey;
 
@@ -526,7 +527,7 @@ coalesce_hash(const void *key, Size keysize)
 {
 	const CoalesceKey *k = key;
 
-	return keys_hash(k->key, strlen(k->key)) ^ (uint32) k->tid;
+	return k->khash ^ (uint32) k->tid;
 }
 
 static int
@@ -535,14 +536,17 @@ coalesce_match(const void *key1, const void *key2, Size keysize)
 	const CoalesceKey *a = key1;
 	const CoalesceKey *b = key2;
 
-	if (a->tid != b->tid)
+	if (a->tid != b->tid || a->khash != b->khash)
 		return 1;
 	return strcmp(a->key, b->key);
 }
 
 /*
  * Fold repeated changes of a key into its first entry: the transaction's
- * effect is first old state -> last new state.
+ * effect is first old state -> last new state.  Not across a reset of the
+ * key's table (registry.resync(), a take-up), which zeroes the table's
+ * digests at its place in the list: a change after it folded into one
+ * before it would be wiped with them.
  */
 static void
 coalesce_pending(void)
@@ -567,9 +571,21 @@ coalesce_pending(void)
 		CoalesceEntry *e;
 		bool		found;
 
+		if (p->reset)
+		{
+			HASH_SEQ_STATUS seq;
+
+			/* later changes of this table's keys start afresh */
+			hash_seq_init(&seq, h);
+			while ((e = hash_seq_search(&seq)) != NULL)
+				if (e->k.tid == p->tid)
+					(void) hash_search(h, &e->k, HASH_REMOVE, NULL);
+			continue;
+		}
 		if (p->bulk)
 			continue;
 		k.tid = p->tid;
+		k.khash = p->khash;
 		k.key = p->key;
 		e = hash_search(h, &k, HASH_ENTER, &found);
 		if (!found)
