@@ -52,17 +52,6 @@ node_shmem_init(void)
 	pg_atomic_init_u32(&NodeState->state, NODE_STATE_STARTING);
 }
 
-/*
- * A new incarnation (CREATE EXTENSION): ready at once (nothing is
- * registered yet).  Caller: registry.reset() (registration.c).
- */
-void
-node_reset(void)
-{
-	pg_atomic_write_u32(&NodeState->state, NODE_STATE_READY);
-	NodeState->ready_at = GetCurrentTimestamp();
-}
-
 TimestampTz
 node_started_at(void)
 {

@@ -18,7 +18,6 @@
 
 extern Size node_shmem_size(void);
 extern void node_shmem_init(void);
-extern void node_reset(void);
 
 extern TimestampTz node_started_at(void);
 extern TimestampTz node_ready_at(void);

@@ -18,8 +18,8 @@
  * transaction's xid may fall inside the range; its writer then waits for
  * this publication as well, which costs microseconds and nothing else.
  *
- * Layer: a shared-state owner (layer 3) that uses nothing of the
- * registry's own (only PostgreSQL); tombstones.c, a durable store
+ * Layer: a shared-state owner (layer 3) that uses only the number of
+ * per-process slots (util.c); tombstones.c, a durable store
  * (layer 4) whose writers must wait too, calls it from above, with no
  * hook needed.
  *
@@ -41,6 +41,7 @@
 #include "storage/shmem.h"
 
 #include "publishing.h"
+#include "registry.h"
 
 typedef struct PublishingShared
 {
@@ -48,7 +49,7 @@ typedef struct PublishingShared
 	pg_atomic_uint64 waits;		/* writers that had to wait */
 
 	/*
-	 * [2 * publishing_slots()]: per process, the lowest and highest xid of
+	 * [2 * registry_proc_slots()]: per process, the lowest and highest xid of
 	 * the transaction publishing, or InvalidTransactionId
 	 */
 	pg_atomic_uint32 slots[FLEXIBLE_ARRAY_MEMBER];
@@ -58,18 +59,11 @@ static PublishingShared *Publishing = NULL;
 
 static bool publishing_set = false;
 
-/* Processes that may publish; also sizes per-process arrays elsewhere. */
-static int
-publishing_slots(void)
-{
-	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
-}
-
 Size
 publishing_shmem_size(void)
 {
 	return add_size(offsetof(PublishingShared, slots),
-					mul_size(publishing_slots(), 2 * sizeof(pg_atomic_uint32)));
+					mul_size(registry_proc_slots(), 2 * sizeof(pg_atomic_uint32)));
 }
 
 /* At shared memory startup; caller holds AddinShmemInitLock. */
@@ -85,7 +79,7 @@ publishing_shmem_init(void)
 		return;
 	pg_atomic_init_u32(&Publishing->publishing, 0);
 	pg_atomic_init_u64(&Publishing->waits, 0);
-	for (i = 0; i < 2 * publishing_slots(); i++)
+	for (i = 0; i < 2 * registry_proc_slots(); i++)
 		pg_atomic_init_u32(&Publishing->slots[i], InvalidTransactionId);
 }
 
@@ -125,7 +119,7 @@ static bool
 is_publishing(TransactionId xid)
 {
 	int			i;
-	int			n = publishing_slots();
+	int			n = registry_proc_slots();
 
 	for (i = 0; i < n; i++)
 	{

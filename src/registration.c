@@ -697,7 +697,7 @@ registry_reset(PG_FUNCTION_ARGS)
 	acceptor_reset();
 	changelog_reset();
 	digest_clear_all();
-	node_reset();
+	node_set_ready();		/* nothing is registered yet */
 	hlc_observe_stored(0);
 	worker_wake_maintenance();
 	/* at commit, the launcher starts the workers that left for want of it */
