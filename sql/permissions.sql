@@ -138,6 +138,21 @@ SELECT registry.apply_row('tenant_rows', 'alice-2', registry.hlc_now(), 'x', fal
 RESET ROLE;
 SELECT k, v FROM tenant_rows ORDER BY k;
 SELECT registry.unreplicate('tenant_rows');
+
+-- nor does apply_row by a non-superuser switch off foreign keys (replica
+-- mode is the sync worker's and superusers'): no orphan row in a table
+-- whose parent the caller does not own
+CREATE TABLE fk_parent (id int PRIMARY KEY);
+CREATE TABLE fk_child (id int PRIMARY KEY, parent int REFERENCES fk_parent);
+SELECT registry.replicate('fk_child');
+GRANT SELECT, INSERT, UPDATE, DELETE ON fk_child TO admin_bob;
+SET ROLE admin_bob;
+SELECT registry.apply_row('fk_child', '1', registry.hlc_now(), 'x', false,
+                          '{"id": 1, "parent": 42}');
+RESET ROLE;
+SELECT count(*) AS orphans FROM fk_child;
+SELECT registry.unreplicate('fk_child');
+DROP TABLE fk_child, fk_parent;
 DROP TABLE tenant_rows;
 
 -- the serving functions are for peers, not for admins: they read every

@@ -1159,9 +1159,18 @@ apply_begin(void)
 	if (apply_session_ready)
 		return -1;
 	keys_canonical_gucs_push(&nest);
-	(void) set_config_option("session_replication_role", "replica",
-							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
+
+	/*
+	 * Replica mode (user triggers and foreign keys off, as in logical
+	 * replication) is for whom PostgreSQL lets set it: the sync worker, a
+	 * superuser.  registry.apply_row() by anyone else writes with the
+	 * table's constraints and triggers in force, as their own INSERT
+	 * would: a foreign key to a table they do not own still holds.
+	 */
+	if (superuser())
+		(void) set_config_option("session_replication_role", "replica",
+								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
 	return nest;
 }
 
