@@ -458,6 +458,8 @@ step_guarded(Peer *p, TimestampTz now, long *timeout)
 
 		sync_conn_disconnect(p, apply_batch_error_text(edata));
 		FreeErrorData(edata);
+		/* an answer being read when it escaped: not kept until the next */
+		MemoryContextReset(sync_conn_answer_cxt);
 	}
 	PG_END_TRY();
 }
@@ -583,6 +585,9 @@ load_peers(void)
 
 		if (!op->seen)
 			continue;
+		/* its connection, and a result a request in flight still holds */
+		if (op->result)
+			PQclear(op->result);
 		if (op->conn)
 			PQfinish(op->conn);
 		if (op->slot >= 0)
