@@ -70,19 +70,22 @@ DROP TABLE vk;
 -- get_row with keys of types of the user's own (read in the canonical
 -- settings, whatever the caller's search_path), the row shown in the
 -- caller's settings (its time zone here)
-CREATE TYPE mood AS ENUM ('calm', 'busy');
-CREATE DOMAIN zone_no AS int CHECK (VALUE > 0);
-CREATE TABLE vm (m mood, z zone_no, at timestamptz, PRIMARY KEY (m, z));
+CREATE SCHEMA vt;
+CREATE TYPE vt.mood AS ENUM ('calm', 'busy');
+CREATE DOMAIN vt.zone_no AS int CHECK (VALUE > 0);
+CREATE TABLE vm (m vt.mood, z vt.zone_no, at timestamptz, PRIMARY KEY (m, z));
 SELECT registry.replicate('vm');
 INSERT INTO vm VALUES ('busy', 7, '2026-01-02 03:04:05+00');
+-- neither the types nor the table are on the caller's path
+SET search_path = pg_catalog;
 SET TimeZone = 'Asia/Tokyo';
-SELECT registry.get_row('vm', key) - 'registry_version' AS row_in_tokyo
-  FROM registry.versions('vm');
+SELECT registry.get_row('public.vm', key) - 'registry_version' AS row_in_tokyo
+  FROM registry.versions('public.vm');
 RESET TimeZone;
-SELECT registry.get_row('vm', '(calm,7)') AS absent;
+SELECT registry.get_row('public.vm', '(calm,7)') AS absent;
+RESET search_path;
 DROP TABLE vm;
-DROP DOMAIN zone_no;
-DROP TYPE mood;
+DROP SCHEMA vt CASCADE;
 
 -- the readers in a query that could run in parallel: planned without
 -- workers, so they never run in parallel mode (where PostgreSQL refuses
@@ -96,9 +99,15 @@ SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;
 SET min_parallel_table_scan_size = 0;
 SET max_parallel_workers_per_gather = 2;
--- in a parallel worker
+-- where a parallel worker would filter: the plan shows no Gather
+EXPLAIN (COSTS OFF)
 SELECT count(*) FROM vbig b WHERE registry.key_values('vp', b.k::text) IS NOT NULL;
--- in the leader, after a Gather has started its workers
+SELECT count(*) FROM vbig b WHERE registry.key_values('vp', b.k::text) IS NOT NULL;
+-- where the leader would read after a Gather started its workers: none
+EXPLAIN (COSTS OFF)
+SELECT b.k, registry.get_row('vp', b.k::text) ->> 'v' AS v,
+       (SELECT count(*) FROM registry.versions('vp') x WHERE x.key = b.k::text) AS versions
+  FROM vbig b WHERE b.k <= 2 ORDER BY b.k;
 SELECT b.k, registry.get_row('vp', b.k::text) ->> 'v' AS v,
        (SELECT count(*) FROM registry.versions('vp') x WHERE x.key = b.k::text) AS versions,
        (SELECT count(*) FROM registry.tables WHERE table_name = 'public.vp') AS tables,
