@@ -53,6 +53,8 @@ is(sql($victim, 'SHOW server_encoding'), 'UTF8', 'the victim\'s database is UTF8
 create_table([ $victim, $good ], 'hp', 'CREATE TABLE hp (k text PRIMARY KEY, v text)');
 create_table([ $victim, $good ], 'hp_other', 'CREATE TABLE hp_other (k text PRIMARY KEY, v text)');
 create_table([ $victim, $good ], 'gt', 'CREATE TABLE gt (k text PRIMARY KEY, v text)');
+# hpw: two text columns besides the key, for F19 (empty until then)
+create_table([ $victim, $good ], 'hpw', 'CREATE TABLE hpw (k text PRIMARY KEY, v text, w text)');
 full_mesh($victim, $good);
 sql($victim,
 	"SELECT registry.add_peer('fake', " . quote_literal($fake->connstr('postgres')) . ')');
@@ -1134,6 +1136,110 @@ WHERE fn = 'bucket_entries' AND args LIKE 'tbl=public.hp %'};
 	assert_memory_growth("$label: the sync worker", $mstart, $MEM_BOUND_KB);
 	assert_survived($victim, $snap, $label);
 	is(tables_state(), $tables0, "$label: nothing was written to hp or hp_other");
+	good_arrives($label, $goodkey);
+};
+
+# ---- F19: a column list that reads like another ----
+
+# The prepared apply statements are cached per table under a signature
+# of the peer's column names and types.  It was once "name type," per
+# column: a column list (k, "v text,w") of one non-key column then had
+# the signature of (k, v, w), found the statements built for it, and the
+# apply read a third value of each row from an array of two (the worker
+# crashed, or wrote what lay past the array).  A normal change of hpw
+# first, which leaves the statements of (k text, v text, w text) cached;
+# then the crafted one, which must be refused for its column, with
+# nothing written.  This writes a row to hpw: it comes after every
+# scenario (hpw's digest no longer matches the fake's).
+subtest 'F19: one column named "v text,w" after the statements of (v text, w text)' => sub {
+	plan skip_all => 'not selected'
+	  if selected_out('F19: one column named "v text,w" after the statements of (v text, w text)');
+	my $label = 'F19';
+	my $HPW = 'public.hpw';
+	my $hpw_state = q{
+SELECT coalesce(string_agg(format('%s|%s|%s|%s|%s', x.key, x.version, x.origin, x.deleted,
+                                  (SELECT row_to_json(r)::text FROM hpw r WHERE r.k = x.key)),
+                           ' ; ' ORDER BY x.key COLLATE "C"), '')
+FROM registry.versions('hpw') x};
+	settle();
+	my $snap = victim_snapshot($victim);
+	my $st0 = fake_status();
+	my $goodkey = good_write();
+
+	# 1. a normal change of hpw, from the fake's change log
+	my $k1 = 'f19-normal';
+	my @ids = queue_together(
+		$fake,
+		sub {
+			changes_flow(
+				sub {
+					my ($s) = @_;
+					msg_changes(
+						last_seq => $s + 1,
+						tables => [ [ $HPW, [ [ 'k', 'text' ], [ 'v', 'text' ], [ 'w', 'text' ] ] ] ],
+						changes => [
+							{
+								seq => $s + 1,
+								key => $k1,
+								op => 'i',
+								row => { key => $k1, state => 1, values => [ $k1, 'v1', 'w1' ] }
+							}
+						]);
+				});
+		});
+	is(wait_handled($snap, @ids), 'handled', "$label: the worker took the normal changes answer");
+	ok( wait_for(
+			sub {
+				(try_sql($victim, "SELECT v || '|' || w FROM hpw WHERE k = '$k1'") // '') eq
+				  'v1|w1';
+			},
+			30),
+		"$label: the normal change of hpw (k, v, w) was applied");
+	my $st1 = fake_status();
+	is($st1->{errors}, $st0->{errors}, "$label: the normal change caused no error");
+	my $hpw0 = sql($victim, $hpw_state);
+
+	# 2. the same table, with one column named "v text,w" of type text
+	my $k2 = 'f19-crafted';
+	@ids = queue_together(
+		$fake,
+		sub {
+			changes_flow(
+				sub {
+					my ($s) = @_;
+					msg_changes(
+						last_seq => $s + 1,
+						tables => [ [ $HPW, [ [ 'k', 'text' ], [ 'v text,w', 'text' ] ] ] ],
+						changes => [
+							{
+								seq => $s + 1,
+								key => $k2,
+								op => 'i',
+								row => { key => $k2, state => 1, values => [ $k2, 'x' ] }
+							}
+						]);
+				});
+		});
+	my $outcome = wait_handled($snap, @ids);
+	ok($outcome eq 'handled' || $outcome eq 'crashed',
+		"$label: the worker took the crafted answer and went on")
+	  or diag("$label: outcome $outcome; answers still queued: " . answers_pending($fake));
+	note("$label: outcome: $outcome");
+
+	assert_survived($victim, $snap, $label);
+	my $st = fake_status();
+	cmp_ok($st->{errors}, '>', $st1->{errors}, "$label: an error was recorded for the fake peer");
+	ok($st->{last_error_at} ne $st1->{last_error_at}, "$label: last_error was set");
+	like(
+		$st->{last_error},
+		qr/column "v text,w" of registry table public\.hpw does not exist on node "victim"/,
+		"$label: last_error names the column \"v text,w\", which hpw does not have");
+	note("$label: last_error: $st->{last_error}");
+	my $hpw;
+	wait_for(sub { defined($hpw = try_sql($victim, $hpw_state)) }, 60);
+	is($hpw, $hpw0, "$label: hpw is as the normal change left it (no row of $k2, $k1 unchanged)");
+	is(try_sql($victim, "SELECT count(*) FROM hpw WHERE k = '$k2'"), '0',
+		"$label: the crafted row was not written");
 	good_arrives($label, $goodkey);
 };
 
