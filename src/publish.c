@@ -616,6 +616,8 @@ publish_pre_commit(void)
 {
 	int			i;
 	int			n = 0;
+	int32		last_tid = 0;	/* tids start at 1 */
+	int			last_slot = -1;
 
 	coalesce_pending();
 
@@ -639,7 +641,13 @@ publish_pre_commit(void)
 
 		if (p->merged)
 			continue;
-		p->slot = regtable_slot(p->tid, p->relid);
+		/* a transaction's changes come table by table: look up once per run */
+		if (p->tid != last_tid)
+		{
+			last_slot = regtable_slot(p->tid, p->relid);
+			last_tid = p->tid;
+		}
+		p->slot = last_slot;
 		if (p->bulk)
 			p->op = REG_OP_RESYNC;
 		else if (p->deleted)
