@@ -81,6 +81,8 @@ sub wait_for
 }
 
 # The victim's status for the fake peer (after a crash: once it answers).
+# Dies when it cannot be read within 60 s: a made-up status would let a
+# comparison with it pass or fail for nothing.
 sub fake_status
 {
 	my $r;
@@ -92,9 +94,11 @@ SELECT coalesce(errors, 0), coalesce(rounds, 0), coalesce(fast_batches, 0),
 FROM registry.peer_status WHERE peer = 'fake'});
 			return defined $r && $r ne '';
 		},
-		60);
-	my ($errors, $rounds, $fast, $consumed, $error_at, $last_error) =
-	  split /\|/, $r // '0|0|0|0||', 6;
+		60)
+	  or die 'fake_status: the victim\'s registry.peer_status has no row for the fake peer '
+	  . 'or could not be read within 60 s (last answer: '
+	  . (defined $r ? "'$r'" : 'the query failed') . ")\n";
+	my ($errors, $rounds, $fast, $consumed, $error_at, $last_error) = split /\|/, $r, 6;
 	return {
 		errors => $errors,
 		rounds => $rounds,
@@ -145,12 +149,12 @@ sub settle
 			return defined $pid;
 		},
 		90)
-	  or diag('the victim is not ready with a sync worker');
+	  or fail('settle: the victim is not ready with a sync worker within 90 s');
 	if (($pid // 0) != $last_pid)
 	{
 		my $mark = last_call_id($fake);
 		wait_for(sub { last_call_id($fake) > $mark }, 40)
-		  or diag('the victim\'s sync worker does not call the fake');
+		  or fail('settle: the victim\'s new sync worker does not call the fake within 40 s');
 	}
 	$last_pid = $pid // 0;
 }
@@ -1099,9 +1103,6 @@ ORDER BY h LIMIT 40000});
 	note(sprintf('%s: each page is %d bytes', $label, length $pages[0]));
 
 	my $st0 = fake_status();
-	my $calls = q{SELECT count(*) FROM registry.fake_calls
-WHERE fn = 'bucket_entries' AND args LIKE 'tbl=public.hp %'};
-	my $calls0 = fake_sql($fake, $calls);
 	my $mstart = memory_start($pid);
 	my (@ids) = queue_together($fake,
 		sub { ((map { q_entries($_) } @pages), q_digest(digest_to_entries(live => $counted))) });
@@ -1129,8 +1130,28 @@ WHERE fn = 'bucket_entries' AND args LIKE 'tbl=public.hp %'};
 	is($m, $counted, "$label: the error names the count of the fake's digest ($counted)");
 	ok( defined $n && $n > $bound && $n <= $bound + $per_page,
 		"$label: it stopped at the first page past $bound entries (" . ($n // 'none') . ')');
-	my $pages = fake_sql($fake, $calls) - $calls0;
-	is($pages, 3, "$label: the worker asked for 3 pages of entries of hp");
+	# This round's requests only: the calls after the one that took the
+	# digest, up to the one that took the third page (a later round,
+	# every antientropy_interval, may ask for entries of hp again).  The
+	# pages were taken in order by three consecutive requests for entries
+	# of hp, none of which got a calm default answer between them.
+	my ($d, $p1, $p2, $p3, $p4) = map { answer_used($fake, $_) } @ids[ 4, 0 .. 3 ];
+	ok( $d ne '' && $p1 ne '' && $p2 ne '' && $p3 ne '' && $d < $p1 && $p1 < $p2 && $p2 < $p3,
+		"$label: the digest, then pages 1, 2 and 3 were taken in that order "
+		  . "(by calls $d, $p1, $p2, $p3)");
+	my $pages = fake_sql($fake, qq{SELECT count(*) FROM registry.fake_calls
+WHERE fn = 'bucket_entries' AND args LIKE 'tbl=public.hp %'
+  AND id > } . ($d eq '' ? 0 : $d) . ' AND id <= ' . ($p3 eq '' ? 0 : $p3));
+	is($pages, 3, "$label: this round asked for 3 pages of entries of hp");
+	# The round ended at the third page: the fourth was not taken by it.
+	# clear_queue dropped it if nothing took it (answer_used then says '');
+	# if a later round took it before that, a request for hp's digest
+	# (which starts a round's listing of hp) lies between page 3 and it.
+	my $later_digest = $p4 eq '' ? 0 : fake_sql($fake, qq{SELECT count(*) FROM registry.fake_calls
+WHERE fn = 'digest' AND args LIKE 'tbl=public.hp %' AND id > $p3 AND id < $p4});
+	ok($p4 eq '' || $later_digest > 0,
+		"$label: the fourth page was not taken in this round (taken by call "
+		  . ($p4 eq '' ? 'none' : $p4) . ')');
 	cmp_ok(fake_status()->{errors}, '>', $st0->{errors}, "$label: an error was recorded for the fake peer");
 
 	assert_memory_growth("$label: the sync worker", $mstart, $MEM_BOUND_KB);
