@@ -660,6 +660,15 @@ FROM registry.fake_queue WHERE id IN ($list)});
 	}
 }
 
+# How many of the queued answers @ids were taken
+sub count_taken
+{
+	my (@ids) = @_;
+	return 0 unless @ids;
+	return fq('SELECT count(*) FROM registry.fake_queue WHERE used_by IS NOT NULL AND id IN ('
+		  . join(',', @ids) . ')');
+}
+
 # until the victim's round with the fake (if one is running) has ended
 sub wait_round_over
 {
@@ -737,9 +746,10 @@ while ($fed_total < $ANSWERS)
 			[ 'changes_since', msg_changes(status => 1, first_seq => $s + 1, last_seq => $s, upto_seq => $s) ]);
 		my @mut = map { $ids[ 2 * $_ + 1 ] } 0 .. $#c;
 		# a refused changes answer costs a reconnection after 0.5 s
-		my $t = wait_taken(10 + 2 * @c, @mut, $ids[-1]);
-		$fed{C} += @c;
-		$taken{C} += $t >= @mut ? @mut : $t;
+		wait_taken(10 + 2 * @c, @mut, $ids[-1]);
+		$fed{C} += @mut;
+		# the mutated answers only, not the trailing position
+		$taken{C} += count_taken(@mut);
 		wait_round_over();
 	}
 	for my $e (@ae)
@@ -775,7 +785,13 @@ note("B: $fed_total mutated or valid answers queued in $episodes episodes, by ki
 	  . "; errors recorded for the fake: $errors; last: $last_error");
 note("B: sync worker: VmRSS $wmem0->{rss} kB at the start, VmHWM $wpeak kB at most; "
 	  . 'hp holds ' . vq('SELECT count(*) FROM hp') . ' rows; ' . elapsed());
-cmp_ok($taken{$_} // 0, '>', 0, "B: the worker took answers of kind $_")
+# Most of the mutated answers of every kind must have been taken: each
+# had 10 s or more to be, and all are on an idle machine.  A bound of 80%
+# leaves room for a loaded machine but fails when the fuzzing shrinks to
+# a few answers a kind (a run of 300 feeds some 50 of each).
+cmp_ok(($taken{$_} // 0) / $fed{$_}, '>=', 0.8,
+	"B: the worker took at least 80% of the mutated answers of kind $_ ("
+	  . ($taken{$_} // 0) . " of $fed{$_})")
   for grep { $fed{$_} } qw(C D E R P);
 
 # the checks one by one
