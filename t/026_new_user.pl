@@ -162,6 +162,51 @@ sub launcher_pid
 	return $node->safe_psql('postgres',
 		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'registry launcher'});
 }
+
+# Proof that the launcher (pid $pid) went through $n complete loops since
+# the call.  Each loop starts with a scan of pg_database (database_exists()
+# in src/worker.c).  A session holds pg_database exclusively until the
+# launcher is seen waiting for it, then lets go and takes it again at
+# once: the launcher, granted the lock at the release, must finish that
+# loop before it waits again at the top of the next.  n+1 sightings are n
+# complete loops.  While the lock is held nothing may read pg_database:
+# no new connection, and pg_locks rather than pg_stat_activity.
+sub launcher_loops
+{
+	my ($node, $pid, $n) = @_;
+	my $holder = $node->background_psql('postgres');
+	my $watcher = $node->background_psql('postgres');
+	my $seen = 0;
+	for (0 .. $n)
+	{
+		$holder->query_safe('BEGIN; LOCK TABLE pg_catalog.pg_database IN ACCESS EXCLUSIVE MODE');
+		my $waiting = poll_until(
+			sub {
+				$watcher->query_safe(
+					qq{SELECT count(*) FROM pg_catalog.pg_locks
+ WHERE pid = $pid AND locktype = 'relation' AND relation = 1262 AND NOT granted}) eq '1';
+			});
+		$holder->query_safe('COMMIT');
+		last unless $waiting;
+		$seen++;
+	}
+	$holder->quit;
+	$watcher->quit;
+	diag("the launcher was seen at the top of its loop $seen times, not " . ($n + 1))
+	  if $seen != $n + 1;
+	return $seen == $n + 1;
+}
+
+# The registry workers the postmaster was asked to start, in a piece of a
+# log written at log_min_messages = debug1.
+sub started_workers
+{
+	my ($log) = @_;
+	my $n = () = $log =~
+	  /starting background worker process "registry (?:sync|maintenance)"/g;
+	return $n;
+}
+
 my $launcher = launcher_pid($na);
 kill 'STOP', $launcher;
 sql($na, q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'registry sync'});
@@ -291,6 +336,7 @@ my $workers = q{SELECT string_agg(pid::text, ',' ORDER BY backend_type) FROM pg_
  WHERE datname = 'regdb' AND backend_type IN ('registry maintenance', 'registry sync')};
 my $pair = $nc->safe_psql('postgres', $workers);
 my $old_launcher = launcher_pid($nc);
+my $restart_at = -s $nc->logfile;
 $nc->safe_psql('postgres', "SELECT pg_terminate_backend($old_launcher)");
 ok( poll_until(
 		sub {
@@ -298,10 +344,13 @@ ok( poll_until(
 			return $l ne '' && $l ne $old_launcher;
 		}),
 	'a terminated launcher is started again');
-# its first loops start nothing: give them a few seconds
-sleep(3);
+# its first loops start nothing: seen through two complete loops
+ok(launcher_loops($nc, launcher_pid($nc), 2),
+	'the new launcher went through two loops');
 is($nc->safe_psql('postgres', $workers), $pair,
 	'the new launcher starts no second pair of workers next to the running ones');
+is(started_workers(substr(slurp_file($nc->logfile), $restart_at)), 0,
+	'and asked the postmaster for none');
 
 # DROP EXTENSION in a prepared transaction: refused (COMMIT PREPARED
 # would not tell the workers)
