@@ -375,11 +375,25 @@ SELECT count(*) = 0 FROM pg_stat_activity
  WHERE datname = 'regdb' AND backend_type IN ('registry maintenance', 'registry sync')}),
 	'DROP EXTENSION sends them away');
 # each leaves once: the launcher knows they saw the drop, and does not
-# start them again to find out (its loop runs every second)
-sleep(3);
-my $leaves = () = substr(slurp_file($nc->logfile), $log_at) =~
-  /the extension is not created in database "regdb": the registry \w+ worker leaves it/g;
-is($leaves, 2, 'each worker left once after DROP EXTENSION, and was not started again');
+# start them again to find out.  A worker it took for failed would be
+# started again after its backoff (1 s, worker.c), that is within two
+# loops of the launcher seeing it exit; four loops leave room for the exit
+# to be seen a loop late.
+my $leaves_re =
+  qr/the extension is not created in database "regdb": the registry \w+ worker leaves it/;
+sub leaves
+{
+	my $n = () = substr(slurp_file($nc->logfile), $log_at) =~ /$leaves_re/g;
+	return $n;
+}
+ok(poll_until(sub { leaves() >= 2 }), 'both workers left after DROP EXTENSION');
+ok(launcher_loops($nc, launcher_pid($nc), 4),
+	'the launcher went through four loops since');
+is(leaves(), 2, 'each worker left once after DROP EXTENSION, and was not started again');
+my $after_drop = substr(slurp_file($nc->logfile), $log_at);
+$after_drop =~ /$leaves_re(?s:.*?)$leaves_re/ or die 'two leaves lines expected';
+is(started_workers(substr($after_drop, $+[0])), 0,
+	'no worker was asked for after the second one left');
 is(($nc->psql('postgres', 'DROP DATABASE regdb'))[0], 0, 'and the database can be dropped');
 
 # ---- 8. a fast shutdown ----
