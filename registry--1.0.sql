@@ -40,7 +40,10 @@ CREATE TABLE registry.replicated_tables (
     -- that registered the table; any other value means the row was restored
     -- from a dump, and the table is taken up again once the restore has
     -- made it whole
-    incarnation   text NOT NULL
+    incarnation   text NOT NULL,
+    -- ephemeral tables: every live row holds a lease of this length,
+    -- renewed with registry.renew(); NULL: persistent (registry.set_lease)
+    lease_ttl     interval
 );
 CREATE SEQUENCE registry.replicated_tables_tid_seq
     OWNED BY registry.replicated_tables.tid;
@@ -70,6 +73,21 @@ CREATE TABLE registry.row_keys (
     tid        integer NOT NULL,
     khash      integer NOT NULL,
     key        text COLLATE "C" NOT NULL,
+    PRIMARY KEY (tid, khash, key)
+);
+
+-- Rows this node owned in an ephemeral table that a peer's change
+-- deleted (a peer expired them while this node was out of its reach):
+-- registry.renew() of such a key writes the row again, as a new version
+-- (a re-registration).  Kept until stashed_at + the table's TTL +
+-- registry.owner_timeout.  Local to this node: not dumped.
+CREATE TABLE registry.lease_stash (
+    tid           integer NOT NULL,
+    khash         integer NOT NULL,
+    key           text COLLATE "C" NOT NULL,
+    "row"         jsonb NOT NULL,
+    owned_version bigint NOT NULL,
+    stashed_at    timestamptz NOT NULL,
     PRIMARY KEY (tid, khash, key)
 );
 
@@ -108,6 +126,16 @@ CREATE FUNCTION registry.unreplicate(tbl regclass) RETURNS boolean
 COMMENT ON FUNCTION registry.unreplicate(regclass) IS
     'stop replicating a table and forget its versions (true if it was registered)';
 
+CREATE FUNCTION registry.set_lease(tbl regclass, ttl interval) RETURNS void
+    AS 'MODULE_PATHNAME', 'registry_set_lease' LANGUAGE C PARALLEL UNSAFE;
+COMMENT ON FUNCTION registry.set_lease(regclass, interval) IS
+    'make a registry table ephemeral: each row lives ttl after its last renewal (NULL: persistent)';
+
+CREATE FUNCTION registry.renew(tbl regclass, keys text[]) RETURNS text[]
+    AS 'MODULE_PATHNAME', 'registry_renew' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION registry.renew(regclass, text[]) IS
+    'renew the leases of keys of an ephemeral table; returns the keys that have no row';
+
 CREATE FUNCTION registry.stamp() RETURNS trigger
     AS 'MODULE_PATHNAME', 'registry_stamp' LANGUAGE C PARALLEL UNSAFE;
 CREATE FUNCTION registry.capture() RETURNS trigger
@@ -145,6 +173,9 @@ BEGIN
          USING registry.replicated_tables t
          WHERE t.relid = obj.objid AND v.tid = t.tid;
         DELETE FROM registry.row_keys v
+         USING registry.replicated_tables t
+         WHERE t.relid = obj.objid AND v.tid = t.tid;
+        DELETE FROM registry.lease_stash v
          USING registry.replicated_tables t
          WHERE t.relid = obj.objid AND v.tid = t.tid;
         DELETE FROM registry.replicated_tables WHERE relid = obj.objid;
@@ -330,7 +361,13 @@ CREATE FUNCTION registry._node_info(
     OUT notified_seq bigint, OUT notifications_sent bigint,
     OUT notifications_lost bigint, OUT notifications_truncated bigint,
     OUT shared_memory_bytes bigint, OUT maintenance_pid integer,
-    OUT origins_reclaimed bigint, OUT origins_unknown bigint)
+    OUT origins_reclaimed bigint, OUT origins_unknown bigint,
+    OUT lease_capacity integer, OUT leases_used bigint, OUT lease_evictions bigint,
+    OUT lease_grants bigint, OUT lease_renewals bigint,
+    OUT lease_ownership_moves bigint, OUT lease_reregistrations bigint,
+    OUT leases_expired bigint, OUT sessions_expired bigint, OUT owner_expired bigint,
+    OUT expiry_held_minority bigint, OUT expiry_held_cap bigint,
+    OUT expiry_minority boolean)
     AS 'MODULE_PATHNAME', 'registry_node_info' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._table_stats(
@@ -347,7 +384,8 @@ CREATE FUNCTION registry._acceptors(
 
 CREATE FUNCTION registry._change_log(
     OUT seq bigint, OUT tid integer, OUT key text, OUT op text,
-    OUT version bigint, OUT origin text, OUT committed_at timestamptz)
+    OUT version bigint, OUT origin text, OUT committed_at timestamptz,
+    OUT reason text)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'registry_change_log' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
@@ -367,6 +405,13 @@ CREATE FUNCTION registry._peer_status(
     OUT problem text)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'registry_peer_status' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION registry._leases(
+    OUT tid integer, OUT key text, OUT granted_at timestamptz,
+    OUT renewed_at timestamptz, OUT deadline timestamptz, OUT renewals bigint,
+    OUT session_pid integer, OUT session_ended_at timestamptz)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'registry_leases' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION registry._reset() RETURNS void
     AS 'MODULE_PATHNAME', 'registry_reset' LANGUAGE C PARALLEL UNSAFE;
@@ -422,10 +467,20 @@ CREATE VIEW registry.peer_status AS
 CREATE VIEW registry.change_log AS
     SELECT l.seq, registry._table_name(r.relid) AS table_name,
            l.key, l.op, l.version, l.origin, l.committed_at,
-           registry.key_values(r.relid, l.key) AS key_values
+           registry.key_values(r.relid, l.key) AS key_values, l.reason
     FROM registry._change_log() l
     LEFT JOIN registry.replicated_tables r USING (tid)
     ORDER BY l.seq;
+
+-- The leases this node holds: rows of ephemeral tables it owns.
+CREATE VIEW registry.leases AS
+    SELECT registry._table_name(r.relid) AS table_name, l.key,
+           current_setting('registry.node_name') AS owner,
+           l.granted_at, l.renewed_at, l.deadline,
+           greatest(l.deadline - now(), interval '0') AS remaining,
+           l.renewals, l.session_pid, l.session_ended_at
+    FROM registry._leases() l
+    LEFT JOIN registry.replicated_tables r USING (tid);
 
 -- ---------------------------------------------------------------------
 -- Privileges
@@ -448,7 +503,7 @@ GRANT EXECUTE ON FUNCTION registry.stamp(), registry.capture(),
 
 GRANT SELECT ON registry.node, registry.tables, registry.acceptors,
     registry.change_log, registry.peer_status, registry.replicated_tables,
-    registry.peers TO registry_admin;
+    registry.peers, registry.leases, registry.lease_stash TO registry_admin;
 GRANT EXECUTE ON FUNCTION
     registry.replicate(regclass), registry.unreplicate(regclass),
     registry.hlc_now(), registry.version_time(bigint),
@@ -459,8 +514,11 @@ GRANT EXECUTE ON FUNCTION
     registry._change_log(), registry._table_name(regclass),
     registry.add_peer(text, text), registry.remove_peer(text),
     registry.sync_now(text, interval), registry.purge_tombstones(),
-    registry.resync(regclass), registry._peer_status()
+    registry.resync(regclass), registry._peer_status(),
+    registry.set_lease(regclass, interval), registry._leases()
     TO registry_admin;
+-- renew() checks that its caller may UPDATE the table
+GRANT EXECUTE ON FUNCTION registry.renew(regclass, text[]) TO PUBLIC;
 -- decode_message is not among them: peers never need it, and decoding is
 -- the one thing a message can make expensive.
 -- The serving functions: to registry_peer and registry_admin, and to

@@ -50,6 +50,7 @@
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "digest.h"
 #include "registry.h"
@@ -148,7 +149,26 @@ typedef struct CatalogRow
 	bool		khash_deferred;
 	bool		restored;		/* incarnation is not this extension's */
 	RegVersion	horizon;
+	int64		lease_ttl_ms;	/* 0: persistent */
 } CatalogRow;
+
+/*
+ * A lease's time to live in milliseconds (replicated_tables.lease_ttl);
+ * 0 for NULL (persistent).  A month counts 30 days, as interval
+ * arithmetic does.
+ */
+int64
+regtable_interval_ms(Datum d, bool isnull)
+{
+	Interval   *iv;
+	int64		us;
+
+	if (isnull)
+		return 0;
+	iv = DatumGetIntervalP(d);
+	us = iv->time + ((int64) iv->month * DAYS_PER_MONTH + iv->day) * USECS_PER_DAY;
+	return Max(us / 1000, 0);
+}
 
 /*
  * The registration row for relid (by relid) or tid (by tid), read with a
@@ -189,6 +209,7 @@ catalog_lookup(Oid relid, int32 tid, CatalogRow *out)
 		out->relid = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
 		out->khash_deferred = DatumGetBool(heap_getattr(tup, 3, desc, &isnull));
 		out->horizon = (RegVersion) DatumGetInt64(heap_getattr(tup, 7, desc, &isnull));
+		out->lease_ttl_ms = regtable_interval_ms(heap_getattr(tup, 9, desc, &isnull), isnull);
 		{
 			char	   *mark = TextDatumGetCString(heap_getattr(tup, 8, desc, &isnull));
 			char	   *ours = regtable_incarnation();
@@ -280,6 +301,7 @@ regtable_build(RegTableEntry *e, const CatalogRow *c)
 	e->t.slot = -1;
 	e->t.restored = c->restored;
 	e->t.purge_horizon = c->horizon;
+	e->t.lease_ttl_ms = c->lease_ttl_ms;
 	e->t.needs_canonical = false;
 	{
 		static uint64 generations = 0;

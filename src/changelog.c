@@ -59,6 +59,7 @@ typedef struct ChangeLogEntry
 	uint32		khash;
 	int16		origin;			/* index into the origin table */
 	char		op;
+	char		reason;			/* LEASE_REASON_*, 0 = none */
 	uint16		keylen;
 	char		key[FLEXIBLE_ARRAY_MEMBER];	/* NUL-terminated */
 } ChangeLogEntry;
@@ -222,6 +223,7 @@ changelog_append(const ChangeLogRecord *records, int n, TimestampTz now)
 			e->khash = r->khash;
 			e->origin = r->origin;
 			e->op = r->op;
+			e->reason = r->reason;
 			e->keylen = strlen(r->key);
 			memcpy(e->key, r->key, e->keylen + 1);
 		}
@@ -287,6 +289,7 @@ changelog_read(uint64 after, int max, ChangeLogChange **out,
 		c->tid = e->tid;
 		c->khash = e->khash;
 		c->op = e->op;
+		c->reason = e->reason;
 		/* the name while the entry holds its origin number */
 		if (o)
 			strlcpy(c->origin, o, REGISTRY_NAME_LEN);

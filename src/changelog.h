@@ -25,6 +25,7 @@ typedef struct ChangeLogRecord
 	RegVersion	version;
 	int16		origin;			/* origin number (origins), or ORIGIN_UNKNOWN */
 	char		op;				/* REG_OP_* */
+	char		reason;			/* LEASE_REASON_*, 0 = none */
 	const char *key;			/* "" for REG_OP_RESYNC */
 } ChangeLogRecord;
 
@@ -37,6 +38,7 @@ typedef struct ChangeLogChange
 	int32		tid;
 	uint32		khash;
 	char		op;
+	char		reason;			/* LEASE_REASON_*, 0 = none */
 	char		origin[REGISTRY_NAME_LEN];	/* "" if unknown */
 	char	   *key;
 } ChangeLogChange;

@@ -41,6 +41,12 @@ int			registry_connect_timeout_ms = 5000;
 int			registry_query_timeout_ms = 30000;
 int			registry_tombstone_retention_s = 7 * 24 * 3600;
 int			registry_max_message_size = 32 * 1024 * 1024;
+int			registry_max_leases = 16384;
+int			registry_owner_timeout_ms = 30000;
+int			registry_expiry_interval_ms = 1000;
+int			registry_expiry_cap = 0;
+int			registry_expiry_window_ms = 60000;
+bool		registry_lease_session = false;
 
 /* true when loaded through shared_preload_libraries (set by _PG_init) */
 bool		registry_preloaded = false;
@@ -259,6 +265,54 @@ guc_define(void)
 							32 * 1024 * 1024, 1024 * 1024, MaxAllocSize / 4,
 							PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.max_leases",
+							"Leases this node can hold on rows of ephemeral registry tables.",
+							"When full, the least recently renewed lease is evicted; its row gets a full time to live again at the next adoption pass.",
+							&registry_max_leases,
+							16384, 16, 10 * 1000 * 1000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.owner_timeout",
+							"Time without contact with a peer after which this node expires the ephemeral rows that peer owns.",
+							"Only while this node reaches a majority of its peers.",
+							&registry_owner_timeout_ms,
+							30000, 1000, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.expiry_interval",
+							"How often the maintenance worker looks for expired leases and timed-out owners.",
+							NULL,
+							&registry_expiry_interval_ms,
+							1000, 10, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.expiry_cap",
+							"Most rows of one ephemeral table this node expires in one registry.expiry_window (0: no cap).",
+							"Rows over the cap wait for the next window.",
+							&registry_expiry_cap,
+							0, 0, INT_MAX,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.expiry_window",
+							"The window registry.expiry_cap counts expiries in.",
+							NULL,
+							&registry_expiry_window_ms,
+							60000, 1000, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("registry.lease_session",
+							 "Bind the rows this session writes in ephemeral registry tables to the session.",
+							 "They need no renewal and expire one time to live after the session ends.",
+							 &registry_lease_session,
+							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("registry");
 

@@ -37,6 +37,7 @@
 #include "acceptor.h"
 #include "changelog.h"
 #include "digest.h"
+#include "leases.h"
 #include "origins.h"
 #include "publish.h"
 #include "publishing.h"
@@ -57,6 +58,7 @@ typedef struct PendingChange
 	RegVersion	version;
 	int16		origin;
 	bool		deleted;
+	char		reason;			/* LEASE_REASON_* of an expiry, or 0 */
 	bool		old_live;		/* state before the transaction's first change */
 	uint64		delta;			/* XOR of old and new entry digests */
 	int64		live_delta;
@@ -71,6 +73,24 @@ static PendingChange *pending = NULL;
 static int	npending = 0;
 static int	maxpending = 0;
 static bool pending_ready = false;	/* pre-commit done */
+
+/* lease changes of ephemeral tables, applied at commit (leases.c) */
+typedef struct PendingLease
+{
+	SubTransactionId subid;
+	LeaseChange c;
+} PendingLease;
+
+static PendingLease *pending_leases = NULL;
+static int	npending_leases = 0;
+static int	maxpending_leases = 0;
+static LeaseChange *lease_changes = NULL;	/* computed at pre-commit */
+static int	nlease_changes = 0;
+static bool lease_adoption = false; /* a leased table was reset */
+
+/* CAPTURE_MODE_EXPIRE: the table whose DELETEs expire leases, and why */
+static int32 expire_tid = 0;
+static char expire_reason = 0;
 
 /* the change log entries, computed at pre-commit */
 static ChangeLogRecord *records = NULL;
@@ -127,6 +147,7 @@ typedef enum ModeState
 	STATE_APPLY,				/* apply_active */
 	STATE_BULK,					/* bulk_tid, bulk_apply_tid, bulk_expect */
 	STATE_SUPPRESS,				/* suppressed_tid */
+	STATE_EXPIRE,				/* expire_tid */
 	NUM_STATES
 } ModeState;
 
@@ -165,6 +186,9 @@ state_drop(ModeState st)
 			break;
 		case STATE_SUPPRESS:
 			suppressed_tid = 0;
+			break;
+		case STATE_EXPIRE:
+			expire_tid = 0;
 			break;
 		default:
 			break;
@@ -217,6 +241,41 @@ state_hash(const char *key, const VersionState *st)
 	return digest_entry_hash(key, st->version, st->origin, st->deleted);
 }
 
+/*
+ * A change of a key of an ephemeral table: this node's lease of it
+ * starts again (a live row of this node's) or ends (anything else).
+ */
+static void
+lease_record(RegTable *t, uint32 khash, const char *key,
+			 const VersionState *old, const char *origin, bool deleted)
+{
+	PendingLease *pl;
+
+	if (npending_leases >= maxpending_leases)
+	{
+		int			newmax = maxpending_leases ? maxpending_leases * 2 : 16;
+
+		if (pending_leases == NULL)
+			pending_leases = MemoryContextAlloc(TopTransactionContext,
+												newmax * sizeof(PendingLease));
+		else
+			pending_leases = repalloc_huge(pending_leases,
+										   newmax * sizeof(PendingLease));
+		maxpending_leases = newmax;
+	}
+	pl = &pending_leases[npending_leases++];
+	memset(pl, 0, sizeof(PendingLease));
+	pl->subid = GetCurrentSubTransactionId();
+	pl->c.tid = t->tid;
+	pl->c.khash = khash;
+	pl->c.key = MemoryContextStrdup(TopTransactionContext, key);
+	pl->c.grant = !deleted && strcmp(origin, registry_node_name) == 0;
+	pl->c.moved = pl->c.grant && old->exists && !old->deleted &&
+		strcmp(old->origin, registry_node_name) != 0;
+	pl->c.ttl_ms = t->lease_ttl_ms;
+	pl->c.session = pl->c.grant && registry_lease_session;
+}
+
 /* Remember one key change: old state -> (version, origin, deleted). */
 void
 publish_record(RegTable *t, uint32 khash, const char *key,
@@ -229,6 +288,9 @@ publish_record(RegTable *t, uint32 khash, const char *key,
 	bool		old_live = old->exists && !old->deleted;
 	int64		live_delta = (deleted ? 0 : 1) - (old_live ? 1 : 0);
 	int64		tomb_delta = (deleted ? 1 : 0) - ((old->exists && old->deleted) ? 1 : 0);
+
+	if (t->lease_ttl_ms > 0)
+		lease_record(t, khash, key, old, origin, deleted);
 
 	/*
 	 * A bulk change collects its table's changes -- but during a bulk apply
@@ -258,6 +320,7 @@ publish_record(RegTable *t, uint32 khash, const char *key,
 	p->version = version;
 	p->origin = origins_id(origin);
 	p->deleted = deleted;
+	p->reason = (deleted && expire_tid == t->tid) ? expire_reason : 0;
 	p->old_live = old_live;
 	p->delta = delta;
 	p->live_delta = live_delta;
@@ -360,6 +423,12 @@ publish_mode_push(const CaptureMode *mode)
 		case CAPTURE_MODE_BULK:
 			bulk_begin(t);
 			break;
+
+		case CAPTURE_MODE_EXPIRE:
+			expire_tid = t->tid;
+			expire_reason = mode->reason;
+			state_set(STATE_EXPIRE);
+			break;
 	}
 }
 
@@ -390,6 +459,10 @@ publish_mode_pop(CaptureModeKind kind)
 
 		case CAPTURE_MODE_BULK:
 			bulk_end();
+			break;
+
+		case CAPTURE_MODE_EXPIRE:
+			expire_tid = 0;
 			break;
 	}
 }
@@ -476,6 +549,9 @@ publish_reset_table(RegTable *t)
 	p->bucket_delta = MemoryContextAllocZero(TopTransactionContext,
 											 sizeof(uint64) * registry_digest_buckets);
 	p->version = hlc_current();
+	/* rows of the table this node owns may have lost their leases */
+	if (t->lease_ttl_ms > 0)
+		lease_adoption = true;
 }
 
 /* Purged tombstones leave the digests without a change log entry. */
@@ -600,10 +676,34 @@ coalesce_pending(void)
 			f->version = p->version;
 			f->origin = p->origin;
 			f->deleted = p->deleted;
+			f->reason = p->reason;
 			p->merged = true;
 		}
 	}
 	hash_destroy(h);
+}
+
+/*
+ * The lease changes that survived savepoint rollbacks, as one array; and
+ * the session's exit callback if a lease is to be bound to it.
+ */
+static void
+lease_pre_commit(void)
+{
+	int			i;
+
+	lease_changes = NULL;
+	nlease_changes = 0;
+	if (npending_leases == 0)
+		return;
+	lease_changes = MemoryContextAlloc(TopTransactionContext,
+									   sizeof(LeaseChange) * npending_leases);
+	for (i = 0; i < npending_leases; i++)
+	{
+		lease_changes[nlease_changes++] = pending_leases[i].c;
+		if (pending_leases[i].c.session)
+			leases_prepare_session();
+	}
 }
 
 /*
@@ -667,9 +767,11 @@ publish_pre_commit(void)
 			r->version = p->version;
 			r->origin = p->origin;
 			r->op = p->op;
+			r->reason = p->reason;
 			r->key = p->key;
 		}
 	}
+	lease_pre_commit();
 	pending_ready = true;
 	publishing_begin();
 }
@@ -718,6 +820,10 @@ publish_commit(void)
 	}
 	digest_publish_end();
 
+	leases_apply(lease_changes, nlease_changes, now);
+	if (lease_adoption)
+		leases_request_adoption();
+
 	/* peers waiting in registry.changes_since(), and the notifier */
 	changelog_wake_readers();
 }
@@ -731,6 +837,13 @@ pending_reset(void)
 	pending_ready = false;
 	records = NULL;
 	nrecords = 0;
+	pending_leases = NULL;
+	npending_leases = 0;
+	maxpending_leases = 0;
+	lease_changes = NULL;
+	nlease_changes = 0;
+	lease_adoption = false;
+	expire_tid = 0;
 	apply_active = false;
 	bulk_tid = 0;
 	bulk_apply_tid = 0;
@@ -745,11 +858,11 @@ publish_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
-			if (npending > 0)
+			if (npending > 0 || npending_leases > 0)
 				publish_pre_commit();
 			break;
 		case XACT_EVENT_COMMIT:
-			if (npending > 0 && pending_ready)
+			if ((npending > 0 || npending_leases > 0) && pending_ready)
 				publish_commit();
 			publishing_end();
 			origins_unpin();
@@ -785,6 +898,9 @@ publish_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		case SUBXACT_EVENT_COMMIT_SUB:
 			for (i = npending - 1; i >= 0 && pending[i].subid == mySubid; i--)
 				pending[i].subid = parentSubid;
+			for (i = npending_leases - 1;
+				 i >= 0 && pending_leases[i].subid == mySubid; i--)
+				pending_leases[i].subid = parentSubid;
 			for (i = 0; i < NUM_STATES; i++)
 				if (states_subid[i] == mySubid)
 					states_subid[i] = parentSubid;
@@ -792,6 +908,9 @@ publish_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		case SUBXACT_EVENT_ABORT_SUB:
 			while (npending > 0 && pending[npending - 1].subid == mySubid)
 				npending--;
+			while (npending_leases > 0 &&
+				   pending_leases[npending_leases - 1].subid == mySubid)
+				npending_leases--;
 			for (i = 0; i < NUM_STATES; i++)
 				if (states_subid[i] == mySubid)
 					state_drop((ModeState) i);

@@ -31,6 +31,15 @@
  *								with rows (capture.c): the table's changes
  *								are published as one digest delta and one
  *								"resync" change log entry.
+ *	CAPTURE_MODE_EXPIRE			the expiry of leases (expiry.c): the table's
+ *								DELETEs are local changes published with
+ *								the reason given (the change log's reason,
+ *								the notifications' "expiry").
+ *
+ * Leases: a write to an ephemeral table (RegTable.lease_ttl_ms > 0) also
+ * changes this node's lease of the key at commit (leases.c): a live row
+ * with this node's origin gets a full TTL (bound to the session with
+ * registry.lease_session), any other change drops the lease.
  *
  * Modes may be active together (a bulk change of another table may start
  * inside an apply), with two exceptions, each an ERROR because user code
@@ -55,7 +64,8 @@ typedef enum CaptureModeKind
 	CAPTURE_MODE_APPLY_BULK,
 	CAPTURE_MODE_APPLY_FRESH,
 	CAPTURE_MODE_SUPPRESS,
-	CAPTURE_MODE_BULK
+	CAPTURE_MODE_BULK,
+	CAPTURE_MODE_EXPIRE
 } CaptureModeKind;
 
 typedef struct CaptureMode
@@ -70,6 +80,8 @@ typedef struct CaptureMode
 	struct ApplyRow *rows;
 	int		   *taken;
 	int			nrows;
+	/* EXPIRE: why (LEASE_REASON_*) */
+	char		reason;
 } CaptureMode;
 
 extern void publish_mode_push(const CaptureMode *mode);

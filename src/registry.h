@@ -44,6 +44,12 @@ extern int	registry_connect_timeout_ms;
 extern int	registry_query_timeout_ms;
 extern int	registry_tombstone_retention_s;
 extern int	registry_max_message_size;
+extern int	registry_max_leases;
+extern int	registry_owner_timeout_ms;
+extern int	registry_expiry_interval_ms;
+extern int	registry_expiry_cap;
+extern int	registry_expiry_window_ms;
+extern bool registry_lease_session;
 
 /* true when loaded through shared_preload_libraries */
 extern bool registry_preloaded;
@@ -92,6 +98,30 @@ version_greater(RegVersion v1, const char *o1, RegVersion v2, const char *o2)
 #define REG_OP_UPDATE	'u'
 #define REG_OP_DELETE	'd'
 #define REG_OP_RESYNC	'r'		/* bulk change: compare the table's digests */
+
+/*
+ * Why a change was made, where it is not a client's write: kept in the
+ * change log beside the op (0: no reason given), shown by
+ * registry.change_log and the notifications.  Never sent to peers.
+ */
+#define LEASE_REASON_LEASE		'l' /* the lease ran out on its owner */
+#define LEASE_REASON_SESSION	's' /* the session it was bound to ended */
+#define LEASE_REASON_OWNER		'o' /* its owner was out of reach too long */
+
+static inline const char *
+registry_expiry_name(char reason)
+{
+	switch (reason)
+	{
+		case LEASE_REASON_LEASE:
+			return "lease";
+		case LEASE_REASON_SESSION:
+			return "session";
+		case LEASE_REASON_OWNER:
+			return "owner";
+	}
+	return NULL;
+}
 
 static inline const char *
 registry_op_name(char op)
@@ -244,6 +274,8 @@ typedef struct RegTable
 	bool		khash_deferred; /* keys not in registry.row_keys (a pull) */
 	bool		restored;		/* loaded from a dump, not taken up yet */
 	RegVersion	purge_horizon;	/* newest purged tombstone's version */
+	int64		lease_ttl_ms;	/* ephemeral: rows' time to live; 0 =
+								 * persistent */
 	bool		needs_canonical;	/* values or keys depend on settings */
 	uint64		generation;		/* changes each time the entry is rebuilt */
 	int			slot;			/* shared-memory table slot, -1 if unknown */
@@ -267,6 +299,7 @@ extern char *regtable_incarnation(void);
 extern void regtable_forget(Oid relid);
 extern int	regtable_slot(int32 tid, Oid relid);
 extern void regtable_slots_gc(void);
+extern int64 regtable_interval_ms(Datum d, bool isnull);
 
 /* ---- tombstones.c ---- */
 

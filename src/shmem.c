@@ -7,7 +7,7 @@
  *	  CREATE EXTENSION is registry._reset(), registration.c.)
  *
  * The owners (layer 3: node.c, origins.c, acceptor.c, worker_slots.c,
- * changelog.c, digest.c, peer_status.c, publishing.c; hlc.c in layer 2)
+ * changelog.c, digest.c, peer_status.c, publishing.c, leases.c; hlc.c in layer 2)
  * each allocate and initialise their own structure; this file only sums
  * their sizes and calls them, in an order that respects who depends on
  * whom (origins before the structures that register origin markers).  init.c installs the hooks that call
@@ -24,6 +24,7 @@
 #include "acceptor.h"
 #include "changelog.h"
 #include "digest.h"
+#include "leases.h"
 #include "node.h"
 #include "origins.h"
 #include "peer_status.h"
@@ -47,6 +48,7 @@ shmem_total_size(void)
 	size = add_size(size, digest_shmem_size());
 	size = add_size(size, MAXALIGN(publishing_shmem_size()));
 	size = add_size(size, MAXALIGN(peer_status_shmem_size()));
+	size = add_size(size, leases_shmem_size());
 	return size;
 }
 
@@ -81,6 +83,7 @@ shmem_startup_owners(void)
 					  &locks[REGISTRY_LOCK_DIGEST].lock);
 	publishing_shmem_init();
 	peer_status_shmem_init(&locks[REGISTRY_LOCK_PEER].lock);
+	leases_shmem_init(&locks[REGISTRY_LOCK_ROW_LEASES].lock);
 
 	LWLockRelease(AddinShmemInitLock);
 	registry_shmem_attached = true;

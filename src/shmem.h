@@ -37,7 +37,8 @@
 #define REGISTRY_LOCK_DIGEST	3
 #define REGISTRY_LOCK_LEASE		4	/* hlc.c */
 #define REGISTRY_LOCK_PEER		5	/* peer status array */
-#define REGISTRY_LWLOCKS		6
+#define REGISTRY_LOCK_ROW_LEASES 6	/* leases.c */
+#define REGISTRY_LWLOCKS		7
 
 /* layout (shmem.c) */
 extern Size shmem_total_size(void);

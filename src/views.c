@@ -25,6 +25,7 @@
 #include "acceptor.h"
 #include "changelog.h"
 #include "digest.h"
+#include "leases.h"
 #include "node.h"
 #include "origins.h"
 #include "registry.h"
@@ -45,7 +46,7 @@ version_ts(RegVersion v)
 	return (ms - ((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000)) * 1000;
 }
 
-#define NODE_COLS 39
+#define NODE_COLS 52
 
 Datum
 registry_node_info(PG_FUNCTION_ARGS)
@@ -152,6 +153,24 @@ registry_node_info(PG_FUNCTION_ARGS)
 		n[i++] = true;
 	v[i++] = Int64GetDatum((int64) origins_reclaimed);
 	v[i++] = Int64GetDatum((int64) origins_unknown);
+	{
+		LeaseCounters lc;
+
+		leases_counters(&lc);
+		v[i++] = Int32GetDatum(lc.capacity);
+		v[i++] = Int64GetDatum(lc.used);
+		v[i++] = Int64GetDatum((int64) lc.evictions);
+		v[i++] = Int64GetDatum((int64) lc.grants);
+		v[i++] = Int64GetDatum((int64) lc.renewals);
+		v[i++] = Int64GetDatum((int64) lc.ownership_moves);
+		v[i++] = Int64GetDatum((int64) lc.counts[LEASE_COUNT_REREGISTRATIONS]);
+		v[i++] = Int64GetDatum((int64) lc.counts[LEASE_COUNT_EXPIRED]);
+		v[i++] = Int64GetDatum((int64) lc.counts[LEASE_COUNT_SESSIONS_EXPIRED]);
+		v[i++] = Int64GetDatum((int64) lc.counts[LEASE_COUNT_OWNER_EXPIRED]);
+		v[i++] = Int64GetDatum((int64) lc.counts[LEASE_COUNT_HELD_MINORITY]);
+		v[i++] = Int64GetDatum((int64) lc.counts[LEASE_COUNT_HELD_CAP]);
+		v[i++] = BoolGetDatum(lc.minority);
+	}
 	Assert(i == NODE_COLS);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, v, n)));
@@ -215,8 +234,8 @@ registry_change_log(PG_FUNCTION_ARGS)
 	for (i = 0; i < n; i++)
 	{
 		ChangeLogChange *e = &copy[i];
-		Datum		v[7];
-		bool		nl[7] = {false};
+		Datum		v[8];
+		bool		nl[8] = {false};
 
 		v[0] = Int64GetDatum((int64) e->seq);
 		v[1] = Int32GetDatum(e->tid);
@@ -228,6 +247,10 @@ registry_change_log(PG_FUNCTION_ARGS)
 		else
 			nl[5] = true;
 		v[6] = TimestampTzGetDatum(e->committed_at);
+		if (e->reason != 0)
+			v[7] = CStringGetTextDatum("expired");
+		else
+			nl[7] = true;
 		if (e->op == REG_OP_RESYNC)
 			nl[2] = true;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);

@@ -429,6 +429,11 @@ payload_form(StringInfo b, ChangeLogChange *e, TableName *table,
 	json_field(b, "op", registry_op_name(e->op));
 	json_field(b, "version", version);
 	json_field(b, "origin", origin);
+	if (e->reason != 0 && registry_expiry_name(e->reason))
+	{
+		json_field(b, "reason", "expired");
+		json_field(b, "expiry", registry_expiry_name(e->reason));
+	}
 	appendStringInfoChar(b, '}');
 }
 
