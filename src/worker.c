@@ -59,6 +59,7 @@
 #include "utils/timestamp.h"
 
 #include "changelog.h"
+#include "expiry.h"
 #include "node.h"
 #include "origins.h"
 #include "purge.h"
@@ -555,6 +556,7 @@ registry_maintenance_main(Datum arg)
 {
 	MemoryContext loopcxt;
 	bool		busy;
+	bool		expiring;
 	long		poll_ms = NOTIFY_POLL_MIN_MS;
 	TimestampTz last_purge = GetCurrentTimestamp();
 
@@ -580,6 +582,9 @@ registry_maintenance_main(Datum arg)
 		maybe_rebuild();
 		maybe_purge(&last_purge);
 		busy = notify_pending() > 0;
+		expiring = expiry_run(GetCurrentTimestamp());
+		if (expiring)
+			busy = notify_pending() > 0 || busy;
 		if (!busy)
 		{
 			/*
@@ -601,7 +606,9 @@ registry_maintenance_main(Datum arg)
 		 * woken by the next commit, so sparse changes go out at once.
 		 */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 busy ? poll_ms : 10000L, PG_WAIT_EXTENSION);
+						 Min(busy ? poll_ms : 10000L,
+							 expiry_next_wait_ms(GetCurrentTimestamp())),
+						 PG_WAIT_EXTENSION);
 		poll_ms = busy ? Min(poll_ms * 2, NOTIFY_POLL_MAX_MS) : NOTIFY_POLL_MIN_MS;
 		ResetLatch(MyLatch);
 	}

@@ -1,0 +1,746 @@
+/*-------------------------------------------------------------------------
+ *
+ * expiry.c
+ *	  Expiring the rows of ephemeral registry tables, in the maintenance
+ *	  worker, every registry.expiry_interval:
+ *
+ *	  - adoption: every row this node owns (registry_origin is this node)
+ *		without a lease gets a full TTL -- after a start, an eviction, a
+ *		bulk change of the table;
+ *	  - the owner's expiry: rows whose lease here ran out (or whose session
+ *		ended one TTL ago) are deleted as ordinary local deletes, with the
+ *		reason "expired" in the change log and the notifications;
+ *	  - owner failure: the rows owned by a peer this node has had no
+ *		successful contact with for registry.owner_timeout are deleted
+ *		here, the same way -- but only while this node reaches a majority
+ *		of its peers (self-preservation: a node cut off from most of the
+ *		mesh is probably the one that is cut off);
+ *	  - the cap: at most registry.expiry_cap rows of a table expire per
+ *		registry.expiry_window, the rest wait;
+ *	  - the stash (lease_stash.c) is purged of rows too old to come back.
+ *
+ * Only direct peers are judged: a node knows when it last heard from the
+ * nodes it pulls from, and nothing of nodes further away.  In a line
+ * A - B - C, B expires A's rows when A goes quiet and C receives B's
+ * deletes; C never expires A's rows itself.
+ *
+ * Deletes go in batches of EXPIRY_BATCH rows, one transaction each, as the
+ * table's owner (user triggers run with no more rights than the owner's):
+ * a mass expiry holds any row lock for one batch at most.  A delete
+ * re-checks that the row is still this owner's (a peer may have taken it
+ * over meanwhile) and, for this node's own leases, that the lease is still
+ * past its deadline right before the batch (a renewal may have come).
+ *
+ * State here is the maintenance worker's own: the cap's windows and the
+ * owners whose expiry is held back.  Shared state is leases.c's.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "expiry.h"
+#include "lease_stash.h"
+#include "leases.h"
+#include "node.h"
+#include "peer_status.h"
+#include "publish.h"
+#include "registry.h"
+#include "rows.h"
+#include "worker_slots.h"
+
+#define EXPIRY_BATCH		1000
+#define STASH_PURGE_MS		10000
+#define IDLE_PASS_MS		10000	/* with no ephemeral table */
+#define MAX_HELD_OWNERS		64
+
+/* An ephemeral table, as copied at the start of a run. */
+typedef struct EphTable
+{
+	int32		tid;
+	Oid			relid;
+	int64		ttl_ms;
+} EphTable;
+
+/* The cap's window of one table. */
+typedef struct CapWindow
+{
+	int32		tid;
+	TimestampTz start;
+	int64		expired;
+	bool		held_counted;	/* expiry_held_cap counted in this window */
+} CapWindow;
+
+static TimestampTz last_run = 0;
+static bool more_work = false;
+static uint64 adopted_gen = 0;
+static TimestampTz last_stash_purge = 0;
+static bool no_tables = false;	/* the last pass found no ephemeral table */
+static CapWindow *windows = NULL;
+static int	nwindows = 0;
+
+/* owners whose rows are due but held back (counted once per episode) */
+static char held_owners[MAX_HELD_OWNERS][REGISTRY_NAME_LEN];
+static int	nheld = 0;
+
+/* ---- transactions ---- */
+
+static void
+xact_begin(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	worker_xact_started();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+xact_commit(MemoryContext cxt)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+}
+
+/* ---- the cap ---- */
+
+static CapWindow *
+window_of(int32 tid, TimestampTz now)
+{
+	CapWindow  *w = NULL;
+	int			i;
+
+	for (i = 0; i < nwindows; i++)
+		if (windows[i].tid == tid)
+			w = &windows[i];
+	if (w == NULL)
+	{
+		windows = windows == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(CapWindow) * (nwindows + 1)) :
+			repalloc(windows, sizeof(CapWindow) * (nwindows + 1));
+		w = &windows[nwindows++];
+		w->tid = tid;
+		w->start = 0;
+	}
+	if (w->start == 0 ||
+		TimestampDifferenceExceeds(w->start, now, registry_expiry_window_ms))
+	{
+		w->start = now;
+		w->expired = 0;
+		w->held_counted = false;
+	}
+	return w;
+}
+
+/* How many more rows of the table may expire now (INT64_MAX: no cap). */
+static int64
+cap_left(int32 tid, TimestampTz now)
+{
+	CapWindow  *w;
+
+	if (registry_expiry_cap <= 0)
+		return PG_INT64_MAX;
+	w = window_of(tid, now);
+	return Max(registry_expiry_cap - w->expired, 0);
+}
+
+static void
+cap_note(int32 tid, TimestampTz now, int64 expired, int64 held)
+{
+	CapWindow  *w;
+
+	if (registry_expiry_cap <= 0)
+		return;
+	w = window_of(tid, now);
+	w->expired += expired;
+	if (held > 0 && !w->held_counted)
+	{
+		leases_count(LEASE_COUNT_HELD_CAP, held);
+		w->held_counted = true;
+	}
+}
+
+/* ---- tables ---- */
+
+static List *
+ephemeral_tables(void)
+{
+	List	   *all = regtable_all();
+	List	   *result = NIL;
+	ListCell   *lc;
+
+	foreach(lc, all)
+	{
+		RegTid	   *r = lfirst(lc);
+		RegTable   *t;
+
+		if (r->restored)
+			continue;
+		t = regtable_by_tid(r->tid, true);
+		if (t && t->lease_ttl_ms > 0)
+		{
+			EphTable   *e = palloc(sizeof(EphTable));
+
+			e->tid = t->tid;
+			e->relid = t->relid;
+			e->ttl_ms = t->lease_ttl_ms;
+			result = lappend(result, e);
+		}
+	}
+	return result;
+}
+
+/* the table again, in this transaction; NULL if it is no longer ephemeral */
+static RegTable *
+table_now(EphTable *e)
+{
+	RegTable   *t = regtable_by_tid(e->tid, true);
+
+	if (t == NULL || t->relid != e->relid || t->lease_ttl_ms <= 0 || t->restored)
+		return NULL;
+	return t;
+}
+
+/* ---- adoption ---- */
+
+/*
+ * Give every row this node owns that has no lease a full TTL from now.
+ * Reads the tables (their primary key index), writes nothing.
+ */
+static void
+adopt_all(List *tables, TimestampTz now)
+{
+	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext,
+											  "registry adoption",
+											  ALLOCSET_DEFAULT_SIZES);
+	ListCell   *lc;
+
+	foreach(lc, tables)
+	{
+		EphTable   *e = lfirst(lc);
+		RegTable   *t = table_now(e);
+		RowLookup	rs;
+		int			nest = -1;
+		int			n = 0;
+		MemoryContext old;
+
+		if (t == NULL)
+			continue;
+		if (t->needs_canonical)
+			keys_canonical_gucs_push(&nest);
+		row_scan_all_begin(&rs, t, GetActiveSnapshot());
+		old = MemoryContextSwitchTo(tmp);
+		while (row_scan_next(&rs))
+		{
+			VersionState st;
+
+			row_version(t, rs.slot, &st);
+			if (st.exists && strcmp(st.origin, registry_node_name) == 0)
+			{
+				char	   *key = row_key(t, rs.slot);
+
+				if (!leases_adopt(t->tid, keys_hash(key, strlen(key)), key,
+								  t->lease_ttl_ms, now))
+					break;		/* full: the rest waits for room */
+			}
+			if (++n % 1000 == 0)
+			{
+				MemoryContextReset(tmp);
+				CHECK_FOR_INTERRUPTS();
+			}
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(tmp);
+		row_scan_end(&rs);
+		if (nest >= 0)
+			keys_canonical_gucs_pop(nest);
+	}
+	MemoryContextDelete(tmp);
+}
+
+/* ---- deleting ---- */
+
+/*
+ * Run one expiry DELETE of table t as the table's owner, its deletes
+ * published with the reason.  Returns how many rows it deleted.
+ */
+static int64
+run_delete(RegTable *t, const char *sql, int nargs, Oid *types, Datum *args,
+		   char reason)
+{
+	CaptureMode mode;
+	RegistryOwnerSave save;
+	int64		n;
+	int			rc;
+
+	memset(&mode, 0, sizeof(mode));
+	mode.kind = CAPTURE_MODE_EXPIRE;
+	mode.table = t;
+	mode.reason = reason;
+	apply_as_owner_begin(t, &save);
+	publish_mode_push(&mode);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "registry: SPI_connect failed");
+	rc = SPI_execute_with_args(sql, nargs, types, args, NULL, false, 0);
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "registry: expiry of %s failed: %s", t->qualname,
+			 SPI_result_code_string(rc));
+	n = (int64) SPI_processed;
+	SPI_finish();
+	publish_mode_pop(CAPTURE_MODE_EXPIRE);
+	apply_as_owner_end(&save);
+	return n;
+}
+
+/* Delete the rows at the ctids given that are still this node's. */
+static int64
+delete_own_rows(RegTable *t, Datum *tids, int ntids, char reason)
+{
+	ArrayType  *arr = construct_array(tids, ntids, TIDOID,
+									  sizeof(ItemPointerData), false,
+									  TYPALIGN_SHORT);
+	Oid			types[2] = {TIDARRAYOID, TEXTOID};
+	Datum		args[2];
+	char	   *sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY ($1) AND %s = $2",
+							   t->qualname, REGISTRY_ORIGIN_COLUMN);
+
+	args[0] = PointerGetDatum(arr);
+	args[1] = CStringGetTextDatum(registry_node_name);
+	return run_delete(t, sql, 2, types, args, reason);
+}
+
+/* Delete up to limit rows of owner. */
+static int64
+delete_owner_rows(RegTable *t, const char *owner, int64 limit)
+{
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		args[2];
+	char	   *sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %s WHERE %s = $1 LIMIT $2)) AND %s = $1",
+							   t->qualname, t->qualname, REGISTRY_ORIGIN_COLUMN,
+							   REGISTRY_ORIGIN_COLUMN);
+
+	args[0] = CStringGetTextDatum(owner);
+	args[1] = Int64GetDatum(limit);
+	return run_delete(t, sql, 2, types, args, LEASE_REASON_OWNER);
+}
+
+/* How many rows of t owner has (read as the worker: no user code runs). */
+static int64
+owner_row_count(RegTable *t, const char *owner, bool any)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1];
+	char	   *sql = psprintf(any ?
+							   "SELECT count(*) FROM (SELECT FROM ONLY %s WHERE %s = $1 LIMIT 1) s" :
+							   "SELECT count(*) FROM ONLY %s WHERE %s = $1",
+							   t->qualname, REGISTRY_ORIGIN_COLUMN);
+	int64		n;
+	bool		isnull;
+	int			rc;
+
+	args[0] = CStringGetTextDatum(owner);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "registry: SPI_connect failed");
+	rc = SPI_execute_with_args(sql, 1, types, args, NULL, true, 0);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "registry: could not count the rows of %s: %s", t->qualname,
+			 SPI_result_code_string(rc));
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									1, &isnull));
+	SPI_finish();
+	return n;
+}
+
+static int
+expired_cmp(const void *a, const void *b)
+{
+	const LeaseExpired *x = a;
+	const LeaseExpired *y = b;
+
+	if (x->tid != y->tid)
+		return x->tid < y->tid ? -1 : 1;
+	if (x->reason != y->reason)
+		return x->reason < y->reason ? -1 : 1;
+	return 0;
+}
+
+/*
+ * The owner's expiry: this node's leases that ran out.  One transaction
+ * per table and reason.  Returns whether more are due.
+ */
+static bool
+expire_own(TimestampTz now, MemoryContext cxt)
+{
+	LeaseExpired *ex;
+	int			n = leases_collect_expired(now, EXPIRY_BATCH, &ex);
+	int			i = 0;
+	int64		deleted = 0;
+
+	if (n == 0)
+		return false;
+	qsort(ex, n, sizeof(LeaseExpired), expired_cmp);
+	while (i < n)
+	{
+		int			j = i;
+		RegTable   *t;
+		int64		left;
+		int64		taken = 0;
+		int64		held = 0;
+		Datum	   *tids;
+		int			ntids = 0;
+		int			nest = -1;
+		int			k;
+
+		while (j < n && ex[j].tid == ex[i].tid && ex[j].reason == ex[i].reason)
+			j++;
+		xact_begin();
+		t = regtable_by_tid(ex[i].tid, true);
+		if (t == NULL || t->lease_ttl_ms <= 0 || t->restored)
+		{
+			/* no longer ephemeral: leases.c drops them with the table */
+			for (k = i; k < j; k++)
+				leases_forget(ex[k].tid, ex[k].khash, ex[k].key);
+			xact_commit(cxt);
+			i = j;
+			continue;
+		}
+		left = cap_left(t->tid, now);
+		tids = palloc(sizeof(Datum) * (j - i));
+		if (t->needs_canonical)
+			keys_canonical_gucs_push(&nest);
+		{
+			RowLookup	rl;
+
+			row_lookup_begin(&rl, t, RowExclusiveLock, GetActiveSnapshot());
+			for (k = i; k < j; k++)
+			{
+				VersionState st;
+
+				if (!row_lookup(&rl, ex[k].key))
+				{
+					leases_forget(ex[k].tid, ex[k].khash, ex[k].key);
+					continue;
+				}
+				row_version(t, rl.slot, &st);
+				if (!st.exists || strcmp(st.origin, registry_node_name) != 0)
+				{
+					/* another node's now: its lease is there */
+					leases_forget(ex[k].tid, ex[k].khash, ex[k].key);
+					continue;
+				}
+				if (!leases_still_expired(ex[k].tid, ex[k].khash, ex[k].key, now))
+					continue;	/* renewed meanwhile */
+				if (taken >= left)
+				{
+					held++;
+					continue;
+				}
+				tids[ntids++] = PointerGetDatum(palloc_object(ItemPointerData));
+				*(ItemPointer) DatumGetPointer(tids[ntids - 1]) = rl.slot->tts_tid;
+				taken++;
+			}
+			row_lookup_end(&rl);
+		}
+		if (nest >= 0)
+			keys_canonical_gucs_pop(nest);
+		if (ntids > 0)
+		{
+			int64		done = delete_own_rows(t, tids, ntids, ex[i].reason);
+
+			leases_count(ex[i].reason == LEASE_REASON_SESSION ?
+						 LEASE_COUNT_SESSIONS_EXPIRED : LEASE_COUNT_EXPIRED,
+						 done);
+			deleted += done;
+			cap_note(t->tid, now, done, held);
+		}
+		else
+			cap_note(t->tid, now, 0, held);
+		xact_commit(cxt);
+		i = j;
+	}
+	/* a full batch went: more may be due (not when the cap held them) */
+	return n == EXPIRY_BATCH && deleted > 0;
+}
+
+/* ---- owner failure ---- */
+
+static bool
+owner_held(const char *name)
+{
+	int			i;
+
+	for (i = 0; i < nheld; i++)
+		if (strcmp(held_owners[i], name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The owners this node has had no successful contact with for
+ * registry.owner_timeout, among its direct peers (by peer name and by the
+ * node name the peer reports); *majority: whether this node reaches more
+ * than half of the mesh it knows, itself included.  Contact counts from
+ * the latest of: the last successful request, when the peer was added,
+ * when this node started.
+ */
+static List *
+timed_out_owners(TimestampTz now, bool *majority)
+{
+	PeerStatus *st;
+	int			nst;
+	int			npeers;
+	int			reachable = 0;
+	List	   *owners = NIL;
+	uint64		i;
+	int			rc;
+	TimestampTz started = node_started_at();
+
+	st = peer_status_snapshot(&nst);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "registry: SPI_connect failed");
+	rc = SPI_execute("SELECT name, added_at FROM registry.peers", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "registry: could not read registry.peers: %s",
+			 SPI_result_code_string(rc));
+	npeers = (int) SPI_processed;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+		TimestampTz added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		TimestampTz contact = Max(started, isnull ? 0 : added);
+		const char *remote = NULL;
+		int			j;
+
+		for (j = 0; j < nst; j++)
+		{
+			if (strcmp(st[j].name, name) != 0)
+				continue;
+			contact = Max(contact, st[j].last_success);
+			if (st[j].remote_node[0] != '\0')
+				remote = st[j].remote_node;
+		}
+		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms))
+		{
+			reachable++;
+			continue;
+		}
+		owners = lappend(owners, MemoryContextStrdup(CurTransactionContext, name));
+		if (remote && strcmp(remote, name) != 0)
+			owners = lappend(owners, MemoryContextStrdup(CurTransactionContext, remote));
+	}
+	SPI_finish();
+	*majority = npeers == 0 || (reachable + 1) * 2 > npeers + 1;
+	return owners;
+}
+
+/*
+ * Owner failure: delete the rows of timed-out owners, while this node
+ * reaches a majority.  Returns whether more are due.
+ */
+static bool
+expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
+{
+	List	   *owners;
+	bool		majority;
+	bool		more = false;
+	ListCell   *lo;
+	char		names[MAX_HELD_OWNERS][REGISTRY_NAME_LEN];
+	int			nnames = 0;
+	int			i;
+
+	xact_begin();
+	owners = timed_out_owners(now, &majority);
+	foreach(lo, owners)
+		if (nnames < MAX_HELD_OWNERS &&
+			strcmp((char *) lfirst(lo), registry_node_name) != 0)
+			strlcpy(names[nnames++], lfirst(lo), REGISTRY_NAME_LEN);
+	xact_commit(cxt);
+	leases_set_minority(!majority);
+
+	/* an owner back in reach, or expirable again, is no longer held */
+	for (i = 0; i < nheld;)
+	{
+		bool		still = false;
+		int			j;
+
+		for (j = 0; j < nnames; j++)
+			if (strcmp(names[j], held_owners[i]) == 0)
+				still = !majority;
+		if (still)
+			i++;
+		else
+			memmove(held_owners[i], held_owners[--nheld], REGISTRY_NAME_LEN);
+	}
+
+	for (i = 0; i < nnames; i++)
+	{
+		ListCell   *lc;
+
+		foreach(lc, tables)
+		{
+			EphTable   *e = lfirst(lc);
+			RegTable   *t;
+
+			xact_begin();
+			t = table_now(e);
+			if (t == NULL)
+			{
+				xact_commit(cxt);
+				continue;
+			}
+			if (!majority)
+			{
+				/* self-preservation: count the owner once per episode */
+				if (!owner_held(names[i]) && owner_row_count(t, names[i], true) > 0)
+				{
+					if (nheld < MAX_HELD_OWNERS)
+						strlcpy(held_owners[nheld++], names[i], REGISTRY_NAME_LEN);
+					leases_count(LEASE_COUNT_HELD_MINORITY, 1);
+				}
+			}
+			else
+			{
+				int64		left = cap_left(t->tid, now);
+
+				if (left > 0)
+				{
+					int64		done = delete_owner_rows(t, names[i],
+														 Min(left, EXPIRY_BATCH));
+
+					leases_count(LEASE_COUNT_OWNER_EXPIRED, done);
+					cap_note(t->tid, now, done, 0);
+					if (done >= Min(left, EXPIRY_BATCH) && done < left)
+						more = true;
+				}
+				else
+				{
+					int64		due = owner_row_count(t, names[i], false);
+
+					cap_note(t->tid, now, 0, due);
+				}
+			}
+			xact_commit(cxt);
+		}
+	}
+	return more;
+}
+
+/*
+ * One pass, if one is due (every registry.expiry_interval, or at once
+ * while a mass expiry has batches left).  Errors are logged and the pass
+ * ends; the next one starts over.  Returns whether batches are left.
+ */
+bool
+expiry_run(TimestampTz now)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool more = false;
+
+	if (!node_is_ready())
+		return false;
+	if (!more_work &&
+		!TimestampDifferenceExceeds(last_run, now, registry_expiry_interval_ms))
+		return false;
+
+	/*
+	 * Without ephemeral tables a pass finds nothing to do: look again
+	 * after a while, or at once when a table becomes ephemeral
+	 * (registry.set_lease() asks for an adoption).
+	 */
+	if (no_tables && leases_adoption_gen() == adopted_gen &&
+		!TimestampDifferenceExceeds(last_run, now, IDLE_PASS_MS))
+		return false;
+	last_run = now;
+	PG_TRY();
+	{
+		List	   *tables = NIL;
+		bool		exists;
+		uint64		gen;
+
+		xact_begin();
+		exists = worker_extension_exists();
+		if (exists)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			tables = ephemeral_tables();
+			MemoryContextSwitchTo(old);
+			gen = leases_adoption_gen();
+			if (tables != NIL && gen != adopted_gen)
+			{
+				adopt_all(tables, now);
+				adopted_gen = gen;
+			}
+			else if (tables == NIL)
+				adopted_gen = gen;
+		}
+		xact_commit(cxt);
+
+		no_tables = (tables == NIL);
+		if (tables != NIL)
+		{
+			if (expire_own(now, cxt))
+				more = true;
+			if (expire_owners(tables, now, cxt))
+				more = true;
+		}
+		else
+			leases_set_minority(false);
+
+		if (exists &&
+			TimestampDifferenceExceeds(last_stash_purge, now, STASH_PURGE_MS))
+		{
+			last_stash_purge = now;
+			xact_begin();
+			(void) lease_stash_purge(now);
+			xact_commit(cxt);
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+		ereport(LOG,
+				(errmsg("registry: lease expiry failed: %s", edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 edata->context ? errcontext("%s", edata->context) : 0));
+		FreeErrorData(edata);
+		more = false;
+	}
+	PG_END_TRY();
+	more_work = more;
+	return more;
+}
+
+/* How long the maintenance worker may sleep before the next pass. */
+long
+expiry_next_wait_ms(TimestampTz now)
+{
+	long		secs;
+	int			us;
+
+	if (more_work)
+		return 0;
+	TimestampDifference(now, TimestampTzPlusMilliseconds(last_run,
+														 no_tables ? IDLE_PASS_MS :
+														 registry_expiry_interval_ms),
+						&secs, &us);
+	return Max(secs * 1000 + us / 1000, 1);
+}
