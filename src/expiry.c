@@ -87,6 +87,22 @@ static bool no_tables = false;	/* the last pass found no ephemeral table */
 static CapWindow *windows = NULL;
 static int	nwindows = 0;
 
+/*
+ * Timed-out owners found without rows in any ephemeral table, and when:
+ * not scanned for again for OWNER_RESCAN_MS (rows of theirs may still
+ * arrive from other peers, so not forever).
+ */
+typedef struct CleanOwner
+{
+	char		name[REGISTRY_NAME_LEN];
+	TimestampTz at;
+} CleanOwner;
+
+static CleanOwner clean_owners[MAX_HELD_OWNERS];
+static int	nclean = 0;
+
+#define OWNER_RESCAN_MS		10000
+
 /* owners whose rows are due but held back (counted once per episode) */
 static char held_owners[MAX_HELD_OWNERS][REGISTRY_NAME_LEN];
 static int	nheld = 0;
@@ -502,6 +518,7 @@ timed_out_owners(TimestampTz now, bool *majority)
 	uint64		i;
 	int			rc;
 	TimestampTz started = node_started_at();
+	MemoryContext outer = CurrentMemoryContext;
 
 	st = peer_status_snapshot(&nst);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -535,9 +552,14 @@ timed_out_owners(TimestampTz now, bool *majority)
 			reachable++;
 			continue;
 		}
-		owners = lappend(owners, MemoryContextStrdup(CurTransactionContext, name));
-		if (remote && strcmp(remote, name) != 0)
-			owners = lappend(owners, MemoryContextStrdup(CurTransactionContext, remote));
+		{
+			MemoryContext old = MemoryContextSwitchTo(outer);
+
+			owners = lappend(owners, pstrdup(name));
+			if (remote && strcmp(remote, name) != 0)
+				owners = lappend(owners, pstrdup(remote));
+			MemoryContextSwitchTo(old);
+		}
 	}
 	SPI_finish();
 	*majority = npeers == 0 || (reachable + 1) * 2 > npeers + 1;
@@ -583,9 +605,33 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 			memmove(held_owners[i], held_owners[--nheld], REGISTRY_NAME_LEN);
 	}
 
+	/* forget the clean marks of owners no longer timed out, or too old */
+	for (i = 0; i < nclean;)
+	{
+		bool		still = false;
+		int			j;
+
+		for (j = 0; j < nnames; j++)
+			if (strcmp(names[j], clean_owners[i].name) == 0)
+				still = true;
+		if (still && !TimestampDifferenceExceeds(clean_owners[i].at, now,
+												 OWNER_RESCAN_MS))
+			i++;
+		else
+			clean_owners[i] = clean_owners[--nclean];
+	}
+
 	for (i = 0; i < nnames; i++)
 	{
 		ListCell   *lc;
+		bool		found_rows = false;
+		int			j;
+
+		for (j = 0; j < nclean; j++)
+			if (strcmp(clean_owners[j].name, names[i]) == 0)
+				break;
+		if (j < nclean)
+			continue;			/* scanned recently, nothing of theirs */
 
 		foreach(lc, tables)
 		{
@@ -602,8 +648,11 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 			if (!majority)
 			{
 				/* self-preservation: count the owner once per episode */
-				if (!owner_held(names[i]) && owner_row_count(t, names[i], true) > 0)
+				if (owner_held(names[i]))
+					found_rows = true;
+				else if (owner_row_count(t, names[i], true) > 0)
 				{
+					found_rows = true;
 					if (nheld < MAX_HELD_OWNERS)
 						strlcpy(held_owners[nheld++], names[i], REGISTRY_NAME_LEN);
 					leases_count(LEASE_COUNT_HELD_MINORITY, 1);
@@ -620,6 +669,8 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 
 					leases_count(LEASE_COUNT_OWNER_EXPIRED, done);
 					cap_note(t->tid, now, done, 0);
+					if (done > 0)
+						found_rows = true;
 					if (done >= Min(left, EXPIRY_BATCH) && done < left)
 						more = true;
 				}
@@ -628,9 +679,17 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 					int64		due = owner_row_count(t, names[i], false);
 
 					cap_note(t->tid, now, 0, due);
+					if (due > 0)
+						found_rows = true;
 				}
 			}
 			xact_commit(cxt);
+		}
+		if (!found_rows && nclean < MAX_HELD_OWNERS)
+		{
+			strlcpy(clean_owners[nclean].name, names[i], REGISTRY_NAME_LEN);
+			clean_owners[nclean].at = now;
+			nclean++;
 		}
 	}
 	return more;
