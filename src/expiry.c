@@ -84,6 +84,7 @@ static bool more_work = false;
 static uint64 adopted_gen = 0;
 static TimestampTz last_stash_purge = 0;
 static bool no_tables = false;	/* the last pass found no ephemeral table */
+static TimestampTz adoption_full_at = 0;	/* the last adoption found no room */
 static CapWindow *windows = NULL;
 static int	nwindows = 0;
 
@@ -231,9 +232,10 @@ table_now(EphTable *e)
  * Give every row this node owns that has no lease a full TTL from now.
  * Reads the tables (their primary key index), writes nothing.
  */
-static void
+static bool
 adopt_all(List *tables, TimestampTz now)
 {
+	bool		full = false;
 	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext,
 											  "registry adoption",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -265,7 +267,10 @@ adopt_all(List *tables, TimestampTz now)
 
 				if (!leases_adopt(t->tid, keys_hash(key, strlen(key)), key,
 								  t->lease_ttl_ms, now))
-					break;		/* full: the rest waits for room */
+				{
+					full = true;	/* the rest waits for room */
+					break;
+				}
 			}
 			if (++n % 1000 == 0)
 			{
@@ -278,8 +283,11 @@ adopt_all(List *tables, TimestampTz now)
 		row_scan_end(&rs);
 		if (nest >= 0)
 			keys_canonical_gucs_pop(nest);
+		if (full)
+			break;
 	}
 	MemoryContextDelete(tmp);
+	return full;
 }
 
 /* ---- deleting ---- */
@@ -736,9 +744,16 @@ expiry_run(TimestampTz now)
 			tables = ephemeral_tables();
 			MemoryContextSwitchTo(old);
 			gen = leases_adoption_gen();
-			if (tables != NIL && gen != adopted_gen)
+			/*
+			 * With registry.max_leases too small every grant evicts and
+			 * asks for an adoption, which would find no room either: then
+			 * adopt every 10 s at most.
+			 */
+			if (tables != NIL && gen != adopted_gen &&
+				(adoption_full_at == 0 ||
+				 TimestampDifferenceExceeds(adoption_full_at, now, IDLE_PASS_MS)))
 			{
-				adopt_all(tables, now);
+				adoption_full_at = adopt_all(tables, now) ? now : 0;
 				adopted_gen = gen;
 			}
 			else if (tables == NIL)
