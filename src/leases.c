@@ -523,7 +523,6 @@ leases_collect_expired(TimestampTz now, int max, LeaseExpired **out)
 		if (n < max)
 		{
 			memcpy((char *) copy + (Size) n * esz, DATA_ENTRY(d), key_size);
-			((LeaseKey *) ((char *) copy + (Size) n * esz))->tid = DATA_ENTRY(d)->tid;
 			reasons[n] = d->session_ended_at != 0 ? LEASE_REASON_SESSION : LEASE_REASON_LEASE;
 			n++;
 		}
