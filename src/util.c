@@ -47,6 +47,8 @@ static OwnRelid own_relids[] = {
 	{"tombstones_pkey", InvalidOid},
 	{"row_keys", InvalidOid},
 	{"row_keys_pkey", InvalidOid},
+	{"lease_stash", InvalidOid},
+	{"lease_stash_pkey", InvalidOid},
 	{NULL, InvalidOid}
 };
 
