@@ -157,7 +157,7 @@ typedef struct CatalogRow
  * 0 for NULL (persistent).  A month counts 30 days, as interval
  * arithmetic does.
  */
-int64
+static int64
 regtable_interval_ms(Datum d, bool isnull)
 {
 	Interval   *iv;

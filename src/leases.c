@@ -452,17 +452,6 @@ leases_adopt(int32 tid, uint32 khash, const char *key, int64 ttl_ms,
 	return d != NULL;
 }
 
-bool
-leases_held(int32 tid, uint32 khash, const char *key)
-{
-	bool		held;
-
-	LWLockAcquire(Leases->lock, LW_SHARED);
-	held = find(tid, khash, key) != NULL;
-	LWLockRelease(Leases->lock);
-	return held;
-}
-
 /* Changes whenever rows this node owns may have no lease. */
 uint64
 leases_adoption_gen(void)
