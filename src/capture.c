@@ -19,6 +19,9 @@
  *						BEFORE UPDATE trigger firing after registry_stamp,
  *						which could still change or skip the row, it fires
  *						for UPDATE too and records UPDATEs instead.
+ *						In an ephemeral table, a peer's delete of a row
+ *						this node owns stashes the row for its
+ *						re-registration (lease_stash.c).
  *	registry_truncate	BEFORE TRUNCATE: writes a tombstone for every row.
  *
  * How a write is captured depends on the capture mode (publish.h): a
@@ -40,20 +43,24 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_trigger.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 #include "capture.h"
+#include "lease_stash.h"
 #include "publish.h"
 #include "publishing.h"
 #include "registry.h"
@@ -631,6 +638,48 @@ delete_key(RegTable *t, const char *key, const VersionState *live)
 }
 
 /*
+ * A row of an ephemeral table that this node owns (its registry_origin)
+ * being deleted by a peer's change, applied here: most likely the peer
+ * expired it, not having heard from this node for registry.owner_timeout.
+ * The row is stashed (lease_stash.c) so that a client renewing the key
+ * here writes it again (registry.renew(), a re-registration).  Deletes
+ * reach a table from a peer only one key at a time (apply_row(), the
+ * APPLY_ROW mode); a bulk apply writes live rows only, and a whole-table
+ * pull (resync) empties the table without capturing its deletes.
+ */
+static void
+stash_if_peer_deletes(RegTable *t, TupleTableSlot *slot, const char *key,
+					  const VersionState *old)
+{
+	const CaptureMode *apply = applying(t, key);
+	FmgrInfo	flinfo;
+	Datum		row;
+
+	if (apply == NULL || !old->exists ||
+		strcmp(old->origin, registry_node_name) != 0 ||
+		strcmp(apply->origin, registry_node_name) == 0)
+		return;
+
+	/*
+	 * to_jsonb() of the row as a record of the table's type: the function
+	 * reads its argument's type from the call expression, so it gets one.
+	 */
+	fmgr_info(F_TO_JSONB, &flinfo);
+	fmgr_info_set_expr((Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+											 list_make1(makeNullConst(slot->tts_tupleDescriptor->tdtypeid,
+																	  -1, InvalidOid)),
+											 InvalidOid, InvalidOid,
+											 COERCE_EXPLICIT_CALL),
+					   &flinfo);
+	row = FunctionCall1(&flinfo, ExecFetchSlotHeapTupleDatum(slot));
+	row = DirectFunctionCall2(jsonb_delete, row,
+							  CStringGetTextDatum(REGISTRY_VERSION_COLUMN));
+	row = DirectFunctionCall2(jsonb_delete, row,
+							  CStringGetTextDatum(REGISTRY_ORIGIN_COLUMN));
+	lease_stash_put(t, keys_hash(key, strlen(key)), key, row, old->version);
+}
+
+/*
  * AFTER INSERT OR DELETE (and UPDATE, see update_recorded_before()): keep
  * tombstones in step and remember the change.
  */
@@ -657,9 +706,14 @@ registry_capture(PG_FUNCTION_ARGS)
 	}
 	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
 	{
+		char	   *key;
+
 		wait_for_slot_writer(td->tg_trigslot);
 		row_version(t, td->tg_trigslot, &oldst);
-		delete_key(t, row_key(t, td->tg_trigslot), &oldst);
+		key = row_key(t, td->tg_trigslot);
+		if (t->lease_ttl_ms > 0)
+			stash_if_peer_deletes(t, td->tg_trigslot, key, &oldst);
+		delete_key(t, key, &oldst);
 	}
 	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{

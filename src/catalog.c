@@ -157,7 +157,7 @@ typedef struct CatalogRow
  * 0 for NULL (persistent).  A month counts 30 days, as interval
  * arithmetic does.
  */
-int64
+static int64
 regtable_interval_ms(Datum d, bool isnull)
 {
 	Interval   *iv;
@@ -209,7 +209,12 @@ catalog_lookup(Oid relid, int32 tid, CatalogRow *out)
 		out->relid = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
 		out->khash_deferred = DatumGetBool(heap_getattr(tup, 3, desc, &isnull));
 		out->horizon = (RegVersion) DatumGetInt64(heap_getattr(tup, 7, desc, &isnull));
-		out->lease_ttl_ms = regtable_interval_ms(heap_getattr(tup, 9, desc, &isnull), isnull);
+		{
+			/* apart: the order a call's arguments are evaluated in is unspecified */
+			Datum		ttl = heap_getattr(tup, 9, desc, &isnull);
+
+			out->lease_ttl_ms = regtable_interval_ms(ttl, isnull);
+		}
 		{
 			char	   *mark = TextDatumGetCString(heap_getattr(tup, 8, desc, &isnull));
 			char	   *ours = regtable_incarnation();

@@ -513,7 +513,8 @@ owner_held(const char *name)
  * node name the peer reports); *majority: whether this node reaches more
  * than half of the mesh it knows, itself included.  Contact counts from
  * the latest of: the last successful request, when the peer was added,
- * when this node started.
+ * when this node started.  A peer counts as reachable for the majority
+ * only if heard from within half of registry.owner_timeout.
  */
 static List *
 timed_out_owners(TimestampTz now, bool *majority)
@@ -555,11 +556,17 @@ timed_out_owners(TimestampTz now, bool *majority)
 			if (st[j].remote_node[0] != '\0')
 				remote = st[j].remote_node;
 		}
-		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms))
-		{
+		/*
+		 * Reachable: heard from within half the timeout.  A node cut off
+		 * from the mesh loses its links one by one; when the first peer
+		 * times out, another lost a moment later must not count as
+		 * reachable and give it a majority it does not have.  A healthy
+		 * peer answers every long poll (250 ms at most), well within.
+		 */
+		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms / 2))
 			reachable++;
+		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms))
 			continue;
-		}
 		{
 			MemoryContext old = MemoryContextSwitchTo(outer);
 

@@ -1,11 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * keyed.c
- *	  The extension's tables keyed (tid, khash, key): registry.tombstones
- *	  and registry.row_keys.  Opening them with their primary key, finding
- *	  a key's latest row (waiting for its writer), deleting it, and index
- *	  range scans by key hash.  Used by tombstones.c and row_keys.c (layer
- *	  4, durable stores); calls only layer 1 (registry_relid).
+ *	  The extension's tables keyed (tid, khash, key): registry.tombstones,
+ *	  registry.row_keys and registry.lease_stash.  Opening them with their
+ *	  primary key, finding a key's latest row (waiting for its writer),
+ *	  deleting it, and index range scans by key hash.  Used by
+ *	  tombstones.c, row_keys.c and lease_stash.c (layer 4, durable stores);
+ *	  calls only layer 1 (registry_relid).
  *
  * The heap and index access methods are used directly: this runs inside
  * the row triggers.
@@ -44,10 +45,10 @@ keyed_scankeys(ScanKey skey, int32 tid, uint32 khash, Datum keytext)
 }
 
 /*
- * The row of a key in rel (registry.tombstones or registry.row_keys, both
- * keyed (tid, khash, key)) as committed, or as written by our own
- * transaction; waits for any other transaction writing it.  Returns a
- * palloc'd copy (t_self set) or NULL.
+ * The row of a key in rel (registry.tombstones, registry.row_keys or
+ * registry.lease_stash, each keyed (tid, khash, key)) as committed, or as
+ * written by our own transaction; waits for any other transaction writing
+ * it.  Returns a palloc'd copy (t_self set) or NULL.
  */
 HeapTuple
 keyed_fetch_latest(Relation rel, Relation idx, int32 tid, uint32 khash,
@@ -126,9 +127,10 @@ keyed_table_close(Relation rel, Relation idx)
 }
 
 /*
- * Delete the row of a key from rel (registry.tombstones or
- * registry.row_keys), waiting for and retrying after a concurrent writer.
- * seen, if not NULL, is shown each version found before it is deleted.
+ * Delete the row of a key from rel (registry.tombstones,
+ * registry.row_keys or registry.lease_stash), waiting for and retrying
+ * after a concurrent writer.  seen, if not NULL, is shown each version
+ * found before it is deleted.
  * Returns whether a row was deleted.
  */
 bool

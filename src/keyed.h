@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * keyed.h
- *	  The extension's tables keyed (tid, khash, key): registry.tombstones
- *	  and registry.row_keys (keyed.c, layer 4).
+ *	  The extension's tables keyed (tid, khash, key): registry.tombstones,
+ *	  registry.row_keys and registry.lease_stash (keyed.c, layer 4).
  *
  *-------------------------------------------------------------------------
  */

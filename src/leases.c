@@ -15,7 +15,7 @@
  * TTL by the next adoption pass (expiry.c), or by its next renewal.  So
  * losing an entry can only lengthen a row's life, never shorten it.  When
  * the hash is full, a new grant evicts the least recently renewed lease
- * (counted); adoption never evicts.
+ * not bound to a live session (counted); adoption never evicts.
  *
  * A lease may be bound to a session (registry.lease_session): it has no
  * deadline while the backend that wrote the row lives, and one TTL after
@@ -247,9 +247,31 @@ enter(int32 tid, uint32 khash, const char *key, bool evict, bool *found)
 	}
 	if (Leases->used >= registry_max_leases)
 	{
-		if (!evict || dlist_is_empty(&Leases->lru))
+		LeaseData  *victim = NULL;
+		dlist_iter	it;
+
+		if (!evict)
 			return NULL;
-		remove_entry(dlist_container(LeaseData, lru, dlist_tail_node(&Leases->lru)));
+
+		/*
+		 * The least recently renewed lease that is not bound to a live
+		 * session: a bound lease is never renewed, and its row would come
+		 * back from adoption as an ordinary lease, expiring while its
+		 * session lives.
+		 */
+		dlist_reverse_foreach(it, &Leases->lru)
+		{
+			LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
+
+			if (d->session_pid == 0 || d->deadline != 0)
+			{
+				victim = d;
+				break;
+			}
+		}
+		if (victim == NULL)
+			return NULL;
+		remove_entry(victim);
 		Leases->evictions++;
 		/* the evicted row still needs a lease: the next adoption gives one */
 		Leases->adoption_gen++;
@@ -428,17 +450,6 @@ leases_adopt(int32 tid, uint32 khash, const char *key, int64 ttl_ms,
 	}
 	LWLockRelease(Leases->lock);
 	return d != NULL;
-}
-
-bool
-leases_held(int32 tid, uint32 khash, const char *key)
-{
-	bool		held;
-
-	LWLockAcquire(Leases->lock, LW_SHARED);
-	held = find(tid, khash, key) != NULL;
-	LWLockRelease(Leases->lock);
-	return held;
 }
 
 /* Changes whenever rows this node owns may have no lease. */

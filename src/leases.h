@@ -96,7 +96,6 @@ extern LeaseRenew leases_renew(int32 tid, uint32 khash, const char *key,
 							   int64 ttl_ms, TimestampTz now);
 extern bool leases_adopt(int32 tid, uint32 khash, const char *key,
 						 int64 ttl_ms, TimestampTz now);
-extern bool leases_held(int32 tid, uint32 khash, const char *key);
 extern uint64 leases_adoption_gen(void);
 extern void leases_request_adoption(void);
 

@@ -299,7 +299,6 @@ extern char *regtable_incarnation(void);
 extern void regtable_forget(Oid relid);
 extern int	regtable_slot(int32 tid, Oid relid);
 extern void regtable_slots_gc(void);
-extern int64 regtable_interval_ms(Datum d, bool isnull);
 
 /* ---- tombstones.c ---- */
 

@@ -47,6 +47,8 @@ static OwnRelid own_relids[] = {
 	{"tombstones_pkey", InvalidOid},
 	{"row_keys", InvalidOid},
 	{"row_keys_pkey", InvalidOid},
+	{"lease_stash", InvalidOid},
+	{"lease_stash_pkey", InvalidOid},
 	{NULL, InvalidOid}
 };
 
@@ -148,9 +150,9 @@ registry_check_admin(void)
 
 /*
  * A registry function that works on a user table needs the privileges the
- * same work would need done by hand (mode: ACL_SELECT, ACL_DELETE, or
- * ACL_INSERT | ACL_UPDATE | ACL_DELETE, all of them), checked before it
- * locks or writes anything.
+ * same work would need done by hand (mode: ACL_SELECT, ACL_UPDATE,
+ * ACL_DELETE, or ACL_INSERT | ACL_UPDATE | ACL_DELETE, all of them),
+ * checked before it locks or writes anything.
  */
 void
 registry_check_table_privilege(Oid relid, AclMode mode, const char *what)
@@ -160,6 +162,7 @@ registry_check_table_privilege(Oid relid, AclMode mode, const char *what)
 	if (pg_class_aclmask(relid, GetUserId(), mode, ACLMASK_ALL) == mode)
 		return;
 	names = mode == ACL_SELECT ? "SELECT privilege" :
+		mode == ACL_UPDATE ? "UPDATE privilege" :
 		mode == ACL_DELETE ? "DELETE privilege" :
 		"INSERT, UPDATE and DELETE privileges";
 	ereport(ERROR,

@@ -1,0 +1,171 @@
+-- Ephemeral tables (issue 14): registry.set_lease(), registry.renew(),
+-- registry.leases, the stash of rows a peer deleted.  One node: a peer's
+-- writes are played with registry.apply_row().  Nothing here waits for a
+-- lease to run out: the TTLs are long, and what the expiry job may do
+-- meanwhile (adopt rows that have no lease) changes no result shown.
+
+CREATE TABLE eph (id int PRIMARY KEY, v text);
+CREATE TABLE eph_unreg (id int PRIMARY KEY);
+SELECT registry.replicate('eph');
+CREATE TEMP TABLE eph_tid AS
+    SELECT tid FROM registry.replicated_tables WHERE relid = 'eph'::regclass;
+CREATE ROLE lease_alice;                        -- not an admin
+CREATE ROLE lease_bob IN ROLE registry_admin;   -- an admin, not the owner
+CREATE ROLE lease_carol;                        -- may UPDATE eph
+CREATE ROLE lease_dave;                         -- may only read eph
+GRANT SELECT, UPDATE ON eph TO lease_carol;
+GRANT SELECT ON eph TO lease_dave;
+
+-- ---- set_lease: who, which tables, which TTLs ----
+-- registry tables only
+SELECT registry.set_lease('eph_unreg', '1 minute');
+-- 100 ms to 1 year
+SELECT error_of($$SELECT registry.set_lease('eph', '99 milliseconds')$$);
+SELECT error_of($$SELECT registry.set_lease('eph', '1 year 1 day')$$);
+SELECT error_of($$SELECT registry.set_lease('eph', '-1 hour')$$);
+SELECT registry.set_lease('eph', '1 year');
+SELECT registry.set_lease('eph', '100 milliseconds');
+SELECT lease_ttl FROM registry.replicated_tables WHERE relid = 'eph'::regclass;
+SELECT registry.set_lease(NULL, '1 minute');
+-- administrators who own the table only
+SET ROLE lease_alice;
+SELECT error_of($$SELECT registry.set_lease('eph', '1 minute')$$);
+SELECT error_of($$SELECT * FROM registry._leases()$$);
+SELECT error_of($$SELECT * FROM registry.leases$$);
+RESET ROLE;
+SET ROLE lease_bob;
+SELECT error_of($$SELECT registry.set_lease('eph', '1 minute')$$);
+SELECT count(*) >= 0 AS admin_reads_leases FROM registry.leases;
+RESET ROLE;
+
+-- ---- renew: which tables, who, which keys ----
+-- persistent again, then not ephemeral
+SELECT registry.set_lease('eph', NULL);
+SELECT lease_ttl FROM registry.replicated_tables WHERE relid = 'eph'::regclass;
+SELECT registry.renew('eph', '{1}');
+SELECT error_of($$SELECT registry.renew('eph_unreg', '{1}')$$);
+SELECT registry.set_lease('eph', '1 hour');
+SELECT lease_ttl FROM registry.replicated_tables WHERE relid = 'eph'::regclass;
+-- UPDATE privilege on the table
+SET ROLE lease_dave;
+SELECT error_of($$SELECT registry.renew('eph', '{1}')$$);
+RESET ROLE;
+-- no null keys; a null array is a null answer (STRICT)
+SELECT error_of($$SELECT registry.renew('eph', '{1,NULL}')$$);
+SELECT registry.renew('eph', NULL) IS NULL AS null_answer;
+SELECT registry.renew('eph', '{}');
+
+-- ---- writes grant leases at commit ----
+CREATE TEMP TABLE c0 AS SELECT * FROM registry.node;
+INSERT INTO eph VALUES (1, 'one'), (2, 'two');
+SELECT key, owner, renewals, deadline IS NOT NULL AS has_deadline,
+       remaining > interval '59 minutes' AS full_ttl, session_pid
+  FROM registry.leases WHERE table_name = 'public.eph' ORDER BY key;
+
+-- ---- case 1: a lease held here is renewed without a write ----
+CREATE TEMP TABLE s0 AS SELECT last_seq FROM registry.node;
+BEGIN;
+SELECT registry.renew('eph', '{1,2}');
+SELECT pg_current_xact_id_if_assigned() IS NULL AS nothing_written;
+COMMIT;
+SELECT (SELECT last_seq FROM registry.node) = last_seq AS nothing_published FROM s0;
+-- by anyone who may UPDATE the table; keys given twice, or written
+-- differently, are renewed all the same
+SET ROLE lease_carol;
+SELECT registry.renew('eph', '{1,1,01}');
+RESET ROLE;
+SELECT key, renewals FROM registry.leases WHERE table_name = 'public.eph' ORDER BY key;
+SELECT n.lease_renewals - c.lease_renewals AS renewals,
+       n.lease_grants - c.lease_grants >= 2 AS granted
+  FROM registry.node n, c0 c;
+
+-- ---- case 5: no row: the key comes back (once) ----
+SELECT registry.renew('eph', '{1,99,98,99,099}');
+
+-- ---- case 2: the row is this node's, its lease gone: granted, no write ----
+-- (persistent and ephemeral again: the leases are dropped; the expiry job
+-- may give them back meanwhile, then this is case 1)
+SELECT registry.set_lease('eph', NULL);
+SELECT count(*) AS leases FROM registry._leases() WHERE tid = (SELECT tid FROM eph_tid);
+SELECT registry.set_lease('eph', '1 hour');
+BEGIN;
+SELECT registry.renew('eph', '{2}');
+SELECT pg_current_xact_id_if_assigned() IS NULL AS nothing_written;
+COMMIT;
+SELECT key FROM registry.leases WHERE table_name = 'public.eph' AND key = '2';
+
+-- ---- case 3: another node's row becomes this node's, with one write ----
+CREATE TEMP TABLE c1 AS SELECT * FROM registry.node;
+SELECT registry.apply_row('eph', '3', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 3, "v": "remote"}');
+SELECT count(*) AS leases_of_3 FROM registry.leases
+ WHERE table_name = 'public.eph' AND key = '3';
+SELECT registry.renew('eph', '{3}');
+SELECT id, v, registry_origin FROM eph WHERE id = 3;
+SELECT key, renewals FROM registry.leases WHERE table_name = 'public.eph' AND key = '3';
+SELECT key, op, origin, reason FROM registry.change_log
+ WHERE table_name = 'public.eph' AND seq > (SELECT last_seq FROM c1) ORDER BY seq;
+SELECT n.lease_ownership_moves - c.lease_ownership_moves AS moves
+  FROM registry.node n, c1 c;
+
+-- ---- case 4: a peer deleted this node's row: written again from the stash ----
+CREATE TEMP TABLE c2 AS SELECT * FROM registry.node;
+SELECT registry.apply_row('eph', '1', registry.hlc_now() + 100, 'n9', true);
+SELECT count(*) AS leases_of_1 FROM registry.leases
+ WHERE table_name = 'public.eph' AND key = '1';
+SELECT key, "row", owned_version > 0 AS has_version
+  FROM registry.lease_stash WHERE tid = (SELECT tid FROM eph_tid);
+-- a delete of this node's own does not stash
+DELETE FROM eph WHERE id = 2;
+SELECT key FROM registry.lease_stash WHERE tid = (SELECT tid FROM eph_tid);
+SELECT registry.renew('eph', '{1,2}');
+SELECT id, v, registry_origin FROM eph ORDER BY id;
+SELECT count(*) AS stashed FROM registry.lease_stash WHERE tid = (SELECT tid FROM eph_tid);
+SELECT key, renewals FROM registry.leases WHERE table_name = 'public.eph' ORDER BY key;
+SELECT n.lease_reregistrations - c.lease_reregistrations AS reregistrations
+  FROM registry.node n, c2 c;
+SELECT key, op, origin, reason FROM registry.change_log
+ WHERE table_name = 'public.eph' AND seq > (SELECT last_seq FROM c2) ORDER BY seq;
+
+-- ---- session-bound rows: no deadline while the session lives ----
+SET registry.lease_session = on;
+INSERT INTO eph VALUES (5, 'bound');
+RESET registry.lease_session;
+SELECT key, deadline IS NULL AS no_deadline, session_pid = pg_backend_pid() AS this_session
+  FROM registry.leases WHERE table_name = 'public.eph' AND key = '5';
+-- renewing unbinds
+SELECT registry.renew('eph', '{5}');
+SELECT key, deadline IS NOT NULL AS has_deadline, session_pid
+  FROM registry.leases WHERE table_name = 'public.eph' AND key = '5';
+
+-- ---- a set_lease() rolled back changes no lease ----
+BEGIN;
+SELECT registry.set_lease('eph', NULL);
+ROLLBACK;
+SELECT count(*) > 0 AS leases_kept FROM registry.leases WHERE table_name = 'public.eph';
+SELECT lease_ttl FROM registry.replicated_tables WHERE relid = 'eph'::regclass;
+BEGIN;
+SAVEPOINT s;
+SELECT registry.set_lease('eph', NULL);
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT count(*) > 0 AS leases_kept FROM registry.leases WHERE table_name = 'public.eph';
+
+-- ---- unreplicate() drops the table's leases and stash ----
+SELECT registry.apply_row('eph', '5', registry.hlc_now() + 100, 'n9', true);
+SELECT count(*) AS stashed FROM registry.lease_stash WHERE tid = (SELECT tid FROM eph_tid);
+SELECT registry.unreplicate('eph');
+SELECT count(*) AS leases FROM registry._leases() WHERE tid = (SELECT tid FROM eph_tid);
+SELECT count(*) AS stashed FROM registry.lease_stash WHERE tid = (SELECT tid FROM eph_tid);
+
+-- ---- the new columns of registry.node and registry.change_log ----
+SELECT lease_capacity, leases_used >= 0 AS used, lease_evictions, expiry_minority,
+       leases_expired + sessions_expired + owner_expired >= 0 AS expired,
+       expiry_held_minority + expiry_held_cap >= 0 AS held
+  FROM registry.node;
+SELECT attname FROM pg_attribute
+ WHERE attrelid = 'registry.change_log'::regclass AND attname = 'reason';
+
+DROP TABLE eph, eph_unreg;
+DROP OWNED BY lease_alice, lease_bob, lease_carol, lease_dave;
+DROP ROLE lease_alice, lease_bob, lease_carol, lease_dave;
