@@ -531,16 +531,17 @@ leases_collect_expired(TimestampTz now, int max, LeaseExpired **out)
 				next_due = d->deadline;
 			continue;
 		}
+		/*
+		 * Still due until the expiry deletes its row (or forgets it): a
+		 * lease the cap held back must come up again at the next pass.
+		 */
+		if (next_due == 0 || d->deadline < next_due)
+			next_due = d->deadline;
 		if (n < max)
 		{
 			memcpy((char *) copy + (Size) n * esz, DATA_ENTRY(d), key_size);
 			reasons[n] = d->session_ended_at != 0 ? LEASE_REASON_SESSION : LEASE_REASON_LEASE;
 			n++;
-		}
-		else
-		{
-			/* still due: the next pass takes it */
-			next_due = now;
 		}
 	}
 	Leases->next_due = next_due;
