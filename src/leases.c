@@ -21,7 +21,10 @@
  * deadline while the backend that wrote the row lives, and one TTL after
  * it ends.  The backend's exit callback ends its leases; a pass that finds
  * a bound backend gone ends them too (the backend died without running
- * callbacks, which PostgreSQL answers with a crash restart anyway).
+ * callbacks, which PostgreSQL answers with a crash restart anyway).  Bound
+ * leases live on a list of their own, never evicted; they may take at
+ * most half of the entries (beyond that, a bound write gets an ordinary
+ * lease), so that bound sessions cannot starve the other leases.
  *
  * Lock rules: everything here is guarded by the lock passed to
  * leases_shmem_init() (leases_lock), taken exclusively to change and
@@ -54,7 +57,9 @@ typedef struct LeaseKey
 
 typedef struct LeaseData
 {
-	dlist_node	lru;			/* most recently granted or renewed first */
+	dlist_node	lru;			/* in LeaseShared.lru (most recently granted
+								 * or renewed first) or, bound to a live
+								 * session, in LeaseShared.bound_list */
 	uint32		khash;
 	int64		ttl_ms;
 	TimestampTz granted_at;
@@ -69,8 +74,9 @@ typedef struct LeaseShared
 {
 	LWLock	   *lock;			/* leases_lock */
 	dlist_head	lru;
+	dlist_head	bound_list;		/* leases whose session still lives */
 	int64		used;
-	int64		bound;			/* leases whose session still lives */
+	int64		bound;			/* length of bound_list */
 	TimestampTz next_due;		/* no deadline is earlier (a lower bound) */
 	uint64		adoption_gen;	/* bumped when rows may lack a lease */
 	uint64		evictions;
@@ -169,6 +175,7 @@ leases_shmem_init(LWLock *lock)
 		memset(Leases, 0, sizeof(LeaseShared));
 		Leases->lock = lock;
 		dlist_init(&Leases->lru);
+		dlist_init(&Leases->bound_list);
 		/* every row this node owns needs a lease after a start */
 		Leases->adoption_gen = 1;
 	}
@@ -247,31 +254,15 @@ enter(int32 tid, uint32 khash, const char *key, bool evict, bool *found)
 	}
 	if (Leases->used >= registry_max_leases)
 	{
-		LeaseData  *victim = NULL;
-		dlist_iter	it;
-
-		if (!evict)
-			return NULL;
-
 		/*
-		 * The least recently renewed lease that is not bound to a live
-		 * session: a bound lease is never renewed, and its row would come
+		 * The least recently renewed lease; bound ones are not on this
+		 * list (a bound lease is never renewed, and its row would come
 		 * back from adoption as an ordinary lease, expiring while its
-		 * session lives.
+		 * session lives).
 		 */
-		dlist_reverse_foreach(it, &Leases->lru)
-		{
-			LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
-
-			if (d->session_pid == 0 || d->deadline != 0)
-			{
-				victim = d;
-				break;
-			}
-		}
-		if (victim == NULL)
+		if (!evict || dlist_is_empty(&Leases->lru))
 			return NULL;
-		remove_entry(victim);
+		remove_entry(dlist_container(LeaseData, lru, dlist_tail_node(&Leases->lru)));
 		Leases->evictions++;
 		/* the evicted row still needs a lease: the next adoption gives one */
 		Leases->adoption_gen++;
@@ -289,12 +280,17 @@ enter(int32 tid, uint32 khash, const char *key, bool evict, bool *found)
 	return d;
 }
 
-/* give d a full TTL from now, unbinding it from any session */
+/*
+ * Give d a full TTL from now, unbinding it from any session; it becomes
+ * the most recently renewed.
+ */
 static void
 set_deadline(LeaseData *d, int64 ttl_ms, TimestampTz now)
 {
 	if (d->session_pid != 0 && d->deadline == 0)
 		Leases->bound--;
+	dlist_delete(&d->lru);
+	dlist_push_head(&Leases->lru, &d->lru);
 	d->session_pid = 0;
 	d->session_ended_at = 0;
 	d->ttl_ms = ttl_ms;
@@ -310,18 +306,20 @@ set_deadline(LeaseData *d, int64 ttl_ms, TimestampTz now)
 static void
 end_session_leases(int pid, TimestampTz now)
 {
-	dlist_iter	it;
+	dlist_mutable_iter it;
 
-	dlist_foreach(it, &Leases->lru)
+	dlist_foreach_modify(it, &Leases->bound_list)
 	{
 		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
 
-		if (d->session_pid == pid && d->deadline == 0)
+		if (d->session_pid == pid)
 		{
 			d->session_ended_at = now;
 			d->deadline = TimestampTzPlusMilliseconds(now, d->ttl_ms);
 			note_deadline(d->deadline);
 			Leases->bound--;
+			dlist_delete(&d->lru);
+			dlist_push_head(&Leases->lru, &d->lru);
 		}
 	}
 }
@@ -368,18 +366,16 @@ leases_apply(const LeaseChange *changes, int n, TimestampTz now)
 			continue;
 		if (!found)
 			d->granted_at = now;
-		else
-		{
-			dlist_delete(&d->lru);
-			dlist_push_head(&Leases->lru, &d->lru);
-		}
 		set_deadline(d, c->ttl_ms, now);
 		d->renewed_at = now;
-		if (c->session && session_callback_set)
+		if (c->session && session_callback_set &&
+			Leases->bound < registry_max_leases / 2)
 		{
 			d->session_pid = MyProcPid;
 			d->deadline = 0;
 			Leases->bound++;
+			dlist_delete(&d->lru);
+			dlist_push_head(&Leases->bound_list, &d->lru);
 		}
 		Leases->grants++;
 		if (c->moved)
@@ -418,8 +414,6 @@ leases_renew(int32 tid, uint32 khash, const char *key, int64 ttl_ms,
 		set_deadline(d, ttl_ms, now);
 		d->renewed_at = now;
 		d->renewals++;
-		dlist_delete(&d->lru);
-		dlist_push_head(&Leases->lru, &d->lru);
 		Leases->renewals++;
 		r = LEASE_RENEWED;
 	}
@@ -472,6 +466,53 @@ leases_request_adoption(void)
 	LWLockRelease(Leases->lock);
 }
 
+static int
+pid_cmp(const void *a, const void *b)
+{
+	int			x = *(const int *) a;
+	int			y = *(const int *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/*
+ * End the bound leases of backends gone without their exit callback.  The
+ * distinct pids are copied under the lock (at most one per backend slot),
+ * looked for in the proc array without it.
+ */
+static void
+end_gone_sessions(TimestampTz now)
+{
+	int			max = registry_proc_slots();
+	int		   *pids = palloc(sizeof(int) * Max(max, 1));
+	int			n = 0;
+	int			i;
+	dlist_iter	it;
+
+	LWLockAcquire(Leases->lock, LW_SHARED);
+	dlist_foreach(it, &Leases->bound_list)
+	{
+		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
+		bool		seen = false;
+
+		for (i = 0; i < n && !seen; i++)
+			seen = (pids[i] == d->session_pid);
+		if (!seen && n < max)
+			pids[n++] = d->session_pid;
+	}
+	LWLockRelease(Leases->lock);
+	qsort(pids, n, sizeof(int), pid_cmp);
+	for (i = 0; i < n; i++)
+	{
+		if (BackendPidGetProc(pids[i]) != NULL)
+			continue;
+		LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
+		end_session_leases(pids[i], now);
+		LWLockRelease(Leases->lock);
+	}
+	pfree(pids);
+}
+
 /*
  * Up to max leases whose deadline has passed, copied into *out (palloc'd).
  * Cheap when none is due: next_due bounds every deadline from below, and
@@ -503,28 +544,19 @@ leases_collect_expired(TimestampTz now, int max, LeaseExpired **out)
 	}
 	LWLockRelease(Leases->lock);
 
-	copy = palloc(esz * Max(max, 1));
-	reasons = palloc(Max(max, 1));
-	LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
 	if (check_sessions)
 	{
 		last_session_check = now;
-		dlist_foreach(it, &Leases->lru)
-		{
-			LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
-
-			/* a backend gone without its exit callback */
-			if (d->session_pid != 0 && d->deadline == 0 &&
-				BackendPidGetProc(d->session_pid) == NULL)
-				end_session_leases(d->session_pid, now);
-		}
+		end_gone_sessions(now);
 	}
+
+	copy = palloc(esz * Max(max, 1));
+	reasons = palloc(Max(max, 1));
+	LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
 	dlist_foreach(it, &Leases->lru)
 	{
 		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
 
-		if (d->deadline == 0)
-			continue;
 		if (d->deadline > now)
 		{
 			if (next_due == 0 || d->deadline < next_due)
@@ -579,6 +611,25 @@ leases_still_expired(int32 tid, uint32 khash, const char *key, TimestampTz now)
 	return expired;
 }
 
+/*
+ * A lease whose row could not be deleted (a foreign key refers to it, a
+ * trigger fails): due again at until, not at every pass.
+ */
+void
+leases_defer(int32 tid, uint32 khash, const char *key, TimestampTz until)
+{
+	LeaseData  *d;
+
+	LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
+	d = find(tid, khash, key);
+	if (d && d->deadline != 0 && d->deadline < until)
+	{
+		d->deadline = until;
+		note_deadline(until);
+	}
+	LWLockRelease(Leases->lock);
+}
+
 void
 leases_forget(int32 tid, uint32 khash, const char *key)
 {
@@ -605,6 +656,13 @@ leases_forget_table(int32 tid)
 		if (DATA_ENTRY(d)->tid == tid)
 			remove_entry(d);
 	}
+	dlist_foreach_modify(it, &Leases->bound_list)
+	{
+		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
+
+		if (DATA_ENTRY(d)->tid == tid)
+			remove_entry(d);
+	}
 	LWLockRelease(Leases->lock);
 }
 
@@ -616,6 +674,8 @@ leases_reset(void)
 
 	LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
 	dlist_foreach_modify(it, &Leases->lru)
+		remove_entry(dlist_container(LeaseData, lru, it.cur));
+	dlist_foreach_modify(it, &Leases->bound_list)
 		remove_entry(dlist_container(LeaseData, lru, it.cur));
 	Leases->used = 0;
 	Leases->bound = 0;
@@ -655,25 +715,19 @@ leases_counters(LeaseCounters *out)
 	LWLockRelease(Leases->lock);
 }
 
-/* Every lease, copied (registry.leases), soonest deadline last. */
-LeaseInfo *
-leases_snapshot(int *n)
+static int
+copy_info(dlist_head *list, LeaseInfo *out, char *keys, int i, int max)
 {
 	dlist_iter	it;
-	LeaseInfo  *out;
-	LeaseKey   *keys;
-	Size		esz = entry_size();
-	int			i = 0;
-	int			j;
 
-	LWLockAcquire(Leases->lock, LW_SHARED);
-	out = palloc(sizeof(LeaseInfo) * Max(Leases->used, 1));
-	keys = palloc(esz * Max(Leases->used, 1));
-	dlist_foreach(it, &Leases->lru)
+	dlist_foreach(it, list)
 	{
 		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
 
-		memcpy((char *) keys + (Size) i * esz, DATA_ENTRY(d), key_size);
+		if (i >= max)
+			break;
+		strlcpy(keys + (Size) i * (registry_max_key_length + 1),
+				DATA_ENTRY(d)->key, registry_max_key_length + 1);
 		out[i].tid = DATA_ENTRY(d)->tid;
 		out[i].granted_at = d->granted_at;
 		out[i].renewed_at = d->renewed_at;
@@ -683,10 +737,37 @@ leases_snapshot(int *n)
 		out[i].session_ended_at = d->session_ended_at;
 		i++;
 	}
+	return i;
+}
+
+/*
+ * Every lease, copied (registry.leases): the bound ones, then the others
+ * from the most recently renewed.  Allocated before taking the lock, for
+ * as many as there were a moment before; leases granted in between are
+ * left out.
+ */
+LeaseInfo *
+leases_snapshot(int *n)
+{
+	LeaseInfo  *out;
+	char	   *keys;
+	int64		max;
+	int			i;
+	int			j;
+
+	LWLockAcquire(Leases->lock, LW_SHARED);
+	max = Leases->used;
+	LWLockRelease(Leases->lock);
+	out = MemoryContextAllocHuge(CurrentMemoryContext,
+								 sizeof(LeaseInfo) * Max(max, 1));
+	keys = MemoryContextAllocHuge(CurrentMemoryContext,
+								  (Size) (registry_max_key_length + 1) * Max(max, 1));
+	LWLockAcquire(Leases->lock, LW_SHARED);
+	i = copy_info(&Leases->bound_list, out, keys, 0, (int) max);
+	i = copy_info(&Leases->lru, out, keys, i, (int) max);
 	LWLockRelease(Leases->lock);
 	for (j = 0; j < i; j++)
-		out[j].key = pstrdup(((LeaseKey *) ((char *) keys + (Size) j * esz))->key);
-	pfree(keys);
+		out[j].key = keys + (Size) j * (registry_max_key_length + 1);
 	*n = i;
 	return out;
 }

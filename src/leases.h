@@ -103,6 +103,8 @@ extern void leases_request_adoption(void);
 extern int	leases_collect_expired(TimestampTz now, int max, LeaseExpired **out);
 extern bool leases_still_expired(int32 tid, uint32 khash, const char *key,
 								 TimestampTz now);
+extern void leases_defer(int32 tid, uint32 khash, const char *key,
+						 TimestampTz until);
 extern void leases_forget(int32 tid, uint32 khash, const char *key);
 extern void leases_forget_table(int32 tid);
 extern void leases_count(LeaseCounter which, uint64 n);

@@ -30,6 +30,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "miscadmin.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -273,7 +274,9 @@ lease_record(RegTable *t, uint32 khash, const char *key,
 	pl->c.moved = pl->c.grant && old->exists && !old->deleted &&
 		strcmp(old->origin, registry_node_name) != 0;
 	pl->c.ttl_ms = t->lease_ttl_ms;
-	pl->c.session = pl->c.grant && registry_lease_session;
+	/* only a client's session ends: a background process never does */
+	pl->c.session = pl->c.grant && registry_lease_session &&
+		MyBackendType == B_BACKEND;
 }
 
 /* Remember one key change: old state -> (version, origin, deleted). */
@@ -696,8 +699,8 @@ lease_pre_commit(void)
 	nlease_changes = 0;
 	if (npending_leases == 0)
 		return;
-	lease_changes = MemoryContextAlloc(TopTransactionContext,
-									   sizeof(LeaseChange) * npending_leases);
+	lease_changes = MemoryContextAllocHuge(TopTransactionContext,
+										   sizeof(LeaseChange) * npending_leases);
 	for (i = 0; i < npending_leases; i++)
 	{
 		lease_changes[nlease_changes++] = pending_leases[i].c;
