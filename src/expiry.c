@@ -43,6 +43,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -70,13 +71,15 @@ typedef struct EphTable
 	int64		ttl_ms;
 } EphTable;
 
-/* The cap's window of one table. */
+/* What the expiry keeps per table: the cap's window, the retry backoff. */
 typedef struct CapWindow
 {
 	int32		tid;
 	TimestampTz start;
 	int64		expired;
 	bool		held_counted;	/* expiry_held_cap counted in this window */
+	TimestampTz retry_at;		/* after a failure: not before */
+	int			failures;		/* in a row */
 } CapWindow;
 
 static TimestampTz last_run = 0;
@@ -104,6 +107,19 @@ static int	nclean = 0;
 
 #define OWNER_RESCAN_MS		10000
 
+/*
+ * An expiry transaction waits this long at most for a lock (a client's
+ * LOCK TABLE, a row being written) and runs a statement this long at most
+ * (user triggers): the maintenance worker also sends the notifications.
+ */
+#define EXPIRY_LOCK_TIMEOUT		"500ms"
+#define EXPIRY_STATEMENT_TIMEOUT "10s"
+
+/* a row whose delete failed is tried again after this long */
+#define EXPIRY_RETRY_MS			10000
+/* a table whose expiry failed waits 1 s, 2 s, 4 s ... up to this */
+#define EXPIRY_BACKOFF_MAX_MS	60000
+
 /* owners whose rows are due but held back (counted once per episode) */
 static char held_owners[MAX_HELD_OWNERS][REGISTRY_NAME_LEN];
 static int	nheld = 0;
@@ -116,7 +132,37 @@ xact_begin(void)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	worker_xact_started();
+	(void) set_config_option("lock_timeout", EXPIRY_LOCK_TIMEOUT,
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+							 true, 0, false);
+	(void) set_config_option("statement_timeout", EXPIRY_STATEMENT_TIMEOUT,
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+							 true, 0, false);
 	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+/*
+ * After an ERROR in an expiry transaction: log it (with what was being
+ * done), abort, and come back to cxt.  Interrupts (a query cancel is not
+ * one the worker gets; SIGTERM exits through CHECK_FOR_INTERRUPTS) pass.
+ */
+static void
+xact_failed(MemoryContext cxt, const char *what)
+{
+	ErrorData  *edata;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	RESUME_INTERRUPTS();
+	ereport(LOG,
+			(errcode(edata->sqlerrcode),
+			 errmsg("registry: %s: %s", what, edata->message),
+			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+			 edata->context ? errcontext("%s", edata->context) : 0));
+	FreeErrorData(edata);
 }
 
 static void
@@ -144,8 +190,8 @@ window_of(int32 tid, TimestampTz now)
 			MemoryContextAlloc(TopMemoryContext, sizeof(CapWindow) * (nwindows + 1)) :
 			repalloc(windows, sizeof(CapWindow) * (nwindows + 1));
 		w = &windows[nwindows++];
+		memset(w, 0, sizeof(CapWindow));
 		w->tid = tid;
-		w->start = 0;
 	}
 	if (w->start == 0 ||
 		TimestampDifferenceExceeds(w->start, now, registry_expiry_window_ms))
@@ -155,6 +201,39 @@ window_of(int32 tid, TimestampTz now)
 		w->held_counted = false;
 	}
 	return w;
+}
+
+/* Whether the table's expiry waits after a failure. */
+static bool
+backing_off(int32 tid, TimestampTz now)
+{
+	CapWindow  *w = window_of(tid, now);
+
+	return w->retry_at != 0 && now < w->retry_at;
+}
+
+static void
+backoff_note(int32 tid, TimestampTz now, bool failed)
+{
+	CapWindow  *w = window_of(tid, now);
+
+	if (!failed)
+	{
+		w->failures = 0;
+		w->retry_at = 0;
+		return;
+	}
+	w->failures = Min(w->failures + 1, 16);
+	w->retry_at = TimestampTzPlusMilliseconds(now,
+											  Min((int64) 1000 << (w->failures - 1),
+												  EXPIRY_BACKOFF_MAX_MS));
+}
+
+/* Whether the cap's held rows of the table were counted in this window. */
+static bool
+cap_held_counted(int32 tid, TimestampTz now)
+{
+	return registry_expiry_cap > 0 && window_of(tid, now)->held_counted;
 }
 
 /* How many more rows of the table may expire now (INT64_MAX: no cap). */
@@ -333,8 +412,11 @@ delete_own_rows(RegTable *t, Datum *tids, int ntids, char reason)
 									  TYPALIGN_SHORT);
 	Oid			types[2] = {TIDARRAYOID, TEXTOID};
 	Datum		args[2];
-	char	   *sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY ($1) AND %s = $2",
-							   t->qualname, REGISTRY_ORIGIN_COLUMN);
+	char	   *sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY (ARRAY("
+							   "SELECT ctid FROM ONLY %s WHERE ctid = ANY ($1) AND %s = $2 "
+							   "FOR UPDATE SKIP LOCKED)) AND %s = $2",
+							   t->qualname, t->qualname, REGISTRY_ORIGIN_COLUMN,
+							   REGISTRY_ORIGIN_COLUMN);
 
 	args[0] = PointerGetDatum(arr);
 	args[1] = CStringGetTextDatum(registry_node_name);
@@ -347,7 +429,7 @@ delete_owner_rows(RegTable *t, const char *owner, int64 limit)
 {
 	Oid			types[2] = {TEXTOID, INT8OID};
 	Datum		args[2];
-	char	   *sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %s WHERE %s = $1 LIMIT $2)) AND %s = $1",
+	char	   *sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %s WHERE %s = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)) AND %s = $1",
 							   t->qualname, t->qualname, REGISTRY_ORIGIN_COLUMN,
 							   REGISTRY_ORIGIN_COLUMN);
 
@@ -396,9 +478,150 @@ expired_cmp(const void *a, const void *b)
 	return 0;
 }
 
+/* One group of expired leases: one table, one reason. */
+typedef struct OwnGroup
+{
+	int32		tid;
+	char		reason;
+	LeaseExpired *ex;			/* the group's leases */
+	int			n;
+	ItemPointerData *tids;		/* rows to delete (in the worker's context) */
+	LeaseExpired **tid_ex;		/* ... and whose lease each is */
+	int			ntids;
+	int64		held;			/* held back by the cap */
+	int64		deleted;
+} OwnGroup;
+
+/*
+ * Find the rows of a group's leases that are still this node's and still
+ * expired (a renewal may have come), up to the cap; forget the leases of
+ * rows that are gone or another node's.  In the current transaction.
+ */
+static void
+own_group_rows(OwnGroup *g, RegTable *t, TimestampTz now, MemoryContext cxt)
+{
+	int64		left = cap_left(t->tid, now);
+	int			nest = -1;
+	RowLookup	rl;
+	int			k;
+
+	g->tids = MemoryContextAlloc(cxt, sizeof(ItemPointerData) * g->n);
+	g->tid_ex = MemoryContextAlloc(cxt, sizeof(LeaseExpired *) * g->n);
+	g->ntids = 0;
+	g->held = 0;
+	if (t->needs_canonical)
+		keys_canonical_gucs_push(&nest);
+	row_lookup_begin(&rl, t, RowExclusiveLock, GetActiveSnapshot());
+	for (k = 0; k < g->n; k++)
+	{
+		LeaseExpired *e = &g->ex[k];
+		VersionState st;
+
+		if (!row_lookup(&rl, e->key))
+		{
+			leases_forget(e->tid, e->khash, e->key);
+			continue;
+		}
+		row_version(t, rl.slot, &st);
+		if (!st.exists || strcmp(st.origin, registry_node_name) != 0)
+		{
+			/* another node's now: its lease is there */
+			leases_forget(e->tid, e->khash, e->key);
+			continue;
+		}
+		if (!leases_still_expired(e->tid, e->khash, e->key, now))
+			continue;			/* renewed meanwhile */
+		if (g->ntids >= left)
+		{
+			g->held++;
+			continue;
+		}
+		g->tids[g->ntids] = rl.slot->tts_tid;
+		g->tid_ex[g->ntids] = e;
+		g->ntids++;
+	}
+	row_lookup_end(&rl);
+	if (nest >= 0)
+		keys_canonical_gucs_pop(nest);
+}
+
+static Datum *
+tid_datums(ItemPointerData *tids, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = PointerGetDatum(&tids[i]);
+	return d;
+}
+
+/*
+ * The group's rows again, one subtransaction each, after the batch
+ * failed: a row a foreign key still references, or whose trigger fails,
+ * must not keep the others.  A row that fails is logged, and its lease
+ * tried again after EXPIRY_RETRY_MS.
+ */
+static void
+own_row_one(OwnGroup *g, RegTable *t, int k, TimestampTz now)
+{
+	{
+		ResourceOwner owner = CurrentResourceOwner;
+		MemoryContext xcxt = CurrentMemoryContext;
+
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(xcxt);
+		PG_TRY();
+		{
+			g->deleted += delete_own_rows(t, tid_datums(&g->tids[k], 1), 1,
+										  g->reason);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(xcxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+			LeaseExpired *e = g->tid_ex[k];
+
+			MemoryContextSwitchTo(xcxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(xcxt);
+			CurrentResourceOwner = owner;
+			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+				ReThrowError(edata);
+			ereport(LOG,
+					(errcode(edata->sqlerrcode),
+					 errmsg("registry: could not expire key \"%s\" of %s: %s",
+							e->key, t->qualname, edata->message),
+					 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+					 errhint("The lease is tried again in %d s.",
+							 EXPIRY_RETRY_MS / 1000)));
+			FreeErrorData(edata);
+			leases_defer(e->tid, e->khash, e->key,
+						 TimestampTzPlusMilliseconds(now, EXPIRY_RETRY_MS));
+		}
+		PG_END_TRY();
+	}
+}
+
+static void
+own_group_one_by_one(OwnGroup *g, RegTable *t, TimestampTz now)
+{
+	int			k;
+
+	for (k = 0; k < g->ntids; k++)
+		own_row_one(g, t, k, now);
+}
+
 /*
  * The owner's expiry: this node's leases that ran out.  One transaction
- * per table and reason.  Returns whether more are due.
+ * per table and reason, each on its own: a table whose expiry fails (a
+ * lock it cannot get within EXPIRY_LOCK_TIMEOUT, a failing trigger) is
+ * logged and tried again later, and keeps no other table from expiring.
+ * Returns whether more are due.
  */
 static bool
 expire_own(TimestampTz now, MemoryContext cxt)
@@ -413,82 +636,82 @@ expire_own(TimestampTz now, MemoryContext cxt)
 	qsort(ex, n, sizeof(LeaseExpired), expired_cmp);
 	while (i < n)
 	{
+		OwnGroup   *g = MemoryContextAllocZero(cxt, sizeof(OwnGroup));
 		int			j = i;
-		RegTable   *t;
-		int64		left;
-		int64		taken = 0;
-		int64		held = 0;
-		Datum	   *tids;
-		int			ntids = 0;
-		int			nest = -1;
-		int			k;
+		volatile bool failed = false;
 
 		while (j < n && ex[j].tid == ex[i].tid && ex[j].reason == ex[i].reason)
 			j++;
-		xact_begin();
-		t = regtable_by_tid(ex[i].tid, true);
-		if (t == NULL || t->lease_ttl_ms <= 0 || t->restored)
-		{
-			/* no longer ephemeral: leases.c drops them with the table */
-			for (k = i; k < j; k++)
-				leases_forget(ex[k].tid, ex[k].khash, ex[k].key);
-			xact_commit(cxt);
-			i = j;
-			continue;
-		}
-		left = cap_left(t->tid, now);
-		tids = palloc(sizeof(Datum) * (j - i));
-		if (t->needs_canonical)
-			keys_canonical_gucs_push(&nest);
-		{
-			RowLookup	rl;
-
-			row_lookup_begin(&rl, t, RowExclusiveLock, GetActiveSnapshot());
-			for (k = i; k < j; k++)
-			{
-				VersionState st;
-
-				if (!row_lookup(&rl, ex[k].key))
-				{
-					leases_forget(ex[k].tid, ex[k].khash, ex[k].key);
-					continue;
-				}
-				row_version(t, rl.slot, &st);
-				if (!st.exists || strcmp(st.origin, registry_node_name) != 0)
-				{
-					/* another node's now: its lease is there */
-					leases_forget(ex[k].tid, ex[k].khash, ex[k].key);
-					continue;
-				}
-				if (!leases_still_expired(ex[k].tid, ex[k].khash, ex[k].key, now))
-					continue;	/* renewed meanwhile */
-				if (taken >= left)
-				{
-					held++;
-					continue;
-				}
-				tids[ntids++] = PointerGetDatum(palloc_object(ItemPointerData));
-				*(ItemPointer) DatumGetPointer(tids[ntids - 1]) = rl.slot->tts_tid;
-				taken++;
-			}
-			row_lookup_end(&rl);
-		}
-		if (nest >= 0)
-			keys_canonical_gucs_pop(nest);
-		if (ntids > 0)
-		{
-			int64		done = delete_own_rows(t, tids, ntids, ex[i].reason);
-
-			leases_count(ex[i].reason == LEASE_REASON_SESSION ?
-						 LEASE_COUNT_SESSIONS_EXPIRED : LEASE_COUNT_EXPIRED,
-						 done);
-			deleted += done;
-			cap_note(t->tid, now, done, held);
-		}
-		else
-			cap_note(t->tid, now, 0, held);
-		xact_commit(cxt);
+		g->tid = ex[i].tid;
+		g->reason = ex[i].reason;
+		g->ex = &ex[i];
+		g->n = j - i;
 		i = j;
+		if (backing_off(g->tid, now))
+			continue;			/* they stay due */
+
+		PG_TRY();
+		{
+			RegTable   *t;
+
+			xact_begin();
+			t = regtable_by_tid(g->tid, true);
+			if (t == NULL || t->lease_ttl_ms <= 0 || t->restored)
+			{
+				int			k;
+
+				/* no longer ephemeral: the table's leases are stale */
+				for (k = 0; k < g->n; k++)
+					leases_forget(g->ex[k].tid, g->ex[k].khash, g->ex[k].key);
+			}
+			else
+			{
+				own_group_rows(g, t, now, cxt);
+				if (g->ntids > 0)
+					g->deleted = delete_own_rows(t, tid_datums(g->tids, g->ntids),
+												 g->ntids, g->reason);
+			}
+			xact_commit(cxt);
+		}
+		PG_CATCH();
+		{
+			xact_failed(cxt, "lease expiry failed");
+			failed = true;
+		}
+		PG_END_TRY();
+
+		/* the batch failed after its rows were found: one by one */
+		if (failed && g->ntids > 0)
+		{
+			g->deleted = 0;
+			failed = false;
+			PG_TRY();
+			{
+				RegTable   *t;
+
+				xact_begin();
+				t = regtable_by_tid(g->tid, true);
+				if (t != NULL && t->lease_ttl_ms > 0 && !t->restored)
+					own_group_one_by_one(g, t, now);
+				xact_commit(cxt);
+			}
+			PG_CATCH();
+			{
+				xact_failed(cxt, "lease expiry failed");
+				g->deleted = 0;
+				failed = true;
+			}
+			PG_END_TRY();
+		}
+		backoff_note(g->tid, now, failed);
+		if (!failed)
+		{
+			leases_count(g->reason == LEASE_REASON_SESSION ?
+						 LEASE_COUNT_SESSIONS_EXPIRED : LEASE_COUNT_EXPIRED,
+						 g->deleted);
+			cap_note(g->tid, now, g->deleted, g->held);
+			deleted += g->deleted;
+		}
 	}
 	/* a full batch went: more may be due (not when the cap held them) */
 	return n == EXPIRY_BATCH && deleted > 0;
@@ -528,6 +751,10 @@ timed_out_owners(TimestampTz now, bool *majority)
 	int			rc;
 	TimestampTz started = node_started_at();
 	MemoryContext outer = CurrentMemoryContext;
+	int			nnames = 0;
+	char	  **names;
+	TimestampTz *contacts;
+	int			k;
 
 	st = peer_status_snapshot(&nst);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -537,6 +764,14 @@ timed_out_owners(TimestampTz now, bool *majority)
 		elog(ERROR, "registry: could not read registry.peers: %s",
 			 SPI_result_code_string(rc));
 	npeers = (int) SPI_processed;
+
+	/*
+	 * An owner's last contact is the latest over every peer entry that
+	 * names it (by its peer name or by the node name it reported): a
+	 * second, stale entry for a node must not make a live node look dead.
+	 */
+	names = MemoryContextAlloc(outer, sizeof(char *) * Max(2 * npeers, 1));
+	contacts = MemoryContextAlloc(outer, sizeof(TimestampTz) * Max(2 * npeers, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -545,17 +780,19 @@ timed_out_owners(TimestampTz now, bool *majority)
 		bool		isnull;
 		TimestampTz added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
 		TimestampTz contact = Max(started, isnull ? 0 : added);
-		const char *remote = NULL;
+		const char *entry_names[2] = {name, NULL};
 		int			j;
+		int			m;
 
 		for (j = 0; j < nst; j++)
 		{
 			if (strcmp(st[j].name, name) != 0)
 				continue;
 			contact = Max(contact, st[j].last_success);
-			if (st[j].remote_node[0] != '\0')
-				remote = st[j].remote_node;
+			if (st[j].remote_node[0] != '\0' && strcmp(st[j].remote_node, name) != 0)
+				entry_names[1] = st[j].remote_node;
 		}
+
 		/*
 		 * Reachable: heard from within half the timeout.  A node cut off
 		 * from the mesh loses its links one by one; when the first peer
@@ -565,32 +802,93 @@ timed_out_owners(TimestampTz now, bool *majority)
 		 */
 		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms / 2))
 			reachable++;
-		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms))
-			continue;
+		for (m = 0; m < 2 && entry_names[m]; m++)
 		{
-			MemoryContext old = MemoryContextSwitchTo(outer);
-
-			owners = lappend(owners, pstrdup(name));
-			if (remote && strcmp(remote, name) != 0)
-				owners = lappend(owners, pstrdup(remote));
-			MemoryContextSwitchTo(old);
+			for (k = 0; k < nnames; k++)
+				if (strcmp(names[k], entry_names[m]) == 0)
+					break;
+			if (k == nnames)
+			{
+				names[nnames] = MemoryContextStrdup(outer, entry_names[m]);
+				contacts[nnames++] = contact;
+			}
+			else
+				contacts[k] = Max(contacts[k], contact);
 		}
 	}
 	SPI_finish();
+	for (k = 0; k < nnames; k++)
+		if (TimestampDifferenceExceeds(contacts[k], now, registry_owner_timeout_ms))
+			owners = lappend(owners, names[k]);
 	*majority = npeers == 0 || (reachable + 1) * 2 > npeers + 1;
 	return owners;
 }
 
 /*
+ * One table's part of a timed-out owner's expiry, in a transaction it
+ * begins (true: the caller commits it; false: nothing left open).
+ */
+static bool
+owner_table_pass(EphTable *e, const char *owner, bool majority,
+				 TimestampTz now, bool *found_rows, bool *more)
+{
+	RegTable   *t;
+
+	xact_begin();
+	t = table_now(e);
+	if (t == NULL)
+		return true;
+	if (!majority)
+	{
+		/* self-preservation: count the owner once per episode */
+		if (owner_held(owner))
+			*found_rows = true;
+		else if (owner_row_count(t, owner, true) > 0)
+		{
+			*found_rows = true;
+			if (nheld < MAX_HELD_OWNERS)
+				strlcpy(held_owners[nheld++], owner, REGISTRY_NAME_LEN);
+			leases_count(LEASE_COUNT_HELD_MINORITY, 1);
+		}
+	}
+	else
+	{
+		int64		left = cap_left(t->tid, now);
+
+		if (left > 0)
+		{
+			int64		done = delete_owner_rows(t, owner, Min(left, EXPIRY_BATCH));
+
+			leases_count(LEASE_COUNT_OWNER_EXPIRED, done);
+			cap_note(t->tid, now, done, 0);
+			if (done > 0)
+				*found_rows = true;
+			if (done >= Min(left, EXPIRY_BATCH) && done < left)
+				*more = true;
+		}
+		else
+		{
+			/* held by the cap: counted once per window */
+			*found_rows = true;
+			if (!cap_held_counted(t->tid, now))
+				cap_note(t->tid, now, 0, owner_row_count(t, owner, false));
+		}
+	}
+	return true;
+}
+
+/*
  * Owner failure: delete the rows of timed-out owners, while this node
- * reaches a majority.  Returns whether more are due.
+ * reaches a majority.  Each (owner, table) in a transaction of its own: a
+ * failure is logged, and that table tried again after a backoff.
+ * Returns whether more are due.
  */
 static bool
 expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 {
 	List	   *owners;
 	bool		majority;
-	bool		more = false;
+	volatile bool more = false;
 	ListCell   *lo;
 	char		names[MAX_HELD_OWNERS][REGISTRY_NAME_LEN];
 	int			nnames = 0;
@@ -640,6 +938,7 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 	{
 		ListCell   *lc;
 		bool		found_rows = false;
+		bool		more_rows = false;
 		int			j;
 
 		for (j = 0; j < nclean; j++)
@@ -651,55 +950,31 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 		foreach(lc, tables)
 		{
 			EphTable   *e = lfirst(lc);
-			RegTable   *t;
+			volatile bool failed = false;
 
-			xact_begin();
-			t = table_now(e);
-			if (t == NULL)
+			if (backing_off(e->tid, now))
 			{
-				xact_commit(cxt);
+				found_rows = true;	/* not known: look again */
 				continue;
 			}
-			if (!majority)
+			PG_TRY();
 			{
-				/* self-preservation: count the owner once per episode */
-				if (owner_held(names[i]))
-					found_rows = true;
-				else if (owner_row_count(t, names[i], true) > 0)
-				{
-					found_rows = true;
-					if (nheld < MAX_HELD_OWNERS)
-						strlcpy(held_owners[nheld++], names[i], REGISTRY_NAME_LEN);
-					leases_count(LEASE_COUNT_HELD_MINORITY, 1);
-				}
+				if (owner_table_pass(e, names[i], majority, now, &found_rows,
+									 &more_rows))
+					xact_commit(cxt);
 			}
-			else
+			PG_CATCH();
 			{
-				int64		left = cap_left(t->tid, now);
-
-				if (left > 0)
-				{
-					int64		done = delete_owner_rows(t, names[i],
-														 Min(left, EXPIRY_BATCH));
-
-					leases_count(LEASE_COUNT_OWNER_EXPIRED, done);
-					cap_note(t->tid, now, done, 0);
-					if (done > 0)
-						found_rows = true;
-					if (done >= Min(left, EXPIRY_BATCH) && done < left)
-						more = true;
-				}
-				else
-				{
-					int64		due = owner_row_count(t, names[i], false);
-
-					cap_note(t->tid, now, 0, due);
-					if (due > 0)
-						found_rows = true;
-				}
+				xact_failed(cxt, psprintf("expiry of the rows of timed-out owner \"%s\" failed",
+										  names[i]));
+				failed = true;
+				found_rows = true;
 			}
-			xact_commit(cxt);
+			PG_END_TRY();
+			backoff_note(e->tid, now, failed);
 		}
+		if (more_rows)
+			more = true;
 		if (!found_rows && nclean < MAX_HELD_OWNERS)
 		{
 			strlcpy(clean_owners[nclean].name, names[i], REGISTRY_NAME_LEN);
@@ -760,8 +1035,13 @@ expiry_run(TimestampTz now)
 				(adoption_full_at == 0 ||
 				 TimestampDifferenceExceeds(adoption_full_at, now, IDLE_PASS_MS)))
 			{
-				adoption_full_at = adopt_all(tables, now) ? now : 0;
-				adopted_gen = gen;
+				if (adopt_all(tables, now))
+					adoption_full_at = now; /* the rest: again in 10 s */
+				else
+				{
+					adoption_full_at = 0;
+					adopted_gen = gen;
+				}
 			}
 			else if (tables == NIL)
 				adopted_gen = gen;
