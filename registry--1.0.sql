@@ -503,7 +503,7 @@ GRANT EXECUTE ON FUNCTION registry.stamp(), registry.capture(),
 
 GRANT SELECT ON registry.node, registry.tables, registry.acceptors,
     registry.change_log, registry.peer_status, registry.replicated_tables,
-    registry.peers, registry.leases, registry.lease_stash TO registry_admin;
+    registry.peers, registry.leases TO registry_admin;
 GRANT EXECUTE ON FUNCTION
     registry.replicate(regclass), registry.unreplicate(regclass),
     registry.hlc_now(), registry.version_time(bigint),
