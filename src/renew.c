@@ -26,13 +26,16 @@
  *	5. otherwise the key is returned: the client must write the row again.
  *
  * The writes of cases 3 and 4 are the caller's own statements (privileges
- * and row-level security apply), never the registry owner's.
+ * and row-level security apply), never the registry owner's, each in a
+ * subtransaction of its own: a key whose write fails is a WARNING and is
+ * returned, and the call goes on with the other keys (renew_write).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -47,6 +50,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -174,6 +178,11 @@ typedef struct RenewState
 	HTAB	   *seen;			/* canonical keys past case 1 */
 } RenewState;
 
+/*
+ * The SPI connection of the call, opened at its first statement and
+ * closed at its end.  Its plans live in it: the subtransactions of
+ * renew_write() come and go inside it, and leave it and them alone.
+ */
 static void
 renew_connect(RenewState *rs)
 {
@@ -200,8 +209,29 @@ renew_prepare(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
+ * "(k1, ...) = ($first, ...)", the key values typed as the key columns'
+ * (base) types, into argtypes from argtypes[first - 1] on.
+ */
+static void
+append_key_match(StringInfo sql, RegTable *t, int first, Oid *argtypes)
+{
+	int			i;
+
+	appendStringInfoChar(sql, '(');
+	for (i = 0; i < t->nkeys; i++)
+	{
+		appendStringInfo(sql, "%s%s", i ? ", " : "", quote_identifier(t->keys[i].name));
+		argtypes[first - 1 + i] = t->keys[i].typid;
+	}
+	appendStringInfoString(sql, ") = (");
+	for (i = 0; i < t->nkeys; i++)
+		appendStringInfo(sql, "%s$%d", i ? ", " : "", first + i);
+	appendStringInfoChar(sql, ')');
+}
+
+/*
  * Case 3: "UPDATE ONLY tbl SET registry_origin = $1 WHERE (k1, ...) =
- * ($2, ...)", the key values typed as the key columns' (base) types.
+ * ($2, ...)".
  */
 static SPIPlanPtr
 take_plan(RenewState *rs)
@@ -209,7 +239,6 @@ take_plan(RenewState *rs)
 	RegTable   *t = rs->t;
 	StringInfoData sql;
 	Oid		   *argtypes;
-	int			i;
 
 	if (rs->take_plan)
 		return rs->take_plan;
@@ -217,17 +246,9 @@ take_plan(RenewState *rs)
 	argtypes = palloc(sizeof(Oid) * (t->nkeys + 1));
 	argtypes[0] = TEXTOID;
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE ONLY %s SET " REGISTRY_ORIGIN_COLUMN " = $1 WHERE (",
+	appendStringInfo(&sql, "UPDATE ONLY %s SET " REGISTRY_ORIGIN_COLUMN " = $1 WHERE ",
 					 t->qualname);
-	for (i = 0; i < t->nkeys; i++)
-	{
-		appendStringInfo(&sql, "%s%s", i ? ", " : "", quote_identifier(t->keys[i].name));
-		argtypes[i + 1] = t->keys[i].typid;
-	}
-	appendStringInfoString(&sql, ") = (");
-	for (i = 0; i < t->nkeys; i++)
-		appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 2);
-	appendStringInfoChar(&sql, ')');
+	append_key_match(&sql, t, 2, argtypes);
 	rs->take_plan = renew_prepare(sql.data, t->nkeys + 1, argtypes);
 	return rs->take_plan;
 }
@@ -263,8 +284,113 @@ insert_plan(RenewState *rs)
 	return rs->insert_plan;
 }
 
-/* Whether the row of key (values: its key datums) is there; case 2 or 3. */
-static bool
+/* What became of the write of case 3 or 4. */
+typedef enum RenewWrite
+{
+	WRITE_DONE,					/* the row written */
+	WRITE_NONE,					/* nothing written: no row matched, or a
+								 * trigger or a rule skipped it */
+	WRITE_FAILED				/* an error, rolled back and reported */
+} RenewWrite;
+
+/*
+ * Run the write of case 3 (reregister false) or case 4 of key: plan,
+ * prepared beforehand, with args.
+ *
+ * The write runs in a subtransaction of its own, so that one key's error
+ * -- a unique violation, a row-level security check, a trigger's error, a
+ * deadlock -- costs that key only: it is rolled back and reported as a
+ * WARNING with the error's SQLSTATE, message, detail and hint and a
+ * context line naming the key and the table, and the caller returns the
+ * key; the other keys of the call are renewed as ever.  Without it, the
+ * key would abort the whole call at every renewal, and the client's other
+ * keys would expire.  A query cancel, and anything that is not an ERROR,
+ * ends the call as before.
+ *
+ * SPI as in plpgsql's exec_stmt_block: the connection and the plan are
+ * the call's, made outside the subtransaction, which a rollback leaves
+ * alone (it throws away only the executor state and tuple tables made
+ * inside it); the memory context and the resource owner are the caller's
+ * again afterwards, whichever way the subtransaction ends.
+ */
+static RenewWrite
+renew_write(RenewState *rs, SPIPlanPtr plan, Datum *args, int expected,
+			const char *key, bool reregister)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile int rc = 0;
+	volatile uint64 processed = 0;
+	volatile bool failed = false;
+
+	BeginInternalSubTransaction(NULL);
+	/* the statement runs in the caller's context, not the subtransaction's */
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, args, NULL, false, 0);
+		processed = SPI_processed;
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+
+		/*
+		 * The subtransaction ends first, whatever follows: an error thrown
+		 * out of an internal subtransaction would abort only it, and leave
+		 * the caller's transaction in a state it cannot leave.
+		 */
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+
+		/* a cancel (a statement timeout) ends the call, as ever */
+		if (edata->elevel != ERROR || edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			ReThrowError(edata);
+
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg_internal("%s", edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 edata->hint ? errhint("%s", edata->hint) : 0,
+				 errcontext("registry.renew() of key \"%s\" of table %s: %s",
+							key, rs->t->qualname,
+							reregister ?
+							"writing the stashed row again failed; the key is returned, the stashed row dropped" :
+							"taking the row over failed; the key is returned")));
+		FreeErrorData(edata);
+		failed = true;
+	}
+	PG_END_TRY();
+
+	if (failed)
+		return WRITE_FAILED;
+	if (rc != expected && reregister)
+		elog(ERROR, "registry: could not register key \"%s\" of %s again: %s",
+			 key, rs->t->qualname, SPI_result_code_string(rc));
+	if (rc != expected)
+		elog(ERROR, "registry: could not take over key \"%s\" of %s: %s",
+			 key, rs->t->qualname, SPI_result_code_string(rc));
+	return processed == 1 ? WRITE_DONE : WRITE_NONE;
+}
+
+/* What the row of a key allowed. */
+typedef enum RenewRow
+{
+	ROW_RENEWED,				/* case 2 or 3 */
+	ROW_ABSENT,					/* no row: case 4 or 5 */
+	ROW_REFUSED					/* a row whose take-over failed: returned */
+} RenewRow;
+
+/* Cases 2 and 3 for the row of key (values: its key datums), if there is one. */
+static RenewRow
 renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
 {
 	RegTable   *t = rs->t;
@@ -272,7 +398,6 @@ renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
 	Datum		args[INDEX_MAX_KEYS + 1];
 	MemoryContext old;
 	bool		found;
-	int			rc;
 	int			i;
 
 	/* the scan keeps what it allocates: in the call's context */
@@ -287,9 +412,9 @@ renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
 	found = row_lookup_datums(&rs->rl, values);
 	MemoryContextSwitchTo(old);
 	if (!found)
-		return false;
-	row_version(t, rs->rl.slot, &st);
+		return ROW_ABSENT;
 
+	row_version(t, rs->rl.slot, &st);
 	if (st.exists && strcmp(st.origin, registry_node_name) == 0)
 	{
 		/* case 2: ours, without a lease; one is granted, evicting if full */
@@ -301,42 +426,49 @@ renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
 			/* safe outside a commit: it only takes the leases' lock */
 			leases_apply(&c, 1, rs->now);
 		}
-		return true;
+		return ROW_RENEWED;
 	}
 
 	/* case 3: another node's row becomes ours (lease granted at commit) */
 	args[0] = CStringGetTextDatum(registry_node_name);
 	for (i = 0; i < t->nkeys; i++)
 		args[i + 1] = values[i];
-	rc = SPI_execute_plan(take_plan(rs), args, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "registry: could not take over key \"%s\" of %s: %s",
-			 key, t->qualname, SPI_result_code_string(rc));
+	switch (renew_write(rs, take_plan(rs), args, SPI_OK_UPDATE, key, false))
+	{
+		case WRITE_DONE:
+			return ROW_RENEWED;
+		case WRITE_FAILED:
+			return ROW_REFUSED;
+		case WRITE_NONE:
+			break;
+	}
 
 	/*
-	 * No row updated: deleted since the lookup, or hidden from the caller
+	 * No row updated: deleted since the lookup, or hidden from the UPDATE
 	 * by row-level security; treated as missing.
 	 */
-	return SPI_processed == 1;
+	return ROW_ABSENT;
 }
 
-/* Case 4: the key's stashed row written again; false if none. */
+/*
+ * Case 4: the key's stashed row written again; false if none, or if the
+ * write failed.  The entry is taken (removed) first, in the caller's
+ * transaction, outside the write's subtransaction: a row that cannot be
+ * written again (it breaks a constraint now, a policy refuses it) is
+ * dropped with its WARNING, not kept to fail every later renewal.
+ */
 static bool
 renew_from_stash(RenewState *rs, uint32 khash, const char *key)
 {
 	Jsonb	   *row;
 	Datum		args[1];
-	int			rc;
 
 	if (!lease_stash_take(rs->t, khash, key, &row))
 		return false;
 	args[0] = JsonbPGetDatum(row);
-	rc = SPI_execute_plan(insert_plan(rs), args, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "registry: could not register key \"%s\" of %s again: %s",
-			 key, rs->t->qualname, SPI_result_code_string(rc));
-	if (SPI_processed != 1)
-		return false;			/* a rule or a trigger skipped it */
+	if (renew_write(rs, insert_plan(rs), args, SPI_OK_INSERT, key, true) !=
+		WRITE_DONE)
+		return false;			/* failed, or a rule or a trigger skipped it */
 	leases_count(LEASE_COUNT_REREGISTRATIONS, 1);
 	return true;
 }
@@ -364,7 +496,7 @@ seen_match(const void *key1, const void *key2, Size keysize)
 typedef enum RenewOutcome
 {
 	RENEW_DONE,					/* cases 1 to 4 */
-	RENEW_MISSING,				/* case 5: to be returned */
+	RENEW_MISSING,				/* case 5, or a failed write: to be returned */
 	RENEW_REPEATED				/* given before in the call: answered then */
 } RenewOutcome;
 
@@ -431,9 +563,16 @@ renew_slow(RenewState *rs, const char *given)
 
 		(void) hash_search(rs->seen, &copy, HASH_ENTER, NULL);
 	}
-	if (renew_row(rs, khash, key, values) || renew_from_stash(rs, khash, key))
-		return RENEW_DONE;
-	return RENEW_MISSING;
+	switch (renew_row(rs, khash, key, values))
+	{
+		case ROW_RENEWED:
+			return RENEW_DONE;
+		case ROW_REFUSED:
+			return RENEW_MISSING;
+		case ROW_ABSENT:
+			break;
+	}
+	return renew_from_stash(rs, khash, key) ? RENEW_DONE : RENEW_MISSING;
 }
 
 /*
