@@ -158,6 +158,64 @@ SELECT registry.unreplicate('eph');
 SELECT count(*) AS leases FROM registry._leases() WHERE tid = (SELECT tid FROM eph_tid);
 SELECT count(*) AS stashed FROM registry.lease_stash WHERE tid = (SELECT tid FROM eph_tid);
 
+-- ---- one key's failed write costs that key only ----
+-- A write of case 3 or 4 that fails (here a unique violation and a
+-- trigger's error) is rolled back alone, reported as a WARNING, and its
+-- key returned; the other keys of the call are renewed.
+CREATE TABLE ueph (id int PRIMARY KEY, addr text UNIQUE);
+SELECT registry.replicate('ueph');
+SELECT registry.set_lease('ueph', '1 hour');
+CREATE TEMP TABLE ueph_tid AS
+    SELECT tid FROM registry.replicated_tables WHERE relid = 'ueph'::regclass;
+CREATE FUNCTION ueph_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.addr = 'frozen' THEN
+        RAISE EXCEPTION 'row % is frozen', NEW.id
+            USING ERRCODE = 'P0001', DETAIL = 'Frozen rows do not move.';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER ueph_guard BEFORE UPDATE ON ueph
+    FOR EACH ROW EXECUTE FUNCTION ueph_guard();
+INSERT INTO ueph VALUES (1, 'a'), (2, 'b');
+-- a peer deletes row 1, this node's: stashed; another row takes its address
+SELECT registry.apply_row('ueph', '1', registry.hlc_now() + 100, 'n9', true);
+INSERT INTO ueph VALUES (3, 'a');
+-- rows 4 (frozen) and 5 are a peer's
+SELECT registry.apply_row('ueph', '4', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 4, "addr": "frozen"}');
+SELECT registry.apply_row('ueph', '5', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 5, "addr": "e"}');
+SELECT key FROM registry.lease_stash WHERE tid = (SELECT tid FROM ueph_tid);
+CREATE TEMP TABLE c3 AS SELECT * FROM registry.node;
+-- the SQLSTATEs (this try is rolled back: the stash entry comes back)
+\set VERBOSITY sqlstate
+BEGIN;
+SELECT registry.renew('ueph', '{1,4,5,2}');
+ROLLBACK;
+\set VERBOSITY default
+SELECT key FROM registry.lease_stash WHERE tid = (SELECT tid FROM ueph_tid);
+-- messages, details, and which key of which table
+\set SHOW_CONTEXT always
+SELECT registry.renew('ueph', '{1,4,5,2}');
+\set SHOW_CONTEXT errors
+-- 2 renewed (twice: a renewal is not undone by a rollback), 5 taken over,
+-- 1 and 4 not written
+SELECT key, renewals FROM registry.leases WHERE table_name = 'public.ueph' ORDER BY key;
+SELECT id, addr, registry_origin FROM ueph ORDER BY id;
+SELECT key, op, origin FROM registry.change_log
+ WHERE table_name = 'public.ueph' AND seq > (SELECT last_seq FROM c3) ORDER BY seq;
+SELECT n.lease_reregistrations - c.lease_reregistrations AS reregistrations,
+       n.lease_ownership_moves - c.lease_ownership_moves AS moves
+  FROM registry.node n, c3 c;
+-- the stashed row that cannot be written again is dropped: no second WARNING
+SELECT count(*) AS stashed FROM registry.lease_stash WHERE tid = (SELECT tid FROM ueph_tid);
+SELECT registry.renew('ueph', '{1,2}');
+
+SELECT registry.unreplicate('ueph');
+DROP TABLE ueph;
+DROP FUNCTION ueph_guard();
+
 -- ---- the new columns of registry.node and registry.change_log ----
 SELECT lease_capacity, leases_used >= 0 AS used, lease_evictions, expiry_minority,
        leases_expired + sessions_expired + owner_expired >= 0 AS expired,
