@@ -29,6 +29,11 @@
  * and row-level security apply), never the registry owner's, each in a
  * subtransaction of its own: a key whose write fails is a WARNING and is
  * returned, and the call goes on with the other keys (renew_write).
+ * Cases 1 and 2 write nothing, so no statement checks them: renew()
+ * requires SELECT as well as UPDATE privilege, and where row-level
+ * security applies to the caller, each key is first read as the caller,
+ * and a row the caller cannot see is neither renewed nor reported
+ * (renew_visible).
  *
  *-------------------------------------------------------------------------
  */
@@ -51,6 +56,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -169,10 +175,12 @@ typedef struct RenewState
 	RegTable   *t;
 	TimestampTz now;
 	MemoryContext callcxt;		/* lives as long as the call */
+	bool		rls;			/* row-level security applies to the caller */
 	bool		lookup_open;
 	RowLookup	rl;
 	Snapshot	snap;
 	bool		spi;			/* connected */
+	SPIPlanPtr	see_plan;		/* with RLS: SELECT 1 ... WHERE key */
 	SPIPlanPtr	take_plan;		/* case 3: UPDATE ... SET registry_origin */
 	SPIPlanPtr	insert_plan;	/* case 4: INSERT ... jsonb_populate_record */
 	HTAB	   *seen;			/* canonical keys past case 1 */
@@ -230,6 +238,29 @@ append_key_match(StringInfo sql, RegTable *t, int first, Oid *argtypes)
 }
 
 /*
+ * With row-level security: "SELECT 1 FROM ONLY tbl WHERE (k1, ...) =
+ * ($1, ...)", run as the caller, so the table's SELECT policies decide.
+ * Not FOR UPDATE: that would lock the row, which is a write.
+ */
+static SPIPlanPtr
+see_plan(RenewState *rs)
+{
+	RegTable   *t = rs->t;
+	StringInfoData sql;
+	Oid		   *argtypes;
+
+	if (rs->see_plan)
+		return rs->see_plan;
+	renew_connect(rs);
+	argtypes = palloc(sizeof(Oid) * t->nkeys);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT 1 FROM ONLY %s WHERE ", t->qualname);
+	append_key_match(&sql, t, 1, argtypes);
+	rs->see_plan = renew_prepare(sql.data, t->nkeys, argtypes);
+	return rs->see_plan;
+}
+
+/*
  * Case 3: "UPDATE ONLY tbl SET registry_origin = $1 WHERE (k1, ...) =
  * ($2, ...)".
  */
@@ -282,6 +313,30 @@ insert_plan(RenewState *rs)
 					 t->qualname);
 	rs->insert_plan = renew_prepare(sql.data, 1, argtypes);
 	return rs->insert_plan;
+}
+
+/*
+ * With row-level security, whether the caller sees the row of a key
+ * (values: its key datums).  Cases 1 and 2 write nothing, so no policy
+ * would stop them: they renew only a row the caller could read, and a row
+ * the caller cannot read is answered as missing, as a key without a row
+ * is, so that renew() tells no more of the table than a SELECT would.
+ */
+static bool
+renew_visible(RenewState *rs, Datum *values)
+{
+	SPIPlanPtr	plan = see_plan(rs);
+	bool		visible;
+	int			rc;
+
+	rc = SPI_execute_plan(plan, values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "registry: could not read a key of %s: %s",
+			 rs->t->qualname, SPI_result_code_string(rc));
+	visible = SPI_processed > 0;
+	/* one per key: freed now, not when the call ends */
+	SPI_freetuptable(SPI_tuptable);
+	return visible;
 }
 
 /* What became of the write of case 3 or 4. */
@@ -386,12 +441,17 @@ typedef enum RenewRow
 {
 	ROW_RENEWED,				/* case 2 or 3 */
 	ROW_ABSENT,					/* no row: case 4 or 5 */
-	ROW_REFUSED					/* a row whose take-over failed: returned */
+	ROW_REFUSED					/* a row the caller may not see, or whose
+								 * take-over failed: returned */
 } RenewRow;
 
-/* Cases 2 and 3 for the row of key (values: its key datums), if there is one. */
+/*
+ * Cases 2 and 3 for the row of key (values: its key datums), if there is
+ * one; visible: whether the caller may see it (renew_visible()).
+ */
 static RenewRow
-renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
+renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values,
+		  bool visible)
 {
 	RegTable   *t = rs->t;
 	VersionState st;
@@ -413,6 +473,10 @@ renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
 	MemoryContextSwitchTo(old);
 	if (!found)
 		return ROW_ABSENT;
+
+	/* hidden by row-level security: not the caller's to renew, nor to know of */
+	if (!visible)
+		return ROW_REFUSED;
 
 	row_version(t, rs->rl.slot, &st);
 	if (st.exists && strcmp(st.origin, registry_node_name) == 0)
@@ -496,13 +560,13 @@ seen_match(const void *key1, const void *key2, Size keysize)
 typedef enum RenewOutcome
 {
 	RENEW_DONE,					/* cases 1 to 4 */
-	RENEW_MISSING,				/* case 5, or a failed write: to be returned */
+	RENEW_MISSING,				/* case 5, or refused: to be returned */
 	RENEW_REPEATED				/* given before in the call: answered then */
 } RenewOutcome;
 
 /*
- * One key that no lease of this node's renewed as given: cases 2 to 5,
- * on its canonical text.
+ * One key that no lease of this node's renewed as given (or any key, with
+ * row-level security): cases 1 to 5, on its canonical text.
  */
 static RenewOutcome
 renew_slow(RenewState *rs, const char *given)
@@ -512,6 +576,7 @@ renew_slow(RenewState *rs, const char *given)
 	bool		isnull[INDEX_MAX_KEYS] = {false};
 	char	   *key;
 	uint32		khash;
+	bool		visible;
 	bool		found;
 
 	/* key texts are read in the settings they are written in (keys.c) */
@@ -529,11 +594,13 @@ renew_slow(RenewState *rs, const char *given)
 	/*
 	 * The key as the row's own (as publication and expiry name it): a
 	 * text the client wrote differently ("01" for 1) renews the same
-	 * lease.
+	 * lease.  With row-level security, only if the caller sees the row;
+	 * otherwise the caller tried its text as given already.
 	 */
 	key = keys_encode(t->keys, t->nkeys, values, isnull, t->qualname);
 	khash = keys_hash(key, strlen(key));
-	if (strcmp(key, given) != 0 &&
+	visible = !rs->rls || renew_visible(rs, values);
+	if (visible && (rs->rls || strcmp(key, given) != 0) &&
 		leases_renew(t->tid, khash, key, t->lease_ttl_ms, rs->now) == LEASE_RENEWED)
 		return RENEW_DONE;
 
@@ -563,7 +630,7 @@ renew_slow(RenewState *rs, const char *given)
 
 		(void) hash_search(rs->seen, &copy, HASH_ENTER, NULL);
 	}
-	switch (renew_row(rs, khash, key, values))
+	switch (renew_row(rs, khash, key, values, visible))
 	{
 		case ROW_RENEWED:
 			return RENEW_DONE;
@@ -579,8 +646,8 @@ renew_slow(RenewState *rs, const char *given)
  * registry.renew(tbl regclass, keys text[]) returns text[]: renew this
  * node's leases of the keys of an ephemeral table (see the file header);
  * returns the keys that have no row, each once, as given, which the
- * client must write again ('{}': all renewed).  Needs UPDATE privilege on
- * the table.
+ * client must write again ('{}': all renewed).  Needs SELECT and UPDATE
+ * privileges on the table: the answer tells which keys have rows.
  */
 Datum
 registry_renew(PG_FUNCTION_ARGS)
@@ -597,6 +664,7 @@ registry_renew(PG_FUNCTION_ARGS)
 
 	registry_check_preloaded();
 	registry_check_table_privilege(relid, ACL_UPDATE, "registry.renew()");
+	registry_check_table_privilege(relid, ACL_SELECT, "registry.renew()");
 
 	memset(&rs, 0, sizeof(rs));
 	rs.t = regtable_by_relid(relid, true);
@@ -611,6 +679,8 @@ registry_renew(PG_FUNCTION_ARGS)
 				 errmsg("registry table %s is not ephemeral", rs.t->qualname),
 				 errdetail("Only the rows of ephemeral tables have leases to renew."),
 				 errhint("Make it ephemeral with registry.set_lease().")));
+	/* (with row_security off, an error here, as for a query of the table) */
+	rs.rls = check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED;
 
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elnulls, &n);
 	for (i = 0; i < n; i++)
@@ -633,8 +703,13 @@ registry_renew(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(keycxt);
 		given = text_to_cstring(kt);
 
-		/* case 1, the common one: no parsing, no lookup, no write */
-		if (leases_renew(rs.t->tid, keys_hash(given, strlen(given)), given,
+		/*
+		 * Case 1, the common one: no parsing, no lookup, no write.  With
+		 * row-level security, every key is first read as the caller
+		 * (renew_slow()).
+		 */
+		if (rs.rls ||
+			leases_renew(rs.t->tid, keys_hash(given, strlen(given)), given,
 						 rs.t->lease_ttl_ms, rs.now) != LEASE_RENEWED)
 			outcome = renew_slow(&rs, given);
 
