@@ -212,8 +212,45 @@ SELECT n.lease_reregistrations - c.lease_reregistrations AS reregistrations,
 SELECT count(*) AS stashed FROM registry.lease_stash WHERE tid = (SELECT tid FROM ueph_tid);
 SELECT registry.renew('ueph', '{1,2}');
 
+-- ---- SELECT and UPDATE privileges ----
+CREATE ROLE lease_frank;                        -- may UPDATE ueph, not SELECT
+GRANT UPDATE ON ueph TO lease_frank;
+SET ROLE lease_frank;
+SELECT registry.renew('ueph', '{2}');
+RESET ROLE;
+
+-- ---- row-level security: a row the caller cannot see is not renewed ----
+CREATE TABLE reph (id int PRIMARY KEY, team text);
+SELECT registry.replicate('reph');
+SELECT registry.set_lease('reph', '1 hour');
+INSERT INTO reph VALUES (1, 'red'), (2, 'blue');
+SELECT registry.apply_row('reph', '3', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 3, "team": "blue"}');
+SELECT registry.apply_row('reph', '4', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 4, "team": "red"}');
+CREATE ROLE lease_erin;                         -- sees the red rows only
+GRANT SELECT, UPDATE ON reph TO lease_erin;
+ALTER TABLE reph ENABLE ROW LEVEL SECURITY;
+CREATE POLICY red_rows ON reph FOR SELECT USING (team = 'red');
+CREATE POLICY any_update ON reph FOR UPDATE USING (true);
+CREATE TEMP TABLE r0 AS
+    SELECT key, renewals FROM registry.leases WHERE table_name = 'public.reph';
+SET ROLE lease_erin;
+SELECT id, team FROM reph ORDER BY id;
+-- 1 (case 1) and 4 (case 3) are red; 2 (a lease held here) and 3 (a
+-- peer's) are blue: returned, as a key without a row would be
+SELECT registry.renew('reph', '{1,2,3,4,99}');
+RESET ROLE;
+SELECT l.key, l.renewals - coalesce(r.renewals, 0) AS renewed
+  FROM registry.leases l LEFT JOIN r0 r USING (key)
+ WHERE l.table_name = 'public.reph' ORDER BY l.key;
+SELECT id, team, registry_origin FROM reph ORDER BY id;
+-- the policies do not bind the table's owner (here a superuser)
+SELECT registry.renew('reph', '{2}');
+
 SELECT registry.unreplicate('ueph');
-DROP TABLE ueph;
+SELECT registry.unreplicate('reph');
+DROP TABLE ueph, reph;
 DROP FUNCTION ueph_guard();
 
 -- ---- the new columns of registry.node and registry.change_log ----
@@ -225,5 +262,5 @@ SELECT attname FROM pg_attribute
  WHERE attrelid = 'registry.change_log'::regclass AND attname = 'reason';
 
 DROP TABLE eph, eph_unreg;
-DROP OWNED BY lease_alice, lease_bob, lease_carol, lease_dave;
-DROP ROLE lease_alice, lease_bob, lease_carol, lease_dave;
+DROP OWNED BY lease_alice, lease_bob, lease_carol, lease_dave, lease_erin, lease_frank;
+DROP ROLE lease_alice, lease_bob, lease_carol, lease_dave, lease_erin, lease_frank;
