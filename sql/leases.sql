@@ -158,6 +158,101 @@ SELECT registry.unreplicate('eph');
 SELECT count(*) AS leases FROM registry._leases() WHERE tid = (SELECT tid FROM eph_tid);
 SELECT count(*) AS stashed FROM registry.lease_stash WHERE tid = (SELECT tid FROM eph_tid);
 
+-- ---- one key's failed write costs that key only ----
+-- A write of case 3 or 4 that fails (here a unique violation and a
+-- trigger's error) is rolled back alone, reported as a WARNING, and its
+-- key returned; the other keys of the call are renewed.
+CREATE TABLE ueph (id int PRIMARY KEY, addr text UNIQUE);
+SELECT registry.replicate('ueph');
+SELECT registry.set_lease('ueph', '1 hour');
+CREATE TEMP TABLE ueph_tid AS
+    SELECT tid FROM registry.replicated_tables WHERE relid = 'ueph'::regclass;
+CREATE FUNCTION ueph_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.addr = 'frozen' THEN
+        RAISE EXCEPTION 'row % is frozen', NEW.id
+            USING ERRCODE = 'P0001', DETAIL = 'Frozen rows do not move.';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER ueph_guard BEFORE UPDATE ON ueph
+    FOR EACH ROW EXECUTE FUNCTION ueph_guard();
+INSERT INTO ueph VALUES (1, 'a'), (2, 'b');
+-- a peer deletes row 1, this node's: stashed; another row takes its address
+SELECT registry.apply_row('ueph', '1', registry.hlc_now() + 100, 'n9', true);
+INSERT INTO ueph VALUES (3, 'a');
+-- rows 4 (frozen) and 5 are a peer's
+SELECT registry.apply_row('ueph', '4', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 4, "addr": "frozen"}');
+SELECT registry.apply_row('ueph', '5', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 5, "addr": "e"}');
+SELECT key FROM registry.lease_stash WHERE tid = (SELECT tid FROM ueph_tid);
+CREATE TEMP TABLE c3 AS SELECT * FROM registry.node;
+-- the SQLSTATEs (this try is rolled back: the stash entry comes back)
+\set VERBOSITY sqlstate
+BEGIN;
+SELECT registry.renew('ueph', '{1,4,5,2}');
+ROLLBACK;
+\set VERBOSITY default
+SELECT key FROM registry.lease_stash WHERE tid = (SELECT tid FROM ueph_tid);
+-- messages, details, and which key of which table
+\set SHOW_CONTEXT always
+SELECT registry.renew('ueph', '{1,4,5,2}');
+\set SHOW_CONTEXT errors
+-- 2 renewed (twice: a renewal is not undone by a rollback), 5 taken over,
+-- 1 and 4 not written
+SELECT key, renewals FROM registry.leases WHERE table_name = 'public.ueph' ORDER BY key;
+SELECT id, addr, registry_origin FROM ueph ORDER BY id;
+SELECT key, op, origin FROM registry.change_log
+ WHERE table_name = 'public.ueph' AND seq > (SELECT last_seq FROM c3) ORDER BY seq;
+SELECT n.lease_reregistrations - c.lease_reregistrations AS reregistrations,
+       n.lease_ownership_moves - c.lease_ownership_moves AS moves
+  FROM registry.node n, c3 c;
+-- the stashed row that cannot be written again is dropped: no second WARNING
+SELECT count(*) AS stashed FROM registry.lease_stash WHERE tid = (SELECT tid FROM ueph_tid);
+SELECT registry.renew('ueph', '{1,2}');
+
+-- ---- SELECT and UPDATE privileges ----
+CREATE ROLE lease_frank;                        -- may UPDATE ueph, not SELECT
+GRANT UPDATE ON ueph TO lease_frank;
+SET ROLE lease_frank;
+SELECT registry.renew('ueph', '{2}');
+RESET ROLE;
+
+-- ---- row-level security: a row the caller cannot see is not renewed ----
+CREATE TABLE reph (id int PRIMARY KEY, team text);
+SELECT registry.replicate('reph');
+SELECT registry.set_lease('reph', '1 hour');
+INSERT INTO reph VALUES (1, 'red'), (2, 'blue');
+SELECT registry.apply_row('reph', '3', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 3, "team": "blue"}');
+SELECT registry.apply_row('reph', '4', registry.hlc_now() + 100, 'n9', false,
+                          '{"id": 4, "team": "red"}');
+CREATE ROLE lease_erin;                         -- sees the red rows only
+GRANT SELECT, UPDATE ON reph TO lease_erin;
+ALTER TABLE reph ENABLE ROW LEVEL SECURITY;
+CREATE POLICY red_rows ON reph FOR SELECT USING (team = 'red');
+CREATE POLICY any_update ON reph FOR UPDATE USING (true);
+CREATE TEMP TABLE r0 AS
+    SELECT key, renewals FROM registry.leases WHERE table_name = 'public.reph';
+SET ROLE lease_erin;
+SELECT id, team FROM reph ORDER BY id;
+-- 1 (case 1) and 4 (case 3) are red; 2 (a lease held here) and 3 (a
+-- peer's) are blue: returned, as a key without a row would be
+SELECT registry.renew('reph', '{1,2,3,4,99}');
+RESET ROLE;
+SELECT l.key, l.renewals - coalesce(r.renewals, 0) AS renewed
+  FROM registry.leases l LEFT JOIN r0 r USING (key)
+ WHERE l.table_name = 'public.reph' ORDER BY l.key;
+SELECT id, team, registry_origin FROM reph ORDER BY id;
+-- the policies do not bind the table's owner (here a superuser)
+SELECT registry.renew('reph', '{2}');
+
+SELECT registry.unreplicate('ueph');
+SELECT registry.unreplicate('reph');
+DROP TABLE ueph, reph;
+DROP FUNCTION ueph_guard();
+
 -- ---- the new columns of registry.node and registry.change_log ----
 SELECT lease_capacity, leases_used >= 0 AS used, lease_evictions, expiry_minority,
        leases_expired + sessions_expired + owner_expired >= 0 AS expired,
@@ -167,5 +262,5 @@ SELECT attname FROM pg_attribute
  WHERE attrelid = 'registry.change_log'::regclass AND attname = 'reason';
 
 DROP TABLE eph, eph_unreg;
-DROP OWNED BY lease_alice, lease_bob, lease_carol, lease_dave;
-DROP ROLE lease_alice, lease_bob, lease_carol, lease_dave;
+DROP OWNED BY lease_alice, lease_bob, lease_carol, lease_dave, lease_erin, lease_frank;
+DROP ROLE lease_alice, lease_bob, lease_carol, lease_dave, lease_erin, lease_frank;

@@ -26,13 +26,21 @@
  *	5. otherwise the key is returned: the client must write the row again.
  *
  * The writes of cases 3 and 4 are the caller's own statements (privileges
- * and row-level security apply), never the registry owner's.
+ * and row-level security apply), never the registry owner's, each in a
+ * subtransaction of its own: a key whose write fails is a WARNING and is
+ * returned, and the call goes on with the other keys (renew_write).
+ * Cases 1 and 2 write nothing, so no statement checks them: renew()
+ * requires SELECT as well as UPDATE privilege, and where row-level
+ * security applies to the caller, each key is first read as the caller,
+ * and a row the caller cannot see is neither renewed nor reported
+ * (renew_visible).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -47,6 +55,8 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -165,15 +175,22 @@ typedef struct RenewState
 	RegTable   *t;
 	TimestampTz now;
 	MemoryContext callcxt;		/* lives as long as the call */
+	bool		rls;			/* row-level security applies to the caller */
 	bool		lookup_open;
 	RowLookup	rl;
 	Snapshot	snap;
 	bool		spi;			/* connected */
+	SPIPlanPtr	see_plan;		/* with RLS: SELECT 1 ... WHERE key */
 	SPIPlanPtr	take_plan;		/* case 3: UPDATE ... SET registry_origin */
 	SPIPlanPtr	insert_plan;	/* case 4: INSERT ... jsonb_populate_record */
 	HTAB	   *seen;			/* canonical keys past case 1 */
 } RenewState;
 
+/*
+ * The SPI connection of the call, opened at its first statement and
+ * closed at its end.  Its plans live in it: the subtransactions of
+ * renew_write() come and go inside it, and leave it and them alone.
+ */
 static void
 renew_connect(RenewState *rs)
 {
@@ -200,8 +217,52 @@ renew_prepare(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
+ * "(k1, ...) = ($first, ...)", the key values typed as the key columns'
+ * (base) types, into argtypes from argtypes[first - 1] on.
+ */
+static void
+append_key_match(StringInfo sql, RegTable *t, int first, Oid *argtypes)
+{
+	int			i;
+
+	appendStringInfoChar(sql, '(');
+	for (i = 0; i < t->nkeys; i++)
+	{
+		appendStringInfo(sql, "%s%s", i ? ", " : "", quote_identifier(t->keys[i].name));
+		argtypes[first - 1 + i] = t->keys[i].typid;
+	}
+	appendStringInfoString(sql, ") = (");
+	for (i = 0; i < t->nkeys; i++)
+		appendStringInfo(sql, "%s$%d", i ? ", " : "", first + i);
+	appendStringInfoChar(sql, ')');
+}
+
+/*
+ * With row-level security: "SELECT 1 FROM ONLY tbl WHERE (k1, ...) =
+ * ($1, ...)", run as the caller, so the table's SELECT policies decide.
+ * Not FOR UPDATE: that would lock the row, which is a write.
+ */
+static SPIPlanPtr
+see_plan(RenewState *rs)
+{
+	RegTable   *t = rs->t;
+	StringInfoData sql;
+	Oid		   *argtypes;
+
+	if (rs->see_plan)
+		return rs->see_plan;
+	renew_connect(rs);
+	argtypes = palloc(sizeof(Oid) * t->nkeys);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT 1 FROM ONLY %s WHERE ", t->qualname);
+	append_key_match(&sql, t, 1, argtypes);
+	rs->see_plan = renew_prepare(sql.data, t->nkeys, argtypes);
+	return rs->see_plan;
+}
+
+/*
  * Case 3: "UPDATE ONLY tbl SET registry_origin = $1 WHERE (k1, ...) =
- * ($2, ...)", the key values typed as the key columns' (base) types.
+ * ($2, ...)".
  */
 static SPIPlanPtr
 take_plan(RenewState *rs)
@@ -209,7 +270,6 @@ take_plan(RenewState *rs)
 	RegTable   *t = rs->t;
 	StringInfoData sql;
 	Oid		   *argtypes;
-	int			i;
 
 	if (rs->take_plan)
 		return rs->take_plan;
@@ -217,17 +277,9 @@ take_plan(RenewState *rs)
 	argtypes = palloc(sizeof(Oid) * (t->nkeys + 1));
 	argtypes[0] = TEXTOID;
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE ONLY %s SET " REGISTRY_ORIGIN_COLUMN " = $1 WHERE (",
+	appendStringInfo(&sql, "UPDATE ONLY %s SET " REGISTRY_ORIGIN_COLUMN " = $1 WHERE ",
 					 t->qualname);
-	for (i = 0; i < t->nkeys; i++)
-	{
-		appendStringInfo(&sql, "%s%s", i ? ", " : "", quote_identifier(t->keys[i].name));
-		argtypes[i + 1] = t->keys[i].typid;
-	}
-	appendStringInfoString(&sql, ") = (");
-	for (i = 0; i < t->nkeys; i++)
-		appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 2);
-	appendStringInfoChar(&sql, ')');
+	append_key_match(&sql, t, 2, argtypes);
 	rs->take_plan = renew_prepare(sql.data, t->nkeys + 1, argtypes);
 	return rs->take_plan;
 }
@@ -263,16 +315,149 @@ insert_plan(RenewState *rs)
 	return rs->insert_plan;
 }
 
-/* Whether the row of key (values: its key datums) is there; case 2 or 3. */
+/*
+ * With row-level security, whether the caller sees the row of a key
+ * (values: its key datums).  Cases 1 and 2 write nothing, so no policy
+ * would stop them: they renew only a row the caller could read, and a row
+ * the caller cannot read is answered as missing, as a key without a row
+ * is, so that renew() tells no more of the table than a SELECT would.
+ */
 static bool
-renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
+renew_visible(RenewState *rs, Datum *values)
+{
+	SPIPlanPtr	plan = see_plan(rs);
+	bool		visible;
+	int			rc;
+
+	rc = SPI_execute_plan(plan, values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "registry: could not read a key of %s: %s",
+			 rs->t->qualname, SPI_result_code_string(rc));
+	visible = SPI_processed > 0;
+	/* one per key: freed now, not when the call ends */
+	SPI_freetuptable(SPI_tuptable);
+	return visible;
+}
+
+/* What became of the write of case 3 or 4. */
+typedef enum RenewWrite
+{
+	WRITE_DONE,					/* the row written */
+	WRITE_NONE,					/* nothing written: no row matched, or a
+								 * trigger or a rule skipped it */
+	WRITE_FAILED				/* an error, rolled back and reported */
+} RenewWrite;
+
+/*
+ * Run the write of case 3 (reregister false) or case 4 of key: plan,
+ * prepared beforehand, with args.
+ *
+ * The write runs in a subtransaction of its own, so that one key's error
+ * -- a unique violation, a row-level security check, a trigger's error, a
+ * deadlock -- costs that key only: it is rolled back and reported as a
+ * WARNING with the error's SQLSTATE, message, detail and hint and a
+ * context line naming the key and the table, and the caller returns the
+ * key; the other keys of the call are renewed as ever.  Without it, the
+ * key would abort the whole call at every renewal, and the client's other
+ * keys would expire.  A query cancel, and anything that is not an ERROR,
+ * ends the call as before.
+ *
+ * SPI as in plpgsql's exec_stmt_block: the connection and the plan are
+ * the call's, made outside the subtransaction, which a rollback leaves
+ * alone (it throws away only the executor state and tuple tables made
+ * inside it); the memory context and the resource owner are the caller's
+ * again afterwards, whichever way the subtransaction ends.
+ */
+static RenewWrite
+renew_write(RenewState *rs, SPIPlanPtr plan, Datum *args, int expected,
+			const char *key, bool reregister)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile int rc = 0;
+	volatile uint64 processed = 0;
+	volatile bool failed = false;
+
+	BeginInternalSubTransaction(NULL);
+	/* the statement runs in the caller's context, not the subtransaction's */
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, args, NULL, false, 0);
+		processed = SPI_processed;
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+
+		/*
+		 * The subtransaction ends first, whatever follows: an error thrown
+		 * out of an internal subtransaction would abort only it, and leave
+		 * the caller's transaction in a state it cannot leave.
+		 */
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+
+		/* a cancel (a statement timeout) ends the call, as ever */
+		if (edata->elevel != ERROR || edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			ReThrowError(edata);
+
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg_internal("%s", edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 edata->hint ? errhint("%s", edata->hint) : 0,
+				 errcontext("registry.renew() of key \"%s\" of table %s: %s",
+							key, rs->t->qualname,
+							reregister ?
+							"writing the stashed row again failed; the key is returned, the stashed row dropped" :
+							"taking the row over failed; the key is returned")));
+		FreeErrorData(edata);
+		failed = true;
+	}
+	PG_END_TRY();
+
+	if (failed)
+		return WRITE_FAILED;
+	if (rc != expected && reregister)
+		elog(ERROR, "registry: could not register key \"%s\" of %s again: %s",
+			 key, rs->t->qualname, SPI_result_code_string(rc));
+	if (rc != expected)
+		elog(ERROR, "registry: could not take over key \"%s\" of %s: %s",
+			 key, rs->t->qualname, SPI_result_code_string(rc));
+	return processed == 1 ? WRITE_DONE : WRITE_NONE;
+}
+
+/* What the row of a key allowed. */
+typedef enum RenewRow
+{
+	ROW_RENEWED,				/* case 2 or 3 */
+	ROW_ABSENT,					/* no row: case 4 or 5 */
+	ROW_REFUSED					/* a row the caller may not see, or whose
+								 * take-over failed: returned */
+} RenewRow;
+
+/*
+ * Cases 2 and 3 for the row of key (values: its key datums), if there is
+ * one; visible: whether the caller may see it (renew_visible()).
+ */
+static RenewRow
+renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values,
+		  bool visible)
 {
 	RegTable   *t = rs->t;
 	VersionState st;
 	Datum		args[INDEX_MAX_KEYS + 1];
 	MemoryContext old;
 	bool		found;
-	int			rc;
 	int			i;
 
 	/* the scan keeps what it allocates: in the call's context */
@@ -287,9 +472,13 @@ renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
 	found = row_lookup_datums(&rs->rl, values);
 	MemoryContextSwitchTo(old);
 	if (!found)
-		return false;
-	row_version(t, rs->rl.slot, &st);
+		return ROW_ABSENT;
 
+	/* hidden by row-level security: not the caller's to renew, nor to know of */
+	if (!visible)
+		return ROW_REFUSED;
+
+	row_version(t, rs->rl.slot, &st);
 	if (st.exists && strcmp(st.origin, registry_node_name) == 0)
 	{
 		/* case 2: ours, without a lease; one is granted, evicting if full */
@@ -301,42 +490,49 @@ renew_row(RenewState *rs, uint32 khash, const char *key, Datum *values)
 			/* safe outside a commit: it only takes the leases' lock */
 			leases_apply(&c, 1, rs->now);
 		}
-		return true;
+		return ROW_RENEWED;
 	}
 
 	/* case 3: another node's row becomes ours (lease granted at commit) */
 	args[0] = CStringGetTextDatum(registry_node_name);
 	for (i = 0; i < t->nkeys; i++)
 		args[i + 1] = values[i];
-	rc = SPI_execute_plan(take_plan(rs), args, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "registry: could not take over key \"%s\" of %s: %s",
-			 key, t->qualname, SPI_result_code_string(rc));
+	switch (renew_write(rs, take_plan(rs), args, SPI_OK_UPDATE, key, false))
+	{
+		case WRITE_DONE:
+			return ROW_RENEWED;
+		case WRITE_FAILED:
+			return ROW_REFUSED;
+		case WRITE_NONE:
+			break;
+	}
 
 	/*
-	 * No row updated: deleted since the lookup, or hidden from the caller
+	 * No row updated: deleted since the lookup, or hidden from the UPDATE
 	 * by row-level security; treated as missing.
 	 */
-	return SPI_processed == 1;
+	return ROW_ABSENT;
 }
 
-/* Case 4: the key's stashed row written again; false if none. */
+/*
+ * Case 4: the key's stashed row written again; false if none, or if the
+ * write failed.  The entry is taken (removed) first, in the caller's
+ * transaction, outside the write's subtransaction: a row that cannot be
+ * written again (it breaks a constraint now, a policy refuses it) is
+ * dropped with its WARNING, not kept to fail every later renewal.
+ */
 static bool
 renew_from_stash(RenewState *rs, uint32 khash, const char *key)
 {
 	Jsonb	   *row;
 	Datum		args[1];
-	int			rc;
 
 	if (!lease_stash_take(rs->t, khash, key, &row))
 		return false;
 	args[0] = JsonbPGetDatum(row);
-	rc = SPI_execute_plan(insert_plan(rs), args, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "registry: could not register key \"%s\" of %s again: %s",
-			 key, rs->t->qualname, SPI_result_code_string(rc));
-	if (SPI_processed != 1)
-		return false;			/* a rule or a trigger skipped it */
+	if (renew_write(rs, insert_plan(rs), args, SPI_OK_INSERT, key, true) !=
+		WRITE_DONE)
+		return false;			/* failed, or a rule or a trigger skipped it */
 	leases_count(LEASE_COUNT_REREGISTRATIONS, 1);
 	return true;
 }
@@ -364,13 +560,13 @@ seen_match(const void *key1, const void *key2, Size keysize)
 typedef enum RenewOutcome
 {
 	RENEW_DONE,					/* cases 1 to 4 */
-	RENEW_MISSING,				/* case 5: to be returned */
+	RENEW_MISSING,				/* case 5, or refused: to be returned */
 	RENEW_REPEATED				/* given before in the call: answered then */
 } RenewOutcome;
 
 /*
- * One key that no lease of this node's renewed as given: cases 2 to 5,
- * on its canonical text.
+ * One key that no lease of this node's renewed as given (or any key, with
+ * row-level security): cases 1 to 5, on its canonical text.
  */
 static RenewOutcome
 renew_slow(RenewState *rs, const char *given)
@@ -380,6 +576,7 @@ renew_slow(RenewState *rs, const char *given)
 	bool		isnull[INDEX_MAX_KEYS] = {false};
 	char	   *key;
 	uint32		khash;
+	bool		visible;
 	bool		found;
 
 	/* key texts are read in the settings they are written in (keys.c) */
@@ -397,11 +594,13 @@ renew_slow(RenewState *rs, const char *given)
 	/*
 	 * The key as the row's own (as publication and expiry name it): a
 	 * text the client wrote differently ("01" for 1) renews the same
-	 * lease.
+	 * lease.  With row-level security, only if the caller sees the row;
+	 * otherwise the caller tried its text as given already.
 	 */
 	key = keys_encode(t->keys, t->nkeys, values, isnull, t->qualname);
 	khash = keys_hash(key, strlen(key));
-	if (strcmp(key, given) != 0 &&
+	visible = !rs->rls || renew_visible(rs, values);
+	if (visible && (rs->rls || strcmp(key, given) != 0) &&
 		leases_renew(t->tid, khash, key, t->lease_ttl_ms, rs->now) == LEASE_RENEWED)
 		return RENEW_DONE;
 
@@ -431,17 +630,24 @@ renew_slow(RenewState *rs, const char *given)
 
 		(void) hash_search(rs->seen, &copy, HASH_ENTER, NULL);
 	}
-	if (renew_row(rs, khash, key, values) || renew_from_stash(rs, khash, key))
-		return RENEW_DONE;
-	return RENEW_MISSING;
+	switch (renew_row(rs, khash, key, values, visible))
+	{
+		case ROW_RENEWED:
+			return RENEW_DONE;
+		case ROW_REFUSED:
+			return RENEW_MISSING;
+		case ROW_ABSENT:
+			break;
+	}
+	return renew_from_stash(rs, khash, key) ? RENEW_DONE : RENEW_MISSING;
 }
 
 /*
  * registry.renew(tbl regclass, keys text[]) returns text[]: renew this
  * node's leases of the keys of an ephemeral table (see the file header);
  * returns the keys that have no row, each once, as given, which the
- * client must write again ('{}': all renewed).  Needs UPDATE privilege on
- * the table.
+ * client must write again ('{}': all renewed).  Needs SELECT and UPDATE
+ * privileges on the table: the answer tells which keys have rows.
  */
 Datum
 registry_renew(PG_FUNCTION_ARGS)
@@ -458,6 +664,7 @@ registry_renew(PG_FUNCTION_ARGS)
 
 	registry_check_preloaded();
 	registry_check_table_privilege(relid, ACL_UPDATE, "registry.renew()");
+	registry_check_table_privilege(relid, ACL_SELECT, "registry.renew()");
 
 	memset(&rs, 0, sizeof(rs));
 	rs.t = regtable_by_relid(relid, true);
@@ -472,6 +679,8 @@ registry_renew(PG_FUNCTION_ARGS)
 				 errmsg("registry table %s is not ephemeral", rs.t->qualname),
 				 errdetail("Only the rows of ephemeral tables have leases to renew."),
 				 errhint("Make it ephemeral with registry.set_lease().")));
+	/* (with row_security off, an error here, as for a query of the table) */
+	rs.rls = check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED;
 
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elnulls, &n);
 	for (i = 0; i < n; i++)
@@ -494,8 +703,13 @@ registry_renew(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(keycxt);
 		given = text_to_cstring(kt);
 
-		/* case 1, the common one: no parsing, no lookup, no write */
-		if (leases_renew(rs.t->tid, keys_hash(given, strlen(given)), given,
+		/*
+		 * Case 1, the common one: no parsing, no lookup, no write.  With
+		 * row-level security, every key is first read as the caller
+		 * (renew_slow()).
+		 */
+		if (rs.rls ||
+			leases_renew(rs.t->tid, keys_hash(given, strlen(given)), given,
 						 rs.t->lease_ttl_ms, rs.now) != LEASE_RENEWED)
 			outcome = renew_slow(&rs, given);
 
