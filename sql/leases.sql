@@ -264,3 +264,21 @@ SELECT attname FROM pg_attribute
 DROP TABLE eph, eph_unreg;
 DROP OWNED BY lease_alice, lease_bob, lease_carol, lease_dave, lease_erin, lease_frank;
 DROP ROLE lease_alice, lease_bob, lease_carol, lease_dave, lease_erin, lease_frank;
+
+-- a caller that may not INSERT leaves the stashed row for one that may
+CREATE TABLE seph (id int PRIMARY KEY, v text);
+SELECT registry.replicate('seph');
+SELECT registry.set_lease('seph', '1 minute');
+INSERT INTO seph VALUES (1, 'a');
+SELECT registry.apply_row('seph', '1', registry.hlc_now() + 1000, 'n9', true);
+SELECT count(*) AS stashed FROM registry.lease_stash s JOIN registry.replicated_tables r USING (tid) WHERE r.relid = 'seph'::regclass;
+CREATE ROLE lease_gina;
+GRANT SELECT, UPDATE ON seph TO lease_gina;
+SET ROLE lease_gina;
+SELECT registry.renew('seph', '{1}');
+RESET ROLE;
+SELECT count(*) AS stashed FROM registry.lease_stash s JOIN registry.replicated_tables r USING (tid) WHERE r.relid = 'seph'::regclass;
+SELECT registry.renew('seph', '{1}');
+SELECT id, v, registry_origin = current_setting('registry.node_name') AS ours FROM seph;
+DROP TABLE seph;
+DROP ROLE lease_gina;

@@ -527,6 +527,12 @@ renew_from_stash(RenewState *rs, uint32 khash, const char *key)
 	Jsonb	   *row;
 	Datum		args[1];
 
+	/*
+	 * A caller that may not INSERT could not write it again: the row stays
+	 * stashed for a client that may, and the key is returned.
+	 */
+	if (pg_class_aclcheck(rs->t->relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		return false;
 	if (!lease_stash_take(rs->t, khash, key, &row))
 		return false;
 	args[0] = JsonbPGetDatum(row);
