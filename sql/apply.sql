@@ -128,3 +128,15 @@ SELECT registry_version > 12345 AS restamped, registry_origin FROM catcher;
 SELECT * FROM registry.verify('catcher');
 DROP TABLE catcher;
 DROP FUNCTION catcher_trg();
+
+-- A column GENERATED ALWAYS AS IDENTITY that is not the key: applied rows
+-- keep the peer's value on insert (OVERRIDING SYSTEM VALUE); an update
+-- leaves it alone, since no UPDATE may set it.
+CREATE TABLE idt (k int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY, v text);
+SELECT registry.replicate('idt');
+INSERT INTO idt (k, v) VALUES (1, 'a');
+SELECT registry.apply_row('idt', '2', 12345, 'elsewhere', false, '{"k": 2, "n": 7, "v": "c"}');
+SELECT registry.apply_row('idt', '1', registry.hlc_now() + 1000, 'elsewhere', false, '{"k": 1, "n": 1, "v": "b"}');
+SELECT k, n, v, registry_origin FROM idt ORDER BY k;
+SELECT * FROM registry.verify('idt');
+DROP TABLE idt;

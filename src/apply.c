@@ -212,7 +212,11 @@ column_type(ApplyColumns *ac, int i)
 
 /*
  * "ON CONFLICT (<key>) DO UPDATE SET <every non-key column and the
- * version> = EXCLUDED.<same>"; the caller may add a WHERE.
+ * version> = EXCLUDED.<same>"; the caller may add a WHERE.  A column
+ * GENERATED ALWAYS AS IDENTITY is left out: PostgreSQL lets no UPDATE set
+ * it (a statement naming it fails, for every row, even one that does not
+ * conflict), and no local UPDATE can have changed it but to a new default
+ * of that node's own sequence, which is not replicated.
  */
 static void
 append_upsert_tail(StringInfo sql, ApplyColumns *ac)
@@ -230,7 +234,7 @@ append_upsert_tail(StringInfo sql, ApplyColumns *ac)
 		for (j = 0; j < t->nkeys; j++)
 			if (t->keys[j].attnum == c->attnum)
 				iskey = true;
-		if (!iskey)
+		if (!iskey && !c->identity_always)
 			appendStringInfo(sql, "%s = EXCLUDED.%s, ",
 							 quote_identifier(c->name), quote_identifier(c->name));
 	}

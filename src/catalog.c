@@ -363,6 +363,7 @@ regtable_build(RegTableEntry *e, const CatalogRow *c)
 			if (!keys_output_is_canonical(att->atttypid))
 				e->t.needs_canonical = true;
 			c->attnum = att->attnum;
+			c->identity_always = (att->attidentity == ATTRIBUTE_IDENTITY_ALWAYS);
 			c->name = pstrdup(NameStr(att->attname));
 			c->typname = stable_type_name(att->atttypid);
 			c->typid = att->atttypid;

@@ -254,6 +254,8 @@ typedef struct RowColumn
 	Oid			infunc;
 	Oid			ioparam;
 	FmgrInfo	outinfo;
+	bool		identity_always;	/* GENERATED ALWAYS AS IDENTITY: set only
+									 * by INSERT (OVERRIDING SYSTEM VALUE) */
 } RowColumn;
 
 /* What a backend knows about one registered table. */
