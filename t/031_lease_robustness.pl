@@ -1,0 +1,395 @@
+# Leases (issue 14) under the findings of the security review: the expiry
+# must not be stalled, stopped or starved by what clients do.  A two-node
+# mesh r1 <-> r2 (sections A and B) and a node r3 alone with
+# registry.max_leases = 16 (sections C and D).
+#
+#  A. A client holding LOCK TABLE on an ephemeral table does not stall the
+#     maintenance worker: while the lock is held and a row of that table is
+#     past its deadline, a row of another ephemeral table expires on time
+#     (gone on both nodes) and a listener receives the notification of an
+#     INSERT into a persistent table, each within 10 s (the lock is held
+#     throughout, checked in pg_locks).  Once the lock goes, the locked
+#     table's row expires too.
+#  B. A row that cannot be deleted (a foreign key still refers to it) stops
+#     neither the other rows of its table nor other tables: of e1, e2, e3
+#     (e2 referenced), e1 and e3 expire, e2 stays with its deadline moved
+#     10 s on and its key and error in the log, and the rows of a table
+#     registered after it (expired in the same passes) expire.  Once the
+#     reference is deleted, e2 expires.
+#  C. The leases of r3 (16 entries): (1) an adoption that ran out of room
+#     resumes when room frees: of 40 rows only 16 are leased after a
+#     restart; when the leased rows are deleted, the others get leases,
+#     16 and then the last 8; (2) session-bound leases take at most half
+#     of the entries: a session with registry.lease_session inserts 16
+#     rows, at most 8 are bound and the others are ordinary leases, and a
+#     row another session writes to another table still gets a lease and
+#     expires.
+#  D. registry.lease_stash holds whole rows of any ephemeral table: a
+#     member of registry_admin cannot read it (42501).
+#
+# Nothing waits on the clock except by polling with a time limit: the
+# default one, or 10 s where the point is that something happens promptly
+# while a lock is held, or 60 s where the code retries every 10 s.
+use strict;
+use warnings;
+use lib 't';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use JSON::PP;
+use Time::HiRes qw(usleep time);
+use RegistryMesh;
+
+my $conf = q{
+registry.expiry_interval = '100ms'
+};
+my ($r1, $r2) = map { new_node($_, conf => $conf) } qw(r1 r2);
+my @nodes = ($r1, $r2);
+full_mesh(@nodes);
+
+# ephemeral tables; side is registered after fkp (section B: the expiry
+# takes the tables in the order of their registration)
+my @eph = (
+	[ lk   => '2s' ],    # A: the locked table
+	[ free => '1s' ],    # A: another ephemeral table
+	[ fkp  => '1s' ],    # B: rows referenced by a foreign key
+	[ side => '1s' ],    # B: another ephemeral table
+);
+for my $e (@eph)
+{
+	my ($t, $ttl) = @$e;
+	create_table(\@nodes, $t, "CREATE TABLE $t (k text PRIMARY KEY, v text)");
+	sql($_, "SELECT registry.set_lease('$t', '$ttl')") for @nodes;
+}
+create_table(\@nodes, 'pers', 'CREATE TABLE pers (k text PRIMARY KEY, v text)');
+
+# expected contents: table => { key => origin }
+my %want = map { $_ => {} } (map { $_->[0] } @eph), 'pers';
+
+my $listener = $r1->background_psql('postgres');
+$listener->set_query_timer_restart;
+$listener->query_safe('LISTEN registry_change');
+my @notes;
+
+# ---------------------------------------------------------------------
+# A. a client's LOCK TABLE does not stall the maintenance worker
+# ---------------------------------------------------------------------
+my $locker = $r1->background_psql('postgres');
+$locker->set_query_timer_restart;
+my $locker_pid = $locker->query_safe('SELECT pg_backend_pid()');
+# the row gets its lease (2 s) at the INSERT's commit, the lock follows
+$locker->query_safe(
+	q{INSERT INTO lk VALUES ('lk1', 'x'); BEGIN; LOCK TABLE lk IN SHARE MODE;});
+is( sql($r1,
+		qq{SELECT granted FROM pg_locks WHERE pid = $locker_pid AND relation = 'lk'::regclass AND mode = 'ShareLock'}),
+	't', 'a client holds LOCK TABLE lk IN SHARE MODE on r1');
+is( sql($r1,
+		q{SELECT (deadline > clock_timestamp())::text FROM registry.leases WHERE table_name = 'public.lk' AND key = 'lk1'}),
+	'true', 'lk1\'s lease runs out while the lock is held');
+ok( poll_until(sub {
+		sql($r1,
+			q{SELECT count(*) FROM registry.leases WHERE table_name = 'public.lk' AND key = 'lk1' AND deadline < clock_timestamp() - interval '500ms'}
+		) eq '1' }),
+	'lk1 is past its deadline (by half a second) under the lock');
+
+# meanwhile: a row of another ephemeral table, a row of a persistent one
+my $t_ins = time();
+sql($r1, q{INSERT INTO free VALUES ('fr1', 'x')});
+sql($r1, q{INSERT INTO pers VALUES ('p1', 'x')});
+my $p1_note;
+ok( poll_for(10,
+		sub {
+			pump_notes();
+			($p1_note) = grep { note_is($_, 'public.pers', 'p1', 'insert') } @notes;
+			return $p1_note;
+		}),
+	'the listener receives the notification of the INSERT into pers within 10 s');
+note(sprintf('notification after %.1f s', time() - $t_ins)) if $p1_note;
+my $fr1_gone = poll_for(10,
+	sub {
+		sql($r1, q{SELECT count(*) FROM free}) eq '0'
+		  && sql($r2, q{SELECT count(*) FROM free}) eq '0';
+	});
+ok($fr1_gone,
+	'fr1 (TTL 1 s, another ephemeral table) is gone from both nodes within 10 s');
+note(sprintf('fr1 gone after %.1f s', time() - $t_ins)) if $fr1_gone;
+is(log_of($r1, 'free', 'fr1'), 'insert||r1,delete|expired|r1',
+	'r1\'s change log: fr1 inserted, then deleted with reason expired');
+my $fr1_del;
+ok( poll_for(10,
+		sub {
+			pump_notes();
+			($fr1_del) = grep { note_is($_, 'public.free', 'fr1', 'delete') } @notes;
+			return $fr1_del;
+		}),
+	'the listener receives the notification of fr1\'s expiry');
+is( sql($r1,
+		qq{SELECT granted FROM pg_locks WHERE pid = $locker_pid AND relation = 'lk'::regclass AND mode = 'ShareLock'}),
+	't', 'all the while the client held its lock on lk');
+$want{lk}{lk1} = 'r1';
+$want{pers}{p1} = 'r1';
+rows_are(\@nodes, 'lk', 'under the lock, lk1 is still there');
+rows_are(\@nodes, 'free', 'free is empty');
+like(slurp_file($r1->logfile),
+	qr/registry: lease expiry failed: canceling statement due to lock timeout/,
+	'r1\'s log: the expiry of lk gave up on the lock (lock_timeout)');
+
+$locker->query_safe('COMMIT');
+$locker->quit;
+delete $want{lk}{lk1};
+expect_rows(\@nodes, 'lk', 'once the lock is released, lk1 expires from both nodes');
+is(log_of($r1, 'lk', 'lk1'), 'insert||r1,delete|expired|r1',
+	'lk1: inserted, then deleted with reason expired');
+expect_rows(\@nodes, 'pers', 'pers keeps its row');
+$listener->quit;
+wait_converged(\@nodes, [qw(lk free pers)], 'section A converges');
+check_verify(\@nodes, 'section A');
+
+# ---------------------------------------------------------------------
+# B. a row that cannot go stops no other row and no other table
+# ---------------------------------------------------------------------
+sql($r1, q{CREATE TABLE fkc (k text REFERENCES fkp)});
+my $c0 = counters($r1);
+sql($r1, q{
+BEGIN;
+INSERT INTO fkp VALUES ('e1', 'x'), ('e2', 'x'), ('e3', 'x');
+INSERT INTO fkc VALUES ('e2');
+INSERT INTO side VALUES ('s1', 'x'), ('s2', 'x');
+COMMIT;
+});
+$want{fkp}{e2} = 'r1';
+my $b_done = poll_until(sub {
+	rows_of($r1, 'fkp') eq 'e2|r1' && rows_of($r2, 'fkp') eq 'e2|r1'
+	  && rows_of($r1, 'side') eq '' && rows_of($r2, 'side') eq '' });
+ok($b_done, 'e1, e3, s1, s2 expire, e2 (referenced by fkc) stays');
+rows_are(\@nodes, 'fkp', 'e1 and e3 expired, e2 stayed');
+rows_are(\@nodes, 'side', 'the rows of another ephemeral table expired meanwhile');
+is(join(',', map { log_of($r1, $_->[0], $_->[1]) } [ fkp => 'e1' ], [ fkp => 'e3' ]),
+	'insert||r1,delete|expired|r1,insert||r1,delete|expired|r1',
+	'r1\'s change log: e1 and e3 deleted with reason expired');
+my ($moved) = sql($r1,
+	q{SELECT extract(epoch FROM deadline - (granted_at + interval '1s')) FROM registry.leases WHERE table_name = 'public.fkp' AND key = 'e2'});
+$moved = -1 if !defined $moved || $moved eq '';
+cmp_ok($moved, '>=', 10, "e2's lease: its deadline moved 10 s on ($moved s)");
+cmp_ok($moved, '<', 15, '... once: by one retry interval, not two (less than 15 s)');
+my $log = slurp_file($r1->logfile);
+like($log, qr/registry: could not expire key "e2" of \S*fkp: .*violates foreign key constraint/,
+	'r1\'s log: e2 could not be expired, with its key and the error');
+unlike($log, qr/could not expire key "e[13]"/, '... and nothing of the kind for e1 or e3');
+is(counters($r1)->{leases_expired} - $c0->{leases_expired}, 4,
+	'registry.node.leases_expired counts e1, e3, s1 and s2');
+
+sql($r1, q{DELETE FROM fkc});
+delete $want{fkp}{e2};
+expect_rows(\@nodes, 'fkp', 'once nothing refers to it, e2 expires from both nodes');
+is(log_of($r1, 'fkp', 'e2'), 'insert||r1,delete|expired|r1',
+	'e2: inserted, then deleted with reason expired');
+is(sql($r1, q{SELECT count(*) FROM registry.leases WHERE table_name IN ('public.fkp', 'public.side')}),
+	'0', 'no lease of fkp or side is left');
+wait_converged(\@nodes, [qw(fkp side)], 'section B converges');
+check_verify(\@nodes, 'section B');
+
+wait_converged(\@nodes, [ sort keys %want ], 'all tables converge at the end of A and B');
+expect_rows(\@nodes, $_, "after A and B: $_") for sort keys %want;
+$_->stop for @nodes;
+
+# ---------------------------------------------------------------------
+# C. a node with room for 16 leases
+# ---------------------------------------------------------------------
+my $r3 = new_node('r3', conf => $conf . "registry.max_leases = 16\n");
+for my $e ([ cap40 => '5min' ], [ bnd => '5min' ], [ oth => '2s' ])
+{
+	my ($t, $ttl) = @$e;
+	create_table([$r3], $t, "CREATE TABLE $t (k text PRIMARY KEY, v text)");
+	sql($r3, "SELECT registry.set_lease('$t', '$ttl')");
+}
+is(counters($r3)->{lease_capacity}, 16, 'r3 has room for 16 leases');
+
+# C1. adoption resumes when room frees
+sql($r3, q{INSERT INTO cap40 SELECT 'c' || lpad(g::text, 2, '0'), 'x' FROM generate_series(1, 40) g});
+$r3->restart;
+wait_ready($r3);
+ok(poll_for(60, sub { counters($r3)->{leases_used} == 16 }),
+	'after a restart, adoption fills the 16 entries');
+my $c3 = counters($r3);
+is("$c3->{leases_used}|$c3->{lease_evictions}", '16|0',
+	'leases_used 16, no eviction (adoption never evicts)');
+is( sql($r3,
+		q{SELECT count(*) || ':' || count(*) FILTER (WHERE session_pid IS NULL AND deadline > now()) FROM registry.leases WHERE table_name = 'public.cap40'}),
+	'16:16', 'registry.leases lists 16 ordinary leases of cap40');
+is(sql($r3, q{SELECT count(*) FROM cap40}), '40', 'cap40 keeps its 40 rows');
+
+# room frees: the leased rows are deleted; the others get leases
+is( sql($r3,
+		q{DELETE FROM cap40 WHERE k IN (SELECT key FROM registry.leases WHERE table_name = 'public.cap40');
+SELECT count(*) || '|' || (SELECT leases_used FROM registry.node) FROM cap40}),
+	'24|0', 'the 16 leased rows deleted: 24 rows left, no lease used');
+ok(poll_for(60, sub { counters($r3)->{leases_used} == 16 }),
+	'the adoption resumes: 16 leases again');
+is( sql($r3,
+		q{SELECT count(*) FROM registry.leases l JOIN cap40 c ON c.k = l.key WHERE l.table_name = 'public.cap40' AND l.session_pid IS NULL AND l.deadline > now()}),
+	'16', '... on 16 of the 24 rows that had none');
+
+sql($r3, q{DELETE FROM cap40 WHERE k IN (SELECT key FROM registry.leases WHERE table_name = 'public.cap40')});
+ok( poll_for(60,
+		sub {
+			sql($r3,
+				q{SELECT count(*) FROM cap40 c WHERE NOT EXISTS (SELECT FROM registry.leases l WHERE l.table_name = 'public.cap40' AND l.key = c.k)}
+			) eq '0';
+		}),
+	'room frees again: the last rows get leases too');
+is( sql($r3, q{SELECT count(*) FROM cap40}) . '|' . counters($r3)->{leases_used},
+	'8|8', 'the last 8 rows, each with a lease');
+sql($r3, q{DELETE FROM cap40});
+is(counters($r3)->{leases_used}, 0, 'cap40 emptied: no lease used');
+
+# C2. session-bound leases take at most half of the entries
+my $bs = $r3->background_psql('postgres');
+$bs->set_query_timer_restart;
+$bs->query_safe('SET registry.lease_session = on');
+my $bpid = $bs->query_safe('SELECT pg_backend_pid()');
+$bs->query_safe(
+	q{INSERT INTO bnd SELECT 'b' || lpad(g::text, 2, '0'), 'x' FROM generate_series(1, 16) g});
+my ($nbound, $nordinary, $nother) = split /\|/, sql($r3, qq{
+SELECT count(*) FILTER (WHERE session_pid = $bpid AND deadline IS NULL) || '|' ||
+       count(*) FILTER (WHERE session_pid IS NULL AND deadline IS NOT NULL) || '|' ||
+       count(*) FILTER (WHERE NOT ((session_pid = $bpid AND deadline IS NULL) OR (session_pid IS NULL AND deadline IS NOT NULL)))
+FROM registry.leases WHERE table_name = 'public.bnd'});
+cmp_ok($nbound, '<=', 8,
+	"of 16 rows a bound session inserted, at most 8 are bound ($nbound)");
+is($nordinary + $nbound, 16, "... the others ($nordinary) have ordinary leases");
+is($nother, 0, '... and no lease is anything else');
+is(counters($r3)->{leases_used}, 16, 'the 16 entries are used');
+
+my $ev0 = counters($r3)->{lease_evictions};
+is( sql($r3,
+		q{INSERT INTO oth VALUES ('o1', 'x');
+SELECT count(*) || ':' || coalesce(bool_and(session_pid IS NULL AND deadline > now()), false) FROM registry.leases WHERE table_name = 'public.oth' AND key = 'o1'}
+	),
+	'1:true', 'another session\'s row in another table still gets a lease');
+is(counters($r3)->{lease_evictions} - $ev0, 1, '... by evicting an ordinary lease');
+ok(poll_until(sub { sql($r3, q{SELECT count(*) FROM oth}) eq '0' }),
+	'... and expires');
+is(log_of($r3, 'oth', 'o1'), 'insert||r3,delete|expired|r3',
+	'o1: inserted, then deleted with reason expired');
+is( sql($r3,
+		qq{SELECT count(*) FROM registry.leases WHERE table_name = 'public.bnd' AND session_pid = $bpid AND deadline IS NULL}),
+	$nbound, 'the bound leases are all still there (never evicted)');
+is(sql($r3, q{SELECT count(*) FROM bnd}), '16', 'bnd keeps its 16 rows');
+is($bs->query_safe('SELECT pg_backend_pid()'), $bpid, '(the bound session is still there)');
+$bs->quit;
+
+# ---------------------------------------------------------------------
+# D. registry_admin cannot read registry.lease_stash
+# ---------------------------------------------------------------------
+sql($r3, q{CREATE ROLE stash_reader IN ROLE registry_admin});
+like(psql_error($r3, q{SET ROLE stash_reader; SELECT * FROM registry.lease_stash}),
+	qr/ERROR:  42501: permission denied for table lease_stash/,
+	'a member of registry_admin reading registry.lease_stash: 42501');
+my ($adm_out, $adm_err) = psql_both($r3,
+	q{SET ROLE stash_reader; SELECT count(*) > 0 FROM registry.leases WHERE table_name = 'public.bnd'});
+is("$adm_out|$adm_err", 't|', '(the same role reads registry.leases)');
+is(sql($r3, q{SELECT count(*) FROM registry.lease_stash}), '0',
+	'a superuser reads registry.lease_stash');
+
+$r3->stop;
+done_testing();
+
+# ---------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------
+
+# Poll $cond every 100 ms for at most $secs seconds; true if it held.
+sub poll_for
+{
+	my ($secs, $cond) = @_;
+	my $deadline = time() + $secs;
+	for (;;)
+	{
+		return 1 if $cond->();
+		return 0 if time() > $deadline;
+		usleep(100_000);
+	}
+}
+
+sub psql_both
+{
+	my ($node, $query) = @_;
+	my ($ret, $stdout, $stderr) = $node->psql('postgres', $query,
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	return ($stdout, $stderr);
+}
+
+sub psql_error
+{
+	my ($node, $query) = @_;
+	return (psql_both($node, $query))[1];
+}
+
+# "key|origin" of every row of $table, in key order
+sub rows_of
+{
+	my ($node, $table) = @_;
+	return sql($node,
+		"SELECT coalesce(string_agg(k || '|' || registry_origin, E'\\n' ORDER BY k COLLATE \"C\"), '') FROM $table");
+}
+
+sub want_of
+{
+	my ($table) = @_;
+	return join("\n", map { "$_|$want{$table}{$_}" } sort keys %{ $want{$table} });
+}
+
+# Every node holds exactly $want{$table} now.
+sub rows_are
+{
+	my ($nodes, $table, $label) = @_;
+	is(rows_of($_, $table), want_of($table), "$label: $table on " . $_->name) for @$nodes;
+}
+
+# Wait (with the default time limit) until every node holds exactly
+# $want{$table}, then check it on each.
+sub expect_rows
+{
+	my ($nodes, $table, $label) = @_;
+	my $exp = want_of($table);
+	poll_until(sub { !grep { rows_of($_, $table) ne $exp } @$nodes });
+	rows_are($nodes, $table, $label);
+}
+
+sub counters
+{
+	my ($node) = @_;
+	return decode_json(sql($node, 'SELECT row_to_json(n)::text FROM registry.node n'));
+}
+
+# "op|reason|origin" of one key's change-log entries, in seq order
+sub log_of
+{
+	my ($node, $table, $key) = @_;
+	return sql($node,
+		"SELECT string_agg(op || '|' || coalesce(reason, '') || '|' || origin, ',' ORDER BY seq) FROM registry.change_log WHERE table_name = 'public.$table' AND key = "
+		  . quote_literal($key));
+}
+
+# The notifications that reached the listener (psql prints them after each
+# query it runs).
+sub pump_notes
+{
+	my $o = $listener->query_safe('SELECT 1');
+	while ($o =~
+		/^Asynchronous notification "registry_change" with payload "(.*)" received from server process with PID \d+\.\r?$/mg
+	  )
+	{
+		my $p = eval { decode_json($1) };
+		push @notes, $p if $p;
+	}
+}
+
+sub note_is
+{
+	my ($p, $table, $key, $op) = @_;
+	return ($p->{table} // '') eq $table
+	  && ($p->{key} // '') eq $key
+	  && ($p->{op} // '') eq $op;
+}
