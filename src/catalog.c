@@ -255,6 +255,11 @@ regtable_all(void)
 		r->tid = DatumGetInt32(heap_getattr(tup, 1, desc, &isnull));
 		r->relid = DatumGetObjectId(heap_getattr(tup, 2, desc, &isnull));
 		r->khash_deferred = DatumGetBool(heap_getattr(tup, 3, desc, &isnull));
+		{
+			Datum		ttl = heap_getattr(tup, 9, desc, &isnull);
+
+			r->lease_ttl_ms = regtable_interval_ms(ttl, isnull);
+		}
 		r->restored = strcmp(mark, ours) != 0;
 		pfree(mark);
 		result = lappend(result, r);

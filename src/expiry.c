@@ -273,21 +273,22 @@ ephemeral_tables(void)
 	List	   *result = NIL;
 	ListCell   *lc;
 
+	/*
+	 * From the registrations alone: building a table's RegTable opens the
+	 * table, which a client may hold locked; each table is opened later,
+	 * in a transaction of its own.
+	 */
 	foreach(lc, all)
 	{
 		RegTid	   *r = lfirst(lc);
-		RegTable   *t;
 
-		if (r->restored)
-			continue;
-		t = regtable_by_tid(r->tid, true);
-		if (t && t->lease_ttl_ms > 0)
+		if (!r->restored && r->lease_ttl_ms > 0)
 		{
 			EphTable   *e = palloc(sizeof(EphTable));
 
-			e->tid = t->tid;
-			e->relid = t->relid;
-			e->ttl_ms = t->lease_ttl_ms;
+			e->tid = r->tid;
+			e->relid = r->relid;
+			e->ttl_ms = r->lease_ttl_ms;
 			result = lappend(result, e);
 		}
 	}
@@ -308,65 +309,97 @@ table_now(EphTable *e)
 /* ---- adoption ---- */
 
 /*
- * Give every row this node owns that has no lease a full TTL from now.
- * Reads the tables (their primary key index), writes nothing.
+ * Give every row of one table that this node owns and that has no lease a
+ * full TTL from now.  Reads the table (its primary key index), writes
+ * nothing.  Returns true when the leases ran out of room.
  */
 static bool
-adopt_all(List *tables, TimestampTz now)
+adopt_table(EphTable *e, TimestampTz now, MemoryContext tmp)
 {
+	RegTable   *t = table_now(e);
+	RowLookup	rs;
+	int			nest = -1;
+	int			n = 0;
 	bool		full = false;
-	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext,
-											  "registry adoption",
+	MemoryContext old;
+
+	if (t == NULL)
+		return false;
+	if (t->needs_canonical)
+		keys_canonical_gucs_push(&nest);
+	row_scan_all_begin(&rs, t, GetActiveSnapshot());
+	old = MemoryContextSwitchTo(tmp);
+	while (row_scan_next(&rs))
+	{
+		VersionState st;
+
+		row_version(t, rs.slot, &st);
+		if (st.exists && strcmp(st.origin, registry_node_name) == 0)
+		{
+			char	   *key = row_key(t, rs.slot);
+
+			if (!leases_adopt(t->tid, keys_hash(key, strlen(key)), key,
+							  t->lease_ttl_ms, now))
+			{
+				full = true;	/* the rest waits for room */
+				break;
+			}
+		}
+		if (++n % 1000 == 0)
+		{
+			MemoryContextReset(tmp);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(tmp);
+	row_scan_end(&rs);
+	if (nest >= 0)
+		keys_canonical_gucs_pop(nest);
+	return full;
+}
+
+/*
+ * Adopt the rows of every ephemeral table, each table in a transaction of
+ * its own: a table a client holds locked (within EXPIRY_LOCK_TIMEOUT) is
+ * logged and left for the next adoption, and keeps neither the other
+ * tables' adoption nor the rest of the pass.  Returns true when the
+ * adoption is incomplete (no room, or a table failed).
+ */
+static bool
+adopt_all(List *tables, TimestampTz now, MemoryContext cxt)
+{
+	MemoryContext tmp = AllocSetContextCreate(cxt, "registry adoption",
 											  ALLOCSET_DEFAULT_SIZES);
+	volatile bool incomplete = false;
 	ListCell   *lc;
 
 	foreach(lc, tables)
 	{
 		EphTable   *e = lfirst(lc);
-		RegTable   *t = table_now(e);
-		RowLookup	rs;
-		int			nest = -1;
-		int			n = 0;
-		MemoryContext old;
+		volatile bool full = false;
 
-		if (t == NULL)
-			continue;
-		if (t->needs_canonical)
-			keys_canonical_gucs_push(&nest);
-		row_scan_all_begin(&rs, t, GetActiveSnapshot());
-		old = MemoryContextSwitchTo(tmp);
-		while (row_scan_next(&rs))
+		PG_TRY();
 		{
-			VersionState st;
-
-			row_version(t, rs.slot, &st);
-			if (st.exists && strcmp(st.origin, registry_node_name) == 0)
-			{
-				char	   *key = row_key(t, rs.slot);
-
-				if (!leases_adopt(t->tid, keys_hash(key, strlen(key)), key,
-								  t->lease_ttl_ms, now))
-				{
-					full = true;	/* the rest waits for room */
-					break;
-				}
-			}
-			if (++n % 1000 == 0)
-			{
-				MemoryContextReset(tmp);
-				CHECK_FOR_INTERRUPTS();
-			}
+			xact_begin();
+			full = adopt_table(e, now, tmp);
+			xact_commit(cxt);
 		}
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(tmp);
-		row_scan_end(&rs);
-		if (nest >= 0)
-			keys_canonical_gucs_pop(nest);
+		PG_CATCH();
+		{
+			xact_failed(cxt, "lease adoption failed");
+			MemoryContextReset(tmp);
+			incomplete = true;
+		}
+		PG_END_TRY();
 		if (full)
+		{
+			incomplete = true;
 			break;
+		}
 	}
 	MemoryContextDelete(tmp);
-	return full;
+	return incomplete;
 }
 
 /* ---- deleting ---- */
@@ -573,8 +606,33 @@ own_row_one(OwnGroup *g, RegTable *t, int k, TimestampTz now)
 		MemoryContextSwitchTo(xcxt);
 		PG_TRY();
 		{
-			g->deleted += delete_own_rows(t, tid_datums(&g->tids[k], 1), 1,
-										  g->reason);
+			LeaseExpired *e = g->tid_ex[k];
+			RowLookup	rl;
+			VersionState st;
+			int			nest = -1;
+			bool		found;
+
+			/*
+			 * Afresh: a renewal may have come while the batch ran (its
+			 * triggers may take seconds), and the row's address is from
+			 * the aborted transaction.
+			 */
+			if (t->needs_canonical)
+				keys_canonical_gucs_push(&nest);
+			row_lookup_begin(&rl, t, RowExclusiveLock, GetActiveSnapshot());
+			found = row_lookup(&rl, e->key);
+			if (found)
+			{
+				row_version(t, rl.slot, &st);
+				found = st.exists && strcmp(st.origin, registry_node_name) == 0;
+				g->tids[k] = rl.slot->tts_tid;
+			}
+			row_lookup_end(&rl);
+			if (nest >= 0)
+				keys_canonical_gucs_pop(nest);
+			if (found && leases_still_expired(e->tid, e->khash, e->key, now))
+				g->deleted += delete_own_rows(t, tid_datums(&g->tids[k], 1), 1,
+											  g->reason);
 			ReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(xcxt);
 			CurrentResourceOwner = owner;
@@ -1026,27 +1084,28 @@ expiry_run(TimestampTz now)
 			tables = ephemeral_tables();
 			MemoryContextSwitchTo(old);
 			gen = leases_adoption_gen();
-			/*
-			 * With registry.max_leases too small every grant evicts and
-			 * asks for an adoption, which would find no room either: then
-			 * adopt every 10 s at most.
-			 */
-			if (tables != NIL && gen != adopted_gen &&
-				(adoption_full_at == 0 ||
-				 TimestampDifferenceExceeds(adoption_full_at, now, IDLE_PASS_MS)))
-			{
-				if (adopt_all(tables, now))
-					adoption_full_at = now; /* the rest: again in 10 s */
-				else
-				{
-					adoption_full_at = 0;
-					adopted_gen = gen;
-				}
-			}
-			else if (tables == NIL)
+			if (tables == NIL)
 				adopted_gen = gen;
 		}
 		xact_commit(cxt);
+
+		/*
+		 * With registry.max_leases too small every grant evicts and asks
+		 * for an adoption, which would find no room either; a table a
+		 * client keeps locked fails it too: then adopt every 10 s at most.
+		 */
+		if (tables != NIL && gen != adopted_gen &&
+			(adoption_full_at == 0 ||
+			 TimestampDifferenceExceeds(adoption_full_at, now, IDLE_PASS_MS)))
+		{
+			if (adopt_all(tables, now, cxt))
+				adoption_full_at = now; /* the rest: again in 10 s */
+			else
+			{
+				adoption_full_at = 0;
+				adopted_gen = gen;
+			}
+		}
 
 		no_tables = (tables == NIL);
 		if (tables != NIL)

@@ -290,6 +290,8 @@ typedef struct RegTid
 	Oid			relid;
 	bool		restored;		/* loaded from a dump, not taken up yet */
 	bool		khash_deferred; /* keys not in registry.row_keys (a pull) */
+	int64		lease_ttl_ms;	/* ephemeral: rows' time to live; 0 =
+								 * persistent */
 } RegTid;
 
 extern RegTable *regtable_by_relid(Oid relid, bool missing_ok);

@@ -1,7 +1,7 @@
 # Leases (issue 14) under the findings of the security review: the expiry
 # must not be stalled, stopped or starved by what clients do.  A two-node
-# mesh r1 <-> r2 (sections A and B) and a node r3 alone with
-# registry.max_leases = 16 (sections C and D).
+# mesh r1 <-> r2 (sections A and B), a node r3 alone with
+# registry.max_leases = 16 (sections C and D) and a node r4 alone (E, F).
 #
 #  A. A client holding LOCK TABLE on an ephemeral table does not stall the
 #     maintenance worker: while the lock is held and a row of that table is
@@ -26,6 +26,14 @@
 #     expires.
 #  D. registry.lease_stash holds whole rows of any ephemeral table: a
 #     member of registry_admin cannot read it (42501).
+#  E. (r4, a node alone) An adoption pending while a client holds one
+#     ephemeral table locked
+#     keeps neither the other tables' expiry nor the rest of the pass: a
+#     row of another table expires within 10 s, the failed adoption is
+#     logged.
+#  F. (r4) When a batch fails (a trigger refuses one row) and is retried row by
+#     row, a row renewed while the batch ran is not deleted before its new
+#     deadline.
 #
 # Nothing waits on the clock except by polling with a time limit: the
 # default one, or 10 s where the point is that something happens promptly
@@ -292,7 +300,69 @@ is("$adm_out|$adm_err", 't|', '(the same role reads registry.leases)');
 is(sql($r3, q{SELECT count(*) FROM registry.lease_stash}), '0',
 	'a superuser reads registry.lease_stash');
 
+# ---------------------------------------------------------------------
+# E. a pending adoption does not let one locked table stop the pass
+# ---------------------------------------------------------------------
+# (a node of their own: r3's full lease table throttles its adoptions)
+my $r4 = new_node('r4', conf => $conf);
+for my $t (qw(ax ey ez))
+{
+	create_table([$r4], $t, "CREATE TABLE $t (k text PRIMARY KEY, v text)");
+}
+sql($r4, q{SELECT registry.set_lease('ax', '1 min'); SELECT registry.set_lease('ey', '1s')});
+my $ax_locker = $r4->background_psql('postgres');
+$ax_locker->query_safe(q{BEGIN; LOCK TABLE ax IN ACCESS EXCLUSIVE MODE;});
+# making ez ephemeral asks for an adoption, which must read ax too
+sql($r4, q{SELECT registry.set_lease('ez', '1 min'); INSERT INTO ey VALUES ('y1', 'x')});
+my $t0 = time();
+my $gone = 0;
+while (time() - $t0 < 10)
+{
+	if (sql($r4, q{SELECT count(*) FROM ey}) eq '0') { $gone = 1; last }
+	usleep(100_000);
+}
+ok($gone, 'ax locked by a client while an adoption is pending: ey\'s row expires within 10 s');
+ok( poll_until(sub {
+		slurp_file($r4->logfile) =~
+		  /registry: lease adoption failed: canceling statement due to lock timeout/ }),
+	'the adoption of the locked table is logged as failed (lock timeout)');
+is(sql($r4, q{SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'ax' AND l.mode = 'AccessExclusiveLock' AND l.granted}),
+	'1', '(the lock was held throughout)');
+$ax_locker->query_safe('COMMIT');
+$ax_locker->quit;
+
+# ---------------------------------------------------------------------
+# F. the row-by-row retry of a failed batch spares a row renewed meanwhile
+# ---------------------------------------------------------------------
+create_table([$r4], 'fz', "CREATE TABLE fz (k text PRIMARY KEY, v text)");
+sql($r4, q{
+CREATE FUNCTION fz_del() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.k = 'slow' THEN PERFORM pg_sleep(3); END IF;
+  IF OLD.k = 'bad' THEN RAISE EXCEPTION 'bad cannot go'; END IF;
+  RETURN OLD;
+END $$;
+CREATE TRIGGER fz_del BEFORE DELETE ON fz FOR EACH ROW EXECUTE FUNCTION fz_del();
+SELECT registry.set_lease('fz', '10s');
+INSERT INTO fz VALUES ('slow', 'x'), ('bad', 'x');
+});
+ok( poll_until(sub {
+		sql($r4,
+			q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'registry maintenance%' AND wait_event = 'PgSleep'}
+		) eq '1' }),
+	'the expiry batch of slow and bad is in slow\'s delete trigger');
+is(sql($r4, q{SELECT registry.renew('fz', '{slow}')}), '{}',
+	'renew() of slow while the batch runs answers renewed');
+my $renewed = sql($r4, q{SELECT deadline FROM registry.leases WHERE table_name = 'public.fz' AND key = 'slow'});
+ok(poll_until(sub { sql($r4, q{SELECT count(*) FROM fz WHERE k = 'slow'}) eq '0' }),
+	'slow expires in the end (nobody renews it again)');
+is( sql($r4,
+		qq{SELECT min(committed_at) >= '$renewed'::timestamptz FROM registry.change_log WHERE table_name = 'public.fz' AND key = 'slow' AND op = 'delete'}),
+	't', 'slow was deleted no earlier than the deadline its renewal gave it');
+is(sql($r4, q{SELECT k FROM fz}), 'bad', 'bad, whose trigger refuses, is still there');
+
 $r3->stop;
+$r4->stop;
 done_testing();
 
 # ---------------------------------------------------------------------
