@@ -36,9 +36,9 @@ use lib 't';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use JSON::PP;
 use Time::HiRes qw(usleep time);
 use RegistryMesh;
+use LeaseTest;
 
 # The mass expiry (section 8) needs room for 100,000 leases, and a change
 # log that keeps its 100,000 inserts and 100,000 deletes (keys are short:
@@ -142,7 +142,7 @@ like(psql_error($l1, q{SELECT registry.renew('tmp_eph', '{t1}')}),
 ok(poll_until(sub { sql($l1, qq{SELECT now() > '$tmp_deadline'::timestamptz + interval '500ms'}) eq 't' }),
 	'the dropped lease\'s deadline has passed');
 $want{tmp_eph}{t1} = 'l1';
-expect_rows(\@nodes, 'tmp_eph', 'a persistent-again table keeps its row past the old deadline');
+expect_rows(\@nodes, 'tmp_eph', $want{tmp_eph}, 'a persistent-again table keeps its row past the old deadline');
 check_verify(\@nodes, 'section 1');
 
 # ---------------------------------------------------------------------
@@ -186,7 +186,7 @@ for (;;)
 }
 is($renew_bad, '', "each of the $renewals renewals of kept returned '{}'");
 $want{svc}{kept} = 'l1';
-expect_rows(\@nodes, 'svc',
+expect_rows(\@nodes, 'svc', $want{svc},
 	'the unrenewed row expired on both nodes, the renewed one (two TTLs) is there');
 is( sql($l1,
 		q{SELECT string_agg(key || ':' || renewals, ',') FROM registry.leases WHERE table_name = 'public.svc'}),
@@ -233,7 +233,7 @@ is( sql($l1,
 is(counters($l1)->{leases_expired} - $c0->{leases_expired}, 2,
 	'leases_expired: 2');
 $renewer->quit;
-expect_rows(\@nodes, 'svc', 'svc is empty');
+expect_rows(\@nodes, 'svc', $want{svc}, 'svc is empty');
 wait_converged(\@nodes, ['svc'], 'section 2 converges');
 check_verify(\@nodes, 'section 2');
 
@@ -283,7 +283,7 @@ sql($l1, q{DELETE FROM long WHERE k LIKE 'r%'});
 delete $want{long}{$_} for @rkeys;
 is(sql($l1, q{SELECT count(*) FROM registry.leases WHERE table_name = 'public.long'}),
 	'0', 'the deleted rows\' leases are gone');
-expect_rows(\@nodes, 'long', 'the 1,000 rows are deleted on both nodes');
+expect_rows(\@nodes, 'long', $want{long}, 'the 1,000 rows are deleted on both nodes');
 check_verify(\@nodes, 'section 3');
 
 # ---------------------------------------------------------------------
@@ -312,7 +312,7 @@ is( sql($l2,
 is(counters($l2)->{lease_ownership_moves} - $c0_l2->{lease_ownership_moves},
 	1, 'registry.node.lease_ownership_moves on l2 grew by 1');
 $want{long}{mv} = 'l2';
-expect_rows(\@nodes, 'long', 'mv belongs to l2 on both nodes');
+expect_rows(\@nodes, 'long', $want{long}, 'mv belongs to l2 on both nodes');
 ok( poll_until(sub {
 		sql($l1, q{SELECT count(*) FROM registry.leases WHERE table_name = 'public.long' AND key = 'mv'}) eq '0' }),
 	'l1 no longer lists mv among its leases');
@@ -353,7 +353,7 @@ is(sql($l2, 'SELECT last_seq FROM registry.node'), $seq_l2, 'none of it wrote an
 is(sql($l1, 'SELECT last_seq FROM registry.node'), $seq_l1, 'nor on l1');
 sql($l2, q{DELETE FROM long WHERE k = 'mv'});
 delete $want{long}{mv};
-expect_rows(\@nodes, 'long', 'long is empty again');
+expect_rows(\@nodes, 'long', $want{long}, 'long is empty again');
 check_verify(\@nodes, 'sections 4 and 5');
 
 # ---------------------------------------------------------------------
@@ -377,7 +377,7 @@ ok( poll_until(sub {
 is( sql($l1,
 		q{SELECT session_pid || ':' || (deadline IS NULL) FROM registry.leases WHERE table_name = 'public.svc' AND key = 'sess1'}),
 	"$pid:true", 'while its session lives, the bound lease still has no deadline');
-expect_rows(\@nodes, 'svc', 'the bound row is there on both nodes after more than a TTL');
+expect_rows(\@nodes, 'svc', $want{svc}, 'the bound row is there on both nodes after more than a TTL');
 
 # the session quits: the row expires one TTL later
 my $t_quit = sql($l1, 'SELECT clock_timestamp()');
@@ -453,7 +453,7 @@ is( ($c6->{sessions_expired} - $c0->{sessions_expired}) . '|'
 	  . ($c6->{leases_expired} - $c0->{leases_expired}),
 	'2|1', 'sessions_expired 2, leases_expired 1');
 $listener->quit;
-expect_rows(\@nodes, 'svc', 'svc is empty after the sessions');
+expect_rows(\@nodes, 'svc', $want{svc}, 'svc is empty after the sessions');
 wait_converged(\@nodes, ['svc'], 'section 6 converges');
 check_verify(\@nodes, 'section 6');
 
@@ -466,7 +466,7 @@ my $sb = $l1->background_psql('postgres');
 $sb->query_safe('SET registry.lease_session = on');
 $sb->query_safe(q{INSERT INTO slow VALUES ('sb', 'bound')});
 $want{slow}{$_} = 'l1' for @skeys, 'sb';
-expect_rows(\@nodes, 'slow', 'six leased rows in slow (one session-bound)');
+expect_rows(\@nodes, 'slow', $want{slow}, 'six leased rows in slow (one session-bound)');
 my $old_deadline = sql($l1,
 	q{SELECT max(deadline) FROM registry.leases WHERE table_name = 'public.slow'});
 
@@ -483,7 +483,7 @@ is( sql($l1,
 	),
 	'6',
 	'each adopted lease is an ordinary one with a full TTL from the restart (the bound one too)');
-expect_rows(\@nodes, 'slow', 'the rows survived the restart on both nodes');
+expect_rows(\@nodes, 'slow', $want{slow}, 'the rows survived the restart on both nodes');
 my $deadlines = sql($l1,
 	q{SELECT string_agg(format('(%L, %L::timestamptz)', key, deadline), ',') FROM registry.leases WHERE table_name = 'public.slow'});
 
@@ -540,7 +540,7 @@ ok( poll_until(sub {
 		sql($l1, q{SELECT count(*) FROM mass}) eq '0' && sql($l2, q{SELECT count(*) FROM mass}) eq '0' }),
 	'every row of mass (the writer\'s too) expired on both nodes');
 wait_converged(\@nodes, ['mass'], 'mass converges');
-expect_rows(\@nodes, 'mass', 'mass is empty on both nodes');
+expect_rows(\@nodes, 'mass', $want{mass}, 'mass is empty on both nodes');
 is(sql($l1, 'SELECT change_log_truncations FROM registry.node'), $trunc0,
 	'the change log kept every change of the mass expiry');
 my ($ndel, $nxact, $biggest) = split /\|/, sql($l1, q{
@@ -579,7 +579,7 @@ usleep(1_000_000);
 my @kept = split /\n/, sql($l1, q{SELECT k FROM capt ORDER BY k});
 is(scalar(@kept), 150, 'still exactly 150 rows after further expiry passes');
 $want{capt}{$_} = 'l1' for @kept;
-expect_rows(\@nodes, 'capt', 'the same 150 rows on both nodes');
+expect_rows(\@nodes, 'capt', $want{capt}, 'the same 150 rows on both nodes');
 is( sql($l1,
 		q{SELECT count(*) FILTER (WHERE deadline < now()) || '/' || count(*) FROM registry.leases WHERE table_name = 'public.capt'}),
 	'150/150', 'the 150 held rows keep their (passed) leases');
@@ -606,7 +606,7 @@ check_verify(\@nodes, 'section 9');
 # the end: every table, on both nodes
 # ---------------------------------------------------------------------
 wait_converged(\@nodes, [ sort keys %want ], 'all tables converge at the end');
-expect_rows(\@nodes, $_, "at the end: $_") for sort keys %want;
+expect_rows(\@nodes, $_, $want{$_}, "at the end: $_") for sort keys %want;
 check_verify(\@nodes, 'at the end');
 
 $_->stop for @nodes;
@@ -624,50 +624,6 @@ sub set_lease_all
 	sql($_, "SELECT registry.set_lease('$table', $arg)") for @$nodes;
 }
 
-# The output and error output of $query (SQLSTATEs shown), without dying
-sub psql_both
-{
-	my ($node, $query) = @_;
-	my ($ret, $stdout, $stderr) = $node->psql('postgres', $query,
-		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
-	return ($stdout, $stderr);
-}
-
-sub psql_error
-{
-	my ($node, $query) = @_;
-	return (psql_both($node, $query))[1];
-}
-
-# "key|origin" of every row of $table, in key order
-sub rows_of
-{
-	my ($node, $table) = @_;
-	return sql($node,
-		"SELECT coalesce(string_agg(k || '|' || registry_origin, E'\\n' ORDER BY k COLLATE \"C\"), '') FROM $table");
-}
-
-# Wait (with the time limit) until every node holds exactly $want{$table},
-# then check it on each.
-sub expect_rows
-{
-	my ($nodes, $table, $label) = @_;
-	my $exp = join("\n",
-		map { "$_|$want{$table}{$_}" } sort keys %{ $want{$table} });
-	poll_until(sub { !grep { rows_of($_, $table) ne $exp } @$nodes });
-	for my $n (@$nodes)
-	{
-		is(rows_of($n, $table), $exp, "$label: $table on " . $n->name);
-	}
-}
-
-# registry.node as a hash
-sub counters
-{
-	my ($node) = @_;
-	return decode_json(sql($node, 'SELECT row_to_json(n)::text FROM registry.node n'));
-}
-
 # "origin|deleted" of one key in registry.versions()
 sub version_of
 {
@@ -677,27 +633,9 @@ sub version_of
 		  . quote_literal($key));
 }
 
-# "op|reason|origin" of one key's change-log entries, in seq order
-sub log_of
-{
-	my ($node, $table, $key) = @_;
-	return sql($node,
-		"SELECT string_agg(op || '|' || coalesce(reason, '') || '|' || origin, ',' ORDER BY seq) FROM registry.change_log WHERE table_name = 'public.$table' AND key = "
-		  . quote_literal($key));
-}
-
-# Read the notifications that reached the listener (psql prints them after
-# each query it runs).
 sub pump_notes
 {
-	my $o = $listener->query_safe('SELECT 1');
-	while ($o =~
-		/^Asynchronous notification "registry_change" with payload "(.*)" received from server process with PID \d+\.\r?$/mg
-	  )
-	{
-		my $p = eval { decode_json($1) };
-		push @notes, $p if $p;
-	}
+	push @notes, read_notifications($listener);
 }
 
 sub wait_notes
@@ -706,10 +644,3 @@ sub wait_notes
 	return poll_until(sub { pump_notes(); return $cond->(); });
 }
 
-sub note_is
-{
-	my ($p, $table, $key, $op) = @_;
-	return ($p->{table} // '') eq $table
-	  && ($p->{key} // '') eq $key
-	  && ($p->{op} // '') eq $op;
-}

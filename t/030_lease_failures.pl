@@ -36,9 +36,9 @@ use lib 't';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use JSON::PP;
 use Time::HiRes qw(usleep);
 use RegistryMesh;
+use LeaseTest;
 
 my $conf = q{
 registry.owner_timeout = '3s'
@@ -428,41 +428,6 @@ JOIN (VALUES $old) o(k, v) USING (k)
 WHERE e.registry_origin = 'f1' AND e.registry_version > t.v AND e.registry_version > o.v});
 }
 
-sub rows_of
-{
-	my ($node, $table) = @_;
-	return sql($node,
-		"SELECT coalesce(string_agg(k || '|' || registry_origin, E'\\n' ORDER BY k COLLATE \"C\"), '') FROM $table");
-}
-
-# Wait (with the time limit) until every node holds exactly %$want in
-# $table, then check it on each.
-sub expect_rows
-{
-	my ($nodes, $table, $want, $label) = @_;
-	my $exp = join("\n", map { "$_|$want->{$_}" } sort keys %$want);
-	poll_until(sub { !grep { rows_of($_, $table) ne $exp } @$nodes });
-	for my $n (@$nodes)
-	{
-		is(rows_of($n, $table), $exp, "$label: $table on " . $n->name);
-	}
-}
-
-sub counters
-{
-	my ($node) = @_;
-	return decode_json(sql($node, 'SELECT row_to_json(n)::text FROM registry.node n'));
-}
-
-# "op|reason|origin" of one key's change-log entries, in seq order
-sub log_of
-{
-	my ($node, $table, $key) = @_;
-	return sql($node,
-		"SELECT string_agg(op || '|' || coalesce(reason, '') || '|' || origin, ',' ORDER BY seq) FROM registry.change_log WHERE table_name = 'public.$table' AND key = "
-		  . quote_literal($key));
-}
-
 sub start_listener
 {
 	my ($node) = @_;
@@ -475,12 +440,5 @@ sub start_listener
 sub pump_listener
 {
 	my ($l) = @_;
-	my $o = $l->{s}->query_safe('SELECT 1');
-	while ($o =~
-		/^Asynchronous notification "registry_change" with payload "(.*)" received from server process with PID \d+\.\r?$/mg
-	  )
-	{
-		my $p = eval { decode_json($1) };
-		push @{ $l->{notes} }, $p if $p;
-	}
+	push @{ $l->{notes} }, read_notifications($l->{s});
 }

@@ -44,9 +44,9 @@ use lib 't';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use JSON::PP;
 use Time::HiRes qw(usleep time);
 use RegistryMesh;
+use LeaseTest;
 
 my $conf = q{
 registry.expiry_interval = '100ms'
@@ -136,8 +136,8 @@ is( sql($r1,
 	't', 'all the while the client held its lock on lk');
 $want{lk}{lk1} = 'r1';
 $want{pers}{p1} = 'r1';
-rows_are(\@nodes, 'lk', 'under the lock, lk1 is still there');
-rows_are(\@nodes, 'free', 'free is empty');
+rows_are(\@nodes, 'lk', $want{lk}, 'under the lock, lk1 is still there');
+rows_are(\@nodes, 'free', $want{free}, 'free is empty');
 like(slurp_file($r1->logfile),
 	qr/registry: lease expiry failed: canceling statement due to lock timeout/,
 	'r1\'s log: the expiry of lk gave up on the lock (lock_timeout)');
@@ -145,10 +145,10 @@ like(slurp_file($r1->logfile),
 $locker->query_safe('COMMIT');
 $locker->quit;
 delete $want{lk}{lk1};
-expect_rows(\@nodes, 'lk', 'once the lock is released, lk1 expires from both nodes');
+expect_rows(\@nodes, 'lk', $want{lk}, 'once the lock is released, lk1 expires from both nodes');
 is(log_of($r1, 'lk', 'lk1'), 'insert||r1,delete|expired|r1',
 	'lk1: inserted, then deleted with reason expired');
-expect_rows(\@nodes, 'pers', 'pers keeps its row');
+expect_rows(\@nodes, 'pers', $want{pers}, 'pers keeps its row');
 $listener->quit;
 wait_converged(\@nodes, [qw(lk free pers)], 'section A converges');
 check_verify(\@nodes, 'section A');
@@ -170,8 +170,8 @@ my $b_done = poll_until(sub {
 	rows_of($r1, 'fkp') eq 'e2|r1' && rows_of($r2, 'fkp') eq 'e2|r1'
 	  && rows_of($r1, 'side') eq '' && rows_of($r2, 'side') eq '' });
 ok($b_done, 'e1, e3, s1, s2 expire, e2 (referenced by fkc) stays');
-rows_are(\@nodes, 'fkp', 'e1 and e3 expired, e2 stayed');
-rows_are(\@nodes, 'side', 'the rows of another ephemeral table expired meanwhile');
+rows_are(\@nodes, 'fkp', $want{fkp}, 'e1 and e3 expired, e2 stayed');
+rows_are(\@nodes, 'side', $want{side}, 'the rows of another ephemeral table expired meanwhile');
 is(join(',', map { log_of($r1, $_->[0], $_->[1]) } [ fkp => 'e1' ], [ fkp => 'e3' ]),
 	'insert||r1,delete|expired|r1,insert||r1,delete|expired|r1',
 	'r1\'s change log: e1 and e3 deleted with reason expired');
@@ -189,7 +189,7 @@ is(counters($r1)->{leases_expired} - $c0->{leases_expired}, 4,
 
 sql($r1, q{DELETE FROM fkc});
 delete $want{fkp}{e2};
-expect_rows(\@nodes, 'fkp', 'once nothing refers to it, e2 expires from both nodes');
+expect_rows(\@nodes, 'fkp', $want{fkp}, 'once nothing refers to it, e2 expires from both nodes');
 is(log_of($r1, 'fkp', 'e2'), 'insert||r1,delete|expired|r1',
 	'e2: inserted, then deleted with reason expired');
 is(sql($r1, q{SELECT count(*) FROM registry.leases WHERE table_name IN ('public.fkp', 'public.side')}),
@@ -198,7 +198,7 @@ wait_converged(\@nodes, [qw(fkp side)], 'section B converges');
 check_verify(\@nodes, 'section B');
 
 wait_converged(\@nodes, [ sort keys %want ], 'all tables converge at the end of A and B');
-expect_rows(\@nodes, $_, "after A and B: $_") for sort keys %want;
+expect_rows(\@nodes, $_, $want{$_}, "after A and B: $_") for sort keys %want;
 $_->stop for @nodes;
 
 # ---------------------------------------------------------------------
@@ -382,84 +382,9 @@ sub poll_for
 	}
 }
 
-sub psql_both
-{
-	my ($node, $query) = @_;
-	my ($ret, $stdout, $stderr) = $node->psql('postgres', $query,
-		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
-	return ($stdout, $stderr);
-}
-
-sub psql_error
-{
-	my ($node, $query) = @_;
-	return (psql_both($node, $query))[1];
-}
-
-# "key|origin" of every row of $table, in key order
-sub rows_of
-{
-	my ($node, $table) = @_;
-	return sql($node,
-		"SELECT coalesce(string_agg(k || '|' || registry_origin, E'\\n' ORDER BY k COLLATE \"C\"), '') FROM $table");
-}
-
-sub want_of
-{
-	my ($table) = @_;
-	return join("\n", map { "$_|$want{$table}{$_}" } sort keys %{ $want{$table} });
-}
-
-# Every node holds exactly $want{$table} now.
-sub rows_are
-{
-	my ($nodes, $table, $label) = @_;
-	is(rows_of($_, $table), want_of($table), "$label: $table on " . $_->name) for @$nodes;
-}
-
-# Wait (with the default time limit) until every node holds exactly
-# $want{$table}, then check it on each.
-sub expect_rows
-{
-	my ($nodes, $table, $label) = @_;
-	my $exp = want_of($table);
-	poll_until(sub { !grep { rows_of($_, $table) ne $exp } @$nodes });
-	rows_are($nodes, $table, $label);
-}
-
-sub counters
-{
-	my ($node) = @_;
-	return decode_json(sql($node, 'SELECT row_to_json(n)::text FROM registry.node n'));
-}
-
-# "op|reason|origin" of one key's change-log entries, in seq order
-sub log_of
-{
-	my ($node, $table, $key) = @_;
-	return sql($node,
-		"SELECT string_agg(op || '|' || coalesce(reason, '') || '|' || origin, ',' ORDER BY seq) FROM registry.change_log WHERE table_name = 'public.$table' AND key = "
-		  . quote_literal($key));
-}
-
-# The notifications that reached the listener (psql prints them after each
-# query it runs).
+# the notifications that reached the listener since the last look
 sub pump_notes
 {
-	my $o = $listener->query_safe('SELECT 1');
-	while ($o =~
-		/^Asynchronous notification "registry_change" with payload "(.*)" received from server process with PID \d+\.\r?$/mg
-	  )
-	{
-		my $p = eval { decode_json($1) };
-		push @notes, $p if $p;
-	}
+	push @notes, read_notifications($listener);
 }
 
-sub note_is
-{
-	my ($p, $table, $key, $op) = @_;
-	return ($p->{table} // '') eq $table
-	  && ($p->{key} // '') eq $key
-	  && ($p->{op} // '') eq $op;
-}
