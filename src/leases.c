@@ -334,6 +334,28 @@ session_exit_callback(int code, Datum arg)
 	LWLockRelease(Leases->lock);
 }
 
+/* Drop every lease of table tid.  Caller holds the lock exclusively. */
+static void
+forget_table(int32 tid)
+{
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, &Leases->lru)
+	{
+		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
+
+		if (DATA_ENTRY(d)->tid == tid)
+			remove_entry(d);
+	}
+	dlist_foreach_modify(it, &Leases->bound_list)
+	{
+		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
+
+		if (DATA_ENTRY(d)->tid == tid)
+			remove_entry(d);
+	}
+}
+
 /*
  * Publication: a committed transaction's lease changes, in order.  Runs
  * in the commit callback: no allocation, no error.  The session callback
@@ -354,6 +376,15 @@ leases_apply(const LeaseChange *changes, int n, TimestampTz now)
 		LeaseData  *d;
 		bool		found;
 
+		if (c->key == NULL)
+		{
+			/* the whole table: forgotten, or its rows to be adopted */
+			if (c->grant)
+				Leases->adoption_gen++;
+			else
+				forget_table(c->tid);
+			continue;
+		}
 		if (!c->grant)
 		{
 			d = find(c->tid, c->khash, c->key);
@@ -456,14 +487,6 @@ leases_adoption_gen(void)
 	gen = Leases->adoption_gen;
 	LWLockRelease(Leases->lock);
 	return gen;
-}
-
-void
-leases_request_adoption(void)
-{
-	LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
-	Leases->adoption_gen++;
-	LWLockRelease(Leases->lock);
 }
 
 static int
@@ -642,29 +665,6 @@ leases_forget(int32 tid, uint32 khash, const char *key)
 	LWLockRelease(Leases->lock);
 }
 
-/* A table unregistered, or persistent again: none of its leases hold. */
-void
-leases_forget_table(int32 tid)
-{
-	dlist_mutable_iter it;
-
-	LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
-	dlist_foreach_modify(it, &Leases->lru)
-	{
-		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
-
-		if (DATA_ENTRY(d)->tid == tid)
-			remove_entry(d);
-	}
-	dlist_foreach_modify(it, &Leases->bound_list)
-	{
-		LeaseData  *d = dlist_container(LeaseData, lru, it.cur);
-
-		if (DATA_ENTRY(d)->tid == tid)
-			remove_entry(d);
-	}
-	LWLockRelease(Leases->lock);
-}
 
 /* Forget every lease (CREATE EXTENSION). */
 void

@@ -97,7 +97,6 @@ extern LeaseRenew leases_renew(int32 tid, uint32 khash, const char *key,
 extern bool leases_adopt(int32 tid, uint32 khash, const char *key,
 						 int64 ttl_ms, TimestampTz now);
 extern uint64 leases_adoption_gen(void);
-extern void leases_request_adoption(void);
 
 /* expiry */
 extern int	leases_collect_expired(TimestampTz now, int max, LeaseExpired **out);
@@ -106,7 +105,6 @@ extern bool leases_still_expired(int32 tid, uint32 khash, const char *key,
 extern void leases_defer(int32 tid, uint32 khash, const char *key,
 						 TimestampTz until);
 extern void leases_forget(int32 tid, uint32 khash, const char *key);
-extern void leases_forget_table(int32 tid);
 extern void leases_count(LeaseCounter which, uint64 n);
 extern void leases_set_minority(bool minority);
 

@@ -87,7 +87,6 @@ static int	npending_leases = 0;
 static int	maxpending_leases = 0;
 static LeaseChange *lease_changes = NULL;	/* computed at pre-commit */
 static int	nlease_changes = 0;
-static bool lease_adoption = false; /* a leased table was reset */
 
 /* CAPTURE_MODE_EXPIRE: the table whose DELETEs expire leases, and why */
 static int32 expire_tid = 0;
@@ -246,9 +245,8 @@ state_hash(const char *key, const VersionState *st)
  * A change of a key of an ephemeral table: this node's lease of it
  * starts again (a live row of this node's) or ends (anything else).
  */
-static void
-lease_record(RegTable *t, uint32 khash, const char *key,
-			 const VersionState *old, const char *origin, bool deleted)
+static PendingLease *
+lease_append(void)
 {
 	PendingLease *pl;
 
@@ -267,6 +265,15 @@ lease_record(RegTable *t, uint32 khash, const char *key,
 	pl = &pending_leases[npending_leases++];
 	memset(pl, 0, sizeof(PendingLease));
 	pl->subid = GetCurrentSubTransactionId();
+	return pl;
+}
+
+static void
+lease_record(RegTable *t, uint32 khash, const char *key,
+			 const VersionState *old, const char *origin, bool deleted)
+{
+	PendingLease *pl = lease_append();
+
 	pl->c.tid = t->tid;
 	pl->c.khash = khash;
 	pl->c.key = MemoryContextStrdup(TopTransactionContext, key);
@@ -277,6 +284,22 @@ lease_record(RegTable *t, uint32 khash, const char *key,
 	/* only a client's session ends: a background process never does */
 	pl->c.session = pl->c.grant && registry_lease_session &&
 		MyBackendType == B_BACKEND;
+}
+
+/*
+ * At commit, this node's leases of a whole table change: they are dropped
+ * (forget: the table is persistent now, or unregistered), or the rows it
+ * owns are adopted (the table became ephemeral, or its rows were
+ * replaced).  For registry.set_lease(), unreplicate() and table resets.
+ */
+void
+publish_lease_table(int32 tid, bool forget)
+{
+	PendingLease *pl = lease_append();
+
+	pl->c.tid = tid;
+	pl->c.key = NULL;			/* the whole table */
+	pl->c.grant = !forget;
 }
 
 /* Remember one key change: old state -> (version, origin, deleted). */
@@ -554,7 +577,7 @@ publish_reset_table(RegTable *t)
 	p->version = hlc_current();
 	/* rows of the table this node owns may have lost their leases */
 	if (t->lease_ttl_ms > 0)
-		lease_adoption = true;
+		publish_lease_table(t->tid, false);
 }
 
 /* Purged tombstones leave the digests without a change log entry. */
@@ -824,8 +847,6 @@ publish_commit(void)
 	digest_publish_end();
 
 	leases_apply(lease_changes, nlease_changes, now);
-	if (lease_adoption)
-		leases_request_adoption();
 
 	/* peers waiting in registry.changes_since(), and the notifier */
 	changelog_wake_readers();
@@ -845,7 +866,6 @@ pending_reset(void)
 	maxpending_leases = 0;
 	lease_changes = NULL;
 	nlease_changes = 0;
-	lease_adoption = false;
 	expire_tid = 0;
 	apply_active = false;
 	bulk_tid = 0;
@@ -872,7 +892,7 @@ publish_xact_callback(XactEvent event, void *arg)
 			pending_reset();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
-			if (npending > 0)
+			if (npending > 0 || npending_leases > 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot PREPARE a transaction that has modified registry tables"),

@@ -100,6 +100,7 @@ extern void publish_record(RegTable *t, uint32 khash, const char *key,
 						   const VersionState *old, RegVersion version,
 						   const char *origin, bool deleted);
 extern void publish_reset_table(RegTable *t);
+extern void publish_lease_table(int32 tid, bool forget);
 extern void publish_adopt_table(RegTable *t);
 extern void publish_forget_tombstones(RegTable *t, int n, uint32 *khashes,
 									  char **keys, RegVersion *versions,

@@ -37,7 +37,6 @@
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
-#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "capture.h"
@@ -69,142 +68,25 @@ PG_FUNCTION_INFO_V1(registry_reset);
  */
 static bool ddl_check_suppressed = false;
 
-/*
- * What a transaction that unregistered a table or changed its lease_ttl
- * does to this node's leases (leases.c, shared memory, not
- * transactional) when, and only if, it commits: drop the table's leases
- * (it is persistent, or gone), or ask the expiry job for an adoption pass
- * (it is ephemeral now: the rows this node owns need leases).  Done
- * earlier, an abort would leave a still ephemeral table without leases,
- * and an adoption pass running before the commit would miss the new TTL
- * or give the rows of a table turning persistent leases again.
- */
-typedef struct LeaseAction
-{
-	SubTransactionId subid;
-	int32		tid;
-	bool		forget;			/* else: adoption */
-} LeaseAction;
-
-static LeaseAction *lease_actions = NULL;	/* in TopTransactionContext */
-static int	nlease_actions = 0;
-static int	maxlease_actions = 0;
-
-static void
-lease_actions_reset(void)
-{
-	lease_actions = NULL;
-	nlease_actions = 0;
-	maxlease_actions = 0;
-}
-
 static void
 registration_xact_callback(XactEvent event, void *arg)
 {
-	int			i;
-
-	switch (event)
-	{
-		case XACT_EVENT_PRE_PREPARE:
-			if (nlease_actions > 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has changed the leases of a registry table"),
-						 errdetail("This node's leases change when the transaction commits; a prepared transaction would commit without them.")));
-			break;
-		case XACT_EVENT_COMMIT:
-			/* leases.c: never fails, never allocates */
-			for (i = 0; i < nlease_actions; i++)
-			{
-				if (lease_actions[i].forget)
-					leases_forget_table(lease_actions[i].tid);
-				else
-					leases_request_adoption();
-			}
-			ddl_check_suppressed = false;
-			lease_actions_reset();
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PREPARE:
-			ddl_check_suppressed = false;
-			lease_actions_reset();
-			break;
-		default:
-			break;
-	}
-}
-
-static void
-registration_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-							  SubTransactionId parentSubid, void *arg)
-{
-	int			i;
-
-	/* a subtransaction's actions are always the tail of the list */
-	switch (event)
-	{
-		case SUBXACT_EVENT_COMMIT_SUB:
-			for (i = nlease_actions - 1;
-				 i >= 0 && lease_actions[i].subid == mySubid; i--)
-				lease_actions[i].subid = parentSubid;
-			break;
-		case SUBXACT_EVENT_ABORT_SUB:
-			while (nlease_actions > 0 &&
-				   lease_actions[nlease_actions - 1].subid == mySubid)
-				nlease_actions--;
-			break;
-		default:
-			break;
-	}
-}
-
-static void
-register_callbacks(void)
-{
-	static bool callbacks_registered = false;
-
-	if (!callbacks_registered)
-	{
-		RegisterXactCallback(registration_xact_callback, NULL);
-		RegisterSubXactCallback(registration_subxact_callback, NULL);
-		callbacks_registered = true;
-	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		ddl_check_suppressed = false;
 }
 
 static void
 suppress_ddl_check(void)
 {
-	register_callbacks();
-	ddl_check_suppressed = true;
-}
+	static bool callback_registered = false;
 
-/*
- * When the current transaction commits: forget this node's leases of
- * table tid (forget), or have the rows this node owns adopted (not
- * forget).  For registry.set_lease() (renew.c) and unreplicate().
- */
-void
-registration_leases_at_commit(int32 tid, bool forget)
-{
-	LeaseAction *a;
-
-	register_callbacks();
-	if (nlease_actions >= maxlease_actions)
+	if (!callback_registered)
 	{
-		int			newmax = maxlease_actions ? maxlease_actions * 2 : 4;
-
-		if (lease_actions == NULL)
-			lease_actions = MemoryContextAlloc(TopTransactionContext,
-											   newmax * sizeof(LeaseAction));
-		else
-			lease_actions = repalloc(lease_actions,
-									 newmax * sizeof(LeaseAction));
-		maxlease_actions = newmax;
+		RegisterXactCallback(registration_xact_callback, NULL);
+		callback_registered = true;
 	}
-	a = &lease_actions[nlease_actions++];
-	a->subid = GetCurrentSubTransactionId();
-	a->tid = tid;
-	a->forget = forget;
+	ddl_check_suppressed = true;
 }
 
 static void
@@ -548,7 +430,7 @@ registry_unreplicate(PG_FUNCTION_ARGS)
 	ddl_check_suppressed = false;
 	/* this node's leases of the table's rows, and the rows it stashed */
 	lease_stash_forget_table(tid);
-	registration_leases_at_commit(tid, true);
+	publish_lease_table(tid, true);
 
 	CacheInvalidateRelcacheByRelid(relid);
 	PG_RETURN_BOOL(true);
@@ -809,8 +691,9 @@ registry_check_tables(PG_FUNCTION_ARGS)
  * earlier sequence numbers mean nothing.  Each owner resets its own part
  * under its own lock, one after another in the lock order (acceptor,
  * changelog, meta and digest), then the leases (their lock is taken
- * alone).  Until 1769dea all four locks were held at once; inside CREATE EXTENSION nothing of the new incarnation is visible
- * to other sessions, so no reader can tell.  (A superuser calling
+ * alone).  Until 1769dea all four locks were held at once; inside CREATE
+ * EXTENSION nothing of the new incarnation is visible to other sessions,
+ * so no reader can tell.  (A superuser calling
  * registry._reset() by hand on a live node wipes its digests either way.)
  */
 Datum

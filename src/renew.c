@@ -62,6 +62,7 @@
 
 #include "lease_stash.h"
 #include "leases.h"
+#include "publish.h"
 #include "registration.h"
 #include "registry.h"
 #include "rows.h"
@@ -101,7 +102,7 @@ check_ttl(Interval *ttl)
  * Writers of the table wait for the change (as for replicate()): the
  * writes in flight finish under the old TTL, and later ones see the new
  * one.  This node's leases change when the transaction commits
- * (registration_leases_at_commit): a table made persistent loses them, a
+ * (publish_lease_table): a table made persistent loses them, a
  * table made ephemeral has the rows this node owns adopted by the expiry
  * job; a table whose TTL changes keeps its leases, which take the new TTL
  * at their next renewal.
@@ -162,7 +163,7 @@ registry_set_lease(PG_FUNCTION_ARGS)
 	CacheInvalidateRelcacheByRelid(relid);
 	CommandCounterIncrement();
 
-	registration_leases_at_commit(tid, persistent);
+	publish_lease_table(tid, persistent);
 	/* rows kept for their re-registration have no use in a persistent table */
 	if (persistent)
 		lease_stash_forget_table(tid);
