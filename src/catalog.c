@@ -394,7 +394,22 @@ regtable_enter(const CatalogRow *c)
 	e = hash_search(RegTableCache, &c->relid, HASH_ENTER, &found);
 	if (!found)
 		e->cxt = NULL;
-	regtable_build(e, c);
+
+	/*
+	 * The build marks the entry valid first (an invalidation arriving
+	 * meanwhile marks it stale again); an error half-way (a lock timeout,
+	 * a cancel) must not leave a half-built entry that says it is valid.
+	 */
+	PG_TRY();
+	{
+		regtable_build(e, c);
+	}
+	PG_CATCH();
+	{
+		e->t.valid = false;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	return &e->t;
 }
 
