@@ -47,6 +47,7 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/timeout.h"
 
 #include "expiry.h"
 #include "lease_stash.h"
@@ -113,7 +114,7 @@ static int	nclean = 0;
  * (user triggers): the maintenance worker also sends the notifications.
  */
 #define EXPIRY_LOCK_TIMEOUT		"500ms"
-#define EXPIRY_STATEMENT_TIMEOUT "10s"
+#define EXPIRY_STATEMENT_TIMEOUT_MS 10000
 
 /* a row whose delete failed is tried again after this long */
 #define EXPIRY_RETRY_MS			10000
@@ -135,9 +136,6 @@ xact_begin(void)
 	(void) set_config_option("lock_timeout", EXPIRY_LOCK_TIMEOUT,
 							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
 							 true, 0, false);
-	(void) set_config_option("statement_timeout", EXPIRY_STATEMENT_TIMEOUT,
-							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
-							 true, 0, false);
 	PushActiveSnapshot(GetTransactionSnapshot());
 }
 
@@ -147,11 +145,12 @@ xact_begin(void)
  * one the worker gets; SIGTERM exits through CHECK_FOR_INTERRUPTS) pass.
  */
 static void
-xact_failed(MemoryContext cxt, const char *what)
+xact_failed(MemoryContext cxt, const char *what, const char *owner)
 {
 	ErrorData  *edata;
 
 	HOLD_INTERRUPTS();
+	disable_timeout(STATEMENT_TIMEOUT, false);
 	MemoryContextSwitchTo(cxt);
 	edata = CopyErrorData();
 	FlushErrorState();
@@ -159,6 +158,9 @@ xact_failed(MemoryContext cxt, const char *what)
 	RESUME_INTERRUPTS();
 	ereport(LOG,
 			(errcode(edata->sqlerrcode),
+			 owner ?
+			 errmsg("registry: %s of timed-out owner \"%s\": %s", what, owner,
+					edata->message) :
 			 errmsg("registry: %s: %s", what, edata->message),
 			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
 			 edata->context ? errcontext("%s", edata->context) : 0));
@@ -387,7 +389,7 @@ adopt_all(List *tables, TimestampTz now, MemoryContext cxt)
 		}
 		PG_CATCH();
 		{
-			xact_failed(cxt, "lease adoption failed");
+			xact_failed(cxt, "lease adoption failed", NULL);
 			MemoryContextReset(tmp);
 			incomplete = true;
 		}
@@ -421,11 +423,26 @@ run_delete(RegTable *t, const char *sql, int nargs, Oid *types, Datum *args,
 	mode.kind = CAPTURE_MODE_EXPIRE;
 	mode.table = t;
 	mode.reason = reason;
-	apply_as_owner_begin(t, &save);
-	publish_mode_push(&mode);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "registry: SPI_connect failed");
+
+	/*
+	 * Deferred foreign-key checks cannot fire inside the owner's
+	 * security-restricted operation: check them at once.
+	 */
+	if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "registry: could not set constraints immediate");
+	apply_as_owner_begin(t, &save);
+	publish_mode_push(&mode);
+
+	/*
+	 * User code runs from here (the table's delete triggers): within a
+	 * statement timeout, as the same worker sends the notifications.  A
+	 * background worker has no statement timer of its own: armed here.
+	 */
+	enable_timeout_after(STATEMENT_TIMEOUT, EXPIRY_STATEMENT_TIMEOUT_MS);
 	rc = SPI_execute_with_args(sql, nargs, types, args, NULL, false, 0);
+	disable_timeout(STATEMENT_TIMEOUT, false);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "registry: expiry of %s failed: %s", t->qualname,
 			 SPI_result_code_string(rc));
@@ -642,6 +659,7 @@ own_row_one(OwnGroup *g, RegTable *t, int k, TimestampTz now)
 			ErrorData  *edata;
 			LeaseExpired *e = g->tid_ex[k];
 
+			disable_timeout(STATEMENT_TIMEOUT, false);
 			MemoryContextSwitchTo(xcxt);
 			edata = CopyErrorData();
 			FlushErrorState();
@@ -733,7 +751,7 @@ expire_own(TimestampTz now, MemoryContext cxt)
 		}
 		PG_CATCH();
 		{
-			xact_failed(cxt, "lease expiry failed");
+			xact_failed(cxt, "lease expiry failed", NULL);
 			failed = true;
 		}
 		PG_END_TRY();
@@ -755,7 +773,7 @@ expire_own(TimestampTz now, MemoryContext cxt)
 			}
 			PG_CATCH();
 			{
-				xact_failed(cxt, "lease expiry failed");
+				xact_failed(cxt, "lease expiry failed", NULL);
 				g->deleted = 0;
 				failed = true;
 			}
@@ -1023,8 +1041,7 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 			}
 			PG_CATCH();
 			{
-				xact_failed(cxt, psprintf("expiry of the rows of timed-out owner \"%s\" failed",
-										  names[i]));
+				xact_failed(cxt, "expiry failed of the rows", names[i]);
 				failed = true;
 				found_rows = true;
 			}
