@@ -1172,11 +1172,19 @@ expiry_next_wait_ms(TimestampTz now)
 {
 	long		secs;
 	int			us;
+	bool		idle;
 
 	if (more_work)
 		return 0;
+	/*
+	 * Idle only while no table is ephemeral and none became so since: a
+	 * wake-up (set_lease's, or a commit's for the notifications) that
+	 * came within the interval must not send the worker to sleep for the
+	 * idle pass.
+	 */
+	idle = no_tables && leases_adoption_gen() == adopted_gen;
 	TimestampDifference(now, TimestampTzPlusMilliseconds(last_run,
-														 no_tables ? IDLE_PASS_MS :
+														 idle ? IDLE_PASS_MS :
 														 registry_expiry_interval_ms),
 						&secs, &us);
 	return Max(secs * 1000 + us / 1000, 1);

@@ -48,6 +48,7 @@
 
 #include "leases.h"
 #include "registry.h"
+#include "worker_slots.h"
 
 typedef struct LeaseKey
 {
@@ -366,6 +367,7 @@ void
 leases_apply(const LeaseChange *changes, int n, TimestampTz now)
 {
 	int			i;
+	bool		adopt = false;
 
 	if (n == 0)
 		return;
@@ -380,7 +382,10 @@ leases_apply(const LeaseChange *changes, int n, TimestampTz now)
 		{
 			/* the whole table: forgotten, or its rows to be adopted */
 			if (c->grant)
+			{
 				Leases->adoption_gen++;
+				adopt = true;
+			}
 			else
 				forget_table(c->tid);
 			continue;
@@ -413,6 +418,13 @@ leases_apply(const LeaseChange *changes, int n, TimestampTz now)
 			Leases->ownership_moves++;
 	}
 	LWLockRelease(Leases->lock);
+
+	/*
+	 * The expiry may be idle (no ephemeral table at its last pass, next
+	 * pass in 10 s): the adoption, and the table's expiry, start now.
+	 */
+	if (adopt)
+		worker_wake_maintenance();
 }
 
 /*

@@ -34,6 +34,9 @@
 #  F. (r4) When a batch fails (a trigger refuses one row) and is retried row by
 #     row, a row renewed while the batch ran is not deleted before its new
 #     deadline.
+#  G. (r5, a node alone, expiry_interval 3 s) A table made ephemeral on
+#     an idle node expires its rows at the next pass, not at the idle
+#     pass 10 s later.
 #
 # Nothing waits on the clock except by polling with a time limit: the
 # default one, or 10 s where the point is that something happens promptly
@@ -363,6 +366,24 @@ is(sql($r4, q{SELECT k FROM fz}), 'bad', 'bad, whose trigger refuses, is still t
 
 $r3->stop;
 $r4->stop;
+
+# ---------------------------------------------------------------------
+# G. a table made ephemeral on an idle node expires at the interval
+# ---------------------------------------------------------------------
+# A node with no ephemeral table passes every 10 s only.  set_lease()
+# wakes the expiry, and a wake-up that comes within the interval (here
+# the INSERT's notification, 0.3 s after the last pass) must not put it
+# back to sleep for the idle 10 s: the row, TTL 1 s, goes at the next
+# pass (about 3 s), not at the idle one (about 10 s, as it did).
+my $r5 = new_node('r5', conf => q{registry.expiry_interval = '3s'});
+create_table([$r5], 'gy', 'CREATE TABLE gy (k text PRIMARY KEY, v text)');
+usleep(300_000);
+sql($r5, q{SELECT registry.set_lease('gy', '1s'); INSERT INTO gy VALUES ('y1', 'x')});
+ok(poll_for(8, sub { sql($r5, q{SELECT count(*) FROM gy}) eq '0' }),
+	'a table made ephemeral on an idle node: its row expires within 8 s (interval 3 s, idle pass 10 s)');
+is(log_of($r5, 'gy', 'y1'), 'insert||r5,delete|expired|r5',
+	'... deleted by the expiry');
+$r5->stop;
 done_testing();
 
 # ---------------------------------------------------------------------
