@@ -1,0 +1,14 @@
+/*-------------------------------------------------------------------------
+ *
+ * notify.h
+ *	  The notifier (notify.c, layer 12): registry_change notifications
+ *	  from the change log, sent by the maintenance worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REGISTRY_NOTIFY_H
+#define REGISTRY_NOTIFY_H
+
+extern uint64 notify_pending(void);
+
+#endif							/* REGISTRY_NOTIFY_H */
