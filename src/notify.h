@@ -9,6 +9,9 @@
 #ifndef REGISTRY_NOTIFY_H
 #define REGISTRY_NOTIFY_H
 
+#include "utils/timestamp.h"
+
 extern uint64 notify_pending(void);
+extern long notify_next_wait_ms(TimestampTz now);
 
 #endif							/* REGISTRY_NOTIFY_H */

@@ -348,6 +348,9 @@ registry_maintenance_main(Datum arg)
 	bool		busy;
 	bool		expiring;
 	long		poll_ms = NOTIFY_POLL_MIN_MS;
+	long		wait_ms;
+	long		window_ms;
+	TimestampTz now;
 	TimestampTz last_purge = GetCurrentTimestamp();
 
 	worker_attach(REG_WORKER_MAINTENANCE);
@@ -393,12 +396,18 @@ registry_maintenance_main(Datum arg)
 		 * Under load, poll instead of being signalled by every commit, and
 		 * poll less often while every poll finds work: one notification
 		 * transaction then carries many changes.  An idle notifier is
-		 * woken by the next commit, so sparse changes go out at once.
+		 * woken by the next commit, so sparse changes go out at once.  No
+		 * commit ends a merge window (registry.notify_delay): the worker
+		 * wakes up when the first one closes, or the last change of a
+		 * burst would wait for the next one.
 		 */
+		now = GetCurrentTimestamp();
+		wait_ms = Min(busy ? poll_ms : 10000L, expiry_next_wait_ms(now));
+		window_ms = notify_next_wait_ms(now);
+		if (window_ms >= 0)
+			wait_ms = Min(wait_ms, window_ms);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Min(busy ? poll_ms : 10000L,
-							 expiry_next_wait_ms(GetCurrentTimestamp())),
-						 PG_WAIT_EXTENSION);
+						 wait_ms, PG_WAIT_EXTENSION);
 		poll_ms = busy ? Min(poll_ms * 2, NOTIFY_POLL_MAX_MS) : NOTIFY_POLL_MIN_MS;
 		ResetLatch(MyLatch);
 	}
