@@ -5,7 +5,7 @@
  *	  commit order, numbered by seq (one per change, no gaps).  Peers read
  *	  it from the last seq they consumed (registry.changes_since), waiting
  *	  for the next commit if there is nothing yet (long polling); the
- *	  notifier (worker.c) turns it into registry_change notifications.
+ *	  notifier (notify.c) turns it into registry_change notifications.
  *
  * The ring keeps registry.change_log_size entries; the oldest is
  * overwritten when it is full (counted in registry.node).  It lives only

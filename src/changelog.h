@@ -74,7 +74,7 @@ extern uint64 changelog_wait(uint64 after, int max, const uint64 *epoch,
 							 const char *exclude_origin, int wait_ms);
 extern void changelog_stats(ChangeLogStats *out);
 
-/* the notifier's progress (worker.c) */
+/* the notifier's progress (notify.c) */
 extern uint64 changelog_notified_seq(void);
 extern void changelog_notified(uint64 notified_seq, uint64 sent, uint64 lost,
 							   uint64 truncated);

@@ -34,6 +34,7 @@ int			registry_max_origins = 32;
 int			registry_max_clock_skew_ms = 60000;
 int			registry_compress_threshold = 4096;
 bool		registry_notifications = true;
+int			registry_notify_delay_ms = 0;
 int			registry_sync_interval_ms = 1000;
 int			registry_antientropy_interval_ms = 60000;
 int			registry_batch_size = 1000;
@@ -209,6 +210,14 @@ guc_define(void)
 							 true,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("registry.notify_delay",
+							"Merge window of registry_change notifications: one notification per table for the changes of this long (0: one per change).",
+							"A table's window opens at its first change not yet notified and closes this long after.",
+							&registry_notify_delay_ms,
+							0, 0, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("registry.sync_interval",
 							"How often the sync worker polls each peer's change log without a wake-up.",

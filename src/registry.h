@@ -37,6 +37,7 @@ extern int	registry_max_origins;
 extern int	registry_max_clock_skew_ms;
 extern int	registry_compress_threshold;
 extern bool registry_notifications;
+extern int	registry_notify_delay_ms;
 extern int	registry_sync_interval_ms;
 extern int	registry_antientropy_interval_ms;
 extern int	registry_batch_size;
