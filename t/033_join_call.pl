@@ -73,6 +73,25 @@ sql($n1, q{DELETE FROM svc WHERE name = 'db'});
 my @tables = qw(svc app.endpoints inst conf pre evil);
 wait_converged(\@mesh, \@tables, 'the three-node mesh converges');
 
+# the serving function: what it says of a table, and who may call it
+is( sql($n1, q{SELECT t FROM jsonb_array_elements(registry.decode_message(registry.table_definitions())->'tables') t
+               WHERE t->>'name' = 'inst'}),
+	'{"name": "inst", "schema": "public", "columns": [{"name": "id", "type": "uuid", "default": "gen_random_uuid()", "not_null": true, "generated": false}, {"name": "svc", "type": "text", "default": null, "not_null": true, "generated": false}, {"name": "seen", "type": "timestamp with time zone", "default": "CURRENT_TIMESTAMP", "not_null": false, "generated": false}], "primary_key": ["id"], "lease_ttl_ms": 3600000}',
+	'table_definitions() describes columns, types, NOT NULL, defaults, key and lease TTL');
+is(sql($n1, q{SELECT string_agg(t->>'schema' || '.' || (t->>'name'), ' ')
+               FROM jsonb_array_elements(registry.decode_message(registry.table_definitions())->'tables') t}),
+	'app.endpoints public.conf public.evil public.inst public.pre public.svc',
+	'table_definitions() lists every registry table in (schema, name) order');
+sql($n1, 'CREATE ROLE nobody LOGIN');
+{
+	my ($out, $e) = ('', '');
+	$n1->psql('postgres', 'SELECT registry.table_definitions()',
+		stdout => \$out, stderr => \$e,
+		extra_params => [ '-v', 'VERBOSITY=verbose', '-U', 'nobody' ]);
+	like($e, qr/ERROR:  42501: permission denied to read the registry.*HINT:  Peers connect as a member of registry_peer/s,
+		'table_definitions() refuses a role that is not a member of registry_peer');
+}
+
 # ---- the new node ----
 
 my $n4 = new_node('jc4');
