@@ -97,7 +97,10 @@ sql($n1, 'CREATE ROLE nobody LOGIN');
 my $n4 = new_node('jc4');
 # a table it already has, as on the peers (registered by the join), and one
 # whose columns differ (left alone)
+# and a function of the name a peer's default calls: the default must not
+# come along and call it
 sql($n4, q{
+CREATE FUNCTION public.plf() RETURNS integer LANGUAGE plpgsql AS $$BEGIN RETURN 42; END$$;
 CREATE TABLE pre (id integer PRIMARY KEY, v text);
 CREATE TABLE conf (k text PRIMARY KEY, v integer);
 INSERT INTO conf VALUES ('mine', 1);
