@@ -310,6 +310,21 @@ CREATE FUNCTION registry.table_pages(tbl text, page_rows integer DEFAULT 10000,
     RETURNS SETOF bytea
     AS 'MODULE_PATHNAME', 'registry_table_pages' LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
 
+-- For registry.join() on another node: every registry table's columns,
+-- primary key and lease TTL (a message of kind 'T').  search_path
+-- pinned: a type or function outside pg_catalog comes schema-qualified.
+CREATE FUNCTION registry.table_definitions()
+    RETURNS bytea
+    AS 'MODULE_PATHNAME', 'registry_table_definitions' LANGUAGE C VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog;
+
+-- Creates and registers here the registry tables of a peer, and adds it.
+-- search_path pinned: every name it writes is schema-qualified or built in.
+CREATE FUNCTION registry.join(peer text, conninfo text)
+    RETURNS TABLE(table_name text, action text, detail text)
+    AS 'MODULE_PATHNAME', 'registry_join' LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+
 CREATE FUNCTION registry.decode_message(msg bytea) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'registry_decode_message' LANGUAGE C STRICT STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION registry.decode_message(bytea) IS
@@ -566,6 +581,12 @@ GRANT EXECUTE ON FUNCTION
     registry.bucket_entries(text, integer, integer[], boolean, integer, integer, integer),
     registry.fetch_rows(text, text[], integer),
     registry.table_pages(text, integer, integer)
+    TO registry_peer, registry_admin, PUBLIC;
+
+-- registry.join() is for administrators; the serving function it calls on
+-- the peer is granted like the other serving functions (it checks its caller).
+GRANT EXECUTE ON FUNCTION registry.join(text, text) TO registry_admin;
+GRANT EXECUTE ON FUNCTION registry.table_definitions()
     TO registry_peer, registry_admin, PUBLIC;
 
 -- A new incarnation of the extension starts from empty shared state.

@@ -11,7 +11,7 @@
  * readers' structures, so changing a field changes this file and
  * docs/protocol.md.  The file runs from the frame (header, compression,
  * the reader's budget) through the fields and the parts (table
- * descriptor, row) to the kinds (C, D, E, R), each writer above its
+ * descriptor, row) to the kinds (C, D, E, R, T), each writer above its
  * reader.
  *
  * A message comes from another server, so reading one trusts nothing:
@@ -1105,6 +1105,145 @@ msg_read_rows(const char *data, int len, MsgRows *m)
 	reader_close(&r);
 }
 
+/* ---- kind T: table definitions (protocol.md 2.12) ---- */
+
+/* Begin a table definitions answer in w (initialised, empty). */
+void
+msg_write_definitions_begin(MsgWriter *w, const char *node)
+{
+	StringInfo	buf = &w->buf;
+
+	begin_reuse(buf, 'T');
+	msg_put_string(buf, node);
+	w->count_at = buf->len;
+	msg_put_int32(buf, 0);		/* the tables, at the end */
+}
+
+/* One table's definition as the next item. */
+void
+msg_write_definition(MsgWriter *w, const MsgDefTable *t)
+{
+	StringInfo	buf = &w->buf;
+	int			i;
+
+	msg_put_string(buf, t->schema);
+	msg_put_string(buf, t->name);
+	msg_put_int64(buf, t->lease_ttl_ms);
+	msg_put_int32(buf, t->ncols);
+	for (i = 0; i < t->ncols; i++)
+	{
+		msg_put_string(buf, t->cols[i].name);
+		msg_put_string(buf, t->cols[i].type);
+		msg_put_byte(buf, t->cols[i].flags);
+		msg_put_string(buf, t->cols[i].default_expr);
+	}
+	msg_put_int32(buf, t->npk);
+	for (i = 0; i < t->npk; i++)
+		msg_put_int32(buf, t->pk[i]);
+}
+
+/* End a table definitions answer of n tables. */
+void
+msg_write_definitions_end(MsgWriter *w, int n)
+{
+	Assert(w->count_at > 0);
+	set_int32(&w->buf, w->count_at, n);
+}
+
+/* a schema, table or column name: what an identifier can be */
+static char *
+get_identifier(Reader *r, const char *what)
+{
+	char	   *s = get_nonempty_string(r, what);
+
+	if (strlen(s) >= NAMEDATALEN)
+		malformed("A name is longer than an identifier can be.");
+	return s;
+}
+
+static int
+compare_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+static void
+get_definition(Reader *r, MsgDefTable *t)
+{
+	int			i;
+	int			j;
+	char	  **sorted;
+
+	t->schema = get_identifier(r, "A table definition has an empty schema name.");
+	t->name = get_identifier(r, "A table definition has an empty name.");
+	t->lease_ttl_ms = get_int64(r);
+	if (t->lease_ttl_ms != 0 &&
+		(t->lease_ttl_ms < MSG_MIN_LEASE_TTL_MS || t->lease_ttl_ms > MSG_MAX_LEASE_TTL_MS))
+		malformed("A lease time to live is out of range.");
+	t->ncols = get_count(r, 15, sizeof(MsgDefColumn) + sizeof(char *));
+	if (t->ncols == 0 || t->ncols > MSG_MAX_COLUMNS)
+		malformed("A table definition has no columns, or more than a table can have.");
+	t->cols = reader_alloc(r, t->ncols, sizeof(MsgDefColumn));
+	for (i = 0; i < t->ncols; i++)
+	{
+		MsgDefColumn *c = &t->cols[i];
+
+		c->name = get_identifier(r, "A column has an empty name.");
+		c->type = get_nonempty_string(r, "A column has an empty type name.");
+		c->flags = get_byte(r);
+		if ((c->flags & ~(MSG_COL_NOT_NULL | MSG_COL_GENERATED)) != 0)
+			malformed("A column has flags this node does not know.");
+		c->default_expr = get_string_or_null(r);
+		if (c->default_expr && c->default_expr[0] == '\0')
+			malformed("A column has an empty default expression.");
+		if ((c->flags & MSG_COL_GENERATED) && c->default_expr == NULL)
+			malformed("A generated column has no expression.");
+	}
+	/* no two columns of one name: sorted, neighbours differ */
+	sorted = reader_alloc(r, t->ncols, sizeof(char *));
+	for (i = 0; i < t->ncols; i++)
+		sorted[i] = t->cols[i].name;
+	qsort(sorted, t->ncols, sizeof(char *), compare_names);
+	for (i = 1; i < t->ncols; i++)
+		if (strcmp(sorted[i - 1], sorted[i]) == 0)
+			malformed("A table definition has two columns of the same name.");
+	pfree(sorted);
+
+	t->npk = get_count(r, 4, sizeof(int));
+	if (t->npk == 0 || t->npk > MSG_MAX_KEY_COLUMNS || t->npk > t->ncols)
+		malformed("A table definition has no primary key, or one of more columns than a key can have.");
+	t->pk = reader_alloc(r, t->npk, sizeof(int));
+	for (i = 0; i < t->npk; i++)
+	{
+		t->pk[i] = get_int32(r);
+		if (t->pk[i] < 0 || t->pk[i] >= t->ncols)
+			malformed("A primary key column is not a column of the table.");
+		if (!(t->cols[t->pk[i]].flags & MSG_COL_NOT_NULL))
+			malformed("A primary key column is not NOT NULL.");
+		for (j = 0; j < i; j++)
+			if (t->pk[j] == t->pk[i])
+				malformed("A primary key names a column twice.");
+	}
+}
+
+void
+msg_read_definitions(const char *data, int len, MsgDefinitions *m)
+{
+	Reader		r;
+	int			i;
+
+	reader_open(&r, data, len, 'T');
+	m->node = get_node_name(&r);
+	m->n = get_count(&r, 26, sizeof(MsgDefTable));
+	m->tables = reader_alloc(&r, m->n, sizeof(MsgDefTable));
+	for (i = 0; i < m->n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		get_definition(&r, &m->tables[i]);
+	}
+	reader_close(&r);
+}
+
 /* ---- registry.decode_message(bytea) returns jsonb ---- */
 
 static void
@@ -1300,6 +1439,59 @@ registry_decode_message(PG_FUNCTION_ARGS)
 					if (i > 0)
 						appendStringInfoString(&b, ", ");
 					json_row(&b, &m.rows[i], m.table.ncols);
+				}
+				appendStringInfoString(&b, "]}");
+				break;
+			}
+		case 'T':
+			{
+				MsgDefinitions m;
+
+				msg_read_definitions(data, len, &m);
+				appendStringInfoString(&b, "{\"kind\": \"definitions\", \"node\": ");
+				json_str(&b, m.node);
+				appendStringInfoString(&b, ", \"tables\": [");
+				for (i = 0; i < m.n; i++)
+				{
+					MsgDefTable *t = &m.tables[i];
+					int			j;
+
+					CHECK_FOR_INTERRUPTS();
+					if (i > 0)
+						appendStringInfoString(&b, ", ");
+					appendStringInfoString(&b, "{\"schema\": ");
+					json_str(&b, t->schema);
+					appendStringInfoString(&b, ", \"name\": ");
+					json_str(&b, t->name);
+					if (t->lease_ttl_ms > 0)
+						appendStringInfo(&b, ", \"lease_ttl_ms\": " INT64_FORMAT, t->lease_ttl_ms);
+					else
+						appendStringInfoString(&b, ", \"lease_ttl_ms\": null");
+					appendStringInfoString(&b, ", \"columns\": [");
+					for (j = 0; j < t->ncols; j++)
+					{
+						MsgDefColumn *c = &t->cols[j];
+
+						if (j > 0)
+							appendStringInfoString(&b, ", ");
+						appendStringInfoString(&b, "{\"name\": ");
+						json_str(&b, c->name);
+						appendStringInfoString(&b, ", \"type\": ");
+						json_str(&b, c->type);
+						appendStringInfo(&b, ", \"not_null\": %s, \"generated\": %s, \"default\": ",
+										 (c->flags & MSG_COL_NOT_NULL) ? "true" : "false",
+										 (c->flags & MSG_COL_GENERATED) ? "true" : "false");
+						json_str(&b, c->default_expr);
+						appendStringInfoChar(&b, '}');
+					}
+					appendStringInfoString(&b, "], \"primary_key\": [");
+					for (j = 0; j < t->npk; j++)
+					{
+						if (j > 0)
+							appendStringInfoString(&b, ", ");
+						json_str(&b, t->cols[t->pk[j]].name);
+					}
+					appendStringInfoString(&b, "]}");
 				}
 				appendStringInfoString(&b, "]}");
 				break;

@@ -8,7 +8,8 @@
  *
  *	 byte 0		'R'
  *	 byte 1		format version (1)
- *	 byte 2		kind: 'C' changes, 'D' digest, 'E' bucket entries, 'R' rows
+ *	 byte 2		kind: 'C' changes, 'D' digest, 'E' bucket entries, 'R' rows,
+ *				'T' table definitions
  *	 byte 3		flags: 1 = payload is zlib-compressed
  *	 bytes 4-7	payload length before compression (big-endian)
  *	 payload
@@ -121,6 +122,45 @@ typedef struct MsgRows
 	MsgRow	   *rows;
 } MsgRows;
 
+/* kind T: a column's flags */
+#define MSG_COL_NOT_NULL	1
+#define MSG_COL_GENERATED	2	/* GENERATED ALWAYS AS (default_expr) STORED */
+
+/* kind T: limits a table definition is checked against */
+#define MSG_MAX_COLUMNS		1600	/* MaxHeapAttributeNumber */
+#define MSG_MAX_KEY_COLUMNS	32		/* INDEX_MAX_KEYS */
+#define MSG_MIN_LEASE_TTL_MS	100
+#define MSG_MAX_LEASE_TTL_MS	(INT64CONST(360) * 24 * 3600 * 1000)	/* 1 year */
+
+typedef struct MsgDefColumn
+{
+	char	   *name;
+	char	   *type;			/* format_type() with its modifier */
+	int			flags;			/* MSG_COL_* */
+	char	   *default_expr;	/* the default's text as pg_get_expr()
+								 * shows it, or NULL */
+} MsgDefColumn;
+
+/* One registry table as registry.table_definitions() describes it. */
+typedef struct MsgDefTable
+{
+	char	   *schema;
+	char	   *name;
+	int64		lease_ttl_ms;	/* 0: persistent */
+	int			ncols;
+	MsgDefColumn *cols;
+	int			npk;
+	int		   *pk;				/* primary key columns: indexes into cols,
+								 * in key order */
+} MsgDefTable;
+
+typedef struct MsgDefinitions
+{
+	char	   *node;
+	int			n;
+	MsgDefTable *tables;
+} MsgDefinitions;
+
 /*
  * writing: each kind has its writers beside its reader in message.c.  A
  * writer starts from an initialised, empty buffer (msg_writer_init(), or
@@ -177,6 +217,11 @@ extern Size msg_entries_end_size(bool more);
 extern void msg_write_rows_begin(MsgWriter *w, RegTable *t);
 extern void msg_write_rows_end(MsgWriter *w, int n);
 
+/* kind T: begin, msg_write_definition per table, end */
+extern void msg_write_definitions_begin(MsgWriter *w, const char *node);
+extern void msg_write_definition(MsgWriter *w, const MsgDefTable *t);
+extern void msg_write_definitions_end(MsgWriter *w, int n);
+
 /*
  * reading: every function checks the whole message, and errors on
  * anything malformed, before it returns; its result needs at most three
@@ -186,5 +231,6 @@ extern void msg_read_changes(const char *data, int len, MsgChanges *m);
 extern void msg_read_digest(const char *data, int len, MsgDigest *m);
 extern void msg_read_entries(const char *data, int len, MsgEntries *m);
 extern void msg_read_rows(const char *data, int len, MsgRows *m);
+extern void msg_read_definitions(const char *data, int len, MsgDefinitions *m);
 
 #endif							/* REGISTRY_MESSAGE_H */

@@ -236,7 +236,8 @@ FROM fuzz_outcome WHERE batch = $b AND (
     sqlstate NOT IN ('08P01', '54000')
     OR (sqlstate IS NOT NULL AND idx = ANY('{@{[ join(',', @valid) ]}}'::int[]))
     OR (sqlstate IS NULL AND rkind IS DISTINCT FROM
-        CASE hkind WHEN 67 THEN 'changes' WHEN 68 THEN 'digest' WHEN 69 THEN 'entries' WHEN 82 THEN 'rows' END))
+        CASE hkind WHEN 67 THEN 'changes' WHEN 68 THEN 'digest' WHEN 69 THEN 'entries' WHEN 82 THEN 'rows'
+                   WHEN 84 THEN 'definitions' END))
 ORDER BY idx});
 	for my $line (split /\n/, $wrong)
 	{

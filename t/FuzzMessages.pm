@@ -21,7 +21,8 @@ use FakePeer;
 use Exporter 'import';
 
 our @EXPORT = qw(
-  fuzz_rng gen_changes gen_digest gen_entries gen_rows gen_any
+  fuzz_rng gen_changes gen_digest gen_entries gen_rows gen_definitions gen_any
+  msg_definitions
   field_map mutate finish_message zdeflate hexdump
   rand_key rand_value rand_node
 );
@@ -400,15 +401,79 @@ sub gen_rows
 		rows => [ map { _row($r, $_, $r->pick(@states), scalar @$cols, %o) } @keys ]);
 }
 
+# Kind T (protocol.md 2.12), from tables => [{schema, name, lease_ttl_ms,
+# columns => [[name, type, flags, default], ...], pk => [index, ...]}, ...]
+# (node, n; then FakePeer::msg() options).  Built here rather than in
+# t/FakePeer.pm: only registry.join() asks for it, never the sync worker.
+sub msg_definitions
+{
+	my (%a) = @_;
+	my $tables = $a{tables} // [];
+	my $p = enc_string(exists $a{node} ? $a{node} : 'fake')
+	  . enc_int32($a{n} // scalar @$tables);
+	for my $t (@$tables)
+	{
+		$p .= enc_string($t->{schema}) . enc_string($t->{name})
+		  . enc_int64($t->{lease_ttl_ms} // 0)
+		  . enc_int32(scalar @{ $t->{columns} });
+		$p .= enc_string($_->[0]) . enc_string($_->[1]) . enc_byte($_->[2])
+		  . enc_string($_->[3])
+		  for @{ $t->{columns} };
+		$p .= enc_int32(scalar @{ $t->{pk} });
+		$p .= enc_int32($_) for @{ $t->{pk} };
+	}
+	return msg('T', $p, map { exists $a{$_} ? ($_ => $a{$_}) : () }
+		  qw(compress flags rawlen format magic kind trailing body truncate extra));
+}
+
+my @DEFAULTS = ("'{}'::jsonb", 'now()', '1.5', "'none'::character varying",
+	'CURRENT_TIMESTAMP', "pg_read_file('/etc/passwd'::text)", 'public.plf()',
+	"nextval('public.s'::regclass)", '(-5)', "'it''s'::text");
+
+# Kind T: table definitions, every field within what the reader accepts
+sub gen_definitions
+{
+	my ($r, %o) = @_;
+	my @tables;
+	for (1 .. $r->below($r->chance(0.1) ? 40 : 5))
+	{
+		my $n = $r->between(1, $r->chance(0.1) ? 60 : 6);
+		my @cols;
+		for my $i (0 .. $n - 1)
+		{
+			my $flags = $r->weighted([ 6, 0 ], [ 3, 1 ], [ 1, 2 ], [ 1, 3 ]);
+			my $def = ($flags & 2) || $r->chance(0.4) ? $r->pick(@DEFAULTS) : undef;
+			push @cols, [ $r->chance(0.1) ? "c\xc3\xa9$i" : "c$i", $r->pick(@TYPES), $flags, $def ];
+		}
+		# a key of 1 to 3 distinct columns, each made NOT NULL
+		my @pk = (0 .. $n - 1);
+		for my $i (reverse 1 .. $#pk)
+		{
+			my $j = $r->below($i + 1);
+			@pk[ $i, $j ] = @pk[ $j, $i ];
+		}
+		@pk = @pk[ 0 .. $r->below($n < 3 ? $n : 3) ];
+		$cols[$_][2] |= 1 for @pk;
+		push @tables, {
+			schema => $r->pick('public', 'app', 'Odd "schema"', "\xc3\xa9t\xc3\xa9", 's' x 63),
+			name => $r->pick('svc', 'endpoints', 'inst', 'T' x 63, "t$_"),
+			lease_ttl_ms => $r->weighted([ 5, 0 ], [ 2, 100 ], [ 2, 30000 ], [ 1, 31104000000 ]),
+			columns => \@cols,
+			pk => \@pk };
+	}
+	return msg_definitions(node => $o{node} // rand_node($r), tables => \@tables);
+}
+
 # A valid message of a random kind: ($kind, $message)
 sub gen_any
 {
 	my ($r) = @_;
-	my $kind = $r->weighted([ 3, 'C' ], [ 2, 'D' ], [ 3, 'E' ], [ 2, 'R' ]);
+	my $kind = $r->weighted([ 3, 'C' ], [ 2, 'D' ], [ 3, 'E' ], [ 2, 'R' ], [ 2, 'T' ]);
 	my $m =
 	    $kind eq 'C' ? gen_changes($r)
 	  : $kind eq 'D' ? gen_digest($r)
 	  : $kind eq 'E' ? gen_entries($r)
+	  : $kind eq 'T' ? gen_definitions($r)
 	  :                gen_rows($r);
 	return ($kind, $m);
 }
@@ -546,6 +611,24 @@ sub field_map
 	{
 		my $ncols = $table->();
 		$row->($ncols) for 1 .. $i32->('count');
+	}
+	elsif ($kind eq 'T')
+	{
+		$str->();
+		for (1 .. $i32->('count'))
+		{
+			$str->();
+			$str->();
+			$i64->();
+			for (1 .. $i32->('count'))
+			{
+				$str->();
+				$str->();
+				$byte->();
+				$str->();
+			}
+			$i32->() for 1 .. $i32->('count');
+		}
 	}
 	else
 	{

@@ -1,12 +1,13 @@
 /*
  * decoder_fuzz.c: libFuzzer target for the message decoder of src/message.c
- * (msg_read_changes, msg_read_digest, msg_read_entries, msg_read_rows),
+ * (msg_read_changes, msg_read_digest, msg_read_entries, msg_read_rows,
+ * msg_read_definitions),
  * compiled unchanged against the stubs in pg_stubs.c.
  *
  * Build and run with scripts/fuzz/run (it also makes the seed corpus);
  * to replay one input: scripts/fuzz/run replay FILE...
  *
- * Each input is handed, as a message, to each of the four readers (all
+ * Each input is handed, as a message, to each of the five readers (all
  * but one of which must refuse it by kind).  Besides the sanitizers, the
  * harness checks:
  * - an ERROR is the only way a reader may refuse (a longjmp back here);
@@ -57,7 +58,7 @@ fail(const char *what, const char *kind)
 /* ---- statistics, printed at exit ---- */
 
 static unsigned long n_inputs;
-static unsigned long n_accepted[4];
+static unsigned long n_accepted[5];
 static unsigned long n_roundtrips;
 static double max_ratio_raw;	/* allocated / raw, for raw >= 1 MB */
 static double max_ratio_len;	/* allocated / input length */
@@ -66,17 +67,19 @@ static size_t max_ratio_len_total;	/* ... and what it allocated */
 static size_t max_total;
 static size_t max_largest;
 
-static const char *const kind_names[4] = {"changes", "digest", "entries", "rows"};
+static const char *const kind_names[5] = {"changes", "digest", "entries", "rows", "definitions"};
 
 static void
 print_stats(void)
 {
 	fprintf(stderr,
-			"==FUZZ== stats: inputs %lu; accepted: changes %lu, digest %lu, entries %lu, rows %lu; "
+			"==FUZZ== stats: inputs %lu; accepted: changes %lu, digest %lu, entries %lu, rows %lu, "
+			"definitions %lu; "
 			"round trips %lu; most allocated for one input %zu bytes (largest request %zu); "
 			"max allocated/raw where raw >= 1 MB: %.2f; "
 			"max allocated/input length %.1f (%zu bytes for an input of %zu)\n",
 			n_inputs, n_accepted[0], n_accepted[1], n_accepted[2], n_accepted[3],
+			n_accepted[4],
 			n_roundtrips, max_total, max_largest, max_ratio_raw, max_ratio_len,
 			max_ratio_len_total, max_ratio_len_size);
 }
@@ -257,6 +260,52 @@ check_rows(const MsgRows *m)
 	}
 }
 
+static void
+check_definitions(const MsgDefinitions *m)
+{
+	const char *k = "definitions";
+	int			i;
+	int			j;
+	int			l;
+
+	CHECK(registry_valid_node_name(m->node), k);
+	CHECK(m->n >= 0, k);
+	for (i = 0; i < m->n; i++)
+	{
+		const MsgDefTable *t = &m->tables[i];
+
+		check_string(t->schema, true, k);
+		check_string(t->name, true, k);
+		CHECK(strlen(t->schema) < NAMEDATALEN && strlen(t->name) < NAMEDATALEN, k);
+		CHECK(t->lease_ttl_ms == 0 ||
+			  (t->lease_ttl_ms >= MSG_MIN_LEASE_TTL_MS &&
+			   t->lease_ttl_ms <= MSG_MAX_LEASE_TTL_MS), k);
+		CHECK(t->ncols >= 1 && t->ncols <= MSG_MAX_COLUMNS, k);
+		for (j = 0; j < t->ncols; j++)
+		{
+			const MsgDefColumn *c = &t->cols[j];
+
+			check_string(c->name, true, k);
+			CHECK(strlen(c->name) < NAMEDATALEN, k);
+			check_string(c->type, true, k);
+			CHECK((c->flags & ~(MSG_COL_NOT_NULL | MSG_COL_GENERATED)) == 0, k);
+			if (c->default_expr)
+				check_string(c->default_expr, true, k);
+			CHECK(!(c->flags & MSG_COL_GENERATED) || c->default_expr != NULL, k);
+			for (l = 0; l < j; l++)
+				CHECK(strcmp(t->cols[l].name, c->name) != 0, k);
+		}
+		CHECK(t->npk >= 1 && t->npk <= MSG_MAX_KEY_COLUMNS && t->npk <= t->ncols, k);
+		for (j = 0; j < t->npk; j++)
+		{
+			CHECK(t->pk[j] >= 0 && t->pk[j] < t->ncols, k);
+			CHECK(t->cols[t->pk[j]].flags & MSG_COL_NOT_NULL, k);
+			for (l = 0; l < j; l++)
+				CHECK(t->pk[l] != t->pk[j], k);
+		}
+	}
+}
+
 /* ---- re-encoding with the writers of message.c ---- */
 
 /*
@@ -383,6 +432,18 @@ encode_rows(const MsgRows *m)
 	msg_write_rows_end(&W, m->n);
 }
 
+static void
+encode_definitions(const MsgDefinitions *m)
+{
+	int			i;
+
+	msg_writer_init(&W);
+	msg_write_definitions_begin(&W, m->node);
+	for (i = 0; i < m->n; i++)
+		msg_write_definition(&W, &m->tables[i]);
+	msg_write_definitions_end(&W, m->n);
+}
+
 /* the payload of an accepted message, inflated if it was compressed */
 static const char *
 payload_of(const char *data, int len, uLongf *plen, char **tofree)
@@ -429,6 +490,9 @@ check_roundtrip(const char *data, int len, int which, void *m)
 			break;
 		case 3:
 			encode_rows(m);
+			break;
+		case 4:
+			encode_definitions(m);
 			break;
 	}
 	if (memcmp(b->data, data, 3) != 0)
@@ -593,7 +657,7 @@ LLVMFuzzerTestOneInput(const uint8_t *input, size_t size)
 	if (size >= MSG_HEADER && (data[3] & 1))
 		limit += raw + 1;
 
-	for (which = 0; which < 4; which++)
+	for (which = 0; which < 5; which++)
 	{
 		union
 		{
@@ -601,6 +665,7 @@ LLVMFuzzerTestOneInput(const uint8_t *input, size_t size)
 			MsgDigest	d;
 			MsgEntries	e;
 			MsgRows		r;
+			MsgDefinitions t;
 		}			m;
 		volatile bool ok = false;
 
@@ -621,6 +686,9 @@ LLVMFuzzerTestOneInput(const uint8_t *input, size_t size)
 					break;
 				case 3:
 					msg_read_rows(data, len, &m.r);
+					break;
+				case 4:
+					msg_read_definitions(data, len, &m.t);
 					break;
 			}
 			ok = true;
@@ -660,6 +728,9 @@ LLVMFuzzerTestOneInput(const uint8_t *input, size_t size)
 						break;
 					case 3:
 						check_rows(&m.r);
+						break;
+					case 4:
+						check_definitions(&m.t);
 						break;
 				}
 				check_roundtrip(data, len, which, &m);

@@ -1,6 +1,7 @@
 /*
  * gen_corpus.c: writes the seed corpus for decoder_fuzz: well-formed
- * messages of every kind (C changes, D digest, E bucket entries, R rows),
+ * messages of every kind (C changes, D digest, E bucket entries, R rows,
+ * T table definitions),
  * each uncompressed and zlib-compressed: built field by field with the
  * harness's own writers (wire.h) and finished (header, compression) by
  * src/message.c's msg_finish_copy, as the serving functions finish
@@ -62,6 +63,7 @@ decodes(const char *data, int len)
 		MsgDigest	d;
 		MsgEntries	e;
 		MsgRows		r;
+		MsgDefinitions t;
 
 		switch (len > 2 ? data[2] : 0)
 		{
@@ -76,6 +78,9 @@ decodes(const char *data, int len)
 				break;
 			case 'R':
 				msg_read_rows(data, len, &r);
+				break;
+			case 'T':
+				msg_read_definitions(data, len, &t);
 				break;
 		}
 		ok = true;
@@ -516,6 +521,90 @@ stress_rows(const char *name, int ncols, int namelen, int nrows)
 	outdir = save;
 }
 
+/* a table definition: (name, type, flags, default) columns, key indexes */
+static void
+put_definition(StringInfo b, const char *schema, const char *name,
+			   int64 ttl, int ncols, const char **cols, int npk, const int *pk)
+{
+	int			i;
+
+	wire_string(b, schema);
+	wire_string(b, name);
+	wire_int64(b, ttl);
+	wire_int32(b, ncols);
+	for (i = 0; i < ncols; i++)
+	{
+		wire_string(b, cols[4 * i]);
+		wire_string(b, cols[4 * i + 1]);
+		wire_byte(b, cols[4 * i + 2][0] - '0');
+		wire_string(b, cols[4 * i + 3]);
+	}
+	wire_int32(b, npk);
+	for (i = 0; i < npk; i++)
+		wire_int32(b, pk[i]);
+}
+
+static void
+gen_definitions(void)
+{
+	static const char *svc[] = {
+		"name", "text", "1", NULL,
+		"port", "integer", "1", NULL,
+		"meta", "jsonb", "0", "'{}'::jsonb",
+		"created", "timestamp with time zone", "0", "now()",
+		"label", "character varying(32)", "0", "'none'::character varying",
+	};
+	static const char *ep[] = {
+		"svc", "text", "1", NULL,
+		"idx", "integer", "1", NULL,
+		"addr", "inet", "1", NULL,
+		"tags", "text[]", "0", NULL,
+		"full", "text", "2", "(svc || '/'::text)",
+	};
+	static const char *evil[] = {
+		"k", "integer", "1", NULL,
+		"a", "text", "0", "pg_read_file('/etc/passwd'::text)",
+		"b", "public.color", "0", "'red'::public.color",
+	};
+	static const int pk1[] = {0};
+	static const int pk2[] = {1, 0};
+	static const char *wide[4 * 200];
+	static char names[200][8];
+	static int	widepk[32];
+	StringInfoData b;
+	int			i;
+
+	wire_begin(&b, 'T');
+	wire_string(&b, "n1");
+	wire_int32(&b, 0);
+	emit(&b, "T-empty");
+
+	wire_begin(&b, 'T');
+	wire_string(&b, "n1");
+	wire_int32(&b, 3);
+	put_definition(&b, "app", "endpoints", 0, 5, ep, 2, pk2);
+	put_definition(&b, "public", "evil", 100, 3, evil, 1, pk1);
+	put_definition(&b, "public", "svc", INT64CONST(31104000000), 5, svc, 1, pk1);
+	emit(&b, "T-tables");
+
+	for (i = 0; i < 200; i++)
+	{
+		snprintf(names[i], sizeof(names[i]), "c%d", i);
+		wide[4 * i] = names[i];
+		wide[4 * i + 1] = i % 2 ? "text" : "bigint";
+		wide[4 * i + 2] = i < 32 ? "1" : "0";
+		wide[4 * i + 3] = i % 3 ? NULL : "0";
+	}
+	for (i = 0; i < 32; i++)
+		widepk[i] = 31 - i;
+	wire_begin(&b, 'T');
+	wire_string(&b, "node-2");
+	wire_int32(&b, 2);
+	put_definition(&b, "Odd \"schema\"", "wide", 30000, 200, wide, 32, widepk);
+	put_definition(&b, "s", "t", 0, 1, svc, 1, pk1);
+	emit(&b, "T-wide");
+}
+
 static void
 gen_stress(void)
 {
@@ -540,6 +629,7 @@ main(int argc, char **argv)
 	gen_digest();
 	gen_entries();
 	gen_rows();
+	gen_definitions();
 	if (stressdir)
 		gen_stress();
 	stub_alloc_reset();

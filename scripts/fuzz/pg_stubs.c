@@ -520,6 +520,15 @@ appendStringInfoSpaces(StringInfo str, int count)
 	}
 }
 
+/* the reader of kind T sorts a table's column names (port.h maps qsort) */
+#undef qsort
+void
+pg_qsort(void *base, size_t nel, size_t elsize,
+		 int (*cmp) (const void *, const void *))
+{
+	qsort(base, nel, elsize, cmp);
+}
+
 /* ---- only registry_decode_message() (JSON output) uses these ---- */
 
 #define UNUSED_STUB(decl) \
