@@ -14,7 +14,7 @@ PGFILEDESC = "registry - replicated multi-master registry tables"
 EXTENSION = registry
 DATA = registry--1.0.sql
 
-REGRESS = setup registration keys capture clock serving messages apply views permissions leases
+REGRESS = setup registration keys capture clock serving messages apply views permissions leases clientapi
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/sql/regress.conf \
 	--load-extension=plpgsql --encoding=UTF8
 TAP_TESTS = 1

@@ -483,6 +483,34 @@ CREATE VIEW registry.leases AS
     LEFT JOIN registry.replicated_tables r USING (tid);
 
 -- ---------------------------------------------------------------------
+-- Client APIs: a consistent listing, watching from a position, waiting
+-- for peers (src/watch.c)
+-- ---------------------------------------------------------------------
+
+-- The first row is the position (epoch, seq) the listing reflects; the
+-- other rows carry it too.  Reads under its own snapshot (a cut).
+CREATE FUNCTION registry.list(tables regclass[] DEFAULT NULL,
+                              key_prefix text DEFAULT NULL)
+    RETURNS TABLE (epoch bigint, seq bigint, table_name text, key text,
+                   version bigint, origin text, "row" jsonb)
+    AS 'MODULE_PATHNAME', 'registry_list' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- A procedure: outside a transaction block it commits before it waits,
+-- and holds no snapshot or lock while waiting.
+CREATE PROCEDURE registry.watch(INOUT epoch bigint, INOUT seq bigint,
+                                OUT changes jsonb,
+                                tables regclass[] DEFAULT NULL,
+                                key_prefix text DEFAULT NULL,
+                                max_changes integer DEFAULT 1000,
+                                timeout interval DEFAULT '30 s')
+    AS 'MODULE_PATHNAME', 'registry_watch' LANGUAGE C;
+
+CREATE FUNCTION registry.wait_for_peers(n integer DEFAULT NULL,
+                                        timeout interval DEFAULT '10 s')
+    RETURNS integer
+    AS 'MODULE_PATHNAME', 'registry_wait_for_peers' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- ---------------------------------------------------------------------
 -- Privileges
 -- ---------------------------------------------------------------------
 
@@ -519,6 +547,13 @@ GRANT EXECUTE ON FUNCTION
     TO registry_admin;
 -- renew() checks that its caller may UPDATE the table
 GRANT EXECUTE ON FUNCTION registry.renew(regclass, text[]) TO PUBLIC;
+-- list and watch check SELECT on each table (and refuse row security);
+-- wait_for_peers waits for the caller's own last change
+GRANT EXECUTE ON FUNCTION registry.list(regclass[], text),
+    registry.wait_for_peers(integer, interval) TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE
+    registry.watch(bigint, bigint, jsonb, regclass[], text, integer, interval)
+    TO PUBLIC;
 -- decode_message is not among them: peers never need it, and decoding is
 -- the one thing a message can make expensive.
 -- The serving functions: to registry_peer and registry_admin, and to

@@ -184,15 +184,18 @@ changelog_reset(void)
  * Called from the commit callback: cannot fail.  A transaction with more
  * changes than the ring holds leaves a gap instead (readers then compare
  * digests), and records is not read (the caller may pass NULL).
+ * Returns the last seq given to them (0 for none), and their epoch.
  */
-void
-changelog_append(const ChangeLogRecord *records, int n, TimestampTz now)
+uint64
+changelog_append(const ChangeLogRecord *records, int n, TimestampTz now,
+				 uint64 *epoch)
 {
 	uint64		capacity = (uint64) registry_change_log_size;
+	uint64		last;
 	int			i;
 
 	if (n == 0)
-		return;
+		return 0;
 	LWLockAcquire(ChangeLog->lock, LW_EXCLUSIVE);
 	if ((uint64) n > capacity)
 	{
@@ -228,7 +231,10 @@ changelog_append(const ChangeLogRecord *records, int n, TimestampTz now)
 			memcpy(e->key, r->key, e->keylen + 1);
 		}
 	}
+	last = ChangeLog->last_seq;
+	*epoch = ChangeLog->epoch;
 	LWLockRelease(ChangeLog->lock);
+	return last;
 }
 
 /*

@@ -63,8 +63,8 @@ extern void changelog_shmem_init(LWLock *lock);
 extern void changelog_reset(void);
 
 /* writing (publication) */
-extern void changelog_append(const ChangeLogRecord *records, int n,
-							 TimestampTz committed_at);
+extern uint64 changelog_append(const ChangeLogRecord *records, int n,
+							   TimestampTz committed_at, uint64 *epoch);
 extern void changelog_wake_readers(void);
 
 /* reading */

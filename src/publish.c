@@ -803,6 +803,20 @@ publish_pre_commit(void)
 }
 
 /*
+ * This session's last committed change in the change log (0: none yet):
+ * what registry.wait_for_peers() waits for.
+ */
+static uint64 last_commit_seq = 0;
+static uint64 last_commit_epoch = 0;
+
+uint64
+publish_last_commit(uint64 *epoch)
+{
+	*epoch = last_commit_epoch;
+	return last_commit_seq;
+}
+
+/*
  * Commit callback: copy the transaction's changes into shared memory.
  * Nothing here may raise an error; every size was checked before commit.
  */
@@ -812,7 +826,16 @@ publish_commit(void)
 	int			i;
 	TimestampTz now = GetCurrentTransactionStopTimestamp();
 
-	changelog_append(records, nrecords, now);
+	{
+		uint64		epoch;
+		uint64		seq = changelog_append(records, nrecords, now, &epoch);
+
+		if (seq > 0)
+		{
+			last_commit_seq = seq;
+			last_commit_epoch = epoch;
+		}
+	}
 
 	acceptor_batch_begin();
 	for (i = 0; i < npending; i++)

@@ -12,21 +12,36 @@
  * row triggers in capture.c, and tombstones.c for a tombstone's writer).
  * The change log is thus in commit order for every key.
  *
+ * A cut (registry.list(), watch.c) needs more: a snapshot and a seq that
+ * agree exactly, every change up to the seq in the snapshot and none
+ * after it.  Across keys the log is not in the order transactions became
+ * visible, so a cut holds new publishers back at pre-commit (before they
+ * become visible), waits until those already past it have published,
+ * and takes its snapshot and seq in between: publishing_cut_begin/end.
+ * Writers are held for that long only (the commits in flight: a WAL
+ * flush, typically well under a millisecond); a cut that cannot get a
+ * quiet moment within its wait gives up and lets them go.
+ *
  * A row written in a subtransaction carries the subtransaction's xid, so
  * the slot holds the range from the top-level xid to the highest xid of
  * its committed subtransactions (which are assigned after it).  Another
  * transaction's xid may fall inside the range; its writer then waits for
  * this publication as well, which costs microseconds and nothing else.
  *
- * Layer: a shared-state owner (layer 3) that uses only the number of
- * per-process slots (util.c); tombstones.c, a durable store
+ * Layer: a shared-state owner (layer 3) that uses the number of
+ * per-process slots (util.c) and, for a cut, the change log's position
+ * (changelog.c, its own layer); tombstones.c, a durable store
  * (layer 4) whose writers must wait too, calls it from above, with no
  * hook needed.
  *
  * Lock rules: none.  Each process writes only its own slot, with atomics
  * and barriers: the high end first, then the low end (a reader that sees
  * the low end sees both); the count of publishing transactions lets
- * writers skip the scan when nobody publishes.
+ * writers skip the scan when nobody publishes.  A cut and a publisher
+ * meet Dekker-style on two counters, each raising its own before it
+ * reads the other's (atomic read-modify-write operations are full
+ * barriers): a publisher that finds a cut afterwards steps back and
+ * waits on cut_cv; a cut waits until publishing reaches 0.
  *
  *-------------------------------------------------------------------------
  */
@@ -37,9 +52,15 @@
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "utils/snapmgr.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
+#include "changelog.h"
 #include "publishing.h"
 #include "registry.h"
 
@@ -47,6 +68,8 @@ typedef struct PublishingShared
 {
 	pg_atomic_uint32 publishing;	/* transactions between begin and end */
 	pg_atomic_uint64 waits;		/* writers that had to wait */
+	pg_atomic_uint32 cutting;	/* cuts in progress */
+	ConditionVariable cut_cv;	/* broadcast when a cut ends */
 
 	/*
 	 * [2 * registry_proc_slots()]: per process, the lowest and highest xid of
@@ -79,6 +102,8 @@ publishing_shmem_init(void)
 		return;
 	pg_atomic_init_u32(&Publishing->publishing, 0);
 	pg_atomic_init_u64(&Publishing->waits, 0);
+	pg_atomic_init_u32(&Publishing->cutting, 0);
+	ConditionVariableInit(&Publishing->cut_cv);
 	for (i = 0; i < 2 * registry_proc_slots(); i++)
 		pg_atomic_init_u32(&Publishing->slots[i], InvalidTransactionId);
 }
@@ -96,12 +121,28 @@ publishing_begin(void)
 	for (i = 0; i < nchildren; i++)
 		if (TransactionIdFollows(children[i], high))
 			high = children[i];
-	/* the high end first: a reader that sees the low end sees both */
-	pg_atomic_write_u32(&Publishing->slots[2 * MyProc->pgprocno + 1], high);
-	pg_write_barrier();
-	pg_atomic_write_u32(&Publishing->slots[2 * MyProc->pgprocno], top);
-	pg_atomic_fetch_add_u32(&Publishing->publishing, 1);
-	publishing_set = true;
+	for (;;)
+	{
+		/* a cut is being taken: not visible yet, this one waits for it */
+		if (pg_atomic_read_u32(&Publishing->cutting) > 0)
+		{
+			ConditionVariablePrepareToSleep(&Publishing->cut_cv);
+			while (pg_atomic_read_u32(&Publishing->cutting) > 0)
+				(void) ConditionVariableTimedSleep(&Publishing->cut_cv, 10,
+												   PG_WAIT_EXTENSION);
+			ConditionVariableCancelSleep();
+		}
+		/* the high end first: a reader that sees the low end sees both */
+		pg_atomic_write_u32(&Publishing->slots[2 * MyProc->pgprocno + 1], high);
+		pg_write_barrier();
+		pg_atomic_write_u32(&Publishing->slots[2 * MyProc->pgprocno], top);
+		pg_atomic_fetch_add_u32(&Publishing->publishing, 1);
+		publishing_set = true;
+		if (pg_atomic_read_u32(&Publishing->cutting) == 0)
+			break;
+		/* a cut began meanwhile and may not have seen this one: step back */
+		publishing_end();
+	}
 }
 
 /* Once published (or aborted).  Cannot fail. */
@@ -155,4 +196,60 @@ publishing_wait(TransactionId xid)
 	}
 	if (waited)
 		pg_atomic_fetch_add_u64(&Publishing->waits, 1);
+}
+
+/* ---- cuts ---- */
+
+static void
+cut_cleanup(int code, Datum arg)
+{
+	pg_atomic_fetch_sub_u32(&Publishing->cutting, 1);
+	ConditionVariableBroadcast(&Publishing->cut_cv);
+}
+
+/*
+ * Take a cut: hold new publishers back, wait (up to wait_ms) until none
+ * is between pre-commit and publication, and then take *snap (registered:
+ * the caller unregisters it) and the change log's epoch and last seq.
+ * Every change up to that seq is visible to the snapshot, and no change
+ * after it is: its transaction was held before it became visible.
+ * Returns false, with nothing taken, when publications in flight did not
+ * finish within wait_ms (the caller may try again).  Publishers are let
+ * go on every path out, an error or exit included.
+ */
+bool
+publishing_cut(int wait_ms, Snapshot *snap, uint64 *epoch, uint64 *seq)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   wait_ms);
+	bool		quiet = false;
+
+	pg_atomic_fetch_add_u32(&Publishing->cutting, 1);
+	PG_ENSURE_ERROR_CLEANUP(cut_cleanup, (Datum) 0);
+	{
+		for (;;)
+		{
+			if (pg_atomic_read_u32(&Publishing->publishing) == 0)
+			{
+				quiet = true;
+				break;
+			}
+			if (GetCurrentTimestamp() >= deadline)
+				break;
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(20L);
+		}
+		if (quiet)
+		{
+			ChangeLogStats st;
+
+			*snap = RegisterSnapshot(GetLatestSnapshot());
+			changelog_stats(&st);
+			*epoch = st.epoch;
+			*seq = st.last_seq;
+		}
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(cut_cleanup, (Datum) 0);
+	cut_cleanup(0, (Datum) 0);
+	return quiet;
 }

@@ -12,10 +12,16 @@
 
 #include "postgres.h"
 
+#include "utils/snapshot.h"
+
 extern Size publishing_shmem_size(void);
 extern void publishing_shmem_init(void);
 extern void publishing_begin(void);
 extern void publishing_end(void);
 extern void publishing_wait(TransactionId xid);
+
+/* cuts: a snapshot and a change log seq that agree (watch.c) */
+extern bool publishing_cut(int wait_ms, Snapshot *snap, uint64 *epoch,
+						   uint64 *seq);
 
 #endif							/* REGISTRY_PUBLISHING_H */

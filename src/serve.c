@@ -37,6 +37,7 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
+#include "acks.h"
 #include "changelog.h"
 #include "digest.h"
 #include "message.h"
@@ -254,6 +255,20 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	 * empty answer): they are stepped over, and the answer's upto_seq says
 	 * how far.
 	 */
+	/*
+	 * A node following this log asks for what comes after the last seq it
+	 * applied: that is its acknowledgement (registry.wait_for_peers), noted
+	 * before the long poll holds the request.
+	 */
+	if (check_epoch && exclude)
+	{
+		ChangeLogStats st;
+
+		changelog_stats(&st);
+		if (st.epoch == their_epoch && (uint64) after <= st.last_seq)
+			acks_note(exclude, their_epoch, (uint64) after);
+	}
+
 	if (wait_ms > 0)
 		after = (int64) changelog_wait((uint64) after, maxc,
 									   check_epoch ? &their_epoch : NULL,

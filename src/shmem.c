@@ -7,7 +7,8 @@
  *	  CREATE EXTENSION is registry._reset(), registration.c.)
  *
  * The owners (layer 3: node.c, origins.c, acceptor.c, worker_slots.c,
- * changelog.c, digest.c, peer_status.c, publishing.c, leases.c; hlc.c in layer 2)
+ * changelog.c, digest.c, peer_status.c, publishing.c, leases.c, acks.c; hlc.c
+ * in layer 2)
  * each allocate and initialise their own structure; this file only sums
  * their sizes and calls them, in an order that respects who depends on
  * whom (origins before the structures that register origin markers).  init.c installs the hooks that call
@@ -22,6 +23,7 @@
 #include "storage/shmem.h"
 
 #include "acceptor.h"
+#include "acks.h"
 #include "changelog.h"
 #include "digest.h"
 #include "leases.h"
@@ -49,6 +51,7 @@ shmem_total_size(void)
 	size = add_size(size, MAXALIGN(publishing_shmem_size()));
 	size = add_size(size, MAXALIGN(peer_status_shmem_size()));
 	size = add_size(size, leases_shmem_size());
+	size = add_size(size, acks_shmem_size());
 	return size;
 }
 
@@ -84,6 +87,7 @@ shmem_startup_owners(void)
 	publishing_shmem_init();
 	peer_status_shmem_init(&locks[REGISTRY_LOCK_PEER].lock);
 	leases_shmem_init(&locks[REGISTRY_LOCK_ROW_LEASES].lock);
+	acks_shmem_init();
 
 	LWLockRelease(AddinShmemInitLock);
 	registry_shmem_attached = true;
