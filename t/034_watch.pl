@@ -160,7 +160,7 @@ ok(($origins{w1} // 0) > 0 && ($origins{w2} // 0) > 0,
 my %ops;
 $ops{ $_->{op} }++ for @{ $wa->{seen} };
 note('ops seen: ' . join(', ', map { "$_ $ops{$_}" } sort keys %ops));
-is_deeply($wa->rebuild_rows('public.kv'), table_json($n1, 'kv'),
+is_deeply($wa->rows_of('public.kv'), table_json($n1, 'kv'),
 	'listing + changes (applying each row) = the final table on n1');
 is(join('; ', $wa->errors), '', 'every answer: same epoch, position = its last change, never back');
 $wa->client->quit;
@@ -187,7 +187,7 @@ my $first = $wb->watch;
 is($first->[0]{seq}, $resume + 1, 'the new session continues at the seq after the last one seen');
 poll_until(sub { $wb->{seq} >= $end || !@{ $wb->watch } });
 check_seen($n1, 'resumed watcher', $wb->{seen}, $from, $end);
-is_deeply($wb->rebuild_rows('public.kv'), table_json($n1, 'kv'),
+is_deeply($wb->rows_of('public.kv'), table_json($n1, 'kv'),
 	'resumed watcher: listing + changes = the table');
 $wb->client->quit;
 
@@ -207,7 +207,7 @@ my ($first3, $last3) = split /\|/, sql($n3, 'SELECT first_seq, last_seq FROM reg
 is($last3 - $p3, 40, '40 changes since the listing; the ring holds 16');
 my $err = psql_err($n3, "CALL registry.watch($e3, $p3, NULL, timeout => '0')");
 like($err, qr/ERROR:  RG001: registry: watch position lost/, 'overflowed position: RG001, "watch position lost"');
-like($err, qr/DETAIL: .*(ring|overflow)/i, 'overflowed position: the detail speaks of the ring');
+like($err, qr/DETAIL: .*(ring|overflow|no longer holds|overwritten)/i, 'overflowed position: the detail says the change log ring no longer holds it');
 unlike($err, qr/DETAIL: .*epoch/i, 'overflowed position: the detail does not blame the epoch');
 like($err, qr/HINT:  List again with registry\.list\(\) and watch from its position\./,
 	'overflowed position: the hint says to list again');
@@ -337,7 +337,7 @@ check_seen($n3, "key_prefix 'a%'", $wpct->{seen}, $fpos, $fend, q{starts_with(ke
 check_seen($n3, 'a_tbl + b_tbl, key_prefix db/', $wab->{seen}, $fpos, $fend,
 	q{table_name IN ('public.a_tbl', 'public.b_tbl') AND starts_with(key, 'db/')});
 check_seen($n3, 'no filter', $wall->{seen}, $fpos, $fend);
-is_deeply($wf->rebuild_rows('public.a_tbl'),
+is_deeply($wf->rows_of('public.a_tbl'),
 	{ map { $_ => table_json($n3, 'a_tbl')->{$_} } grep { /^app\// } keys %{ table_json($n3, 'a_tbl') } },
 	'the filtered watcher rebuilt the app/ rows of a_tbl');
 # nothing matching: the position still moves to the end

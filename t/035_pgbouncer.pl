@@ -53,6 +53,7 @@ $direct_l->run_safe('LISTEN registry_change');
 my $pooled_l = WatchCheck::Client->new($psql, $pooled_conn, 'pooled listener');
 $pooled_l->run_safe('LISTEN registry_change');
 my @others = map { WatchCheck::Client->new($psql, $pooled_conn, "pooled $_") } 1 .. 3;
+$_->{keep_notifications} = 1 for $direct_l, $pooled_l, @others;
 
 # What each of the 2 server connections listens to: two clients each open
 # a transaction (so each holds one server) and ask.
@@ -121,6 +122,13 @@ note('after the notifications, the server connections listen to: '
 note("pgbouncer's log about its server connections:\n"
 	  . join("\n", grep { /S-0x|server/i } split /\n/, $pool->log));
 $_->quit for $direct_l, $pooled_l, @others;
+# The LISTEN stays on its server connection after the listener's
+# transaction: whichever client runs there when a change commits gets the
+# notification.  Part (b) gets a pgbouncer of its own, whose server
+# connections listen to nothing.
+$pool->stop;
+$pool = Pooler->new($node, pool_size => 2, pool_mode => 'transaction');
+$pooled_conn = $pool->connstr('postgres', 'application_name=pooled');
 
 # ---------------------------------------------------------------------
 # (b) list + watch through the pooler
@@ -200,7 +208,9 @@ my $iter = 0;
 for (;;)
 {
 	$iter++;
-	if ($written < @txns)
+	# one commit every 4th round, so that watches also wait for changes
+	# (each waiting watch holds one of the 2 server connections)
+	if ($written < @txns && $iter % 4 == 1)
 	{
 		$writer->run_safe($txns[ $written++ ]);
 		$final_seq = $writer->run_safe('SELECT last_seq FROM registry.node')
@@ -248,7 +258,7 @@ for (;;)
 	my @p = grep { $_ ne '' } split /,/, $s;
 	$pids{$_} = 1 for @p;
 	$max_servers = @p if @p > $max_servers;
-	if ($iter % 10 == 0)
+	if ($iter % 3 == 0)
 	{
 		for my $p ($pool->show('POOLS'))
 		{
@@ -274,19 +284,22 @@ ok(defined $final_seq && $final_seq >= $seq0 + 5 + @txns,
 
 my $final = table_json($node, 'svc');
 my @notes;
+my $leaked = 0;
 for my $x (@w)
 {
 	my $name = $x->client->name;
 	next if $x->{failed};
 	check_seen($node, $name, $x->{seen}, $x->{list_seq}, $final_seq,
 		q{table_name = 'public.svc'});
-	is_deeply($x->rebuild_rows('public.svc'), $final,
+	is_deeply($x->rows_of('public.svc'), $final,
 		"$name: listing + changes = the final table (" . scalar(keys %$final) . ' rows)');
 	is(join('; ', $x->errors), '', "$name: positions and listing well formed");
+	$leaked += $x->client->{notifications} // 0;
 	push @notes, "$name listed at seq $x->{list_seq} (after $x->{listed_after} commits), "
 	  . "$x->{calls} watch calls ($x->{empty} empty), " . scalar(@{ $x->{seen} }) . ' changes';
 }
 note($_) for @notes;
+is($leaked, 0, 'no watcher got a notification (nobody listens behind the second pgbouncer)');
 ok( (grep { $_->{list_seq} < $final_seq - 10 } @w) >= 5,
 	'at least 5 clients listed while changes were still being written');
 

@@ -128,6 +128,9 @@ sub poll
 		my ($e) = $self->{err} =~ /^(.*?)\@\@done $n\@\@\n/s;
 		$self->{out} =~ s/^.*?\@\@done $n\@\@\n//s;
 		$self->{err} =~ s/^.*?\@\@done $n\@\@\n//s;
+		# psql prints the notifications it got after a command's output
+		my $notes = $self->{keep_notifications} ? 0 : ($o =~ s/^Asynchronous notification .* received from server process with PID \d+\.\n//mg);
+		$self->{notifications} += $notes if $notes;
 		chomp $o;
 		delete $self->{pending};
 		return ($o, $e, time() - $self->{sent_at});
