@@ -96,7 +96,7 @@ for my $n (@nodes)
 				  . "DELETE FROM kv WHERE k = '$k2';\n"
 				  . "COMMIT;\n";
 			}
-			$script .= "SELECT pg_sleep(0.005);\n" if $i % 4 == 0;
+			$script .= "SELECT pg_sleep(0.01);\n" if $i % 2 == 0;
 		}
 		my $file = $n->basedir . "/writer_$s.sql";
 		PostgreSQL::Test::Utils::append_to_file($file, $script);
@@ -110,7 +110,7 @@ my $seq_start = last_seq($n1);
 for my $w (@writers)
 {
 	$w->{h} = IPC::Run::start(
-		[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $w->{node}->connstr('postgres'), '-f', $w->{file} ],
+		[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=0', '-d', $w->{node}->connstr('postgres'), '-f', $w->{file} ],
 		'<', \undef, '>', \$w->{out}, '2>', \$w->{err});
 }
 sub writers_running { return grep { $_->{h}->pumpable } @writers; }
@@ -135,11 +135,19 @@ while (writers_running())
 	$calls_during++;
 	$_->{h}->pump_nb for writers_running();
 }
+# Concurrent writers of the same keys may be refused (a key deleted
+# concurrently with a newer version, a deadlock between two multi-row
+# transactions); a refused transaction changes nothing and logs nothing.
+my %refused;
 for my $w (@writers)
 {
 	$w->{h}->finish;
-	is($w->{err}, '', "writer $w->{name} had no error");
+	my @errs = grep { /ERROR:/ } split /\n/, $w->{err};
+	my @other = grep { !/deleted concurrently with a newer version|deadlock detected|could not serialize|current transaction is aborted/ } @errs;
+	is(join("\n", @other), '', "writer $w->{name}: no error but refusals of concurrent writes");
+	$refused{ $w->{name} } = scalar(@errs);
 }
+note('statements refused per writer: ' . join(', ', map { "$_ $refused{$_}" } sort keys %refused));
 wait_converged(\@nodes, ['kv'], 'the writes on both nodes converge');
 my $final_seq = last_seq($n1);
 # and everything up to the last seq of n1
@@ -282,12 +290,27 @@ while (time() < $t_hold + 10)
 }
 like($held, qr/^true 0 /, 'while it waits: no snapshot (backend_xmin NULL), no xid, no lock but its virtualxid');
 note("the waiting watch: snapshot-free, locks, wait event: $held");
-sql($n3, q{INSERT INTO b_tbl VALUES ('late', 1)});
+my $other = client($n3, 'committer');
+$other->run_safe('SELECT 1');
 my $t0 = time();
-my @r;
-poll_until(sub { @r = $cd->poll; @r });
-my $latency = time() - $t0;
-note(sprintf('watch returned %.3f s after the commit of another session', $latency));
+$other->send(q{INSERT INTO b_tbl VALUES ('late', 1)});
+my (@r, @c, $t_r);
+while (time() < $t0 + $PostgreSQL::Test::Utils::timeout_default)
+{
+	@c = $other->poll unless @c;
+	if (!@r)
+	{
+		@r = $cd->poll;
+		$t_r = time() if @r;
+	}
+	last if @r && @c;
+	usleep(2_000);
+}
+my $latency = ($t_r // time()) - $t0;
+is(@c ? $c[1] : 'no answer', '', 'the other session committed its insert');
+note(sprintf('watch returned %.3f s after another session sent its INSERT (the commit took %.3f s)',
+		$latency, @c ? $c[2] : -1));
+$other->quit;
 ok(@r && $r[1] eq '', 'the waiting watch returned without error');
 my $changes = @r ? jdecode((split /\|/, $r[0], 3)[2]) : [];
 is(join(',', map { "$_->{table} $_->{key} $_->{op}" } @$changes), 'public.b_tbl late insert',
@@ -347,6 +370,8 @@ my $none = $wf->watch;
 is(scalar(@$none), 0, 'a change of another table: nothing for the filtered watcher');
 is($wf->{seq}, $nend, 'but its position moves as far as it looked (the last seq)');
 is(join('; ', map { $_->errors } $wf, $wpct, $wab, $wall), '', 'the filtered answers are well formed');
+note('filtered answers whose seq lies past their last change (see FINDINGS.md): '
+	  . join(', ', map { $_->{looked_past} // 0 } $wf, $wpct, $wab));
 $ce->quit;
 
 # ---------------------------------------------------------------------

