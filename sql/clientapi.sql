@@ -129,6 +129,11 @@ SELECT registry.wait_for_peers(0, '0');
 SELECT error_of($$SELECT registry.wait_for_peers(1)$$);
 SELECT error_of($$SELECT registry.wait_for_peers(-1)$$);
 SELECT error_of($$SELECT registry.wait_for_peers(NULL, NULL)$$);
+-- not for changes of the same transaction: they are not committed yet
+BEGIN;
+INSERT INTO cl_svc VALUES ('tx/1', 'x');
+SELECT error_of($$SELECT registry.wait_for_peers()$$);
+ROLLBACK;
 
 DROP PROCEDURE watch_into;
 DROP FUNCTION detail_of(text);

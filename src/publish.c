@@ -809,6 +809,13 @@ publish_pre_commit(void)
 static uint64 last_commit_seq = 0;
 static uint64 last_commit_epoch = 0;
 
+/* Whether the current transaction has changes to registry tables. */
+bool
+publish_xact_has_changes(void)
+{
+	return npending > 0;
+}
+
 uint64
 publish_last_commit(uint64 *epoch)
 {

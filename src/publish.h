@@ -102,6 +102,7 @@ extern void publish_record(RegTable *t, uint32 khash, const char *key,
 extern void publish_reset_table(RegTable *t);
 extern void publish_lease_table(int32 tid, bool forget);
 extern uint64 publish_last_commit(uint64 *epoch);
+extern bool publish_xact_has_changes(void);
 extern void publish_adopt_table(RegTable *t);
 extern void publish_forget_tombstones(RegTable *t, int n, uint32 *khashes,
 									  char **keys, RegVersion *versions,

@@ -741,6 +741,12 @@ registry_wait_for_peers(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cannot wait for %d peers: this node has %d", need, npeers),
 				 errhint("Pass a number between 0 and %d, or NULL for all.", npeers)));
+	if (publish_xact_has_changes())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("registry.wait_for_peers() cannot wait for changes that are not committed"),
+				 errdetail("This transaction has changed registry tables; peers get the changes once it commits."),
+				 errhint("Call it after COMMIT, as a statement of its own.")));
 	seq = publish_last_commit(&epoch);
 	if (seq == 0)
 		PG_RETURN_INT32(npeers);	/* nothing of this session's to wait for */
