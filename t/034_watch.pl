@@ -167,6 +167,8 @@ cmp_ok($final_seq - sql($n1, 'SELECT first_seq FROM registry.node'), '<', $ring 
 	'the ring still holds every change of the test');
 is(sql($n1, q{SELECT count(*) FROM registry.change_log WHERE op = 'resync'}), '0',
 	'no resync in the change log (every change arrived key by key)');
+is(sql($n1, 'SELECT first_seq FROM registry.node'), '1', 'the ring holds the whole history of n1');
+check_listing($n1, 'listing taken during the writes', $wa, 'public.kv');
 check_seen($n1, 'list-then-watch on n1', $wa->{seen}, $wa->{list_seq}, $final_seq);
 my %origins;
 $origins{ $_->{origin} // 'NULL' }++ for @{ $wa->{seen} };

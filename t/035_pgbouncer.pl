@@ -282,6 +282,7 @@ is(join("\n", @failed), '', 'no watcher got an error through the pooler');
 ok(defined $final_seq && $final_seq >= $seq0 + 5 + @txns,
 	'the writer committed its ' . scalar(@txns) . ' transactions (last seq ' . ($final_seq // 'none') . ')');
 
+is(sql($node, 'SELECT first_seq FROM registry.node'), '1', 'the ring holds the whole history');
 my $final = table_json($node, 'svc');
 my @notes;
 my $leaked = 0;
@@ -289,6 +290,7 @@ for my $x (@w)
 {
 	my $name = $x->client->name;
 	next if $x->{failed};
+	check_listing($node, $name, $x, 'public.svc');
 	check_seen($node, $name, $x->{seen}, $x->{list_seq}, $final_seq,
 		q{table_name = 'public.svc'});
 	is_deeply($x->rows_of('public.svc'), $final,

@@ -17,7 +17,7 @@ use PostgreSQL::Test::Utils;
 use RegistryMesh ();
 use Exporter 'import';
 
-our @EXPORT = qw(canon jdecode log_json table_json rebuild_rows check_seen);
+our @EXPORT = qw(canon jdecode log_json table_json rebuild_rows check_seen check_listing);
 
 my $json = JSON::PP->new->canonical->allow_nonref;
 sub canon   { return $json->encode($_[0]); }
@@ -74,6 +74,34 @@ sub check_seen
 		"$label: the changes seen are exactly the change log's "
 		  . scalar(@$log) . " entries after seq $from (each once, in order, same content)");
 	diag(join("\n", @diff)) if @diff;
+	return $ok;
+}
+
+# The listing of $w (a Watcher) holds exactly the state of $table at its
+# position: for every key, the last change-log entry with seq <= the
+# position; keys whose last such entry is a delete (or that have none) are
+# not listed; a listed key has that entry's version and origin.  Needs the
+# whole history in the ring (first_seq 1).  Emits one test.
+sub check_listing
+{
+	my ($node, $label, $w, $table) = @_;
+	my $out = $node->safe_psql('postgres', qq{
+		SELECT coalesce(json_object_agg(key, version::text || '|' || coalesce(origin, 'NULL')), '{}')
+		FROM (SELECT DISTINCT ON (key) key, op, version, origin FROM registry.change_log
+			  WHERE table_name = '$table' AND seq <= $w->{list_seq} ORDER BY key, seq DESC) l
+		WHERE op <> 'delete'});
+	my $want = $json->decode($out);
+	my $got = $w->{listed}{$table} // {};
+	my @diff;
+	for my $k (sort(keys %{ { %$want, %$got } }))
+	{
+		my ($a, $b) = ($want->{$k} // 'absent', $got->{$k} // 'absent');
+		push @diff, "key $k: change log up to the position $a, listing $b" if $a ne $b;
+	}
+	my $ok = is(scalar(@diff), 0,
+		"$label: the listing is exactly $table at seq $w->{list_seq} ("
+		  . scalar(keys %$want) . ' live keys, each with the version and origin of its last change up to there)');
+	diag(join("\n", @diff[ 0 .. ($#diff < 9 ? $#diff : 9) ])) if @diff;
 	return $ok;
 }
 
@@ -227,6 +255,7 @@ sub take_list
 	$self->{epoch} = $pos->{epoch};
 	$self->{seq} = $self->{list_seq} = $pos->{seq};
 	$self->{rows} = {};
+	$self->{listed} = {};
 	for my $r (@$l)
 	{
 		push @{ $self->{list_errors} }, 'row with another position: ' . WatchCheck::canon($r)
@@ -234,6 +263,7 @@ sub take_list
 		push @{ $self->{list_errors} }, 'row without key or row: ' . WatchCheck::canon($r)
 		  unless defined $r->{key} && defined $r->{row};
 		$self->{rows}{"$r->{table_name}\t$r->{key}"} = WatchCheck::canon($r->{row});
+		$self->{listed}{ $r->{table_name} }{ $r->{key} } = ($r->{version} // 'NULL') . '|' . ($r->{origin} // 'NULL');
 	}
 	return $self;
 }
