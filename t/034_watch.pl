@@ -326,6 +326,27 @@ my $changes = @r ? jdecode((split /\|/, $r[0], 3)[2]) : [];
 is(join(',', map { "$_->{table} $_->{key} $_->{op}" } @$changes), 'public.b_tbl late insert',
 	'with the committed change');
 cmp_ok($latency, '<', 5, 'within 5 s of the commit (its timeout was 30 s)');
+
+# a waiting watch can be cancelled: statement_timeout, pg_cancel_backend
+($o, $e, $took) = $cd->run("SET statement_timeout = '1s'; CALL registry.watch($wd->{epoch}, " . last_seq($n3)
+	  . ", NULL, timeout => '30 s'); RESET statement_timeout");
+like($e, qr/ERROR:  57014: canceling statement due to statement timeout/,
+	'statement_timeout cancels a waiting watch (57014)');
+note(sprintf('cancelled by statement_timeout 1 s after %.3f s', $took));
+cmp_ok($took, '<', 10, 'well before its 30 s timeout');
+$cd->quit;
+$cd = client($n3, 'watcher d2');
+$pid = $cd->run_safe('SELECT pg_backend_pid()');
+$cd->send("CALL registry.watch($wd->{epoch}, " . last_seq($n3) . ", NULL, timeout => '30 s')");
+$waiting_sql = qq{SELECT state = 'active' AND query LIKE 'CALL registry.watch%' FROM pg_stat_activity WHERE pid = $pid};
+ok( poll_until(sub { sql($n3, $waiting_sql) eq 't' }), 'another 30 s watch is waiting');
+my $t_c = time();
+is(sql($n3, "SELECT pg_cancel_backend($pid)"), 't', 'pg_cancel_backend on it');
+@r = ();
+poll_until(sub { @r = $cd->poll; @r });
+like($r[1] // '', qr/ERROR:  57014: canceling statement due to user request/,
+	'pg_cancel_backend cancels a waiting watch (57014)');
+cmp_ok(time() - $t_c, '<', 10, 'at once, not at its timeout');
 $cd->quit;
 
 # ---------------------------------------------------------------------
@@ -399,6 +420,21 @@ sql($n3, q{
 });
 my $ep = epoch($n3);
 my $lp = last_seq($n3);
+sql($n3, 'CREATE TABLE plain (k text PRIMARY KEY)');
+like(psql_err($n3, q{SELECT count(*) FROM registry.list(ARRAY['plain'::regclass])}),
+	qr/ERROR:  42809/, 'list of a table that is not a registry table: 42809');
+like(psql_err($n3, "CALL registry.watch($ep, $lp, NULL, tables => ARRAY['plain'::regclass], timeout => '0')"),
+	qr/ERROR:  42809/, 'watch of a table that is not a registry table: 42809');
+like(psql_err($n3, "CALL registry.watch(NULL, $lp, NULL, timeout => '0')"),
+	qr/ERROR:  22004/, 'watch with a NULL epoch: 22004');
+like(psql_err($n3, "CALL registry.watch($ep, NULL, NULL, timeout => '0')"),
+	qr/ERROR:  22004/, 'watch with a NULL seq: 22004');
+like(psql_err($n3, "CALL registry.watch($ep, -1, NULL, timeout => '0')"),
+	qr/ERROR:  22023/, 'watch with a negative seq: 22023');
+like(psql_err($n3, "CALL registry.watch($ep, $lp, NULL, max_changes => -1, timeout => '0')"),
+	qr/ERROR:  22023/, 'watch with a negative max_changes: 22023');
+like(psql_err($n3, "CALL registry.watch($ep, $lp, NULL, timeout => '-1 s')"),
+	qr/ERROR:  22023/, 'watch with a negative timeout: 22023');
 is(psql_err($n3, q{SELECT count(*) FROM registry.list(ARRAY['a_tbl'::regclass])}, 'watcher'), '',
 	'watcher may list a_tbl (so the errors below are about the tables)');
 is(psql_err($n3, "CALL registry.watch($ep, $lp, NULL, tables => ARRAY['a_tbl'::regclass], timeout => '0')", 'watcher'),
