@@ -32,8 +32,33 @@ ensure_packages() {
         apt-get install -y -q "${missing[@]}" ||
             { apt-get update -q && apt-get install -y -q "${missing[@]}"; }
     fi
+    ensure_pgbouncer
     id postgres >/dev/null 2>&1 ||
         useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+}
+
+# pgbouncer for t/035_pgbouncer.pl (t/Pooler.pm runs /usr/sbin/pgbouncer on
+# a free port of its own).  Installed with services kept from starting (a
+# policy-rc.d that refuses, only while apt runs, when there is none), and
+# its system service disabled and stopped, so that no system pgbouncer
+# holds port 6432 or runs at boot.
+ensure_pgbouncer() {
+    dpkg-query -W -f='${Status}' pgbouncer 2>/dev/null | grep -q "ok installed" && return 0
+    say "installing pgbouncer (its system service stays stopped)"
+    export DEBIAN_FRONTEND=noninteractive
+    local policy=/usr/sbin/policy-rc.d ours=0
+    if [ ! -e $policy ]; then
+        printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy && ours=1
+    fi
+    local rc=0
+    apt-get install -y -q pgbouncer ||
+        { apt-get update -q && apt-get install -y -q pgbouncer; } || rc=$?
+    [ $ours = 1 ] && rm -f $policy
+    [ $rc = 0 ] || return $rc
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+    fi
+    [ -x /usr/sbin/pgbouncer ] || { echo "pgbouncer installed but /usr/sbin/pgbouncer is missing" >&2; return 1; }
 }
 
 # Build (warnings are errors) and install into PostgreSQL $PG_MAJOR.
