@@ -668,6 +668,25 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 		}
 		if (res != NULL)
 		{
+			ExecStatusType st = PQresultStatus(res);
+
+			/*
+			 * Only rows or an error answer a request.  A peer that starts a
+			 * COPY instead would keep libpq returning a COPY result on every
+			 * call, never the end: the connection goes.
+			 */
+			if (st != PGRES_TUPLES_OK && st != PGRES_SINGLE_TUPLE &&
+				st != PGRES_FATAL_ERROR && st != PGRES_COMMAND_OK)
+			{
+				char		why[128];
+
+				snprintf(why, sizeof(why),
+						 "protocol violation: the peer answered a request with %s",
+						 PQresStatus(st));
+				PQclear(res);
+				sync_conn_disconnect(p, why);
+				return;
+			}
 			if (p->result == NULL)
 				p->result = res;
 			else
