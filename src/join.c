@@ -64,6 +64,7 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
+#include "utils/typcache.h"
 
 #include "join.h"
 #include "message.h"
@@ -338,6 +339,15 @@ connect_failed(const char *peer, const char *why)
 			 errhidestmt(true)));
 }
 
+/*
+ * Notices the peer sends while joining are dropped: written raw they could
+ * forge lines in the server log, and nothing in them is needed here.
+ */
+static void
+join_notice(void *arg, const PGresult *res)
+{
+}
+
 /* Connect without blocking (interruptibly), within registry.connect_timeout. */
 static void
 join_connect(PGconn *volatile *connp, const char *peer, const char *conninfo,
@@ -364,6 +374,8 @@ join_connect(PGconn *volatile *connp, const char *peer, const char *conninfo,
 				 errdetail("Could not start a connection to peer \"%s\".", peer)));
 	if (PQstatus(conn) == CONNECTION_BAD)
 		connect_failed(peer, PQerrorMessage(conn));
+	/* the peer's notices are its words: not to this server's stderr */
+	PQsetNoticeReceiver(conn, join_notice, NULL);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   registry_connect_timeout_ms);
 	while (poll != PGRES_POLLING_OK)
@@ -407,14 +419,22 @@ remote_error(const char *peer, PGresult *res)
 	char		primary[512];
 	char		detail[512];
 	char		hint[512];
+	char		codebuf[8];
 
-	if (code == NULL)
-		sqlstate = ERRCODE_CONNECTION_FAILURE;
-	else if (strlen(code) == 5 &&
-			 strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5)
+	/*
+	 * The peer's SQLSTATE is its word: kept only for the classes a caller
+	 * acts on here (privileges, authorization, a missing function);
+	 * anything else, a cancel (57) or a serialization failure (40) that
+	 * would make the caller retry or stop a PL/pgSQL handler included,
+	 * becomes a connection exception, the peer's code in the detail.
+	 */
+	if (code != NULL && strlen(code) == 5 &&
+		strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5 &&
+		(strncmp(code, "42", 2) == 0 || strncmp(code, "28", 2) == 0))
 		sqlstate = MAKE_SQLSTATE(code[0], code[1], code[2], code[3], code[4]);
 	else
-		sqlstate = ERRCODE_INTERNAL_ERROR;
+		sqlstate = ERRCODE_CONNECTION_EXCEPTION;
+	sync_conn_one_line(codebuf, sizeof(codebuf), code ? code : "none");
 	f = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 	sync_conn_one_line(primary, sizeof(primary), f ? f : PQresultErrorMessage(res));
 	f = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
@@ -425,8 +445,9 @@ remote_error(const char *peer, PGresult *res)
 	ereport(ERROR,
 			(errcode(sqlstate),
 			 errmsg("peer \"%s\" refused registry.table_definitions()", peer),
-			 detail[0] ? errdetail_internal("%s: %s", primary, detail) :
-			 errdetail_internal("%s", primary),
+			 detail[0] ? errdetail_internal("%s (SQLSTATE %s): %s", primary,
+											codebuf, detail) :
+			 errdetail_internal("%s (SQLSTATE %s)", primary, codebuf),
 			 hint[0] ? errhint("%s", hint) : 0,
 			 errhidestmt(true)));
 }
@@ -448,6 +469,9 @@ join_ask(PGconn *conn, const char *peer, int *len)
 	if (!PQsendQueryParams(conn, "SELECT registry.table_definitions()", 0,
 						   NULL, NULL, NULL, NULL, 1))
 		connect_failed(peer, PQerrorMessage(conn));
+	/* row by row: a second row ends it before libpq buffers a third */
+	if (!PQsetSingleRowMode(conn))
+		connect_failed(peer, "could not ask for the answer row by row");
 	while ((rc = PQflush(conn)) != 0)
 	{
 		if (rc < 0)
@@ -480,16 +504,63 @@ join_ask(PGconn *conn, const char *peer, int *len)
 		r = PQgetResult(conn);
 		if (r == NULL)
 			break;
+		switch (PQresultStatus(r))
+		{
+			case PGRES_SINGLE_TUPLE:
+				if (res == NULL)
+				{
+					res = r;
+					break;
+				}
+				/* a second row */
+				PQclear(r);
+				PQclear(res);
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("malformed answer from peer \"%s\"", peer),
+						 errdetail("Expected one bytea value; more rows came."),
+						 errhidestmt(true)));
+				break;
+			case PGRES_TUPLES_OK:
+				/* the end of the rows (none, or the one kept) */
+				if (res == NULL)
+					res = r;
+				else
+					PQclear(r);
+				break;
+			case PGRES_FATAL_ERROR:
+				if (res != NULL)
+					PQclear(res);
+				remote_error(peer, r);
+				break;
+			default:
+				{
+					/*
+					 * A COPY, say: libpq would return it again on every
+					 * call, never the end.
+					 */
+					char		what[64];
+
+					strlcpy(what, PQresStatus(PQresultStatus(r)), sizeof(what));
+					PQclear(r);
+					if (res != NULL)
+						PQclear(res);
+					ereport(ERROR,
+							(errcode(ERRCODE_PROTOCOL_VIOLATION),
+							 errmsg("malformed answer from peer \"%s\"", peer),
+							 errdetail("The peer answered with %s.", what),
+							 errhidestmt(true)));
+				}
+		}
 		if (res == NULL)
-			res = r;
-		else
-			PQclear(r);
+			CHECK_FOR_INTERRUPTS();
 	}
 	if (res == NULL)
 		connect_failed(peer, "the request ended without a result");
 	if (PQresultStatus(res) == PGRES_FATAL_ERROR)
 		remote_error(peer, res);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
+	if ((PQresultStatus(res) != PGRES_TUPLES_OK &&
+		 PQresultStatus(res) != PGRES_SINGLE_TUPLE) || PQntuples(res) != 1 ||
 		PQnfields(res) != 1 || PQgetisnull(res, 0, 0) || PQfformat(res, 0) != 1)
 	{
 		PQclear(res);
@@ -597,10 +668,78 @@ typedef struct TypeArg
 	int32		typmod;
 } TypeArg;
 
+/*
+ * Whether a type may be given to a new table on a peer's word: it and
+ * everything it is made of (a domain's base type, an array's element, a
+ * composite's columns, a range's subtype) are owned by superusers, and
+ * none is a type of schema registry.  A domain's CHECK and DEFAULT, a
+ * composite's column types, are code of their owner, which would run
+ * whenever a row is written -- as a superuser, too.  *culprit: the first
+ * type that is not.
+ */
+static bool
+type_trusted(Oid typid, int depth, Oid *culprit)
+{
+	HeapTuple	tup;
+	Form_pg_type t;
+	Oid			regns = get_namespace_oid(REGISTRY_SCHEMA, true);
+	bool		ok;
+	char		typtype;
+	Oid			base,
+				elem,
+				relid;
+
+	if (depth > 16)
+	{
+		*culprit = typid;
+		return false;
+	}
+	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	if (!HeapTupleIsValid(tup))
+	{
+		*culprit = InvalidOid;
+		return false;
+	}
+	t = (Form_pg_type) GETSTRUCT(tup);
+	ok = superuser_arg(t->typowner) && t->typnamespace != regns;
+	typtype = t->typtype;
+	base = t->typbasetype;
+	elem = t->typelem;
+	relid = t->typrelid;
+	ReleaseSysCache(tup);
+	if (!ok)
+	{
+		*culprit = typid;
+		return false;
+	}
+	if (typtype == TYPTYPE_DOMAIN)
+		return type_trusted(base, depth + 1, culprit);
+	if (OidIsValid(elem) && !type_trusted(elem, depth + 1, culprit))
+		return false;
+	if (typtype == TYPTYPE_RANGE)
+		return type_trusted(get_range_subtype(typid), depth + 1, culprit);
+	if (typtype == TYPTYPE_MULTIRANGE)
+		return type_trusted(get_multirange_range(typid), depth + 1, culprit);
+	if (typtype == TYPTYPE_COMPOSITE && OidIsValid(relid))
+	{
+		TupleDesc	desc = lookup_rowtype_tupdesc(typid, -1);
+		int			i;
+
+		for (i = 0; i < desc->natts && ok; i++)
+			if (!TupleDescAttr(desc, i)->attisdropped)
+				ok = type_trusted(TupleDescAttr(desc, i)->atttypid, depth + 1,
+								  culprit);
+		ReleaseTupleDesc(desc);
+		return ok;
+	}
+	return true;
+}
+
 static void
 resolve_type(void *arg)
 {
 	TypeArg    *ta = arg;
+	Oid			culprit = InvalidOid;
 
 	parseTypeString(ta->name, &ta->typid, &ta->typmod, false);
 	if (get_typtype(ta->typid) == TYPTYPE_PSEUDO)
@@ -611,6 +750,14 @@ resolve_type(void *arg)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("type %s is only a shell", format_type_be(ta->typid))));
+	if (!type_trusted(ta->typid, 0, &culprit))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("type %s is not taken on a peer's word", format_type_be(ta->typid)),
+				 OidIsValid(culprit) ?
+				 errdetail("Type %s is owned by a role that is not a superuser, or is the registry's own: its code (a domain's CHECK and DEFAULT, say) would run when rows are written.",
+						   format_type_be(culprit)) : 0,
+				 errhint("Create the table here by hand, then call registry.join() again.")));
 }
 
 static Oid
@@ -1212,6 +1359,23 @@ join_table(ReturnSetInfo *rsinfo, MsgDefTable *d)
 
 /* ---- registry.join() ---- */
 
+/* As add_peer() asks of a non-superuser: a password in the string. */
+static bool
+conninfo_has_password(const char *conninfo)
+{
+	PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+	PQconninfoOption *opt;
+	bool		has = false;
+
+	if (opts == NULL)
+		return false;
+	for (opt = opts; opt->keyword; opt++)
+		if (strcmp(opt->keyword, "password") == 0 && opt->val && opt->val[0])
+			has = true;
+	PQconninfoFree(opts);
+	return has;
+}
+
 static void
 join_run(ReturnSetInfo *rsinfo, const char *peer, const char *conninfo)
 {
@@ -1231,6 +1395,13 @@ join_run(ReturnSetInfo *rsinfo, const char *peer, const char *conninfo)
 	 * connection.  Its sync worker hears of it at commit.
 	 */
 	known = peer_conninfo(peer);
+	if (known && !superuser() && !conninfo_has_password(conninfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED),
+				 errmsg("password is required"),
+				 errdetail("Non-superusers must give a password in a peer's connection string."),
+				 errhint("Add password=... to the connection string, or have a superuser join."),
+				 errhidestmt(true)));
 	if (known && strcmp(known, conninfo) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -1247,6 +1418,18 @@ join_run(ReturnSetInfo *rsinfo, const char *peer, const char *conninfo)
 	}
 
 	fetch_definitions(peer, conninfo, !superuser(), &defs);
+
+	/*
+	 * More tables than can be registered here would each be created and
+	 * rolled back, every one a transaction id and locks held to the end.
+	 */
+	if (defs.n > registry_max_tables)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("peer \"%s\" has %d registry tables, more than registry.max_tables (%d) allows here",
+						peer, defs.n, registry_max_tables),
+				 errhint("Raise registry.max_tables (a restart), then join again."),
+				 errhidestmt(true)));
 	for (i = 0; i < defs.n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
