@@ -109,6 +109,53 @@ SELECT error_of(format('CALL registry.watch(%s, %s, NULL, max_changes => 0)', :e
 SELECT error_of(format('CALL registry.watch(%s, %s, NULL, timeout => %L)', :ep, :last, '2 hours'));
 SELECT error_of(format('CALL registry.watch(NULL, %s, NULL)', :last));
 
+-- a TRUNCATE is one resync change: a key prefix does not filter it out
+SELECT last_seq AS last2 FROM registry.node \gset
+CREATE TABLE cl_tr (k text PRIMARY KEY);
+SELECT registry.replicate('cl_tr');
+INSERT INTO cl_tr VALUES ('app/1'), ('app/2');
+SELECT last_seq AS last3 FROM registry.node \gset
+TRUNCATE cl_tr;
+CALL watch_into(:ep, :last3, ARRAY['cl_tr'::regclass], 'app/');
+SELECT x ->> 'op' AS op, x -> 'key' AS key, x -> 'row' AS row FROM w, jsonb_array_elements(changes) x;
+-- a table named, unregistered and registered again, is followed on
+SELECT last_seq AS last4 FROM registry.node \gset
+SELECT registry.unreplicate('cl_tr'), registry.replicate('cl_tr');
+INSERT INTO cl_tr VALUES ('app/3');
+CALL watch_into(:ep, :last4, ARRAY['cl_tr'::regclass]);
+SELECT x ->> 'op' AS op, x ->> 'key' AS key FROM w, jsonb_array_elements(changes) x;
+DROP TABLE cl_tr;
+
+-- rows are shown from the columns' output functions, never through a
+-- cast to json that a type's owner wrote (it would run as the caller)
+CREATE TYPE cl_mood AS ENUM ('calm', 'happy');
+CREATE FUNCTION cl_mood_json(cl_mood) RETURNS json LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'the cast to json ran as %', current_user;
+    RETURN '"cast"';
+END $$;
+CREATE CAST (cl_mood AS json) WITH FUNCTION cl_mood_json(cl_mood);
+CREATE TABLE cl_types (k int PRIMARY KEY, m cl_mood, b bool, f float8, n numeric,
+                       j jsonb, a int[], t timestamptz);
+SELECT registry.replicate('cl_types');
+SELECT last_seq AS last5 FROM registry.node \gset
+INSERT INTO cl_types VALUES (1, 'happy', true, 'NaN', 1.50, '{"x": [1]}', '{1,2}',
+                             '2026-01-02 03:04:05+00'),
+                            (2, NULL, false, 2.5, 'Infinity', 'null', NULL, NULL);
+SELECT key, "row" FROM registry.list(ARRAY['cl_types'::regclass]) WHERE key IS NOT NULL ORDER BY key;
+CALL watch_into(:ep, :last5, ARRAY['cl_types'::regclass]);
+SELECT x ->> 'key' AS key, x -> 'row' AS row FROM w, jsonb_array_elements(changes) x;
+DROP TABLE cl_types;
+DROP CAST (cl_mood AS json);
+DROP FUNCTION cl_mood_json(cl_mood);
+DROP TYPE cl_mood;
+
+-- not in a transaction with its own uncommitted changes
+BEGIN;
+INSERT INTO cl_svc VALUES ('phantom', 'x');
+SELECT error_of($$SELECT count(*) FROM registry.list(ARRAY['cl_svc'::regclass])$$);
+ROLLBACK;
+
 -- ---- privileges ----
 SET ROLE cl_reader;
 SELECT count(*) > 0 AS reader_lists FROM registry.list(ARRAY['cl_svc'::regclass]);

@@ -202,6 +202,25 @@ peer_status_find(const char *name, PeerStatus *copy)
 }
 
 /*
+ * Whether node is one of this node's peers: the name it has here, or the
+ * node name it reported.  (Acknowledgements are kept for peers only.)
+ */
+bool
+peer_status_is_peer(const char *node)
+{
+	bool		found = false;
+	int			i;
+
+	LWLockAcquire(PeerShared->lock, LW_SHARED);
+	for (i = 0; i < registry_max_origins && !found; i++)
+		found = PeerShared->slots[i].in_use &&
+			(strcmp(PeerShared->slots[i].st.name, node) == 0 ||
+			 strcmp(PeerShared->slots[i].st.remote_node, node) == 0);
+	LWLockRelease(PeerShared->lock);
+	return found;
+}
+
+/*
  * Wait until every named peer served round request gen, or the deadline.
  * True if each did and each round completed.
  */

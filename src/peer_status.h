@@ -85,6 +85,7 @@ extern void peer_status_detach(int slot);
 extern const char *peer_status_state_name(int state);
 extern PeerStatus *peer_status_snapshot(int *n);
 extern bool peer_status_find(const char *name, PeerStatus *copy);
+extern bool peer_status_is_peer(const char *node);
 extern bool peer_status_wait_served(List *names, uint64 gen,
 									TimestampTz deadline);
 

@@ -70,6 +70,8 @@ typedef struct PublishingShared
 	pg_atomic_uint64 waits;		/* writers that had to wait */
 	pg_atomic_uint32 cutting;	/* cuts in progress */
 	ConditionVariable cut_cv;	/* broadcast when a cut ends */
+	ConditionVariable quiet_cv; /* broadcast when the last publisher ends
+								 * while a cut waits */
 
 	/*
 	 * [2 * registry_proc_slots()]: per process, the lowest and highest xid of
@@ -104,6 +106,7 @@ publishing_shmem_init(void)
 	pg_atomic_init_u64(&Publishing->waits, 0);
 	pg_atomic_init_u32(&Publishing->cutting, 0);
 	ConditionVariableInit(&Publishing->cut_cv);
+	ConditionVariableInit(&Publishing->quiet_cv);
 	for (i = 0; i < 2 * registry_proc_slots(); i++)
 		pg_atomic_init_u32(&Publishing->slots[i], InvalidTransactionId);
 }
@@ -152,7 +155,9 @@ publishing_end(void)
 	if (!publishing_set)
 		return;
 	pg_atomic_write_u32(&Publishing->slots[2 * MyProc->pgprocno], InvalidTransactionId);
-	pg_atomic_fetch_sub_u32(&Publishing->publishing, 1);
+	if (pg_atomic_fetch_sub_u32(&Publishing->publishing, 1) == 1 &&
+		pg_atomic_read_u32(&Publishing->cutting) > 0)
+		ConditionVariableBroadcast(&Publishing->quiet_cv);
 	publishing_set = false;
 }
 
@@ -227,18 +232,28 @@ publishing_cut(int wait_ms, Snapshot *snap, uint64 *epoch, uint64 *seq)
 	pg_atomic_fetch_add_u32(&Publishing->cutting, 1);
 	PG_ENSURE_ERROR_CLEANUP(cut_cleanup, (Datum) 0);
 	{
+		/*
+		 * Woken by the last publisher to end; the timed sleep also covers
+		 * a broadcast that came between the look and the sleep.
+		 */
+		ConditionVariablePrepareToSleep(&Publishing->quiet_cv);
 		for (;;)
 		{
+			long		left;
+
 			if (pg_atomic_read_u32(&Publishing->publishing) == 0)
 			{
 				quiet = true;
 				break;
 			}
-			if (GetCurrentTimestamp() >= deadline)
+			left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+			if (left <= 0)
 				break;
-			CHECK_FOR_INTERRUPTS();
-			pg_usleep(20L);
+			(void) ConditionVariableTimedSleep(&Publishing->quiet_cv,
+											   Min(left, 1L),
+											   PG_WAIT_EXTENSION);
 		}
+		ConditionVariableCancelSleep();
 		if (quiet)
 		{
 			ChangeLogStats st;

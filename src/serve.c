@@ -41,6 +41,7 @@
 #include "changelog.h"
 #include "digest.h"
 #include "message.h"
+#include "peer_status.h"
 #include "node.h"
 #include "registry.h"
 #include "row_keys.h"
@@ -258,9 +259,10 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	/*
 	 * A node following this log asks for what comes after the last seq it
 	 * applied: that is its acknowledgement (registry.wait_for_peers), noted
-	 * before the long poll holds the request.
+	 * before the long poll holds the request.  Only for nodes that are
+	 * peers here: other names could push the peers' out of acks.c's slots.
 	 */
-	if (check_epoch && exclude)
+	if (check_epoch && exclude && peer_status_is_peer(exclude))
 	{
 		ChangeLogStats st;
 

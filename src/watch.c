@@ -31,6 +31,7 @@
 #include "postgres.h"
 
 #include "access/table.h"
+#include "access/xlog.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
@@ -72,6 +73,9 @@ PG_FUNCTION_INFO_V1(registry_wait_for_peers);
 /* change log entries looked at per read */
 #define WATCH_SCAN			10000
 
+/* an answer of watch stops growing at this size */
+#define WATCH_MAX_BYTES		(64 * 1024 * 1024)
+
 /* ---- which tables a client may follow ---- */
 
 /*
@@ -81,8 +85,11 @@ PG_FUNCTION_INFO_V1(registry_wait_for_peers);
 static const char *
 unreadable(Oid relid)
 {
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		return "privilege";
+	bool		is_missing = false;
+
+	if (pg_class_aclcheck_ext(relid, GetUserId(), ACL_SELECT,
+							  &is_missing) != ACLCHECK_OK)
+		return is_missing ? "missing" : "privilege";
 	if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED)
 		return "rls";
 	return NULL;
@@ -95,6 +102,10 @@ check_readable(Oid relid, const char *fn)
 
 	if (why == NULL)
 		return;
+	if (strcmp(why, "missing") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("a table registry.%s() follows was dropped", fn)));
 	if (strcmp(why, "privilege") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -160,6 +171,7 @@ table_set_build(TableSet *ts, ArrayType *arr, const char *fn)
 
 		deconstruct_array(arr, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT,
 						  &elems, &nulls, &nelems);
+		ts->skip = palloc(sizeof(int32) * 64);
 		ts->tids = palloc(sizeof(int32) * Max(nelems, 1));
 		ts->relids = palloc(sizeof(Oid) * Max(nelems, 1));
 		for (i = 0; i < nelems; i++)
@@ -195,7 +207,8 @@ table_set_build(TableSet *ts, ArrayType *arr, const char *fn)
 
 /*
  * Whether changes of table tid are followed.  With all, a table
- * registered after the start is looked up once (in a transaction).
+ * registered after the start is looked up once (in a transaction); a
+ * table named that was registered again (a new tid) is followed on.
  */
 static bool
 table_set_has(TableSet *ts, int32 tid)
@@ -206,12 +219,19 @@ table_set_has(TableSet *ts, int32 tid)
 	for (i = 0; i < ts->n; i++)
 		if (ts->tids[i] == tid)
 			return true;
-	if (!ts->all)
-		return false;
 	for (i = 0; i < ts->nskip; i++)
 		if (ts->skip[i] == tid)
 			return false;
 	t = regtable_by_tid(tid, true);
+	if (t != NULL && !ts->all)
+	{
+		/* a table named, unregistered and registered again: a new tid */
+		for (i = 0; i < ts->n; i++)
+			if (ts->relids[i] == t->relid)
+				break;
+		if (i == ts->n)
+			t = NULL;
+	}
 	if (t != NULL && !t->restored && unreadable(t->relid) == NULL)
 	{
 		ts->tids = repalloc(ts->tids, sizeof(int32) * (ts->n + 1));
@@ -226,29 +246,38 @@ table_set_has(TableSet *ts, int32 tid)
 	return false;
 }
 
-/* ---- rows as jsonb ---- */
-
 /*
- * to_jsonb() of a table's rows: it finds the row type from its call
- * expression, so the call gets one that names the table's row type.
+ * After a wait: privileges may have been revoked, or row-level security
+ * enabled, meanwhile.  A table named must still be readable (an error
+ * otherwise); with all, a table no longer readable is no longer followed.
  */
 static void
-jsonb_maker(FmgrInfo *flinfo, Oid relid)
+table_set_recheck(TableSet *ts, const char *fn)
 {
-	FuncExpr   *fe;
+	int			i = 0;
 
-	fmgr_info(F_TO_JSONB, flinfo);
-	fe = makeFuncExpr(F_TO_JSONB, JSONBOID,
-					  list_make1(makeNullConst(get_rel_type_id(relid), -1, InvalidOid)),
-					  InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
-	fmgr_info_set_expr((Node *) fe, flinfo);
+	while (i < ts->n)
+	{
+		if (!ts->all)
+		{
+			check_readable(ts->relids[i], fn);
+			i++;
+			continue;
+		}
+		if (unreadable(ts->relids[i]) == NULL)
+		{
+			i++;
+			continue;
+		}
+		if (ts->nskip < 64)
+			ts->skip[ts->nskip++] = ts->tids[i];
+		ts->tids[i] = ts->tids[ts->n - 1];
+		ts->relids[i] = ts->relids[ts->n - 1];
+		ts->n--;
+	}
 }
 
-static Datum
-slot_jsonb(FmgrInfo *flinfo, TupleTableSlot *slot)
-{
-	return FunctionCall1(flinfo, ExecFetchSlotHeapTupleDatum(slot));
-}
+/* ---- rows as jsonb ---- */
 
 /* an interval's length in ms (a month as 30 days), clamped to int64 */
 static int64
@@ -264,6 +293,114 @@ interval_ms(Interval *iv)
 	return (int64) ms;
 }
 
+/*
+ * A row as a JSON object, built from its columns' output functions: never
+ * through to_jsonb(), which calls a type's cast to json, code of the
+ * type's owner that must not run as the caller.  Numbers and booleans are
+ * JSON numbers and booleans, json and jsonb values are embedded, every
+ * other value is a JSON string of its text output (arrays, composites,
+ * ranges in their text form).  Output functions are C, installed by a
+ * superuser.
+ */
+typedef struct RowJson
+{
+	int			natts;
+	FmgrInfo   *out;			/* [natts]; fn_oid 0 for dropped columns */
+	Oid		   *kind;			/* the base type of each column */
+} RowJson;
+
+static void
+row_json_init(RowJson *rj, TupleDesc desc)
+{
+	int			i;
+
+	rj->natts = desc->natts;
+	rj->out = palloc0(sizeof(FmgrInfo) * Max(desc->natts, 1));
+	rj->kind = palloc0(sizeof(Oid) * Max(desc->natts, 1));
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		Oid			outfunc;
+		bool		isvarlena;
+
+		if (att->attisdropped)
+			continue;
+		getTypeOutputInfo(att->atttypid, &outfunc, &isvarlena);
+		fmgr_info(outfunc, &rj->out[i]);
+		rj->kind[i] = getBaseType(att->atttypid);
+	}
+}
+
+static void
+row_json(StringInfo b, RowJson *rj, TupleTableSlot *slot)
+{
+	TupleDesc	desc = slot->tts_tupleDescriptor;
+	bool		first = true;
+	int			i;
+
+	slot_getallattrs(slot);
+	appendStringInfoChar(b, '{');
+	for (i = 0; i < rj->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		char	   *v;
+
+		if (att->attisdropped)
+			continue;
+		if (!first)
+			appendStringInfoString(b, ", ");
+		first = false;
+		escape_json(b, NameStr(att->attname));
+		appendStringInfoString(b, ": ");
+		if (slot->tts_isnull[i])
+		{
+			appendStringInfoString(b, "null");
+			continue;
+		}
+		v = OutputFunctionCall(&rj->out[i], slot->tts_values[i]);
+		switch (rj->kind[i])
+		{
+			case BOOLOID:
+				appendStringInfoString(b, v[0] == 't' ? "true" : "false");
+				break;
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case OIDOID:
+				appendStringInfoString(b, v);
+				break;
+			case FLOAT4OID:
+			case FLOAT8OID:
+			case NUMERICOID:
+				/* NaN and the infinities are not JSON numbers */
+				if (strpbrk(v, "NI") == NULL)
+					appendStringInfoString(b, v);
+				else
+					escape_json(b, v);
+				break;
+			case JSONOID:
+			case JSONBOID:
+				appendStringInfoString(b, v);
+				break;
+			default:
+				escape_json(b, v);
+				break;
+		}
+		pfree(v);
+	}
+	appendStringInfoChar(b, '}');
+}
+
+static Datum
+row_jsonb(RowJson *rj, TupleTableSlot *slot)
+{
+	StringInfoData b;
+
+	initStringInfo(&b);
+	row_json(&b, rj, slot);
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(b.data));
+}
+
 static bool
 key_matches(const char *key, const char *prefix, int prefixlen)
 {
@@ -271,6 +408,18 @@ key_matches(const char *key, const char *prefix, int prefixlen)
 }
 
 /* ---- registry.list ---- */
+
+/* The change log is a primary's: a standby's is not fed by replay. */
+static void
+check_not_recovering(const char *fn)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("registry.%s() cannot run during recovery", fn),
+				 errdetail("A standby's change log does not follow what replay writes."),
+				 errhint("Call it on a primary.")));
+}
 
 /*
  * Take a cut, trying again while commits in flight keep it from being
@@ -320,6 +469,13 @@ registry_list(PG_FUNCTION_ARGS)
 	int			i;
 
 	registry_check_preloaded();
+	check_not_recovering("list");
+	if (publish_xact_has_changes())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("registry.list() cannot list in a transaction that has changed registry tables"),
+				 errdetail("The listing would show changes that are not committed, at a position that does not have them."),
+				 errhint("List before the changes, or after COMMIT.")));
 	InitMaterializedSRF(fcinfo, 0);
 	table_set_build(&ts, arr, "list");
 
@@ -328,7 +484,18 @@ registry_list(PG_FUNCTION_ARGS)
 	for (i = 0; i < ts.n; i++)
 		rels[i] = table_open(ts.relids[i], AccessShareLock);
 
-	take_cut(&snap, &epoch, &seq);
+	if (ts.n > 0)
+		take_cut(&snap, &epoch, &seq);
+	else
+	{
+		ChangeLogStats st;
+
+		/* nothing to read: no cut, nobody held back */
+		changelog_stats(&st);
+		epoch = st.epoch;
+		seq = st.last_seq;
+		snap = NULL;
+	}
 
 	memset(n, true, sizeof(n));
 	v[0] = Int64GetDatum((int64) epoch);
@@ -342,20 +509,24 @@ registry_list(PG_FUNCTION_ARGS)
 	{
 		RegTable   *t = regtable_by_relid(ts.relids[i], true);
 		RowLookup	rs;
-		FmgrInfo	flinfo;
+		RowJson		rj;
 		int			nest = -1;
 		Datum		name;
 		int			count = 0;
 
 		if (t == NULL || t->tid != ts.tids[i])
-			continue;			/* unregistered meanwhile */
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("table %s was unregistered while it was listed",
+							get_rel_name(ts.relids[i])),
+					 errhint("List again.")));
 		name = CStringGetTextDatum(t->qualname);
-		jsonb_maker(&flinfo, t->relid);
 
 		/* keys and values in the canonical settings, as peers see them */
 		if (t->needs_canonical)
 			keys_canonical_gucs_push(&nest);
 		row_scan_all_begin(&rs, t, snap);
+		row_json_init(&rj, rs.slot->tts_tupleDescriptor);
 		while (row_scan_next(&rs))
 		{
 			MemoryContext old = MemoryContextSwitchTo(tmp);
@@ -370,7 +541,7 @@ registry_list(PG_FUNCTION_ARGS)
 				v[3] = CStringGetTextDatum(key);
 				v[4] = Int64GetDatum((int64) st.version);
 				v[5] = CStringGetTextDatum(st.origin);
-				v[6] = slot_jsonb(&flinfo, rs.slot);
+				v[6] = row_jsonb(&rj, rs.slot);
 				memset(n, false, sizeof(n));
 				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 			}
@@ -388,7 +559,8 @@ registry_list(PG_FUNCTION_ARGS)
 	}
 	for (i = 0; i < ts.n; i++)
 		table_close(rels[i], NoLock);
-	UnregisterSnapshot(snap);
+	if (snap)
+		UnregisterSnapshot(snap);
 	return (Datum) 0;
 }
 
@@ -455,8 +627,10 @@ scan_changes(uint64 epoch, uint64 *pos, TableSet *ts, const char *prefix,
 			ChangeLogChange *c = &copy[i];
 
 			*pos = c->seq;
+			/* a bulk change (resync) has no key: it concerns every prefix */
 			if (!table_set_has(ts, c->tid) ||
-				!key_matches(c->key, prefix, prefix ? strlen(prefix) : 0))
+				(c->op != REG_OP_RESYNC &&
+				 !key_matches(c->key, prefix, prefix ? strlen(prefix) : 0)))
 				continue;
 			out[nmatch].seq = c->seq;
 			out[nmatch].tid = c->tid;
@@ -513,20 +687,18 @@ change_json(StringInfo b, WatchMatch *m, Snapshot snap)
 		strlen(m->key) <= (size_t) registry_max_key_length)
 	{
 		RowLookup	rl;
-		FmgrInfo	flinfo;
+		RowJson		rj;
 		int			nest = -1;
 		bool		found;
 
 		if (t->needs_canonical)
 			keys_canonical_gucs_push(&nest);
-		jsonb_maker(&flinfo, t->relid);
 		row_lookup_begin(&rl, t, AccessShareLock, snap);
 		found = row_lookup(&rl, m->key);
 		if (found)
 		{
-			Jsonb	   *jb = DatumGetJsonbP(slot_jsonb(&flinfo, rl.slot));
-
-			(void) JsonbToCString(b, &jb->root, VARSIZE(jb));
+			row_json_init(&rj, rl.slot->tts_tupleDescriptor);
+			row_json(b, &rj, rl.slot);
 		}
 		else
 			appendStringInfoString(b, "null");
@@ -570,6 +742,7 @@ registry_watch(PG_FUNCTION_ARGS)
 	int			i;
 
 	registry_check_preloaded();
+	check_not_recovering("watch");
 	registry_check_not_null(fcinfo, 0, "epoch");
 	registry_check_not_null(fcinfo, 1, "seq");
 	registry_check_not_null(fcinfo, 4, "max_changes");
@@ -626,27 +799,48 @@ registry_watch(PG_FUNCTION_ARGS)
 		}
 		InvalidateCatalogSnapshot();
 		(void) changelog_wait(pos, 1, &epoch, NULL, (int) Min(left, 60000L));
+
+		/* privileges may have changed while it waited */
+		table_set_recheck(&ts, "watch");
 	}
 
-	/* the rows as they are now */
+	/*
+	 * The rows as they are now, each change's lookups in a context of its
+	 * own.  An answer stops growing at WATCH_MAX_BYTES (big rows): the
+	 * position is then the last change it holds, the rest comes next call.
+	 */
 	initStringInfo(&b);
 	appendStringInfoChar(&b, '[');
 	if (nmatch > 0)
 	{
 		Snapshot	snap;
+		MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext,
+												  "registry watch",
+												  ALLOCSET_DEFAULT_SIZES);
 
 		if (committed)
 			PushActiveSnapshot(GetTransactionSnapshot());
 		snap = RegisterSnapshot(GetLatestSnapshot());
 		for (i = 0; i < nmatch; i++)
 		{
+			MemoryContext old;
+
+			if (i > 0 && b.len >= WATCH_MAX_BYTES)
+			{
+				pos = matches[i - 1].seq;
+				break;
+			}
 			if (i > 0)
 				appendStringInfoString(&b, ", ");
+			old = MemoryContextSwitchTo(tmp);
 			change_json(&b, &matches[i], snap);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(tmp);
 		}
 		UnregisterSnapshot(snap);
 		if (committed)
 			PopActiveSnapshot();
+		MemoryContextDelete(tmp);
 	}
 	appendStringInfoChar(&b, ']');
 
@@ -727,6 +921,7 @@ registry_wait_for_peers(PG_FUNCTION_ARGS)
 	int			need;
 
 	registry_check_preloaded();
+	check_not_recovering("wait_for_peers");
 	registry_check_not_null(fcinfo, 1, "timeout");
 	timeout = PG_GETARG_INTERVAL_P(1);
 	timeout_ms = interval_ms(timeout);
