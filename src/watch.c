@@ -44,6 +44,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -800,7 +801,11 @@ registry_watch(PG_FUNCTION_ARGS)
 		InvalidateCatalogSnapshot();
 		(void) changelog_wait(pos, 1, &epoch, NULL, (int) Min(left, 60000L));
 
-		/* privileges may have changed while it waited */
+		/*
+		 * Privileges may have changed while it waited: the catalog caches
+		 * hear of it only when told to look.
+		 */
+		AcceptInvalidationMessages();
 		table_set_recheck(&ts, "watch");
 	}
 

@@ -15,7 +15,8 @@
 # (e) tables and key_prefix filters (a plain prefix: % and _ are not
 #     patterns), in list and watch.
 # (f) privileges: no SELECT gives 42501, row-level security for the caller
-#     0A000; with tables NULL only the tables the caller may read.
+#     0A000; with tables NULL only the tables the caller may read; SELECT
+#     revoked while a watch waits: 42501 when it wakes, no row returned.
 use strict;
 use warnings;
 use lib 't';
@@ -466,6 +467,25 @@ is(join(',', map { "$_->{table} $_->{key}" } @{ $wr->{seen} }), 'public.a_tbl se
 check_seen($n3, 'watcher with tables NULL', $wr->{seen}, $wr->{list_seq}, $pend,
 	q{table_name = 'public.a_tbl'});
 $cf->quit;
+
+# privileges are checked again after a wait: a watch that began with
+# SELECT on a_tbl and lost it while waiting must not return its rows
+sql($n3, q{CREATE TABLE rev_t (k text PRIMARY KEY, v text); SELECT registry.replicate('rev_t'); GRANT SELECT ON rev_t TO watcher});
+my ($rep, $rsq) = (epoch($n3), last_seq($n3));
+my ($rin, $rout, $rerr) = ('', '', '');
+my $rh = IPC::Run::start(
+	[ $psql, '-XAtq', '-v', 'VERBOSITY=verbose', '-d', $n3->connstr('postgres') . ' user=watcher',
+	  '-c', "CALL registry.watch($rep, $rsq, NULL, tables => ARRAY['rev_t'::regclass], timeout => '60 s')" ],
+	\$rin, \$rout, \$rerr);
+ok( poll_until(sub {
+			sql($n3, q{SELECT count(*) FROM pg_stat_activity WHERE usename = 'watcher' AND query LIKE 'CALL registry.watch%' AND wait_event = 'Extension'}) eq '1'
+		}),
+	'a watcher waits on rev_t');
+sql($n3, q{REVOKE SELECT ON rev_t FROM watcher; INSERT INTO rev_t VALUES ('after-revoke', 'secret value')});
+$rh->finish;
+like($rerr, qr/ERROR:  42501: permission denied for table rev_t/,
+	'SELECT revoked while it waited: the watch fails with 42501');
+unlike($rout, qr/secret value/, '... and returns nothing of the row');
 
 $_->stop for $n1, $n2, $n3;
 done_testing();

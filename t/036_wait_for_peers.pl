@@ -54,6 +54,18 @@ is(sql($_, 'SELECT string_agg(id::text, \',\' ORDER BY id) FROM kv'), '1,2,3,4',
 	'... ' . $_->name . ' holds all four rows at once')
   for ($wa, $wc);
 
+# names that are not peers' do not take the peers' places: a caller that
+# may serve (a superuser here) naming 100 other nodes in changes_since
+# (the peers' acknowledgements of the change are in before the 100
+# requests, and the peers, idle, send no new one until the next change)
+my $acks = $wa->safe_psql('postgres', q{
+INSERT INTO kv VALUES (8, 'v8');
+SELECT registry.wait_for_peers(NULL, '30 s');
+SELECT count(registry.changes_since(0, 1, false, (SELECT epoch FROM registry.node), 'junk' || g, 0)) FROM generate_series(1, 100) g;
+SELECT registry.wait_for_peers(NULL, '3 s');
+});
+is($acks, "2\n100\n2", 'after 100 requests naming other nodes, the peers still have the change: 2');
+
 # a session that wrote nothing returns the number of peers at once
 is(sql($wc, q{SELECT registry.wait_for_peers(NULL, '0')}), '2',
 	'a session without changes: the number of peers');
