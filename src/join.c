@@ -78,31 +78,6 @@ PG_FUNCTION_INFO_V1(registry_join);
  * The serving side: registry.table_definitions()
  * ==================================================================== */
 
-/*
- * Serving is for peers: superusers and members of registry_peer, as
- * serve.c's functions check (the same words, so that a peer's login role
- * is told the same thing whichever function it calls first).
- */
-static void
-check_peer(void)
-{
-	Oid			peer;
-
-	registry_check_preloaded();
-	if (superuser())
-		return;
-	peer = get_role_oid("registry_peer", true);
-	if (OidIsValid(peer) && has_privs_of_role(GetUserId(), peer))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied to read the registry"),
-			 errdetail("Role \"%s\" is not a member of registry_peer.",
-					   GetUserNameFromId(GetUserId(), false)),
-			 errhint("Peers connect as a member of registry_peer: GRANT registry_peer TO %s;",
-					 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
-}
-
 /* a column's default (or generation) expression as pg_get_expr() shows it */
 static char *
 column_default(Relation rel, AttrNumber attnum)
@@ -184,7 +159,7 @@ registry_table_definitions(PG_FUNCTION_ARGS)
 	int			i;
 	MsgWriter	w;
 
-	check_peer();
+	registry_check_peer();
 	regs = regtable_all();
 	defs = palloc0(sizeof(MsgDefTable) * Max(list_length(regs), 1));
 	foreach(lc, regs)

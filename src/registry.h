@@ -153,6 +153,7 @@ extern int	registry_proc_slots(void);
 extern Oid	registry_relid(const char *relname);
 extern void registry_check_preloaded(void);
 extern void registry_check_admin(void);
+extern void registry_check_peer(void);
 extern void registry_check_table_privilege(Oid relid, AclMode mode,
 										   const char *what);
 extern void registry_check_not_null(FunctionCallInfo fcinfo, int argno, const char *argname);

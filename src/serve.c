@@ -58,31 +58,6 @@ PG_FUNCTION_INFO_V1(registry_table_pages);
 #define MAX_KEYS_PER_CALL		100000
 #define MAX_ENTRIES_PER_CALL	1000000
 
-/*
- * Serving is for peers: superusers and members of registry_peer.  Not for
- * registry_admin as such: the serving functions read every registered
- * table, values included, whatever the caller's privileges on it.
- */
-static void
-check_peer(void)
-{
-	Oid			peer;
-
-	registry_check_preloaded();
-	if (superuser())
-		return;
-	peer = get_role_oid("registry_peer", true);
-	if (OidIsValid(peer) && has_privs_of_role(GetUserId(), peer))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied to read the registry"),
-			 errdetail("Role \"%s\" is not a member of registry_peer.",
-					   GetUserNameFromId(GetUserId(), false)),
-			 errhint("Peers connect as a member of registry_peer: GRANT registry_peer TO %s;",
-					 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
-}
-
 static void
 check_ready(void)
 {
@@ -242,7 +217,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	int			limit = answer_limit(fcinfo, 6);
 	Size		desc_bytes = 0;
 
-	check_peer();
+	registry_check_peer();
 	if (after < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -445,7 +420,7 @@ registry_digest(PG_FUNCTION_ARGS)
 	MsgDigest	m;
 	MsgWriter	w;
 
-	check_peer();
+	registry_check_peer();
 	registry_check_not_null(fcinfo, 0, "tbl");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	check_ready();
@@ -719,7 +694,7 @@ registry_bucket_entries(PG_FUNCTION_ARGS)
 	MsgWriter	w;
 	int			nest = -1;
 
-	check_peer();
+	registry_check_peer();
 	registry_check_not_null(fcinfo, 0, "tbl");
 	registry_check_not_null(fcinfo, 1, "nbuckets");
 	registry_check_not_null(fcinfo, 2, "buckets");
@@ -818,7 +793,7 @@ registry_fetch_rows(PG_FUNCTION_ARGS)
 	int			nest = -1;
 	int			limit = answer_limit(fcinfo, 2);
 
-	check_peer();
+	registry_check_peer();
 	registry_check_not_null(fcinfo, 0, "tbl");
 	registry_check_not_null(fcinfo, 1, "keys");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -994,7 +969,7 @@ registry_table_pages(PG_FUNCTION_ARGS)
 		ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 		int32		page_rows;
 
-		check_peer();
+		registry_check_peer();
 		registry_check_not_null(fcinfo, 0, "tbl");
 		registry_check_not_null(fcinfo, 1, "page_rows");
 		page_rows = PG_GETARG_INT32(1);

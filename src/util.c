@@ -173,6 +173,33 @@ registry_check_table_privilege(Oid relid, AclMode mode, const char *what)
 }
 
 /*
+ * Serving is for peers: superusers and members of registry_peer.  Not for
+ * registry_admin as such: the serving functions read every registered
+ * table, values included, whatever the caller's privileges on it.  (One
+ * check with one wording, so that a peer's login role is told the same
+ * whichever serving function it calls first.)
+ */
+void
+registry_check_peer(void)
+{
+	Oid			peer;
+
+	registry_check_preloaded();
+	if (superuser())
+		return;
+	peer = get_role_oid("registry_peer", true);
+	if (OidIsValid(peer) && has_privs_of_role(GetUserId(), peer))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to read the registry"),
+			 errdetail("Role \"%s\" is not a member of registry_peer.",
+					   GetUserNameFromId(GetUserId(), false)),
+			 errhint("Peers connect as a member of registry_peer: GRANT registry_peer TO %s;",
+					 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+}
+
+/*
  * For functions that are not STRICT because some arguments may be NULL
  * (meaning "default" or "all"): the others must not be.
  */
