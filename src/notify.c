@@ -209,6 +209,29 @@ change_payload(ChangeLogChange *e, TableName *table, const char *origin,
 	return b.data;
 }
 
+/* One wake-up per batch for peers, whatever the batch holds. */
+static void
+wakeup_notify(uint64 seq)
+{
+	char		buf[160];
+
+	snprintf(buf, sizeof(buf), "{\"node\": \"%s\", \"seq\": " UINT64_FORMAT "}",
+			 registry_node_name, seq);
+	Async_Notify("registry_wakeup", buf);
+}
+
+/* Changes were overwritten in the ring before they could be notified. */
+static void
+overflow_notify(const char *epoch, uint64 lost, uint64 first)
+{
+	char		buf[160];
+
+	snprintf(buf, sizeof(buf),
+			 "{\"op\": \"overflow\", \"epoch\": \"%s\", \"lost\": " UINT64_FORMAT ", \"first_seq\": " UINT64_FORMAT "}",
+			 epoch, lost, first);
+	Async_Notify("registry_change", buf);
+}
+
 /*
  * registry.notify_delay = 0: send one notification for every change
  * published since the last call, one transaction per batch.  Changes that
@@ -234,7 +257,6 @@ notify_each(void)
 		int			n = 0;
 		int			i;
 		List	   *names = NIL;
-		char		buf[160];
 		char		epoch[32];
 
 		CHECK_FOR_INTERRUPTS();
@@ -265,12 +287,7 @@ notify_each(void)
 		worker_xact_started();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		if (lost > 0)
-		{
-			snprintf(buf, sizeof(buf),
-					 "{\"op\": \"overflow\", \"epoch\": \"%s\", \"lost\": " UINT64_FORMAT ", \"first_seq\": " UINT64_FORMAT "}",
-					 epoch, lost, first);
-			Async_Notify("registry_change", buf);
-		}
+			overflow_notify(epoch, lost, first);
 		for (i = 0; i < n; i++)
 		{
 			ChangeLogChange *e = &copy[i];
@@ -283,10 +300,7 @@ notify_each(void)
 			if (trunc)
 				truncated++;
 		}
-		/* one wake-up per batch for peers, whatever the batch holds */
-		snprintf(buf, sizeof(buf), "{\"node\": \"%s\", \"seq\": " UINT64_FORMAT "}",
-				 registry_node_name, notified + n);
-		Async_Notify("registry_wakeup", buf);
+		wakeup_notify(notified + n);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		/* committing left TopMemoryContext current */
@@ -300,17 +314,6 @@ notify_each(void)
 }
 
 /* ---- the merge window (registry.notify_delay > 0) ---- */
-
-static void
-overflow_notify(const char *epoch, uint64 lost, uint64 first)
-{
-	char		buf[160];
-
-	snprintf(buf, sizeof(buf),
-			 "{\"op\": \"overflow\", \"epoch\": \"%s\", \"lost\": " UINT64_FORMAT ", \"first_seq\": " UINT64_FORMAT "}",
-			 epoch, lost, first);
-	Async_Notify("registry_change", buf);
-}
 
 /*
  * Payload of a window.  The counters are JSON numbers (seqs and counts
@@ -650,7 +653,6 @@ notify_merged(void)
 		uint64		truncated = 0;
 		int			n;
 		int			i;
-		char		buf[160];
 		char		epoch[32];
 
 		CHECK_FOR_INTERRUPTS();
@@ -707,10 +709,7 @@ notify_merged(void)
 				w = window_open(e, ep);
 			window_add(w, e, &scratch);
 		}
-		/* one wake-up per batch for peers, whatever the batch holds */
-		snprintf(buf, sizeof(buf), "{\"node\": \"%s\", \"seq\": " UINT64_FORMAT "}",
-				 registry_node_name, after + n);
-		Async_Notify("registry_wakeup", buf);
+		wakeup_notify(after + n);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		/* committing left TopMemoryContext current */
