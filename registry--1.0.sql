@@ -275,7 +275,8 @@ CREATE FUNCTION registry.changes_since(after_seq bigint,
                                        epoch bigint DEFAULT NULL,
                                        exclude_origin text DEFAULT NULL,
                                        wait_ms integer DEFAULT 0,
-                                       max_bytes integer DEFAULT NULL)
+                                       max_bytes integer DEFAULT NULL,
+                                       skip_origins text[] DEFAULT NULL)
     RETURNS bytea
     AS 'MODULE_PATHNAME', 'registry_changes_since' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
@@ -576,7 +577,7 @@ GRANT EXECUTE ON PROCEDURE
 -- registry_peer), and tells a login role that is not a member to be
 -- granted it.
 GRANT EXECUTE ON FUNCTION
-    registry.changes_since(bigint, integer, boolean, bigint, text, integer, integer),
+    registry.changes_since(bigint, integer, boolean, bigint, text, integer, integer, text[]),
     registry.digest(text, integer, integer, integer, integer),
     registry.bucket_entries(text, integer, integer[], boolean, integer, integer, integer),
     registry.fetch_rows(text, text[], integer),

@@ -311,3 +311,23 @@ SELECT count(*) > 3 AS several_pages, max(length(p)) <= 8 + 1048576 AS within_li
 SELECT count(*) AS entries, count(DISTINCT e->>'key') AS distinct_keys
   FROM big_pages2, jsonb_array_elements(registry.decode_message(p)->'entries') e;
 DROP TABLE big, big_pages, big_pages2;
+
+-- skip_origins: the origins the caller follows directly are left out too
+-- (covered by upto_seq); two changes applied from nodes x and elsewhere
+CREATE TABLE skp (k int PRIMARY KEY);
+SELECT registry.replicate('skp');
+CREATE TEMP TABLE s_skip AS SELECT last_seq FROM registry.node;
+SELECT registry.apply_row('skp', '1', registry.hlc_now(), 'x', false, '{"k": 1}');
+SELECT registry.apply_row('skp', '2', registry.hlc_now(), 'elsewhere', false, '{"k": 2}');
+SELECT c->>'key' AS key, c->>'origin' AS origin,
+       (m->>'upto_seq')::bigint - (SELECT last_seq FROM s_skip) AS upto
+  FROM registry.decode_message(registry.changes_since((SELECT last_seq FROM s_skip), 100, false, NULL,
+                                                      'regress', 0, NULL, ARRAY['x'])) m,
+       jsonb_array_elements(m->'changes') c;
+SELECT jsonb_array_length(m->'changes') AS n,
+       (m->>'upto_seq')::bigint - (SELECT last_seq FROM s_skip) AS upto
+  FROM registry.decode_message(registry.changes_since((SELECT last_seq FROM s_skip), 100, false, NULL,
+                                                      NULL, 0, NULL, ARRAY['x', 'elsewhere'])) m;
+SELECT registry.changes_since(0, 1, false, NULL, NULL, 0, NULL, ARRAY['bad name']);
+SELECT registry.changes_since(0, 1, false, NULL, NULL, 0, NULL, ARRAY[['x'], ['elsewhere']]);
+DROP TABLE skp;

@@ -313,14 +313,14 @@ changelog_read(uint64 after, int max, ChangeLogChange **out,
 /*
  * Wait up to wait_ms (> 0) until there is something after seq after:
  * a commit wakes the caller at once.  With epoch, a change of epoch ends
- * the wait too.  Changes that came from exclude_origin do not end it (the
+ * the wait too.  Changes whose origin is one of exclude do not end it (the
  * caller would only get an empty answer): they are stepped over if there
  * are no more than max of them, and the seq returned says how far (else
  * after itself).  Origins are compared by name while the entries are held.
  */
 uint64
 changelog_wait(uint64 after, int max, const uint64 *epoch,
-			   const char *exclude_origin, int wait_ms)
+			   const char *const *exclude, int nexclude, int wait_ms)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   wait_ms);
@@ -340,7 +340,7 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 			uint64		s;
 
 			wake = true;
-			if (exclude_origin && l > after &&
+			if (nexclude > 0 && l > after &&
 				after + 1 >= ChangeLog->first_seq &&
 				l - after <= (uint64) max)
 			{
@@ -348,8 +348,11 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 				for (s = after + 1; s <= l && !wake; s++)
 				{
 					const char *o = origins_name(entry_of(s)->origin);
+					int			k;
 
-					wake = (o == NULL || strcmp(o, exclude_origin) != 0);
+					wake = true;
+					for (k = 0; o != NULL && k < nexclude && wake; k++)
+						wake = strcmp(o, exclude[k]) != 0;
 				}
 				if (!wake)
 					after = l;

@@ -182,9 +182,73 @@ current_row(RegTable *t, RowLookup *rl, const char *key, bool with_values,
 }
 
 /*
+ * The origins whose changes an answer leaves out (covered by upto_seq):
+ * the caller itself (exclude_origin), and skip_origins, the nodes the
+ * caller also pulls from directly (their own changes come to it from
+ * them; forwarding them here too is what made a full mesh cost N(N-1)
+ * per write).  Names the caller gives: checked, at most
+ * registry.max_origins of them.
+ */
+static const char **
+skip_origins(FunctionCallInfo fcinfo, int argno, const char *exclude, int *n)
+{
+	const char **names;
+	Datum	   *elems = NULL;
+	bool	   *nulls = NULL;
+	int			nelems = 0;
+	int			i;
+
+	if (PG_NARGS() > argno && !PG_ARGISNULL(argno))
+	{
+		ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(argno);
+
+		if (ARR_NDIM(arr) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("skip_origins must be a one-dimensional array")));
+		deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &nulls, &nelems);
+		if (nelems > registry_max_origins)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("skip_origins has %d names; at most registry.max_nodes (%d) are accepted",
+							nelems, registry_max_origins)));
+	}
+	names = palloc(sizeof(char *) * (nelems + 1));
+	*n = 0;
+	if (exclude)
+		names[(*n)++] = exclude;
+	for (i = 0; i < nelems; i++)
+	{
+		char	   *name;
+
+		if (nulls[i])
+			continue;
+		name = TextDatumGetCString(elems[i]);
+		if (!registry_valid_node_name(name))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("skip_origins holds an invalid node name")));
+		names[(*n)++] = name;
+	}
+	return names;
+}
+
+static bool
+origin_skipped(const char *origin, const char **skip, int nskip)
+{
+	int			i;
+
+	for (i = 0; i < nskip; i++)
+		if (strcmp(origin, skip[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
  * registry.changes_since(after_seq bigint, max_changes int, with_rows bool,
  *						  epoch bigint, exclude_origin text, wait_ms int,
- *						  max_bytes int) returns bytea
+ *						  max_bytes int, skip_origins text[]) returns bytea
  *
  * An answer holds whole changes up to the caller's max_bytes; the first
  * change always goes, its row marked too large if it would not fit.
@@ -216,8 +280,11 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	int			nchanges = 0;
 	int			limit = answer_limit(fcinfo, 6);
 	Size		desc_bytes = 0;
+	const char **skip;
+	int			nskip;
 
 	registry_check_peer();
+	skip = skip_origins(fcinfo, 7, exclude, &nskip);
 	if (after < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -249,7 +316,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	if (wait_ms > 0)
 		after = (int64) changelog_wait((uint64) after, maxc,
 									   check_epoch ? &their_epoch : NULL,
-									   exclude, Min(wait_ms, 60000));
+									   skip, nskip, Min(wait_ms, 60000));
 
 	ncopied = changelog_read((uint64) after, maxc, &copy, &first, &last, &epoch);
 	upto = (uint64) after;
@@ -277,7 +344,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 		ChangeLogChange *e = &copy[i];
 		int			t;
 
-		if (exclude && strcmp(e->origin, exclude) == 0)
+		if (origin_skipped(e->origin, skip, nskip))
 			continue;
 		for (t = 0; t < ntables; t++)
 			if (tids[t] == e->tid)
@@ -325,7 +392,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 			int			t;
 
 			CHECK_FOR_INTERRUPTS();
-			if (exclude && strcmp(e->origin, exclude) == 0)
+			if (origin_skipped(e->origin, skip, nskip))
 				continue;
 			for (t = 0; t < ntables; t++)
 				if (tids[t] == e->tid)

@@ -596,6 +596,8 @@ load_peers(void)
 		pfree(op->conninfo);
 		if (op->notice_name)
 			pfree(op->notice_name);
+		if (op->skip_sent)
+			pfree(op->skip_sent);
 	}
 	if (peers)
 		pfree(peers);

@@ -186,6 +186,9 @@ typedef struct Peer
 	uint64		epoch;
 	uint64		consumed;
 	bool		want_fast;
+	char	   *skip_sent;		/* skip_origins of the last changes_since
+								 * request, "{a,b}" (worker context), or
+								 * NULL */
 
 	/* anti-entropy */
 	bool		ae_needed;
@@ -219,6 +222,7 @@ typedef void (*SyncAnswerFn) (Peer *p, PGresult *res);
 /* ---- sync_conn.c ---- */
 extern void sync_conn_init(void);
 extern void sync_conn_set_peers(Peer *peers, int npeers);
+extern const char **sync_conn_direct_origins(const Peer *except, int *n);
 extern void sync_conn_one_line(char *out, size_t size, const char *msg);
 extern void sync_conn_set_state(Peer *p, int state);
 extern void sync_conn_set_health(Peer *p, bool healthy, const char *problem);

@@ -57,6 +57,36 @@ sync_conn_set_peers(Peer *peers, int npeers)
 	nall_peers = npeers;
 }
 
+/*
+ * The node names of the peers other than except that this node follows
+ * directly and well (connected, following the change log, or comparing
+ * digests between two follows): except need not forward their own
+ * changes to this node.  A peer whose link fails drops out, and its
+ * changes then come through the others again (anti-entropy repairs what
+ * fell between).  In the current memory context.
+ */
+const char **
+sync_conn_direct_origins(const Peer *except, int *n)
+{
+	const char **names = palloc(sizeof(char *) * Max(nall_peers, 1));
+	int			i;
+
+	*n = 0;
+	for (i = 0; i < nall_peers; i++)
+	{
+		const Peer *q = &all_peers[i];
+
+		if (q == except || q->conn == NULL || !q->have_position ||
+			q->st.remote_node[0] == '\0' ||
+			strcmp(q->st.remote_node, registry_node_name) == 0 ||
+			strcmp(q->st.remote_node, except->st.remote_node) == 0 ||
+			(q->st.state != PEER_STREAMING && q->st.state != PEER_ANTIENTROPY))
+			continue;
+		names[(*n)++] = q->st.remote_node;
+	}
+	return names;
+}
+
 /* ---- status ---- */
 
 void

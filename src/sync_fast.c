@@ -121,6 +121,44 @@ row_key_cmp(const void *a, const void *b)
 }
 
 /*
+ * Whether an origin of the array literal before is missing from after
+ * (both "{a,b,...}", names of registry_valid_node_name's alphabet).
+ */
+static bool
+origin_dropped(const char *before, const char *after)
+{
+	char	   *b = pstrdup(before + 1);
+	char	   *tok;
+	char	   *save = NULL;
+	bool		dropped = false;
+	size_t		alen = strlen(after);
+
+	if (strlen(b) > 0)
+		b[strlen(b) - 1] = '\0';	/* the closing brace */
+	for (tok = strtok_r(b, ",", &save); tok && !dropped; tok = strtok_r(NULL, ",", &save))
+	{
+		size_t		tlen = strlen(tok);
+		const char *at = after;
+
+		dropped = true;
+		while ((at = strstr(at, tok)) != NULL)
+		{
+			if ((at[-1] == '{' || at[-1] == ',') &&
+				(at[tlen] == ',' || at[tlen] == '}'))
+			{
+				dropped = false;
+				break;
+			}
+			at += tlen;
+			if (at >= after + alen)
+				break;
+		}
+	}
+	pfree(b);
+	return dropped;
+}
+
+/*
  * Ask for the peer's changes after the last seq applied here.  With
  * wait_ms the peer holds the request until a change commits there (or the
  * time is up): this is what carries a change across in milliseconds.
@@ -133,7 +171,11 @@ sync_fast_send_changes(Peer *p, int wait_ms)
 				epoch[32],
 				wait[16],
 				maxb[16];
-	const char *params[6];
+	const char *params[7];
+	const char **direct;
+	int			ndirect;
+	StringInfoData skip;
+	int			i;
 
 	snprintf(after, sizeof(after), UINT64_FORMAT, p->have_position ? p->consumed : 0);
 	snprintf(maxc, sizeof(maxc), "%d", registry_batch_size);
@@ -146,11 +188,43 @@ sync_fast_send_changes(Peer *p, int wait_ms)
 	params[4] = wait;
 	snprintf(maxb, sizeof(maxb), "%d", registry_max_message_size);
 	params[5] = maxb;
+
+	/*
+	 * The peer's changes only, not those it applied from nodes this node
+	 * follows directly too (as pglogical's forward_origins): each change
+	 * then reaches each node once in a full mesh, and still through the
+	 * others where a direct link is missing or down.  Node names need no
+	 * quoting in an array literal (registry_valid_node_name).
+	 */
+	direct = sync_conn_direct_origins(p, &ndirect);
+	initStringInfo(&skip);
+	appendStringInfoChar(&skip, '{');
+	for (i = 0; i < ndirect; i++)
+		appendStringInfo(&skip, "%s%s", i ? "," : "", direct[i]);
+	appendStringInfoChar(&skip, '}');
+	params[6] = ndirect > 0 ? skip.data : NULL;
+
+	/*
+	 * An origin that was skipped and no longer is (its direct link went
+	 * down, or it is no longer a peer): this peer's stream may have
+	 * stepped over changes of it that never came directly.  A digest
+	 * comparison with this peer finds them.
+	 */
+	if (p->skip_sent && origin_dropped(p->skip_sent, skip.data))
+		p->ae_needed = true;
+	if (p->skip_sent == NULL || strcmp(p->skip_sent, skip.data) != 0)
+	{
+		if (p->skip_sent)
+			pfree(p->skip_sent);
+		p->skip_sent = MemoryContextStrdup(sync_conn_worker_cxt, skip.data);
+	}
 	p->want_fast = false;
 	p->query_wait_ms = p->have_position ? wait_ms : 0;
 	sync_conn_send(p, Q_CHANGES,
-			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text, $5::int, $6::int)",
-			   6, params);
+			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text, $5::int, $6::int, $7::text[])",
+			   7, params);
+	pfree(skip.data);
+	pfree(direct);
 }
 
 

@@ -478,6 +478,12 @@ BEGIN
     RETURN registry.fake_changes($1, $2, $3, $4, $5, $6, $7, 7);
 END $$;
 
+CREATE FUNCTION registry.changes_since(bigint, int, boolean, bigint, text, int, int, text[])
+RETURNS bytea LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN registry.fake_changes($1, $2, $3, $4, $5, $6, $7, 8);
+END $$;
+
 -- the asked table, at the asked granularity, empty: root 0, n digests of 0
 CREATE FUNCTION registry.digest(tbl text, nbuckets int, lo int, width int, n int)
 RETURNS bytea LANGUAGE plpgsql AS $$
