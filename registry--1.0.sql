@@ -87,6 +87,9 @@ CREATE TABLE registry.lease_stash (
     key           text COLLATE "C" NOT NULL,
     "row"         jsonb NOT NULL,
     owned_version bigint NOT NULL,
+    -- the version of the peer's delete: the row is written again only
+    -- while that delete is still the key's latest change
+    deleted_version bigint NOT NULL,
     stashed_at    timestamptz NOT NULL,
     PRIMARY KEY (tid, khash, key)
 );

@@ -127,6 +127,24 @@ SELECT n.lease_reregistrations - c.lease_reregistrations AS reregistrations
 SELECT key, op, origin, reason FROM registry.change_log
  WHERE table_name = 'public.eph' AND seq > (SELECT last_seq FROM c2) ORDER BY seq;
 
+-- ---- a stashed row does not come back over newer history ----
+-- row 6 is this node's; a peer deletes it (stashed), another node writes
+-- the key again and deletes it on purpose: renew() must not write the
+-- stashed row over that delete, and returns the key instead
+INSERT INTO eph VALUES (6, 'old');
+SELECT registry.apply_row('eph', '6', registry.hlc_now() + 100, 'n9', true);
+SELECT key, "row" FROM registry.lease_stash
+ WHERE tid = (SELECT tid FROM eph_tid) AND key = '6';
+SELECT registry.apply_row('eph', '6', registry.hlc_now() + 200, 'n8', false,
+                          '{"id": 6, "v": "n8 row"}');
+SELECT registry.apply_row('eph', '6', registry.hlc_now() + 300, 'n8', true);
+SELECT registry.renew('eph', '{6}') AS returned;
+SELECT count(*) AS rows_6 FROM eph WHERE id = 6;
+SELECT count(*) AS stashed FROM registry.lease_stash
+ WHERE tid = (SELECT tid FROM eph_tid) AND key = '6';
+SELECT origin FROM registry.tombstones
+ WHERE tid = (SELECT tid FROM eph_tid) AND key = '6';
+
 -- ---- session-bound rows: no deadline while the session lives ----
 SET registry.lease_session = on;
 INSERT INTO eph VALUES (5, 'bound');

@@ -676,7 +676,8 @@ stash_if_peer_deletes(RegTable *t, TupleTableSlot *slot, const char *key,
 							  CStringGetTextDatum(REGISTRY_VERSION_COLUMN));
 	row = DirectFunctionCall2(jsonb_delete, row,
 							  CStringGetTextDatum(REGISTRY_ORIGIN_COLUMN));
-	lease_stash_put(t, keys_hash(key, strlen(key)), key, row, old->version);
+	lease_stash_put(t, keys_hash(key, strlen(key)), key, row, old->version,
+					apply->version);
 }
 
 /*

@@ -28,13 +28,15 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "keyed.h"
 #include "lease_stash.h"
 #include "registry.h"
+#include "tombstones.h"
 
-#define Natts_lease_stash	6
+#define Natts_lease_stash	7
 
 #define open_lease_stash(rel, idx, mode) \
 	keyed_table_open("lease_stash", "lease_stash_pkey", (rel), (idx), (mode))
@@ -55,15 +57,16 @@ spi_run(const char *sql, int nargs, Oid *argtypes, Datum *args,
 /*
  * Stash the row of key (row_jsonb: its columns without registry_version
  * and registry_origin, as to_jsonb() shows them) that this node owned at
- * version owned_version; an older entry of the key is replaced.
+ * version owned_version and a peer's change deleted at deleted_version;
+ * an older entry of the key is replaced.
  */
 void
 lease_stash_put(RegTable *t, uint32 khash, const char *key, Datum row_jsonb,
-				RegVersion owned_version)
+				RegVersion owned_version, RegVersion deleted_version)
 {
-	Oid			argtypes[6] = {INT4OID, INT4OID, TEXTOID, JSONBOID, INT8OID,
-	TIMESTAMPTZOID};
-	Datum		args[6];
+	Oid			argtypes[7] = {INT4OID, INT4OID, TEXTOID, JSONBOID, INT8OID,
+	INT8OID, TIMESTAMPTZOID};
+	Datum		args[7];
 	RegistryOwnerSave owner;
 
 	args[0] = Int32GetDatum(t->tid);
@@ -71,26 +74,44 @@ lease_stash_put(RegTable *t, uint32 khash, const char *key, Datum row_jsonb,
 	args[2] = CStringGetTextDatum(key);
 	args[3] = row_jsonb;
 	args[4] = Int64GetDatum((int64) owned_version);
-	args[5] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[5] = Int64GetDatum((int64) deleted_version);
+	args[6] = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "registry: SPI_connect failed");
 	registry_owner_begin(&owner);
 	spi_run("INSERT INTO registry.lease_stash "
-			"(tid, khash, key, \"row\", owned_version, stashed_at) "
-			"VALUES ($1, $2, $3, $4, $5, $6) "
+			"(tid, khash, key, \"row\", owned_version, deleted_version, "
+			"stashed_at) "
+			"VALUES ($1, $2, $3, $4, $5, $6, $7) "
 			"ON CONFLICT (tid, khash, key) DO UPDATE SET "
 			"\"row\" = excluded.\"row\", owned_version = excluded.owned_version, "
+			"deleted_version = excluded.deleted_version, "
 			"stashed_at = excluded.stashed_at",
-			6, argtypes, args, NULL, SPI_OK_INSERT);
+			7, argtypes, args, NULL, SPI_OK_INSERT);
 	registry_owner_end(&owner);
 	SPI_finish();
+}
+
+/* whether the key's tombstone is the delete of version deleted_version */
+static bool
+deleted_last(RegTable *t, uint32 khash, const char *key,
+			 RegVersion deleted_version)
+{
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	VersionState st;
+	bool		found;
+
+	found = tombstone_get(t->tid, khash, key, snap, &st);
+	UnregisterSnapshot(snap);
+	return found && st.exists && st.deleted && st.version == deleted_version;
 }
 
 typedef struct TakeState
 {
 	Relation	rel;
 	Jsonb	   *row;
+	RegVersion	deleted_version;
 	TimestampTz stashed_at;
 } TakeState;
 
@@ -105,14 +126,20 @@ stash_seen(HeapTuple tup, void *arg)
 	if (ts->row)
 		pfree(ts->row);
 	ts->row = DatumGetJsonbPCopy(values[3]);
-	ts->stashed_at = DatumGetTimestampTz(values[5]);
+	ts->deleted_version = (RegVersion) DatumGetInt64(values[5]);
+	ts->stashed_at = DatumGetTimestampTz(values[6]);
 }
 
 /*
  * Remove the stashed row of key, if any; true, with *row (palloc'd), if
  * it is still to be written again: stashed no longer ago than the
- * table's TTL plus registry.owner_timeout.  An entry older than that is
- * removed all the same (the purge would have).
+ * table's TTL plus registry.owner_timeout, and the peer's delete that
+ * stashed it still the key's latest change (its tombstone).  Otherwise
+ * the entry is removed all the same.  The second rule keeps an old row
+ * from coming back over newer history: the key written again since (by
+ * the client, or by another node that took it over) and deleted on
+ * purpose leaves a tombstone of another version, and the client must
+ * then write the row itself.
  */
 bool
 lease_stash_take(RegTable *t, uint32 khash, const char *key, Jsonb **row)
@@ -126,6 +153,7 @@ lease_stash_take(RegTable *t, uint32 khash, const char *key, Jsonb **row)
 	open_lease_stash(&rel, &idx, RowExclusiveLock);
 	ts.rel = rel;
 	ts.row = NULL;
+	ts.deleted_version = 0;
 	ts.stashed_at = 0;
 	found = keyed_delete(rel, idx, t->tid, khash, CStringGetTextDatum(key),
 						 stash_seen, &ts);
@@ -134,7 +162,8 @@ lease_stash_take(RegTable *t, uint32 khash, const char *key, Jsonb **row)
 		return false;
 	if (t->lease_ttl_ms <= 0 ||
 		GetCurrentTimestamp() > ts.stashed_at +
-		(t->lease_ttl_ms + (int64) registry_owner_timeout_ms) * 1000)
+		(t->lease_ttl_ms + (int64) registry_owner_timeout_ms) * 1000 ||
+		!deleted_last(t, khash, key, ts.deleted_version))
 	{
 		pfree(ts.row);
 		return false;

@@ -16,7 +16,8 @@
 #include "registry.h"
 
 extern void lease_stash_put(RegTable *t, uint32 khash, const char *key,
-							Datum row_jsonb, RegVersion owned_version);
+							Datum row_jsonb, RegVersion owned_version,
+							RegVersion deleted_version);
 extern bool lease_stash_take(RegTable *t, uint32 khash, const char *key,
 							 Jsonb **row);
 extern int64 lease_stash_purge(TimestampTz now);
