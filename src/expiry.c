@@ -120,6 +120,11 @@ static int	nclean = 0;
 #define EXPIRY_RETRY_MS			10000
 /* a table whose expiry failed waits 1 s, 2 s, 4 s ... up to this */
 #define EXPIRY_BACKOFF_MAX_MS	60000
+/*
+ * A lease the cap holds back is due again at the window's end, or after
+ * this long if sooner, so that a cap lifted by a reload lets it go soon.
+ */
+#define EXPIRY_HELD_RECHECK_MS	10000
 
 /* owners whose rows are due but held back (counted once per episode) */
 static char held_owners[MAX_HELD_OWNERS][REGISTRY_NAME_LEN];
@@ -214,6 +219,13 @@ backing_off(int32 tid, TimestampTz now)
 	return w->retry_at != 0 && now < w->retry_at;
 }
 
+/* Until when the table's expiry waits after a failure (0: it does not). */
+static TimestampTz
+retry_at(int32 tid, TimestampTz now)
+{
+	return window_of(tid, now)->retry_at;
+}
+
 static void
 backoff_note(int32 tid, TimestampTz now, bool failed)
 {
@@ -248,6 +260,16 @@ cap_left(int32 tid, TimestampTz now)
 		return PG_INT64_MAX;
 	w = window_of(tid, now);
 	return Max(registry_expiry_cap - w->expired, 0);
+}
+
+/* When a lease the cap holds back now is to come up again. */
+static TimestampTz
+cap_recheck_at(int32 tid, TimestampTz now)
+{
+	CapWindow  *w = window_of(tid, now);
+
+	return Min(TimestampTzPlusMilliseconds(w->start, registry_expiry_window_ms),
+			   TimestampTzPlusMilliseconds(now, EXPIRY_HELD_RECHECK_MS));
 }
 
 static void
@@ -583,7 +605,13 @@ own_group_rows(OwnGroup *g, RegTable *t, TimestampTz now, MemoryContext cxt)
 			continue;			/* renewed meanwhile */
 		if (g->ntids >= left)
 		{
+			/*
+			 * Not due again before the window can take it: due leases are
+			 * collected a batch at a time, and held ones kept due would
+			 * fill every batch and keep other tables' from expiring.
+			 */
 			g->held++;
+			leases_defer(e->tid, e->khash, e->key, cap_recheck_at(t->tid, now));
 			continue;
 		}
 		g->tids[g->ntids] = rl.slot->tts_tid;
@@ -683,6 +711,20 @@ own_row_one(OwnGroup *g, RegTable *t, int k, TimestampTz now)
 	}
 }
 
+/*
+ * The group's leases, which its table's backoff keeps from expiring now,
+ * are due again when it ends: kept due, they would be collected first at
+ * every pass and fill the batch that other tables' leases wait for.
+ */
+static void
+defer_group(OwnGroup *g, TimestampTz until)
+{
+	int			k;
+
+	for (k = 0; k < g->n; k++)
+		leases_defer(g->ex[k].tid, g->ex[k].khash, g->ex[k].key, until);
+}
+
 static void
 own_group_one_by_one(OwnGroup *g, RegTable *t, TimestampTz now)
 {
@@ -724,7 +766,10 @@ expire_own(TimestampTz now, MemoryContext cxt)
 		g->n = j - i;
 		i = j;
 		if (backing_off(g->tid, now))
-			continue;			/* they stay due */
+		{
+			defer_group(g, retry_at(g->tid, now));
+			continue;
+		}
 
 		PG_TRY();
 		{
@@ -780,7 +825,9 @@ expire_own(TimestampTz now, MemoryContext cxt)
 			PG_END_TRY();
 		}
 		backoff_note(g->tid, now, failed);
-		if (!failed)
+		if (failed)
+			defer_group(g, retry_at(g->tid, now));
+		else
 		{
 			leases_count(g->reason == LEASE_REASON_SESSION ?
 						 LEASE_COUNT_SESSIONS_EXPIRED : LEASE_COUNT_EXPIRED,

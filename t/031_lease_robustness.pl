@@ -37,6 +37,14 @@
 #  G. (r5, a node alone, expiry_interval 3 s) A table made ephemeral on
 #     an idle node expires its rows at the next pass, not at the idle
 #     pass 10 s later.
+#  H. (r6, a node alone) Leases that one table's backoff or the cap holds
+#     back do not fill the expiry's batches: with 1,100 expired rows of a
+#     table a client holds locked (its expiry fails and backs off), and
+#     then with 1,100 expired rows of a table the cap (50) holds back, a
+#     row of another table, written before them and due after them,
+#     expires.  (Kept due, the held
+#     leases were collected first at every pass, 1,000 at a time, and the
+#     other table's row waited for as long as the lock or the window.)
 #
 # Nothing waits on the clock except by polling with a time limit: the
 # default one, or 10 s where the point is that something happens promptly
@@ -384,6 +392,54 @@ ok(poll_for(8, sub { sql($r5, q{SELECT count(*) FROM gy}) eq '0' }),
 is(log_of($r5, 'gy', 'y1'), 'insert||r5,delete|expired|r5',
 	'... deleted by the expiry');
 $r5->stop;
+
+# ---------------------------------------------------------------------
+# H. held leases do not fill the expiry's batches
+# ---------------------------------------------------------------------
+my $r6 = new_node('r6', conf => $conf);
+for my $t (qw(hx hy cx cy))
+{
+	create_table([$r6], $t, "CREATE TABLE $t (k text PRIMARY KEY, v text)");
+}
+# The expiry collects due leases a batch (1,000) at a time, the most
+# recently granted first: the other table's row is written first, so that
+# the held leases come before it, with a TTL that runs out after theirs.
+# hx's rows must not run out before the client locks hx.
+sql($r6, q{SELECT registry.set_lease('hx', '3s'); SELECT registry.set_lease('hy', '6s');
+           SELECT registry.set_lease('cx', '1s'); SELECT registry.set_lease('cy', '4s')});
+# 1. a table whose expiry backs off: hx, locked by a client
+sql($r6, q{INSERT INTO hy VALUES ('y1', 'x')});
+sql($r6, q{INSERT INTO hx SELECT 'x' || i, 'x' FROM generate_series(1, 1100) i});
+my $hx_locker = $r6->background_psql('postgres');
+$hx_locker->query_safe(q{BEGIN; LOCK TABLE hx IN EXCLUSIVE MODE;});
+is(sql($r6, q{SELECT count(*) FROM hx}), '1100', '(hx locked with all its rows)');
+ok( poll_until(sub {
+		slurp_file($r6->logfile) =~
+		  /registry: lease expiry failed: canceling statement due to lock timeout/ }),
+	'the expiry of hx fails on the lock (logged)');
+ok(poll_for(15, sub { sql($r6, q{SELECT count(*) FROM hy}) eq '0' }),
+	'1,100 expired rows of a locked table: another table\'s row (TTL 6 s) expires within 15 s');
+is(sql($r6, q{SELECT count(*) FROM hx}), '1100', '(hx, locked, kept its rows)');
+is(sql($r6, q{SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'hx' AND l.mode = 'ExclusiveLock' AND l.granted}),
+	'1', '(the lock was held throughout)');
+$hx_locker->query_safe('COMMIT');
+$hx_locker->quit;
+ok(poll_for(60, sub { sql($r6, q{SELECT count(*) FROM hx}) eq '0' }),
+	'once the lock goes, hx\'s rows expire too');
+
+# 2. a table the cap holds back: cx
+$r6->append_conf('postgresql.conf', qq{registry.expiry_cap = 50\nregistry.expiry_window = '1h'\n});
+$r6->reload;
+ok(poll_until(sub { sql($r6, q{SELECT current_setting('registry.expiry_cap')}) eq '50' }),
+	'registry.expiry_cap is 50 on r6');
+sql($r6, q{INSERT INTO cy VALUES ('y1', 'x')});
+sql($r6, q{INSERT INTO cx SELECT 'c' || i, 'x' FROM generate_series(1, 1100) i});
+ok(poll_for(10, sub { sql($r6, q{SELECT count(*) FROM cx}) eq '1050' }),
+	'the cap lets 50 of cx\'s 1,100 expired rows go');
+ok(poll_for(12, sub { sql($r6, q{SELECT count(*) FROM cy}) eq '0' }),
+	'1,050 rows of cx held back by the cap: cy\'s row (TTL 4 s) expires within 12 s');
+is(sql($r6, q{SELECT count(*) FROM cx}), '1050', '(cx still holds the rows the cap held back)');
+$r6->stop;
 done_testing();
 
 # ---------------------------------------------------------------------
