@@ -185,8 +185,7 @@ send_digest(Peer *p, AETable *t, int nb, int lo, int width, int n)
 	params[3] = c;
 	params[4] = d;
 	p->inflight_table = t;
-	sync_conn_send(p, Q_DIGEST,
-			   "SELECT registry.digest($1, $2::int, $3::int, $4::int, $5::int)", 5, params);
+	sync_conn_send(p, Q_DIGEST, SYNC_SQL_DIGEST, 5, params);
 }
 
 /* Rows per whole-table page: large enough to amortize a round trip. */

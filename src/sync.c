@@ -11,8 +11,10 @@
  * at once.  Each connection runs one request at a time, in this order of
  * priority:
  *
- *	1. LISTEN registry_wakeup, once per connection: the peer's maintenance
- *	   worker notifies after its commits, which wakes us at once.
+ *	1. Once per connection, the setup: PREPARE the digest and long-poll
+ *	   requests (sent by name from then on), and LISTEN registry_wakeup:
+ *	   the peer's maintenance worker notifies after its commits, which
+ *	   wakes us at once.
  *	2. The fast path: registry.changes_since() from the last seq applied,
  *	   rows included; applied one transaction per table and batch.  While
  *	   idle, the request is a long poll: the peer holds it (up to
@@ -304,7 +306,7 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 
 	if (p->state == CONN_OPEN)
 	{
-		sync_conn_send(p, Q_LISTEN, "LISTEN registry_wakeup", 0, NULL);
+		sync_conn_send(p, Q_LISTEN, NULL, 0, NULL);
 		return;
 	}
 	if (now < p->quiet_until)

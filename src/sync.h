@@ -44,6 +44,18 @@
 #include "peer_status.h"
 #include "registry.h"
 
+/*
+ * The two requests a healthy, idle peer gets all the time -- a digest
+ * root per table per round, and the long poll -- are prepared once per
+ * connection (with the LISTEN, sync_conn.c) and sent by name: the peer
+ * neither receives nor parses their text again.
+ */
+#define SYNC_SQL_DIGEST \
+	"SELECT registry.digest($1, $2::int, $3::int, $4::int, $5::int)"
+#define SYNC_SQL_CHANGES \
+	"SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, " \
+	"$4::text, $5::int, $6::int, $7::text[])"
+
 typedef enum QueryKind
 {
 	Q_NONE,

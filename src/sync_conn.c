@@ -405,17 +405,45 @@ flush_request(Peer *p)
 }
 
 /*
+ * The first request on a connection: prepare the frequent requests and
+ * listen for wake-ups, in one simple query (one round trip, one implicit
+ * transaction: if a PREPARE fails, nothing of it holds, and the error is
+ * the request's result; see sync_conn_service).
+ */
+#define SETUP_SQL \
+	"PREPARE registry_digest AS " SYNC_SQL_DIGEST "; " \
+	"PREPARE registry_changes AS " SYNC_SQL_CHANGES "; " \
+	"LISTEN registry_wakeup"
+
+/* The name a request of this kind was prepared under, or NULL. */
+static const char *
+prepared_name(QueryKind kind, const char *sql)
+{
+	if (kind == Q_DIGEST && strcmp(sql, SYNC_SQL_DIGEST) == 0)
+		return "registry_digest";
+	if (kind == Q_CHANGES && strcmp(sql, SYNC_SQL_CHANGES) == 0)
+		return "registry_changes";
+	return NULL;
+}
+
+/*
  * Send a request; its single bytea result is asked for in binary.  All
- * parameters are text.
+ * parameters are text.  Q_LISTEN is the connection's setup (sql NULL).
  */
 void
 sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 		   const char *const *params)
 {
 	int			ok;
+	const char *stmt = NULL;
 
 	if (kind == Q_LISTEN)
+	{
+		sql = SETUP_SQL;
 		ok = PQsendQuery(p->conn, sql);
+	}
+	else if ((stmt = prepared_name(kind, sql)) != NULL)
+		ok = PQsendQueryPrepared(p->conn, stmt, nparams, params, NULL, NULL, 1);
 	else
 		ok = PQsendQueryParams(p->conn, sql, nparams, NULL, params, NULL, NULL, 1);
 	/* each page is handed over as soon as it has arrived */
@@ -436,7 +464,7 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 	if (!flush_request(p))
 		return;
 	{
-		uint64		sent = strlen(sql);
+		uint64		sent = strlen(stmt ? stmt : sql);
 		int			i;
 
 		for (i = 0; i < nparams; i++)
@@ -574,7 +602,7 @@ request_name(QueryKind kind)
 		case Q_NONE:
 			break;
 		case Q_LISTEN:
-			return "LISTEN registry_wakeup";
+			return "the connection's setup (PREPARE, LISTEN registry_wakeup)";
 		case Q_CHANGES:
 			return "registry.changes_since()";
 		case Q_DIGEST:
@@ -675,8 +703,8 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 		PQfreemem(n);
 	}
 	/*
-	 * A request has exactly one result, and is over when PQgetResult()
-	 * returns NULL.  The end may arrive later than the result: it is only
+	 * A request has exactly one result (the setup one per statement), and
+	 * is over when PQgetResult() returns NULL.  The end may arrive later than the result: it is only
 	 * asked for while PQisBusy() says it would not block.  A whole-table
 	 * pull also has a result per page before its last one.
 	 */
@@ -717,8 +745,18 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 				sync_conn_disconnect(p, why);
 				return;
 			}
+			/*
+			 * The setup's statements each have a result; an error among
+			 * them is the one that counts.
+			 */
 			if (p->result == NULL)
 				p->result = res;
+			else if (st == PGRES_FATAL_ERROR &&
+					 PQresultStatus(p->result) != PGRES_FATAL_ERROR)
+			{
+				PQclear(p->result);
+				p->result = res;
+			}
 			else
 				PQclear(res);
 			continue;

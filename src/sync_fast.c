@@ -220,9 +220,7 @@ sync_fast_send_changes(Peer *p, int wait_ms)
 	}
 	p->want_fast = false;
 	p->query_wait_ms = p->have_position ? wait_ms : 0;
-	sync_conn_send(p, Q_CHANGES,
-			   "SELECT registry.changes_since($1::bigint, $2::int, true, $3::bigint, $4::text, $5::int, $6::int, $7::text[])",
-			   7, params);
+	sync_conn_send(p, Q_CHANGES, SYNC_SQL_CHANGES, 7, params);
 	pfree(skip.data);
 	pfree(direct);
 }
