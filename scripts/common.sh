@@ -1,5 +1,6 @@
-# Shared by scripts/demo and scripts/test: make sure this Debian machine can
-# build the extension and run PostgreSQL as the postgres OS user.
+# Shared by scripts/demo, scripts/demo-registry and scripts/test: make sure
+# this Debian machine can build the extension and run PostgreSQL as the
+# postgres OS user.
 # Sourced, not run.
 
 PG_MAJOR=15
