@@ -921,7 +921,8 @@ timed_out_owners(TimestampTz now, bool *majority)
 		 * from the mesh loses its links one by one; when the first peer
 		 * times out, another lost a moment later must not count as
 		 * reachable and give it a majority it does not have.  A healthy
-		 * peer answers every long poll (250 ms at most), well within.
+		 * peer answers every long poll (at most 1 s and a quarter of the
+		 * timeout apart: sync.c), well within.
 		 */
 		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms / 2))
 			reachable++;

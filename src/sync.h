@@ -119,7 +119,7 @@ typedef enum AEStage
 #define AE_BUCKETS_PER_CALL 256
 #define AE_ENTRIES_PER_CALL 10000
 #define BACKOFF_MIN_MS		500
-#define LONG_POLL_MAX_MS	250		/* longest wait of a change-log request */
+#define LONG_POLL_MAX_MS	1000	/* longest wait of a change-log request */
 #define BACKOFF_MAX_MS		30000
 
 /* One table's progress in an anti-entropy round with one peer. */
