@@ -363,6 +363,23 @@ antientropy_send_next(Peer *p)
 			case AE_FULL:
 				if (!t->full_asked)
 				{
+					/*
+					 * Another peer is sending the same table whole: wait
+					 * (the connection long-polls meanwhile, and this is
+					 * asked again after each answer), then compare again,
+					 * for what is left is likely little or nothing.
+					 */
+					if (sync_conn_pulling_whole(p, t->name))
+					{
+						t->full_waited = true;
+						return;
+					}
+					if (t->full_waited)
+					{
+						t->full_waited = false;
+						t->stage = AE_ROOT;
+						continue;
+					}
 					send_full(p, t);
 					return;
 				}

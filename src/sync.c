@@ -340,6 +340,15 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 	 */
 	wait = Min(Min(registry_sync_interval_ms, LONG_POLL_MAX_MS),
 			   Max(registry_owner_timeout_ms / 4, 1));
+	if (round_active(p))
+	{
+		/*
+		 * The round waits for another peer's whole-table pull of the same
+		 * table (antientropy.c), which wakes nothing here: look again soon.
+		 */
+		sync_fast_send_changes(p, (int) Min(wait, FULL_WAIT_POLL_MS));
+		return;
+	}
 	{
 		TimestampTz due = p->ae_needed ? p->ae_not_before :
 			Max(TimestampTzPlusMilliseconds(p->last_ae, registry_antientropy_interval_ms),

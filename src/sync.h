@@ -121,6 +121,7 @@ typedef enum AEStage
 #define BACKOFF_MIN_MS		500
 #define LONG_POLL_MAX_MS	1000	/* longest wait of a change-log request */
 #define BACKOFF_MAX_MS		30000
+#define FULL_WAIT_POLL_MS	100		/* a round waiting for another's pull */
 
 /* One table's progress in an anti-entropy round with one peer. */
 typedef struct AETable
@@ -145,6 +146,7 @@ typedef struct AETable
 	bool		fresh;			/* this node had no entry of the table */
 	bool		behind;			/* ... fewer entries than the peer */
 	bool		full_asked;		/* a whole-table pull was asked for */
+	bool		full_waited;	/* ... held back while another peer's ran */
 
 	/*
 	 * What one table may cost a round: the peer's answers must stay near
@@ -235,6 +237,7 @@ typedef void (*SyncAnswerFn) (Peer *p, PGresult *res);
 extern void sync_conn_init(void);
 extern void sync_conn_set_peers(Peer *peers, int npeers);
 extern const char **sync_conn_direct_origins(const Peer *except, int *n);
+extern bool sync_conn_pulling_whole(const Peer *except, const char *table);
 extern void sync_conn_one_line(char *out, size_t size, const char *msg);
 extern void sync_conn_set_state(Peer *p, int state);
 extern void sync_conn_set_health(Peer *p, bool healthy, const char *problem);

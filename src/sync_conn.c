@@ -87,6 +87,31 @@ sync_conn_direct_origins(const Peer *except, int *n)
 	return names;
 }
 
+/*
+ * Whether a peer other than except is pulling table whole right now (its
+ * round's current table, the request sent).  A node joining a mesh finds
+ * several peers far ahead of it at once; it pulls each table from one.
+ */
+bool
+sync_conn_pulling_whole(const Peer *except, const char *table)
+{
+	int			i;
+
+	for (i = 0; i < nall_peers; i++)
+	{
+		const Peer *q = &all_peers[i];
+		const AETable *t;
+
+		if (q == except || q->conn == NULL || q->tables == NULL ||
+			q->itable >= q->ntables)
+			continue;
+		t = &q->tables[q->itable];
+		if (t->stage == AE_FULL && t->full_asked && strcmp(t->name, table) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* ---- status ---- */
 
 void

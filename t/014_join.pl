@@ -1,5 +1,6 @@
 # A new, empty node joins a two-node mesh whose table holds 100000 rows
-# (and some tombstones): it catches up with every row and tombstone.
+# (and some tombstones): it catches up with every row and tombstone,
+# pulling the table whole from one peer only (issue 16).
 use strict;
 use warnings;
 use lib 't';
@@ -51,6 +52,11 @@ is(table_rows($nc, 'big') eq table_rows($na, 'big') ? 'same' : 'different',
 my ($pulled, $applied) = split /\|/,
   sql($nc, 'SELECT sum(rows_pulled), sum(rows_applied) FROM registry.peer_status');
 cmp_ok($applied, '>=', 100000, "join_c applied at least 100000 rows ($applied; pulled $pulled)");
+# both peers are far ahead at once: the table is pulled whole from one of
+# them, and the other's round waits for that pull and then compares
+cmp_ok($pulled, '<', 150000,
+	"join_c pulled the table from one peer, not from both ($pulled rows pulled)");
+cmp_ok($applied, '<', 150000, "... and applied it once ($applied rows applied)");
 check_verify(\@nodes, 'after the join');
 
 $_->stop for @nodes;
