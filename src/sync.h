@@ -121,6 +121,7 @@ typedef enum AEStage
 #define BACKOFF_MIN_MS		500
 #define LONG_POLL_MAX_MS	1000	/* longest wait of a change-log request */
 #define BACKOFF_MAX_MS		30000
+#define RECONNECT_MAX_MS	5000	/* longest wait before reconnecting */
 #define FULL_WAIT_POLL_MS	100		/* a round waiting for another's pull */
 
 /* One table's progress in an anti-entropy round with one peer. */

@@ -302,7 +302,14 @@ sync_conn_disconnect(Peer *p, const char *why)
 	if (p->roundcxt)
 		MemoryContextReset(p->roundcxt);
 	p->tables = NULL;
-	p->next_connect = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), p->backoff_ms);
+	/*
+	 * Reconnecting is retried at most RECONNECT_MAX_MS apart, as the
+	 * built-in apply worker retries every wal_retrieve_retry_interval: a
+	 * peer back from an outage is pulled from within seconds, not after
+	 * the 30 s an answer's errors may back off to.
+	 */
+	p->next_connect = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  Min(p->backoff_ms, RECONNECT_MAX_MS));
 	p->backoff_ms = Min(p->backoff_ms * 2, BACKOFF_MAX_MS);
 	sync_conn_set_state(p, why ? PEER_ERROR : PEER_DISCONNECTED);
 	if (!why)
