@@ -7,6 +7,7 @@ use lib 't';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time);
 use RegistryMesh;
 
 my @nodes = map { new_node($_) } qw(unr_a unr_b unr_c);
@@ -24,6 +25,7 @@ is(peer_status($na, 'unr_c', 'remote_node'), 'unr_c',
 	'unr_a knows unr_c by its node name');
 
 $nc->stop('fast');
+my $stopped_at = time();
 
 ok( $na->poll_query_until('postgres', q{
 SELECT state IN ('error', 'connecting', 'disconnected')
@@ -57,7 +59,23 @@ ok( $na->poll_query_until('postgres', q{
 SELECT state IN ('streaming', 'anti-entropy') FROM registry.peer_status WHERE peer = 'unr_b'}),
 	'unr_a still streams from unr_b');
 
+# Down for 35 s: the reconnect backoff (0.5 s, doubling) would have
+# grown past 30 s by now; attempts are still at most 5 s apart, so unr_a
+# is back within seconds of unr_c (15 s leaves room for a slow machine;
+# with attempts at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 and 63.5 s after the
+# stop, it took 28 s).
+my $down = 35 - (time() - $stopped_at);
+sleep($down) if $down > 0;
+my $conn0 = peer_status($na, 'unr_c', 'connects');
 $nc->start;
+my $started_at = time();
+ok( poll_until(
+		sub {
+			peer_status($na, 'unr_c', 'connects') > $conn0;
+		}),
+	'unr_a reconnects to unr_c after its 35 s outage');
+my $took = time() - $started_at;
+cmp_ok($took, '<', 15, sprintf('... within 15 s of its start (%.1f s)', $took));
 wait_ready($nc);
 # unr_c writes at once, before it has caught up
 sql($nc, q{INSERT INTO kv SELECT g, 'c-after' FROM generate_series(301, 310) g});
