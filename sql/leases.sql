@@ -144,6 +144,16 @@ SELECT count(*) AS stashed FROM registry.lease_stash
  WHERE tid = (SELECT tid FROM eph_tid) AND key = '6';
 SELECT origin FROM registry.tombstones
  WHERE tid = (SELECT tid FROM eph_tid) AND key = '6';
+-- row 7 is this node's; two peers expire it (every node of a majority
+-- judges a silent owner): the later delete keeps the stashed row, which
+-- renew() writes again
+INSERT INTO eph VALUES (7, 'mine');
+SELECT registry.apply_row('eph', '7', registry.hlc_now() + 100, 'n9', true);
+SELECT registry.apply_row('eph', '7', registry.hlc_now() + 200, 'n8', true);
+SELECT registry.renew('eph', '{7}') AS returned;
+SELECT id, v, registry_origin FROM eph WHERE id = 7;
+SELECT count(*) AS stashed FROM registry.lease_stash
+ WHERE tid = (SELECT tid FROM eph_tid) AND key = '7';
 
 -- ---- session-bound rows: no deadline while the session lives ----
 SET registry.lease_session = on;

@@ -367,16 +367,26 @@ antientropy_send_next(Peer *p)
 					 * Another peer is sending the same table whole: wait
 					 * (the connection long-polls meanwhile, and this is
 					 * asked again after each answer), then compare again,
-					 * for what is left is likely little or nothing.
+					 * for what is left is likely little or nothing.  At
+					 * most FULL_WAIT_MAX_MS: a pull that long may be a
+					 * peer trickling pages to hold this one up.
 					 */
-					if (sync_conn_pulling_whole(p, t->name))
+					TimestampTz now = GetCurrentTimestamp();
+
+					if ((t->full_wait_since == 0 ||
+						 !TimestampDifferenceExceeds(t->full_wait_since, now,
+													 FULL_WAIT_MAX_MS)) &&
+						sync_conn_pulling_whole(p, t->name))
 					{
-						t->full_waited = true;
+						if (t->full_wait_since == 0)
+							t->full_wait_since = now;
 						return;
 					}
-					if (t->full_waited)
+					if (t->full_wait_since != 0 &&
+						!TimestampDifferenceExceeds(t->full_wait_since, now,
+													FULL_WAIT_MAX_MS))
 					{
-						t->full_waited = false;
+						t->full_wait_since = 0;
 						t->stage = AE_ROOT;
 						continue;
 					}

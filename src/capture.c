@@ -580,8 +580,10 @@ insert_key(RegTable *t, const char *key, const VersionState *live)
 {
 	uint32		khash = keys_hash(key, strlen(key));
 	VersionState tomb;
+	bool		had_tomb;
 
-	if (tombstone_take(t->tid, khash, key, &tomb) &&
+	had_tomb = tombstone_take(t->tid, khash, key, &tomb);
+	if (had_tomb &&
 		!version_greater(live->version, live->origin, tomb.version, tomb.origin))
 	{
 		/*
@@ -596,6 +598,9 @@ insert_key(RegTable *t, const char *key, const VersionState *live)
 						key, t->qualname),
 				 errhint("Retry the transaction.")));
 	}
+	/* a row stashed before the delete is older than this write */
+	if (had_tomb && t->lease_ttl_ms > 0)
+		lease_stash_drop(t, khash, key);
 	row_keys_add(t->tid, khash, key);
 	publish_record(t, khash, key, &tomb, live->version, live->origin, false);
 }

@@ -93,10 +93,16 @@ lease_stash_put(RegTable *t, uint32 khash, const char *key, Datum row_jsonb,
 	SPI_finish();
 }
 
-/* whether the key's tombstone is the delete of version deleted_version */
+/*
+ * Whether the key is still deleted since the delete that stashed it: its
+ * tombstone is that delete or a later one (another peer's expiry of the
+ * same row: every node of a majority judges a silent owner, and each
+ * deletes).  A key written again since has no stash entry
+ * (lease_stash_drop, at the write).
+ */
 static bool
-deleted_last(RegTable *t, uint32 khash, const char *key,
-			 RegVersion deleted_version)
+still_deleted(RegTable *t, uint32 khash, const char *key,
+			  RegVersion deleted_version)
 {
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 	VersionState st;
@@ -104,7 +110,7 @@ deleted_last(RegTable *t, uint32 khash, const char *key,
 
 	found = tombstone_get(t->tid, khash, key, snap, &st);
 	UnregisterSnapshot(snap);
-	return found && st.exists && st.deleted && st.version == deleted_version;
+	return found && st.exists && st.deleted && st.version >= deleted_version;
 }
 
 typedef struct TakeState
@@ -133,13 +139,9 @@ stash_seen(HeapTuple tup, void *arg)
 /*
  * Remove the stashed row of key, if any; true, with *row (palloc'd), if
  * it is still to be written again: stashed no longer ago than the
- * table's TTL plus registry.owner_timeout, and the peer's delete that
- * stashed it still the key's latest change (its tombstone).  Otherwise
- * the entry is removed all the same.  The second rule keeps an old row
- * from coming back over newer history: the key written again since (by
- * the client, or by another node that took it over) and deleted on
- * purpose leaves a tombstone of another version, and the client must
- * then write the row itself.
+ * table's TTL plus registry.owner_timeout, and the key deleted since (a
+ * tombstone no older than the delete that stashed it).  Otherwise the
+ * entry is removed all the same.
  */
 bool
 lease_stash_take(RegTable *t, uint32 khash, const char *key, Jsonb **row)
@@ -163,13 +165,32 @@ lease_stash_take(RegTable *t, uint32 khash, const char *key, Jsonb **row)
 	if (t->lease_ttl_ms <= 0 ||
 		GetCurrentTimestamp() > ts.stashed_at +
 		(t->lease_ttl_ms + (int64) registry_owner_timeout_ms) * 1000 ||
-		!deleted_last(t, khash, key, ts.deleted_version))
+		!still_deleted(t, khash, key, ts.deleted_version))
 	{
 		pfree(ts.row);
 		return false;
 	}
 	*row = ts.row;
 	return true;
+}
+
+/*
+ * The key of an ephemeral table was written again here (inserted over its
+ * tombstone, by a client or by a peer's change): a stashed row of it is
+ * older than that write, and must not come back over it, nor over a later
+ * deliberate delete of the new row.  One index probe; the caller knows the
+ * key had a tombstone, without which nothing is stashed.
+ */
+void
+lease_stash_drop(RegTable *t, uint32 khash, const char *key)
+{
+	Relation	rel;
+	Relation	idx;
+
+	open_lease_stash(&rel, &idx, RowExclusiveLock);
+	(void) keyed_delete(rel, idx, t->tid, khash, CStringGetTextDatum(key),
+						NULL, NULL);
+	close_lease_stash(rel, idx);
 }
 
 /*

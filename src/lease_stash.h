@@ -18,6 +18,7 @@
 extern void lease_stash_put(RegTable *t, uint32 khash, const char *key,
 							Datum row_jsonb, RegVersion owned_version,
 							RegVersion deleted_version);
+extern void lease_stash_drop(RegTable *t, uint32 khash, const char *key);
 extern bool lease_stash_take(RegTable *t, uint32 khash, const char *key,
 							 Jsonb **row);
 extern int64 lease_stash_purge(TimestampTz now);

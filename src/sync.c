@@ -305,14 +305,15 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 {
 	long		wait;
 
-	if (p->state == CONN_OPEN)
-	{
-		sync_conn_send(p, Q_LISTEN, NULL, 0, NULL);
-		return;
-	}
+	/* after an error answer, the setup waits too: it may fail again */
 	if (now < p->quiet_until)
 	{
 		*timeout = Min(*timeout, Max((long) ((p->quiet_until - now) / 1000), 1));
+		return;
+	}
+	if (p->state == CONN_OPEN)
+	{
+		sync_conn_send(p, Q_LISTEN, NULL, 0, NULL);
 		return;
 	}
 	if (p->want_fast)

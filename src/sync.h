@@ -123,6 +123,8 @@ typedef enum AEStage
 #define BACKOFF_MAX_MS		30000
 #define RECONNECT_MAX_MS	5000	/* longest wait before reconnecting */
 #define FULL_WAIT_POLL_MS	100		/* a round waiting for another's pull */
+#define FULL_WAIT_STALL_MS	2000	/* ... while it got a page this recently */
+#define FULL_WAIT_MAX_MS	30000	/* ... and this long at most */
 
 /* One table's progress in an anti-entropy round with one peer. */
 typedef struct AETable
@@ -147,7 +149,8 @@ typedef struct AETable
 	bool		fresh;			/* this node had no entry of the table */
 	bool		behind;			/* ... fewer entries than the peer */
 	bool		full_asked;		/* a whole-table pull was asked for */
-	bool		full_waited;	/* ... held back while another peer's ran */
+	TimestampTz full_wait_since;	/* ... held back since, while another
+									 * peer's pull of it ran (0: not) */
 
 	/*
 	 * What one table may cost a round: the peer's answers must stay near

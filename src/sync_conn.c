@@ -89,13 +89,16 @@ sync_conn_direct_origins(const Peer *except, int *n)
 
 /*
  * Whether a peer other than except is pulling table whole right now (its
- * round's current table, the request sent).  A node joining a mesh finds
- * several peers far ahead of it at once; it pulls each table from one.
+ * round's current table, the request sent) and getting pages: one came
+ * within FULL_WAIT_STALL_MS.  A node joining a mesh finds several peers
+ * far ahead of it at once; it pulls each table from one.  A pull that
+ * stalls (a slow or hostile peer) holds nobody up.
  */
 bool
 sync_conn_pulling_whole(const Peer *except, const char *table)
 {
 	int			i;
+	TimestampTz now = GetCurrentTimestamp();
 
 	for (i = 0; i < nall_peers; i++)
 	{
@@ -106,7 +109,8 @@ sync_conn_pulling_whole(const Peer *except, const char *table)
 			q->itable >= q->ntables)
 			continue;
 		t = &q->tables[q->itable];
-		if (t->stage == AE_FULL && t->full_asked && strcmp(t->name, table) == 0)
+		if (t->stage == AE_FULL && t->full_asked && strcmp(t->name, table) == 0 &&
+			!TimestampDifferenceExceeds(q->query_started, now, FULL_WAIT_STALL_MS))
 			return true;
 	}
 	return false;
@@ -438,11 +442,14 @@ flush_request(Peer *p)
 
 /*
  * The first request on a connection: prepare the frequent requests and
- * listen for wake-ups, in one simple query (one round trip, one implicit
- * transaction: if a PREPARE fails, nothing of it holds, and the error is
- * the request's result; see sync_conn_service).
+ * listen for wake-ups, in one simple query (one round trip).  If one of
+ * its statements fails, the error is the request's result (see
+ * sync_conn_service) and the setup is sent again after the backoff; a
+ * PREPARE is not undone by the failed transaction, so the setup first
+ * deallocates whatever an earlier try left.
  */
 #define SETUP_SQL \
+	"DEALLOCATE ALL; " \
 	"PREPARE registry_digest AS " SYNC_SQL_DIGEST "; " \
 	"PREPARE registry_changes AS " SYNC_SQL_CHANGES "; " \
 	"LISTEN registry_wakeup"
