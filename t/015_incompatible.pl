@@ -86,5 +86,26 @@ for my $re (qr/registry: peer "inc_a": .*\bt3\b.*not a registry table/,
 }
 check_verify([ $na, $nb ], 'incompatible tables');
 
+# A peer of another version (here: its changes_since renamed away) fails
+# the connection's setup at its second PREPARE.  The setup is sent again
+# after the backoff, not at once, and once the peer is mended the
+# connection recovers: the first PREPARE of the failed try, which survives
+# the failed transaction, must not make every later try fail too.
+my $nc = new_node('inc_c');
+create_table([$nc], 't1', 'CREATE TABLE t1 (id int PRIMARY KEY, val text)');
+my $cs = 'registry.changes_since(bigint, integer, boolean, bigint, text, integer, integer, text[])';
+sql($nc, qq{ALTER FUNCTION $cs RENAME TO changes_since_away});
+add_peer($na, $nc);
+ok( poll_until(sub { (peer_status($na, 'inc_c', 'last_error') // '') =~ /changes_since/ }),
+	'inc_c without changes_since: the setup\'s error is inc_a\'s last_error for it');
+sleep(3);
+my $errors = peer_status($na, 'inc_c', 'errors');
+cmp_ok($errors, '<', 50, "the failing setup is retried after a backoff ($errors errors in about 3 s)");
+sql($nc, q{ALTER FUNCTION registry.changes_since_away(bigint, integer, boolean, bigint, text, integer, integer, text[]) RENAME TO changes_since});
+sql($nc, q{INSERT INTO t1 VALUES (900, 'from inc_c')});
+ok( poll_until(sub { sql($na, q{SELECT count(*) FROM t1 WHERE id = 900}) eq '1' }),
+	'once inc_c is mended, inc_a pulls its row');
+$nc->stop;
+
 $_->stop for ($na, $nb);
 done_testing();
