@@ -854,6 +854,18 @@ owner_held(const char *name)
 }
 
 /*
+ * How much longer than registry.owner_timeout a judge waits when another
+ * it reaches sorts first: a tenth of the timeout, at least 2 s (a pass
+ * deletes 1,000 rows at a time; the first judge's deletes of a large
+ * table take seconds to arrive).
+ */
+static int
+judge_grace_ms(void)
+{
+	return Max(registry_owner_timeout_ms / 10, 2000);
+}
+
+/*
  * The owners this node has had no successful contact with for
  * registry.owner_timeout, among its direct peers (by peer name and by the
  * node name the peer reports); *majority: whether this node reaches more
@@ -877,6 +889,8 @@ timed_out_owners(TimestampTz now, bool *majority)
 	int			nnames = 0;
 	char	  **names;
 	TimestampTz *contacts;
+	char	  **judges;			/* reachable peers' names */
+	int			njudges = 0;
 	int			k;
 
 	st = peer_status_snapshot(&nst);
@@ -895,6 +909,7 @@ timed_out_owners(TimestampTz now, bool *majority)
 	 */
 	names = MemoryContextAlloc(outer, sizeof(char *) * Max(2 * npeers, 1));
 	contacts = MemoryContextAlloc(outer, sizeof(TimestampTz) * Max(2 * npeers, 1));
+	judges = MemoryContextAlloc(outer, sizeof(char *) * Max(2 * npeers, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -925,7 +940,11 @@ timed_out_owners(TimestampTz now, bool *majority)
 		 * timeout apart: sync.c), well within.
 		 */
 		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms / 2))
+		{
 			reachable++;
+			for (m = 0; m < 2 && entry_names[m]; m++)
+				judges[njudges++] = MemoryContextStrdup(outer, entry_names[m]);
+		}
 		for (m = 0; m < 2 && entry_names[m]; m++)
 		{
 			for (k = 0; k < nnames; k++)
@@ -942,8 +961,28 @@ timed_out_owners(TimestampTz now, bool *majority)
 	}
 	SPI_finish();
 	for (k = 0; k < nnames; k++)
-		if (TimestampDifferenceExceeds(contacts[k], now, registry_owner_timeout_ms))
+	{
+		int			timeout = registry_owner_timeout_ms;
+		int			j;
+
+		/*
+		 * Every node of a majority judges a silent owner, and each would
+		 * delete all its rows, and then apply the others' deletes of the
+		 * same rows.  The one whose name sorts first among the judges this
+		 * node reaches goes first; the others wait JUDGE_GRACE longer,
+		 * by when its deletes have reached them and nothing is left to
+		 * judge -- unless it did not judge, and then they do.
+		 */
+		for (j = 0; j < njudges; j++)
+			if (strcmp(judges[j], names[k]) != 0 &&
+				strcmp(judges[j], registry_node_name) < 0)
+			{
+				timeout += judge_grace_ms();
+				break;
+			}
+		if (TimestampDifferenceExceeds(contacts[k], now, timeout))
 			owners = lappend(owners, names[k]);
+	}
 	*majority = npeers == 0 || (reachable + 1) * 2 > npeers + 1;
 	return owners;
 }
