@@ -465,6 +465,37 @@ leases_renew(int32 tid, uint32 khash, const char *key, int64 ttl_ms,
 }
 
 /*
+ * leases_renew() for n keys of one table under one acquisition of the
+ * lock (renew() of 100,000 keys took it 100,000 times); out[i] for
+ * keys[i].  The caller bounds n: the lock is held throughout.
+ */
+void
+leases_renew_many(int32 tid, const uint32 *khashes, char *const *keys, int n,
+				  int64 ttl_ms, TimestampTz now, LeaseRenew *out)
+{
+	int			i;
+	uint64		renewed = 0;
+
+	LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
+	for (i = 0; i < n; i++)
+	{
+		LeaseData  *d = find(tid, khashes[i], keys[i]);
+
+		out[i] = LEASE_NOT_HELD;
+		if (d)
+		{
+			set_deadline(d, ttl_ms, now);
+			d->renewed_at = now;
+			d->renewals++;
+			renewed++;
+			out[i] = LEASE_RENEWED;
+		}
+	}
+	Leases->renewals += renewed;
+	LWLockRelease(Leases->lock);
+}
+
+/*
  * A row this node owns that has no lease (after a start, an eviction, a
  * bulk change) gets a full TTL.  Never evicts: false when there is no
  * room.  A key that has a lease keeps it as it is.

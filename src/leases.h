@@ -92,6 +92,9 @@ extern void leases_prepare_session(void);
 extern void leases_apply(const LeaseChange *changes, int n, TimestampTz now);
 
 /* renewal and adoption */
+extern void leases_renew_many(int32 tid, const uint32 *khashes,
+							  char *const *keys, int n, int64 ttl_ms,
+							  TimestampTz now, LeaseRenew *out);
 extern LeaseRenew leases_renew(int32 tid, uint32 khash, const char *key,
 							   int64 ttl_ms, TimestampTz now);
 extern bool leases_adopt(int32 tid, uint32 khash, const char *key,

@@ -563,6 +563,9 @@ seen_match(const void *key1, const void *key2, Size keysize)
 	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
 }
 
+/* Keys renewed under one acquisition of the lease lock (case 1). */
+#define RENEW_CHUNK		256
+
 /* What became of a key. */
 typedef enum RenewOutcome
 {
@@ -699,31 +702,50 @@ registry_renew(PG_FUNCTION_ARGS)
 	rs.now = GetCurrentTimestamp();
 	rs.callcxt = CurrentMemoryContext;
 	keycxt = AllocSetContextCreate(rs.callcxt, "registry renew key",
-								   ALLOCSET_SMALL_SIZES);
-	for (i = 0; i < n; i++)
+								   ALLOCSET_DEFAULT_SIZES);
+	for (i = 0; i < n; i += RENEW_CHUNK)
 	{
-		text	   *kt = DatumGetTextPP(elems[i]);
-		char	   *given;
-		RenewOutcome outcome = RENEW_DONE;
+		int			nc = Min(RENEW_CHUNK, n - i);
+		char	   *given[RENEW_CHUNK];
+		uint32		khash[RENEW_CHUNK];
+		LeaseRenew	fast[RENEW_CHUNK];
+		int			j;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(keycxt);
-		given = text_to_cstring(kt);
+		for (j = 0; j < nc; j++)
+		{
+			given[j] = text_to_cstring(DatumGetTextPP(elems[i + j]));
+			khash[j] = keys_hash(given[j], strlen(given[j]));
+		}
 
 		/*
-		 * Case 1, the common one: no parsing, no lookup, no write.  With
-		 * row-level security, every key is first read as the caller
-		 * (renew_slow()).
+		 * Case 1, the common one: no parsing, no lookup, no write, a chunk
+		 * of keys under one acquisition of the lease lock.  With row-level
+		 * security, every key is first read as the caller (renew_slow()).
 		 */
-		if (rs.rls ||
-			leases_renew(rs.t->tid, keys_hash(given, strlen(given)), given,
-						 rs.t->lease_ttl_ms, rs.now) != LEASE_RENEWED)
-			outcome = renew_slow(&rs, given);
+		if (rs.rls)
+			for (j = 0; j < nc; j++)
+				fast[j] = LEASE_NOT_HELD;
+		else
+			leases_renew_many(rs.t->tid, khash, given, nc,
+							  rs.t->lease_ttl_ms, rs.now, fast);
 
-		MemoryContextSwitchTo(rs.callcxt);
-		if (outcome == RENEW_MISSING)
-			missing = accumArrayResult(missing, elems[i], false, TEXTOID,
-									   rs.callcxt);
+		for (j = 0; j < nc; j++)
+		{
+			RenewOutcome outcome = RENEW_DONE;
+
+			if (fast[j] != LEASE_RENEWED)
+			{
+				CHECK_FOR_INTERRUPTS();
+				MemoryContextSwitchTo(keycxt);
+				outcome = renew_slow(&rs, given[j]);
+			}
+			MemoryContextSwitchTo(rs.callcxt);
+			if (outcome == RENEW_MISSING)
+				missing = accumArrayResult(missing, elems[i + j], false,
+										   TEXTOID, rs.callcxt);
+		}
 		MemoryContextReset(keycxt);
 	}
 
