@@ -497,13 +497,26 @@ delete_own_rows(RegTable *t, Datum *tids, int ntids, char reason)
 
 /* Delete up to limit rows of owner. */
 static int64
-delete_owner_rows(RegTable *t, const char *owner, int64 limit)
+delete_owner_rows(RegTable *t, const char *owner, int64 limit, bool from_end)
 {
 	Oid			types[2] = {TEXTOID, INT8OID};
 	Datum		args[2];
-	char	   *sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %s WHERE %s = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)) AND %s = $1",
-							   t->qualname, t->qualname, REGISTRY_ORIGIN_COLUMN,
-							   REGISTRY_ORIGIN_COLUMN);
+	StringInfoData order;
+	char	   *sql;
+	int			i;
+
+	/*
+	 * In key order, from the first key or from the last: the two first
+	 * judges of a silent owner start from either end (timed_out_owners).
+	 */
+	initStringInfo(&order);
+	for (i = 0; i < t->nkeys; i++)
+		appendStringInfo(&order, "%s%s%s", i ? ", " : "",
+						 quote_identifier(t->keys[i].name),
+						 from_end ? " DESC" : "");
+	sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %s WHERE %s = $1 ORDER BY %s LIMIT $2 FOR UPDATE SKIP LOCKED)) AND %s = $1",
+				   t->qualname, t->qualname, REGISTRY_ORIGIN_COLUMN,
+				   order.data, REGISTRY_ORIGIN_COLUMN);
 
 	args[0] = CStringGetTextDatum(owner);
 	args[1] = Int64GetDatum(limit);
@@ -865,6 +878,13 @@ judge_grace_ms(void)
 	return Max(registry_owner_timeout_ms / 10, 2000);
 }
 
+/* A silent owner to judge, and from which end of its rows (key order). */
+typedef struct TimedOutOwner
+{
+	char	   *name;
+	bool		from_end;
+} TimedOutOwner;
+
 /*
  * The owners this node has had no successful contact with for
  * registry.owner_timeout, among its direct peers (by peer name and by the
@@ -942,8 +962,9 @@ timed_out_owners(TimestampTz now, bool *majority)
 		if (!TimestampDifferenceExceeds(contact, now, registry_owner_timeout_ms / 2))
 		{
 			reachable++;
-			for (m = 0; m < 2 && entry_names[m]; m++)
-				judges[njudges++] = MemoryContextStrdup(outer, entry_names[m]);
+			/* one name per judge: the node name it reports, if any */
+			judges[njudges++] = MemoryContextStrdup(outer,
+													entry_names[1] ? entry_names[1] : entry_names[0]);
 		}
 		for (m = 0; m < 2 && entry_names[m]; m++)
 		{
@@ -963,25 +984,34 @@ timed_out_owners(TimestampTz now, bool *majority)
 	for (k = 0; k < nnames; k++)
 	{
 		int			timeout = registry_owner_timeout_ms;
+		int			rank = 0;
 		int			j;
 
 		/*
 		 * Every node of a majority judges a silent owner, and each would
 		 * delete all its rows, and then apply the others' deletes of the
-		 * same rows.  The one whose name sorts first among the judges this
-		 * node reaches goes first; the others wait JUDGE_GRACE longer,
-		 * by when its deletes have reached them and nothing is left to
-		 * judge -- unless it did not judge, and then they do.
+		 * same rows.  By the order of their names among the judges this
+		 * node reaches: the first deletes from the first key on, the
+		 * second from the last key back, so that between them each row
+		 * is deleted once and every node has half to apply; any other
+		 * waits judge_grace_ms() longer, by when their deletes have
+		 * reached it and nothing is left to judge -- unless they did not
+		 * judge, and then it does.
 		 */
 		for (j = 0; j < njudges; j++)
 			if (strcmp(judges[j], names[k]) != 0 &&
 				strcmp(judges[j], registry_node_name) < 0)
-			{
-				timeout += judge_grace_ms();
-				break;
-			}
+				rank++;
+		if (rank >= 2)
+			timeout += judge_grace_ms();
 		if (TimestampDifferenceExceeds(contacts[k], now, timeout))
-			owners = lappend(owners, names[k]);
+		{
+			TimedOutOwner *o = MemoryContextAlloc(outer, sizeof(TimedOutOwner));
+
+			o->name = names[k];
+			o->from_end = (rank == 1);
+			owners = lappend(owners, o);
+		}
 	}
 	*majority = npeers == 0 || (reachable + 1) * 2 > npeers + 1;
 	return owners;
@@ -992,7 +1022,7 @@ timed_out_owners(TimestampTz now, bool *majority)
  * begins (true: the caller commits it; false: nothing left open).
  */
 static bool
-owner_table_pass(EphTable *e, const char *owner, bool majority,
+owner_table_pass(EphTable *e, const char *owner, bool from_end, bool majority,
 				 TimestampTz now, bool *found_rows, bool *more)
 {
 	RegTable   *t;
@@ -1020,7 +1050,8 @@ owner_table_pass(EphTable *e, const char *owner, bool majority,
 
 		if (left > 0)
 		{
-			int64		done = delete_owner_rows(t, owner, Min(left, EXPIRY_BATCH));
+			int64		done = delete_owner_rows(t, owner, Min(left, EXPIRY_BATCH),
+												  from_end);
 
 			leases_count(LEASE_COUNT_OWNER_EXPIRED, done);
 			cap_note(t->tid, now, done, 0);
@@ -1054,15 +1085,23 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 	volatile bool more = false;
 	ListCell   *lo;
 	char		names[MAX_HELD_OWNERS][REGISTRY_NAME_LEN];
+	bool		from_end[MAX_HELD_OWNERS];
 	int			nnames = 0;
 	int			i;
 
 	xact_begin();
 	owners = timed_out_owners(now, &majority);
 	foreach(lo, owners)
+	{
+		TimedOutOwner *o = lfirst(lo);
+
 		if (nnames < MAX_HELD_OWNERS &&
-			strcmp((char *) lfirst(lo), registry_node_name) != 0)
-			strlcpy(names[nnames++], lfirst(lo), REGISTRY_NAME_LEN);
+			strcmp(o->name, registry_node_name) != 0)
+		{
+			from_end[nnames] = o->from_end;
+			strlcpy(names[nnames++], o->name, REGISTRY_NAME_LEN);
+		}
+	}
 	xact_commit(cxt);
 	leases_set_minority(!majority);
 
@@ -1122,7 +1161,8 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 			}
 			PG_TRY();
 			{
-				if (owner_table_pass(e, names[i], majority, now, &found_rows,
+				if (owner_table_pass(e, names[i], from_end[i], majority, now,
+									 &found_rows,
 									 &more_rows))
 					xact_commit(cxt);
 			}
