@@ -43,6 +43,24 @@ bench_build() {
     fi
 }
 
+# Run the instances from a private copy of PostgreSQL's binaries, libraries
+# and shared files, with the extension just built installed into it: on a
+# machine where other checkouts build and `make install` while this runs,
+# the instances then load this build, whatever is installed meanwhile.
+# PostgreSQL finds its lib and share directories relative to its binaries,
+# as in `make check`'s temporary installation.  Call after bench_build,
+# with BENCH_DIR made (the copy, about 50 MB, goes into BENCH_DIR/pg);
+# sets PG_BINDIR.
+bench_private_install() {
+    local root=$BENCH_DIR/pg d
+    for d in "$(dirname "$("$PG_CONFIG" --bindir)")" "$("$PG_CONFIG" --sharedir)"; do
+        mkdir -p "$root$(dirname "$d")"
+        cp -a "$d" "$root$(dirname "$d")/"
+    done
+    make -s -C "$BENCH_REPO" PG_CONFIG="$PG_CONFIG" DESTDIR="$root" install >/dev/null
+    PG_BINDIR=$root$("$PG_CONFIG" --bindir)
+}
+
 # Run a command as postgres, in BENCH_DIR (postgres cannot necessarily
 # read root's working directory), with arguments passed through intact
 # (no re-quoting through a shell string; "--" keeps su from taking
