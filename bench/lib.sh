@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Helpers for the benchmarks in bench/: build the extension, run one
-# throw-away PostgreSQL instance as the postgres OS user, run pgbench,
-# and the little statistics the reports need.  Sourced, not run.
+# throw-away PostgreSQL instance as the postgres OS user (or several, one
+# per node), run pgbench, and the little statistics the reports need.
+# Sourced, not run.
 #
 # Reuses scripts/common.sh for PG_BINDIR, PG_CONFIG, say and ensure_root.
 
@@ -40,6 +41,24 @@ bench_build() {
         echo "build failed; if a dependency is missing, run ./scripts/test first" >&2
         exit 1
     fi
+}
+
+# Run the instances from a private copy of PostgreSQL's binaries, libraries
+# and shared files, with the extension just built installed into it: on a
+# machine where other checkouts build and `make install` while this runs,
+# the instances then load this build, whatever is installed meanwhile.
+# PostgreSQL finds its lib and share directories relative to its binaries,
+# as in `make check`'s temporary installation.  Call after bench_build,
+# with BENCH_DIR made (the copy, about 50 MB, goes into BENCH_DIR/pg);
+# sets PG_BINDIR.
+bench_private_install() {
+    local root=$BENCH_DIR/pg d
+    for d in "$(dirname "$("$PG_CONFIG" --bindir)")" "$("$PG_CONFIG" --sharedir)"; do
+        mkdir -p "$root$(dirname "$d")"
+        cp -a "$d" "$root$(dirname "$d")/"
+    done
+    make -s -C "$BENCH_REPO" PG_CONFIG="$PG_CONFIG" DESTDIR="$root" install >/dev/null
+    PG_BINDIR=$root$("$PG_CONFIG" --bindir)
 }
 
 # Run a command as postgres, in BENCH_DIR (postgres cannot necessarily
@@ -157,3 +176,81 @@ bench_environment() {
     echo "postgresql: $(bench_psql -c 'SHOW server_version')"
     echo "cpu:        ${cpu:-unknown} (nproc $(nproc))"
 }
+
+# ---------------------------------------------------------------------
+# Several instances at once (bench/replication, bench/scale, bench/leases,
+# bench/large).  The caller makes BENCH_DIR (owned by postgres, mode 755);
+# node NAME's data directory is BENCH_DIR/NAME, its log BENCH_DIR/NAME.log,
+# and every node listens only on a unix socket in BENCH_DIR, where its
+# port is what tells it apart.
+declare -A PORT=()  # node name -> port, set by start_node
+NODES=()            # nodes started and not yet stopped, in start order
+
+# A port for a new node: no TCP server listens on it, no socket for it in
+# BENCH_DIR, and no other node was given it.
+node_port() {
+    local p n taken
+    for p in $(seq 54330 54629); do
+        taken=""
+        for n in "${NODES[@]}"; do [ "${PORT[$n]}" = "$p" ] && taken=1; done
+        [ -z "$taken" ] && [ ! -e "$BENCH_DIR/.s.PGSQL.$p" ] &&
+            ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
+            { echo "$p"; return 0; }
+    done
+    echo "no free port in 54330-54629" >&2
+    return 1
+}
+
+# start_node NAME [postgresql.conf lines...]: create, configure and start
+# a fresh instance at default durability (fsync, synchronous_commit on).
+start_node() {
+    local n=$1 port line
+    shift
+    port=$(node_port) || return 1
+    PORT[$n]=$port
+    as_pg "$PG_BINDIR/initdb" -D "$BENCH_DIR/$n" -U postgres -A trust --no-sync \
+        >"$BENCH_DIR/$n.initdb.log" 2>&1 ||
+        { cat "$BENCH_DIR/$n.initdb.log" >&2; return 1; }
+    {
+        echo "# bench instance: default durability (fsync, synchronous_commit on)"
+        echo "port = $port"
+        echo "listen_addresses = ''"
+        echo "unix_socket_directories = '$BENCH_DIR'"
+        for line in "$@"; do echo "$line"; done
+    } >>"$BENCH_DIR/$n/postgresql.conf"
+    NODES+=("$n")
+    as_pg "$PG_BINDIR/pg_ctl" -D "$BENCH_DIR/$n" -l "$BENCH_DIR/$n.log" -w -t 60 start \
+        >/dev/null || { tail -n 40 "$BENCH_DIR/$n.log" >&2; return 1; }
+}
+
+# stop_nodes immediate|fast: stop every node (immediate, or fast and then
+# immediate if that hangs) and remove its data directory.  Safe from a
+# trap.
+stop_nodes() {
+    local mode=${1:-immediate} n
+    for n in "${NODES[@]}"; do
+        if [ "$mode" = fast ]; then
+            as_pg "$PG_BINDIR/pg_ctl" -D "$BENCH_DIR/$n" -m fast -w -t 30 stop \
+                >/dev/null 2>&1 ||
+                as_pg "$PG_BINDIR/pg_ctl" -D "$BENCH_DIR/$n" -m immediate -w stop \
+                    >/dev/null 2>&1 || true
+        else
+            as_pg "$PG_BINDIR/pg_ctl" -D "$BENCH_DIR/$n" -m immediate -w stop \
+                >/dev/null 2>&1 || true
+        fi
+        rm -rf "${BENCH_DIR:?}/$n"
+        unset "PORT[$n]"
+    done
+    NODES=()
+}
+
+# The conninfo a node's peers use for it, and psql against a node (quiet,
+# stop at the first error, unaligned tuples only): sqlon NAME SQL...
+conninfo() { echo "host=$BENCH_DIR port=${PORT[$1]} dbname=postgres user=postgres"; }
+sqlon() {
+    local n=$1
+    shift
+    as_pg "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -At -h "$BENCH_DIR" -p "${PORT[$n]}" \
+        -d postgres -c "$*"
+}
+now_ms() { date +%s%3N; }
