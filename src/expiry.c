@@ -42,6 +42,8 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/itemptr.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -495,12 +497,66 @@ delete_own_rows(RegTable *t, Datum *tids, int ntids, char reason)
 	return run_delete(t, sql, 2, types, args, reason);
 }
 
+/*
+ * Rows of timed-out owners that could not be deleted one by one (a
+ * foreign key still refers to one, a trigger refuses): left out of the
+ * owner's batches until their retry time, so that they stop neither the
+ * batches nor the rows after them.  Bounded; when full, the rows beyond
+ * are tried again at every pass.
+ */
+#define MAX_SKIPPED_ROWS	1024
+
+typedef struct SkippedRow
+{
+	int32		tid;
+	ItemPointerData ctid;
+	TimestampTz until;
+} SkippedRow;
+
+static SkippedRow skipped[MAX_SKIPPED_ROWS];
+static int	nskipped = 0;
+
+/* The table's skipped rows still due to wait, as a tid[] (pruned). */
+static Datum
+skipped_rows(int32 tid, TimestampTz now)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(nskipped, 1));
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < nskipped;)
+	{
+		if (skipped[i].until <= now)
+		{
+			skipped[i] = skipped[--nskipped];
+			continue;
+		}
+		if (skipped[i].tid == tid)
+			d[n++] = PointerGetDatum(&skipped[i].ctid);
+		i++;
+	}
+	return PointerGetDatum(construct_array(d, n, TIDOID,
+										   sizeof(ItemPointerData), false,
+										   TYPALIGN_SHORT));
+}
+
+static void
+skip_row(int32 tid, ItemPointer ctid, TimestampTz until)
+{
+	if (nskipped >= MAX_SKIPPED_ROWS)
+		return;
+	skipped[nskipped].tid = tid;
+	skipped[nskipped].ctid = *ctid;
+	skipped[nskipped].until = until;
+	nskipped++;
+}
+
 /* Delete up to limit rows of owner. */
 static int64
 delete_owner_rows(RegTable *t, const char *owner, int64 limit, bool from_end)
 {
-	Oid			types[2] = {TEXTOID, INT8OID};
-	Datum		args[2];
+	Oid			types[3] = {TEXTOID, INT8OID, TIDARRAYOID};
+	Datum		args[3];
 	StringInfoData order;
 	char	   *sql;
 	int			i;
@@ -514,13 +570,14 @@ delete_owner_rows(RegTable *t, const char *owner, int64 limit, bool from_end)
 		appendStringInfo(&order, "%s%s%s", i ? ", " : "",
 						 quote_identifier(t->keys[i].name),
 						 from_end ? " DESC" : "");
-	sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %s WHERE %s = $1 ORDER BY %s LIMIT $2 FOR UPDATE SKIP LOCKED)) AND %s = $1",
+	sql = psprintf("DELETE FROM ONLY %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %s WHERE %s = $1 AND ctid <> ALL ($3) ORDER BY %s LIMIT $2 FOR UPDATE SKIP LOCKED)) AND %s = $1",
 				   t->qualname, t->qualname, REGISTRY_ORIGIN_COLUMN,
 				   order.data, REGISTRY_ORIGIN_COLUMN);
 
 	args[0] = CStringGetTextDatum(owner);
 	args[1] = Int64GetDatum(limit);
-	return run_delete(t, sql, 2, types, args, LEASE_REASON_OWNER);
+	args[2] = skipped_rows(t->tid, GetCurrentTimestamp());
+	return run_delete(t, sql, 3, types, args, LEASE_REASON_OWNER);
 }
 
 /* How many rows of t owner has (read as the worker: no user code runs). */
@@ -1072,6 +1129,115 @@ owner_table_pass(EphTable *e, const char *owner, bool from_end, bool majority,
 }
 
 /*
+ * After a failed batch of a timed-out owner's rows: its next rows one by
+ * one, each in a subtransaction, so that one row that cannot go (a
+ * foreign key still refers to it, a trigger refuses) keeps neither the
+ * others nor the owner's later batches (it is skipped until
+ * EXPIRY_RETRY_MS from now).  In a transaction it begins; returns the
+ * rows deleted.
+ */
+static int64
+owner_rows_one_by_one(EphTable *e, const char *owner, bool from_end,
+					  TimestampTz now, MemoryContext cxt)
+{
+	RegTable   *t;
+	StringInfoData order;
+	Oid			types[3] = {TEXTOID, INT8OID, TIDARRAYOID};
+	Datum		args[3];
+	ItemPointerData *ctids;
+	int64		n;
+	volatile int64 deleted = 0;
+	int64		limit;
+	int			i;
+	int			rc;
+
+	xact_begin();
+	t = table_now(e);
+	if (t == NULL)
+		return 0;
+	limit = Min(cap_left(t->tid, now), EXPIRY_BATCH);
+	if (limit <= 0)
+		return 0;
+	initStringInfo(&order);
+	for (i = 0; i < t->nkeys; i++)
+		appendStringInfo(&order, "%s%s%s", i ? ", " : "",
+						 quote_identifier(t->keys[i].name),
+						 from_end ? " DESC" : "");
+	args[0] = CStringGetTextDatum(owner);
+	args[1] = Int64GetDatum(limit);
+	args[2] = skipped_rows(t->tid, now);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "registry: SPI_connect failed");
+	rc = SPI_execute_with_args(psprintf("SELECT ctid FROM ONLY %s WHERE %s = $1 AND ctid <> ALL ($3) ORDER BY %s LIMIT $2",
+										t->qualname, REGISTRY_ORIGIN_COLUMN,
+										order.data),
+							   3, types, args, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "registry: could not list the rows of %s: %s",
+			 t->qualname, SPI_result_code_string(rc));
+	n = (int64) SPI_processed;
+	ctids = MemoryContextAlloc(cxt, sizeof(ItemPointerData) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ctids[i] = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i],
+													   SPI_tuptable->tupdesc,
+													   1, &isnull));
+	}
+	SPI_finish();
+
+	for (i = 0; i < n; i++)
+	{
+		ResourceOwner ro = CurrentResourceOwner;
+		MemoryContext xcxt = CurrentMemoryContext;
+		Oid			dtypes[2] = {TIDOID, TEXTOID};
+		Datum		dargs[2];
+
+		dargs[0] = PointerGetDatum(&ctids[i]);
+		dargs[1] = CStringGetTextDatum(owner);
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(xcxt);
+		PG_TRY();
+		{
+			deleted += run_delete(t, psprintf("DELETE FROM ONLY %s WHERE ctid = $1 AND %s = $2",
+											  t->qualname, REGISTRY_ORIGIN_COLUMN),
+								  2, dtypes, dargs, LEASE_REASON_OWNER);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(xcxt);
+			CurrentResourceOwner = ro;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			disable_timeout(STATEMENT_TIMEOUT, false);
+			MemoryContextSwitchTo(xcxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(xcxt);
+			CurrentResourceOwner = ro;
+			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+				ReThrowError(edata);
+			ereport(LOG,
+					(errcode(edata->sqlerrcode),
+					 errmsg("registry: could not expire the row at %s of timed-out owner \"%s\" in %s: %s",
+							DatumGetCString(DirectFunctionCall1(tidout, dargs[0])),
+							owner, t->qualname, edata->message),
+					 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+					 errhint("The row is tried again in %d s; the owner's other rows go on.",
+							 EXPIRY_RETRY_MS / 1000)));
+			FreeErrorData(edata);
+			skip_row(t->tid, &ctids[i],
+					 TimestampTzPlusMilliseconds(now, EXPIRY_RETRY_MS));
+		}
+		PG_END_TRY();
+	}
+	return deleted;
+}
+
+/*
  * Owner failure: delete the rows of timed-out owners, while this node
  * reaches a majority.  Each (owner, table) in a transaction of its own: a
  * failure is logged, and that table tried again after a backoff.
@@ -1173,6 +1339,29 @@ expire_owners(List *tables, TimestampTz now, MemoryContext cxt)
 				found_rows = true;
 			}
 			PG_END_TRY();
+
+			/* the batch failed: its rows one by one */
+			if (failed && majority)
+			{
+				PG_TRY();
+				{
+					int64		done = owner_rows_one_by_one(e, names[i],
+															 from_end[i], now,
+															 cxt);
+
+					xact_commit(cxt);
+					leases_count(LEASE_COUNT_OWNER_EXPIRED, done);
+					cap_note(e->tid, now, done, 0);
+					failed = false;
+					if (done > 0)
+						more_rows = true;
+				}
+				PG_CATCH();
+				{
+					xact_failed(cxt, "expiry failed of the rows", names[i]);
+				}
+				PG_END_TRY();
+			}
 			backoff_note(e->tid, now, failed);
 		}
 		if (more_rows)

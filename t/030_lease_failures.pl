@@ -48,6 +48,10 @@ registry.expiry_interval = '100ms'
 my @f = map { new_node($_, conf => $conf) } qw(f1 f2 f3);
 my ($f1, $f2, $f3) = @f;
 setup_tables(\@f);
+# fke: f1's rows, one of which (r2) a local table on f2 and f3 still
+# refers to when f1 dies: it cannot go, the others must
+create_table(\@f, 'fke', 'CREATE TABLE fke (k text PRIMARY KEY, v text)');
+sql($_, q{SELECT registry.set_lease('fke', '1h')}) for @f;
 full_mesh(@f);
 
 # expected contents: key => origin
@@ -67,7 +71,10 @@ $eph{"c$_"} = 'f3' for 1 .. 3;
 $pers{"p$_"} = 'f1' for 1 .. 3;
 $pers{q1} = 'f2';
 
-wait_converged(\@f, [ 'eph', 'pers' ], 'the mesh converges with every client renewing');
+sql($f1, q{INSERT INTO fke SELECT 'r' || g, 'x' FROM generate_series(1, 5) g});
+wait_converged(\@f, [ 'eph', 'pers', 'fke' ], 'the mesh converges with every client renewing');
+sql($_, q{CREATE TABLE fkref (k text REFERENCES fke (k)); INSERT INTO fkref VALUES ('r2')})
+  for $f2, $f3;
 expect_rows(\@f, 'eph', \%eph, 'start');
 expect_rows(\@f, 'pers', \%pers, 'start');
 
@@ -97,7 +104,15 @@ $oe += $oe1{$_} - $oe0{$_} for keys %oe0;
 note("owner_expired: f2 +" . ($oe1{f2} - $oe0{f2}) . ", f3 +" . ($oe1{f3} - $oe0{f3}));
 cmp_ok($oe, '>=', 5,
 	'registry.node.owner_expired on f2 and f3 together counts (at least) the 5 rows');
-cmp_ok($oe1{f2} - $oe0{f2}, '>', 0, 'f2, the first judge (from the first key), expired some');
+# a row that cannot be deleted stops none of its owner's others
+for my $n ($f2, $f3)
+{
+	ok( poll_until(sub { sql($n, q{SELECT string_agg(k, ',' ORDER BY k) FROM fke}) eq 'r2' }),
+		'on ' . $n->name . ', f1\'s rows of fke expire but r2, which fkref refers to');
+	ok( $n->log_contains(
+			qr/registry: could not expire the row at \(\d+,\d+\) of timed-out owner "f1" in public\.fke: .*fkref/),
+		'... r2\'s failure is logged on ' . $n->name);
+}
 for my $n ($f2, $f3)
 {
 	is( sql($n,
@@ -107,6 +122,12 @@ for my $n ($f2, $f3)
 		't',
 		'on ' . $n->name . ', no row of f1 expired before owner_timeout after the last contact with f1');
 }
+# the expiry deletes of eph's rows each node made (owner_expired also
+# counts fke's)
+my $oe_eph = 0;
+$oe_eph += sql($_,
+	q{SELECT count(*) FROM registry.change_log WHERE table_name = 'public.eph' AND op = 'delete' AND reason = 'expired' AND key LIKE 'a%'}
+) for $f2, $f3;
 my @owner_notes;
 ok( poll_until(sub {
 		@owner_notes = ();
@@ -120,12 +141,12 @@ ok( poll_until(sub {
 				  && exists $_->{reason}
 			} @{ $l->{notes} };
 		}
-		return scalar(@owner_notes) >= $oe;
+		return scalar(@owner_notes) >= $oe_eph;
 	}),
 	'f2 and f3 notified their expiry deletes of f1\'s rows');
-is(scalar(@owner_notes), $oe, 'one notification with a reason per row they expired');
+is(scalar(@owner_notes), $oe_eph, 'one notification with a reason per row they expired');
 is( join(',', sort map { ($_->{reason} // '') . '/' . ($_->{expiry} // '') } @owner_notes),
-	join(',', ('expired/owner') x $oe),
+	join(',', ('expired/owner') x $oe_eph),
 	'each says "reason": "expired", "expiry": "owner"');
 $_->{s}->quit for values %lis;
 
