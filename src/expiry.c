@@ -174,6 +174,28 @@ xact_failed(MemoryContext cxt, const char *what, const char *owner)
 	FreeErrorData(edata);
 }
 
+/*
+ * After an ERROR in a row's subtransaction (the row-by-row retries): roll
+ * it back and return the error, in xcxt, for the caller to log.  A cancel
+ * (the statement timeout armed around user code) is thrown on.
+ */
+static ErrorData *
+subxact_failed(MemoryContext xcxt, ResourceOwner owner)
+{
+	ErrorData  *edata;
+
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	MemoryContextSwitchTo(xcxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(xcxt);
+	CurrentResourceOwner = owner;
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		ReThrowError(edata);
+	return edata;
+}
+
 static void
 xact_commit(MemoryContext cxt)
 {
@@ -754,18 +776,9 @@ own_row_one(OwnGroup *g, RegTable *t, int k, TimestampTz now)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
+			ErrorData  *edata = subxact_failed(xcxt, owner);
 			LeaseExpired *e = g->tid_ex[k];
 
-			disable_timeout(STATEMENT_TIMEOUT, false);
-			MemoryContextSwitchTo(xcxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(xcxt);
-			CurrentResourceOwner = owner;
-			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-				ReThrowError(edata);
 			ereport(LOG,
 					(errcode(edata->sqlerrcode),
 					 errmsg("registry: could not expire key \"%s\" of %s: %s",
@@ -1209,17 +1222,8 @@ owner_rows_one_by_one(EphTable *e, const char *owner, bool from_end,
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
+			ErrorData  *edata = subxact_failed(xcxt, ro);
 
-			disable_timeout(STATEMENT_TIMEOUT, false);
-			MemoryContextSwitchTo(xcxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(xcxt);
-			CurrentResourceOwner = ro;
-			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-				ReThrowError(edata);
 			ereport(LOG,
 					(errcode(edata->sqlerrcode),
 					 errmsg("registry: could not expire the row at %s of timed-out owner \"%s\" in %s: %s",
