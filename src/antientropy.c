@@ -372,19 +372,17 @@ antientropy_send_next(Peer *p)
 					 * peer trickling pages to hold this one up.
 					 */
 					TimestampTz now = GetCurrentTimestamp();
+					bool		may_wait = t->full_wait_since == 0 ||
+						!TimestampDifferenceExceeds(t->full_wait_since, now,
+													FULL_WAIT_MAX_MS);
 
-					if ((t->full_wait_since == 0 ||
-						 !TimestampDifferenceExceeds(t->full_wait_since, now,
-													 FULL_WAIT_MAX_MS)) &&
-						sync_conn_pulling_whole(p, t->name))
+					if (may_wait && sync_conn_pulling_whole(p, t->name))
 					{
 						if (t->full_wait_since == 0)
 							t->full_wait_since = now;
 						return;
 					}
-					if (t->full_wait_since != 0 &&
-						!TimestampDifferenceExceeds(t->full_wait_since, now,
-													FULL_WAIT_MAX_MS))
+					if (may_wait && t->full_wait_since != 0)
 					{
 						t->full_wait_since = 0;
 						t->stage = AE_ROOT;

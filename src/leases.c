@@ -447,20 +447,10 @@ LeaseRenew
 leases_renew(int32 tid, uint32 khash, const char *key, int64 ttl_ms,
 			 TimestampTz now)
 {
-	LeaseData  *d;
-	LeaseRenew	r = LEASE_NOT_HELD;
+	char	   *keys[1] = {unconstify(char *, key)};
+	LeaseRenew	r;
 
-	LWLockAcquire(Leases->lock, LW_EXCLUSIVE);
-	d = find(tid, khash, key);
-	if (d)
-	{
-		set_deadline(d, ttl_ms, now);
-		d->renewed_at = now;
-		d->renewals++;
-		Leases->renewals++;
-		r = LEASE_RENEWED;
-	}
-	LWLockRelease(Leases->lock);
+	leases_renew_many(tid, &khash, keys, 1, ttl_ms, now, &r);
 	return r;
 }
 

@@ -458,10 +458,16 @@ flush_request(Peer *p)
 static const char *
 prepared_name(QueryKind kind, const char *sql)
 {
-	if (kind == Q_DIGEST && strcmp(sql, SYNC_SQL_DIGEST) == 0)
+	if (kind == Q_DIGEST)
+	{
+		Assert(strcmp(sql, SYNC_SQL_DIGEST) == 0);
 		return "registry_digest";
-	if (kind == Q_CHANGES && strcmp(sql, SYNC_SQL_CHANGES) == 0)
+	}
+	if (kind == Q_CHANGES)
+	{
+		Assert(strcmp(sql, SYNC_SQL_CHANGES) == 0);
 		return "registry_changes";
+	}
 	return NULL;
 }
 
@@ -743,8 +749,9 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 	}
 	/*
 	 * A request has exactly one result (the setup one per statement), and
-	 * is over when PQgetResult() returns NULL.  The end may arrive later than the result: it is only
-	 * asked for while PQisBusy() says it would not block.  A whole-table
+	 * is over when PQgetResult() returns NULL.  The end may arrive later
+	 * than the result: it is only asked for while PQisBusy() says it would
+	 * not block.  A whole-table
 	 * pull also has a result per page before its last one.
 	 */
 	while (p->inflight != Q_NONE && !PQisBusy(p->conn))
