@@ -182,20 +182,71 @@ key_entry_cmp(const void *a, const void *b)
 }
 
 /*
- * Make t's entries those of its rows: on registration, after a
- * whole-table pull, when a restored table is taken up.  Locks the table
- * against writers (as CREATE INDEX would) until the transaction ends;
- * the entries are inserted in index order.  Returns how many there are.
+ * Sort entries by (khash, key).  A million keys take a quarter of a second
+ * with qsort() and its string comparisons; the hashes are uniform 32-bit
+ * numbers, so two counting passes of 16 bits each order them in a few
+ * milliseconds, and only the rare runs of equal hashes need comparing.
  */
-int64
-row_keys_build(RegTable *t)
+#define RADIX_MIN	4096
+
+static void
+sort_entries(KeyEntry *e, int64 n)
 {
-	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
-											  "registry row keys",
-											  ALLOCSET_DEFAULT_SIZES);
-	MemoryContext old;
-	KeyCollect	kc;
-	Snapshot	snap;
+	KeyEntry   *tmp;
+	int64	   *count;
+	int64		i;
+	int			pass;
+
+	if (n < RADIX_MIN)
+	{
+		qsort(e, n, sizeof(KeyEntry), key_entry_cmp);
+		return;
+	}
+	tmp = palloc_extended(sizeof(KeyEntry) * n, MCXT_ALLOC_HUGE);
+	count = palloc(sizeof(int64) * 65536);
+	for (pass = 0; pass < 2; pass++)
+	{
+		int			shift = pass * 16;
+		KeyEntry   *from = pass == 0 ? e : tmp;
+		KeyEntry   *to = pass == 0 ? tmp : e;
+		int64		sum = 0;
+
+		memset(count, 0, sizeof(int64) * 65536);
+		for (i = 0; i < n; i++)
+			count[(from[i].khash >> shift) & 0xFFFF]++;
+		for (i = 0; i < 65536; i++)
+		{
+			int64		c = count[i];
+
+			count[i] = sum;
+			sum += c;
+		}
+		for (i = 0; i < n; i++)
+			to[count[(from[i].khash >> shift) & 0xFFFF]++] = from[i];
+	}
+	/* keys of one hash: by key */
+	for (i = 0; i < n;)
+	{
+		int64		j = i + 1;
+
+		while (j < n && e[j].khash == e[i].khash)
+			j++;
+		if (j - i > 1)
+			qsort(e + i, j - i, sizeof(KeyEntry), key_entry_cmp);
+		i = j;
+	}
+	pfree(count);
+	pfree(tmp);
+}
+
+/*
+ * Insert n entries of table tid, sorted by (khash, key): in index order,
+ * so that consecutive index insertions land on the same leaf pages, with
+ * one heap WAL record per page of entries.
+ */
+static void
+insert_sorted(int32 tid, KeyEntry *e, int64 n)
+{
 	Relation	rel;
 	Relation	idx;
 	IndexInfo  *ii;
@@ -204,41 +255,31 @@ row_keys_build(RegTable *t)
 	Datum		vals[BUILD_BATCH][Natts_row_keys];
 	bool		nulls[Natts_row_keys] = {false, false, false};
 	CommandId	cid;
+	int			nslots = (int) Min(BUILD_BATCH, n);
 	int			nbuf = 0;
 	int64		i;
 
-	LockRelationOid(t->relid, ShareLock);
-	row_keys_clear(t->tid);
-
-	old = MemoryContextSwitchTo(cxt);
-	kc.cxt = cxt;
-	kc.n = 0;
-	kc.max = 1024;
-	kc.e = palloc(sizeof(KeyEntry) * kc.max);
-	snap = RegisterSnapshot(GetLatestSnapshot());
-	row_foreach(t, snap, collect_key, &kc);
-	UnregisterSnapshot(snap);
-	qsort(kc.e, kc.n, sizeof(KeyEntry), key_entry_cmp);
-
+	if (n == 0)
+		return;
 	open_row_keys(&rel, &idx, RowExclusiveLock);
 	ii = BuildIndexInfo(idx);
 	bistate = GetBulkInsertState();
 	cid = GetCurrentCommandId(true);
-	for (i = 0; i < BUILD_BATCH; i++)
+	for (i = 0; i < nslots; i++)
 		slots[i] = table_slot_create(rel, NULL);
-	for (i = 0; i < kc.n; i += nbuf)
+	for (i = 0; i < n; i += nbuf)
 	{
 		int			j;
 
 		CHECK_FOR_INTERRUPTS();
-		nbuf = (int) Min(BUILD_BATCH, kc.n - i);
+		nbuf = (int) Min(BUILD_BATCH, n - i);
 		for (j = 0; j < nbuf; j++)
 		{
 			TupleTableSlot *sl = slots[j];
 
-			vals[j][0] = Int32GetDatum(t->tid);
-			vals[j][1] = Int32GetDatum(khash_to_int4(kc.e[i + j].khash));
-			vals[j][2] = CStringGetTextDatum(kc.e[i + j].key);
+			vals[j][0] = Int32GetDatum(tid);
+			vals[j][1] = Int32GetDatum(khash_to_int4(e[i + j].khash));
+			vals[j][2] = CStringGetTextDatum(e[i + j].key);
 			ExecClearTuple(sl);
 			memcpy(sl->tts_values, vals[j], sizeof(vals[j]));
 			memcpy(sl->tts_isnull, nulls, sizeof(nulls));
@@ -253,10 +294,42 @@ row_keys_build(RegTable *t)
 			pfree(DatumGetPointer(vals[j][2]));
 		}
 	}
-	for (i = 0; i < BUILD_BATCH; i++)
+	for (i = 0; i < nslots; i++)
 		ExecDropSingleTupleTableSlot(slots[i]);
 	FreeBulkInsertState(bistate);
 	close_row_keys(rel, idx);
+}
+
+/*
+ * Make t's entries those of its rows: on registration, after a
+ * whole-table pull, when a restored table is taken up.  Locks the table
+ * against writers (as CREATE INDEX would) until the transaction ends;
+ * the entries are inserted in index order.  Returns how many there are.
+ */
+int64
+row_keys_build(RegTable *t)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "registry row keys",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+	KeyCollect	kc;
+	Snapshot	snap;
+
+	LockRelationOid(t->relid, ShareLock);
+	row_keys_clear(t->tid);
+
+	old = MemoryContextSwitchTo(cxt);
+	kc.cxt = cxt;
+	kc.n = 0;
+	kc.max = 1024;
+	kc.e = palloc(sizeof(KeyEntry) * kc.max);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	row_foreach(t, snap, collect_key, &kc);
+	UnregisterSnapshot(snap);
+	sort_entries(kc.e, kc.n);
+
+	insert_sorted(t->tid, kc.e, kc.n);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	CommandCounterIncrement();
