@@ -33,6 +33,7 @@ int			registry_max_key_length = 256;
 int			registry_max_origins = 32;
 int			registry_max_clock_skew_ms = 60000;
 int			registry_compress_threshold = 4096;
+int			registry_pull_compression = REGISTRY_PULL_COMPRESSION_AUTO;
 bool		registry_notifications = true;
 int			registry_notify_delay_ms = 0;
 int			registry_sync_interval_ms = 1000;
@@ -110,6 +111,13 @@ set_default_node_name(void)
  * Define every registry.* parameter, reserve the prefix, and derive the
  * default node name.  Called once by _PG_init.
  */
+static const struct config_enum_entry pull_compression_options[] = {
+	{"auto", REGISTRY_PULL_COMPRESSION_AUTO, false},
+	{"on", REGISTRY_PULL_COMPRESSION_ON, false},
+	{"off", REGISTRY_PULL_COMPRESSION_OFF, false},
+	{NULL, 0, false}
+};
+
 void
 guc_define(void)
 {
@@ -202,6 +210,17 @@ guc_define(void)
 							4096, -1, INT_MAX,
 							PGC_USERSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("registry.pull_compression",
+							 "Whether this node lets peers compress their answers to it.",
+							 "auto: not over a Unix socket or a loopback address, where compressing costs "
+							 "both ends CPU and saves no time; on: as the peer's registry.compress_threshold "
+							 "says; off: never.",
+							 &registry_pull_compression,
+							 REGISTRY_PULL_COMPRESSION_AUTO,
+							 pull_compression_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("registry.notifications",
 							 "Send registry_change notifications for committed changes.",

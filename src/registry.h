@@ -36,6 +36,14 @@ extern int	registry_max_key_length;
 extern int	registry_max_origins;
 extern int	registry_max_clock_skew_ms;
 extern int	registry_compress_threshold;
+/* registry.pull_compression */
+typedef enum
+{
+	REGISTRY_PULL_COMPRESSION_AUTO,
+	REGISTRY_PULL_COMPRESSION_ON,
+	REGISTRY_PULL_COMPRESSION_OFF
+} RegistryPullCompression;
+extern int	registry_pull_compression;
 extern bool registry_notifications;
 extern int	registry_notify_delay_ms;
 extern int	registry_sync_interval_ms;

@@ -174,6 +174,7 @@ typedef struct Peer
 	bool		password_required;	/* added by a non-superuser */
 	char	   *notice_name;	/* the name libpq's notices are logged with */
 	bool		name_warned;	/* said that it reports another name */
+	bool		uncompressed;	/* the setup turned the peer's compression off */
 	uint64		retried_gen;	/* last sync_now() request retried for */
 	TimestampTz added_at;
 	TimestampTz last_converged_at;

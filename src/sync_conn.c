@@ -15,6 +15,9 @@
  */
 #include "postgres.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -454,6 +457,48 @@ flush_request(Peer *p)
 	"PREPARE registry_changes AS " SYNC_SQL_CHANGES "; " \
 	"LISTEN registry_wakeup"
 
+/*
+ * Whether the connection reaches its peer over a Unix socket or a loopback
+ * address: where moving bytes costs a copy, and compressing them costs
+ * both ends far more than it saves.
+ */
+static bool
+link_is_local(PGconn *conn)
+{
+	struct sockaddr_storage addr;
+	socklen_t	len = sizeof(addr);
+
+	if (getpeername(PQsocket(conn), (struct sockaddr *) &addr, &len) != 0)
+		return false;
+	if (addr.ss_family == AF_UNIX)
+		return true;
+	if (addr.ss_family == AF_INET)
+		return (ntohl(((struct sockaddr_in *) &addr)->sin_addr.s_addr) >> 24) == 127;
+	if (addr.ss_family == AF_INET6)
+	{
+		const struct in6_addr *a = &((struct sockaddr_in6 *) &addr)->sin6_addr;
+
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+			(IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return false;
+}
+
+/*
+ * Whether this connection's answers go uncompressed
+ * (registry.pull_compression): the setup then turns the peer session's
+ * compression off.
+ */
+static bool
+pull_uncompressed(Peer *p)
+{
+	if (registry_pull_compression == REGISTRY_PULL_COMPRESSION_OFF)
+		return true;
+	if (registry_pull_compression == REGISTRY_PULL_COMPRESSION_ON)
+		return false;
+	return link_is_local(p->conn);
+}
+
 /* The name a request of this kind was prepared under, or NULL. */
 static const char *
 prepared_name(QueryKind kind, const char *sql)
@@ -484,7 +529,9 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 
 	if (kind == Q_LISTEN)
 	{
-		sql = SETUP_SQL;
+		p->uncompressed = pull_uncompressed(p);
+		sql = p->uncompressed ?
+			SETUP_SQL "; SET registry.compress_threshold = -1" : SETUP_SQL;
 		ok = PQsendQuery(p->conn, sql);
 	}
 	else if ((stmt = prepared_name(kind, sql)) != NULL)
