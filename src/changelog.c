@@ -38,6 +38,7 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "pgstat.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
@@ -317,20 +318,30 @@ changelog_read(uint64 after, int max, ChangeLogChange **out,
  * caller would only get an empty answer): they are stepped over if there
  * are no more than max of them, and the seq returned says how far (else
  * after itself).  Origins are compared by name while the entries are held.
+ *
+ * With watch_client (and a client to watch), input arriving from the
+ * client ends the wait too: a client
+ * that sends anything more (its next request, pipelined, or a Sync) wants
+ * the answer now rather than at the wait's end, and one that went away
+ * ends the wait as well.  Input already read into the backend's buffer
+ * with the request (its Flush or Sync) does not count.
  */
 uint64
 changelog_wait(uint64 after, int max, const uint64 *epoch,
-			   const char *const *exclude, int nexclude, int wait_ms)
+			   const char *const *exclude, int nexclude, int wait_ms,
+			   bool watch_client)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   wait_ms);
 
-	ConditionVariablePrepareToSleep(&ChangeLog->changes_cv);
+	watch_client = watch_client && registry_client_watchable();
 	for (;;)
 	{
 		bool		wake = false;
 		long		left;
 
+		/* on the list before looking: a broadcast after the look sets the latch */
+		ConditionVariablePrepareToSleep(&ChangeLog->changes_cv);
 		LWLockAcquire(ChangeLog->lock, LW_SHARED);
 		if (epoch && ChangeLog->epoch != *epoch)
 			wake = true;
@@ -364,8 +375,20 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
 		if (left <= 0)
 			break;
-		(void) ConditionVariableTimedSleep(&ChangeLog->changes_cv, left,
-										   PG_WAIT_EXTENSION);
+		if (!watch_client)
+			(void) ConditionVariableTimedSleep(&ChangeLog->changes_cv, left,
+											   PG_WAIT_EXTENSION);
+		else
+		{
+			bool		input = registry_client_wait(left, PG_WAIT_EXTENSION);
+
+			CHECK_FOR_INTERRUPTS();
+			if (input)
+			{
+				elog(DEBUG1, "registry: a long poll ended early: its client sent more");
+				break;
+			}
+		}
 	}
 	ConditionVariableCancelSleep();
 	return after;

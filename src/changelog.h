@@ -72,7 +72,7 @@ extern int	changelog_read(uint64 after, int max, ChangeLogChange **out,
 						   uint64 *first, uint64 *last, uint64 *epoch);
 extern uint64 changelog_wait(uint64 after, int max, const uint64 *epoch,
 							 const char *const *exclude, int nexclude,
-							 int wait_ms);
+							 int wait_ms, bool watch_client);
 extern void changelog_stats(ChangeLogStats *out);
 
 /* the notifier's progress (notify.c) */

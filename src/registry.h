@@ -151,6 +151,8 @@ registry_op_name(char op)
 
 /* ---- client_flush.c ---- */
 extern void registry_flush_client(void);
+extern bool registry_client_watchable(void);
+extern bool registry_client_wait(long timeout_ms, uint32 wait_event_info);
 
 /* ---- util.c ---- */
 

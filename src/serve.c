@@ -316,7 +316,7 @@ registry_changes_since(PG_FUNCTION_ARGS)
 	if (wait_ms > 0)
 		after = (int64) changelog_wait((uint64) after, maxc,
 									   check_epoch ? &their_epoch : NULL,
-									   skip, nskip, Min(wait_ms, 60000));
+									   skip, nskip, Min(wait_ms, 60000), true);
 
 	ncopied = changelog_read((uint64) after, maxc, &copy, &first, &last, &epoch);
 	upto = (uint64) after;

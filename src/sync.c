@@ -438,6 +438,15 @@ step(Peer *p, TimestampTz now, long *timeout)
 		return;
 	if (p->inflight != Q_NONE)
 	{
+		/*
+		 * A round asked for (sync_now(), resync()) while the peer holds a
+		 * long poll: the poll ends at once, not at the end of its wait.  A
+		 * round under way waits with short polls of its own (next_request).
+		 */
+		if (p->inflight == Q_CHANGES && gen > p->st.served_gen && !round_active(p))
+			sync_conn_poke(p);
+		if (p->conn == NULL)
+			return;
 		if (TimestampDifferenceExceeds(p->query_started, now,
 									   registry_query_timeout_ms + p->query_wait_ms))
 		{

@@ -167,6 +167,23 @@ typedef struct AETable
 	int			page_rows;		/* rows per page of the pull asked for */
 } AETable;
 
+/*
+ * A long poll is sent in libpq's pipeline mode, as Bind/Execute and a Flush
+ * without a Sync, so that the node can still speak while the peer holds
+ * it: a Sync sent meanwhile (a "poke", when sync_now() wants a round)
+ * ends the peer's wait at once.  Exactly one Sync follows each long poll,
+ * the poke or, once the answer is in, a late one; the request ends when
+ * its ReadyForQuery (PGRES_PIPELINE_SYNC) arrives and the connection
+ * leaves pipeline mode.
+ */
+typedef enum LongPollPipe
+{
+	PIPE_NONE,					/* not in pipeline mode */
+	PIPE_RESULT,				/* the long poll's answer is awaited */
+	PIPE_RESULT_POKED,			/* ... and its Sync was sent early */
+	PIPE_SYNC					/* the answer is in; its Sync's end awaited */
+} LongPollPipe;
+
 typedef struct Peer
 {
 	char		name[REGISTRY_NAME_LEN];
@@ -197,6 +214,7 @@ typedef struct Peer
 	PGresult   *result;			/* inflight's result, until the request ends */
 	TimestampTz query_started;
 	int			query_wait_ms;	/* the peer may hold this request so long */
+	LongPollPipe pipe;			/* a long poll's state in pipeline mode */
 	TimestampTz quiet_until;	/* after a failed request: no new one before */
 	AETable    *inflight_table;
 
@@ -258,6 +276,7 @@ extern void sync_conn_start(Peer *p);
 extern void sync_conn_drive(Peer *p);
 extern void sync_conn_send(Peer *p, QueryKind kind, const char *sql,
 						   int nparams, const char *const *params);
+extern void sync_conn_poke(Peer *p);
 extern void sync_conn_service(Peer *p, SyncAnswerFn on_page,
 							  SyncAnswerFn on_result);
 extern char *sync_conn_answer_bytes(Peer *p, PGresult *res,

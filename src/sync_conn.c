@@ -306,6 +306,7 @@ sync_conn_disconnect(Peer *p, const char *why)
 	p->state = CONN_CLOSED;
 	p->name_warned = false;
 	p->inflight = Q_NONE;
+	p->pipe = PIPE_NONE;
 	if (p->roundcxt)
 		MemoryContextReset(p->roundcxt);
 	p->tables = NULL;
@@ -534,6 +535,15 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 			SETUP_SQL "; SET registry.compress_threshold = -1" : SETUP_SQL;
 		ok = PQsendQuery(p->conn, sql);
 	}
+	else if (kind == Q_CHANGES && p->query_wait_ms > 0)
+	{
+		/* a long poll: pipelined, so that a poke can end it (sync.h) */
+		stmt = prepared_name(kind, sql);
+		ok = PQenterPipelineMode(p->conn) &&
+			PQsendQueryPrepared(p->conn, stmt, nparams, params, NULL, NULL, 1) &&
+			PQsendFlushRequest(p->conn);
+		p->pipe = PIPE_RESULT;
+	}
 	else if ((stmt = prepared_name(kind, sql)) != NULL)
 		ok = PQsendQueryPrepared(p->conn, stmt, nparams, params, NULL, NULL, 1);
 	else
@@ -565,6 +575,27 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 			p->ae_bytes += sent;
 		p->st.bytes_sent += sent;
 	}
+}
+
+/*
+ * End the peer's hold on a long poll now: its Sync, sent early.  The peer
+ * answers at once (a peer of an older version at the end of its wait).
+ */
+void
+sync_conn_poke(Peer *p)
+{
+	if (p->conn == NULL || p->inflight != Q_CHANGES || p->pipe != PIPE_RESULT)
+		return;
+	if (!PQpipelineSync(p->conn))
+	{
+		char		msg[256];
+
+		snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
+		sync_conn_disconnect(p, msg);
+		return;
+	}
+	p->pipe = PIPE_RESULT_POKED;
+	(void) flush_request(p);
 }
 
 /*
@@ -804,6 +835,38 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 	while (p->inflight != Q_NONE && !PQisBusy(p->conn))
 	{
 		PGresult   *res = PQgetResult(p->conn);
+
+		if (p->pipe != PIPE_NONE)
+		{
+			/* a long poll (sync.h): its answer, then its Sync's end */
+			if (res != NULL && PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+			{
+				PQclear(res);
+				res = NULL;
+				if (p->pipe != PIPE_SYNC || !PQexitPipelineMode(p->conn))
+				{
+					sync_conn_disconnect(p, "protocol violation: the end of a long poll came out of order");
+					return;
+				}
+				p->pipe = PIPE_NONE;
+				/* the request is over: its answer is handed on below */
+			}
+			else if (res == NULL && p->pipe == PIPE_SYNC)
+				break;			/* the Sync's end is not in yet */
+			else if (res == NULL)
+			{
+				/* the answer is in: the Sync, unless the poke sent it */
+				if (p->pipe == PIPE_RESULT &&
+					(!PQpipelineSync(p->conn) || !flush_request(p)))
+				{
+					if (p->conn)
+						sync_conn_disconnect(p, "could not end a long poll");
+					return;
+				}
+				p->pipe = PIPE_SYNC;
+				continue;
+			}
+		}
 
 		if (res != NULL && PQresultStatus(res) == PGRES_SINGLE_TUPLE &&
 			p->inflight == Q_PAGES && p->result == NULL)

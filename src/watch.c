@@ -799,7 +799,8 @@ registry_watch(PG_FUNCTION_ARGS)
 			committed = true;
 		}
 		InvalidateCatalogSnapshot();
-		(void) changelog_wait(pos, 1, &epoch, NULL, 0, (int) Min(left, 60000L));
+		(void) changelog_wait(pos, 1, &epoch, NULL, 0, (int) Min(left, 60000L),
+							 false);
 
 		/*
 		 * Privileges may have changed while it waited: the catalog caches
