@@ -99,6 +99,67 @@ static bool upkeep_pending = true;
 static TimestampTz upkeep_retry_at = 0;
 static uint64 seen_peers_changed = 0;
 
+/*
+ * The "registry keys" worker listing one pulled table's keys, one at a
+ * time (worker_start_keys): a million keys take about a second, during
+ * which this worker goes on pulling.  A table still deferred after its
+ * worker stopped (it failed: its log says why) is tried again after
+ * KEYS_RETRY_MS, by a new worker.
+ */
+#define KEYS_RETRY_MS	10000
+static BackgroundWorkerHandle *keys_worker = NULL;
+static Oid	keys_relid = InvalidOid;
+static TimestampTz keys_stopped_at = 0;
+
+/* Whether the keys worker is still running (forgotten once it stopped). */
+static bool
+keys_worker_running(void)
+{
+	pid_t		pid;
+	BgwHandleStatus st;
+
+	if (keys_worker == NULL)
+		return false;
+	st = GetBackgroundWorkerPid(keys_worker, &pid);
+	if (st == BGWH_STARTED || st == BGWH_NOT_YET_STARTED)
+		return true;
+	pfree(keys_worker);
+	keys_worker = NULL;
+	keys_stopped_at = GetCurrentTimestamp();
+	return false;
+}
+
+/*
+ * List the keys of a pulled table: by a worker of its own if one can be
+ * started (true), else here, in this transaction (false).
+ */
+static bool
+list_keys(Oid relid, const char *name)
+{
+	MemoryContext old;
+	bool		started;
+
+	if (keys_worker_running())
+		return true;
+	if (relid == keys_relid &&
+		!TimestampDifferenceExceeds(keys_stopped_at, GetCurrentTimestamp(), KEYS_RETRY_MS))
+		return true;			/* its worker failed just now */
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	started = worker_start_keys(relid, &keys_worker);
+	MemoryContextSwitchTo(old);
+	if (started)
+	{
+		keys_relid = relid;
+		return true;
+	}
+	keys_worker = NULL;
+	registration_restore_khash(relid);
+	ereport(LOG,
+			(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
+					name)));
+	return false;
+}
+
 /* What a peer's work left due for the catalog upkeep. */
 static void
 take_upkeep_wish(Peer *p)
@@ -152,15 +213,8 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 		if (t == NULL)
 			continue;
 		name = pstrdup(t->qualname);	/* t is rebuilt after the keys */
-		if (pull_in_progress(name))
-			*busy = true;
-		else
-		{
-			registration_restore_khash(r->relid);
-			ereport(LOG,
-					(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
-							name)));
-		}
+		if (pull_in_progress(name) || list_keys(r->relid, name))
+			*busy = true;		/* looked at again until listed */
 	}
 	/* and a restore that ran no DDL after loading its registrations */
 	if (regs != NIL)
@@ -264,7 +318,7 @@ handle_result(Peer *p, PGresult *res)
 		PQclear(res);
 		if (status != PGRES_TUPLES_OK)
 			sync_conn_disconnect(p, "malformed answer: expected pages of bytea values");
-		/* the index is built before the round goes on: no waiting */
+		/* the keys are listed (by a worker) as soon as the pages end */
 		take_upkeep_wish(p);
 		upkeep_retry_at = 0;
 		catalog_upkeep();

@@ -11,6 +11,9 @@
  *						purges tombstones, expires leases, and has the
  *						notifier (notify.c) turn the change log into
  *						registry_change notifications.
+ * registry keys		started by the sync worker, not the launcher, when a
+ *						whole-table pull ends: lists the table's keys in
+ *						registry.row_keys, then exits (registry_keys_main).
  *
  * The workers connect to registry.database only while the extension exists
  * there: a worker that finds it missing exits (quietly, noting why), and
@@ -43,6 +46,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -61,9 +65,11 @@
 #include "worker.h"
 #include "worker_slots.h"
 #include "rebuild.h"
+#include "registration.h"
 
 PGDLLEXPORT void registry_launcher_main(Datum arg);
 PGDLLEXPORT void registry_maintenance_main(Datum arg);
+PGDLLEXPORT void registry_keys_main(Datum arg);
 
 #define NOTIFY_POLL_MIN_MS		1	/* under load, look again this soon ... */
 #define NOTIFY_POLL_MAX_MS		16	/* ... backing off to this */
@@ -339,6 +345,58 @@ maybe_purge(TimestampTz *last)
 	PG_END_TRY();
 	if (n > 0)
 		ereport(DEBUG1, (errmsg("registry: purged " INT64_FORMAT " tombstones", n)));
+}
+
+/*
+ * registry keys: list in registry.row_keys the keys of one table that a
+ * whole-table pull filled (bgw_main_arg: its relid), then exit.  Started
+ * by the sync worker (worker_start_keys), which goes on pulling; the
+ * table's writers wait meanwhile (row_keys_build), about a second per
+ * million rows.  A table no longer deferred (another lister was first),
+ * or no longer registered (or dropped: the lock is then on nothing), is
+ * left alone.  SIGTERM interrupts it, its transaction rolled back: the
+ * sync worker starts another one later.
+ */
+void
+registry_keys_main(Datum arg)
+{
+	Oid			relid = DatumGetObjectId(arg);
+	RegTable   *t;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(registry_database, NULL, 0);
+	pgstat_report_appname("registry keys");
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+
+	/*
+	 * One lister at a time per table (a sync worker that restarted may
+	 * start another): the lock conflicts with itself and with the table's
+	 * writers, as row_keys_build()'s own does with writers; the second
+	 * lister then sees the first one's work in its snapshot, taken after.
+	 */
+	if (!ConditionalLockRelationOid(relid, ShareRowExclusiveLock))
+	{
+		pgstat_report_activity(STATE_RUNNING, "waiting to list the keys of a table pulled whole");
+		LockRelationOid(relid, ShareRowExclusiveLock);
+	}
+	PushActiveSnapshot(GetTransactionSnapshot());
+	t = worker_extension_exists() ? regtable_by_relid(relid, true) : NULL;
+	if (t != NULL && t->khash_deferred && !t->restored)
+	{
+		char	   *name = pstrdup(t->qualname);
+
+		pgstat_report_activity(STATE_RUNNING, "listing the keys of a table pulled whole");
+		registration_restore_khash(relid);
+		ereport(LOG,
+				(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
+						name)));
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	proc_exit(0);
 }
 
 void

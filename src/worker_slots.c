@@ -329,6 +329,30 @@ worker_check_extension(bool force)
 	proc_exit(0);
 }
 
+/*
+ * Start a worker that lists in registry.row_keys the keys of table relid,
+ * which a whole-table pull filled (worker.c, registry_keys_main): the sync
+ * worker goes on pulling meanwhile.  The caller's latch is set when it
+ * stops.  False if no background worker slot is free.
+ */
+bool
+worker_start_keys(Oid relid, BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "registry");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "registry_keys_main");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "registry keys");
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "registry keys");
+	bgw.bgw_main_arg = ObjectIdGetDatum(relid);
+	bgw.bgw_notify_pid = MyProcPid;
+	return RegisterDynamicBackgroundWorker(&bgw, handle);
+}
+
 /* pid of the worker attached to this slot, 0 if none */
 pid_t
 worker_pid(int which)

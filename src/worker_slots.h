@@ -9,6 +9,7 @@
 #ifndef REGISTRY_WORKER_SLOTS_H
 #define REGISTRY_WORKER_SLOTS_H
 
+#include "postmaster/bgworker.h"
 #include "storage/latch.h"
 
 /* Background workers the launcher runs */
@@ -25,6 +26,9 @@ extern void worker_sigterm(SIGNAL_ARGS);
 /* waking a worker */
 extern void worker_set_latch(int which);
 extern void worker_wake_maintenance(void);
+
+/* the worker that lists a pulled table's keys (started by the sync worker) */
+extern bool worker_start_keys(Oid relid, BackgroundWorkerHandle **handle);
 
 /* the workers themselves */
 extern void worker_attach(int which);

@@ -1,8 +1,9 @@
 # A whole-table pull into an empty node: one registry.table_pages()
 # request whose pages (rows in primary-key order, then tombstones) are
 # applied as they arrive; the puller's keys are left out of
-# registry.row_keys during the pull and listed in one pass when it ends,
-# however it ends:
+# registry.row_keys during the pull and listed in one pass when it ends
+# (by a "registry keys" worker, while the sync worker goes on), however it
+# ends:
 #
 #  - a complete pull: every row and tombstone arrives, the source served
 #    exactly one table_pages() and nothing row by row, and every key is
@@ -26,7 +27,8 @@ use RegistryMesh;
 
 my $na = new_node('fp_a', conf => "log_statement = 'all'\n");
 my $nb = new_node('fp_b',
-	conf => "registry.batch_size = 1\nregistry.antientropy_interval = '1h'\n");
+	conf => "registry.batch_size = 1\nregistry.antientropy_interval = '1h'\n"
+	  . "log_line_prefix = '%m [%p] %b: '\n");
 create_table([ $na, $nb ], 'kv', 'CREATE TABLE kv (id int PRIMARY KEY, val text)');
 create_table([$na], 'chk', 'CREATE TABLE chk (id int PRIMARY KEY, val text)');
 create_table([$nb], 'chk',
@@ -70,10 +72,11 @@ unlike($log, qr/registry\.bucket_entries\(.*?\n.*?parameters: \$1 = 'public\.kv'
 	'no bucket was listed');
 unlike($log, qr/registry\.fetch_rows\(.*?\n.*?parameters: \$1 = 'public\.kv'/,
 	'no row was fetched one by one');
-is(keys_listed($nb, 'kv'), 't', 'every key is listed in registry.row_keys, not deferred');
+ok(poll_until(sub { keys_listed($nb, 'kv') eq 't' }),
+	'every key is listed in registry.row_keys, not deferred');
 like(slurp_file($nb->logfile, $b_log_start),
-	qr/listed the keys of public\.kv in registry\.row_keys after a whole-table pull/,
-	'... listed after the pull, said in the log');
+	qr/registry keys: LOG:  registry: listed the keys of public\.kv in registry\.row_keys after a whole-table pull/,
+	'... listed after the pull by a "registry keys" worker, said in the log');
 is(sql($nb, q{SELECT jsonb_array_length(registry.decode_message(
 	  registry.bucket_entries('public.kv', 1, '{0}', false, NULL, 100000))->'entries')}),
 	'2500', 'bucket_entries() lists every row and tombstone through them');
@@ -86,7 +89,8 @@ ok($n >= 290 && $n < 300 && $lo == 1 && $hi == $n,
 	"the pages before the refused one stayed ($n rows, 1 to $hi)");
 like(peer_status($nb, 'fp_a', 'last_error'), qr/val_not_bad/,
 	'the refused page is reported with its constraint');
-is(keys_listed($nb, 'chk'), 't', 'the keys are listed after the failed pull');
+ok(poll_until(sub { keys_listed($nb, 'chk') eq 't' }),
+	'the keys are listed after the failed pull');
 like(slurp_file($nb->logfile, $b_log_start),
 	qr/listed the keys of public\.chk in registry\.row_keys after a whole-table pull/,
 	'... also said in the log');
@@ -140,5 +144,28 @@ is(table_rows($nb, 'big'), table_rows($na, 'big'), 'every row, with versions');
 is(keys_listed($nb, 'big'), 't', 'every key is listed');
 
 check_verify([ $na, $nb ], 'after the pulls');
+
+# with no background worker slot free for a "registry keys" worker, the
+# sync worker lists the keys itself
+my $nc = new_node('fp_c',
+	conf => "registry.antientropy_interval = '1h'\nmax_worker_processes = 4\n"
+	  . "log_line_prefix = '%m [%p] %b: '\n");
+sql($nc, q{SELECT registry.sync_now()});
+my $slots = sql($nc, q{SELECT current_setting('max_worker_processes')::int
+	  - (SELECT count(*) FROM pg_stat_activity WHERE backend_type NOT IN
+	     ('client backend', 'autovacuum launcher', 'checkpointer', 'background writer',
+	      'walwriter', 'startup', 'archiver', 'walsender', 'autovacuum worker'))});
+is($slots, '0', 'fp_c has no background worker slot free');
+create_table([$nc], 'kv', 'CREATE TABLE kv (id int PRIMARY KEY, val text)');
+my $c_log_start = -s $nc->logfile;
+add_peer($nc, $na);
+sql($nc, q{SELECT registry.sync_now('fp_a', '120s')});
+is(table_rows($nc, 'kv'), table_rows($na, 'kv'), 'fp_c pulled kv whole');
+ok(poll_until(sub { keys_listed($nc, 'kv') eq 't' }), 'its keys are listed');
+like(slurp_file($nc->logfile, $c_log_start),
+	qr/registry sync: LOG:  registry: listed the keys of public\.kv in registry\.row_keys after a whole-table pull/,
+	'... by the sync worker itself');
+check_verify([$nc], 'after the pull without a worker slot');
+$nc->stop;
 $_->stop for ($na, $nb);
 done_testing();
