@@ -213,9 +213,8 @@ guc_define(void)
 
 	DefineCustomEnumVariable("registry.pull_compression",
 							 "Whether this node lets peers compress their answers to it.",
-							 "auto: not over a Unix socket or a loopback address, where compressing costs "
-							 "both ends CPU and saves no time; on: as the peer's registry.compress_threshold "
-							 "says; off: never.",
+							 "auto: not over a Unix socket, where compressing costs both ends CPU and saves "
+							 "no time; on: as the peer's registry.compress_threshold says; off: never.",
 							 &registry_pull_compression,
 							 REGISTRY_PULL_COMPRESSION_AUTO,
 							 pull_compression_options,

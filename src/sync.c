@@ -102,14 +102,51 @@ static uint64 seen_peers_changed = 0;
 /*
  * The "registry keys" worker listing one pulled table's keys, one at a
  * time (worker_start_keys): a million keys take about a second, during
- * which this worker goes on pulling.  A table still deferred after its
- * worker stopped (it failed: its log says why) is tried again after
- * KEYS_RETRY_MS, by a new worker.
+ * which this worker goes on pulling (and waits, if it applies changes to
+ * that table).  A table still deferred after its worker stopped (it
+ * failed: its log says why) is tried again after KEYS_RETRY_MS, by a new
+ * worker; the last KEYS_FAILED_MAX such tables are remembered.
  */
 #define KEYS_RETRY_MS	10000
+#define KEYS_FAILED_MAX	16
 static BackgroundWorkerHandle *keys_worker = NULL;
 static Oid	keys_relid = InvalidOid;
-static TimestampTz keys_stopped_at = 0;
+static bool keys_stopped = false;	/* keys_relid's worker has stopped */
+static struct
+{
+	Oid			relid;
+	TimestampTz at;
+}			keys_failed[KEYS_FAILED_MAX];
+static int	keys_nfailed = 0;
+
+/* Whether relid's keys worker failed within KEYS_RETRY_MS. */
+static bool
+keys_failed_lately(Oid relid, TimestampTz now)
+{
+	for (int i = 0; i < keys_nfailed; i++)
+		if (keys_failed[i].relid == relid)
+			return !TimestampDifferenceExceeds(keys_failed[i].at, now, KEYS_RETRY_MS);
+	return false;
+}
+
+static void
+keys_note_failure(Oid relid, TimestampTz now)
+{
+	int			i;
+
+	for (i = 0; i < keys_nfailed; i++)
+		if (keys_failed[i].relid == relid)
+			break;
+	if (i == keys_nfailed)
+	{
+		if (keys_nfailed < KEYS_FAILED_MAX)
+			keys_nfailed++;
+		else
+			i = (int) (now % KEYS_FAILED_MAX);	/* forget one */
+	}
+	keys_failed[i].relid = relid;
+	keys_failed[i].at = now;
+}
 
 /* Whether the keys worker is still running (forgotten once it stopped). */
 static bool
@@ -125,7 +162,7 @@ keys_worker_running(void)
 		return true;
 	pfree(keys_worker);
 	keys_worker = NULL;
-	keys_stopped_at = GetCurrentTimestamp();
+	keys_stopped = true;
 	return false;
 }
 
@@ -138,18 +175,25 @@ list_keys(Oid relid, const char *name)
 {
 	MemoryContext old;
 	bool		started;
+	TimestampTz now = GetCurrentTimestamp();
 
 	if (keys_worker_running())
 		return true;
-	if (relid == keys_relid &&
-		!TimestampDifferenceExceeds(keys_stopped_at, GetCurrentTimestamp(), KEYS_RETRY_MS))
-		return true;			/* its worker failed just now */
+	/* its worker stopped and the keys are still not listed: it failed */
+	if (keys_stopped && relid == keys_relid)
+	{
+		keys_note_failure(relid, now);
+		keys_stopped = false;
+	}
+	if (keys_failed_lately(relid, now))
+		return true;
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	started = worker_start_keys(relid, &keys_worker);
 	MemoryContextSwitchTo(old);
 	if (started)
 	{
 		keys_relid = relid;
+		keys_stopped = false;
 		return true;
 	}
 	keys_worker = NULL;
@@ -194,6 +238,7 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 		regtable_all() : NIL;
 	ListCell   *lc;
 	bool	   *busy = arg;
+	bool		keys_done = true;
 
 	foreach(lc, regs)
 	{
@@ -203,6 +248,8 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 
 		if (!r->khash_deferred)
 			continue;
+		if (r->relid == keys_relid)
+			keys_done = false;
 		if (r->restored)
 		{
 			/* taken up below first (which lists its keys) */
@@ -216,6 +263,9 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 		if (pull_in_progress(name) || list_keys(r->relid, name))
 			*busy = true;		/* looked at again until listed */
 	}
+	/* the last keys worker's table is listed: it did not fail */
+	if (keys_done && !keys_worker_running())
+		keys_stopped = false;
 	/* and a restore that ran no DDL after loading its registrations */
 	if (regs != NIL)
 		registration_adopt_restored();
@@ -490,7 +540,8 @@ step(Peer *p, TimestampTz now, long *timeout)
 	sync_conn_service(p, antientropy_handle_page, handle_result);
 	if (p->conn == NULL)
 		return;
-	if (p->inflight != Q_NONE)
+	/* a request in flight, or a long poll's Sync whose end is due (sync.h) */
+	if (p->inflight != Q_NONE || p->pipe != PIPE_NONE)
 	{
 		/*
 		 * A round asked for (sync_now(), resync()) while the peer holds a

@@ -172,16 +172,18 @@ typedef struct AETable
  * without a Sync, so that the node can still speak while the peer holds
  * it: a Sync sent meanwhile (a "poke", when sync_now() wants a round)
  * ends the peer's wait at once.  Exactly one Sync follows each long poll,
- * the poke or, once the answer is in, a late one; the request ends when
- * its ReadyForQuery (PGRES_PIPELINE_SYNC) arrives and the connection
- * leaves pipeline mode.
+ * the poke or, once the answer is in, a late one.  The answer is handed
+ * on as soon as it is in (the request is then over); no request is sent
+ * until the Sync's ReadyForQuery (PGRES_PIPELINE_SYNC) has arrived and
+ * the connection has left pipeline mode, within registry.query_timeout.
  */
 typedef enum LongPollPipe
 {
 	PIPE_NONE,					/* not in pipeline mode */
 	PIPE_RESULT,				/* the long poll's answer is awaited */
 	PIPE_RESULT_POKED,			/* ... and its Sync was sent early */
-	PIPE_SYNC					/* the answer is in; its Sync's end awaited */
+	PIPE_SYNC					/* the answer was handed on; its Sync's end
+								 * is awaited before the next request */
 } LongPollPipe;
 
 typedef struct Peer
@@ -191,7 +193,6 @@ typedef struct Peer
 	bool		password_required;	/* added by a non-superuser */
 	char	   *notice_name;	/* the name libpq's notices are logged with */
 	bool		name_warned;	/* said that it reports another name */
-	bool		uncompressed;	/* the setup turned the peer's compression off */
 	uint64		retried_gen;	/* last sync_now() request retried for */
 	TimestampTz added_at;
 	TimestampTz last_converged_at;

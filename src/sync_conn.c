@@ -15,7 +15,6 @@
  */
 #include "postgres.h"
 
-#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "access/xact.h"
@@ -459,30 +458,21 @@ flush_request(Peer *p)
 	"LISTEN registry_wakeup"
 
 /*
- * Whether the connection reaches its peer over a Unix socket or a loopback
- * address: where moving bytes costs a copy, and compressing them costs
- * both ends far more than it saves.
+ * Whether the connection reaches its peer over a Unix socket: the peer is
+ * on this machine, moving bytes costs a copy, and compressing them costs
+ * both ends far more than it saves.  A loopback TCP address does not
+ * count: it is as often the local end of a tunnel or a pooler (ssh -L,
+ * stunnel, a sidecar proxy) that carries the bytes over a network.
  */
 static bool
-link_is_local(PGconn *conn)
+link_is_unix_socket(PGconn *conn)
 {
 	struct sockaddr_storage addr;
 	socklen_t	len = sizeof(addr);
 
 	if (getpeername(PQsocket(conn), (struct sockaddr *) &addr, &len) != 0)
 		return false;
-	if (addr.ss_family == AF_UNIX)
-		return true;
-	if (addr.ss_family == AF_INET)
-		return (ntohl(((struct sockaddr_in *) &addr)->sin_addr.s_addr) >> 24) == 127;
-	if (addr.ss_family == AF_INET6)
-	{
-		const struct in6_addr *a = &((struct sockaddr_in6 *) &addr)->sin6_addr;
-
-		return IN6_IS_ADDR_LOOPBACK(a) ||
-			(IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
-	}
-	return false;
+	return addr.ss_family == AF_UNIX;
 }
 
 /*
@@ -497,7 +487,7 @@ pull_uncompressed(Peer *p)
 		return true;
 	if (registry_pull_compression == REGISTRY_PULL_COMPRESSION_ON)
 		return false;
-	return link_is_local(p->conn);
+	return link_is_unix_socket(p->conn);
 }
 
 /* The name a request of this kind was prepared under, or NULL. */
@@ -530,8 +520,7 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 
 	if (kind == Q_LISTEN)
 	{
-		p->uncompressed = pull_uncompressed(p);
-		sql = p->uncompressed ?
+		sql = pull_uncompressed(p) ?
 			SETUP_SQL "; SET registry.compress_threshold = -1" : SETUP_SQL;
 		ok = PQsendQuery(p->conn, sql);
 	}
@@ -810,7 +799,7 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 
 	if (p->state == CONN_SENDING && p->writable && !flush_request(p))
 		return;
-	if (!p->readable && p->inflight == Q_NONE)
+	if (!p->readable && p->inflight == Q_NONE && p->pipe == PIPE_NONE)
 		return;
 	if (!PQconsumeInput(p->conn))
 	{
@@ -832,40 +821,64 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 	 * not block.  A whole-table
 	 * pull also has a result per page before its last one.
 	 */
-	while (p->inflight != Q_NONE && !PQisBusy(p->conn))
+	while ((p->inflight != Q_NONE || p->pipe == PIPE_SYNC) && !PQisBusy(p->conn))
 	{
 		PGresult   *res = PQgetResult(p->conn);
 
-		if (p->pipe != PIPE_NONE)
+		if (p->pipe == PIPE_SYNC)
 		{
-			/* a long poll (sync.h): its answer, then its Sync's end */
-			if (res != NULL && PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+			/*
+			 * A long poll's answer was handed on: only its Sync's end may
+			 * come now, and the connection then leaves pipeline mode.
+			 */
+			if (res == NULL)
+				break;			/* not in yet */
+			if (PQresultStatus(res) != PGRES_PIPELINE_SYNC ||
+				!PQexitPipelineMode(p->conn))
 			{
+				char		why[160];
+
+				snprintf(why, sizeof(why),
+						 "protocol violation: %s where the end of a long poll was due",
+						 PQresStatus(PQresultStatus(res)));
 				PQclear(res);
-				res = NULL;
-				if (p->pipe != PIPE_SYNC || !PQexitPipelineMode(p->conn))
-				{
-					sync_conn_disconnect(p, "protocol violation: the end of a long poll came out of order");
-					return;
-				}
-				p->pipe = PIPE_NONE;
-				/* the request is over: its answer is handed on below */
+				sync_conn_disconnect(p, why);
+				return;
 			}
-			else if (res == NULL && p->pipe == PIPE_SYNC)
-				break;			/* the Sync's end is not in yet */
-			else if (res == NULL)
+			PQclear(res);
+			p->pipe = PIPE_NONE;
+			continue;
+		}
+		if (p->pipe != PIPE_NONE && res == NULL)
+		{
+			/*
+			 * A long poll's answer is in (sync.h): its Sync goes now, unless
+			 * the poke sent it, and the answer is handed on at once, below;
+			 * no request is sent before the Sync's end has arrived.
+			 */
+			if (p->pipe == PIPE_RESULT &&
+				(!PQpipelineSync(p->conn) || !flush_request(p)))
 			{
-				/* the answer is in: the Sync, unless the poke sent it */
-				if (p->pipe == PIPE_RESULT &&
-					(!PQpipelineSync(p->conn) || !flush_request(p)))
+				if (p->conn)
 				{
-					if (p->conn)
-						sync_conn_disconnect(p, "could not end a long poll");
-					return;
+					char		msg[256];
+
+					snprintf(msg, sizeof(msg), "could not send a request: %s",
+							 PQerrorMessage(p->conn));
+					sync_conn_disconnect(p, msg);
 				}
-				p->pipe = PIPE_SYNC;
-				continue;
+				return;
 			}
+			p->pipe = PIPE_SYNC;
+			p->query_started = GetCurrentTimestamp();
+			p->query_wait_ms = 0;
+		}
+		else if (p->pipe != PIPE_NONE && PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+		{
+			/* a ReadyForQuery before the answer's end: not this protocol */
+			PQclear(res);
+			sync_conn_disconnect(p, "protocol violation: the end of a long poll came before its answer");
+			return;
 		}
 
 		if (res != NULL && PQresultStatus(res) == PGRES_SINGLE_TUPLE &&
