@@ -31,6 +31,11 @@
  *	  (spinlock);
  *	- notify_wanted is atomic: the idle notifier sets it, the next commit
  *	  clears it and sets the notifier's latch;
+ *	- a long poll's wake-up filter (ChangeLogWaiter, one per process,
+ *	  indexed by pgprocno) is written only by its own process, skip mask
+ *	  first, then the atomic waiting flag (with a barrier); a committer
+ *	  reads the flag, then the mask, after changelog_append() released
+ *	  the lock, and sets the latches of the waiters its changes concern;
  *	- lock order: meta, acceptor, changelog, digest (shmem.h); publication
  *	  takes them one after another, never nested.
  *
@@ -42,6 +47,8 @@
 #include "pgstat.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
 
@@ -96,6 +103,29 @@ typedef struct ChangeLogShared
 static ChangeLogShared *ChangeLog = NULL;
 static char *ChangeLogRing = NULL;	/* [registry_change_log_size] entries */
 
+/*
+ * A process waiting in changelog_wait() for changes other than those of
+ * some origins (a peer's long poll: its own changes, and those of the
+ * nodes it follows directly).  In a full mesh of N nodes each applied
+ * change would otherwise wake every peer's long poll on every node, N - 1
+ * wake-ups per node per write that find nothing to send.  Origins are
+ * bits: numbers 0 to 62; bit 63 stands for any other number and for "all"
+ * (a gap in the log), and is never skipped.
+ */
+typedef struct ChangeLogWaiter
+{
+	pg_atomic_uint32 waiting;
+	uint64		skip;			/* origins whose changes do not wake it */
+	Latch	   *latch;
+} ChangeLogWaiter;
+
+#define WAKE_ALL	(UINT64CONST(1) << 63)
+
+static ChangeLogWaiter *ChangeLogWaiters = NULL;	/* [registry_proc_slots()] */
+
+/* The origins of the changes this process appended and has not woken for. */
+static uint64 appended_origins = 0;
+
 static Size
 entry_size(void)
 {
@@ -130,8 +160,9 @@ static void changelog_mark_origins(bool *used);
 Size
 changelog_shmem_size(void)
 {
-	return add_size(MAXALIGN(sizeof(ChangeLogShared)),
-					mul_size(registry_change_log_size, entry_size()));
+	return add_size(add_size(MAXALIGN(sizeof(ChangeLogShared)),
+							 MAXALIGN(mul_size(registry_change_log_size, entry_size()))),
+					mul_size(registry_proc_slots(), sizeof(ChangeLogWaiter)));
 }
 
 /*
@@ -148,8 +179,16 @@ changelog_shmem_init(LWLock *lock)
 	ChangeLog = ShmemInitStruct("registry change log", changelog_shmem_size(),
 								&found);
 	ChangeLogRing = (char *) ChangeLog + MAXALIGN(sizeof(ChangeLogShared));
+	ChangeLogWaiters = (ChangeLogWaiter *)
+		(ChangeLogRing + MAXALIGN(mul_size(registry_change_log_size, entry_size())));
 	if (found)
 		return;
+	for (int i = 0; i < registry_proc_slots(); i++)
+	{
+		pg_atomic_init_u32(&ChangeLogWaiters[i].waiting, 0);
+		ChangeLogWaiters[i].skip = 0;
+		ChangeLogWaiters[i].latch = NULL;
+	}
 	memset(ChangeLog, 0, sizeof(ChangeLogShared));
 	ChangeLog->lock = lock;
 	ChangeLog->epoch = new_epoch();
@@ -178,6 +217,9 @@ changelog_reset(void)
 	SpinLockAcquire(&ChangeLog->notifier_mutex);
 	ChangeLog->notified_seq = last;
 	SpinLockRelease(&ChangeLog->notifier_mutex);
+
+	/* the epoch ends every wait */
+	appended_origins |= WAKE_ALL;
 }
 
 /*
@@ -201,6 +243,7 @@ changelog_append(const ChangeLogRecord *records, int n, TimestampTz now,
 	if ((uint64) n > capacity)
 	{
 		/* cannot keep them all: readers see a gap and compare digests */
+		appended_origins |= WAKE_ALL;
 		ChangeLog->overwritten += ChangeLog->last_seq + 1 - ChangeLog->first_seq;
 		ChangeLog->last_seq += n;
 		ChangeLog->first_seq = ChangeLog->last_seq + 1;
@@ -226,6 +269,8 @@ changelog_append(const ChangeLogRecord *records, int n, TimestampTz now,
 			e->tid = r->tid;
 			e->khash = r->khash;
 			e->origin = r->origin;
+			appended_origins |= (r->origin >= 0 && r->origin < 63) ?
+				(UINT64CONST(1) << r->origin) : WAKE_ALL;
 			e->op = r->op;
 			e->reason = r->reason;
 			e->keylen = strlen(r->key);
@@ -245,6 +290,26 @@ changelog_append(const ChangeLogRecord *records, int n, TimestampTz now,
 void
 changelog_wake_readers(void)
 {
+	uint64		origins = appended_origins;
+
+	appended_origins = 0;
+	if (origins != 0)
+	{
+		int			n = registry_proc_slots();
+
+		/* waiters that saw last_seq before this append set their flag first */
+		pg_memory_barrier();
+		for (int i = 0; i < n; i++)
+		{
+			ChangeLogWaiter *w = &ChangeLogWaiters[i];
+
+			if (pg_atomic_read_u32(&w->waiting) == 0)
+				continue;
+			pg_read_barrier();
+			if ((origins & ~w->skip) != 0 && w->latch != NULL)
+				SetLatch(w->latch);
+		}
+	}
 	ConditionVariableBroadcast(&ChangeLog->changes_cv);
 	if (pg_atomic_exchange_u32(&ChangeLog->notify_wanted, 0) != 0)
 		worker_set_latch(REG_WORKER_MAINTENANCE);
@@ -311,37 +376,20 @@ changelog_read(uint64 after, int max, ChangeLogChange **out,
 	return n;
 }
 
-/*
- * Wait up to wait_ms (> 0) until there is something after seq after:
- * a commit wakes the caller at once.  With epoch, a change of epoch ends
- * the wait too.  Changes whose origin is one of exclude do not end it (the
- * caller would only get an empty answer): they are stepped over if there
- * are no more than max of them, and the seq returned says how far (else
- * after itself).  Origins are compared by name while the entries are held.
- *
- * With watch_client (and a client to watch), input arriving from the
- * client ends the wait too: a client
- * that sends anything more (its next request, pipelined, or a Sync) wants
- * the answer now rather than at the wait's end, and one that went away
- * ends the wait as well.  Input already read into the backend's buffer
- * with the request (its Flush or Sync) does not count.
- */
-uint64
-changelog_wait(uint64 after, int max, const uint64 *epoch,
-			   const char *const *exclude, int nexclude, int wait_ms,
-			   bool watch_client)
+/* changelog_wait()'s loop; filtered: woken by the waiter's latch, not the CV */
+static uint64
+wait_loop(uint64 after, int max, const uint64 *epoch,
+		  const char *const *exclude, int nexclude, TimestampTz deadline,
+		  bool filtered, bool watch_client)
 {
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   wait_ms);
-
-	watch_client = watch_client && registry_client_watchable();
 	for (;;)
 	{
 		bool		wake = false;
 		long		left;
 
 		/* on the list before looking: a broadcast after the look sets the latch */
-		ConditionVariablePrepareToSleep(&ChangeLog->changes_cv);
+		if (!filtered)
+			ConditionVariablePrepareToSleep(&ChangeLog->changes_cv);
 		LWLockAcquire(ChangeLog->lock, LW_SHARED);
 		if (epoch && ChangeLog->epoch != *epoch)
 			wake = true;
@@ -375,10 +423,7 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
 		if (left <= 0)
 			break;
-		if (!watch_client)
-			(void) ConditionVariableTimedSleep(&ChangeLog->changes_cv, left,
-											   PG_WAIT_EXTENSION);
-		else
+		if (watch_client)
 		{
 			bool		input = registry_client_wait(left, PG_WAIT_EXTENSION);
 
@@ -389,9 +434,91 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 				break;
 			}
 		}
+		else if (filtered)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 left, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		else
+			(void) ConditionVariableTimedSleep(&ChangeLog->changes_cv, left,
+											   PG_WAIT_EXTENSION);
 	}
-	ConditionVariableCancelSleep();
 	return after;
+}
+
+/*
+ * Wait up to wait_ms (> 0) until there is something after seq after:
+ * a commit wakes the caller at once.  With epoch, a change of epoch ends
+ * the wait too.  Changes whose origin is one of exclude do not end it (the
+ * caller would only get an empty answer): they are stepped over if there
+ * are no more than max of them, and the seq returned says how far (else
+ * after itself).  Origins are compared by name while the entries are held.
+ *
+ * A wait with exclude is woken only by commits of other origins' changes
+ * (ChangeLogWaiter), not by every commit: the origins' numbers are looked
+ * up once, as a hint (a number reclaimed and given to another origin
+ * meanwhile could leave its first change to the end of the wait, never
+ * unseen); the names are what is compared.
+ *
+ * With watch_client (and a client to watch), input arriving from the
+ * client ends the wait too (if none was waiting when it began): a client
+ * that sends anything more (its next request, pipelined, or a Sync) wants
+ * the answer now rather than at the wait's end, and one that went away
+ * ends the wait as well.  Input already read into the backend's buffer
+ * with the request (its Flush or Sync) does not count.
+ */
+uint64
+changelog_wait(uint64 after, int max, const uint64 *epoch,
+			   const char *const *exclude, int nexclude, int wait_ms,
+			   bool watch_client)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   wait_ms);
+	ChangeLogWaiter *volatile me = NULL;
+	volatile uint64 result = after;
+
+	/*
+	 * Only input that arrives during the wait ends it: a client that went
+	 * away, or left input unread, before it began (a loop of calls in one
+	 * statement, say) would otherwise end every wait at once.
+	 */
+	watch_client = watch_client && registry_client_watchable() &&
+		!registry_client_wait(0, PG_WAIT_EXTENSION);
+	if (nexclude > 0 && MyProc != NULL)
+	{
+		/* woken only by changes of other origins (ChangeLogWaiter) */
+		uint64		skip = 0;
+		int			k;
+
+		for (k = 0; k < nexclude; k++)
+		{
+			int16		o = origins_lookup(exclude[k]);
+
+			if (o >= 0 && o < 63)
+				skip |= UINT64CONST(1) << o;
+		}
+		me = &ChangeLogWaiters[MyProc->pgprocno];
+		me->skip = skip;
+		me->latch = MyLatch;
+		pg_write_barrier();
+		pg_atomic_write_u32(&me->waiting, 1);
+		pg_memory_barrier();
+	}
+	PG_TRY();
+	{
+		result = wait_loop(after, max, epoch, exclude, nexclude, deadline,
+						   me != NULL, watch_client);
+	}
+	PG_FINALLY();
+	{
+		if (me)
+			pg_atomic_write_u32(&me->waiting, 0);
+		ConditionVariableCancelSleep();
+	}
+	PG_END_TRY();
+	return result;
 }
 
 void

@@ -269,6 +269,24 @@ origins_id(const char *name)
 }
 
 /*
+ * The number name has now, or -1: neither pinned nor taken.  Only a hint
+ * (the number may be reclaimed and given to another name later); for the
+ * long poll's wake-up filter (changelog.c), which checks names anyway.
+ */
+int16
+origins_lookup(const char *name)
+{
+	int			i;
+
+	if (strcmp(name, registry_node_name) == 0)
+		return 0;
+	LWLockAcquire(Origins->lock, LW_SHARED);
+	i = origin_find(name);
+	LWLockRelease(Origins->lock);
+	return (int16) i;
+}
+
+/*
  * At the end of a transaction, after its changes were published or
  * dropped: the numbers it used are no longer held by it.  Cannot fail.
  */

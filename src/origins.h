@@ -25,6 +25,7 @@ extern void origins_shmem_init(LWLock *lock);
 extern void origins_register_marker(origins_mark_hook mark);
 
 extern int16 origins_id(const char *name);
+extern int16 origins_lookup(const char *name);
 extern const char *origins_name(int16 id);
 extern void origins_unpin(void);
 extern void origins_hold_names(void);

@@ -1,0 +1,72 @@
+# Which commits wake a held long poll.  A node's long poll at a peer
+# excludes its own changes and those of the nodes it follows directly;
+# the peer's commits of such changes (the ones it applied from them) do
+# not wake it.  In a full mesh of N nodes every applied change would
+# otherwise wake every other peer's long poll on every node: N - 1
+# wake-ups per node per write, each finding nothing to send.
+#
+# Two nodes pulling from each other: wk_a writes 200 single-row
+# transactions, which wk_b applies; wk_a's long poll held at wk_b
+# excludes wk_a, so those commits must leave it asleep.  Counted: the
+# voluntary context switches of wk_b's backend serving that long poll
+# (Linux /proc), against the 200 applied commits.  It still wakes for its
+# own timeout (at most once a second) and for wk_b's own writes, checked
+# at the end.  wk_b's notifications are off, so that no registry_wakeup
+# NOTIFY wakes the listening backend either.
+use strict;
+use warnings;
+use lib 't';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use RegistryMesh;
+
+plan skip_all => 'counts context switches in /proc' unless -r "/proc/self/status";
+
+my $na = new_node('wk_a', conf => "registry.antientropy_interval = '1h'\n");
+my $nb = new_node('wk_b',
+	conf => "registry.notifications = off\nregistry.antientropy_interval = '1h'\n");
+create_table([ $na, $nb ], 'kv', 'CREATE TABLE kv (id int PRIMARY KEY, val text)');
+full_mesh($na, $nb);
+sql($na, q{INSERT INTO kv VALUES (1, 'start')});
+ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'start' }),
+	'the first change arrives');
+
+my $pid = sql($nb, q{SELECT pid FROM pg_stat_activity
+  WHERE application_name = 'registry sync wk_a' AND backend_type = 'client backend'});
+ok($pid =~ /^\d+$/, "wk_b's backend serving wk_a's requests ($pid)");
+
+sub switches
+{
+	my $status = slurp_file("/proc/$pid/status");
+	return $status =~ /^voluntary_ctxt_switches:\s+(\d+)/m ? $1 : die 'no count';
+}
+
+my $applied0 = sql($nb, q{SELECT rows_applied FROM registry.peer_status WHERE peer = 'wk_a'});
+my $before = switches();
+sql($na, q{CREATE PROCEDURE writes() LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..200 LOOP
+    UPDATE kv SET val = 'v' || i WHERE id = 1;
+    COMMIT;
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+END $$});
+sql($na, q{CALL writes()});
+ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'v200' }),
+	'the 200 changes arrive');
+my $applied = sql($nb, q{SELECT rows_applied FROM registry.peer_status WHERE peer = 'wk_a'})
+  - $applied0;
+my $woken = switches() - $before;
+note("wk_b applied $applied rows; wk_a's long poll there was woken $woken times");
+ok($applied >= 100, "wk_b applied the changes in many transactions ($applied rows)");
+ok($woken < 60, "wk_a's long poll at wk_b slept through them ($woken wake-ups)");
+
+# wk_b's own changes still wake it at once
+sql($nb, q{INSERT INTO kv VALUES (2, 'from b')});
+ok(poll_until(sub { sql($na, q{SELECT val FROM kv WHERE id = 2}) eq 'from b' }),
+	"wk_b's own change reaches wk_a");
+is(table_rows($na, 'kv'), table_rows($nb, 'kv'), 'both nodes hold the same rows');
+
+$_->stop for ($na, $nb);
+done_testing();
