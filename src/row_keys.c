@@ -50,7 +50,8 @@
 #define BUILD_BATCH		1000
 
 #define open_row_keys(rel, idx, mode) \
-	keyed_table_open("row_keys", "row_keys_pkey", (rel), (idx), (mode))
+	keyed_table_open(REGISTRY_REL_ROW_KEYS, REGISTRY_REL_ROW_KEYS_PKEY, \
+					 (rel), (idx), (mode))
 #define close_row_keys(rel, idx)	keyed_table_close((rel), (idx))
 
 static void
@@ -350,8 +351,8 @@ void
 row_keys_scan_begin(KeyRangeScan *ks, int32 tid, uint32 lo, uint32 hi,
 					Snapshot snap)
 {
-	keyed_scan_begin(ks, registry_relid("row_keys"),
-					 registry_relid("row_keys_pkey"), tid, lo, hi, snap);
+	keyed_scan_begin(ks, registry_own_relid(REGISTRY_REL_ROW_KEYS),
+					 registry_own_relid(REGISTRY_REL_ROW_KEYS_PKEY), tid, lo, hi, snap);
 }
 
 /* The next key (palloc'd) and its hash; false at the end. */
