@@ -6,7 +6,7 @@
  *	  primary key, finding a key's latest row (waiting for its writer),
  *	  deleting it, and index range scans by key hash.  Used by
  *	  tombstones.c, row_keys.c and lease_stash.c (layer 4, durable stores);
- *	  calls only layer 1 (registry_relid).
+ *	  calls only layer 1 (registry_own_relid).
  *
  * The heap and index access methods are used directly: this runs inside
  * the row triggers.
@@ -111,11 +111,11 @@ keyed_step_past_own_command(HeapTuple tup)
 
 /* Open one of the extension's tables keyed (tid, khash, key) with its key. */
 void
-keyed_table_open(const char *relname, const char *idxname, Relation *rel,
-				 Relation *idx, LOCKMODE mode)
+keyed_table_open(RegistryOwnRel relid, RegistryOwnRel idxid,
+				 Relation *rel, Relation *idx, LOCKMODE mode)
 {
-	*rel = table_open(registry_relid(relname), mode);
-	*idx = index_open(registry_relid(idxname), mode);
+	*rel = table_open(registry_own_relid(relid), mode);
+	*idx = index_open(registry_own_relid(idxid), mode);
 }
 
 /* Locks stay until the end of the transaction. */

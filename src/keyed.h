@@ -30,7 +30,7 @@ typedef struct KeyRangeScan
 	TupleTableSlot *slot;
 } KeyRangeScan;
 
-extern void keyed_table_open(const char *relname, const char *idxname,
+extern void keyed_table_open(RegistryOwnRel relid, RegistryOwnRel idxid,
 							 Relation *rel, Relation *idx, LOCKMODE mode);
 extern void keyed_table_close(Relation rel, Relation idx);
 extern void keyed_scankeys(ScanKey skey, int32 tid, uint32 khash,

@@ -39,7 +39,8 @@
 #define Natts_lease_stash	7
 
 #define open_lease_stash(rel, idx, mode) \
-	keyed_table_open("lease_stash", "lease_stash_pkey", (rel), (idx), (mode))
+	keyed_table_open(REGISTRY_REL_LEASE_STASH, REGISTRY_REL_LEASE_STASH_PKEY, \
+					 (rel), (idx), (mode))
 #define close_lease_stash(rel, idx)	keyed_table_close((rel), (idx))
 
 static void

@@ -161,6 +161,23 @@ extern bool registry_shmem_attached;
 
 extern int	registry_proc_slots(void);
 extern Oid	registry_relid(const char *relname);
+
+/*
+ * The extension's relations that the row triggers open, by number: their
+ * OIDs without a look by name (registry_own_relid).  In the order of
+ * util.c's own_relids.
+ */
+typedef enum RegistryOwnRel
+{
+	REGISTRY_REL_TOMBSTONES,
+	REGISTRY_REL_TOMBSTONES_PKEY,
+	REGISTRY_REL_ROW_KEYS,
+	REGISTRY_REL_ROW_KEYS_PKEY,
+	REGISTRY_REL_LEASE_STASH,
+	REGISTRY_REL_LEASE_STASH_PKEY
+} RegistryOwnRel;
+
+extern Oid	registry_own_relid(RegistryOwnRel rel);
 extern void registry_check_preloaded(void);
 extern void registry_check_admin(void);
 extern void registry_check_peer(void);

@@ -54,7 +54,8 @@ state_from_tuple(HeapTuple tup, TupleDesc desc, VersionState *out)
 }
 
 #define open_tombstones(rel, idx, mode) \
-	keyed_table_open("tombstones", "tombstones_pkey", (rel), (idx), (mode))
+	keyed_table_open(REGISTRY_REL_TOMBSTONES, REGISTRY_REL_TOMBSTONES_PKEY, \
+					 (rel), (idx), (mode))
 #define close_tombstones(rel, idx)	keyed_table_close((rel), (idx))
 
 typedef struct TakeState
@@ -214,8 +215,8 @@ void
 tombstone_scan_begin(KeyRangeScan *ts, int32 tid, uint32 lo, uint32 hi,
 					 Snapshot snap)
 {
-	keyed_scan_begin(ts, registry_relid("tombstones"),
-						 registry_relid("tombstones_pkey"), tid, lo, hi, snap);
+	keyed_scan_begin(ts, registry_own_relid(REGISTRY_REL_TOMBSTONES),
+						 registry_own_relid(REGISTRY_REL_TOMBSTONES_PKEY), tid, lo, hi, snap);
 }
 
 bool

@@ -39,16 +39,17 @@ typedef struct OwnRelid
 	Oid			oid;
 } OwnRelid;
 
+/* the first ones in the order of RegistryOwnRel (registry.h) */
 static OwnRelid own_relids[] = {
-	{"replicated_tables", InvalidOid},
-	{"replicated_tables_pkey", InvalidOid},
-	{"replicated_tables_relid_key", InvalidOid},
 	{"tombstones", InvalidOid},
 	{"tombstones_pkey", InvalidOid},
 	{"row_keys", InvalidOid},
 	{"row_keys_pkey", InvalidOid},
 	{"lease_stash", InvalidOid},
 	{"lease_stash_pkey", InvalidOid},
+	{"replicated_tables", InvalidOid},
+	{"replicated_tables_pkey", InvalidOid},
+	{"replicated_tables_relid_key", InvalidOid},
 	{NULL, InvalidOid}
 };
 
@@ -75,6 +76,21 @@ own_relids_init(void)
 	registered = true;
 }
 
+static Oid
+own_relid_lookup(OwnRelid *o)
+{
+	Oid			nsp = get_namespace_oid(REGISTRY_SCHEMA, true);
+
+	if (OidIsValid(nsp))
+		o->oid = get_relname_relid(o->name, nsp);
+	if (!OidIsValid(o->oid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("registry extension is not installed in this database"),
+				 errhint("Run CREATE EXTENSION registry.")));
+	return o->oid;
+}
+
 /* OID of one of the extension's relations; errors if the extension is gone. */
 Oid
 registry_relid(const char *relname)
@@ -89,17 +105,23 @@ registry_relid(const char *relname)
 	}
 	Assert(o->name != NULL);
 	if (!OidIsValid(o->oid))
-	{
-		Oid			nsp = get_namespace_oid(REGISTRY_SCHEMA, true);
+		return own_relid_lookup(o);
+	return o->oid;
+}
 
-		if (OidIsValid(nsp))
-			o->oid = get_relname_relid(relname, nsp);
-		if (!OidIsValid(o->oid))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("registry extension is not installed in this database"),
-					 errhint("Run CREATE EXTENSION registry.")));
-	}
+/*
+ * The same by number, for the relations every INSERT and DELETE of a
+ * registry table opens: no string comparisons (a tenth of a microsecond
+ * per INSERT, which opens four of them).
+ */
+Oid
+registry_own_relid(RegistryOwnRel rel)
+{
+	OwnRelid   *o = &own_relids[rel];
+
+	own_relids_init();
+	if (!OidIsValid(o->oid))
+		return own_relid_lookup(o);
 	return o->oid;
 }
 
