@@ -788,6 +788,32 @@ sync_conn_remote_error(Peer *p, PGresult *res, QueryKind kind,
 }
 
 /*
+ * Whether a registry_wakeup notification says nothing new: its seq (the
+ * peer's last seq when its notifier sent it) is one this node has
+ * already consumed.  The long poll usually brought the change before the
+ * peer's session was idle enough to pass the notification on; asking at
+ * once again would only get an empty answer.  A payload that does not
+ * parse counts as news, and a peer that restarted (its seqs under a new
+ * epoch) ends the long poll by its epoch anyway.
+ */
+static bool
+wakeup_seen(const Peer *p, const char *payload)
+{
+	const char *s = payload ? strstr(payload, "\"seq\": ") : NULL;
+	char	   *end;
+	uint64		seq;
+
+	if (s == NULL || !p->have_position)
+		return false;
+	s += strlen("\"seq\": ");
+	errno = 0;
+	seq = strtou64(s, &end, 10);
+	if (errno != 0 || end == s || *end != '}')
+		return false;
+	return seq <= p->consumed;
+}
+
+/*
  * Read what the peer sent; handle notifications, and hand a page or a
  * finished request's result to on_page or on_result, in the answer
  * context (reset after each).
@@ -811,7 +837,8 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 	}
 	while ((n = PQnotifies(p->conn)) != NULL)
 	{
-		p->want_fast = true;
+		if (!wakeup_seen(p, n->extra))
+			p->want_fast = true;
 		PQfreemem(n);
 	}
 	/*
