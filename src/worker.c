@@ -149,19 +149,8 @@ database_exists(void)
 static bool
 start_worker(int which, BackgroundWorkerHandle **handle)
 {
-	BackgroundWorker bgw;
-
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "registry");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "%s", worker_functions[which]);
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s", worker_name(which));
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "%s", worker_name(which));
-	bgw.bgw_main_arg = Int32GetDatum(which);
-	bgw.bgw_notify_pid = MyProcPid;
-	return RegisterDynamicBackgroundWorker(&bgw, handle);
+	return worker_start_dynamic(worker_functions[which], worker_name(which),
+								Int32GetDatum(which), handle);
 }
 
 void

@@ -330,13 +330,14 @@ worker_check_extension(bool force)
 }
 
 /*
- * Start a worker that lists in registry.row_keys the keys of table relid,
- * which a whole-table pull filled (worker.c, registry_keys_main): the sync
- * worker goes on pulling meanwhile.  The caller's latch is set when it
- * stops.  False if no background worker slot is free.
+ * Start one of the registry's dynamic workers: function (in this library)
+ * runs with arg, connected to a database as it chooses, never restarted,
+ * and the caller's latch is set when it starts and stops.  False if no
+ * background worker slot is free.
  */
 bool
-worker_start_keys(Oid relid, BackgroundWorkerHandle **handle)
+worker_start_dynamic(const char *function, const char *name, Datum arg,
+					 BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker bgw;
 
@@ -345,12 +346,24 @@ worker_start_keys(Oid relid, BackgroundWorkerHandle **handle)
 	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "registry");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "registry_keys_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "registry keys");
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "registry keys");
-	bgw.bgw_main_arg = ObjectIdGetDatum(relid);
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "%s", name);
+	bgw.bgw_main_arg = arg;
 	bgw.bgw_notify_pid = MyProcPid;
 	return RegisterDynamicBackgroundWorker(&bgw, handle);
+}
+
+/*
+ * Start a worker that lists in registry.row_keys the keys of table relid,
+ * which a whole-table pull filled (worker.c, registry_keys_main): the sync
+ * worker goes on pulling meanwhile.
+ */
+bool
+worker_start_keys(Oid relid, BackgroundWorkerHandle **handle)
+{
+	return worker_start_dynamic("registry_keys_main", "registry keys",
+								ObjectIdGetDatum(relid), handle);
 }
 
 /* pid of the worker attached to this slot, 0 if none */

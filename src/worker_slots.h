@@ -27,7 +27,9 @@ extern void worker_sigterm(SIGNAL_ARGS);
 extern void worker_set_latch(int which);
 extern void worker_wake_maintenance(void);
 
-/* the worker that lists a pulled table's keys (started by the sync worker) */
+/* dynamic workers: the launcher's, and the one that lists a pulled table's keys */
+extern bool worker_start_dynamic(const char *function, const char *name,
+								 Datum arg, BackgroundWorkerHandle **handle);
 extern bool worker_start_keys(Oid relid, BackgroundWorkerHandle **handle);
 
 /* the workers themselves */

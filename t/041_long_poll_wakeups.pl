@@ -44,15 +44,7 @@ sub switches
 
 my $applied0 = sql($nb, q{SELECT rows_applied FROM registry.peer_status WHERE peer = 'wk_a'});
 my $before = switches();
-sql($na, q{CREATE PROCEDURE writes() LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..200 LOOP
-    UPDATE kv SET val = 'v' || i WHERE id = 1;
-    COMMIT;
-    PERFORM pg_sleep(0.01);
-  END LOOP;
-END $$});
-sql($na, q{CALL writes()});
+spaced_commits($na, 200, 0.01);
 ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'v200' }),
 	'the 200 changes arrive');
 my $applied = sql($nb, q{SELECT rows_applied FROM registry.peer_status WHERE peer = 'wk_a'})

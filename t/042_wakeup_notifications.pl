@@ -33,15 +33,7 @@ ok(poll_until(sub { sql($na, q{SELECT notified_seq = last_seq FROM registry.node
 sleep(1);
 
 my $answers0 = peer_status($nb, 'wn_a', 'fast_batches');
-sql($na, q{CREATE PROCEDURE writes() LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..100 LOOP
-    UPDATE kv SET val = 'v' || i WHERE id = 1;
-    COMMIT;
-    PERFORM pg_sleep(0.02);
-  END LOOP;
-END $$});
-sql($na, q{CALL writes()});
+spaced_commits($na, 100, 0.02);
 ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'v100' }),
 	'the 100 changes arrive');
 my $answers = peer_status($nb, 'wn_a', 'fast_batches') - $answers0;

@@ -15,7 +15,7 @@ our @EXPORT = qw(
   new_node start_registry wait_ready sql add_peer full_mesh
   create_table table_rows table_state versions_state
   wait_converged sync_until check_verify peer_status poll_until
-  quote_literal
+  quote_literal spaced_commits
 );
 
 # SQL string literal
@@ -226,6 +226,23 @@ sub peer_status
 	return sql($node,
 		"SELECT $cols FROM registry.peer_status WHERE peer = "
 		  . quote_literal($peer));
+}
+
+# $n single-row commits on $node, $pause_s seconds apart, each setting kv's
+# row 1 to 'v1'..'v$n' (so that each reaches a peer as a change of its
+# own, not in one batch with others).
+sub spaced_commits
+{
+	my ($node, $n, $pause_s) = @_;
+	sql($node, qq{CREATE OR REPLACE PROCEDURE spaced_commits() LANGUAGE plpgsql AS \$\$
+BEGIN
+  FOR i IN 1..$n LOOP
+    UPDATE kv SET val = 'v' || i WHERE id = 1;
+    COMMIT;
+    PERFORM pg_sleep($pause_s);
+  END LOOP;
+END \$\$});
+	sql($node, 'CALL spaced_commits()');
 }
 
 # Sync rounds until $cond->() holds (or the time limit); true if it held.
