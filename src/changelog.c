@@ -486,6 +486,8 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 	 */
 	watch_client = watch_client && registry_client_watchable() &&
 		!registry_client_wait(0, PG_WAIT_EXTENSION);
+	/* that look reset the latch: a cancel that set it is served now */
+	CHECK_FOR_INTERRUPTS();
 	if (nexclude > 0 && MyProc != NULL)
 	{
 		/* woken only by changes of other origins (ChangeLogWaiter) */
