@@ -478,15 +478,17 @@ registration_defer_khash(RegTable *t)
 
 /*
  * List the keys of a table whose pull deferred them (registration_defer_khash)
- * and record it.  Writers of the table wait meanwhile, about a second per
- * million rows.
+ * and record it; returns how many.  Writers of the table wait meanwhile,
+ * about a second per million rows.
  */
-void
+int64
 registration_restore_khash(Oid relid)
 {
 	/* row_keys_build() locks the table against writers */
-	(void) row_keys_build(regtable_by_relid(relid, false));
+	int64		n = row_keys_build(regtable_by_relid(relid, false));
+
 	registration_change(relid, NULL, "khash_deferred = false");
+	return n;
 }
 
 static void

@@ -197,10 +197,17 @@ list_keys(Oid relid, const char *name)
 		return true;
 	}
 	keys_worker = NULL;
-	registration_restore_khash(relid);
-	ereport(LOG,
-			(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
-					name)));
+	{
+		TimestampTz start = GetCurrentTimestamp();
+		int64		n = registration_restore_khash(relid);
+
+		ereport(LOG,
+				(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
+						name),
+				 errdetail("%lld keys in %ld ms, by the sync worker: no background worker slot was free.",
+						   (long long) n,
+						   (long) (TimestampDifferenceMilliseconds(start, GetCurrentTimestamp())))));
+	}
 	return false;
 }
 
