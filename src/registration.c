@@ -478,17 +478,27 @@ registration_defer_khash(RegTable *t)
 
 /*
  * List the keys of a table whose pull deferred them (registration_defer_khash)
- * and record it; returns how many.  Writers of the table wait meanwhile,
- * about a second per million rows.
+ * and record it, saying so in the log; why_here tells a reader of the log
+ * why it was not the "registry keys" worker (NULL if it was).  Writers of
+ * the table wait meanwhile, about a second per million rows.
  */
-int64
-registration_restore_khash(Oid relid)
+void
+registration_restore_khash(Oid relid, const char *why_here)
 {
-	/* row_keys_build() locks the table against writers */
-	int64		n = row_keys_build(regtable_by_relid(relid, false));
+	RegTable   *t = regtable_by_relid(relid, false);
+	char	   *name = pstrdup(t->qualname);
+	TimestampTz start = GetCurrentTimestamp();
+	int64		n;
 
+	/* row_keys_build() locks the table against writers */
+	n = row_keys_build(t);
 	registration_change(relid, NULL, "khash_deferred = false");
-	return n;
+	ereport(LOG,
+			(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
+					name),
+			 errdetail("%lld keys in %ld ms%s%s.", (long long) n,
+					   (long) TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()),
+					   why_here ? ", " : "", why_here ? why_here : "")));
 }
 
 static void

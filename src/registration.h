@@ -11,7 +11,7 @@
 #include "registry.h"
 
 extern void registration_defer_khash(RegTable *t);
-extern int64 registration_restore_khash(Oid relid);
+extern void registration_restore_khash(Oid relid, const char *why_here);
 extern void registration_adopt_restored(void);
 
 #endif							/* REGISTRY_REGISTRATION_H */

@@ -171,7 +171,7 @@ keys_worker_running(void)
  * started (true), else here, in this transaction (false).
  */
 static bool
-list_keys(Oid relid, const char *name)
+list_keys(Oid relid)
 {
 	MemoryContext old;
 	bool		started;
@@ -197,17 +197,8 @@ list_keys(Oid relid, const char *name)
 		return true;
 	}
 	keys_worker = NULL;
-	{
-		TimestampTz start = GetCurrentTimestamp();
-		int64		n = registration_restore_khash(relid);
-
-		ereport(LOG,
-				(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
-						name),
-				 errdetail("%lld keys in %ld ms, by the sync worker: no background worker slot was free.",
-						   (long long) n,
-						   (long) (TimestampDifferenceMilliseconds(start, GetCurrentTimestamp())))));
-	}
+	registration_restore_khash(relid,
+							   "by the sync worker: no background worker slot was free");
 	return false;
 }
 
@@ -267,7 +258,7 @@ catalog_upkeep_guarded(Peer *p, void *arg)
 		if (t == NULL)
 			continue;
 		name = pstrdup(t->qualname);	/* t is rebuilt after the keys */
-		if (pull_in_progress(name) || list_keys(r->relid, name))
+		if (pull_in_progress(name) || list_keys(r->relid))
 			*busy = true;		/* looked at again until listed */
 	}
 	/* the last keys worker's table is listed: it did not fail */

@@ -425,6 +425,16 @@ sync_conn_drive(Peer *p)
 	}
 }
 
+/* libpq could not send: the connection goes, with libpq's reason. */
+static void
+send_failed(Peer *p)
+{
+	char		msg[256];
+
+	snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
+	sync_conn_disconnect(p, msg);
+}
+
 /* Send what libpq still holds of a request; false if the connection broke. */
 static bool
 flush_request(Peer *p)
@@ -433,14 +443,26 @@ flush_request(Peer *p)
 
 	if (rc < 0)
 	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
-		sync_conn_disconnect(p, msg);
+		send_failed(p);
 		return false;
 	}
 	p->state = (rc == 1) ? CONN_SENDING : CONN_WAITING;
 	return true;
+}
+
+/*
+ * Send a long poll's one Sync (sync.h), early (the poke) or once its
+ * answer is in; false if the connection broke.
+ */
+static bool
+send_sync(Peer *p)
+{
+	if (!PQpipelineSync(p->conn))
+	{
+		send_failed(p);
+		return false;
+	}
+	return flush_request(p);
 }
 
 /*
@@ -542,10 +564,7 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 		ok = PQsetSingleRowMode(p->conn);
 	if (!ok)
 	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
-		sync_conn_disconnect(p, msg);
+		send_failed(p);
 		return;
 	}
 	if (kind != Q_CHANGES)
@@ -575,16 +594,8 @@ sync_conn_poke(Peer *p)
 {
 	if (p->conn == NULL || p->inflight != Q_CHANGES || p->pipe != PIPE_RESULT)
 		return;
-	if (!PQpipelineSync(p->conn))
-	{
-		char		msg[256];
-
-		snprintf(msg, sizeof(msg), "could not send a request: %s", PQerrorMessage(p->conn));
-		sync_conn_disconnect(p, msg);
-		return;
-	}
-	p->pipe = PIPE_RESULT_POKED;
-	(void) flush_request(p);
+	if (send_sync(p))
+		p->pipe = PIPE_RESULT_POKED;
 }
 
 /*
@@ -860,8 +871,7 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 			 */
 			if (res == NULL)
 				break;			/* not in yet */
-			if (PQresultStatus(res) != PGRES_PIPELINE_SYNC ||
-				!PQexitPipelineMode(p->conn))
+			if (PQresultStatus(res) != PGRES_PIPELINE_SYNC)
 			{
 				char		why[160];
 
@@ -873,6 +883,11 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 				return;
 			}
 			PQclear(res);
+			if (!PQexitPipelineMode(p->conn))
+			{
+				send_failed(p);
+				return;
+			}
 			p->pipe = PIPE_NONE;
 			continue;
 		}
@@ -883,19 +898,8 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 			 * the poke sent it, and the answer is handed on at once, below;
 			 * no request is sent before the Sync's end has arrived.
 			 */
-			if (p->pipe == PIPE_RESULT &&
-				(!PQpipelineSync(p->conn) || !flush_request(p)))
-			{
-				if (p->conn)
-				{
-					char		msg[256];
-
-					snprintf(msg, sizeof(msg), "could not send a request: %s",
-							 PQerrorMessage(p->conn));
-					sync_conn_disconnect(p, msg);
-				}
+			if (p->pipe == PIPE_RESULT && !send_sync(p))
 				return;
-			}
 			p->pipe = PIPE_SYNC;
 			p->query_started = GetCurrentTimestamp();
 			p->query_wait_ms = 0;

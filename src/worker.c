@@ -374,17 +374,8 @@ registry_keys_main(Datum arg)
 	t = worker_extension_exists() ? regtable_by_relid(relid, true) : NULL;
 	if (t != NULL && t->khash_deferred && !t->restored)
 	{
-		char	   *name = pstrdup(t->qualname);
-		TimestampTz start = GetCurrentTimestamp();
-		int64		n;
-
 		pgstat_report_activity(STATE_RUNNING, "listing the keys of a table pulled whole");
-		n = registration_restore_khash(relid);
-		ereport(LOG,
-				(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
-						name),
-				 errdetail("%lld keys in %ld ms.", (long long) n,
-						   (long) TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()))));
+		registration_restore_khash(relid, NULL);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
