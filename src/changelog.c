@@ -36,6 +36,9 @@
  *	  first, then the atomic waiting flag (with a barrier); a committer
  *	  reads the flag, then the mask, after changelog_append() released
  *	  the lock, and sets the latches of the waiters its changes concern;
+ *	  nwaiters (atomic) counts the registered ones, raised after the flag
+ *	  and before the waiter's first look, so a committer that reads 0
+ *	  after its append needs to wake nobody;
  *	- lock order: meta, acceptor, changelog, digest (shmem.h); publication
  *	  takes them one after another, never nested.
  *
@@ -47,6 +50,7 @@
 #include "pgstat.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -91,6 +95,9 @@ typedef struct ChangeLogShared
 	 * committers need not signal it each time.
 	 */
 	pg_atomic_uint32 notify_wanted;
+
+	/* processes registered in ChangeLogWaiters now: none, no scan */
+	pg_atomic_uint32 nwaiters;
 
 	/* notifier progress (notifier_mutex) */
 	slock_t		notifier_mutex;
@@ -196,6 +203,7 @@ changelog_shmem_init(LWLock *lock)
 	ChangeLog->first_seq = 1;
 	ConditionVariableInit(&ChangeLog->changes_cv);
 	pg_atomic_init_u32(&ChangeLog->notify_wanted, 1);
+	pg_atomic_init_u32(&ChangeLog->nwaiters, 0);
 	SpinLockInit(&ChangeLog->notifier_mutex);
 }
 
@@ -293,7 +301,8 @@ changelog_wake_readers(void)
 	uint64		origins = appended_origins;
 
 	appended_origins = 0;
-	if (origins != 0)
+	/* (every commit passes here: on a node no peer waits at, no scan) */
+	if (origins != 0 && pg_atomic_read_u32(&ChangeLog->nwaiters) > 0)
 	{
 		int			n = registry_proc_slots();
 
@@ -374,6 +383,28 @@ changelog_read(uint64 after, int max, ChangeLogChange **out,
 	LWLockRelease(ChangeLog->lock);
 	*out = changes;
 	return n;
+}
+
+/* A process's wait ends: its filter goes, and the count with it. */
+static void
+waiter_unregister(void)
+{
+	ChangeLogWaiter *me = &ChangeLogWaiters[MyProc->pgprocno];
+
+	if (pg_atomic_read_u32(&me->waiting) == 0)
+		return;
+	pg_atomic_write_u32(&me->waiting, 0);
+	pg_atomic_fetch_sub_u32(&ChangeLog->nwaiters, 1);
+}
+
+/* ... also when a FATAL (a terminated backend) skips the wait's cleanup */
+static bool waiter_exit_registered = false;
+
+static void
+waiter_at_exit(int code, Datum arg)
+{
+	if (MyProc != NULL)
+		waiter_unregister();
 }
 
 /* changelog_wait()'s loop; filtered: woken by the waiter's latch, not the CV */
@@ -501,11 +532,17 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 			if (o >= 0 && o < 63)
 				skip |= UINT64CONST(1) << o;
 		}
+		if (!waiter_exit_registered)
+		{
+			before_shmem_exit(waiter_at_exit, (Datum) 0);
+			waiter_exit_registered = true;
+		}
 		me = &ChangeLogWaiters[MyProc->pgprocno];
 		me->skip = skip;
 		me->latch = MyLatch;
 		pg_write_barrier();
 		pg_atomic_write_u32(&me->waiting, 1);
+		pg_atomic_fetch_add_u32(&ChangeLog->nwaiters, 1);
 		pg_memory_barrier();
 	}
 	PG_TRY();
@@ -516,7 +553,7 @@ changelog_wait(uint64 after, int max, const uint64 *epoch,
 	PG_FINALLY();
 	{
 		if (me)
-			pg_atomic_write_u32(&me->waiting, 0);
+			waiter_unregister();
 		ConditionVariableCancelSleep();
 	}
 	PG_END_TRY();
