@@ -1158,6 +1158,7 @@ owner_rows_one_by_one(EphTable *e, const char *owner, bool from_end,
 	Oid			types[3] = {TEXTOID, INT8OID, TIDARRAYOID};
 	Datum		args[3];
 	ItemPointerData *ctids;
+	char	   *del_sql;
 	int64		n;
 	volatile int64 deleted = 0;
 	int64		limit;
@@ -1200,6 +1201,8 @@ owner_rows_one_by_one(EphTable *e, const char *owner, bool from_end,
 	}
 	SPI_finish();
 
+	del_sql = psprintf("DELETE FROM ONLY %s WHERE ctid = $1 AND %s = $2",
+					   t->qualname, REGISTRY_ORIGIN_COLUMN);
 	for (i = 0; i < n; i++)
 	{
 		ResourceOwner ro = CurrentResourceOwner;
@@ -1213,9 +1216,7 @@ owner_rows_one_by_one(EphTable *e, const char *owner, bool from_end,
 		MemoryContextSwitchTo(xcxt);
 		PG_TRY();
 		{
-			deleted += run_delete(t, psprintf("DELETE FROM ONLY %s WHERE ctid = $1 AND %s = $2",
-											  t->qualname, REGISTRY_ORIGIN_COLUMN),
-								  2, dtypes, dargs, LEASE_REASON_OWNER);
+			deleted += run_delete(t, del_sql, 2, dtypes, dargs, LEASE_REASON_OWNER);
 			ReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(xcxt);
 			CurrentResourceOwner = ro;

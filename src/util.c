@@ -39,14 +39,14 @@ typedef struct OwnRelid
 	Oid			oid;
 } OwnRelid;
 
-/* the first ones in the order of RegistryOwnRel (registry.h) */
+/* the first ones indexed by RegistryOwnRel (registry.h) */
 static OwnRelid own_relids[] = {
-	{"tombstones", InvalidOid},
-	{"tombstones_pkey", InvalidOid},
-	{"row_keys", InvalidOid},
-	{"row_keys_pkey", InvalidOid},
-	{"lease_stash", InvalidOid},
-	{"lease_stash_pkey", InvalidOid},
+	[REGISTRY_REL_TOMBSTONES] = {"tombstones", InvalidOid},
+	[REGISTRY_REL_TOMBSTONES_PKEY] = {"tombstones_pkey", InvalidOid},
+	[REGISTRY_REL_ROW_KEYS] = {"row_keys", InvalidOid},
+	[REGISTRY_REL_ROW_KEYS_PKEY] = {"row_keys_pkey", InvalidOid},
+	[REGISTRY_REL_LEASE_STASH] = {"lease_stash", InvalidOid},
+	[REGISTRY_REL_LEASE_STASH_PKEY] = {"lease_stash_pkey", InvalidOid},
 	{"replicated_tables", InvalidOid},
 	{"replicated_tables_pkey", InvalidOid},
 	{"replicated_tables_relid_key", InvalidOid},
