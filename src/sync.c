@@ -100,6 +100,32 @@ static TimestampTz upkeep_retry_at = 0;
 static uint64 seen_peers_changed = 0;
 
 /*
+ * What the main loop waits on: the latch, postmaster death and each
+ * connected peer's socket.  Kept from one pass to the next (creating an
+ * epoll set, adding every socket and closing it again on every pass was a
+ * tenth of the worker's CPU at 7 peers), and rebuilt when what it holds
+ * may be out of date: the peer list was reloaded, a connection was closed
+ * or replaced (a closed socket leaves the set by itself, and its number
+ * may come back for another connection), or a peer is connecting (libpq
+ * may open a new socket for each attempt).  Otherwise only the events
+ * asked for change, in place.
+ */
+typedef struct WaitSocket
+{
+	Peer	   *peer;
+	PGconn	   *conn;
+	uint32		conn_gen;
+	pgsocket	sock;
+	uint32		events;
+	int			pos;			/* in wait_set */
+} WaitSocket;
+
+static WaitEventSet *wait_set = NULL;
+static WaitSocket *wait_sockets = NULL; /* npeers of them at most */
+static int	wait_nsockets = 0;
+static bool wait_set_stale = true;
+
+/*
  * The "registry keys" worker listing one pulled table's keys, one at a
  * time (worker_start_keys): a million keys take about a second, during
  * which this worker goes on pulling (and waits, if it applies changes to
@@ -734,6 +760,7 @@ load_peers(void)
 	peers = newp;
 	npeers = n;
 	sync_conn_set_peers(peers, npeers);
+	wait_set_stale = true;
 }
 
 static void
@@ -744,6 +771,85 @@ close_all(int code, Datum arg)
 	for (i = 0; i < npeers; i++)
 		if (peers[i].conn)
 			PQfinish(peers[i].conn);
+}
+
+/* The events a peer's socket is waited for, 0 if none. */
+static uint32
+peer_wait_events(Peer *p)
+{
+	if (!p->seen || p->conn == NULL || PQsocket(p->conn) < 0)
+		return 0;
+	if (p->state == CONN_CONNECTING)
+		return (p->poll == PGRES_POLLING_READING) ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
+	return WL_SOCKET_READABLE | (p->state == CONN_SENDING ? WL_SOCKET_WRITEABLE : 0);
+}
+
+/* The wait set for this pass (see WaitSocket), brought up to date. */
+static WaitEventSet *
+wait_set_prepare(void)
+{
+	WaitSocket *want = palloc(sizeof(WaitSocket) * Max(npeers, 1));
+	int			nwant = 0;
+	bool		rebuild = wait_set == NULL || wait_set_stale;
+	int			i;
+
+	for (i = 0; i < npeers; i++)
+	{
+		Peer	   *p = &peers[i];
+		uint32		ev = peer_wait_events(p);
+		WaitSocket *w = &want[nwant];
+
+		if (ev == 0)
+			continue;
+		w->peer = p;
+		w->conn = p->conn;
+		w->conn_gen = p->conn_gen;
+		w->sock = PQsocket(p->conn);
+		w->events = ev;
+		if (p->state == CONN_CONNECTING ||
+			nwant >= wait_nsockets ||
+			wait_sockets[nwant].peer != p ||
+			wait_sockets[nwant].conn != w->conn ||
+			wait_sockets[nwant].conn_gen != w->conn_gen ||
+			wait_sockets[nwant].sock != w->sock)
+			rebuild = true;
+		nwant++;
+	}
+	if (nwant != wait_nsockets)
+		rebuild = true;
+
+	if (rebuild)
+	{
+		if (wait_set)
+			FreeWaitEventSet(wait_set);
+		if (wait_sockets)
+			pfree(wait_sockets);
+		wait_set = CreateWaitEventSet(TopMemoryContext, nwant + 2);
+		wait_sockets = MemoryContextAlloc(TopMemoryContext,
+										  sizeof(WaitSocket) * Max(nwant, 1));
+		AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		for (i = 0; i < nwant; i++)
+		{
+			wait_sockets[i] = want[i];
+			wait_sockets[i].pos = AddWaitEventToSet(wait_set, want[i].events,
+													want[i].sock, NULL,
+													want[i].peer);
+		}
+		wait_nsockets = nwant;
+		wait_set_stale = false;
+	}
+	else
+	{
+		for (i = 0; i < nwant; i++)
+			if (wait_sockets[i].events != want[i].events)
+			{
+				ModifyWaitEvent(wait_set, wait_sockets[i].pos, want[i].events, NULL);
+				wait_sockets[i].events = want[i].events;
+			}
+	}
+	pfree(want);
+	return wait_set;
 }
 
 void
@@ -765,7 +871,6 @@ registry_sync_main(Datum arg)
 		TimestampTz now;
 		long		timeout = 1000;
 		uint64		changed;
-		WaitEventSet *set;
 		WaitEvent  *events;
 		int			nev;
 		int			i;
@@ -810,25 +915,9 @@ registry_sync_main(Datum arg)
 			}
 		}
 
-		set = CreateWaitEventSet(CurrentMemoryContext, npeers + 2);
-		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-		for (i = 0; i < npeers; i++)
-		{
-			Peer	   *p = &peers[i];
-			uint32		ev = 0;
-
-			if (!p->seen || p->conn == NULL || PQsocket(p->conn) < 0)
-				continue;
-			if (p->state == CONN_CONNECTING)
-				ev = (p->poll == PGRES_POLLING_READING) ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
-			else
-				ev = WL_SOCKET_READABLE | (p->state == CONN_SENDING ? WL_SOCKET_WRITEABLE : 0);
-			AddWaitEventToSet(set, ev, PQsocket(p->conn), NULL, p);
-		}
 		events = palloc(sizeof(WaitEvent) * (npeers + 2));
-		nev = WaitEventSetWait(set, Max(timeout, 1), events, npeers + 2,
-							   PG_WAIT_EXTENSION);
+		nev = WaitEventSetWait(wait_set_prepare(), Max(timeout, 1), events,
+							   npeers + 2, PG_WAIT_EXTENSION);
 		for (i = 0; i < nev; i++)
 		{
 			Peer	   *p = events[i].user_data;
@@ -843,7 +932,6 @@ registry_sync_main(Datum arg)
 					p->writable = true;
 			}
 		}
-		FreeWaitEventSet(set);
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(loopcxt);
 	}

@@ -202,6 +202,7 @@ typedef struct Peer
 	PeerStatus	st;				/* its status, published once per loop */
 
 	PGconn	   *conn;
+	uint32		conn_gen;		/* bumped whenever conn is closed */
 	ConnState	state;
 	PostgresPollingStatusType poll;
 	TimestampTz connect_started;

@@ -302,6 +302,7 @@ sync_conn_disconnect(Peer *p, const char *why)
 	if (p->conn)
 		PQfinish(p->conn);
 	p->conn = NULL;
+	p->conn_gen++;
 	p->state = CONN_CLOSED;
 	p->name_warned = false;
 	p->inflight = Q_NONE;
