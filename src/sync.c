@@ -12,9 +12,10 @@
  * priority:
  *
  *	1. Once per connection, the setup: PREPARE the digest and long-poll
- *	   requests (sent by name from then on), and LISTEN registry_wakeup:
- *	   the peer's maintenance worker notifies after its commits, which
- *	   wakes us at once.
+ *	   requests (sent by name from then on).  No LISTEN: the long poll
+ *	   brings each change as soon as the peer publishes it, and a
+ *	   registry_wakeup notification would only wake both sides again for
+ *	   nothing (each NOTIFY there signals every listening session).
  *	2. The fast path: registry.changes_since() from the last seq applied,
  *	   rows included; applied one transaction per table and batch.  While
  *	   idle, the request is a long poll: the peer holds it (up to
@@ -340,8 +341,8 @@ handle_result(Peer *p, PGresult *res)
 	Assert(CurrentMemoryContext == sync_conn_answer_cxt);
 	p->inflight = Q_NONE;
 	p->inflight_table = NULL;
-	/* the first request on a connection is LISTEN, until it succeeds */
-	p->state = (kind == Q_LISTEN && status != PGRES_COMMAND_OK) ?
+	/* the first request on a connection is the setup, until it succeeds */
+	p->state = (kind == Q_SETUP && status != PGRES_COMMAND_OK) ?
 		CONN_OPEN : CONN_IDLE;
 
 	if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR)
@@ -381,7 +382,7 @@ handle_result(Peer *p, PGresult *res)
 		}
 		return;
 	}
-	if (kind == Q_LISTEN)
+	if (kind == Q_SETUP)
 	{
 		PQclear(res);
 		return;
@@ -441,7 +442,7 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 	}
 	if (p->state == CONN_OPEN)
 	{
-		sync_conn_send(p, Q_LISTEN, NULL, 0, NULL);
+		sync_conn_send(p, Q_SETUP, NULL, 0, NULL);
 		return;
 	}
 	if (p->want_fast)
@@ -449,6 +450,9 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 		sync_fast_send_changes(p, 0);
 		return;
 	}
+	/* a round's requests go only once out of pipeline mode (sync.h) */
+	if (p->pipe == PIPE_HELD && (round_active(p) || should_start_round(p, now)))
+		return;
 	if (!round_active(p) && should_start_round(p, now))
 		antientropy_start_round(p);
 	if (round_active(p))
@@ -565,7 +569,7 @@ step(Peer *p, TimestampTz now, long *timeout)
 	if (p->conn == NULL)
 		return;
 	/* a request in flight, or a long poll's Sync whose end is due (sync.h) */
-	if (p->inflight != Q_NONE || p->pipe != PIPE_NONE)
+	if (p->inflight != Q_NONE || (p->pipe != PIPE_NONE && p->pipe != PIPE_HELD))
 	{
 		/*
 		 * A round asked for (sync_now(), resync()) while the peer holds a
@@ -590,6 +594,8 @@ step(Peer *p, TimestampTz now, long *timeout)
 		return;
 	}
 	next_request(p, now, timeout);
+	/* a Sync held for a long poll that did not follow goes alone (sync.h) */
+	sync_conn_release(p);
 }
 
 /*

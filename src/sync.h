@@ -47,7 +47,7 @@
 /*
  * The two requests a healthy, idle peer gets all the time -- a digest
  * root per table per round, and the long poll -- are prepared once per
- * connection (with the LISTEN, sync_conn.c) and sent by name: the peer
+ * connection (the setup, sync_conn.c) and sent by name: the peer
  * neither receives nor parses their text again.
  */
 #define SYNC_SQL_DIGEST \
@@ -59,7 +59,7 @@
 typedef enum QueryKind
 {
 	Q_NONE,
-	Q_LISTEN,
+	Q_SETUP,
 	Q_CHANGES,
 	Q_DIGEST,
 	Q_ENTRIES,
@@ -70,33 +70,33 @@ typedef enum QueryKind
 /*
  * The state of a peer's connection.  p->conn is NULL exactly in
  * CONN_CLOSED; p->inflight names the request in CONN_SENDING and
- * CONN_WAITING (Q_NONE otherwise); and a LISTEN is the first request on
+ * CONN_WAITING (Q_NONE otherwise); and the setup is the first request on
  * every connection, sent again until it succeeds.
  *
  *	from		event								to
  *	----		-----								--
  *	CLOSED		sync_conn_start(): connection begun 	CONNECTING
  *	CONNECTING	PQconnectPoll() OK (password rule)	OPEN
- *	OPEN		LISTEN sent							SENDING, WAITING
+ *	OPEN		the setup sent						SENDING, WAITING
  *	IDLE		a request sent (next_request)		SENDING, WAITING
  *	SENDING		libpq sent the rest of it			WAITING
  *	SENDING,	the request ended:
- *	WAITING		  a LISTEN that failed				OPEN
+ *	WAITING		  a setup that failed				OPEN
  *				  any other							IDLE
  *	any			sync_conn_disconnect(): an error,  	CLOSED
  *				a peer removed or changed
  *
  * Which request goes next (next_request) is not the connection's state:
- * want_fast (a changes request is due at once: after connecting, on a
- * notification, while the peer has more) and a round in progress
+ * want_fast (a changes request is due at once: after connecting, while
+ * the peer has more) and a round in progress
  * (round_active) outlive any one request.
  */
 typedef enum ConnState
 {
 	CONN_CLOSED,				/* no connection; next_connect says when */
 	CONN_CONNECTING,			/* PQconnectPoll() under way (poll) */
-	CONN_OPEN,					/* connected, LISTEN not done */
-	CONN_IDLE,					/* listening, no request */
+	CONN_OPEN,					/* connected, setup not done */
+	CONN_IDLE,					/* set up, no request */
 	CONN_SENDING,				/* a request not fully sent */
 	CONN_WAITING				/* a request sent, its end not received */
 } ConnState;
@@ -173,15 +173,22 @@ typedef struct AETable
  * it: a Sync sent meanwhile (a "poke", when sync_now() wants a round)
  * ends the peer's wait at once.  Exactly one Sync follows each long poll,
  * the poke or, once the answer is in, a late one.  The answer is handed
- * on as soon as it is in (the request is then over); no request is sent
- * until the Sync's ReadyForQuery (PGRES_PIPELINE_SYNC) has arrived and
- * the connection has left pipeline mode, within registry.query_timeout.
+ * on as soon as it is in (the request is then over), and its Sync is held
+ * back until the next request is chosen: if that is the next long poll,
+ * the Sync and the poll go in one write, still in pipeline mode (the peer
+ * is woken once for both, not once for the Sync and again for the poll);
+ * otherwise the Sync goes alone, and no request is sent until its
+ * ReadyForQuery (PGRES_PIPELINE_SYNC) has arrived and the connection has
+ * left pipeline mode, within registry.query_timeout.  A held Sync never
+ * outlives the pass of the loop that handed the answer on.
  */
 typedef enum LongPollPipe
 {
 	PIPE_NONE,					/* not in pipeline mode */
 	PIPE_RESULT,				/* the long poll's answer is awaited */
 	PIPE_RESULT_POKED,			/* ... and its Sync was sent early */
+	PIPE_HELD,					/* the answer was handed on; its Sync is
+								 * not sent yet */
 	PIPE_SYNC					/* the answer was handed on; its Sync's end
 								 * is awaited before the next request */
 } LongPollPipe;
@@ -217,6 +224,8 @@ typedef struct Peer
 	TimestampTz query_started;
 	int			query_wait_ms;	/* the peer may hold this request so long */
 	LongPollPipe pipe;			/* a long poll's state in pipeline mode */
+	bool		sync_due;		/* the previous poll's Sync's end comes
+								 * before this poll's answer */
 	TimestampTz quiet_until;	/* after a failed request: no new one before */
 	AETable    *inflight_table;
 
@@ -279,6 +288,7 @@ extern void sync_conn_drive(Peer *p);
 extern void sync_conn_send(Peer *p, QueryKind kind, const char *sql,
 						   int nparams, const char *const *params);
 extern void sync_conn_poke(Peer *p);
+extern void sync_conn_release(Peer *p);
 extern void sync_conn_service(Peer *p, SyncAnswerFn on_page,
 							  SyncAnswerFn on_result);
 extern char *sync_conn_answer_bytes(Peer *p, PGresult *res,

@@ -307,6 +307,7 @@ sync_conn_disconnect(Peer *p, const char *why)
 	p->name_warned = false;
 	p->inflight = Q_NONE;
 	p->pipe = PIPE_NONE;
+	p->sync_due = false;
 	if (p->roundcxt)
 		MemoryContextReset(p->roundcxt);
 	p->tables = NULL;
@@ -467,8 +468,8 @@ send_sync(Peer *p)
 }
 
 /*
- * The first request on a connection: prepare the frequent requests and
- * listen for wake-ups, in one simple query (one round trip).  If one of
+ * The first request on a connection: prepare the frequent requests, in
+ * one simple query (one round trip).  It does not LISTEN (sync.c).  If one of
  * its statements fails, the error is the request's result (see
  * sync_conn_service) and the setup is sent again after the backoff; a
  * PREPARE is not undone by the failed transaction, so the setup first
@@ -477,8 +478,7 @@ send_sync(Peer *p)
 #define SETUP_SQL \
 	"DEALLOCATE ALL; " \
 	"PREPARE registry_digest AS " SYNC_SQL_DIGEST "; " \
-	"PREPARE registry_changes AS " SYNC_SQL_CHANGES "; " \
-	"LISTEN registry_wakeup"
+	"PREPARE registry_changes AS " SYNC_SQL_CHANGES
 
 /*
  * Whether the connection reaches its peer over a Unix socket: the peer is
@@ -532,7 +532,7 @@ prepared_name(QueryKind kind, const char *sql)
 
 /*
  * Send a request; its single bytea result is asked for in binary.  All
- * parameters are text.  Q_LISTEN is the connection's setup (sql NULL).
+ * parameters are text.  Q_SETUP is the connection's setup (sql NULL).
  */
 void
 sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
@@ -541,17 +541,27 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 	int			ok;
 	const char *stmt = NULL;
 
-	if (kind == Q_LISTEN)
+	if (kind == Q_SETUP)
 	{
 		sql = pull_uncompressed(p) ?
 			SETUP_SQL "; SET registry.compress_threshold = -1" : SETUP_SQL;
 		ok = PQsendQuery(p->conn, sql);
 	}
-	else if (kind == Q_CHANGES && p->query_wait_ms > 0)
+	else if (kind == Q_CHANGES && (p->query_wait_ms > 0 || p->pipe == PIPE_HELD))
 	{
-		/* a long poll: pipelined, so that a poke can end it (sync.h) */
+		/*
+		 * A long poll: pipelined, so that a poke can end it; after the
+		 * previous poll's answer, with that poll's held Sync (sync.h).
+		 */
 		stmt = prepared_name(kind, sql);
-		ok = PQenterPipelineMode(p->conn) &&
+		if (p->pipe == PIPE_HELD)
+		{
+			ok = PQpipelineSync(p->conn);
+			p->sync_due = true;
+		}
+		else
+			ok = PQenterPipelineMode(p->conn);
+		ok = ok &&
 			PQsendQueryPrepared(p->conn, stmt, nparams, params, NULL, NULL, 1) &&
 			PQsendFlushRequest(p->conn);
 		p->pipe = PIPE_RESULT;
@@ -580,7 +590,7 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 
 		for (i = 0; i < nparams; i++)
 			sent += params[i] ? strlen(params[i]) : 0;
-		if (kind != Q_LISTEN && kind != Q_CHANGES)
+		if (kind != Q_SETUP && kind != Q_CHANGES)
 			p->ae_bytes += sent;
 		p->st.bytes_sent += sent;
 	}
@@ -597,6 +607,22 @@ sync_conn_poke(Peer *p)
 		return;
 	if (send_sync(p))
 		p->pipe = PIPE_RESULT_POKED;
+}
+
+/*
+ * The next request is not a long poll (or none is due): a held Sync goes
+ * alone now (sync.h).
+ */
+void
+sync_conn_release(Peer *p)
+{
+	if (p->conn == NULL || p->pipe != PIPE_HELD)
+		return;
+	if (!send_sync(p))
+		return;
+	p->pipe = PIPE_SYNC;
+	p->query_started = GetCurrentTimestamp();
+	p->query_wait_ms = 0;
 }
 
 /*
@@ -725,8 +751,8 @@ request_name(QueryKind kind)
 	{
 		case Q_NONE:
 			break;
-		case Q_LISTEN:
-			return "the connection's setup (PREPARE, LISTEN registry_wakeup)";
+		case Q_SETUP:
+			return "the connection's setup (PREPARE)";
 		case Q_CHANGES:
 			return "registry.changes_since()";
 		case Q_DIGEST:
@@ -800,32 +826,6 @@ sync_conn_remote_error(Peer *p, PGresult *res, QueryKind kind,
 }
 
 /*
- * Whether a registry_wakeup notification says nothing new: its seq (the
- * peer's last seq when its notifier sent it) is one this node has
- * already consumed.  The long poll usually brought the change before the
- * peer's session was idle enough to pass the notification on; asking at
- * once again would only get an empty answer.  A payload that does not
- * parse counts as news, and a peer that restarted (its seqs under a new
- * epoch) ends the long poll by its epoch anyway.
- */
-static bool
-wakeup_seen(const Peer *p, const char *payload)
-{
-	const char *s = payload ? strstr(payload, "\"seq\": ") : NULL;
-	char	   *end;
-	uint64		seq;
-
-	if (s == NULL || !p->have_position)
-		return false;
-	s += strlen("\"seq\": ");
-	errno = 0;
-	seq = strtou64(s, &end, 10);
-	if (errno != 0 || end == s || *end != '}')
-		return false;
-	return seq <= p->consumed;
-}
-
-/*
  * Read what the peer sent; handle notifications, and hand a page or a
  * finished request's result to on_page or on_result, in the answer
  * context (reset after each).
@@ -847,12 +847,9 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 		sync_conn_disconnect(p, msg);
 		return;
 	}
+	/* nothing here LISTENs: whatever a peer sends unasked is dropped */
 	while ((n = PQnotifies(p->conn)) != NULL)
-	{
-		if (!wakeup_seen(p, n->extra))
-			p->want_fast = true;
 		PQfreemem(n);
-	}
 	/*
 	 * A request has exactly one result (the setup one per statement), and
 	 * is over when PQgetResult() returns NULL.  The end may arrive later
@@ -864,6 +861,29 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 	{
 		PGresult   *res = PQgetResult(p->conn);
 
+		if (p->sync_due)
+		{
+			/*
+			 * The previous long poll's Sync went with this one: its end
+			 * comes first, and nothing else may.
+			 */
+			if (res == NULL)
+				break;			/* not in yet */
+			if (PQresultStatus(res) != PGRES_PIPELINE_SYNC)
+			{
+				char		why[160];
+
+				snprintf(why, sizeof(why),
+						 "protocol violation: %s where the end of the previous long poll was due",
+						 PQresStatus(PQresultStatus(res)));
+				PQclear(res);
+				sync_conn_disconnect(p, why);
+				return;
+			}
+			PQclear(res);
+			p->sync_due = false;
+			continue;
+		}
 		if (p->pipe == PIPE_SYNC)
 		{
 			/*
@@ -895,15 +915,19 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 		if (p->pipe != PIPE_NONE && res == NULL)
 		{
 			/*
-			 * A long poll's answer is in (sync.h): its Sync goes now, unless
-			 * the poke sent it, and the answer is handed on at once, below;
-			 * no request is sent before the Sync's end has arrived.
+			 * A long poll's answer is in (sync.h), and is handed on at
+			 * once, below.  Its Sync is held back for the next request,
+			 * unless the poke sent it: then no request is sent before the
+			 * Sync's end has arrived.
 			 */
-			if (p->pipe == PIPE_RESULT && !send_sync(p))
-				return;
-			p->pipe = PIPE_SYNC;
-			p->query_started = GetCurrentTimestamp();
-			p->query_wait_ms = 0;
+			if (p->pipe == PIPE_RESULT)
+				p->pipe = PIPE_HELD;
+			else
+			{
+				p->pipe = PIPE_SYNC;
+				p->query_started = GetCurrentTimestamp();
+				p->query_wait_ms = 0;
+			}
 		}
 		else if (p->pipe != PIPE_NONE && PQresultStatus(res) == PGRES_PIPELINE_SYNC)
 		{

@@ -1,17 +1,22 @@
-# A registry_wakeup notification that says nothing new does not cost a
-# request.  The sync worker LISTENs for registry_wakeup on each peer
-# connection (a fallback to the long poll); the peer's notifier sends one
-# after its commits, carrying its last seq.  The session passes it on only
-# once idle, that is after the long poll has already answered with the
-# change: asking again at once would get an empty answer.  A notification
-# whose seq this node has already consumed is ignored.
+# What one change costs the session that serves a peer's long poll, with
+# notifications on (the default).
 #
-# wk_a makes 100 single-row commits, 20 ms apart, each of which reaches
-# wk_b through its long poll at wk_a; counted: the change-log answers wk_b
-# handled from wk_a (registry.peer_status.fast_batches).  Without the
-# check each commit costs two (the long poll's, then the one the
-# notification asked for); with it, one, plus the long polls that end at
-# their timeout.
+# The sync worker does not LISTEN registry_wakeup on its peer
+# connections: the long poll brings each change as soon as the peer
+# publishes it, and every NOTIFY on the peer (its notifier sends one per
+# batch of commits) signalled each listening session there, which then
+# passed the notification on and woke the puller too, for nothing.  And
+# a long poll's Sync goes in one write with the next poll (sync.h), so
+# that the serving session reads both at one wake-up.
+#
+# wn_a makes 100 single-row commits, 20 ms apart, each of which reaches
+# wn_b through its long poll at wn_a.  Counted: the voluntary context
+# switches of wn_a's backend serving wn_b's requests (Linux /proc), and
+# the change-log answers wn_b handled from wn_a
+# (registry.peer_status.fast_batches).  Per commit that backend sleeps
+# twice: after sending the answer, and after starting the next wait.
+# With the LISTEN it also woke for each NOTIFY, and with the Sync sent
+# alone once more for the next poll: 3.4-4 switches per commit.
 use strict;
 use warnings;
 use lib 't';
@@ -19,6 +24,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use RegistryMesh;
+
+plan skip_all => 'counts context switches in /proc' unless -r "/proc/self/status";
 
 my $na = new_node('wn_a', conf => "registry.antientropy_interval = '1h'\n");
 my $nb = new_node('wn_b', conf => "registry.antientropy_interval = '1h'\n");
@@ -30,17 +37,36 @@ ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'start' }),
 # the notification of that first commit has come and gone
 ok(poll_until(sub { sql($na, q{SELECT notified_seq = last_seq FROM registry.node}) eq 't' }),
 	"wn_a's notifier has caught up");
-sleep(1);
 
+my $pid = sql($na, q{SELECT pid FROM pg_stat_activity
+  WHERE application_name = 'registry sync wn_b' AND backend_type = 'client backend'});
+ok($pid =~ /^\d+$/, "wn_a's backend serving wn_b's requests ($pid)");
+
+sub switches
+{
+	my $status = slurp_file("/proc/$pid/status");
+	return $status =~ /^voluntary_ctxt_switches:\s+(\d+)/m ? $1 : die 'no count';
+}
+
+sleep(1);
 my $answers0 = peer_status($nb, 'wn_a', 'fast_batches');
+my $switches0 = switches();
 spaced_commits($na, 100, 0.02);
 ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'v100' }),
 	'the 100 changes arrive');
+my $switches = switches() - $switches0;
 my $answers = peer_status($nb, 'wn_a', 'fast_batches') - $answers0;
-note("wn_b handled $answers change-log answers from wn_a for 100 commits");
+note("wn_b handled $answers change-log answers from wn_a for 100 commits; "
+	  . "the serving backend slept $switches times");
 ok($answers >= 100, "at least one answer per commit ($answers)");
-ok($answers < 140, "no second answer per commit for its notification ($answers)");
+ok($answers < 140, "no second answer per commit ($answers)");
+ok($switches < 290,
+	"the serving backend sleeps fewer than 2.9 times per commit ($switches for 100)");
+is(sql($na, q{SELECT count(*) FROM pg_stat_activity
+  WHERE application_name = 'registry sync wn_b' AND backend_type = 'client backend'}),
+	'1', 'still the same one session serving wn_b');
+is(sql($na, qq{SELECT count(*) FROM pg_stat_activity WHERE pid = $pid}), '1',
+	'the counted backend is still that session');
 is(table_rows($na, 'kv'), table_rows($nb, 'kv'), 'both nodes hold the same rows');
-
 $_->stop for ($na, $nb);
 done_testing();
