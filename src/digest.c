@@ -16,7 +16,8 @@
  *
  * Shared memory: registry.max_tables slots (RegTableSlot: the table id,
  * live rows and tombstones as published, change counters) and their
- * buckets.  No other file sees them; they are read and changed only
+ * buckets, and per bucket a bound on the table's tombstones there (see
+ * "which buckets may hold tombstones" below).  No other file sees them; they are read and changed only
  * through the functions below.  Recomputing digests from disk is
  * rebuild.c's (layer 6); registry.verify() is verify.c's.
  *
