@@ -60,6 +60,7 @@
 #include "utils/snapmgr.h"
 
 #include "capture.h"
+#include "digest.h"
 #include "lease_stash.h"
 #include "publish.h"
 #include "publishing.h"
@@ -203,7 +204,8 @@ unstamped_error(RegTable *t)
 			 errhint("Do not change them in other triggers.")));
 }
 
-static void insert_key(RegTable *t, const char *key, const VersionState *live);
+static void insert_key(RegTable *t, const char *key, const VersionState *live,
+					   bool row_written);
 static void delete_key(RegTable *t, const char *key, const VersionState *live);
 
 /*
@@ -233,7 +235,7 @@ capture_update(RegTable *t, Relation rel, TupleTableSlot *oldslot,
 		if (before_write)
 			wait_for_key_holder(t, rel, newslot);
 		delete_key(t, row_key(t, oldslot), oldst);
-		insert_key(t, row_key(t, newslot), newst);
+		insert_key(t, row_key(t, newslot), newst, !before_write);
 	}
 }
 
@@ -574,15 +576,37 @@ stamped:
 	return PointerGetDatum(result);
 }
 
-/* A key is being inserted: take its tombstone, which must be older. */
+/*
+ * A key is being inserted: take its tombstone, which must be older.
+ * row_written: the row is already in the table (and its primary key).
+ *
+ * Most inserted keys have no tombstone, and looking costs two relation
+ * opens and an index probe.  Once the row is written, a bucket whose
+ * tombstone count is zero (digest.c) has none to take: a tombstone of
+ * the key committed, or being written, is counted before it is written.
+ * One whose writer counts it only after this look would find the row
+ * written: a local DELETE of the key, or a key-changing UPDATE away from
+ * it, deletes a row, for which this insert's unique check has waited; a
+ * remote delete that found no row looks again for one after writing its
+ * tombstone (apply.c, row_being_written) and gives up on finding this
+ * one.  Before the row is written (a key-changing UPDATE, recorded in
+ * the BEFORE trigger) the look is always made.
+ */
 static void
-insert_key(RegTable *t, const char *key, const VersionState *live)
+insert_key(RegTable *t, const char *key, const VersionState *live,
+		   bool row_written)
 {
 	uint32		khash = keys_hash(key, strlen(key));
 	VersionState tomb;
 	bool		had_tomb;
 
-	had_tomb = tombstone_take(t->tid, khash, key, &tomb);
+	if (row_written && !digest_tombstone_possible(t->slot, t->tid, khash))
+	{
+		memset(&tomb, 0, sizeof(tomb));
+		had_tomb = false;
+	}
+	else
+		had_tomb = tombstone_take(t->tid, khash, key, &tomb);
 	if (had_tomb &&
 		!version_greater(live->version, live->origin, tomb.version, tomb.origin))
 	{
@@ -708,7 +732,7 @@ registry_capture(PG_FUNCTION_ARGS)
 		row_version(t, td->tg_trigslot, &newst);
 		if (!newst.exists)
 			goto unstamped;
-		insert_key(t, row_key(t, td->tg_trigslot), &newst);
+		insert_key(t, row_key(t, td->tg_trigslot), &newst, true);
 	}
 	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
 	{

@@ -16,7 +16,8 @@
  *
  * Shared memory: registry.max_tables slots (RegTableSlot: the table id,
  * live rows and tombstones as published, change counters) and their
- * buckets.  No other file sees them; they are read and changed only
+ * buckets, and per bucket a bound on the table's tombstones there (see
+ * "which buckets may hold tombstones" below).  No other file sees them; they are read and changed only
  * through the functions below.  Recomputing digests from disk is
  * rebuild.c's (layer 6); registry.verify() is verify.c's.
  *
@@ -57,6 +58,7 @@ typedef struct RegTableSlot
 	int64		tombstones;
 	uint64		changes;		/* key changes published since start */
 	TimestampTz last_change;
+	bool		tombs_known;	/* tomb_counts bound the table's tombstones */
 } RegTableSlot;
 
 
@@ -69,6 +71,7 @@ typedef struct DigestShared
 static DigestShared *digest_shared = NULL;
 static RegTableSlot *digest_slots = NULL;	/* [registry_max_tables] */
 static uint64 *digest_buckets = NULL;	/* [registry_max_tables * buckets] */
+static int32 *digest_tomb_counts = NULL;	/* [registry_max_tables * buckets] */
 static LWLock *slot_lock = NULL;
 static LWLock *digest_lock = NULL;
 
@@ -145,6 +148,13 @@ buckets_size(void)
 					sizeof(uint64));
 }
 
+static Size
+tomb_counts_size(void)
+{
+	return mul_size(mul_size(registry_max_tables, registry_digest_buckets),
+					sizeof(int32));
+}
+
 Size
 digest_shmem_size(void)
 {
@@ -152,6 +162,7 @@ digest_shmem_size(void)
 
 	size = add_size(size, MAXALIGN(slots_size()));
 	size = add_size(size, MAXALIGN(buckets_size()));
+	size = add_size(size, MAXALIGN(tomb_counts_size()));
 	return size;
 }
 
@@ -173,11 +184,14 @@ digest_shmem_init(LWLock *slots_lock, LWLock *buckets_lock)
 	found_any = found;
 	digest_slots = ShmemInitStruct("registry tables", slots_size(), &found);
 	digest_buckets = ShmemInitStruct("registry digests", buckets_size(), &found);
+	digest_tomb_counts = ShmemInitStruct("registry tombstone counts",
+										 tomb_counts_size(), &found);
 	if (!found_any)
 	{
 		memset(digest_shared, 0, sizeof(DigestShared));
 		memset(digest_slots, 0, slots_size());
 		memset(digest_buckets, 0, buckets_size());
+		memset(digest_tomb_counts, 0, tomb_counts_size());
 	}
 }
 
@@ -192,6 +206,7 @@ digest_clear_all(void)
 	LWLockAcquire(digest_lock, LW_EXCLUSIVE);
 	memset(digest_slots, 0, slots_size());
 	memset(digest_buckets, 0, buckets_size());
+	memset(digest_tomb_counts, 0, tomb_counts_size());
 	LWLockRelease(digest_lock);
 	LWLockRelease(slot_lock);
 }
@@ -202,6 +217,12 @@ static uint64 *
 slot_buckets(int slot)
 {
 	return digest_buckets + (Size) slot * registry_digest_buckets;
+}
+
+static int32 *
+slot_tomb_counts(int slot)
+{
+	return digest_tomb_counts + (Size) slot * registry_digest_buckets;
 }
 
 /* Slot of tid, or -1.  Caller holds slot_lock or digest_lock. */
@@ -223,12 +244,14 @@ slot_clear(int slot, int32 tid, Oid relid)
 	RegTableSlot *ts = &digest_slots[slot];
 
 	memset(slot_buckets(slot), 0, sizeof(uint64) * registry_digest_buckets);
+	memset(slot_tomb_counts(slot), 0, sizeof(int32) * registry_digest_buckets);
 	ts->tid = tid;
 	ts->relid = relid;
 	ts->live_rows = 0;
 	ts->tombstones = 0;
 	ts->changes = 0;
 	ts->last_change = 0;
+	ts->tombs_known = false;
 }
 
 /* The slot of table tid, or -1 if it has none. */
@@ -436,6 +459,21 @@ digest_publish_end(void)
 	LWLockRelease(digest_lock);
 }
 
+/*
+ * A committed change removed tombstones (-removed of them) from khash's
+ * bucket (a purge's go through digest_publish_bulk).  A count that would go below zero was not an upper bound after
+ * all: the table's counts are not trusted again until rebuilt.
+ */
+static void
+tomb_count_removed(int slot, uint32 khash, int64 removed)
+{
+	int32	   *c = &slot_tomb_counts(slot)[digest_bucket_of(khash, registry_digest_buckets)];
+
+	if (*c + removed < 0 && digest_slots[slot].tombs_known)
+		digest_slots[slot].tombs_known = false;
+	*c += (int32) removed;
+}
+
 static RegTableSlot *
 publish_slot(int slot, int32 tid)
 {
@@ -455,16 +493,22 @@ digest_publish_key(int slot, int32 tid, uint32 khash, uint64 delta,
 	if (ts == NULL)
 		return;
 	slot_buckets(slot)[digest_bucket_of(khash, registry_digest_buckets)] ^= delta;
+	if (tomb_delta < 0)
+		tomb_count_removed(slot, khash, tomb_delta);
 	ts->changes++;
 	ts->live_rows += live_delta;
 	ts->tombstones += tomb_delta;
 	ts->last_change = now;
 }
 
-/* A bulk change: bucket_delta has registry.digest_buckets entries. */
+/*
+ * A bulk change: bucket_delta has registry.digest_buckets entries, and so
+ * has tombs_purged (tombstones a purge removed per bucket) if not NULL.
+ */
 void
 digest_publish_bulk(int slot, int32 tid, const uint64 *bucket_delta,
-					int64 live_delta, int64 tomb_delta, TimestampTz now)
+					int64 live_delta, int64 tomb_delta,
+					const int32 *tombs_purged, TimestampTz now)
 {
 	RegTableSlot *ts = publish_slot(slot, tid);
 	uint64	   *buckets;
@@ -475,6 +519,17 @@ digest_publish_bulk(int slot, int32 tid, const uint64 *bucket_delta,
 	buckets = slot_buckets(slot);
 	for (b = 0; b < registry_digest_buckets; b++)
 		buckets[b] ^= bucket_delta[b];
+	if (tombs_purged != NULL)
+	{
+		int32	   *counts = slot_tomb_counts(slot);
+
+		for (b = 0; b < registry_digest_buckets; b++)
+		{
+			if (counts[b] < tombs_purged[b])
+				ts->tombs_known = false;
+			counts[b] -= tombs_purged[b];
+		}
+	}
 	ts->live_rows += live_delta;
 	ts->tombstones += tomb_delta;
 	ts->last_change = now;
@@ -520,8 +575,102 @@ digest_add_rebuilt(int n, const DigestTotals *d)
 			buckets[b] ^= d[i].buckets[b];
 		digest_slots[slot].live_rows += d[i].live;
 		digest_slots[slot].tombstones += d[i].tombs;
+		if (d[i].tomb_counts != NULL)
+		{
+			int32	   *counts = slot_tomb_counts(slot);
+			bool		known = true;
+
+			for (b = 0; b < nb; b++)
+			{
+				counts[b] += d[i].tomb_counts[b];
+				if (counts[b] < 0)
+					known = false;
+			}
+			digest_slots[slot].tombs_known = known;
+		}
 	}
 	digest_shared->rebuilds++;
 	LWLockRelease(digest_lock);
 }
 
+
+/* ---- which buckets may hold tombstones ----
+ *
+ * Per table and digest bucket, a count that is never below the number of
+ * the table's tombstones in the bucket, committed or being written, so
+ * that an INSERT whose key's bucket counts zero need not look for a
+ * tombstone to take (capture.c).  A tombstone writer counts its tombstone
+ * before writing it, holding its lock on registry.tombstones
+ * (digest_tombstone_writing), and a committed change that removed one
+ * uncounts it at publication (an insert of its key: tomb_delta < 0 in
+ * digest_publish_key; a purge: digest_publish_bulk's tombs_purged).
+ * Tombstones written by transactions that then abort, and those removed
+ * otherwise (an insert in a bulk change, resync, unregistration) stay
+ * counted: a count too high only costs the look.  The counts are trusted (tombs_known) only once made from disk:
+ * zeroed with the digests at rebuild, under the rebuild's SHARE lock on
+ * registry.tombstones that keeps every writer out for the moment, then
+ * the snapshot's tombstones added (digest_add_rebuilt); or zero for a
+ * table being registered (digest_tombstones_none).  A new slot, or a
+ * count that would go below zero, is not trusted.  All under digest_lock.
+ */
+
+/* The slot of tid: slot if it is tid's, else searched.  Under digest_lock. */
+static int
+slot_of(int slot, int32 tid)
+{
+	if (slot >= 0 && slot < registry_max_tables && digest_slots[slot].tid == tid)
+		return slot;
+	return slot_search(tid);
+}
+
+/*
+ * A tombstone of tid is about to be written in khash's bucket (the caller
+ * holds its lock on registry.tombstones).
+ */
+void
+digest_tombstone_writing(int32 tid, uint32 khash)
+{
+	int			slot;
+
+	LWLockAcquire(digest_lock, LW_EXCLUSIVE);
+	slot = slot_search(tid);
+	if (slot >= 0)
+		slot_tomb_counts(slot)[digest_bucket_of(khash, registry_digest_buckets)]++;
+	LWLockRelease(digest_lock);
+}
+
+/*
+ * Whether table tid (slot: where it was last found, or -1) may have a
+ * tombstone, committed or being written, in khash's bucket.  False only
+ * when its counts are trusted and the bucket's is zero.
+ */
+bool
+digest_tombstone_possible(int slot, int32 tid, uint32 khash)
+{
+	bool		possible = true;
+
+	LWLockAcquire(digest_lock, LW_SHARED);
+	slot = slot_of(slot, tid);
+	if (slot >= 0 && digest_slots[slot].tombs_known &&
+		slot_tomb_counts(slot)[digest_bucket_of(khash, registry_digest_buckets)] == 0)
+		possible = false;
+	LWLockRelease(digest_lock);
+	return possible;
+}
+
+/*
+ * Table tid (in slot, just allocated for it) is being registered: it has
+ * no tombstones, and none can be written before the registration commits.
+ */
+void
+digest_tombstones_none(int slot, int32 tid)
+{
+	LWLockAcquire(digest_lock, LW_EXCLUSIVE);
+	slot = slot_of(slot, tid);
+	if (slot >= 0)
+	{
+		memset(slot_tomb_counts(slot), 0, sizeof(int32) * registry_digest_buckets);
+		digest_slots[slot].tombs_known = true;
+	}
+	LWLockRelease(digest_lock);
+}

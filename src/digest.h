@@ -22,6 +22,7 @@ typedef struct DigestTotals
 	int64		live;
 	int64		tombs;
 	int64		unversioned;	/* rows without a version: only counted */
+	int32	   *tomb_counts;	/* [registry_digest_buckets] or NULL */
 } DigestTotals;
 
 /* One slot as shown by registry._table_stats(). */
@@ -65,10 +66,16 @@ extern void digest_publish_key(int slot, int32 tid, uint32 khash,
 							   int64 tomb_delta, TimestampTz now);
 extern void digest_publish_bulk(int slot, int32 tid,
 								const uint64 *bucket_delta, int64 live_delta,
-								int64 tomb_delta, TimestampTz now);
+								int64 tomb_delta, const int32 *tombs_purged,
+								TimestampTz now);
 extern void digest_publish_reset(int slot, int32 tid, int64 live_delta,
 								 int64 tomb_delta, TimestampTz now);
 extern void digest_publish_end(void);
 extern void digest_add_rebuilt(int n, const DigestTotals *d);
+
+/* which buckets may hold tombstones */
+extern void digest_tombstone_writing(int32 tid, uint32 khash);
+extern bool digest_tombstone_possible(int slot, int32 tid, uint32 khash);
+extern void digest_tombstones_none(int slot, int32 tid);
 
 #endif							/* REGISTRY_DIGEST_H */

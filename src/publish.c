@@ -65,6 +65,7 @@ typedef struct PendingChange
 	int64		live_delta;
 	int64		tomb_delta;
 	uint64	   *bucket_delta;	/* bulk: per-bucket digest deltas */
+	int32	   *tombs_purged;	/* purge: tombstones gone per bucket, or NULL */
 	/* computed at pre-commit */
 	int			slot;
 	char		op;
@@ -586,19 +587,26 @@ publish_forget_tombstones(RegTable *t, int n, uint32 *khashes, char **keys,
 						  RegVersion *versions, char **origins)
 {
 	PendingChange *p;
+	int32	   *purged;
 	int			i;
 
 	if (n == 0)
 		return;
 	bulk_begin(t);
+	purged = MemoryContextAllocZero(TopTransactionContext,
+									sizeof(int32) * registry_digest_buckets);
 	for (i = 0; i < n; i++)
 	{
-		bulk.bucket_delta[digest_bucket_of(khashes[i], registry_digest_buckets)] ^=
+		int			b = digest_bucket_of(khashes[i], registry_digest_buckets);
+
+		bulk.bucket_delta[b] ^=
 			digest_entry_hash(keys[i], versions[i], origins[i], true);
 		bulk.tomb_delta--;
+		purged[b]++;
 	}
 	bulk_tid = 0;
 	p = pending_append();
+	p->tombs_purged = purged;
 	p->bulk = true;
 	p->silent = true;
 	p->tid = t->tid;
@@ -869,7 +877,8 @@ publish_commit(void)
 								 p->tomb_delta, now);
 		else if (p->bulk)
 			digest_publish_bulk(p->slot, p->tid, p->bucket_delta,
-								p->live_delta, p->tomb_delta, now);
+								p->live_delta, p->tomb_delta, p->tombs_purged,
+								now);
 		else
 			digest_publish_key(p->slot, p->tid, p->khash, p->delta,
 							   p->live_delta, p->tomb_delta, now);

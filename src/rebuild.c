@@ -171,6 +171,7 @@ rebuild_digests(void)
 		digest_slot_clear(slot, r->tid, r->relid);
 		d[i].tid = r->tid;
 		d[i].buckets = palloc0(sizeof(uint64) * nb);
+		d[i].tomb_counts = palloc0(sizeof(int32) * nb);
 		i++;
 	}
 	snap = RegisterSnapshot(GetLatestSnapshot());
@@ -221,6 +222,7 @@ rebuild_digests(void)
 		text_to_cstring_buffer(DatumGetTextPP(values[4]), origin, sizeof(origin));
 		rebuild_add_entry(&d[i], int4_to_khash(DatumGetInt32(values[1])), key,
 						  v, origin, true);
+		d[i].tomb_counts[digest_bucket_of(int4_to_khash(DatumGetInt32(values[1])), nb)]++;
 		pfree(key);
 	}
 	table_endscan(scan);

@@ -362,6 +362,8 @@ registry_replicate(PG_FUNCTION_ARGS)
 	CommandCounterIncrement();
 	t = regtable_by_relid(relid, false);
 	t->slot = regtable_slot(t->tid, relid);
+	/* a new tid: no tombstones, and nobody writes one before we commit */
+	digest_tombstones_none(t->slot, t->tid);
 	capture_stamp_existing(t);
 	(void) row_keys_build(t);
 	SPI_finish();

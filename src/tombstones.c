@@ -33,6 +33,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "digest.h"
 #include "publishing.h"
 #include "registry.h"
 #include "tombstones.h"
@@ -153,6 +154,8 @@ tombstone_put(int32 tid, uint32 khash, const char *key, RegVersion version,
 
 		if (oldtup == NULL)
 		{
+			/* counted before it can be seen (digest.c), under our lock */
+			digest_tombstone_writing(tid, khash);
 			heap_insert(rel, newtup, GetCurrentCommandId(true), 0, NULL);
 			index_insert(idx, values, nulls, &newtup->t_self, rel,
 						 UNIQUE_CHECK_YES, false, BuildIndexInfo(idx));
