@@ -433,6 +433,7 @@ static void
 next_request(Peer *p, TimestampTz now, long *timeout)
 {
 	long		wait;
+	bool		start_round;
 
 	/* after an error answer, the setup waits too: it may fail again */
 	if (now < p->quiet_until)
@@ -450,10 +451,14 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 		sync_fast_send_changes(p, 0);
 		return;
 	}
-	/* a round's requests go only once out of pipeline mode (sync.h) */
-	if (p->pipe == PIPE_HELD && (round_active(p) || should_start_round(p, now)))
+	/*
+	 * A round's requests go only once out of pipeline mode (sync.h).  Asked
+	 * once: a sync_now() elsewhere may make a round due at any moment.
+	 */
+	start_round = !round_active(p) && should_start_round(p, now);
+	if (p->pipe == PIPE_HELD && (round_active(p) || start_round))
 		return;
-	if (!round_active(p) && should_start_round(p, now))
+	if (start_round)
 		antientropy_start_round(p);
 	if (round_active(p))
 	{

@@ -175,8 +175,10 @@ typedef struct AETable
  * the poke or, once the answer is in, a late one.  The answer is handed
  * on as soon as it is in (the request is then over), and its Sync is held
  * back until the next request is chosen: if that is the next long poll,
- * the Sync and the poll go in one write, still in pipeline mode (the peer
- * is woken once for both, not once for the Sync and again for the poll);
+ * the Sync and the poll are sent back to back, still in pipeline mode
+ * (libpq 15's PQpipelineSync() flushes, so they are two sends, but
+ * microseconds apart: the peer usually reads both at one wake-up, where
+ * it woke for the Sync and again for the poll sent after ReadyForQuery);
  * otherwise the Sync goes alone, and no request is sent until its
  * ReadyForQuery (PGRES_PIPELINE_SYNC) has arrived and the connection has
  * left pipeline mode, within registry.query_timeout.  A held Sync never

@@ -541,6 +541,10 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 	int			ok;
 	const char *stmt = NULL;
 
+	/* only a long poll may follow a long poll in pipeline mode (sync.h) */
+	if (p->pipe != PIPE_NONE && !(kind == Q_CHANGES && p->pipe == PIPE_HELD))
+		elog(ERROR, "registry: request %d to peer \"%s\" sent while a long poll is in pipeline mode (%d)",
+			 (int) kind, p->name, (int) p->pipe);
 	if (kind == Q_SETUP)
 	{
 		sql = pull_uncompressed(p) ?
@@ -551,7 +555,8 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 	{
 		/*
 		 * A long poll: pipelined, so that a poke can end it; after the
-		 * previous poll's answer, with that poll's held Sync (sync.h).
+		 * previous poll's answer, right behind that poll's held Sync
+		 * (which PQpipelineSync() sends at once: sync.h).
 		 */
 		stmt = prepared_name(kind, sql);
 		if (p->pipe == PIPE_HELD)

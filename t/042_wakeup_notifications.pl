@@ -6,8 +6,8 @@
 # publishes it, and every NOTIFY on the peer (its notifier sends one per
 # batch of commits) signalled each listening session there, which then
 # passed the notification on and woke the puller too, for nothing.  And
-# a long poll's Sync goes in one write with the next poll (sync.h), so
-# that the serving session reads both at one wake-up.
+# a long poll's Sync is sent right before the next poll (sync.h), so
+# that the serving session usually reads both at one wake-up.
 #
 # wn_a makes 100 single-row commits, 20 ms apart, each of which reaches
 # wn_b through its long poll at wn_a.  Counted: the voluntary context
