@@ -365,7 +365,7 @@ registry_replicate(PG_FUNCTION_ARGS)
 	/* a new tid: no tombstones, and nobody writes one before we commit */
 	digest_tombstones_none(t->slot, t->tid);
 	capture_stamp_existing(t);
-	(void) row_keys_build(t);
+	(void) row_keys_build(t, false, NULL);
 	SPI_finish();
 
 	PG_RETURN_BOOL(true);
@@ -491,15 +491,21 @@ registration_restore_khash(Oid relid, const char *why_here)
 	char	   *name = pstrdup(t->qualname);
 	TimestampTz start = GetCurrentTimestamp();
 	int64		n;
+	bool		rebuilt;
 
-	/* row_keys_build() locks the table against writers */
-	n = row_keys_build(t);
+	/*
+	 * row_keys_build() locks the table against writers; the "registry
+	 * keys" worker (why_here NULL) may also rebuild the index, which makes
+	 * every registry writer wait meanwhile.
+	 */
+	n = row_keys_build(t, why_here == NULL, &rebuilt);
 	registration_change(relid, NULL, "khash_deferred = false");
 	ereport(LOG,
 			(errmsg("registry: listed the keys of %s in registry.row_keys after a whole-table pull",
 					name),
-			 errdetail("%lld keys in %ld ms%s%s.", (long long) n,
+			 errdetail("%lld keys in %ld ms%s%s%s.", (long long) n,
 					   (long) TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()),
+					   rebuilt ? ", index rebuilt" : "",
 					   why_here ? ", " : "", why_here ? why_here : "")));
 }
 
@@ -531,7 +537,7 @@ adopt_restored_table(Oid relid)
 	t->slot = regtable_slot(t->tid, relid);
 	publish_adopt_table(t);
 	/* registry.row_keys is not dumped: it is derived from the rows */
-	(void) row_keys_build(t);
+	(void) row_keys_build(t, false, NULL);
 	ereport(LOG,
 			(errmsg("registry: took up registry table %s, restored from a dump",
 					t->qualname)));

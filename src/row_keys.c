@@ -17,7 +17,8 @@
  * A whole-table pull into an empty table writes no entries while it runs
  * (replicated_tables.khash_deferred); they are built in one pass when it
  * ends (row_keys_build), as on registration and when a restored table is
- * taken up.
+ * taken up.  After a pull, when the new entries are a good part of the
+ * table, the index is rebuilt instead of added to (rebuild_worthwhile).
  *
  *-------------------------------------------------------------------------
  */
@@ -30,9 +31,11 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/index.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -48,6 +51,12 @@
 
 /* entries handed to heap_multi_insert() at a time when building */
 #define BUILD_BATCH		1000
+
+/*
+ * A build of at least this many entries, where they would be at least a
+ * third of the table's, may rebuild the index instead (row_keys_build).
+ */
+#define REBUILD_MIN_KEYS	50000
 
 #define open_row_keys(rel, idx, mode) \
 	keyed_table_open(REGISTRY_REL_ROW_KEYS, REGISTRY_REL_ROW_KEYS_PKEY, \
@@ -255,7 +264,7 @@ sort_entries(KeyEntry *e, int64 n)
  * one heap WAL record per page of entries.
  */
 static void
-insert_sorted(int32 tid, KeyEntry *e, int64 n)
+insert_sorted(int32 tid, KeyEntry *e, int64 n, bool with_index)
 {
 	Relation	rel;
 	Relation	idx;
@@ -299,8 +308,9 @@ insert_sorted(int32 tid, KeyEntry *e, int64 n)
 		heap_multi_insert(rel, slots, nbuf, cid, 0, bistate);
 		for (j = 0; j < nbuf; j++)
 		{
-			index_insert(idx, vals[j], nulls, &slots[j]->tts_tid, rel,
-						 UNIQUE_CHECK_NO, false, ii);
+			if (with_index)
+				index_insert(idx, vals[j], nulls, &slots[j]->tts_tid, rel,
+							 UNIQUE_CHECK_NO, false, ii);
 			pfree(DatumGetPointer(vals[j][2]));
 		}
 	}
@@ -311,13 +321,53 @@ insert_sorted(int32 tid, KeyEntry *e, int64 n)
 }
 
 /*
+ * Whether n new entries (e) are worth rebuilding registry.row_keys' index
+ * for, rather than adding each to it: a million entries added one by one
+ * cost about two seconds, most of it the index (a descent, a WAL record
+ * and page splits per entry); sorted and written page by page, as CREATE
+ * INDEX does, a fraction of that.  But the rebuild sorts every entry of
+ * every table, so it pays only when the new ones are a good part of them
+ * (a node that has just pulled a large table whole, the usual case):
+ * here, when the table's pages, dead entries included, would hold at
+ * most twice as many as the new ones take.
+ */
+static bool
+rebuild_worthwhile(KeyEntry *e, int64 n)
+{
+	Relation	rel;
+	double		ours = 0;
+	double		theirs;
+	int64		i;
+
+	if (n < REBUILD_MIN_KEYS)
+		return false;
+	for (i = 0; i < n; i++)
+		ours += MAXALIGN(SizeofHeapTupleHeader + 2 * sizeof(int32) +
+						 VARHDRSZ_SHORT + strlen(e[i].key)) + sizeof(ItemIdData);
+	rel = table_open(registry_own_relid(REGISTRY_REL_ROW_KEYS), AccessShareLock);
+	theirs = (double) RelationGetNumberOfBlocks(rel) * BLCKSZ;
+	table_close(rel, AccessShareLock);
+	return theirs <= 2 * ours;
+}
+
+/*
  * Make t's entries those of its rows: on registration, after a
  * whole-table pull, when a restored table is taken up.  Locks the table
  * against writers (as CREATE INDEX would) until the transaction ends;
  * the entries are inserted in index order.  Returns how many there are.
+ *
+ * may_rebuild_index: the caller (the "registry keys" worker) holds no
+ * registry.row_keys scan open and may wait for every registry writer:
+ * when worthwhile (rebuild_worthwhile), the entries are written to the
+ * table alone and its index is rebuilt, under a lock that makes every
+ * other writer of registry.row_keys (an INSERT or DELETE of a key in any
+ * registry table) and every bucket read wait meanwhile, about half a
+ * second per million entries (*rebuilt is then set).  The lock is taken
+ * before any entry is written and conflicts with itself, so two such
+ * builds cannot wait for each other.
  */
 int64
-row_keys_build(RegTable *t)
+row_keys_build(RegTable *t, bool may_rebuild_index, bool *rebuilt)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
 											  "registry row keys",
@@ -325,9 +375,9 @@ row_keys_build(RegTable *t)
 	MemoryContext old;
 	KeyCollect	kc;
 	Snapshot	snap;
+	bool		rebuild;
 
 	LockRelationOid(t->relid, ShareLock);
-	row_keys_clear(t->tid);
 
 	old = MemoryContextSwitchTo(cxt);
 	kc.cxt = cxt;
@@ -339,10 +389,25 @@ row_keys_build(RegTable *t)
 	UnregisterSnapshot(snap);
 	sort_entries(kc.e, kc.n);
 
-	insert_sorted(t->tid, kc.e, kc.n);
+	rebuild = may_rebuild_index && rebuild_worthwhile(kc.e, kc.n);
+	if (rebuild)
+		LockRelationOid(registry_own_relid(REGISTRY_REL_ROW_KEYS),
+						ShareRowExclusiveLock);
+	row_keys_clear(t->tid);
+	insert_sorted(t->tid, kc.e, kc.n, !rebuild);
+	if (rebuild)
+	{
+		ReindexParams params = {0};
+
+		CommandCounterIncrement();
+		reindex_index(registry_own_relid(REGISTRY_REL_ROW_KEYS_PKEY), false,
+					  RELPERSISTENCE_PERMANENT, &params);
+	}
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	CommandCounterIncrement();
+	if (rebuilt)
+		*rebuilt = rebuild;
 	return kc.n;
 }
 

@@ -20,7 +20,7 @@
 extern void row_keys_add(int32 tid, uint32 khash, const char *key);
 extern void row_keys_remove(int32 tid, uint32 khash, const char *key);
 extern void row_keys_clear(int32 tid);
-extern int64 row_keys_build(RegTable *t);
+extern int64 row_keys_build(RegTable *t, bool may_rebuild_index, bool *rebuilt);
 extern void row_keys_scan_begin(KeyRangeScan *ks, int32 tid, uint32 lo,
 								uint32 hi, Snapshot snap);
 extern bool row_keys_scan_next(KeyRangeScan *ks, uint32 *khash, char **key);

@@ -117,6 +117,27 @@ wait_ready($nb);
 ok(poll_until(sub { keys_listed($nb, 'kv') eq 't' }),
 	'the sync worker lists the keys again');
 
+# a large table pulled whole, whose keys would be most of
+# registry.row_keys: the "registry keys" worker writes them to the table
+# alone and rebuilds its index (sorted, page by page, as CREATE INDEX
+# does) instead of adding them one by one; every table's keys are still
+# found through the index
+create_table([ $na, $nb ], 'wide', 'CREATE TABLE wide (id int PRIMARY KEY, val text)');
+sql($na, q{INSERT INTO wide SELECT g, 'w' || g FROM generate_series(1, 60000) g});
+$b_log_start = -s $nb->logfile;
+sql($nb, q{SELECT registry.sync_now('fp_a', '120s')});
+is(sql($nb, q{SELECT count(*) FROM wide}), '60000', 'a 60000-row table is pulled whole');
+ok(poll_until(sub { keys_listed($nb, 'wide') eq 't' }), 'its keys are listed');
+like(slurp_file($nb->logfile, $b_log_start),
+	qr/registry keys: LOG:  registry: listed the keys of public\.wide in registry\.row_keys after a whole-table pull\n[^\n]*DETAIL:  60000 keys in \d+ ms, index rebuilt\./,
+	'... by the "registry keys" worker, rebuilding the index, said in the log');
+is(sql($nb, q{SET enable_seqscan = off; SET enable_bitmapscan = off;
+	SELECT count(*) FROM registry.row_keys k JOIN registry.replicated_tables r USING (tid)
+	WHERE r.relid = 'wide'::regclass AND k.khash BETWEEN -2147483648 AND 2147483647}),
+	'60000', "the rebuilt index finds every one of wide's keys");
+is(keys_listed($nb, 'kv'), 't', "kv's keys are all still listed");
+check_verify([ $na, $nb ], 'after the index rebuild');
+
 # a source that dies in the middle of a pull: the rows applied so far
 # stay, the keys are listed at once, and the pull is taken up again (not
 # into an empty table: keys listed as rows arrive) when it is back
