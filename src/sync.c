@@ -433,7 +433,6 @@ static void
 next_request(Peer *p, TimestampTz now, long *timeout)
 {
 	long		wait;
-	bool		start_round;
 
 	/* after an error answer, the setup waits too: it may fail again */
 	if (now < p->quiet_until)
@@ -451,14 +450,7 @@ next_request(Peer *p, TimestampTz now, long *timeout)
 		sync_fast_send_changes(p, 0);
 		return;
 	}
-	/*
-	 * A round's requests go only once out of pipeline mode (sync.h).  Asked
-	 * once: a sync_now() elsewhere may make a round due at any moment.
-	 */
-	start_round = !round_active(p) && should_start_round(p, now);
-	if (p->pipe == PIPE_HELD && (round_active(p) || start_round))
-		return;
-	if (start_round)
+	if (!round_active(p) && should_start_round(p, now))
 		antientropy_start_round(p);
 	if (round_active(p))
 	{
@@ -574,7 +566,7 @@ step(Peer *p, TimestampTz now, long *timeout)
 	if (p->conn == NULL)
 		return;
 	/* a request in flight, or a long poll's Sync whose end is due (sync.h) */
-	if (p->inflight != Q_NONE || (p->pipe != PIPE_NONE && p->pipe != PIPE_HELD))
+	if (p->inflight != Q_NONE || p->pipe != PIPE_NONE)
 	{
 		/*
 		 * A round asked for (sync_now(), resync()) while the peer holds a
@@ -599,8 +591,6 @@ step(Peer *p, TimestampTz now, long *timeout)
 		return;
 	}
 	next_request(p, now, timeout);
-	/* a Sync held for a long poll that did not follow goes alone (sync.h) */
-	sync_conn_release(p);
 }
 
 /*

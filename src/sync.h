@@ -173,24 +173,23 @@ typedef struct AETable
  * it: a Sync sent meanwhile (a "poke", when sync_now() wants a round)
  * ends the peer's wait at once.  Exactly one Sync follows each long poll,
  * the poke or, once the answer is in, a late one.  The answer is handed
- * on as soon as it is in (the request is then over), and its Sync is held
- * back until the next request is chosen: if that is the next long poll,
- * the Sync and the poll are sent back to back, still in pipeline mode
- * (libpq 15's PQpipelineSync() flushes, so they are two sends, but
- * microseconds apart: the peer usually reads both at one wake-up, where
- * it woke for the Sync and again for the poll sent after ReadyForQuery);
- * otherwise the Sync goes alone, and no request is sent until its
- * ReadyForQuery (PGRES_PIPELINE_SYNC) has arrived and the connection has
- * left pipeline mode, within registry.query_timeout.  A held Sync never
- * outlives the pass of the loop that handed the answer on.
+ * on as soon as it is in (the request is then over); no request is sent
+ * until the Sync's ReadyForQuery (PGRES_PIPELINE_SYNC) has arrived and
+ * the connection has left pipeline mode, within registry.query_timeout.
+ *
+ * The Sync goes as soon as the answer is in, before the answer is
+ * applied: it ends the peer's transaction, and with it the locks that
+ * transaction took on the tables it read.  Held back until after the
+ * apply (to go with the next poll, which saved the peer's session a
+ * wake-up per change), it made two nodes pulling from each other wait
+ * for each other forever: each apply queued behind a local TRUNCATE,
+ * which waited for the lock the other node's held transaction kept.
  */
 typedef enum LongPollPipe
 {
 	PIPE_NONE,					/* not in pipeline mode */
 	PIPE_RESULT,				/* the long poll's answer is awaited */
 	PIPE_RESULT_POKED,			/* ... and its Sync was sent early */
-	PIPE_HELD,					/* the answer was handed on; its Sync is
-								 * not sent yet */
 	PIPE_SYNC					/* the answer was handed on; its Sync's end
 								 * is awaited before the next request */
 } LongPollPipe;
@@ -226,8 +225,6 @@ typedef struct Peer
 	TimestampTz query_started;
 	int			query_wait_ms;	/* the peer may hold this request so long */
 	LongPollPipe pipe;			/* a long poll's state in pipeline mode */
-	bool		sync_due;		/* the previous poll's Sync's end comes
-								 * before this poll's answer */
 	TimestampTz quiet_until;	/* after a failed request: no new one before */
 	AETable    *inflight_table;
 
@@ -290,7 +287,6 @@ extern void sync_conn_drive(Peer *p);
 extern void sync_conn_send(Peer *p, QueryKind kind, const char *sql,
 						   int nparams, const char *const *params);
 extern void sync_conn_poke(Peer *p);
-extern void sync_conn_release(Peer *p);
 extern void sync_conn_service(Peer *p, SyncAnswerFn on_page,
 							  SyncAnswerFn on_result);
 extern char *sync_conn_answer_bytes(Peer *p, PGresult *res,

@@ -307,7 +307,6 @@ sync_conn_disconnect(Peer *p, const char *why)
 	p->name_warned = false;
 	p->inflight = Q_NONE;
 	p->pipe = PIPE_NONE;
-	p->sync_due = false;
 	if (p->roundcxt)
 		MemoryContextReset(p->roundcxt);
 	p->tables = NULL;
@@ -541,8 +540,8 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 	int			ok;
 	const char *stmt = NULL;
 
-	/* only a long poll may follow a long poll in pipeline mode (sync.h) */
-	if (p->pipe != PIPE_NONE && !(kind == Q_CHANGES && p->pipe == PIPE_HELD))
+	/* no request goes before a long poll's Sync's end (sync.h) */
+	if (p->pipe != PIPE_NONE)
 		elog(ERROR, "registry: request %d to peer \"%s\" sent while a long poll is in pipeline mode (%d)",
 			 (int) kind, p->name, (int) p->pipe);
 	if (kind == Q_SETUP)
@@ -551,22 +550,11 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 			SETUP_SQL "; SET registry.compress_threshold = -1" : SETUP_SQL;
 		ok = PQsendQuery(p->conn, sql);
 	}
-	else if (kind == Q_CHANGES && (p->query_wait_ms > 0 || p->pipe == PIPE_HELD))
+	else if (kind == Q_CHANGES && p->query_wait_ms > 0)
 	{
-		/*
-		 * A long poll: pipelined, so that a poke can end it; after the
-		 * previous poll's answer, right behind that poll's held Sync
-		 * (which PQpipelineSync() sends at once: sync.h).
-		 */
+		/* a long poll: pipelined, so that a poke can end it (sync.h) */
 		stmt = prepared_name(kind, sql);
-		if (p->pipe == PIPE_HELD)
-		{
-			ok = PQpipelineSync(p->conn);
-			p->sync_due = true;
-		}
-		else
-			ok = PQenterPipelineMode(p->conn);
-		ok = ok &&
+		ok = PQenterPipelineMode(p->conn) &&
 			PQsendQueryPrepared(p->conn, stmt, nparams, params, NULL, NULL, 1) &&
 			PQsendFlushRequest(p->conn);
 		p->pipe = PIPE_RESULT;
@@ -612,22 +600,6 @@ sync_conn_poke(Peer *p)
 		return;
 	if (send_sync(p))
 		p->pipe = PIPE_RESULT_POKED;
-}
-
-/*
- * The next request is not a long poll (or none is due): a held Sync goes
- * alone now (sync.h).
- */
-void
-sync_conn_release(Peer *p)
-{
-	if (p->conn == NULL || p->pipe != PIPE_HELD)
-		return;
-	if (!send_sync(p))
-		return;
-	p->pipe = PIPE_SYNC;
-	p->query_started = GetCurrentTimestamp();
-	p->query_wait_ms = 0;
 }
 
 /*
@@ -866,29 +838,6 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 	{
 		PGresult   *res = PQgetResult(p->conn);
 
-		if (p->sync_due)
-		{
-			/*
-			 * The previous long poll's Sync went with this one: its end
-			 * comes first, and nothing else may.
-			 */
-			if (res == NULL)
-				break;			/* not in yet */
-			if (PQresultStatus(res) != PGRES_PIPELINE_SYNC)
-			{
-				char		why[160];
-
-				snprintf(why, sizeof(why),
-						 "protocol violation: %s where the end of the previous long poll was due",
-						 PQresStatus(PQresultStatus(res)));
-				PQclear(res);
-				sync_conn_disconnect(p, why);
-				return;
-			}
-			PQclear(res);
-			p->sync_due = false;
-			continue;
-		}
 		if (p->pipe == PIPE_SYNC)
 		{
 			/*
@@ -920,19 +869,15 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 		if (p->pipe != PIPE_NONE && res == NULL)
 		{
 			/*
-			 * A long poll's answer is in (sync.h), and is handed on at
-			 * once, below.  Its Sync is held back for the next request,
-			 * unless the poke sent it: then no request is sent before the
-			 * Sync's end has arrived.
+			 * A long poll's answer is in (sync.h): its Sync goes now, unless
+			 * the poke sent it, and the answer is handed on at once, below;
+			 * no request is sent before the Sync's end has arrived.
 			 */
-			if (p->pipe == PIPE_RESULT)
-				p->pipe = PIPE_HELD;
-			else
-			{
-				p->pipe = PIPE_SYNC;
-				p->query_started = GetCurrentTimestamp();
-				p->query_wait_ms = 0;
-			}
+			if (p->pipe == PIPE_RESULT && !send_sync(p))
+				return;
+			p->pipe = PIPE_SYNC;
+			p->query_started = GetCurrentTimestamp();
+			p->query_wait_ms = 0;
 		}
 		else if (p->pipe != PIPE_NONE && PQresultStatus(res) == PGRES_PIPELINE_SYNC)
 		{

@@ -5,18 +5,17 @@
 # connections: the long poll brings each change as soon as the peer
 # publishes it, and every NOTIFY on the peer (its notifier sends one per
 # batch of commits) signalled each listening session there, which then
-# passed the notification on and woke the puller too, for nothing.  And
-# a long poll's Sync is sent right before the next poll (sync.h), so
-# that the serving session usually reads both at one wake-up.
+# passed the notification on and woke the puller too, for nothing.
 #
 # wn_a makes 100 single-row commits, 20 ms apart, each of which reaches
 # wn_b through its long poll at wn_a.  Counted: the voluntary context
 # switches of wn_a's backend serving wn_b's requests (Linux /proc), and
 # the change-log answers wn_b handled from wn_a
 # (registry.peer_status.fast_batches).  Per commit that backend sleeps
-# twice: after sending the answer, and after starting the next wait.
-# With the LISTEN it also woke for each NOTIFY, and with the Sync sent
-# alone once more for the next poll: 3.4-4 switches per commit.
+# two or three times: after sending the answer, after the Sync's
+# ReadyForQuery, and after starting the next wait (the Sync and the next
+# poll often arrive together).  With the LISTEN it also woke for each
+# NOTIFY: 3.4-4 switches per commit.
 use strict;
 use warnings;
 use lib 't';
