@@ -208,6 +208,16 @@ apply_batch_once(ApplyBatch *b, ApplyBatchStats *s)
 	s->applied = s->skipped = s->refused_skew = s->refused_purged = 0;
 	cxt = apply_batch_xact_begin();
 	nest = apply_begin();
+
+	/*
+	 * The table's own lock is waited for within registry.query_timeout
+	 * too: a local session holding it (LOCK TABLE, a TRUNCATE queued
+	 * behind a peer's open transaction) must not hold the worker, and
+	 * every peer and table with it, for as long as it likes.
+	 */
+	snprintf(timeout, sizeof(timeout), "%d", registry_query_timeout_ms);
+	(void) set_config_option("lock_timeout", timeout, PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	t = regtable_by_name(b->table->name, true);
 	if (t == NULL)
 		ereport(ERROR,
