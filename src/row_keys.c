@@ -328,13 +328,15 @@ insert_sorted(int32 tid, KeyEntry *e, int64 n, bool with_index)
  * INDEX does, a fraction of that.  But the rebuild sorts every entry of
  * every table, so it pays only when the new ones are a good part of them
  * (a node that has just pulled a large table whole, the usual case):
- * here, when the table's pages, dead entries included, would hold at
- * most twice as many as the new ones take.
+ * here, when the index's pages, dead entries included (as after an
+ * unregistration, until vacuumed), would hold at most twice as many as
+ * the new ones take.  The index, not the table: a rebuild leaves it
+ * compact, and the table's dead entries cost the rebuild little.
  */
 static bool
 rebuild_worthwhile(KeyEntry *e, int64 n)
 {
-	Relation	rel;
+	Relation	idx;
 	double		ours = 0;
 	double		theirs;
 	int64		i;
@@ -342,11 +344,11 @@ rebuild_worthwhile(KeyEntry *e, int64 n)
 	if (n < REBUILD_MIN_KEYS)
 		return false;
 	for (i = 0; i < n; i++)
-		ours += MAXALIGN(SizeofHeapTupleHeader + 2 * sizeof(int32) +
+		ours += MAXALIGN(sizeof(IndexTupleData) + 2 * sizeof(int32) +
 						 VARHDRSZ_SHORT + strlen(e[i].key)) + sizeof(ItemIdData);
-	rel = table_open(registry_own_relid(REGISTRY_REL_ROW_KEYS), AccessShareLock);
-	theirs = (double) RelationGetNumberOfBlocks(rel) * BLCKSZ;
-	table_close(rel, AccessShareLock);
+	idx = index_open(registry_own_relid(REGISTRY_REL_ROW_KEYS_PKEY), AccessShareLock);
+	theirs = (double) RelationGetNumberOfBlocks(idx) * BLCKSZ;
+	index_close(idx, AccessShareLock);
 	return theirs <= 2 * ours;
 }
 
