@@ -163,6 +163,8 @@ row_keys_clear(int32 tid)
 typedef struct KeyEntry
 {
 	uint32		khash;
+	int			len;			/* of key: sorted, the keys are read in an
+								 * order unrelated to where they lie */
 	char	   *key;
 } KeyEntry;
 
@@ -178,13 +180,15 @@ static void
 collect_key(void *arg, const char *key, VersionState *st)
 {
 	KeyCollect *kc = arg;
+	int			len = strlen(key);
 
 	if (kc->n >= kc->max)
 	{
 		kc->max *= 2;
 		kc->e = repalloc_huge(kc->e, sizeof(KeyEntry) * kc->max);
 	}
-	kc->e[kc->n].khash = keys_hash(key, strlen(key));
+	kc->e[kc->n].khash = keys_hash(key, len);
+	kc->e[kc->n].len = len;
 	kc->e[kc->n].key = MemoryContextStrdup(kc->cxt, key);
 	kc->n++;
 }
@@ -298,7 +302,8 @@ insert_sorted(int32 tid, KeyEntry *e, int64 n, bool with_index)
 
 			vals[j][0] = Int32GetDatum(tid);
 			vals[j][1] = Int32GetDatum(khash_to_int4(e[i + j].khash));
-			vals[j][2] = CStringGetTextDatum(e[i + j].key);
+			vals[j][2] = PointerGetDatum(cstring_to_text_with_len(e[i + j].key,
+																  e[i + j].len));
 			ExecClearTuple(sl);
 			memcpy(sl->tts_values, vals[j], sizeof(vals[j]));
 			memcpy(sl->tts_isnull, nulls, sizeof(nulls));
@@ -345,7 +350,7 @@ rebuild_worthwhile(KeyEntry *e, int64 n)
 		return false;
 	for (i = 0; i < n; i++)
 		ours += MAXALIGN(sizeof(IndexTupleData) + 2 * sizeof(int32) +
-						 VARHDRSZ_SHORT + strlen(e[i].key)) + sizeof(ItemIdData);
+						 VARHDRSZ_SHORT + e[i].len) + sizeof(ItemIdData);
 	idx = index_open(registry_own_relid(REGISTRY_REL_ROW_KEYS_PKEY), AccessShareLock);
 	theirs = (double) RelationGetNumberOfBlocks(idx) * BLCKSZ;
 	index_close(idx, AccessShareLock);
