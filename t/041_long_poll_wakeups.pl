@@ -32,24 +32,18 @@ sql($na, q{INSERT INTO kv VALUES (1, 'start')});
 ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'start' }),
 	'the first change arrives');
 
-my $pid = sql($nb, q{SELECT pid FROM pg_stat_activity
-  WHERE application_name = 'registry sync wk_a' AND backend_type = 'client backend'});
+my $pid = serving_pid($nb, 'wk_a');
 ok($pid =~ /^\d+$/, "wk_b's backend serving wk_a's requests ($pid)");
 
-sub switches
-{
-	my $status = slurp_file("/proc/$pid/status");
-	return $status =~ /^voluntary_ctxt_switches:\s+(\d+)/m ? $1 : die 'no count';
-}
 
 my $applied0 = sql($nb, q{SELECT rows_applied FROM registry.peer_status WHERE peer = 'wk_a'});
-my $before = switches();
+my $before = voluntary_switches($pid);
 spaced_commits($na, 200, 0.01);
 ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'v200' }),
 	'the 200 changes arrive');
 my $applied = sql($nb, q{SELECT rows_applied FROM registry.peer_status WHERE peer = 'wk_a'})
   - $applied0;
-my $woken = switches() - $before;
+my $woken = voluntary_switches($pid) - $before;
 note("wk_b applied $applied rows; wk_a's long poll there was woken $woken times");
 ok($applied >= 100, "wk_b applied the changes in many transactions ($applied rows)");
 ok($woken < 60, "wk_a's long poll at wk_b slept through them ($woken wake-ups)");

@@ -37,23 +37,17 @@ ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'start' }),
 ok(poll_until(sub { sql($na, q{SELECT notified_seq = last_seq FROM registry.node}) eq 't' }),
 	"wn_a's notifier has caught up");
 
-my $pid = sql($na, q{SELECT pid FROM pg_stat_activity
-  WHERE application_name = 'registry sync wn_b' AND backend_type = 'client backend'});
+my $pid = serving_pid($na, 'wn_b');
 ok($pid =~ /^\d+$/, "wn_a's backend serving wn_b's requests ($pid)");
 
-sub switches
-{
-	my $status = slurp_file("/proc/$pid/status");
-	return $status =~ /^voluntary_ctxt_switches:\s+(\d+)/m ? $1 : die 'no count';
-}
 
 sleep(1);
 my $answers0 = peer_status($nb, 'wn_a', 'fast_batches');
-my $switches0 = switches();
+my $switches0 = voluntary_switches($pid);
 spaced_commits($na, 100, 0.02);
 ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'v100' }),
 	'the 100 changes arrive');
-my $switches = switches() - $switches0;
+my $switches = voluntary_switches($pid) - $switches0;
 my $answers = peer_status($nb, 'wn_a', 'fast_batches') - $answers0;
 note("wn_b handled $answers change-log answers from wn_a for 100 commits; "
 	  . "the serving backend slept $switches times");

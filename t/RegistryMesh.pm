@@ -15,7 +15,7 @@ our @EXPORT = qw(
   new_node start_registry wait_ready sql add_peer full_mesh
   create_table table_rows table_state versions_state
   wait_converged sync_until check_verify peer_status poll_until
-  quote_literal spaced_commits
+  quote_literal spaced_commits serving_pid voluntary_switches
 );
 
 # SQL string literal
@@ -254,6 +254,26 @@ sub sync_until
 			sync_round($nodes);
 			return $cond->();
 		});
+}
+
+# The pid of the backend on $node serving the requests of peer node
+# $peer's sync worker (its application_name).
+sub serving_pid
+{
+	my ($node, $peer) = @_;
+	return sql($node,
+		"SELECT pid FROM pg_stat_activity WHERE application_name = "
+		  . quote_literal("registry sync $peer")
+		  . " AND backend_type = 'client backend'");
+}
+
+# How often a process has slept so far (Linux /proc): its voluntary
+# context switches.
+sub voluntary_switches
+{
+	my ($pid) = @_;
+	my $status = PostgreSQL::Test::Utils::slurp_file("/proc/$pid/status");
+	return $status =~ /^voluntary_ctxt_switches:\s+(\d+)/m ? $1 : die "no count for $pid";
 }
 
 1;
