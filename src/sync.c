@@ -114,8 +114,7 @@ static uint64 seen_peers_changed = 0;
 typedef struct WaitSocket
 {
 	Peer	   *peer;
-	PGconn	   *conn;
-	uint32		conn_gen;
+	uint32		conn_gen;		/* p->conn_gen: a new one means a new socket */
 	pgsocket	sock;
 	uint32		events;
 	int			pos;			/* in wait_set */
@@ -803,14 +802,12 @@ wait_set_prepare(void)
 		if (ev == 0)
 			continue;
 		w->peer = p;
-		w->conn = p->conn;
 		w->conn_gen = p->conn_gen;
 		w->sock = PQsocket(p->conn);
 		w->events = ev;
 		if (p->state == CONN_CONNECTING ||
 			nwant >= wait_nsockets ||
 			wait_sockets[nwant].peer != p ||
-			wait_sockets[nwant].conn != w->conn ||
 			wait_sockets[nwant].conn_gen != w->conn_gen ||
 			wait_sockets[nwant].sock != w->sock)
 			rebuild = true;
