@@ -210,8 +210,8 @@ apply_batch_once(ApplyBatch *b, ApplyBatchStats *s)
 	nest = apply_begin();
 
 	/*
-	 * The table's own lock is waited for within registry.query_timeout
-	 * too: a local session holding it (LOCK TABLE, a TRUNCATE queued
+	 * Every lock wait of the batch, the table's own lock first, within
+	 * registry.query_timeout: a local session holding it (LOCK TABLE, a TRUNCATE queued
 	 * behind a peer's open transaction) must not hold the worker, and
 	 * every peer and table with it, for as long as it likes.
 	 */
@@ -231,14 +231,11 @@ apply_batch_once(ApplyBatch *b, ApplyBatchStats *s)
 	}
 	/*
 	 * From here on user code may run: as the table's owner, and within
-	 * registry.query_timeout (one statement, one lock wait), so that a
-	 * trigger that sleeps or waits cannot hold the worker, and every peer
-	 * with it.
+	 * registry.query_timeout (one statement; each lock wait, by the
+	 * lock_timeout set above), so that a trigger that sleeps or waits
+	 * cannot hold the worker, and every peer with it.
 	 */
 	apply_as_owner_begin(t, &identity);
-	snprintf(timeout, sizeof(timeout), "%d", registry_query_timeout_ms);
-	(void) set_config_option("lock_timeout", timeout, PGC_SUSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 	enable_timeout_after(STATEMENT_TIMEOUT, registry_query_timeout_ms);
 	if (b->table->ncols > 0)
 		ac = cached_columns(t, b->table->ncols, b->table->colnames,
