@@ -31,6 +31,13 @@
  *	  (spinlock);
  *	- notify_wanted is atomic: the idle notifier sets it, the next commit
  *	  clears it and sets the notifier's latch;
+ *	- listeners is atomic: a session raises it (a full barrier) before its
+ *	  first LISTEN on a registry channel runs, and lowers it at exit; the
+ *	  notifier reads it (after a barrier) after copying changes from the
+ *	  ring (changelog_listeners);
+ *	- listen_from is atomic, only raised, and written under the change
+ *	  log's lock exclusive: by the session that raises listeners from 0,
+ *	  to last_seq; the notifier reads it after copying changes;
  *	- a long poll's wake-up filter (ChangeLogWaiter, one per process,
  *	  indexed by pgprocno) is written only by its own process, skip mask
  *	  first, then the atomic waiting flag (with a barrier); a committer
@@ -98,6 +105,21 @@ typedef struct ChangeLogShared
 
 	/* processes registered in ChangeLogWaiters now: none, no scan */
 	pg_atomic_uint32 nwaiters;
+
+	/*
+	 * Sessions that have run LISTEN registry_change or registry_wakeup and
+	 * not exited (an UNLISTEN does not lower it).  Never below the number
+	 * that can receive a notification: while it is 0 the notifier passes
+	 * changes over without a transaction and asks for no wake-ups.
+	 */
+	pg_atomic_uint32 listeners;
+
+	/*
+	 * The last seq published before the count last rose from 0: changes up
+	 * to it committed before any LISTEN counted now could commit, so no
+	 * listener needs them (changelog_listen_from).
+	 */
+	pg_atomic_uint64 listen_from;
 
 	/* notifier progress (notifier_mutex) */
 	slock_t		notifier_mutex;
@@ -204,6 +226,8 @@ changelog_shmem_init(LWLock *lock)
 	ConditionVariableInit(&ChangeLog->changes_cv);
 	pg_atomic_init_u32(&ChangeLog->notify_wanted, 1);
 	pg_atomic_init_u32(&ChangeLog->nwaiters, 0);
+	pg_atomic_init_u32(&ChangeLog->listeners, 0);
+	pg_atomic_init_u64(&ChangeLog->listen_from, 0);
 	SpinLockInit(&ChangeLog->notifier_mutex);
 }
 
@@ -620,7 +644,9 @@ changelog_notified(uint64 notified_seq, uint64 sent, uint64 lost,
 				   uint64 truncated)
 {
 	SpinLockAcquire(&ChangeLog->notifier_mutex);
-	ChangeLog->notified_seq = notified_seq;
+	/* only forward: a CREATE EXTENSION meanwhile may have moved it on */
+	if (notified_seq > ChangeLog->notified_seq)
+		ChangeLog->notified_seq = notified_seq;
 	ChangeLog->notifications_sent += sent;
 	ChangeLog->notifications_lost += lost;
 	ChangeLog->notifications_truncated += truncated;
@@ -635,4 +661,71 @@ void
 changelog_want_wakeup(bool want)
 {
 	(void) pg_atomic_exchange_u32(&ChangeLog->notify_wanted, want ? 1 : 0);
+}
+
+/* ---- sessions that may listen ---- */
+
+static bool listener_counted = false;
+
+static void
+listener_at_exit(int code, Datum arg)
+{
+	if (listener_counted && ChangeLog != NULL)
+	{
+		pg_atomic_fetch_sub_u32(&ChangeLog->listeners, 1);
+		listener_counted = false;
+	}
+}
+
+/*
+ * This session has queued a LISTEN on a registry channel (a
+ * ProcessUtility hook, notify.c), which takes effect when it commits:
+ * counted once, until it exits, and the notifier woken, which may be
+ * asleep without asking for wake-ups.  A change the notifier passes over
+ * for want of listeners was copied from the ring before it read the
+ * count, so before this rose: it committed before this LISTEN does, and
+ * the listener's own reads see it.  UNLISTEN (or a rollback of the
+ * LISTEN) keeps the count: a count too high costs notifications nobody
+ * reads, one too low would lose some.
+ *
+ * The first listener also records the last seq published before it
+ * counted (listen_from), under the lock, so that no change published
+ * after it can be covered: changes up to it are nobody's to be told of.
+ */
+void
+changelog_listener_arrived(void)
+{
+	if (listener_counted || ChangeLog == NULL)
+		return;
+	before_shmem_exit(listener_at_exit, (Datum) 0);
+	LWLockAcquire(ChangeLog->lock, LW_EXCLUSIVE);
+	listener_counted = true;
+	if (pg_atomic_fetch_add_u32(&ChangeLog->listeners, 1) == 0 &&
+		pg_atomic_read_u64(&ChangeLog->listen_from) < ChangeLog->last_seq)
+		pg_atomic_write_u64(&ChangeLog->listen_from, ChangeLog->last_seq);
+	LWLockRelease(ChangeLog->lock);
+	worker_set_latch(REG_WORKER_MAINTENANCE);
+}
+
+/*
+ * Changes up to this seq need no notification: they were published
+ * before the first of the present listeners counted.  The notifier reads
+ * it after copying changes from the ring, so that a first listener that
+ * counted meanwhile is not told of changes older than its LISTEN.
+ */
+uint64
+changelog_listen_from(void)
+{
+	return pg_atomic_read_u64(&ChangeLog->listen_from);
+}
+
+/*
+ * Sessions that may receive registry notifications now.  The notifier
+ * calls it after copying changes from the ring (see above).
+ */
+uint32
+changelog_listeners(void)
+{
+	pg_memory_barrier();
+	return pg_atomic_read_u32(&ChangeLog->listeners);
 }

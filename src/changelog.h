@@ -80,5 +80,8 @@ extern uint64 changelog_notified_seq(void);
 extern void changelog_notified(uint64 notified_seq, uint64 sent, uint64 lost,
 							   uint64 truncated);
 extern void changelog_want_wakeup(bool want);
+extern void changelog_listener_arrived(void);
+extern uint32 changelog_listeners(void);
+extern uint64 changelog_listen_from(void);
 
 #endif							/* REGISTRY_CHANGELOG_H */

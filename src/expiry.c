@@ -1499,7 +1499,8 @@ expiry_next_wait_ms(TimestampTz now)
 		return 0;
 	/*
 	 * Idle only while no table is ephemeral and none became so since: a
-	 * wake-up (set_lease's, or a commit's for the notifications) that
+	 * wake-up (set_lease's, a LISTEN's, or a commit's for the
+	 * notifications while somebody listens) that
 	 * came within the interval must not send the worker to sleep for the
 	 * idle pass.
 	 */

@@ -17,6 +17,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 
+#include "notify.h"
 #include "publish.h"
 #include "registry.h"
 #include "shmem.h"
@@ -68,6 +69,7 @@ _PG_init(void)
 	shmem_startup_hook = init_shmem_startup;
 
 	publish_init();
+	notify_install_hook();
 	worker_install_hooks();
 	worker_register_launcher();
 }

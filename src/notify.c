@@ -25,12 +25,27 @@
  * oldest open window, so that a restarted worker reads those changes
  * again from the ring.
  *
+ * Nobody may be listening: then nothing is sent.  A ProcessUtility hook
+ * (notify_utility) counts the sessions of registry.database that LISTEN
+ * on registry_change or registry_wakeup (changelog.c keeps the count,
+ * which only their exit lowers); while it is 0 the notifier passes the
+ * changes over as with registry.notifications off, without a
+ * transaction, and the maintenance worker asks committers for no wake-up
+ * (notify_listened): a NOTIFY transaction and a signal per commit on
+ * every node, for no reader.  The count is read after the changes are
+ * copied from the ring, so no change that commits after a LISTEN is
+ * passed over (changelog_listener_arrived); changes published before the
+ * first present listener counted are not sent (changelog_listen_from).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "commands/async.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -96,6 +111,18 @@ static int	nwindows = 0;
 static int	maxwindows = 0;
 static uint64 windows_epoch = 0;
 static uint64 read_seq = 0;
+
+static ProcessUtility_hook_type prev_utility_hook = NULL;
+
+/*
+ * Whether changes are notified now: notifications on, and some session
+ * may listen.  Asked after the changes are copied from the ring.
+ */
+static bool
+notifying(void)
+{
+	return registry_notifications && changelog_listeners() > 0;
+}
 
 typedef struct TableName
 {
@@ -254,6 +281,7 @@ notify_each(void)
 		uint64		lost = 0;
 		uint64		sent = 0;
 		uint64		truncated = 0;
+		uint64		from;
 		int			n = 0;
 		int			i;
 		List	   *names = NIL;
@@ -261,6 +289,12 @@ notify_each(void)
 
 		CHECK_FOR_INTERRUPTS();
 		notified = changelog_notified_seq();
+		if (changelog_listen_from() > notified)
+		{
+			/* older than every listener's LISTEN */
+			notified = changelog_listen_from();
+			changelog_notified(notified, 0, 0, 0);
+		}
 		n = changelog_read(notified, NOTIFY_BATCH, &copy, &first, &last, &ep);
 		snprintf(epoch, sizeof(epoch), UINT64_FORMAT, ep);
 		if (notified + 1 < first)
@@ -274,24 +308,28 @@ notify_each(void)
 			pfree(copy);
 			break;
 		}
-		if (!registry_notifications)
+		if (!notifying())
 		{
 			changelog_notified(notified + n, 0, 0, 0);
 			pfree(copy);
-			total += n;
 			continue;
 		}
 
+		/* a first listener may have counted since the look above */
+		from = changelog_listen_from();
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		worker_xact_started();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		if (lost > 0)
+		if (lost > 0 && first - 1 > from)
 			overflow_notify(epoch, lost, first);
 		for (i = 0; i < n; i++)
 		{
 			ChangeLogChange *e = &copy[i];
 			bool		trunc;
+
+			if (e->seq <= from)
+				continue;
 
 			Async_Notify("registry_change",
 						 change_payload(e, table_name(&names, e->tid),
@@ -651,12 +689,20 @@ notify_merged(void)
 		uint64		lost = 0;
 		uint64		sent = 0;
 		uint64		truncated = 0;
+		uint64		from;
 		int			n;
 		int			i;
 		char		epoch[32];
 
 		CHECK_FOR_INTERRUPTS();
 		after = nwindows > 0 ? read_seq : changelog_notified_seq();
+		if (changelog_listen_from() > after)
+		{
+			/* older than every listener's LISTEN: nobody's to be told of */
+			windows_discard();
+			after = read_seq = changelog_listen_from();
+			changelog_notified(after, 0, 0, 0);
+		}
 		n = changelog_read(after, NOTIFY_BATCH, &copy, &first, &last, &ep);
 		snprintf(epoch, sizeof(epoch), UINT64_FORMAT, ep);
 		if (nwindows > 0 && ep != windows_epoch)
@@ -667,7 +713,10 @@ notify_merged(void)
 			 * before the new epoch's first seq lost nothing.
 			 */
 			read_seq = first - 1;
-			windows_flush(true);
+			if (notifying())
+				windows_flush(true);
+			else
+				windows_discard();
 			after = first - 1;
 		}
 		else if (after + 1 < first)
@@ -681,16 +730,17 @@ notify_merged(void)
 			pfree(copy);
 			break;
 		}
-		if (!registry_notifications)
+		if (!notifying())
 		{
 			windows_discard();
 			read_seq = after + n;
 			changelog_notified(read_seq, 0, 0, 0);
 			pfree(copy);
-			total += n;
 			continue;
 		}
 
+		/* a first listener may have counted since the look above */
+		from = changelog_listen_from();
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		worker_xact_started();
@@ -698,13 +748,17 @@ notify_merged(void)
 		if (lost > 0)
 		{
 			windows_send(true, 0, &sent, &truncated);
-			overflow_notify(epoch, lost, first);
+			if (first - 1 > from)
+				overflow_notify(epoch, lost, first);
 		}
 		for (i = 0; i < n; i++)
 		{
 			ChangeLogChange *e = &copy[i];
-			NotifyWindow *w = window_find(e->tid);
+			NotifyWindow *w;
 
+			if (e->seq <= from)
+				continue;
+			w = window_find(e->tid);
 			if (w == NULL)
 				w = window_open(e, ep);
 			window_add(w, e, &scratch);
@@ -722,7 +776,7 @@ notify_merged(void)
 	}
 	pfree(scratch.data);
 
-	if (!registry_notifications)
+	if (!notifying())
 		windows_discard();
 	windows_flush(false);
 	return total;
@@ -731,8 +785,9 @@ notify_merged(void)
 /*
  * Send notifications for the changes published since the last call:
  * one per change, or merged per table (registry.notify_delay).  Returns
- * how many changes were read.  A delay set back to 0 sends the open
- * windows at once; the changes after them go out one by one again.
+ * how many changes were notified (none when they were passed over).  A
+ * delay set back to 0 sends the open windows at once; the changes after
+ * them go out one by one again.
  */
 uint64
 notify_pending(void)
@@ -741,7 +796,7 @@ notify_pending(void)
 		return notify_merged();
 	if (nwindows > 0)
 	{
-		if (registry_notifications)
+		if (notifying())
 			windows_flush(true);
 		else
 			windows_discard();
@@ -777,4 +832,57 @@ notify_next_wait_ms(TimestampTz now)
 	TimestampDifference(now, close, &secs, &us);
 	/* round up: waking before the close would find nothing due */
 	return secs * 1000 + (us + 999) / 1000;
+}
+
+/*
+ * Whether the notifier has readers: the maintenance worker asks commits
+ * for a wake-up only then (a LISTEN wakes it, changelog.c).
+ */
+bool
+notify_listened(void)
+{
+	return notifying();
+}
+
+/*
+ * Counts the sessions that LISTEN on a registry channel, once the LISTEN
+ * is queued and before it can commit (changelog_listener_arrived says why
+ * that is soon enough).  Any other statement passes straight through.
+ */
+static void
+notify_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+			   ProcessUtilityContext context, ParamListInfo params,
+			   QueryEnvironment *queryEnv, DestReceiver *dest,
+			   QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+	const char *channel = IsA(stmt, ListenStmt) ?
+		((ListenStmt *) stmt)->conditionname : NULL;
+
+	if (prev_utility_hook)
+		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
+						  queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+
+	/*
+	 * The LISTEN is queued (it takes effect at commit): counted only in
+	 * the database the notifier sends in, notifications being per
+	 * database.
+	 */
+	if (channel != NULL &&
+		(strcmp(channel, "registry_change") == 0 ||
+		 strcmp(channel, "registry_wakeup") == 0) &&
+		registry_database != NULL &&
+		get_database_oid(registry_database, true) == MyDatabaseId)
+		changelog_listener_arrived();
+}
+
+/* From _PG_init. */
+void
+notify_install_hook(void)
+{
+	prev_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = notify_utility;
 }

@@ -13,5 +13,7 @@
 
 extern uint64 notify_pending(void);
 extern long notify_next_wait_ms(TimestampTz now);
+extern bool notify_listened(void);
+extern void notify_install_hook(void);
 
 #endif							/* REGISTRY_NOTIFY_H */

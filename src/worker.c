@@ -420,7 +420,7 @@ registry_maintenance_main(Datum arg)
 		expiring = expiry_run(GetCurrentTimestamp());
 		if (expiring)
 			busy = notify_pending() > 0 || busy;
-		if (!busy)
+		if (!busy && notify_listened())
 		{
 			/*
 			 * Ask committers for a wake-up, then look once more: a commit
@@ -430,6 +430,15 @@ registry_maintenance_main(Datum arg)
 			busy = notify_pending() > 0;
 			if (busy)
 				changelog_want_wakeup(false);
+		}
+		else if (!busy)
+		{
+			/*
+			 * Nobody listens: no commit need signal this worker, which
+			 * passes their changes over when it wakes anyway.  The first
+			 * LISTEN sets its latch.
+			 */
+			changelog_want_wakeup(false);
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(loopcxt);

@@ -1,6 +1,9 @@
 # What one change costs the session that serves a peer's long poll, with
 # notifications on (the default).
 #
+# A session on wn_a LISTENs registry_change, so that its notifier sends
+# a NOTIFY for every commit here.
+#
 # The sync worker does not LISTEN registry_wakeup on its peer
 # connections: the long poll brings each change as soon as the peer
 # publishes it, and every NOTIFY on the peer (its notifier sends one per
@@ -33,7 +36,14 @@ add_peer($nb, $na);
 sql($na, q{INSERT INTO kv VALUES (1, 'start')});
 ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'start' }),
 	'the first change arrives');
-# the notification of that first commit has come and gone
+# notifications are sent only while somebody listens (t/044): a listener,
+# so that each commit below really sends its NOTIFY on wn_a
+my $listener = $na->background_psql('postgres');
+$listener->query_safe('LISTEN registry_change');
+sql($na, q{UPDATE kv SET val = 'listened' WHERE id = 1});
+ok(poll_until(sub { sql($nb, q{SELECT val FROM kv WHERE id = 1}) eq 'listened' }),
+	'the change after the LISTEN arrives');
+# the notification of that commit has come and gone
 ok(poll_until(sub { sql($na, q{SELECT notified_seq = last_seq FROM registry.node}) eq 't' }),
 	"wn_a's notifier has caught up");
 
@@ -60,6 +70,15 @@ is(sql($na, q{SELECT count(*) FROM pg_stat_activity
 	'1', 'still the same one session serving wn_b');
 is(sql($na, qq{SELECT count(*) FROM pg_stat_activity WHERE pid = $pid}), '1',
 	'the counted backend is still that session');
+my $notified = 0;
+poll_until(
+	sub {
+		my $out = $listener->query_safe('SELECT 1');
+		$notified += () = $out =~ /^Asynchronous notification "registry_change"/mg;
+		return $notified >= 101;
+	});
+is($notified, 101, 'the listener was notified of each of the 101 commits');
+$listener->quit;
 is(table_rows($na, 'kv'), table_rows($nb, 'kv'), 'both nodes hold the same rows');
 $_->stop for ($na, $nb);
 done_testing();
