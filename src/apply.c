@@ -313,6 +313,10 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 							t->keys[i].name, t->qualname)));
 	}
 
+	ac->infuncs = palloc(sizeof(FmgrInfo) * Max(ncols, 1));
+	for (i = 0; i < ncols; i++)
+		fmgr_info(t->cols[ac->local[i]].infunc, &ac->infuncs[i]);
+
 	/* upsert: every column as text, cast by its local type, then the version */
 	initStringInfo(&sql);
 	append_insert_head(&sql, ac, false);
@@ -337,6 +341,7 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 	return ac;
 }
 
+static bool direct_insert_possible(Relation rel);
 static void check_incoming(RegTable *t, const char *key, const char *origin,
 						   bool deleted, char **values);
 static void prepare_bulk(ApplyColumns *ac);
@@ -396,16 +401,24 @@ check_row_key(ApplyColumns *ac, const char *key, char **values)
 						key, t->qualname, rowkey)));
 }
 
-/* The committed (or our own) state of a key: live row, tombstone or none. */
+/*
+ * The committed (or our own) state of a key: live row, tombstone or none;
+ * *tid is the live row's (else invalid).
+ */
 static void
-current_state(RegTable *t, const char *key, uint32 khash, VersionState *st)
+current_state(RegTable *t, const char *key, uint32 khash, VersionState *st,
+			  ItemPointer tid)
 {
 	RowLookup	rl;
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 
+	ItemPointerSetInvalid(tid);
 	row_lookup_begin(&rl, t, RowExclusiveLock, snap);
 	if (row_lookup(&rl, key))
+	{
 		row_version(t, rl.slot, st);
+		ItemPointerCopy(&rl.slot->tts_tid, tid);
+	}
 	else
 		(void) tombstone_get(t->tid, khash, key, snap, st);
 	row_lookup_end(&rl);
@@ -436,6 +449,103 @@ row_being_written(RegTable *t, const char *key)
 }
 
 /*
+ * Update the key's live row, at tid, to the peer's values without a
+ * statement: no plan to look up and start, no ON CONFLICT probe of the
+ * index (a second walk of the row's HOT chain), as the built-in apply
+ * worker updates.  The row is locked first, as it was read: if another
+ * transaction changed it since (the version compared no longer being the
+ * row's), false, and the caller runs the statement instead.  False too
+ * where the statement must run because something else than our own
+ * triggers could see the row (direct_insert_possible()), or row-level
+ * security applies.  Our triggers fire as for the statement (the BEFORE
+ * trigger stamps the version, the AFTER one records the change), and
+ * constraints and unique indexes are checked.  A column GENERATED ALWAYS
+ * AS IDENTITY keeps its value, as append_upsert_tail() says why.
+ */
+static bool
+update_direct(ApplyColumns *ac, ItemPointer tid, RegVersion version,
+			  const char *origin, char **values)
+{
+	RegTable   *t = ac->t;
+	Relation	rel = table_open(t->relid, RowExclusiveLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	EState	   *estate;
+	ResultRelInfo *rri;
+	RangeTblEntry *rte;
+	EPQState	epq;
+	TupleTableSlot *oldslot;
+	TupleTableSlot *newslot;
+	TM_FailureData tmfd;
+	TM_Result	res;
+	int			c;
+
+	if (!direct_insert_possible(rel) || rel->rd_rel->relrowsecurity)
+	{
+		table_close(rel, NoLock);
+		return false;
+	}
+	estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	estate->es_output_cid = GetCurrentCommandId(true);
+	estate->es_snapshot = GetActiveSnapshot();
+	oldslot = table_slot_create(rel, &estate->es_tupleTable);
+	newslot = table_slot_create(rel, &estate->es_tupleTable);
+
+	res = table_tuple_lock(rel, tid, estate->es_snapshot, oldslot,
+						   estate->es_output_cid, LockTupleNoKeyExclusive,
+						   LockWaitBlock, 0, &tmfd);
+	if (res != TM_Ok)
+	{
+		ExecResetTupleTable(estate->es_tupleTable, false);
+		FreeExecutorState(estate);
+		table_close(rel, NoLock);
+		return false;
+	}
+
+	/* the old row's values for what is not sent (identity always) */
+	slot_getallattrs(oldslot);
+	ExecClearTuple(newslot);
+	memcpy(newslot->tts_values, oldslot->tts_values, sizeof(Datum) * desc->natts);
+	memcpy(newslot->tts_isnull, oldslot->tts_isnull, sizeof(bool) * desc->natts);
+	for (c = 0; c < ac->ncols; c++)
+	{
+		RowColumn  *col = &t->cols[ac->local[c]];
+		int			a = col->attnum - 1;
+
+		if (col->identity_always)
+			continue;
+		newslot->tts_values[a] = InputFunctionCall(&ac->infuncs[c], values[c],
+												   col->ioparam, col->typmod);
+		newslot->tts_isnull[a] = (values[c] == NULL);
+	}
+	newslot->tts_values[t->verattnum - 1] = Int64GetDatum((int64) version);
+	newslot->tts_isnull[t->verattnum - 1] = false;
+	newslot->tts_values[t->orgattnum - 1] = CStringGetTextDatum(origin);
+	newslot->tts_isnull[t->orgattnum - 1] = false;
+	ExecStoreVirtualTuple(newslot);
+
+	ExecOpenIndices(rri, false);
+	EvalPlanQualInit(&epq, estate, NULL, NIL, -1);
+	AfterTriggerBeginQuery();
+	ExecSimpleRelationUpdate(rri, estate, &epq, oldslot, newslot);
+	AfterTriggerEndQuery(estate);
+	EvalPlanQualEnd(&epq);
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
+	return true;
+}
+
+/*
  * Apply one remote row.  Caller has called apply_begin() and prepared ac.
  * Errors (constraint violations, malformed values) abort the caller's
  * transaction: the batch is all or nothing.  They name the row
@@ -462,6 +572,7 @@ apply_one_row(ApplyColumns *ac, const char *key, RegVersion version,
 	RegTable   *t = ac->t;
 	uint32		khash;
 	VersionState cur;
+	ItemPointerData tid;
 	Datum	   *args;
 	char	   *nulls;
 	int			i;
@@ -472,7 +583,7 @@ apply_one_row(ApplyColumns *ac, const char *key, RegVersion version,
 		return APPLY_REFUSED_SKEW;
 
 	khash = keys_hash(key, strlen(key));
-	current_state(t, key, khash, &cur);
+	current_state(t, key, khash, &cur, &tid);
 	if (cur.exists && !version_greater(version, origin, cur.version, cur.origin))
 		return APPLY_SKIPPED_OLDER;
 
@@ -491,6 +602,12 @@ apply_one_row(ApplyColumns *ac, const char *key, RegVersion version,
 		char		vtext[32];
 
 		check_row_key(ac, key, values);
+		if (ItemPointerIsValid(&tid) && !cur.deleted &&
+			update_direct(ac, &tid, version, origin, values))
+		{
+			publish_mode_pop(CAPTURE_MODE_APPLY_ROW);
+			return APPLY_APPLIED;
+		}
 		args = palloc(sizeof(Datum) * (ac->ncols + 2));
 		nulls = palloc(ac->ncols + 2);
 		for (i = 0; i < ac->ncols; i++)

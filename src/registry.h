@@ -386,6 +386,7 @@ typedef struct ApplyColumns
 	struct _SPI_plan *upsert;
 	struct _SPI_plan *delete;
 	struct _SPI_plan *bulk;		/* many live rows, last writer wins */
+	FmgrInfo   *infuncs;		/* each sent column's input function */
 } ApplyColumns;
 
 /* One remote row for apply_rows_bulk(). */
