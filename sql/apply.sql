@@ -140,3 +140,28 @@ SELECT registry.apply_row('idt', '1', registry.hlc_now() + 1000, 'elsewhere', fa
 SELECT k, n, v, registry_origin FROM idt ORDER BY k;
 SELECT * FROM registry.verify('idt');
 DROP TABLE idt;
+
+-- A key with a live row is updated without a statement (apply.c,
+-- update_direct): the peer's values, the remote version, constraints
+-- checked (CHECK, a unique column) and nothing written on error.  The
+-- BEFORE UPDATE trigger named after registry_stamp makes registry_capture
+-- fire for UPDATE too (its event must find the table, and leak nothing);
+-- the trigger itself, enabled ORIGIN, does not fire for applied rows.
+CREATE TABLE upd (k int PRIMARY KEY, v int CHECK (v < 100), u text UNIQUE);
+CREATE FUNCTION upd_trg() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.v := -1;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER zz_upd BEFORE UPDATE ON upd FOR EACH ROW EXECUTE FUNCTION upd_trg();
+SELECT registry.replicate('upd');
+INSERT INTO upd VALUES (1, 1, 'a'), (2, 2, 'b');
+SELECT registry.apply_row('upd', '1', registry.hlc_now() + 1000, 'elsewhere', false, '{"k": 1, "v": 5, "u": "a2"}');
+SELECT k, v, u, registry_origin FROM upd ORDER BY k;
+SELECT key, op, origin FROM registry.change_log WHERE table_name = 'public.upd' ORDER BY seq;
+SELECT error_of($$SELECT registry.apply_row('upd', '1', registry.hlc_now() + 2000, 'elsewhere', false, '{"k": 1, "v": 500, "u": "a3"}')$$);
+SELECT error_of($$SELECT registry.apply_row('upd', '2', registry.hlc_now() + 3000, 'elsewhere', false, '{"k": 2, "v": 2, "u": "a2"}')$$);
+SELECT k, v, u, registry_origin FROM upd ORDER BY k;
+SELECT * FROM registry.verify('upd');
+DROP TABLE upd;
+DROP FUNCTION upd_trg();

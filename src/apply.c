@@ -42,6 +42,7 @@
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -449,18 +450,66 @@ row_being_written(RegTable *t, const char *key)
 }
 
 /*
+ * Whether update_direct() may write to rel: only where the statement's
+ * path would run nothing but our own triggers and plain checks.  That
+ * is replica mode (the sync worker, a superuser's apply_row()), where
+ * only triggers enabled ALWAYS or REPLICA fire and direct_insert_possible()
+ * has ruled out any but ours: in origin mode the statement would also
+ * fire BEFORE INSERT, statement-level and UPDATE OF triggers and check
+ * SELECT rights, which a direct update does not.  Not with row-level
+ * security, nor where the table has no replica identity to update by,
+ * nor outside READ COMMITTED (ON CONFLICT's serialization checks), nor
+ * when a column's type differs from what ac was made for (an ALTER since
+ * the cached definition was read).
+ */
+static bool
+update_direct_possible(ApplyColumns *ac, Relation rel)
+{
+	RegTable   *t = ac->t;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			c;
+
+	if (SessionReplicationRole != SESSION_REPLICATION_ROLE_REPLICA ||
+		IsolationUsesXactSnapshot() ||
+		rel->rd_rel->relrowsecurity ||
+		rel->rd_rel->relreplident == REPLICA_IDENTITY_NOTHING ||
+		!direct_insert_possible(rel))
+		return false;
+	for (c = 0; c < ac->ncols; c++)
+	{
+		RowColumn  *col = &t->cols[ac->local[c]];
+		Form_pg_attribute att;
+
+		if (col->attnum < 1 || col->attnum > desc->natts)
+			return false;
+		att = TupleDescAttr(desc, col->attnum - 1);
+		if (att->attisdropped || att->atttypid != col->typid ||
+			att->atttypmod != col->typmod)
+			return false;
+	}
+	if (t->verattnum < 1 || t->verattnum > desc->natts ||
+		TupleDescAttr(desc, t->verattnum - 1)->atttypid != INT8OID ||
+		t->orgattnum < 1 || t->orgattnum > desc->natts ||
+		TupleDescAttr(desc, t->orgattnum - 1)->atttypid != TEXTOID)
+		return false;
+	return true;
+}
+
+/*
  * Update the key's live row, at tid, to the peer's values without a
  * statement: no plan to look up and start, no ON CONFLICT probe of the
  * index (a second walk of the row's HOT chain), as the built-in apply
  * worker updates.  The row is locked first, as it was read: if another
  * transaction changed it since (the version compared no longer being the
- * row's), false, and the caller runs the statement instead.  False too
- * where the statement must run because something else than our own
- * triggers could see the row (direct_insert_possible()), or row-level
- * security applies.  Our triggers fire as for the statement (the BEFORE
- * trigger stamps the version, the AFTER one records the change), and
- * constraints and unique indexes are checked.  A column GENERATED ALWAYS
- * AS IDENTITY keeps its value, as append_upsert_tail() says why.
+ * row's), false, and the caller runs the statement instead; false too
+ * where update_direct_possible() says no.  Our triggers fire as for the
+ * statement (the BEFORE trigger stamps the version, the AFTER one, where
+ * it fires for UPDATE, records the change), constraints and unique
+ * indexes are checked.  The key columns keep their stored values (the
+ * peer's key is the same key, check_row_key()), and so does a column
+ * GENERATED ALWAYS AS IDENTITY (append_upsert_tail() says why).
+ * Everything is allocated in the executor state's memory, freed before
+ * the next row.
  */
 static bool
 update_direct(ApplyColumns *ac, ItemPointer tid, RegVersion version,
@@ -470,6 +519,7 @@ update_direct(ApplyColumns *ac, ItemPointer tid, RegVersion version,
 	Relation	rel = table_open(t->relid, RowExclusiveLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	EState	   *estate;
+	MemoryContext oldcxt;
 	ResultRelInfo *rri;
 	RangeTblEntry *rte;
 	EPQState	epq;
@@ -479,12 +529,13 @@ update_direct(ApplyColumns *ac, ItemPointer tid, RegVersion version,
 	TM_Result	res;
 	int			c;
 
-	if (!direct_insert_possible(rel) || rel->rd_rel->relrowsecurity)
+	if (!update_direct_possible(ac, rel))
 	{
 		table_close(rel, NoLock);
 		return false;
 	}
 	estate = CreateExecutorState();
+	oldcxt = MemoryContextSwitchTo(estate->es_query_cxt);
 	rte = makeNode(RangeTblEntry);
 	rte->rtekind = RTE_RELATION;
 	rte->relid = RelationGetRelid(rel);
@@ -493,7 +544,12 @@ update_direct(ApplyColumns *ac, ItemPointer tid, RegVersion version,
 	ExecInitRangeTable(estate, list_make1(rte));
 	rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	/* so that the AFTER triggers' events find it, and it is closed once */
+	estate->es_opened_result_relations =
+		lappend(estate->es_opened_result_relations, rri);
 	estate->es_output_cid = GetCurrentCommandId(true);
+	/* a snapshot of its own, as the statement would have */
+	PushActiveSnapshot(GetTransactionSnapshot());
 	estate->es_snapshot = GetActiveSnapshot();
 	oldslot = table_slot_create(rel, &estate->es_tupleTable);
 	newslot = table_slot_create(rel, &estate->es_tupleTable);
@@ -503,13 +559,15 @@ update_direct(ApplyColumns *ac, ItemPointer tid, RegVersion version,
 						   LockWaitBlock, 0, &tmfd);
 	if (res != TM_Ok)
 	{
+		PopActiveSnapshot();
 		ExecResetTupleTable(estate->es_tupleTable, false);
+		MemoryContextSwitchTo(oldcxt);
 		FreeExecutorState(estate);
 		table_close(rel, NoLock);
 		return false;
 	}
 
-	/* the old row's values for what is not sent (identity always) */
+	/* the stored row's values for what the peer's do not replace */
 	slot_getallattrs(oldslot);
 	ExecClearTuple(newslot);
 	memcpy(newslot->tts_values, oldslot->tts_values, sizeof(Datum) * desc->natts);
@@ -518,8 +576,13 @@ update_direct(ApplyColumns *ac, ItemPointer tid, RegVersion version,
 	{
 		RowColumn  *col = &t->cols[ac->local[c]];
 		int			a = col->attnum - 1;
+		bool		iskey = false;
+		int			k;
 
-		if (col->identity_always)
+		for (k = 0; k < t->nkeys; k++)
+			if (t->keys[k].attnum == col->attnum)
+				iskey = true;
+		if (iskey || col->identity_always)
 			continue;
 		newslot->tts_values[a] = InputFunctionCall(&ac->infuncs[c], values[c],
 												   col->ioparam, col->typmod);
@@ -537,8 +600,10 @@ update_direct(ApplyColumns *ac, ItemPointer tid, RegVersion version,
 	ExecSimpleRelationUpdate(rri, estate, &epq, oldslot, newslot);
 	AfterTriggerEndQuery(estate);
 	EvalPlanQualEnd(&epq);
-	ExecCloseIndices(rri);
+	PopActiveSnapshot();
 	ExecResetTupleTable(estate->es_tupleTable, false);
+	ExecCloseResultRelations(estate);
+	MemoryContextSwitchTo(oldcxt);
 	FreeExecutorState(estate);
 	table_close(rel, NoLock);
 	CommandCounterIncrement();
@@ -1409,6 +1474,8 @@ registry_apply_row(PG_FUNCTION_ARGS)
 	 */
 	registry_check_table_privilege(relid, ACL_INSERT | ACL_UPDATE | ACL_DELETE,
 								   "registry.apply_row()");
+	/* locked before its definition is read, as the sync worker does */
+	LockRelationOid(relid, RowExclusiveLock);
 	t = regtable_by_relid(relid, false);
 
 	names = palloc(sizeof(char *) * Max(t->ncols, 1));
