@@ -7,8 +7,9 @@
  * For each row: the receive rule of the clock runs (a version too far in
  * the future is refused); the row is skipped unless its (version, origin)
  * is greater than the stored one; otherwise it is upserted (with its
- * version columns) or deleted through SQL, so constraints are checked and
- * the registry triggers record it with the remote version
+ * version columns) or deleted through SQL (in replica mode, a key's live
+ * row is updated in place without a statement: update_direct), so
+ * constraints are checked and the registry triggers record it with the remote version
  * (CAPTURE_MODE_APPLY_ROW) and publish it at commit like any local change.  A
  * tombstone for a key without a local row is written to
  * registry.tombstones directly.
