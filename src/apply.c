@@ -9,10 +9,10 @@
  * is greater than the stored one; otherwise it is upserted (with its
  * version columns) or deleted through SQL (in replica mode, a key's live
  * row is updated in place without a statement: update_direct), so
- * constraints are checked and the registry triggers record it with the remote version
- * (CAPTURE_MODE_APPLY_ROW) and publish it at commit like any local change.  A
- * tombstone for a key without a local row is written to
- * registry.tombstones directly.
+ * constraints are checked and the registry triggers record it with the
+ * remote version (CAPTURE_MODE_APPLY_ROW) and publish it at commit like
+ * any local change.  A tombstone for a key without a local row is written
+ * to registry.tombstones directly.
  *
  * A concurrent local write to the same key makes the capture trigger
  * raise a serialization failure; the caller retries the whole batch.

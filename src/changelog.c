@@ -31,10 +31,10 @@
  *	  (spinlock);
  *	- notify_wanted is atomic: the idle notifier sets it, the next commit
  *	  clears it and sets the notifier's latch;
- *	- listeners is atomic: a session raises it (a full barrier) before its
- *	  first LISTEN on a registry channel runs, and lowers it at exit; the
- *	  notifier reads it (after a barrier) after copying changes from the
- *	  ring (changelog_listeners);
+ *	- listeners is atomic: a session raises it (a full barrier, under the
+ *	  lock) once its first LISTEN on a registry channel is queued, before
+ *	  that commits, and lowers it at exit; the notifier reads it (after a
+ *	  barrier) after copying changes from the ring (changelog_listeners);
  *	- listen_from is atomic, only raised, and written under the change
  *	  log's lock exclusive: by the session that raises listeners from 0,
  *	  to last_seq; the notifier reads it after copying changes;

@@ -42,8 +42,8 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "commands/dbcommands.h"
 #include "commands/async.h"
+#include "commands/dbcommands.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
 #include "common/hashfn.h"
@@ -856,9 +856,15 @@ notify_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 			   QueryCompletion *qc)
 {
 	Node	   *stmt = pstmt->utilityStmt;
-	const char *channel = IsA(stmt, ListenStmt) ?
-		((ListenStmt *) stmt)->conditionname : NULL;
+	bool		registry_channel = false;
 
+	if (IsA(stmt, ListenStmt))
+	{
+		const char *channel = ((ListenStmt *) stmt)->conditionname;
+
+		registry_channel = strcmp(channel, "registry_change") == 0 ||
+			strcmp(channel, "registry_wakeup") == 0;
+	}
 	if (prev_utility_hook)
 		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
 						  queryEnv, dest, qc);
@@ -871,10 +877,7 @@ notify_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	 * the database the notifier sends in, notifications being per
 	 * database.
 	 */
-	if (channel != NULL &&
-		(strcmp(channel, "registry_change") == 0 ||
-		 strcmp(channel, "registry_wakeup") == 0) &&
-		registry_database != NULL &&
+	if (registry_channel && registry_database != NULL &&
 		get_database_oid(registry_database, true) == MyDatabaseId)
 		changelog_listener_arrived();
 }
