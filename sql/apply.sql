@@ -165,3 +165,18 @@ SELECT k, v, u, registry_origin FROM upd ORDER BY k;
 SELECT * FROM registry.verify('upd');
 DROP TABLE upd;
 DROP FUNCTION upd_trg();
+
+-- A value too long for its column's modifier (a peer whose column is
+-- wider) is refused with an error on every path, never cut short: the
+-- statement for a new key, the update in place for an existing one.
+CREATE TABLE narrow (k varchar(3) PRIMARY KEY, v varchar(3), b bit(2));
+SELECT registry.replicate('narrow');
+INSERT INTO narrow VALUES ('a', 'x', B'01');
+SELECT error_of($$SELECT registry.apply_row('narrow', 'b', registry.hlc_now() + 1000, 'elsewhere', false, '{"k": "b", "v": "toolong", "b": "01"}')$$);
+SELECT error_of($$SELECT registry.apply_row('narrow', 'a', registry.hlc_now() + 1000, 'elsewhere', false, '{"k": "a", "v": "toolong", "b": "01"}')$$);
+SELECT error_of($$SELECT registry.apply_row('narrow', 'b', registry.hlc_now() + 1000, 'elsewhere', false, '{"k": "b", "v": "ok", "b": "011"}')$$);
+SELECT error_of($$SELECT registry.apply_row('narrow', 'abcd', registry.hlc_now() + 1000, 'elsewhere', true)$$);
+SELECT registry.apply_row('narrow', 'a', registry.hlc_now() + 2000, 'elsewhere', false, '{"k": "a", "v": "fit", "b": "10"}');
+SELECT k, v, b, registry_origin FROM narrow ORDER BY k;
+SELECT * FROM registry.verify('narrow');
+DROP TABLE narrow;

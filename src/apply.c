@@ -203,13 +203,23 @@ append_insert_head(StringInfo sql, ApplyColumns *ac, bool alias)
 					 t->has_identity_always ? " OVERRIDING SYSTEM VALUE" : "");
 }
 
-/* Column i of the peer's list, as the type it has here. */
+/*
+ * Column i of the peer's list, as the type it has here, without its
+ * modifier: the statements cast the peer's text to the type, and the
+ * column's modifier then applies as it does to any INSERT or UPDATE
+ * (assignment).  An explicit cast to varchar(n), char(n) or bit(n)
+ * would cut a value too long for the column without a word; assigned, it
+ * is refused (value too long), as the direct paths, which run the type's
+ * input function with the modifier, refuse it too.  (Given as -1, so that
+ * bit is written "bit", without length, rather than bit, which SQL reads
+ * as bit(1).)
+ */
 static char *
 column_type(ApplyColumns *ac, int i)
 {
 	RowColumn  *c = &ac->t->cols[ac->local[i]];
 
-	return format_type_with_typemod(c->typid, c->typmod);
+	return format_type_with_typemod(c->typid, -1);
 }
 
 /*
@@ -337,7 +347,7 @@ apply_map_columns(RegTable *t, int ncols, char **names, char **types)
 					 key_column_list(t));
 	for (i = 0; i < t->nkeys; i++)
 		appendStringInfo(&sql, "%s$%d::%s", i ? ", " : "", i + 1,
-						 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
+						 format_type_with_typemod(t->keys[i].typid, -1));
 	appendStringInfoString(&sql, ")");
 	ac->delete = prepare_plan(sql.data, t->nkeys, argtypes);
 	return ac;
@@ -788,7 +798,7 @@ prepare_bulk(ApplyColumns *ac)
 		appendStringInfoString(&sql, ") = (");
 		for (i = 0; i < t->nkeys; i++)
 			appendStringInfo(&sql, "%su.a%d::%s", i ? ", " : "", ac->keypos[i] + 1,
-							 format_type_with_typemod(t->keys[i].typid, t->keys[i].typmod));
+							 format_type_with_typemod(t->keys[i].typid, -1));
 		appendStringInfoString(&sql, ")))");
 	}
 	append_upsert_tail(&sql, ac);
