@@ -289,10 +289,11 @@ notify_each(void)
 
 		CHECK_FOR_INTERRUPTS();
 		notified = changelog_notified_seq();
-		if (changelog_listen_from() > notified)
+		from = changelog_listen_from();
+		if (from > notified)
 		{
 			/* older than every listener's LISTEN */
-			notified = changelog_listen_from();
+			notified = from;
 			changelog_notified(notified, 0, 0, 0);
 		}
 		n = changelog_read(notified, NOTIFY_BATCH, &copy, &first, &last, &ep);
@@ -696,11 +697,12 @@ notify_merged(void)
 
 		CHECK_FOR_INTERRUPTS();
 		after = nwindows > 0 ? read_seq : changelog_notified_seq();
-		if (changelog_listen_from() > after)
+		from = changelog_listen_from();
+		if (from > after)
 		{
 			/* older than every listener's LISTEN: nobody's to be told of */
 			windows_discard();
-			after = read_seq = changelog_listen_from();
+			after = read_seq = from;
 			changelog_notified(after, 0, 0, 0);
 		}
 		n = changelog_read(after, NOTIFY_BATCH, &copy, &first, &last, &ep);

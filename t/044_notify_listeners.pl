@@ -65,6 +65,31 @@ sub pump
 	return @got;
 }
 
+# Notifications a session receives, read until at least $n have come.
+sub collect
+{
+	my ($session, $n) = @_;
+	my @got;
+	poll_until(
+		sub {
+			push @got, pump($session);
+			return @got >= $n;
+		});
+	return @got;
+}
+
+# End a session and wait until its backend has gone (and with it its
+# place among the listeners).
+sub quit_and_wait
+{
+	my ($session) = @_;
+	my $pid = $session->query_safe('SELECT pg_backend_pid()');
+	chomp $pid;
+	$session->quit;
+	return poll_until(
+		sub { sql($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid") eq '0' });
+}
+
 # ---------------------------------------------------------------------
 # 1. nobody listens
 # ---------------------------------------------------------------------
@@ -99,13 +124,8 @@ for my $i (1 .. 5)
 {
 	sql($node, "INSERT INTO kv VALUES (" . (100 + $i) . ", 'new')");
 }
-my @got;
-ok( poll_until(
-		sub {
-			push @got, pump($l);
-			return @got >= 5;
-		}),
-	'the listener got the 5 changes');
+my @got = collect($l, 5);
+is(scalar(@got), 5, 'the listener got the 5 changes');
 is_deeply(
 	[ map { $_->[0] . ' ' . $_->[1]{op} . ' ' . $_->[1]{key} . ' ' . $_->[1]{seq} } @got ],
 	[ map { 'registry_change insert ' . (100 + $_) . ' ' . ($first + $_ - 1) } 1 .. 5 ],
@@ -116,12 +136,7 @@ is(counter('notifications_sent') - $sent1, 5, 'notifications_sent counts the 5')
 # ---------------------------------------------------------------------
 # 3 and 5. the listener exits; a LISTEN on another channel is no listener
 # ---------------------------------------------------------------------
-my $lpid = $l->query_safe('SELECT pg_backend_pid()');
-chomp $lpid;
-$l->quit;
-ok( poll_until(
-		sub { sql($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $lpid") eq '0' }),
-	'the listener has exited');
+ok(quit_and_wait($l), 'the listener has exited');
 my $other = $node->background_psql('postgres');
 $other->query_safe('LISTEN some_other_channel');
 my $sent2 = counter('notifications_sent');
@@ -152,12 +167,7 @@ is($wake[-1][1]{node}, 'nl', 'the wake-up names the node');
 # ---------------------------------------------------------------------
 my $l2 = $node->background_psql('postgres');
 $l2->query_safe('LISTEN registry_change');
-my $wpid = $w->query_safe('SELECT pg_backend_pid()');
-chomp $wpid;
-$w->quit;
-ok( poll_until(
-		sub { sql($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $wpid") eq '0' }),
-	'the registry_wakeup listener has exited');
+ok(quit_and_wait($w), 'the registry_wakeup listener has exited');
 sql($node, "UPDATE kv SET val = 'second' WHERE id = 103");
 my @got2;
 ok( poll_until(
@@ -166,13 +176,8 @@ ok( poll_until(
 			return grep { $_->[1]{key} eq '103' } @got2;
 		}),
 	'the remaining listener is told of the next change');
-my $l2pid = $l2->query_safe('SELECT pg_backend_pid()');
-chomp $l2pid;
-$l2->quit;
 $other->quit;
-ok( poll_until(
-		sub { sql($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $l2pid") eq '0' }),
-	'the last listener has exited');
+ok(quit_and_wait($l2), 'the last listener has exited');
 
 # ---------------------------------------------------------------------
 # 7. a LISTEN in another database does not count: nothing could reach it
@@ -204,13 +209,8 @@ is(counter('notifications_sent'), $sent3,
 my $m = $node->background_psql('postgres');
 $m->query_safe('LISTEN registry_change');
 sql($node, "UPDATE kv SET val = 'merged last' WHERE id = 105");
-my @merged;
-ok( poll_until(
-		sub {
-			push @merged, pump($m);
-			return @merged >= 1;
-		}),
-	'a listener gets the merged notification of the next change');
+my @merged = collect($m, 1);
+is(scalar(@merged), 1, 'a listener gets the merged notification of the next change');
 is($merged[0][1]{count}, 1, 'covering that change only, none from before its LISTEN');
 $m->quit;
 
