@@ -12,7 +12,7 @@
  * while the next one is being read.
  *
  * A long poll (registry.changes_since() holding a request) ends when the
- * client sends more: a client in pipeline mode sends its Sync early when
+ * client sends more: a client in pipeline mode sends a second Sync when
  * it wants the answer now (docs/protocol.md 6.2).
  *
  * This is its own file because libpq/libpq.h includes libpq-be.h, which

@@ -168,30 +168,32 @@ typedef struct AETable
 } AETable;
 
 /*
- * A long poll is sent in libpq's pipeline mode, as Bind/Execute and a Flush
- * without a Sync, so that the node can still speak while the peer holds
- * it: a Sync sent meanwhile (a "poke", when sync_now() wants a round)
- * ends the peer's wait at once.  Exactly one Sync follows each long poll,
- * the poke or, once the answer is in, a late one.  The answer is handed
- * on as soon as it is in (the request is then over); no request is sent
- * until the Sync's ReadyForQuery (PGRES_PIPELINE_SYNC) has arrived and
- * the connection has left pipeline mode, within registry.query_timeout.
+ * A long poll is sent in libpq's pipeline mode, as Bind/Execute and its
+ * Sync in one write: the peer reads the Sync with the request, so it ends
+ * its transaction (and the locks it took on the tables it read) as soon
+ * as it has answered, and sends the answer and its ReadyForQuery
+ * together.  A second Sync sent while the peer holds the poll (a "poke",
+ * when sync_now() wants a round) is input arriving during the wait, which
+ * ends it at once.  The answer is handed on as soon as it is in (the
+ * request is then over); no request is sent until every Sync's
+ * ReadyForQuery (PGRES_PIPELINE_SYNC) has arrived and the connection has
+ * left pipeline mode, within registry.query_timeout.
  *
- * The Sync goes as soon as the answer is in, before the answer is
- * applied: it ends the peer's transaction, and with it the locks that
- * transaction took on the tables it read.  Held back until after the
- * apply (to go with the next poll, which saved the peer's session a
- * wake-up per change), it made two nodes pulling from each other wait
- * for each other forever: each apply queued behind a local TRUNCATE,
- * which waited for the lock the other node's held transaction kept.
+ * Until 2026-12-08 the Sync was sent only once the answer had arrived
+ * (the poll went with a Flush): the peer's session then woke once more
+ * per change, for the late Sync, and this worker once more for its
+ * ReadyForQuery.  Held back further, until after the apply (to go with
+ * the next poll), it made two nodes pulling from each other wait for each
+ * other forever: each apply queued behind a local TRUNCATE, which waited
+ * for the lock the other node's held transaction kept.
  */
 typedef enum LongPollPipe
 {
 	PIPE_NONE,					/* not in pipeline mode */
 	PIPE_RESULT,				/* the long poll's answer is awaited */
-	PIPE_RESULT_POKED,			/* ... and its Sync was sent early */
-	PIPE_SYNC					/* the answer was handed on; its Sync's end
-								 * is awaited before the next request */
+	PIPE_RESULT_POKED,			/* ... and a second Sync was sent (a poke) */
+	PIPE_SYNC					/* the answer was handed on; its Syncs' ends
+								 * are awaited before the next request */
 } LongPollPipe;
 
 typedef struct Peer
@@ -225,6 +227,7 @@ typedef struct Peer
 	TimestampTz query_started;
 	int			query_wait_ms;	/* the peer may hold this request so long */
 	LongPollPipe pipe;			/* a long poll's state in pipeline mode */
+	int			pipe_syncs;		/* its Syncs whose end has not arrived */
 	TimestampTz quiet_until;	/* after a failed request: no new one before */
 	AETable    *inflight_table;
 

@@ -307,6 +307,7 @@ sync_conn_disconnect(Peer *p, const char *why)
 	p->name_warned = false;
 	p->inflight = Q_NONE;
 	p->pipe = PIPE_NONE;
+	p->pipe_syncs = 0;
 	if (p->roundcxt)
 		MemoryContextReset(p->roundcxt);
 	p->tables = NULL;
@@ -452,8 +453,8 @@ flush_request(Peer *p)
 }
 
 /*
- * Send a long poll's one Sync (sync.h), early (the poke) or once its
- * answer is in; false if the connection broke.
+ * Send a poke: a second Sync behind a held long poll (sync.h); false if
+ * the connection broke.
  */
 static bool
 send_sync(Peer *p)
@@ -463,6 +464,7 @@ send_sync(Peer *p)
 		send_failed(p);
 		return false;
 	}
+	p->pipe_syncs++;
 	return flush_request(p);
 }
 
@@ -552,12 +554,17 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 	}
 	else if (kind == Q_CHANGES && p->query_wait_ms > 0)
 	{
-		/* a long poll: pipelined, so that a poke can end it (sync.h) */
+		/*
+		 * A long poll: pipelined with its Sync, in one write, so that a
+		 * second Sync (a poke) can end it (sync.h).  PQpipelineSync() sends
+		 * what is queued.
+		 */
 		stmt = prepared_name(kind, sql);
 		ok = PQenterPipelineMode(p->conn) &&
 			PQsendQueryPrepared(p->conn, stmt, nparams, params, NULL, NULL, 1) &&
-			PQsendFlushRequest(p->conn);
+			PQpipelineSync(p->conn);
 		p->pipe = PIPE_RESULT;
+		p->pipe_syncs = 1;
 	}
 	else if ((stmt = prepared_name(kind, sql)) != NULL)
 		ok = PQsendQueryPrepared(p->conn, stmt, nparams, params, NULL, NULL, 1);
@@ -590,8 +597,9 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 }
 
 /*
- * End the peer's hold on a long poll now: its Sync, sent early.  The peer
- * answers at once (a peer of an older version at the end of its wait).
+ * End the peer's hold on a long poll now: a second Sync, which the peer
+ * sees as input during its wait and answers at once (a peer of an older
+ * version at the end of its wait).
  */
 void
 sync_conn_poke(Peer *p)
@@ -841,8 +849,9 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 		if (p->pipe == PIPE_SYNC)
 		{
 			/*
-			 * A long poll's answer was handed on: only its Sync's end may
-			 * come now, and the connection then leaves pipeline mode.
+			 * A long poll's answer was handed on: only its Syncs' ends may
+			 * come now (one, or two after a poke), and the connection then
+			 * leaves pipeline mode.
 			 */
 			if (res == NULL)
 				break;			/* not in yet */
@@ -858,6 +867,8 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 				return;
 			}
 			PQclear(res);
+			if (--p->pipe_syncs > 0)
+				continue;
 			if (!PQexitPipelineMode(p->conn))
 			{
 				send_failed(p);
@@ -869,12 +880,10 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 		if (p->pipe != PIPE_NONE && res == NULL)
 		{
 			/*
-			 * A long poll's answer is in (sync.h): its Sync goes now, unless
-			 * the poke sent it, and the answer is handed on at once, below;
-			 * no request is sent before the Sync's end has arrived.
+			 * A long poll's answer is in (sync.h): it is handed on at once,
+			 * below; no request is sent before its Syncs' ends have arrived
+			 * (usually with the answer).
 			 */
-			if (p->pipe == PIPE_RESULT && !send_sync(p))
-				return;
 			p->pipe = PIPE_SYNC;
 			p->query_started = GetCurrentTimestamp();
 			p->query_wait_ms = 0;

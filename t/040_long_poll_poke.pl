@@ -1,16 +1,16 @@
 # A long poll that registry.sync_now() ends early.  While idle, the sync
 # worker's request for a peer's changes is held at the peer until the
 # peer publishes a change or the wait ends (up to a second).  It is sent
-# in libpq's pipeline mode without its Sync; when sync_now() asks for a
-# round meanwhile, the worker sends the Sync at once (a "poke"), which the
-# peer sees as input from its client and answers now (docs/protocol.md
-# 6.2).
+# in libpq's pipeline mode with its Sync; when sync_now() asks for a
+# round meanwhile, the worker sends a second Sync at once (a "poke"),
+# which the peer sees as input from its client and answers now
+# (docs/protocol.md 6.2).
 #
 # Checked: the peer ends the held poll because its client sent more (its
 # log says so, at DEBUG1), the round asked for runs and converges, and
 # the connection stays in use afterwards (no reconnect, no error): the
-# late Sync of an ordinary poll and the early one of a poked poll both
-# leave it idle and out of pipeline mode.
+# one Sync of an ordinary poll and the two of a poked poll both leave it
+# idle and out of pipeline mode.
 use strict;
 use warnings;
 use lib 't';
