@@ -564,7 +564,7 @@ step(Peer *p, TimestampTz now, long *timeout)
 	sync_conn_service(p, antientropy_handle_page, handle_result);
 	if (p->conn == NULL)
 		return;
-	/* a request in flight, or a long poll's Sync whose end is due (sync.h) */
+	/* a request in flight, or a long poll's Syncs whose ends are due (sync.h) */
 	if (p->inflight != Q_NONE || p->pipe != PIPE_NONE)
 	{
 		/*

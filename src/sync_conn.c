@@ -542,7 +542,7 @@ sync_conn_send(Peer *p, QueryKind kind, const char *sql, int nparams,
 	int			ok;
 	const char *stmt = NULL;
 
-	/* no request goes before a long poll's Sync's end (sync.h) */
+	/* no request goes before the ends of a long poll's Syncs (sync.h) */
 	if (p->pipe != PIPE_NONE)
 		elog(ERROR, "registry: request %d to peer \"%s\" sent while a long poll is in pipeline mode (%d)",
 			 (int) kind, p->name, (int) p->pipe);
@@ -857,11 +857,22 @@ sync_conn_service(Peer *p, SyncAnswerFn on_page, SyncAnswerFn on_result)
 				break;			/* not in yet */
 			if (PQresultStatus(res) != PGRES_PIPELINE_SYNC)
 			{
-				char		why[160];
+				char		why[256];
+				char		msg[200];
 
-				snprintf(why, sizeof(why),
-						 "protocol violation: %s where the end of a long poll was due",
-						 PQresStatus(PQresultStatus(res)));
+				/*
+				 * A server may end the session here (an administrator's
+				 * terminate, a shutdown): its message is the reason.
+				 */
+				if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+				{
+					sync_conn_one_line(msg, sizeof(msg), PQresultErrorMessage(res));
+					snprintf(why, sizeof(why), "connection lost: %s", msg);
+				}
+				else
+					snprintf(why, sizeof(why),
+							 "protocol violation: %s where the end of a long poll was due",
+							 PQresStatus(PQresultStatus(res)));
 				PQclear(res);
 				sync_conn_disconnect(p, why);
 				return;
