@@ -108,9 +108,10 @@ typedef struct ChangeLogShared
 
 	/*
 	 * Sessions that have run LISTEN registry_change or registry_wakeup and
-	 * not exited (an UNLISTEN does not lower it).  Never below the number
-	 * that can receive a notification: while it is 0 the notifier passes
-	 * changes over without a transaction and asks for no wake-ups.
+	 * not exited, nor committed an UNLISTEN of both (notify.c).  Never
+	 * below the number that can receive a notification: while it is 0 the
+	 * notifier passes changes over without a transaction and asks for no
+	 * wake-ups.
 	 */
 	pg_atomic_uint32 listeners;
 
@@ -666,15 +667,28 @@ changelog_want_wakeup(bool want)
 /* ---- sessions that may listen ---- */
 
 static bool listener_counted = false;
+static bool listener_exit_registered = false;
 
-static void
-listener_at_exit(int code, Datum arg)
+/*
+ * This session no longer counts as a listener: it exits, or it no longer
+ * listens on any registry channel (notify.c: its UNLISTEN or DISCARD ALL
+ * committed, or the transaction of its LISTEN rolled back).  Called from
+ * transaction callbacks too: no ERROR.
+ */
+void
+changelog_listener_left(void)
 {
 	if (listener_counted && ChangeLog != NULL)
 	{
 		pg_atomic_fetch_sub_u32(&ChangeLog->listeners, 1);
 		listener_counted = false;
 	}
+}
+
+static void
+listener_at_exit(int code, Datum arg)
+{
+	changelog_listener_left();
 }
 
 /*
@@ -684,8 +698,10 @@ listener_at_exit(int code, Datum arg)
  * asleep without asking for wake-ups.  A change the notifier passes over
  * for want of listeners was copied from the ring before it read the
  * count, so before this rose: it committed before this LISTEN does, and
- * the listener's own reads see it.  UNLISTEN (or a rollback of the
- * LISTEN) keeps the count: a count too high costs notifications nobody
+ * the listener's own reads see it.  Counted when the LISTEN is queued,
+ * not at its commit, so that no change committed after it can be passed
+ * over; the count drops again (changelog_listener_left) only once the
+ * session no longer listens: a count too high costs notifications nobody
  * reads, one too low would lose some.
  *
  * The first listener also records the last seq published before it
@@ -697,7 +713,12 @@ changelog_listener_arrived(void)
 {
 	if (listener_counted || ChangeLog == NULL)
 		return;
-	before_shmem_exit(listener_at_exit, (Datum) 0);
+	/* once per session: a session may listen, unlisten and listen again */
+	if (!listener_exit_registered)
+	{
+		before_shmem_exit(listener_at_exit, (Datum) 0);
+		listener_exit_registered = true;
+	}
 	LWLockAcquire(ChangeLog->lock, LW_EXCLUSIVE);
 	listener_counted = true;
 	if (pg_atomic_fetch_add_u32(&ChangeLog->listeners, 1) == 0 &&

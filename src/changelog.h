@@ -81,6 +81,7 @@ extern void changelog_notified(uint64 notified_seq, uint64 sent, uint64 lost,
 							   uint64 truncated);
 extern void changelog_want_wakeup(bool want);
 extern void changelog_listener_arrived(void);
+extern void changelog_listener_left(void);
 extern uint32 changelog_listeners(void);
 extern uint64 changelog_listen_from(void);
 

@@ -28,7 +28,8 @@
  * Nobody may be listening: then nothing is sent.  A ProcessUtility hook
  * (notify_utility) counts the sessions of registry.database that LISTEN
  * on registry_change or registry_wakeup (changelog.c keeps the count,
- * which only their exit lowers); while it is 0 the notifier passes the
+ * which their exit lowers, or the commit of an UNLISTEN or DISCARD ALL
+ * that leaves them listening on neither); while it is 0 the notifier passes the
  * changes over as with registry.notifications off, without a
  * transaction, and the maintenance worker asks committers for no wake-up
  * (notify_listened): a NOTIFY transaction and a signal per commit on
@@ -846,10 +847,76 @@ notify_listened(void)
 	return notifying();
 }
 
+/* ---- this session's listening ---- */
+
+/*
+ * The registry channels this session listens on, as of its last commit,
+ * and what its open transaction has queued for them, by nesting level
+ * (index 1 the top transaction): PostgreSQL applies LISTEN and UNLISTEN
+ * at commit, in order (so the last one queued for a channel wins), and
+ * drops those of a subtransaction that rolls back.  Kept in step here so
+ * that a session that stops listening (UNLISTEN, or DISCARD ALL when a
+ * pooler hands the connection to another client) stops counting as a
+ * listener, at its commit: late rather than early, so that no change is
+ * passed over while it still listens.
+ */
+#define NCHANNELS	2			/* registry_change, registry_wakeup */
+
+typedef enum ChannelEffect
+{
+	EFFECT_NONE = 0,
+	EFFECT_LISTEN,
+	EFFECT_UNLISTEN
+} ChannelEffect;
+
+typedef ChannelEffect ChannelEffects[NCHANNELS];
+
+static bool session_listening[NCHANNELS];
+static ChannelEffects *effects = NULL;	/* [effects_levels], TopMemoryContext */
+static int	effects_levels = 0;
+static bool effects_noted = false;	/* anything queued in this transaction */
+
+/* The index of a registry channel, -1 for any other. */
+static int
+channel_index(const char *channel)
+{
+	if (strcmp(channel, "registry_change") == 0)
+		return 0;
+	if (strcmp(channel, "registry_wakeup") == 0)
+		return 1;
+	return -1;
+}
+
+static void
+note_effect(int channel, ChannelEffect effect)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (level >= effects_levels)
+	{
+		int			n = Max(level + 1, Max(8, effects_levels * 2));
+
+		if (effects == NULL)
+			effects = MemoryContextAllocZero(TopMemoryContext,
+											 sizeof(ChannelEffects) * n);
+		else
+		{
+			effects = repalloc(effects, sizeof(ChannelEffects) * n);
+			memset(effects + effects_levels, 0,
+				   sizeof(ChannelEffects) * (n - effects_levels));
+		}
+		effects_levels = n;
+	}
+	effects[level][channel] = effect;
+	effects_noted = true;
+}
+
 /*
  * Counts the sessions that LISTEN on a registry channel, once the LISTEN
  * is queued and before it can commit (changelog_listener_arrived says why
- * that is soon enough).  Any other statement passes straight through.
+ * that is soon enough), and notes what LISTEN, UNLISTEN and DISCARD ALL
+ * do to this session's listening.  Any other statement passes straight
+ * through.
  */
 static void
 notify_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -858,15 +925,20 @@ notify_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 			   QueryCompletion *qc)
 {
 	Node	   *stmt = pstmt->utilityStmt;
-	bool		registry_channel = false;
+	int			listen = -1;	/* the registry channel a LISTEN names */
+	int			unlisten = -1;	/* ... an UNLISTEN names, NCHANNELS: all */
 
 	if (IsA(stmt, ListenStmt))
+		listen = channel_index(((ListenStmt *) stmt)->conditionname);
+	else if (IsA(stmt, UnlistenStmt))
 	{
-		const char *channel = ((ListenStmt *) stmt)->conditionname;
+		const char *channel = ((UnlistenStmt *) stmt)->conditionname;
 
-		registry_channel = strcmp(channel, "registry_change") == 0 ||
-			strcmp(channel, "registry_wakeup") == 0;
+		unlisten = channel == NULL ? NCHANNELS : channel_index(channel);
 	}
+	else if (IsA(stmt, DiscardStmt) &&
+			 ((DiscardStmt *) stmt)->target == DISCARD_ALL)
+		unlisten = NCHANNELS;
 	if (prev_utility_hook)
 		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
 						  queryEnv, dest, qc);
@@ -879,9 +951,76 @@ notify_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	 * the database the notifier sends in, notifications being per
 	 * database.
 	 */
-	if (registry_channel && registry_database != NULL &&
+	if ((listen >= 0 || unlisten >= 0) && registry_database != NULL &&
 		get_database_oid(registry_database, true) == MyDatabaseId)
-		changelog_listener_arrived();
+	{
+		if (listen >= 0)
+		{
+			note_effect(listen, EFFECT_LISTEN);
+			changelog_listener_arrived();
+		}
+		else if (unlisten == NCHANNELS)
+		{
+			note_effect(0, EFFECT_UNLISTEN);
+			note_effect(1, EFFECT_UNLISTEN);
+		}
+		else
+			note_effect(unlisten, EFFECT_UNLISTEN);
+	}
+}
+
+/*
+ * At the end of a transaction that queued LISTEN or UNLISTEN on a
+ * registry channel: what it did takes effect (or not), and a session
+ * left listening on neither channel no longer counts as a listener.
+ */
+static void
+listening_xact_callback(XactEvent event, void *arg)
+{
+	int			c;
+
+	if (!effects_noted)
+		return;
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	{
+		for (c = 0; c < NCHANNELS && effects_levels > 1; c++)
+			if (effects[1][c] != EFFECT_NONE)
+				session_listening[c] = effects[1][c] == EFFECT_LISTEN;
+	}
+	else if (event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT &&
+			 event != XACT_EVENT_PREPARE)
+		return;					/* the pre-commit events */
+	if (effects != NULL)
+		memset(effects, 0, sizeof(ChannelEffects) * effects_levels);
+	effects_noted = false;
+	for (c = 0; c < NCHANNELS; c++)
+		if (session_listening[c])
+			return;
+	changelog_listener_left();
+}
+
+/*
+ * A subtransaction's LISTEN and UNLISTEN pass to its parent when it
+ * commits and are dropped when it rolls back, as PostgreSQL's own are.
+ */
+static void
+listening_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						   SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	int			c;
+
+	if (!effects_noted || level >= effects_levels || level < 2)
+		return;
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (c = 0; c < NCHANNELS; c++)
+			if (effects[level][c] != EFFECT_NONE)
+				effects[level - 1][c] = effects[level][c];
+	}
+	else if (event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	memset(effects[level], 0, sizeof(ChannelEffects));
 }
 
 /* From _PG_init. */
@@ -890,4 +1029,6 @@ notify_install_hook(void)
 {
 	prev_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = notify_utility;
+	RegisterXactCallback(listening_xact_callback, NULL);
+	RegisterSubXactCallback(listening_subxact_callback, NULL);
 }

@@ -22,7 +22,12 @@
 #  7. a LISTEN in another database does not count;
 #  8. with a merge window (registry.notify_delay) too, nothing is sent
 #     while nobody listens, and a new listener's first merged
-#     notification covers no change from before its LISTEN.
+#     notification covers no change from before its LISTEN;
+#  9. a session stops counting once it no longer listens, at the commit
+#     of its UNLISTEN or DISCARD ALL (a pooler's reset between clients),
+#     or the rollback of its only LISTEN; an UNLISTEN rolled back (in a
+#     transaction or a savepoint), or followed by a LISTEN, leaves it
+#     counted; and it may listen and stop again many times.
 use strict;
 use warnings;
 use lib 't';
@@ -213,6 +218,62 @@ my @merged = collect($m, 1);
 is(scalar(@merged), 1, 'a listener gets the merged notification of the next change');
 is($merged[0][1]{count}, 1, 'covering that change only, none from before its LISTEN');
 $m->quit;
+
+# ---------------------------------------------------------------------
+# 9. a session that stops listening stops counting, at its commit
+# ---------------------------------------------------------------------
+sql($node, 'ALTER SYSTEM RESET registry.notify_delay');
+sql($node, 'SELECT pg_reload_conf()');
+ok(poll_until(sub { sql($node, 'SHOW registry.notify_delay') eq '0' }),
+	'notify_delay is back to 0');
+
+# How many notifications one change sent, once the notifier has dealt with it.
+sub sent_for_change
+{
+	my ($val) = @_;
+	my $before = counter('notifications_sent');
+	sql($node, "UPDATE kv SET val = '$val' WHERE id = 101");
+	caught_up();
+	return counter('notifications_sent') - $before;
+}
+
+my $p = $node->background_psql('postgres');
+$p->query_safe('LISTEN registry_change');
+ok(sent_for_change('p1') > 0, 'a listener: the change is notified');
+$p->query_safe('BEGIN; UNLISTEN *; ROLLBACK');
+ok(sent_for_change('p2') > 0, 'UNLISTEN * rolled back: still notified');
+$p->query_safe('BEGIN; SAVEPOINT s; UNLISTEN registry_change; ROLLBACK TO s; COMMIT');
+ok(sent_for_change('p3') > 0, 'an UNLISTEN in a subtransaction rolled back: still notified');
+$p->query_safe('UNLISTEN registry_wakeup');
+ok(sent_for_change('p4') > 0, 'UNLISTEN of a channel it does not listen on: still notified');
+$p->query_safe('BEGIN; UNLISTEN registry_change; LISTEN registry_change; COMMIT');
+ok(sent_for_change('p5') > 0, 'UNLISTEN then LISTEN in one transaction: still notified');
+$p->query_safe('DISCARD ALL');
+is(sent_for_change('p6'), 0,
+	'after DISCARD ALL (a pooler handing the connection on) nothing is sent');
+$p->query_safe('LISTEN registry_change');
+ok(sent_for_change('p7') > 0, 'listening again: notified again');
+$p->query_safe('BEGIN; LISTEN registry_wakeup; UNLISTEN *; COMMIT');
+is(sent_for_change('p8'), 0, 'LISTEN then UNLISTEN * in one transaction: nothing sent');
+$p->query_safe('BEGIN; LISTEN registry_change; ROLLBACK');
+is(sent_for_change('p9'), 0, 'a LISTEN rolled back leaves no listener');
+$p->query_safe('BEGIN; SAVEPOINT s; LISTEN registry_wakeup; RELEASE s; COMMIT');
+ok(sent_for_change('p10') > 0, 'a LISTEN in a released savepoint counts');
+$p->query_safe('UNLISTEN registry_wakeup');
+is(sent_for_change('p11'), 0, 'UNLISTEN of its one channel: nothing sent');
+# one exit callback per session, however often it listens again
+for my $i (1 .. 30)
+{
+	$p->query_safe('LISTEN registry_change');
+	$p->query_safe('UNLISTEN *');
+}
+is(sent_for_change('p12'), 0, 'after 30 LISTEN / UNLISTEN * pairs: nothing sent');
+$p->query_safe('LISTEN registry_change');
+ok(sent_for_change('p13') > 0, 'and its next LISTEN counts');
+my @last = collect($p, 1);
+ok((grep { $_->[1]{key} eq '101' } @last), 'the session receives that notification');
+ok(quit_and_wait($p), 'the session has exited');
+is(sent_for_change('p14'), 0, 'nothing sent once it has exited');
 
 is(sql($node, 'SELECT count(*) FROM kv'), '9', 'the table holds its 9 rows');
 $node->stop;
