@@ -33,7 +33,8 @@
  *	  clears it and sets the notifier's latch;
  *	- listeners is atomic: a session raises it (a full barrier, under the
  *	  lock) once its first LISTEN on a registry channel is queued, before
- *	  that commits, and lowers it at exit; the notifier reads it (after a
+ *	  that commits, and lowers it at exit or once it listens on neither
+ *	  channel (notify.c, at commit or rollback); the notifier reads it (after a
  *	  barrier) after copying changes from the ring (changelog_listeners);
  *	- listen_from is atomic, only raised, and written under the change
  *	  log's lock exclusive: by the session that raises listeners from 0,
@@ -694,7 +695,8 @@ listener_at_exit(int code, Datum arg)
 /*
  * This session has queued a LISTEN on a registry channel (a
  * ProcessUtility hook, notify.c), which takes effect when it commits:
- * counted once, until it exits, and the notifier woken, which may be
+ * counted once, until it exits or listens on neither channel
+ * (changelog_listener_left), and the notifier woken, which may be
  * asleep without asking for wake-ups.  A change the notifier passes over
  * for want of listeners was copied from the ring before it read the
  * count, so before this rose: it committed before this LISTEN does, and

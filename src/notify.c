@@ -857,8 +857,10 @@ notify_listened(void)
  * drops those of a subtransaction that rolls back.  Kept in step here so
  * that a session that stops listening (UNLISTEN, or DISCARD ALL when a
  * pooler hands the connection to another client) stops counting as a
- * listener, at its commit: late rather than early, so that no change is
- * passed over while it still listens.
+ * listener, at its commit (XACT_EVENT_COMMIT, just before PostgreSQL's
+ * AtCommit_Notify applies the UNLISTEN: a notification sent in between
+ * is delivered only once the session is idle, and filtered against its
+ * channels then, so it could not have reached it anyway).
  */
 #define NCHANNELS	2			/* registry_change, registry_wakeup */
 
@@ -875,6 +877,24 @@ static bool session_listening[NCHANNELS];
 static ChannelEffects *effects = NULL;	/* [effects_levels], TopMemoryContext */
 static int	effects_levels = 0;
 static bool effects_noted = false;	/* anything queued in this transaction */
+
+/*
+ * Whether this session is in registry.database, where the notifier sends:
+ * looked up once it exists (the setting is fixed at server start, and a
+ * database with sessions cannot be renamed), as a pooler's DISCARD ALL
+ * before each client would otherwise look it up every time.
+ */
+static bool
+in_registry_database(void)
+{
+	static Oid	registry_db = InvalidOid;
+
+	if (registry_database == NULL)
+		return false;
+	if (!OidIsValid(registry_db))
+		registry_db = get_database_oid(registry_database, true);
+	return OidIsValid(registry_db) && registry_db == MyDatabaseId;
+}
 
 /* The index of a registry channel, -1 for any other. */
 static int
@@ -951,8 +971,7 @@ notify_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	 * the database the notifier sends in, notifications being per
 	 * database.
 	 */
-	if ((listen >= 0 || unlisten >= 0) && registry_database != NULL &&
-		get_database_oid(registry_database, true) == MyDatabaseId)
+	if ((listen >= 0 || unlisten >= 0) && in_registry_database())
 	{
 		if (listen >= 0)
 		{
